@@ -1,0 +1,171 @@
+//! Parsed X.509 certificates: the public key they carry, their fingerprint and expiry,
+//! and signature checks against that key.
+
+use aws_lc_rs::signature::{self, UnparsedPublicKey};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::public_key::PublicKey;
+use x509_parser::x509::SubjectPublicKeyInfo;
+
+use crate::Error;
+
+/// The kinds of key a pool may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    Rsa { bits: usize },
+    P256,
+}
+
+impl std::fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Rsa { bits } => write!(f, "RSA-{bits}"),
+            Self::P256 => f.write_str("EC P-256"),
+        }
+    }
+}
+
+const OID_RSA: &str = "1.2.840.113549.1.1.1";
+const OID_EC: &str = "1.2.840.10045.2.1";
+const OID_P256: &str = "1.2.840.10045.3.1.7";
+
+/// Which supported algorithm a SubjectPublicKeyInfo holds, or why it is not supported.
+pub(crate) fn key_algorithm(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyAlgorithm, String> {
+    let oid = spki.algorithm.algorithm.to_id_string();
+    match oid.as_str() {
+        OID_RSA => match spki.parsed() {
+            Ok(PublicKey::RSA(rsa)) => {
+                let bits = rsa.key_size();
+                if (2048..=8192).contains(&bits) {
+                    Ok(KeyAlgorithm::Rsa { bits })
+                } else {
+                    Err(format!(
+                        "RSA-{bits}: expected an RSA key of 2048 to 8192 bits, or EC P-256"
+                    ))
+                }
+            }
+            _ => Err("the RSA public key does not parse".to_owned()),
+        },
+        OID_EC => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|oid| oid.to_id_string());
+            match curve.as_deref() {
+                Some(OID_P256) => Ok(KeyAlgorithm::P256),
+                Some(other) => {
+                    Err(format!("EC curve {other}: expected EC P-256 (prime256v1) or RSA"))
+                }
+                None => Err("EC key without a named curve: expected EC P-256".to_owned()),
+            }
+        }
+        other => {
+            Err(format!("key algorithm {other}: expected RSA (2048 to 8192 bits) or EC P-256"))
+        }
+    }
+}
+
+/// A certificate, as received or as issued.
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    pem: String,
+    der: Vec<u8>,
+    spki_der: Vec<u8>,
+    public_key: Vec<u8>,
+    algorithm: KeyAlgorithm,
+    not_after_unix: i64,
+    fingerprint: String,
+}
+
+impl Certificate {
+    /// Parses the first certificate of a PEM text.
+    pub fn from_pem(pem: &str) -> Result<Self, Error> {
+        let der = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|_| Error::MalformedCertificate("no CERTIFICATE PEM block".to_owned()))?;
+        Self::from_der(der.as_ref())
+    }
+
+    pub fn from_der(der: &[u8]) -> Result<Self, Error> {
+        let (_, certificate) = X509Certificate::from_der(der)
+            .map_err(|e| Error::MalformedCertificate(e.to_string()))?;
+        let spki = certificate.public_key();
+        let algorithm = key_algorithm(spki).map_err(Error::MalformedCertificate)?;
+        Ok(Self {
+            pem: pem_encode("CERTIFICATE", der),
+            der: der.to_vec(),
+            spki_der: spki.raw.to_vec(),
+            public_key: spki.subject_public_key.data.to_vec(),
+            algorithm,
+            not_after_unix: certificate.validity().not_after.timestamp(),
+            fingerprint: sha256_hex(der),
+        })
+    }
+
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// SHA-256 of the DER encoding, lowercase hex: how pools and sessions name a
+    /// certificate.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub fn algorithm(&self) -> KeyAlgorithm {
+        self.algorithm
+    }
+
+    pub fn not_after_unix(&self) -> i64 {
+        self.not_after_unix
+    }
+
+    /// The DER SubjectPublicKeyInfo.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    /// The raw public key: PKCS#1 RSAPublicKey for RSA, the uncompressed point for EC.
+    pub(crate) fn public_key(&self) -> &[u8] {
+        &self.public_key
+    }
+
+    /// Checks a signature made by the certificate's key: RSA-PSS-SHA256 for RSA keys,
+    /// ECDSA-SHA256 (ASN.1) for P-256 keys.
+    pub fn verify(&self, message: &[u8], signature_bytes: &[u8]) -> Result<(), Error> {
+        let result = match self.algorithm {
+            KeyAlgorithm::Rsa { .. } => {
+                UnparsedPublicKey::new(&signature::RSA_PSS_2048_8192_SHA256, &self.public_key)
+                    .verify(message, signature_bytes)
+            }
+            KeyAlgorithm::P256 => {
+                UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, &self.public_key)
+                    .verify(message, signature_bytes)
+            }
+        };
+        result.map_err(|_| Error::BadSignature)
+    }
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
+}
+
+/// PEM text of one DER block, wrapped at 64 columns as RFC 7468 asks.
+pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str(&format!("-----END {label}-----\n"));
+    pem
+}

@@ -1,0 +1,157 @@
+//! Pool private keys: parsing every format openssl writes for RSA and P-256 keys,
+//! signing session proofs, checking a key against its certificate, and generating new
+//! P-256 keys with their CSR (`gantry keygen`).
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
+use base64::Engine;
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::{Certificate, Error, KeyAlgorithm};
+
+/// A pool's private key. It never leaves the launcher.
+pub enum PoolPrivateKey {
+    Rsa(RsaKeyPair),
+    P256(EcdsaKeyPair),
+}
+
+impl std::fmt::Debug for PoolPrivateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PoolPrivateKey({}, hidden)", self.algorithm())
+    }
+}
+
+impl PoolPrivateKey {
+    /// Parses PEM: PKCS#8 (`PRIVATE KEY`, RSA or P-256), PKCS#1 (`RSA PRIVATE KEY`) or
+    /// SEC1 (`EC PRIVATE KEY`). Other blocks in the text (such as `EC PARAMETERS`) are
+    /// skipped.
+    pub fn from_pem(text: &str) -> Result<Self, Error> {
+        if !text.contains("-----BEGIN") {
+            return Err(Error::NotPem);
+        }
+        if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED") {
+            return Err(Error::EncryptedKey);
+        }
+        let der =
+            PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|_| Error::NoPrivateKey)?;
+        match der {
+            PrivateKeyDer::Pkcs8(pkcs8) => {
+                let bytes = pkcs8.secret_pkcs8_der();
+                if let Ok(rsa) = RsaKeyPair::from_pkcs8(bytes) {
+                    return Self::checked_rsa(rsa);
+                }
+                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, bytes)
+                    .map(Self::P256)
+                    .map_err(|_| {
+                        Error::UnsupportedKey(
+                            "the PKCS#8 key is neither RSA nor EC P-256 (Ed25519 and other curves cannot decrypt run state)".to_owned(),
+                        )
+                    })
+            }
+            PrivateKeyDer::Pkcs1(pkcs1) => RsaKeyPair::from_der(pkcs1.secret_pkcs1_der())
+                .map_err(|e| Error::UnsupportedKey(format!("the RSA key does not parse: {e}")))
+                .and_then(Self::checked_rsa),
+            PrivateKeyDer::Sec1(sec1) => EcdsaKeyPair::from_private_key_der(
+                &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+                sec1.secret_sec1_der(),
+            )
+            .map(Self::P256)
+            .map_err(|_| Error::UnsupportedKey("the EC key is not on curve P-256".to_owned())),
+            _ => Err(Error::NoPrivateKey),
+        }
+    }
+
+    /// Parses the value of `GANTRY_POOL_PRIVATE_KEY`: PEM text, or its base64 encoding
+    /// on one line (`base64 -w 0 pool.key`) or wrapped.
+    pub fn from_config_value(value: &str) -> Result<Self, Error> {
+        let trimmed = value.trim();
+        if trimmed.contains("-----BEGIN") {
+            return Self::from_pem(trimmed);
+        }
+        let compact: String = trimmed.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(&compact)
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&compact))
+            .map_err(|_| Error::NotBase64Pem)?;
+        let text = String::from_utf8(decoded).map_err(|_| Error::NotBase64Pem)?;
+        if !text.contains("-----BEGIN") {
+            return Err(Error::NotBase64Pem);
+        }
+        Self::from_pem(&text)
+    }
+
+    fn checked_rsa(rsa: RsaKeyPair) -> Result<Self, Error> {
+        let bits = rsa.public_modulus_len() * 8;
+        if bits < 2048 {
+            return Err(Error::UnsupportedKey(format!(
+                "RSA-{bits} is too short: expected at least 2048 bits"
+            )));
+        }
+        Ok(Self::Rsa(rsa))
+    }
+
+    pub fn algorithm(&self) -> KeyAlgorithm {
+        match self {
+            Self::Rsa(rsa) => KeyAlgorithm::Rsa { bits: rsa.public_modulus_len() * 8 },
+            Self::P256(_) => KeyAlgorithm::P256,
+        }
+    }
+
+    fn public_key(&self) -> &[u8] {
+        match self {
+            Self::Rsa(rsa) => rsa.public_key().as_ref(),
+            Self::P256(ec) => ec.public_key().as_ref(),
+        }
+    }
+
+    /// Whether this key is the private half of the certificate's public key.
+    pub fn matches(&self, certificate: &Certificate) -> bool {
+        self.public_key() == certificate.public_key()
+    }
+
+    /// Fails with [`Error::KeyMismatch`] when the key does not belong to the certificate.
+    pub fn ensure_matches(&self, certificate: &Certificate) -> Result<(), Error> {
+        if self.matches(certificate) { Ok(()) } else { Err(Error::KeyMismatch) }
+    }
+
+    /// Signs with RSA-PSS-SHA256 or ECDSA-P256-SHA256 (ASN.1).
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        let rng = SystemRandom::new();
+        match self {
+            Self::Rsa(rsa) => {
+                let mut out = vec![0; rsa.public_modulus_len()];
+                rsa.sign(&signature::RSA_PSS_SHA256, &rng, message, &mut out)
+                    .map_err(|_| Error::Generation("RSA signing failed".to_owned()))?;
+                Ok(out)
+            }
+            Self::P256(ec) => ec
+                .sign(&rng, message)
+                .map(|sig| sig.as_ref().to_vec())
+                .map_err(|_| Error::Generation("ECDSA signing failed".to_owned())),
+        }
+    }
+}
+
+/// A freshly generated pool key and its certificate signing request, both PEM.
+pub struct GeneratedPoolKey {
+    /// Unencrypted PKCS#8, as `openssl genpkey` writes it.
+    pub private_key_pem: String,
+    pub csr_pem: String,
+}
+
+impl std::fmt::Debug for GeneratedPoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeneratedPoolKey").field("csr_pem", &self.csr_pem).finish_non_exhaustive()
+    }
+}
+
+/// Generates an EC P-256 pool key (fast, and as strong as RSA-3072) and a CSR for it.
+pub fn generate_pool_key(common_name: &str) -> Result<GeneratedPoolKey, Error> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+    let csr = params.serialize_request(&key)?;
+    Ok(GeneratedPoolKey { private_key_pem: key.serialize_pem(), csr_pem: csr.pem()? })
+}

@@ -1,0 +1,21 @@
+//! Session proofs: a launcher signs the server's challenge with the pool private key, and
+//! the server checks the signature against the pool certificate it issued.
+
+use crate::{Certificate, Error};
+
+const DOMAIN_SEPARATOR: &[u8] = b"gantry-session-v1\n";
+
+/// The bytes a launcher signs for `challenge`. The prefix keeps a session signature from
+/// ever being valid for another purpose.
+pub fn session_message(challenge: &str) -> Vec<u8> {
+    [DOMAIN_SEPARATOR, challenge.as_bytes()].concat()
+}
+
+/// Checks the launcher's signature over `challenge`.
+pub fn verify_session_signature(
+    certificate: &Certificate,
+    challenge: &str,
+    signature: &[u8],
+) -> Result<(), Error> {
+    certificate.verify(&session_message(challenge), signature)
+}

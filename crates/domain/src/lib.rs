@@ -1,0 +1,22 @@
+//! Gantry's domain model: identifiers, the run and worker state machines, the pure
+//! scheduler and option parsing. It knows nothing about HTTP, SQL, Docker or Kubernetes,
+//! and performs no I/O: callers pass the clock and the world in as plain data.
+
+mod ids;
+mod names;
+pub mod options;
+mod run;
+pub mod scheduler;
+mod stack;
+mod time;
+mod worker;
+
+pub use ids::{IdParseError, LauncherId, PoolId, RunId, StackId, WorkerId};
+pub use names::{NameError, validate_name};
+pub use run::{
+    InvalidTransition, Phase, RunContext, RunEvent, RunState, RunType, UnknownRunState,
+    UnknownRunType, transition,
+};
+pub use stack::{Tool, UnknownTool};
+pub use time::Timestamp;
+pub use worker::WorkerStatus;

@@ -1,0 +1,52 @@
+//! What a stack runs with.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The infrastructure-as-code tool a stack's runs execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tool {
+    #[default]
+    Terraform,
+    OpenTofu,
+}
+
+impl Tool {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Terraform => "terraform",
+            Self::OpenTofu => "opentofu",
+        }
+    }
+
+    /// The executable the worker looks up on its PATH.
+    pub fn executable(self) -> &'static str {
+        match self {
+            Self::Terraform => "terraform",
+            Self::OpenTofu => "tofu",
+        }
+    }
+}
+
+impl fmt::Display for Tool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text was not a tool name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a supported tool: expected terraform or opentofu")]
+pub struct UnknownTool(String);
+
+impl FromStr for Tool {
+    type Err = UnknownTool;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "terraform" => Ok(Self::Terraform),
+            "opentofu" | "tofu" => Ok(Self::OpenTofu),
+            other => Err(UnknownTool(other.to_owned())),
+        }
+    }
+}
