@@ -17,6 +17,6 @@ pub use run::{
     InvalidTransition, Phase, RunContext, RunEvent, RunState, RunType, UnknownRunState,
     UnknownRunType, transition,
 };
-pub use stack::{Tool, UnknownTool};
+pub use stack::{EnvironmentVariable, PoolKind, Tool, UnknownTool};
 pub use time::Timestamp;
-pub use worker::WorkerStatus;
+pub use worker::{UnknownWorkerStatus, WorkerStatus};

@@ -50,3 +50,40 @@ impl FromStr for Tool {
         }
     }
 }
+
+/// One environment variable a stack passes to its runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvironmentVariable {
+    pub name: String,
+    pub value: String,
+    /// Write-only through the API and masked in logs.
+    pub secret: bool,
+}
+
+/// Whether a pool is hosted by its owner or run by the server itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    Private,
+    Shared,
+}
+
+impl PoolKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Private => "private",
+            Self::Shared => "shared",
+        }
+    }
+}
+
+impl FromStr for PoolKind {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "private" => Ok(Self::Private),
+            "shared" => Ok(Self::Shared),
+            other => Err(format!("{other:?} is not a pool kind: expected private or shared")),
+        }
+    }
+}

@@ -34,3 +34,21 @@ impl fmt::Display for WorkerStatus {
         f.write_str(self.as_str())
     }
 }
+
+/// The text was not a worker status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a worker status: expected IDLE, BUSY or DRAINED")]
+pub struct UnknownWorkerStatus(String);
+
+impl std::str::FromStr for WorkerStatus {
+    type Err = UnknownWorkerStatus;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.to_ascii_uppercase().as_str() {
+            "IDLE" => Ok(Self::Idle),
+            "BUSY" => Ok(Self::Busy),
+            "DRAINED" => Ok(Self::Drained),
+            _ => Err(UnknownWorkerStatus(value.to_owned())),
+        }
+    }
+}

@@ -1,1 +1,13 @@
-//! placeholder
+//! Gantry's wire types, and the only crate that decides how anything looks on the wire:
+//! the REST API (`api`), the agent plane between launchers and the server (`agent`), and
+//! the local API between a launcher and the worker it started (`local`).
+//!
+//! Compatibility rule: a newer server serves an older launcher. Fields are only added,
+//! always with a default, and unknown fields are ignored on the agent plane.
+
+pub mod agent;
+pub mod api;
+pub mod local;
+mod text;
+
+pub use text::{Rfc3339, format_timestamp};

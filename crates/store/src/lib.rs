@@ -1,1 +1,22 @@
-//! placeholder
+//! Gantry's persistent state behind one `Store` trait, its SQLite adapter, the
+//! migrations, and the contract suite every adapter must pass (feature `contract`).
+//!
+//! The store checks nothing about the domain's rules beyond the atomicity it is asked
+//! for: callers decide transitions with `gantry_domain`, and the store applies them with
+//! compare-and-set so that two writers can never both win.
+
+mod error;
+mod records;
+mod sqlite;
+mod store;
+
+#[cfg(feature = "contract")]
+pub mod contract;
+
+pub use error::StoreError;
+pub use records::{
+    ApiKeyRecord, LogChunkRecord, OutputRecord, PoolRecord, RunChange, RunFilter, RunRecord,
+    SessionRecord, StackRecord, StateChangeRecord, WorkerRecord,
+};
+pub use sqlite::SqliteStore;
+pub use store::Store;

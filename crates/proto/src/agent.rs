@@ -1,0 +1,294 @@
+//! The agent plane under `/agent/v1`: every request is opened by a launcher, outbound.
+//!
+//! A launcher proves possession of the pool private key once per session
+//! (`session/challenge`, then `session`), registers its worker slots, long-polls for
+//! assignments, acknowledges them, streams logs and reports, and heartbeats. Every upload
+//! is idempotent: logs carry sequence numbers, reports are transitions the server accepts
+//! again without effect.
+
+use std::collections::BTreeMap;
+
+use gantry_domain::{LauncherId, Phase, PoolId, RunId, RunType, StackId, Tool, WorkerId};
+use serde::{Deserialize, Serialize};
+use serde_with::{DisplayFromStr, serde_as};
+
+use crate::api::{EnvironmentVariable, Output};
+
+/// The agent-plane protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// `POST /agent/v1/session/challenge`
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChallengeRequest {
+    #[serde_as(as = "DisplayFromStr")]
+    pub pool_id: PoolId,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChallengeResponse {
+    pub challenge: String,
+}
+
+/// What a launcher says about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LauncherInfo {
+    pub version: String,
+    pub hostname: String,
+    pub protocol_version: u32,
+}
+
+/// `POST /agent/v1/session`: the challenge signed with the pool private key.
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenSession {
+    #[serde_as(as = "DisplayFromStr")]
+    pub pool_id: PoolId,
+    pub challenge: String,
+    /// Standard base64 of the signature over `gantry_crypto::session_message(challenge)`.
+    pub signature: String,
+    pub launcher: LauncherInfo,
+}
+
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionOpened {
+    /// Bearer token for every other agent-plane request.
+    pub session_token: String,
+    #[serde_as(as = "DisplayFromStr")]
+    pub launcher_id: LauncherId,
+    pub expires_in_seconds: u64,
+    pub heartbeat_interval_seconds: u64,
+    pub poll_timeout_seconds: u64,
+}
+
+/// One worker slot to register; `previous_id` keeps a slot's identity across sessions.
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerRegistration {
+    #[serde_as(as = "Option<DisplayFromStr>")]
+    #[serde(default)]
+    pub previous_id: Option<WorkerId>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `POST /agent/v1/workers`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterWorkers {
+    pub workers: Vec<WorkerRegistration>,
+}
+
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkersRegistered {
+    #[serde_as(as = "Vec<DisplayFromStr>")]
+    pub worker_ids: Vec<WorkerId>,
+}
+
+/// `POST /agent/v1/poll`: blocks until an assignment exists for one of the launcher's
+/// workers, or `wait_seconds` pass.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Poll {
+    pub wait_seconds: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PollResponse {
+    pub assignments: Vec<Assignment>,
+}
+
+/// Which part of a run a worker executes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Job {
+    /// Check out, initialize, plan; maybe apply when the server says so.
+    Plan,
+    /// Apply the plan a previous job made and the user confirmed.
+    Apply,
+}
+
+/// The stack as a launcher needs it.
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackSpec {
+    #[serde_as(as = "DisplayFromStr")]
+    pub id: StackId,
+    pub name: String,
+    pub repository: String,
+    pub branch: String,
+    pub project_root: String,
+    #[serde_as(as = "DisplayFromStr")]
+    pub tool: Tool,
+    pub runner_image: Option<String>,
+    pub environment: Vec<EnvironmentVariable>,
+}
+
+/// A run handed to one of the launcher's workers.
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Assignment {
+    #[serde_as(as = "DisplayFromStr")]
+    pub run_id: RunId,
+    #[serde_as(as = "DisplayFromStr")]
+    pub worker_id: WorkerId,
+    #[serde(rename = "run_type")]
+    #[serde_as(as = "DisplayFromStr")]
+    pub run_type: RunType,
+    pub job: Job,
+    pub stack: StackSpec,
+    /// The commit to check out; the branch head when absent.
+    pub commit: Option<String>,
+}
+
+/// `POST /agent/v1/runs/{run}/ack`: the launcher took the assignment.
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Acknowledge {
+    #[serde_as(as = "DisplayFromStr")]
+    pub worker_id: WorkerId,
+    pub job: Job,
+}
+
+/// `POST /agent/v1/heartbeat`: the launcher is alive, and this is what it holds.
+#[serde_as]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Heartbeat {
+    #[serde_as(as = "Vec<DisplayFromStr>")]
+    pub worker_ids: Vec<WorkerId>,
+    /// Runs executing on this launcher now.
+    #[serde_as(as = "Vec<DisplayFromStr>")]
+    pub running_run_ids: Vec<RunId>,
+    /// Runs whose workspace this launcher keeps for a later apply.
+    #[serde_as(as = "Vec<DisplayFromStr>")]
+    pub retained_workspace_run_ids: Vec<RunId>,
+}
+
+#[serde_as]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// Workers the server no longer knows: register them again.
+    #[serde_as(as = "Vec<DisplayFromStr>")]
+    pub unknown_worker_ids: Vec<WorkerId>,
+    /// Runs this launcher must stop: they ended or were taken from it.
+    #[serde_as(as = "Vec<DisplayFromStr>")]
+    pub stop_run_ids: Vec<RunId>,
+    /// Retained workspaces no longer needed.
+    #[serde_as(as = "Vec<DisplayFromStr>")]
+    pub release_workspace_run_ids: Vec<RunId>,
+}
+
+/// What a worker (through its launcher) reports about a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RunReport {
+    /// The launcher checked out this commit.
+    CommitResolved {
+        sha: String,
+        message: String,
+    },
+    PhaseStarted {
+        #[serde(with = "phase_text")]
+        phase: Phase,
+    },
+    Planned {
+        has_changes: bool,
+    },
+    Outputs {
+        outputs: Vec<Output>,
+    },
+    Applied,
+    Failed {
+        message: String,
+    },
+}
+
+/// `POST /agent/v1/runs/{run}/reports`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportRequest {
+    pub report: RunReport,
+}
+
+/// What the worker does after a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Directive {
+    /// Go on with the current job.
+    Continue,
+    /// The plan is confirmed: apply it now.
+    Apply,
+    /// Stop here and keep the workspace: the run waits for a confirmation.
+    RetainWorkspace,
+    /// The run is over: stop and clean up.
+    Finish,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportResponse {
+    pub directive: Directive,
+}
+
+/// One chunk of run log as the launcher uploads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogUpload {
+    pub seq: u64,
+    pub text: String,
+}
+
+/// `POST /agent/v1/runs/{run}/logs`: chunks in order. Chunks the server already has are
+/// ignored, so a retry after a lost response never duplicates output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadLogs {
+    pub chunks: Vec<LogUpload>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogsAccepted {
+    /// The sequence number the server expects next.
+    pub next_seq: u64,
+}
+
+mod phase_text {
+    use gantry_domain::Phase;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        phase: &Phase,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(phase.state().as_str())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Phase, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        [Phase::Initializing, Phase::Planning, Phase::Applying, Phase::Performing]
+            .into_iter()
+            .find(|phase| phase.state().as_str() == text)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a phase")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_are_tagged_json() {
+        let report = RunReport::PhaseStarted { phase: Phase::Planning };
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(json, r#"{"kind":"phase_started","phase":"PLANNING"}"#);
+        assert_eq!(serde_json::from_str::<RunReport>(&json).unwrap(), report);
+    }
+
+    #[test]
+    fn an_older_launcher_may_omit_fields_and_a_newer_server_may_add_some() {
+        let heartbeat: Heartbeat =
+            serde_json::from_str(r#"{"worker_ids":[],"running_run_ids":[],"retained_workspace_run_ids":[],"added_later":1}"#)
+                .unwrap();
+        assert!(heartbeat.worker_ids.is_empty());
+        let registration: WorkerRegistration = serde_json::from_str("{}").unwrap();
+        assert!(registration.previous_id.is_none());
+    }
+}

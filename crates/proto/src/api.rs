@@ -1,0 +1,266 @@
+//! The REST API under `/api/v1`: requests users send and the resources they get back.
+//! Requests refuse unknown fields so that a typo is an error rather than a silent default.
+
+use std::collections::BTreeMap;
+
+use gantry_domain::{
+    PoolId, RunId, RunState, RunType, StackId, Timestamp, Tool, WorkerId, WorkerStatus,
+};
+use serde::{Deserialize, Serialize};
+use serde_with::{DisplayFromStr, serde_as};
+
+use crate::Rfc3339;
+
+/// Every error response: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable, machine-readable: `not_found`, `invalid_request`, `conflict`, ...
+    pub code: String,
+    /// For people: says what was wrong with which input.
+    pub message: String,
+}
+
+/// `POST /api/v1/pools`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePool {
+    pub name: String,
+    /// PEM certificate signing request made with the pool's private key.
+    pub csr: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+/// The answer to pool creation: the only time the token is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolCreated {
+    pub pool: Pool,
+    pub token: String,
+}
+
+/// Whether a pool is hosted by its owner or by the server itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    Private,
+    Shared,
+}
+
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pool {
+    #[serde_as(as = "DisplayFromStr")]
+    pub id: PoolId,
+    pub name: String,
+    pub kind: PoolKind,
+    pub description: String,
+    pub labels: Vec<String>,
+    /// SHA-256 of the pool certificate (private pools).
+    pub certificate_fingerprint: Option<String>,
+    /// `RSA-4096`, `EC P-256`, ...
+    pub key_algorithm: Option<String>,
+    pub workers: u32,
+    pub busy_workers: u32,
+    pub drained_workers: u32,
+    pub pending_runs: u32,
+    #[serde_as(as = "Rfc3339")]
+    pub created_at: Timestamp,
+}
+
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Worker {
+    #[serde_as(as = "DisplayFromStr")]
+    pub id: WorkerId,
+    #[serde_as(as = "DisplayFromStr")]
+    pub pool_id: PoolId,
+    #[serde_as(as = "DisplayFromStr")]
+    pub status: WorkerStatus,
+    pub busy: bool,
+    pub drained: bool,
+    #[serde_as(as = "Option<DisplayFromStr>")]
+    pub current_run_id: Option<RunId>,
+    /// Tags from the launcher's `GANTRY_METADATA_*` variables.
+    pub metadata: BTreeMap<String, String>,
+    pub launcher_version: String,
+    pub hostname: String,
+    #[serde_as(as = "Rfc3339")]
+    pub created_at: Timestamp,
+    #[serde_as(as = "Rfc3339")]
+    pub last_seen_at: Timestamp,
+}
+
+/// One environment variable of a stack. Secret values are write-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentVariable {
+    pub name: String,
+    /// Absent in responses when `secret` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub secret: bool,
+}
+
+fn default_branch() -> String {
+    "main".to_owned()
+}
+
+/// `POST /api/v1/stacks`
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStack {
+    pub name: String,
+    /// Any git URL the pool's launchers can reach (`https://`, `ssh://`, `file://`).
+    pub repository: String,
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// Directory of the Terraform configuration inside the repository.
+    #[serde(default)]
+    pub project_root: String,
+    /// Pool name or id.
+    pub pool: String,
+    #[serde_as(as = "Option<DisplayFromStr>")]
+    #[serde(default)]
+    pub tool: Option<Tool>,
+    #[serde(default)]
+    pub runner_image: Option<String>,
+    /// Apply plans with changes without waiting for a confirmation.
+    #[serde(default)]
+    pub autodeploy: bool,
+    #[serde(default)]
+    pub environment: Vec<EnvironmentVariable>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stack {
+    #[serde_as(as = "DisplayFromStr")]
+    pub id: StackId,
+    pub name: String,
+    pub repository: String,
+    pub branch: String,
+    pub project_root: String,
+    #[serde_as(as = "DisplayFromStr")]
+    pub pool_id: PoolId,
+    pub pool_name: String,
+    #[serde_as(as = "DisplayFromStr")]
+    pub tool: Tool,
+    pub runner_image: Option<String>,
+    pub autodeploy: bool,
+    pub environment: Vec<EnvironmentVariable>,
+    pub description: String,
+    pub labels: Vec<String>,
+    #[serde_as(as = "Rfc3339")]
+    pub created_at: Timestamp,
+}
+
+/// `POST /api/v1/stacks/{stack}/runs`
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerRun {
+    #[serde(rename = "type", default = "tracked")]
+    #[serde_as(as = "DisplayFromStr")]
+    pub run_type: RunType,
+    /// A commit SHA; the head of the stack's branch when absent, resolved by the launcher.
+    #[serde(default)]
+    pub commit: Option<String>,
+}
+
+fn tracked() -> RunType {
+    RunType::Tracked
+}
+
+/// One state a run went through, and when.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChange {
+    #[serde_as(as = "DisplayFromStr")]
+    pub state: RunState,
+    #[serde_as(as = "Rfc3339")]
+    pub at: Timestamp,
+}
+
+/// A Terraform output of a run. Sensitive outputs carry no value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+    pub sensitive: bool,
+}
+
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    #[serde_as(as = "DisplayFromStr")]
+    pub id: RunId,
+    #[serde_as(as = "DisplayFromStr")]
+    pub stack_id: StackId,
+    pub stack_name: String,
+    #[serde_as(as = "DisplayFromStr")]
+    pub pool_id: PoolId,
+    #[serde(rename = "type")]
+    #[serde_as(as = "DisplayFromStr")]
+    pub run_type: RunType,
+    #[serde_as(as = "DisplayFromStr")]
+    pub state: RunState,
+    pub branch: String,
+    pub commit: Option<String>,
+    pub commit_message: Option<String>,
+    pub autodeploy: bool,
+    #[serde_as(as = "Option<DisplayFromStr>")]
+    pub worker_id: Option<WorkerId>,
+    /// Whether the plan found changes, once planning ended.
+    pub has_changes: Option<bool>,
+    /// Why the run failed, for FAILED runs.
+    pub failure: Option<String>,
+    /// Why the run has not started yet, for QUEUED and READY runs.
+    pub waiting_reason: Option<String>,
+    pub history: Vec<StateChange>,
+    pub outputs: Vec<Output>,
+    #[serde_as(as = "Rfc3339")]
+    pub created_at: Timestamp,
+    #[serde_as(as = "Rfc3339")]
+    pub updated_at: Timestamp,
+}
+
+/// A piece of a run's log. Sequence numbers start at 0 and have no gaps.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub seq: u64,
+    pub text: String,
+    #[serde_as(as = "Rfc3339")]
+    pub at: Timestamp,
+}
+
+/// `GET /api/v1/runs/{id}/logs?from=N`: chunks with `seq >= N`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogPage {
+    pub chunks: Vec<LogChunk>,
+    /// Ask for `from=next_seq` next.
+    pub next_seq: u64,
+    /// The run has ended and every chunk has been returned.
+    pub complete: bool,
+}
+
+/// `GET /api/v1/health`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}

@@ -1,0 +1,463 @@
+//! The contract every `Store` adapter passes: one suite, run against each engine by
+//! `store_contract_tests!`. Each case starts from an empty store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use gantry_domain::{
+    EnvironmentVariable, LauncherId, PoolId, PoolKind, RunId, RunState, RunType, StackId,
+    Timestamp, Tool, WorkerId,
+};
+
+use crate::{
+    ApiKeyRecord, OutputRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord,
+    StackRecord, Store, StoreError, WorkerRecord,
+};
+
+/// Generates one `#[tokio::test]` per contract case. `$make` is an async expression
+/// producing a fresh, empty store (and anything that must live as long as it).
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($make:expr) => {
+        $crate::store_contract_tests!(@cases $make;
+            secrets_are_created_once,
+            api_keys_are_found_by_hash_only,
+            pool_names_are_unique,
+            sessions_expire,
+            workers_keep_their_state_across_registrations,
+            touching_reports_workers_the_launcher_does_not_own,
+            stacks_round_trip_with_their_environment,
+            run_changes_are_compare_and_set,
+            releasing_a_worker_clears_both_sides,
+            assignment_is_all_or_nothing,
+            concurrent_assignments_give_a_worker_one_run,
+            runs_are_listed_newest_first_and_active_oldest_first,
+            log_uploads_are_ordered_and_idempotent,
+            concurrent_log_retries_never_duplicate,
+            outputs_are_replaced_as_a_whole
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (store, _guard) = $make.await;
+                $crate::contract::$case(std::sync::Arc::new(store)).await;
+            }
+        )*
+    };
+}
+
+fn at(millis: i64) -> Timestamp {
+    Timestamp::from_unix_millis(millis)
+}
+
+fn pool_record(name: &str) -> PoolRecord {
+    PoolRecord {
+        id: PoolId::generate(),
+        name: name.to_owned(),
+        kind: PoolKind::Private,
+        description: "a pool".to_owned(),
+        labels: vec!["env:test".to_owned()],
+        certificate_pem: Some("-----BEGIN CERTIFICATE-----".to_owned()),
+        certificate_fingerprint: Some("ab".repeat(32)),
+        key_algorithm: Some("EC P-256".to_owned()),
+        created_at: at(1),
+        updated_at: at(1),
+    }
+}
+
+fn stack_record(pool_id: PoolId, name: &str) -> StackRecord {
+    StackRecord {
+        id: StackId::generate(),
+        name: name.to_owned(),
+        repository: "file:///srv/repo.git".to_owned(),
+        branch: "main".to_owned(),
+        project_root: "infra".to_owned(),
+        pool_id,
+        tool: Tool::Terraform,
+        runner_image: None,
+        autodeploy: false,
+        environment: vec![
+            EnvironmentVariable {
+                name: "TF_VAR_region".to_owned(),
+                value: "eu".to_owned(),
+                secret: false,
+            },
+            EnvironmentVariable {
+                name: "TOKEN".to_owned(),
+                value: "s3cr3t".to_owned(),
+                secret: true,
+            },
+        ],
+        description: String::new(),
+        labels: vec![],
+        created_at: at(2),
+    }
+}
+
+fn run_record(stack: &StackRecord, state: RunState, created: i64) -> RunRecord {
+    RunRecord {
+        id: RunId::generate(),
+        stack_id: stack.id,
+        pool_id: stack.pool_id,
+        run_type: RunType::Tracked,
+        state,
+        branch: "main".to_owned(),
+        commit_sha: None,
+        commit_message: None,
+        autodeploy: false,
+        worker_id: None,
+        pinned_launcher_id: None,
+        prioritized: false,
+        has_changes: None,
+        failure: None,
+        triggered_by: "admin".to_owned(),
+        created_at: at(created),
+        updated_at: at(created),
+    }
+}
+
+fn worker_record(pool_id: PoolId, launcher_id: LauncherId) -> WorkerRecord {
+    WorkerRecord {
+        id: WorkerId::generate(),
+        pool_id,
+        launcher_id,
+        metadata: BTreeMap::from([("zone".to_owned(), "a".to_owned())]),
+        launcher_version: "0.1.0".to_owned(),
+        hostname: "host".to_owned(),
+        drained: false,
+        current_run_id: None,
+        created_at: at(3),
+        last_seen_at: at(3),
+    }
+}
+
+/// A pool, a stack in it and a worker of it.
+async fn world<S: Store>(store: &S) -> (PoolRecord, StackRecord, WorkerRecord) {
+    let pool = pool_record("pool");
+    store.insert_pool(&pool).await.unwrap();
+    let stack = stack_record(pool.id, "stack");
+    store.insert_stack(&stack).await.unwrap();
+    let worker =
+        store.register_worker(&worker_record(pool.id, LauncherId::generate())).await.unwrap();
+    (pool, stack, worker)
+}
+
+pub async fn secrets_are_created_once<S: Store>(store: Arc<S>) {
+    let first = store.secret_or_insert("hmac", b"first", at(1)).await.unwrap();
+    let second = store.secret_or_insert("hmac", b"second", at(2)).await.unwrap();
+    assert_eq!(first, b"first");
+    assert_eq!(second, b"first");
+}
+
+pub async fn api_keys_are_found_by_hash_only<S: Store>(store: Arc<S>) {
+    assert_eq!(store.count_api_keys().await.unwrap(), 0);
+    let key = ApiKeyRecord {
+        id: "k1".to_owned(),
+        name: "admin".to_owned(),
+        secret_hash: "h1".to_owned(),
+        created_at: at(1),
+    };
+    store.insert_api_key(&key).await.unwrap();
+    assert_eq!(store.find_api_key("h1").await.unwrap(), Some(key));
+    assert_eq!(store.find_api_key("h2").await.unwrap(), None);
+    assert_eq!(store.count_api_keys().await.unwrap(), 1);
+}
+
+pub async fn pool_names_are_unique<S: Store>(store: Arc<S>) {
+    let pool = pool_record("pool");
+    store.insert_pool(&pool).await.unwrap();
+    let mut same_name = pool_record("pool");
+    same_name.description = "other".to_owned();
+    let error = store.insert_pool(&same_name).await.unwrap_err();
+    assert!(matches!(error, StoreError::AlreadyExists { kind: "pool", .. }), "{error}");
+    assert_eq!(store.list_pools().await.unwrap(), vec![pool.clone()]);
+    assert_eq!(store.get_pool(pool.id).await.unwrap(), Some(pool.clone()));
+    assert_eq!(store.find_pool_by_name("pool").await.unwrap(), Some(pool));
+    assert_eq!(store.get_pool(same_name.id).await.unwrap(), None);
+}
+
+pub async fn sessions_expire<S: Store>(store: Arc<S>) {
+    let pool = pool_record("pool");
+    store.insert_pool(&pool).await.unwrap();
+    let session = SessionRecord {
+        token_hash: "t1".to_owned(),
+        pool_id: pool.id,
+        launcher_id: LauncherId::generate(),
+        certificate_fingerprint: "f".to_owned(),
+        hostname: "h".to_owned(),
+        launcher_version: "v".to_owned(),
+        created_at: at(10),
+        expires_at: at(20),
+    };
+    store.insert_session(&session).await.unwrap();
+    assert_eq!(store.find_session("t1").await.unwrap(), Some(session.clone()));
+    assert_eq!(store.delete_expired_sessions(at(20)).await.unwrap(), 0);
+    assert_eq!(store.delete_expired_sessions(at(21)).await.unwrap(), 1);
+    assert_eq!(store.find_session("t1").await.unwrap(), None);
+    store.insert_session(&session).await.unwrap();
+    store.delete_session("t1").await.unwrap();
+    assert_eq!(store.find_session("t1").await.unwrap(), None);
+}
+
+pub async fn workers_keep_their_state_across_registrations<S: Store>(store: Arc<S>) {
+    let (pool, stack, worker) = world(&*store).await;
+    let run = run_record(&stack, RunState::Ready, 5);
+    store.insert_run(&run).await.unwrap();
+    assert!(store.assign_run(run.id, worker.id, at(6)).await.unwrap());
+
+    let mut again = worker.clone();
+    again.launcher_id = LauncherId::generate();
+    again.metadata = BTreeMap::from([("zone".to_owned(), "b".to_owned())]);
+    again.last_seen_at = at(9);
+    let stored = store.register_worker(&again).await.unwrap();
+    assert_eq!(stored.launcher_id, again.launcher_id);
+    assert_eq!(stored.metadata, again.metadata);
+    assert_eq!(stored.current_run_id, Some(run.id), "the run stays with the worker");
+    assert_eq!(stored.created_at, worker.created_at);
+
+    let other_pool = pool_record("other");
+    store.insert_pool(&other_pool).await.unwrap();
+    let mut hijack = worker.clone();
+    hijack.pool_id = other_pool.id;
+    assert!(store.register_worker(&hijack).await.is_err(), "a worker id cannot move pools");
+    assert_eq!(store.list_workers(Some(pool.id)).await.unwrap().len(), 1);
+    assert!(store.list_workers(Some(other_pool.id)).await.unwrap().is_empty());
+}
+
+pub async fn touching_reports_workers_the_launcher_does_not_own<S: Store>(store: Arc<S>) {
+    let (_, _, worker) = world(&*store).await;
+    let stranger = WorkerId::generate();
+    let unknown =
+        store.touch_workers(worker.launcher_id, &[worker.id, stranger], at(50)).await.unwrap();
+    assert_eq!(unknown, vec![stranger]);
+    assert_eq!(store.get_worker(worker.id).await.unwrap().unwrap().last_seen_at, at(50));
+    let unknown = store.touch_workers(LauncherId::generate(), &[worker.id], at(60)).await.unwrap();
+    assert_eq!(unknown, vec![worker.id], "another launcher does not own it");
+    store.delete_workers(&[worker.id]).await.unwrap();
+    assert_eq!(store.get_worker(worker.id).await.unwrap(), None);
+}
+
+pub async fn stacks_round_trip_with_their_environment<S: Store>(store: Arc<S>) {
+    let pool = pool_record("pool");
+    store.insert_pool(&pool).await.unwrap();
+    let stack = stack_record(pool.id, "stack");
+    store.insert_stack(&stack).await.unwrap();
+    assert_eq!(store.get_stack(stack.id).await.unwrap(), Some(stack.clone()));
+    assert_eq!(store.find_stack_by_name("stack").await.unwrap(), Some(stack.clone()));
+    let error = store.insert_stack(&stack_record(pool.id, "stack")).await.unwrap_err();
+    assert!(matches!(error, StoreError::AlreadyExists { kind: "stack", .. }), "{error}");
+    assert_eq!(store.list_stacks().await.unwrap(), vec![stack]);
+}
+
+pub async fn run_changes_are_compare_and_set<S: Store>(store: Arc<S>) {
+    let (_, stack, _) = world(&*store).await;
+    let run = run_record(&stack, RunState::Queued, 5);
+    store.insert_run(&run).await.unwrap();
+
+    let changed = store
+        .change_run(&RunChange::new(run.id, RunState::Queued, RunState::Ready, at(6)))
+        .await
+        .unwrap();
+    assert_eq!(changed.state, RunState::Ready);
+    assert_eq!(changed.updated_at, at(6));
+
+    let stale = store
+        .change_run(&RunChange::new(run.id, RunState::Queued, RunState::Discarded, at(7)))
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::StateConflict { found: RunState::Ready, .. })),
+        "{stale:?}"
+    );
+
+    let launcher = LauncherId::generate();
+    let mut fail = RunChange::new(run.id, RunState::Ready, RunState::Failed, at(8));
+    fail.failure = Some("worker lost".to_owned());
+    fail.has_changes = Some(true);
+    fail.pinned_launcher = Some(Some(launcher));
+    let failed = store.change_run(&fail).await.unwrap();
+    assert_eq!(failed.failure.as_deref(), Some("worker lost"));
+    assert_eq!(failed.has_changes, Some(true));
+    assert_eq!(failed.pinned_launcher_id, Some(launcher));
+
+    let history: Vec<_> =
+        store.run_history(run.id).await.unwrap().into_iter().map(|c| (c.state, c.at)).collect();
+    assert_eq!(
+        history,
+        vec![(RunState::Queued, at(5)), (RunState::Ready, at(6)), (RunState::Failed, at(8))]
+    );
+    let missing = store
+        .change_run(&RunChange::new(RunId::generate(), RunState::Queued, RunState::Ready, at(9)))
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound { kind: "run", .. })));
+}
+
+pub async fn releasing_a_worker_clears_both_sides<S: Store>(store: Arc<S>) {
+    let (_, stack, worker) = world(&*store).await;
+    let run = run_record(&stack, RunState::Ready, 5);
+    store.insert_run(&run).await.unwrap();
+    assert!(store.assign_run(run.id, worker.id, at(6)).await.unwrap());
+    store
+        .change_run(&RunChange::new(run.id, RunState::Ready, RunState::Preparing, at(7)))
+        .await
+        .unwrap();
+
+    let mut leave = RunChange::new(run.id, RunState::Preparing, RunState::Finished, at(8));
+    leave.release_worker = true;
+    let finished = store.change_run(&leave).await.unwrap();
+    assert_eq!(finished.worker_id, None);
+    assert_eq!(store.get_worker(worker.id).await.unwrap().unwrap().current_run_id, None);
+}
+
+pub async fn assignment_is_all_or_nothing<S: Store>(store: Arc<S>) {
+    let (pool, stack, worker) = world(&*store).await;
+    let queued = run_record(&stack, RunState::Queued, 5);
+    store.insert_run(&queued).await.unwrap();
+    assert!(
+        !store.assign_run(queued.id, worker.id, at(6)).await.unwrap(),
+        "QUEUED runs wait for promotion"
+    );
+    assert_eq!(store.get_worker(worker.id).await.unwrap().unwrap().current_run_id, None);
+
+    let first = run_record(&stack, RunState::Ready, 7);
+    let second = run_record(&stack, RunState::Confirmed, 8);
+    store.insert_run(&first).await.unwrap();
+    store.insert_run(&second).await.unwrap();
+    assert!(store.assign_run(first.id, worker.id, at(9)).await.unwrap());
+    assert!(!store.assign_run(second.id, worker.id, at(9)).await.unwrap(), "the worker is busy");
+    assert_eq!(
+        store.get_run(second.id).await.unwrap().unwrap().worker_id,
+        None,
+        "nothing half-done"
+    );
+
+    let mut drained = worker_record(pool.id, LauncherId::generate());
+    drained.drained = true;
+    let drained = store.register_worker(&drained).await.unwrap();
+    assert!(
+        !store.assign_run(second.id, drained.id, at(9)).await.unwrap(),
+        "drained workers take nothing"
+    );
+    assert_eq!(store.get_run(second.id).await.unwrap().unwrap().worker_id, None);
+
+    let idle =
+        store.register_worker(&worker_record(pool.id, LauncherId::generate())).await.unwrap();
+    assert!(!store.assign_run(first.id, idle.id, at(9)).await.unwrap(), "a run goes to one worker");
+    assert!(store.assign_run(second.id, idle.id, at(9)).await.unwrap());
+    let second = store.get_run(second.id).await.unwrap().unwrap();
+    assert_eq!(second.worker_id, Some(idle.id));
+    assert_eq!(store.get_worker(idle.id).await.unwrap().unwrap().current_run_id, Some(second.id));
+}
+
+pub async fn concurrent_assignments_give_a_worker_one_run<S: Store>(store: Arc<S>) {
+    let (_, stack, worker) = world(&*store).await;
+    let mut runs = Vec::new();
+    for i in 0..8 {
+        let run = run_record(&stack, RunState::Ready, 10 + i);
+        store.insert_run(&run).await.unwrap();
+        runs.push(run.id);
+    }
+    let attempts: Vec<_> = runs
+        .iter()
+        .map(|run_id| {
+            let store = Arc::clone(&store);
+            let run_id = *run_id;
+            tokio::spawn(async move { store.assign_run(run_id, worker.id, at(20)).await.unwrap() })
+        })
+        .collect();
+    let mut won = 0;
+    for attempt in attempts {
+        won += usize::from(attempt.await.unwrap());
+    }
+    assert_eq!(won, 1);
+    let holder = store.get_worker(worker.id).await.unwrap().unwrap().current_run_id.unwrap();
+    for run_id in runs {
+        let run = store.get_run(run_id).await.unwrap().unwrap();
+        assert_eq!(run.worker_id.is_some(), run_id == holder);
+    }
+}
+
+pub async fn runs_are_listed_newest_first_and_active_oldest_first<S: Store>(store: Arc<S>) {
+    let (pool, stack, _) = world(&*store).await;
+    let other = stack_record(pool.id, "other");
+    store.insert_stack(&other).await.unwrap();
+    let old = run_record(&stack, RunState::Queued, 10);
+    let done = run_record(&stack, RunState::Finished, 20);
+    let new = run_record(&other, RunState::Unconfirmed, 30);
+    for run in [&old, &done, &new] {
+        store.insert_run(run).await.unwrap();
+    }
+    let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_runs(&RunFilter::default()).await.unwrap()),
+        vec![new.id, done.id, old.id]
+    );
+    assert_eq!(
+        ids(store.list_runs(&RunFilter { stack_id: Some(stack.id), limit: 1 }).await.unwrap()),
+        vec![done.id]
+    );
+    assert_eq!(ids(store.active_runs().await.unwrap()), vec![old.id, new.id]);
+}
+
+pub async fn log_uploads_are_ordered_and_idempotent<S: Store>(store: Arc<S>) {
+    let (_, stack, _) = world(&*store).await;
+    let run = run_record(&stack, RunState::Planning, 5);
+    store.insert_run(&run).await.unwrap();
+    let chunk = |seq: u64| (seq, format!("line {seq}\n"));
+
+    assert_eq!(store.append_logs(run.id, &[chunk(0), chunk(1)], at(6)).await.unwrap(), 2);
+    assert_eq!(
+        store.append_logs(run.id, &[chunk(1), chunk(2)], at(7)).await.unwrap(),
+        3,
+        "a retry overlaps"
+    );
+    let gap = store.append_logs(run.id, &[chunk(3), chunk(5)], at(8)).await;
+    assert!(matches!(gap, Err(StoreError::LogGap { expected: 4, received: 5 })), "{gap:?}");
+
+    let all = store.read_logs(run.id, 0, 100).await.unwrap();
+    let text: String = all.iter().map(|c| c.text.as_str()).collect();
+    assert_eq!(text, "line 0\nline 1\nline 2\nline 3\n");
+    assert_eq!(all.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+    let tail = store.read_logs(run.id, 2, 1).await.unwrap();
+    assert_eq!(tail.len(), 1);
+    assert_eq!(tail[0].seq, 2);
+    assert_eq!(tail[0].at, at(7));
+}
+
+pub async fn concurrent_log_retries_never_duplicate<S: Store>(store: Arc<S>) {
+    let (_, stack, _) = world(&*store).await;
+    let run = run_record(&stack, RunState::Planning, 5);
+    store.insert_run(&run).await.unwrap();
+    let chunks: Vec<(u64, String)> = (0..50).map(|seq| (seq, format!("{seq}\n"))).collect();
+    let uploads: Vec<_> = (0..4)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            let chunks = chunks.clone();
+            tokio::spawn(async move { store.append_logs(run.id, &chunks, at(6)).await.unwrap() })
+        })
+        .collect();
+    for upload in uploads {
+        assert_eq!(upload.await.unwrap(), 50);
+    }
+    assert_eq!(store.read_logs(run.id, 0, 1000).await.unwrap().len(), 50);
+}
+
+pub async fn outputs_are_replaced_as_a_whole<S: Store>(store: Arc<S>) {
+    let (_, stack, _) = world(&*store).await;
+    let run = run_record(&stack, RunState::Applying, 5);
+    store.insert_run(&run).await.unwrap();
+    let first = vec![
+        OutputRecord { name: "a".to_owned(), value_json: Some("1".to_owned()), sensitive: false },
+        OutputRecord { name: "b".to_owned(), value_json: None, sensitive: true },
+    ];
+    store.replace_outputs(run.id, &first).await.unwrap();
+    assert_eq!(store.outputs(run.id).await.unwrap(), first);
+    let second = vec![OutputRecord {
+        name: "c".to_owned(),
+        value_json: Some("\"x\"".to_owned()),
+        sensitive: false,
+    }];
+    store.replace_outputs(run.id, &second).await.unwrap();
+    assert_eq!(store.outputs(run.id).await.unwrap(), second);
+}

@@ -1,0 +1,22 @@
+//! The store's errors.
+
+use gantry_domain::{RunId, RunState};
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("a {kind} named {name:?} already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("{kind} {id} does not exist")]
+    NotFound { kind: &'static str, id: String },
+    #[error("run {run_id} is {found}, not {expected}: it changed meanwhile")]
+    StateConflict { run_id: RunId, expected: RunState, found: RunState },
+    #[error("log chunk {received} arrived before chunk {expected}")]
+    LogGap { expected: u64, received: u64 },
+    #[error("the database is unavailable or refused the query: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the database schema could not be migrated: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data does not parse ({0}): the database was changed outside Gantry")]
+    Corrupt(String),
+}

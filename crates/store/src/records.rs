@@ -1,0 +1,158 @@
+//! What the store keeps, as plain records of domain types.
+
+use std::collections::BTreeMap;
+
+use gantry_domain::{
+    EnvironmentVariable, LauncherId, PoolId, PoolKind, RunId, RunState, RunType, StackId,
+    Timestamp, Tool, WorkerId,
+};
+
+/// An admin API key; only the hash of its secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    pub secret_hash: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolRecord {
+    pub id: PoolId,
+    pub name: String,
+    pub kind: PoolKind,
+    pub description: String,
+    pub labels: Vec<String>,
+    pub certificate_pem: Option<String>,
+    pub certificate_fingerprint: Option<String>,
+    pub key_algorithm: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A launcher session, found by the hash of its bearer token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub token_hash: String,
+    pub pool_id: PoolId,
+    pub launcher_id: LauncherId,
+    /// The pool certificate the session was opened with: a pool reset ends the session.
+    pub certificate_fingerprint: String,
+    pub hostname: String,
+    pub launcher_version: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRecord {
+    pub id: WorkerId,
+    pub pool_id: PoolId,
+    pub launcher_id: LauncherId,
+    pub metadata: BTreeMap<String, String>,
+    pub launcher_version: String,
+    pub hostname: String,
+    pub drained: bool,
+    pub current_run_id: Option<RunId>,
+    pub created_at: Timestamp,
+    pub last_seen_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackRecord {
+    pub id: StackId,
+    pub name: String,
+    pub repository: String,
+    pub branch: String,
+    pub project_root: String,
+    pub pool_id: PoolId,
+    pub tool: Tool,
+    pub runner_image: Option<String>,
+    pub autodeploy: bool,
+    pub environment: Vec<EnvironmentVariable>,
+    pub description: String,
+    pub labels: Vec<String>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub stack_id: StackId,
+    pub pool_id: PoolId,
+    pub run_type: RunType,
+    pub state: RunState,
+    pub branch: String,
+    pub commit_sha: Option<String>,
+    pub commit_message: Option<String>,
+    /// The stack's setting when the run was triggered.
+    pub autodeploy: bool,
+    pub worker_id: Option<WorkerId>,
+    /// The launcher holding the run's workspace between plan and apply.
+    pub pinned_launcher_id: Option<LauncherId>,
+    pub prioritized: bool,
+    pub has_changes: Option<bool>,
+    pub failure: Option<String>,
+    pub triggered_by: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// One state a run entered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChangeRecord {
+    pub state: RunState,
+    pub at: Timestamp,
+}
+
+/// A compare-and-set change of a run: applied only if the run is still in `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunChange {
+    pub run_id: RunId,
+    pub from: RunState,
+    pub to: RunState,
+    pub at: Timestamp,
+    /// The run leaves its worker: both sides of the link are cleared.
+    pub release_worker: bool,
+    /// `Some(x)` sets the launcher holding the workspace to `x`.
+    pub pinned_launcher: Option<Option<LauncherId>>,
+    pub failure: Option<String>,
+    pub has_changes: Option<bool>,
+}
+
+impl RunChange {
+    pub fn new(run_id: RunId, from: RunState, to: RunState, at: Timestamp) -> Self {
+        Self {
+            run_id,
+            from,
+            to,
+            at,
+            release_worker: false,
+            pinned_launcher: None,
+            failure: None,
+            has_changes: None,
+        }
+    }
+}
+
+/// Which runs to list, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    pub stack_id: Option<StackId>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChunkRecord {
+    pub seq: u64,
+    pub text: String,
+    pub at: Timestamp,
+}
+
+/// A Terraform output: its JSON value, absent for sensitive outputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRecord {
+    pub name: String,
+    pub value_json: Option<String>,
+    pub sensitive: bool,
+}

@@ -1,0 +1,861 @@
+//! The SQLite adapter: the embedded default. One writer connection serializes every
+//! write transaction (SQLite allows one writer anyway, and this avoids lock-upgrade
+//! failures); a pool of reader connections serves queries concurrently through WAL.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gantry_domain::{
+    EnvironmentVariable, LauncherId, PoolId, RunId, RunState, StackId, Timestamp, WorkerId,
+};
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::store::Result;
+use crate::{
+    ApiKeyRecord, LogChunkRecord, OutputRecord, PoolRecord, RunChange, RunFilter, RunRecord,
+    SessionRecord, StackRecord, StateChangeRecord, Store, StoreError, WorkerRecord,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Gantry's state in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed log chunk or state change survives a power loss too.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer =
+            SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.writer.begin().await?)
+    }
+}
+
+fn corrupt(column: &str, error: impl Display) -> StoreError {
+    StoreError::Corrupt(format!("column {column}: {error}"))
+}
+
+fn text(row: &SqliteRow, column: &str) -> Result<String> {
+    row.try_get::<String, _>(column).map_err(|e| corrupt(column, e))
+}
+
+fn optional_text(row: &SqliteRow, column: &str) -> Result<Option<String>> {
+    row.try_get::<Option<String>, _>(column).map_err(|e| corrupt(column, e))
+}
+
+fn parsed<T: FromStr>(row: &SqliteRow, column: &str) -> Result<T>
+where
+    T::Err: Display,
+{
+    text(row, column)?.parse().map_err(|e| corrupt(column, e))
+}
+
+fn optional_parsed<T: FromStr>(row: &SqliteRow, column: &str) -> Result<Option<T>>
+where
+    T::Err: Display,
+{
+    optional_text(row, column)?
+        .map(|value| value.parse().map_err(|e| corrupt(column, e)))
+        .transpose()
+}
+
+fn timestamp(row: &SqliteRow, column: &str) -> Result<Timestamp> {
+    row.try_get::<i64, _>(column).map(Timestamp::from_unix_millis).map_err(|e| corrupt(column, e))
+}
+
+fn flag(row: &SqliteRow, column: &str) -> Result<bool> {
+    row.try_get::<i64, _>(column).map(|value| value != 0).map_err(|e| corrupt(column, e))
+}
+
+fn optional_flag(row: &SqliteRow, column: &str) -> Result<Option<bool>> {
+    row.try_get::<Option<i64>, _>(column)
+        .map(|value| value.map(|v| v != 0))
+        .map_err(|e| corrupt(column, e))
+}
+
+fn json<T: for<'de> Deserialize<'de>>(row: &SqliteRow, column: &str) -> Result<T> {
+    serde_json::from_str(&text(row, column)?).map_err(|e| corrupt(column, e))
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain data serializes")
+}
+
+/// How environment variables are kept in the `environment` column.
+#[derive(Serialize, Deserialize)]
+struct StoredVariable {
+    name: String,
+    value: String,
+    secret: bool,
+}
+
+fn already_exists(kind: &'static str, name: &str, error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::AlreadyExists { kind, name: name.to_owned() }
+        }
+        _ => StoreError::Database(error),
+    }
+}
+
+const POOL_COLUMNS: &str = "id, name, kind, description, labels, certificate_pem, certificate_fingerprint, key_algorithm, created_at, updated_at";
+
+fn pool_from_row(row: &SqliteRow) -> Result<PoolRecord> {
+    Ok(PoolRecord {
+        id: parsed(row, "id")?,
+        name: text(row, "name")?,
+        kind: parsed(row, "kind")?,
+        description: text(row, "description")?,
+        labels: json(row, "labels")?,
+        certificate_pem: optional_text(row, "certificate_pem")?,
+        certificate_fingerprint: optional_text(row, "certificate_fingerprint")?,
+        key_algorithm: optional_text(row, "key_algorithm")?,
+        created_at: timestamp(row, "created_at")?,
+        updated_at: timestamp(row, "updated_at")?,
+    })
+}
+
+fn session_from_row(row: &SqliteRow) -> Result<SessionRecord> {
+    Ok(SessionRecord {
+        token_hash: text(row, "token_hash")?,
+        pool_id: parsed(row, "pool_id")?,
+        launcher_id: parsed(row, "launcher_id")?,
+        certificate_fingerprint: text(row, "certificate_fingerprint")?,
+        hostname: text(row, "hostname")?,
+        launcher_version: text(row, "launcher_version")?,
+        created_at: timestamp(row, "created_at")?,
+        expires_at: timestamp(row, "expires_at")?,
+    })
+}
+
+const WORKER_COLUMNS: &str = "id, pool_id, launcher_id, metadata, launcher_version, hostname, drained, current_run_id, created_at, last_seen_at";
+
+fn worker_from_row(row: &SqliteRow) -> Result<WorkerRecord> {
+    Ok(WorkerRecord {
+        id: parsed(row, "id")?,
+        pool_id: parsed(row, "pool_id")?,
+        launcher_id: parsed(row, "launcher_id")?,
+        metadata: json::<BTreeMap<String, String>>(row, "metadata")?,
+        launcher_version: text(row, "launcher_version")?,
+        hostname: text(row, "hostname")?,
+        drained: flag(row, "drained")?,
+        current_run_id: optional_parsed(row, "current_run_id")?,
+        created_at: timestamp(row, "created_at")?,
+        last_seen_at: timestamp(row, "last_seen_at")?,
+    })
+}
+
+const STACK_COLUMNS: &str = "id, name, repository, branch, project_root, pool_id, tool, runner_image, autodeploy, environment, description, labels, created_at";
+
+fn stack_from_row(row: &SqliteRow) -> Result<StackRecord> {
+    let environment: Vec<StoredVariable> = json(row, "environment")?;
+    Ok(StackRecord {
+        id: parsed(row, "id")?,
+        name: text(row, "name")?,
+        repository: text(row, "repository")?,
+        branch: text(row, "branch")?,
+        project_root: text(row, "project_root")?,
+        pool_id: parsed(row, "pool_id")?,
+        tool: parsed(row, "tool")?,
+        runner_image: optional_text(row, "runner_image")?,
+        autodeploy: flag(row, "autodeploy")?,
+        environment: environment
+            .into_iter()
+            .map(|v| EnvironmentVariable { name: v.name, value: v.value, secret: v.secret })
+            .collect(),
+        description: text(row, "description")?,
+        labels: json(row, "labels")?,
+        created_at: timestamp(row, "created_at")?,
+    })
+}
+
+const RUN_COLUMNS: &str = "id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, pinned_launcher_id, prioritized, has_changes, failure, triggered_by, created_at, updated_at";
+
+fn run_from_row(row: &SqliteRow) -> Result<RunRecord> {
+    Ok(RunRecord {
+        id: parsed(row, "id")?,
+        stack_id: parsed(row, "stack_id")?,
+        pool_id: parsed(row, "pool_id")?,
+        run_type: parsed(row, "run_type")?,
+        state: parsed(row, "state")?,
+        branch: text(row, "branch")?,
+        commit_sha: optional_text(row, "commit_sha")?,
+        commit_message: optional_text(row, "commit_message")?,
+        autodeploy: flag(row, "autodeploy")?,
+        worker_id: optional_parsed(row, "worker_id")?,
+        pinned_launcher_id: optional_parsed(row, "pinned_launcher_id")?,
+        prioritized: flag(row, "prioritized")?,
+        has_changes: optional_flag(row, "has_changes")?,
+        failure: optional_text(row, "failure")?,
+        triggered_by: text(row, "triggered_by")?,
+        created_at: timestamp(row, "created_at")?,
+        updated_at: timestamp(row, "updated_at")?,
+    })
+}
+
+fn select(columns: &str, rest: &str) -> sqlx::AssertSqlSafe<String> {
+    // Only ever called with the column constants above and literal SQL.
+    sqlx::AssertSqlSafe(format!("SELECT {columns} {rest}"))
+}
+
+async fn insert_state(
+    tx: &mut Transaction<'static, Sqlite>,
+    run_id: RunId,
+    state: RunState,
+    at: Timestamp,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO run_states (run_id, seq, state, at)
+         SELECT $1, COALESCE(MAX(seq) + 1, 0), $2, $3 FROM run_states WHERE run_id = $1",
+    )
+    .bind(run_id.to_string())
+    .bind(state.as_str())
+    .bind(at.unix_millis())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn secret_or_insert(
+        &self,
+        name: &str,
+        candidate: &[u8],
+        now: Timestamp,
+    ) -> Result<Vec<u8>> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate)
+        .bind(now.unix_millis())
+        .execute(&mut *tx)
+        .await?;
+        let value: Vec<u8> = sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(value)
+    }
+
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(&key.secret_hash)
+        .bind(key.created_at.unix_millis())
+        .execute(&self.writer)
+        .await
+        .map_err(|e| already_exists("API key", &key.name, e))?;
+        Ok(())
+    }
+
+    async fn find_api_key(&self, secret_hash: &str) -> Result<Option<ApiKeyRecord>> {
+        let row = sqlx::query(
+            "SELECT id, name, secret_hash, created_at FROM api_keys WHERE secret_hash = $1",
+        )
+        .bind(secret_hash)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|row| {
+            Ok(ApiKeyRecord {
+                id: text(&row, "id")?,
+                name: text(&row, "name")?,
+                secret_hash: text(&row, "secret_hash")?,
+                created_at: timestamp(&row, "created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn count_api_keys(&self) -> Result<u64> {
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM api_keys").fetch_one(&self.reader).await?;
+        Ok(count as u64)
+    }
+
+    async fn insert_pool(&self, pool: &PoolRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO pools (id, name, kind, description, labels, certificate_pem, certificate_fingerprint, key_algorithm, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(pool.id.to_string())
+        .bind(&pool.name)
+        .bind(pool.kind.as_str())
+        .bind(&pool.description)
+        .bind(to_json(&pool.labels))
+        .bind(&pool.certificate_pem)
+        .bind(&pool.certificate_fingerprint)
+        .bind(&pool.key_algorithm)
+        .bind(pool.created_at.unix_millis())
+        .bind(pool.updated_at.unix_millis())
+        .execute(&self.writer)
+        .await
+        .map_err(|e| already_exists("pool", &pool.name, e))?;
+        Ok(())
+    }
+
+    async fn get_pool(&self, id: PoolId) -> Result<Option<PoolRecord>> {
+        let row = sqlx::query(select(POOL_COLUMNS, "FROM pools WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(pool_from_row).transpose()
+    }
+
+    async fn find_pool_by_name(&self, name: &str) -> Result<Option<PoolRecord>> {
+        let row = sqlx::query(select(POOL_COLUMNS, "FROM pools WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(pool_from_row).transpose()
+    }
+
+    async fn list_pools(&self) -> Result<Vec<PoolRecord>> {
+        let rows = sqlx::query(select(POOL_COLUMNS, "FROM pools ORDER BY name"))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(pool_from_row).collect()
+    }
+
+    async fn insert_session(&self, session: &SessionRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, pool_id, launcher_id, certificate_fingerprint, hostname, launcher_version, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&session.token_hash)
+        .bind(session.pool_id.to_string())
+        .bind(session.launcher_id.to_string())
+        .bind(&session.certificate_fingerprint)
+        .bind(&session.hostname)
+        .bind(&session.launcher_version)
+        .bind(session.created_at.unix_millis())
+        .bind(session.expires_at.unix_millis())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
+        let row = sqlx::query(
+            "SELECT token_hash, pool_id, launcher_id, certificate_fingerprint, hostname, launcher_version, created_at, expires_at
+             FROM sessions WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn delete_session(&self, token_hash: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_expired_sessions(&self, now: Timestamp) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+            .bind(now.unix_millis())
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn register_worker(&self, worker: &WorkerRecord) -> Result<WorkerRecord> {
+        let mut tx = self.begin().await?;
+        let existing_pool: Option<String> =
+            sqlx::query_scalar("SELECT pool_id FROM workers WHERE id = $1")
+                .bind(worker.id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        match existing_pool {
+            Some(pool) if pool != worker.pool_id.to_string() => {
+                return Err(StoreError::AlreadyExists {
+                    kind: "worker",
+                    name: worker.id.to_string(),
+                });
+            }
+            Some(_) => {
+                sqlx::query(
+                    "UPDATE workers SET launcher_id = $2, metadata = $3, launcher_version = $4, hostname = $5, last_seen_at = $6
+                     WHERE id = $1",
+                )
+                .bind(worker.id.to_string())
+                .bind(worker.launcher_id.to_string())
+                .bind(to_json(&worker.metadata))
+                .bind(&worker.launcher_version)
+                .bind(&worker.hostname)
+                .bind(worker.last_seen_at.unix_millis())
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO workers (id, pool_id, launcher_id, metadata, launcher_version, hostname, drained, current_run_id, created_at, last_seen_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(worker.id.to_string())
+                .bind(worker.pool_id.to_string())
+                .bind(worker.launcher_id.to_string())
+                .bind(to_json(&worker.metadata))
+                .bind(&worker.launcher_version)
+                .bind(&worker.hostname)
+                .bind(i64::from(worker.drained))
+                .bind(worker.current_run_id.map(|id| id.to_string()))
+                .bind(worker.created_at.unix_millis())
+                .bind(worker.last_seen_at.unix_millis())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let row = sqlx::query(select(WORKER_COLUMNS, "FROM workers WHERE id = $1"))
+            .bind(worker.id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        worker_from_row(&row)
+    }
+
+    async fn get_worker(&self, id: WorkerId) -> Result<Option<WorkerRecord>> {
+        let row = sqlx::query(select(WORKER_COLUMNS, "FROM workers WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(worker_from_row).transpose()
+    }
+
+    async fn list_workers(&self, pool_id: Option<PoolId>) -> Result<Vec<WorkerRecord>> {
+        let rows = match pool_id {
+            Some(pool_id) => {
+                sqlx::query(select(
+                    WORKER_COLUMNS,
+                    "FROM workers WHERE pool_id = $1 ORDER BY created_at, id",
+                ))
+                .bind(pool_id.to_string())
+                .fetch_all(&self.reader)
+                .await?
+            }
+            None => {
+                sqlx::query(select(WORKER_COLUMNS, "FROM workers ORDER BY created_at, id"))
+                    .fetch_all(&self.reader)
+                    .await?
+            }
+        };
+        rows.iter().map(worker_from_row).collect()
+    }
+
+    async fn touch_workers(
+        &self,
+        launcher_id: LauncherId,
+        worker_ids: &[WorkerId],
+        now: Timestamp,
+    ) -> Result<Vec<WorkerId>> {
+        let mut tx = self.begin().await?;
+        let mut unknown = Vec::new();
+        for worker_id in worker_ids {
+            let done = sqlx::query(
+                "UPDATE workers SET last_seen_at = $3 WHERE id = $1 AND launcher_id = $2",
+            )
+            .bind(worker_id.to_string())
+            .bind(launcher_id.to_string())
+            .bind(now.unix_millis())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                unknown.push(*worker_id);
+            }
+        }
+        tx.commit().await?;
+        Ok(unknown)
+    }
+
+    async fn delete_workers(&self, worker_ids: &[WorkerId]) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for worker_id in worker_ids {
+            sqlx::query("DELETE FROM workers WHERE id = $1")
+                .bind(worker_id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_stack(&self, stack: &StackRecord) -> Result<()> {
+        let environment: Vec<StoredVariable> = stack
+            .environment
+            .iter()
+            .map(|v| StoredVariable {
+                name: v.name.clone(),
+                value: v.value.clone(),
+                secret: v.secret,
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO stacks (id, name, repository, branch, project_root, pool_id, tool, runner_image, autodeploy, environment, description, labels, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(stack.id.to_string())
+        .bind(&stack.name)
+        .bind(&stack.repository)
+        .bind(&stack.branch)
+        .bind(&stack.project_root)
+        .bind(stack.pool_id.to_string())
+        .bind(stack.tool.as_str())
+        .bind(&stack.runner_image)
+        .bind(i64::from(stack.autodeploy))
+        .bind(to_json(&environment))
+        .bind(&stack.description)
+        .bind(to_json(&stack.labels))
+        .bind(stack.created_at.unix_millis())
+        .execute(&self.writer)
+        .await
+        .map_err(|e| already_exists("stack", &stack.name, e))?;
+        Ok(())
+    }
+
+    async fn get_stack(&self, id: StackId) -> Result<Option<StackRecord>> {
+        let row = sqlx::query(select(STACK_COLUMNS, "FROM stacks WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(stack_from_row).transpose()
+    }
+
+    async fn find_stack_by_name(&self, name: &str) -> Result<Option<StackRecord>> {
+        let row = sqlx::query(select(STACK_COLUMNS, "FROM stacks WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(stack_from_row).transpose()
+    }
+
+    async fn list_stacks(&self) -> Result<Vec<StackRecord>> {
+        let rows = sqlx::query(select(STACK_COLUMNS, "FROM stacks ORDER BY name"))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(stack_from_row).collect()
+    }
+
+    async fn insert_run(&self, run: &RunRecord) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO runs (id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, pinned_launcher_id, prioritized, has_changes, failure, triggered_by, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(run.id.to_string())
+        .bind(run.stack_id.to_string())
+        .bind(run.pool_id.to_string())
+        .bind(run.run_type.as_str())
+        .bind(run.state.as_str())
+        .bind(&run.branch)
+        .bind(&run.commit_sha)
+        .bind(&run.commit_message)
+        .bind(i64::from(run.autodeploy))
+        .bind(run.worker_id.map(|id| id.to_string()))
+        .bind(run.pinned_launcher_id.map(|id| id.to_string()))
+        .bind(i64::from(run.prioritized))
+        .bind(run.has_changes.map(i64::from))
+        .bind(&run.failure)
+        .bind(&run.triggered_by)
+        .bind(run.created_at.unix_millis())
+        .bind(run.updated_at.unix_millis())
+        .execute(&mut *tx)
+        .await?;
+        insert_state(&mut tx, run.id, run.state, run.created_at).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_run(&self, id: RunId) -> Result<Option<RunRecord>> {
+        let row = sqlx::query(select(RUN_COLUMNS, "FROM runs WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        let limit = i64::from(if filter.limit == 0 { 50 } else { filter.limit });
+        let rows = match filter.stack_id {
+            Some(stack_id) => {
+                sqlx::query(select(
+                    RUN_COLUMNS,
+                    "FROM runs WHERE stack_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+                ))
+                .bind(stack_id.to_string())
+                .bind(limit)
+                .fetch_all(&self.reader)
+                .await?
+            }
+            None => {
+                sqlx::query(select(
+                    RUN_COLUMNS,
+                    "FROM runs ORDER BY created_at DESC, id DESC LIMIT $1",
+                ))
+                .bind(limit)
+                .fetch_all(&self.reader)
+                .await?
+            }
+        };
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn active_runs(&self) -> Result<Vec<RunRecord>> {
+        let rows = sqlx::query(select(
+            RUN_COLUMNS,
+            "FROM runs WHERE state NOT IN ('FINISHED', 'FAILED', 'STOPPED', 'DISCARDED', 'CANCELED', 'SKIPPED')
+             ORDER BY created_at, id",
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn run_history(&self, id: RunId) -> Result<Vec<StateChangeRecord>> {
+        let rows = sqlx::query("SELECT state, at FROM run_states WHERE run_id = $1 ORDER BY seq")
+            .bind(id.to_string())
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StateChangeRecord { state: parsed(row, "state")?, at: timestamp(row, "at")? })
+            })
+            .collect()
+    }
+
+    async fn change_run(&self, change: &RunChange) -> Result<RunRecord> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(select(RUN_COLUMNS, "FROM runs WHERE id = $1"))
+            .bind(change.run_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound { kind: "run", id: change.run_id.to_string() })?;
+        let current = run_from_row(&row)?;
+        if current.state != change.from {
+            return Err(StoreError::StateConflict {
+                run_id: change.run_id,
+                expected: change.from,
+                found: current.state,
+            });
+        }
+        let (pin_given, pin_value) = match change.pinned_launcher {
+            Some(pin) => (1_i64, pin.map(|id| id.to_string())),
+            None => (0, None),
+        };
+        sqlx::query(
+            "UPDATE runs SET state = $2, updated_at = $3,
+                 worker_id = CASE WHEN $4 = 1 THEN NULL ELSE worker_id END,
+                 pinned_launcher_id = CASE WHEN $5 = 1 THEN $6 ELSE pinned_launcher_id END,
+                 failure = COALESCE($7, failure),
+                 has_changes = COALESCE($8, has_changes)
+             WHERE id = $1",
+        )
+        .bind(change.run_id.to_string())
+        .bind(change.to.as_str())
+        .bind(change.at.unix_millis())
+        .bind(i64::from(change.release_worker))
+        .bind(pin_given)
+        .bind(pin_value)
+        .bind(&change.failure)
+        .bind(change.has_changes.map(i64::from))
+        .execute(&mut *tx)
+        .await?;
+        if change.release_worker
+            && let Some(worker_id) = current.worker_id
+        {
+            sqlx::query(
+                "UPDATE workers SET current_run_id = NULL WHERE id = $1 AND current_run_id = $2",
+            )
+            .bind(worker_id.to_string())
+            .bind(change.run_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if change.to != change.from {
+            insert_state(&mut tx, change.run_id, change.to, change.at).await?;
+        }
+        let row = sqlx::query(select(RUN_COLUMNS, "FROM runs WHERE id = $1"))
+            .bind(change.run_id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        run_from_row(&row)
+    }
+
+    async fn set_run_commit(&self, id: RunId, sha: &str, message: &str) -> Result<()> {
+        sqlx::query("UPDATE runs SET commit_sha = $2, commit_message = $3 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(sha)
+            .bind(message)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn assign_run(&self, run_id: RunId, worker_id: WorkerId, now: Timestamp) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let run = sqlx::query(
+            "UPDATE runs SET worker_id = $2, updated_at = $3
+             WHERE id = $1 AND worker_id IS NULL AND state IN ('READY', 'CONFIRMED')",
+        )
+        .bind(run_id.to_string())
+        .bind(worker_id.to_string())
+        .bind(now.unix_millis())
+        .execute(&mut *tx)
+        .await?;
+        let worker = sqlx::query(
+            "UPDATE workers SET current_run_id = $2
+             WHERE id = $1 AND current_run_id IS NULL AND drained = 0",
+        )
+        .bind(worker_id.to_string())
+        .bind(run_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if run.rows_affected() == 1 && worker.rows_affected() == 1 {
+            tx.commit().await?;
+            Ok(true)
+        } else {
+            tx.rollback().await?;
+            Ok(false)
+        }
+    }
+
+    async fn append_logs(
+        &self,
+        run_id: RunId,
+        chunks: &[(u64, String)],
+        now: Timestamp,
+    ) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let next: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM run_logs WHERE run_id = $1")
+                .bind(run_id.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+        let mut next = next as u64;
+        let mut gap = None;
+        for (seq, text) in chunks {
+            if *seq < next {
+                continue;
+            }
+            if *seq > next {
+                gap = Some(*seq);
+                break;
+            }
+            sqlx::query("INSERT INTO run_logs (run_id, seq, text, at) VALUES ($1, $2, $3, $4)")
+                .bind(run_id.to_string())
+                .bind(*seq as i64)
+                .bind(text)
+                .bind(now.unix_millis())
+                .execute(&mut *tx)
+                .await?;
+            next += 1;
+        }
+        tx.commit().await?;
+        match gap {
+            Some(received) => Err(StoreError::LogGap { expected: next, received }),
+            None => Ok(next),
+        }
+    }
+
+    async fn read_logs(
+        &self,
+        run_id: RunId,
+        from_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<LogChunkRecord>> {
+        let rows = sqlx::query("SELECT seq, text, at FROM run_logs WHERE run_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3")
+            .bind(run_id.to_string())
+            .bind(from_seq as i64)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq").map_err(|e| corrupt("seq", e))?;
+                Ok(LogChunkRecord {
+                    seq: seq as u64,
+                    text: text(row, "text")?,
+                    at: timestamp(row, "at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn replace_outputs(&self, run_id: RunId, outputs: &[OutputRecord]) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM run_outputs WHERE run_id = $1")
+            .bind(run_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        for output in outputs {
+            sqlx::query(
+                "INSERT INTO run_outputs (run_id, name, value, sensitive) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(run_id.to_string())
+            .bind(&output.name)
+            .bind(&output.value_json)
+            .bind(i64::from(output.sensitive))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn outputs(&self, run_id: RunId) -> Result<Vec<OutputRecord>> {
+        let rows = sqlx::query(
+            "SELECT name, value, sensitive FROM run_outputs WHERE run_id = $1 ORDER BY name",
+        )
+        .bind(run_id.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OutputRecord {
+                    name: text(row, "name")?,
+                    value_json: optional_text(row, "value")?,
+                    sensitive: flag(row, "sensitive")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,94 @@
+//! The `Store` trait: every read and atomic write the server needs.
+
+use async_trait::async_trait;
+use gantry_domain::{LauncherId, PoolId, RunId, StackId, Timestamp, WorkerId};
+
+use crate::{
+    ApiKeyRecord, LogChunkRecord, OutputRecord, PoolRecord, RunChange, RunFilter, RunRecord,
+    SessionRecord, StackRecord, StateChangeRecord, StoreError, WorkerRecord,
+};
+
+pub(crate) type Result<T> = std::result::Result<T, StoreError>;
+
+/// Gantry's persistent state. Implementations must be safe to share between tasks and,
+/// for engines that allow it, between server replicas.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The secret stored under `name`, storing `candidate` first if there is none. Every
+    /// caller gets the same value, even when several race to create it.
+    async fn secret_or_insert(
+        &self,
+        name: &str,
+        candidate: &[u8],
+        now: Timestamp,
+    ) -> Result<Vec<u8>>;
+
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
+    async fn find_api_key(&self, secret_hash: &str) -> Result<Option<ApiKeyRecord>>;
+    async fn count_api_keys(&self) -> Result<u64>;
+
+    /// Fails with `AlreadyExists` when the name is taken.
+    async fn insert_pool(&self, pool: &PoolRecord) -> Result<()>;
+    async fn get_pool(&self, id: PoolId) -> Result<Option<PoolRecord>>;
+    async fn find_pool_by_name(&self, name: &str) -> Result<Option<PoolRecord>>;
+    async fn list_pools(&self) -> Result<Vec<PoolRecord>>;
+
+    async fn insert_session(&self, session: &SessionRecord) -> Result<()>;
+    async fn find_session(&self, token_hash: &str) -> Result<Option<SessionRecord>>;
+    async fn delete_session(&self, token_hash: &str) -> Result<()>;
+    /// Removes sessions that expired before `now`; returns how many.
+    async fn delete_expired_sessions(&self, now: Timestamp) -> Result<u64>;
+
+    /// Registers a worker, or takes over the worker with the same id in the same pool
+    /// (new launcher, metadata and liveness; its drained flag and run are kept).
+    async fn register_worker(&self, worker: &WorkerRecord) -> Result<WorkerRecord>;
+    async fn get_worker(&self, id: WorkerId) -> Result<Option<WorkerRecord>>;
+    /// All workers, or those of one pool, oldest first.
+    async fn list_workers(&self, pool_id: Option<PoolId>) -> Result<Vec<WorkerRecord>>;
+    /// Marks the launcher's workers alive; returns the ids it no longer owns.
+    async fn touch_workers(
+        &self,
+        launcher_id: LauncherId,
+        worker_ids: &[WorkerId],
+        now: Timestamp,
+    ) -> Result<Vec<WorkerId>>;
+    async fn delete_workers(&self, worker_ids: &[WorkerId]) -> Result<()>;
+
+    /// Fails with `AlreadyExists` when the name is taken.
+    async fn insert_stack(&self, stack: &StackRecord) -> Result<()>;
+    async fn get_stack(&self, id: StackId) -> Result<Option<StackRecord>>;
+    async fn find_stack_by_name(&self, name: &str) -> Result<Option<StackRecord>>;
+    async fn list_stacks(&self) -> Result<Vec<StackRecord>>;
+
+    /// Inserts the run and its first state.
+    async fn insert_run(&self, run: &RunRecord) -> Result<()>;
+    async fn get_run(&self, id: RunId) -> Result<Option<RunRecord>>;
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
+    /// Every run that has not ended, oldest first.
+    async fn active_runs(&self) -> Result<Vec<RunRecord>>;
+    async fn run_history(&self, id: RunId) -> Result<Vec<StateChangeRecord>>;
+    /// Applies the change if the run is still in `change.from`, else `StateConflict`.
+    async fn change_run(&self, change: &RunChange) -> Result<RunRecord>;
+    async fn set_run_commit(&self, id: RunId, sha: &str, message: &str) -> Result<()>;
+    /// Hands a run waiting for a worker to an idle, undrained worker: both or neither.
+    /// Returns whether it happened.
+    async fn assign_run(&self, run_id: RunId, worker_id: WorkerId, now: Timestamp) -> Result<bool>;
+
+    /// Appends chunks in order; chunks already stored are skipped. Returns the next
+    /// sequence number expected, or `LogGap` (after storing what came in order).
+    async fn append_logs(
+        &self,
+        run_id: RunId,
+        chunks: &[(u64, String)],
+        now: Timestamp,
+    ) -> Result<u64>;
+    async fn read_logs(
+        &self,
+        run_id: RunId,
+        from_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<LogChunkRecord>>;
+
+    async fn replace_outputs(&self, run_id: RunId, outputs: &[OutputRecord]) -> Result<()>;
+    async fn outputs(&self, run_id: RunId) -> Result<Vec<OutputRecord>>;
+}

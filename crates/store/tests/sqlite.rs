@@ -1,0 +1,35 @@
+//! The store contract on SQLite, plus what only a file-backed engine can show.
+
+use gantry_store::{SqliteStore, Store};
+
+async fn fresh() -> (SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("gantry.db")).await.unwrap();
+    (store, dir)
+}
+
+gantry_store::store_contract_tests!(fresh());
+
+#[tokio::test]
+async fn state_survives_reopening_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gantry.db");
+    let first = SqliteStore::open(&path).await.unwrap();
+    let value = first
+        .secret_or_insert("ca", b"kept", gantry_domain::Timestamp::from_unix_millis(1))
+        .await
+        .unwrap();
+    drop(first);
+    let second = SqliteStore::open(&path).await.unwrap();
+    let again = second
+        .secret_or_insert("ca", b"new", gantry_domain::Timestamp::from_unix_millis(2))
+        .await
+        .unwrap();
+    assert_eq!(value, again);
+}
+
+#[tokio::test]
+async fn an_unwritable_location_is_a_clear_error() {
+    let error = SqliteStore::open(std::path::Path::new("/proc/gantry/nope.db")).await.unwrap_err();
+    assert!(error.to_string().starts_with("the database is unavailable"), "{error}");
+}
