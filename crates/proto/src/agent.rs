@@ -28,11 +28,20 @@ pub struct ChallengeRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChallengeResponse {
     pub challenge: String,
+    /// SHA-256 of the pool's current certificate: a launcher whose token carries another
+    /// one knows the pool was reset and its token replaced.
+    #[serde(default)]
+    pub certificate_fingerprint: Option<String>,
 }
 
-/// What a launcher says about itself.
+/// What a launcher says about itself. `id` is chosen by the launcher process at start
+/// and kept across its sessions, so that a renewed session keeps its workers and the
+/// workspaces it holds.
+#[serde_as]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LauncherInfo {
+    #[serde_as(as = "DisplayFromStr")]
+    pub id: LauncherId,
     pub version: String,
     pub hostname: String,
     pub protocol_version: u32,

@@ -258,6 +258,39 @@ pub struct LogPage {
     pub complete: bool,
 }
 
+/// `GET /api/v1/pools`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolList {
+    pub pools: Vec<Pool>,
+}
+
+/// `GET /api/v1/workers`, `GET /api/v1/pools/{pool}/workers`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerList {
+    pub workers: Vec<Worker>,
+}
+
+/// `GET /api/v1/stacks`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackList {
+    pub stacks: Vec<Stack>,
+}
+
+/// `GET /api/v1/runs?stack=S&limit=N`, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunList {
+    pub runs: Vec<Run>,
+}
+
+/// The last event of `GET /api/v1/runs/{id}/logs/stream`: the run ended and every log
+/// chunk was sent.
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamEnd {
+    #[serde_as(as = "DisplayFromStr")]
+    pub state: RunState,
+}
+
 /// `GET /api/v1/health`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {
