@@ -9,6 +9,7 @@ mod run;
 pub mod scheduler;
 mod stack;
 mod time;
+pub mod validation;
 mod worker;
 
 pub use ids::{IdParseError, LauncherId, PoolId, RunId, StackId, WorkerId};

@@ -1,1 +1,19 @@
-//! placeholder
+//! The Gantry launcher: runs on the pool owner's machine, holds the pool private key,
+//! proves possession of it to open agent-plane sessions, keeps its worker slots
+//! registered, long-polls for assignments, and supervises each run: workspace, worker
+//! process, log relay, timeouts. The worker it starts never sees the key.
+
+mod backoff;
+mod client;
+pub mod config;
+mod executor;
+mod launcher;
+mod local_api;
+mod logs;
+mod supervisor;
+mod workspace;
+
+pub use client::{AgentClient, ClientError};
+pub use config::{ConfigError, LauncherConfig};
+pub use executor::{Executor, ProcessExecutor};
+pub use launcher::{FatalError, Shutdown, run};

@@ -108,7 +108,7 @@ pub struct PollResponse {
 }
 
 /// Which part of a run a worker executes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Job {
     /// Check out, initialize, plan; maybe apply when the server says so.
@@ -148,6 +148,10 @@ pub struct Assignment {
     pub stack: StackSpec,
     /// The commit to check out; the branch head when absent.
     pub commit: Option<String>,
+    /// The sequence number of the run's next log chunk: an apply continues the log its
+    /// plan wrote.
+    #[serde(default)]
+    pub log_next_seq: u64,
 }
 
 /// `POST /agent/v1/runs/{run}/ack`: the launcher took the assignment.

@@ -1,1 +1,24 @@
-//! placeholder
+//! The Gantry control plane: the REST API, the agent plane launchers connect to, the
+//! scheduling loop, liveness, and the certificate authority that issues pool
+//! certificates. `main` lives in the `gantry` CLI (`gantry server`, `gantry up`); tests
+//! drive `router()` directly or a started `Server`.
+
+mod agent;
+mod api;
+mod auth;
+mod bootstrap;
+pub mod config;
+mod error;
+mod events;
+mod lifecycle;
+mod liveness;
+mod lookup;
+mod pki;
+mod scheduling;
+mod server;
+mod state;
+mod views;
+
+pub use bootstrap::API_KEY_PREFIX;
+pub use config::{AgentTimings, ServerConfig, TlsSource};
+pub use server::{Server, StartError, router};

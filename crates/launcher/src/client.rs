@@ -1,0 +1,296 @@
+//! The agent-plane client: every request this launcher makes, outbound, over HTTPS. It
+//! opens a session by signing the server's challenge with the pool key, and opens a new
+//! one transparently when the server says the old one expired.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use gantry_crypto::{PoolPrivateKey, session_message};
+use gantry_domain::{PoolId, RunId};
+use gantry_proto::agent::{
+    Acknowledge, ChallengeRequest, ChallengeResponse, Directive, Heartbeat, HeartbeatResponse,
+    LauncherInfo, LogUpload, LogsAccepted, OpenSession, PROTOCOL_VERSION, Poll, PollResponse,
+    RegisterWorkers, ReportRequest, ReportResponse, RunReport, SessionOpened, UploadLogs,
+    WorkerRegistration, WorkersRegistered,
+};
+use gantry_proto::api::ErrorResponse;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Mutex;
+
+use crate::config::LauncherConfig;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a request to the server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the server at {url}: {cause}")]
+    Unreachable { url: String, cause: String },
+    #[error("the server refused this launcher's proof: {0}")]
+    Proof(String),
+    #[error(
+        "pool {pool_id} was reset: GANTRY_TOKEN carries an outdated certificate; start the launcher with the token (and key) from the reset"
+    )]
+    PoolReset { pool_id: PoolId },
+    #[error("the server answered {status} ({code}): {message}")]
+    Rejected { status: u16, code: String, message: String },
+    #[error("the server's answer to {path} does not parse: {cause}")]
+    Protocol { path: String, cause: String },
+}
+
+impl ClientError {
+    /// Retrying cannot help: the configuration must change.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Proof(_) | Self::PoolReset { .. })
+    }
+
+    /// Retrying may help: the server was unreachable or had a passing problem.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } => true,
+            Self::Rejected { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+
+    fn code(&self) -> Option<&str> {
+        match self {
+            Self::Rejected { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// An HTTPS client of one server's agent plane, for one launcher.
+#[derive(Debug)]
+pub struct AgentClient {
+    http: reqwest::Client,
+    endpoint: String,
+    pool_id: PoolId,
+    key: Arc<PoolPrivateKey>,
+    certificate_fingerprint: String,
+    info: LauncherInfo,
+    session: Mutex<Option<String>>,
+}
+
+impl AgentClient {
+    pub fn new(config: &LauncherConfig) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("gantry-launcher/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &config.token.server_ca {
+            let certificate = reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| {
+                ClientError::Protocol {
+                    path: "GANTRY_TOKEN".to_owned(),
+                    cause: format!("its server CA does not load: {e}"),
+                }
+            })?;
+            builder = builder.tls_certs_only([certificate]);
+        }
+        let http = builder.build().map_err(|e| ClientError::Protocol {
+            path: "client".to_owned(),
+            cause: e.to_string(),
+        })?;
+        Ok(Self {
+            http,
+            endpoint: config.token.endpoint.trim_end_matches('/').to_owned(),
+            pool_id: config.pool_id,
+            key: Arc::clone(&config.key),
+            certificate_fingerprint: config.certificate.fingerprint().to_owned(),
+            info: LauncherInfo {
+                id: config.launcher_id,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                hostname: config.hostname.clone(),
+                protocol_version: PROTOCOL_VERSION,
+            },
+            session: Mutex::new(None),
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    async fn send<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Resp, ClientError> {
+        let url = format!("{}/agent/v1{path}", self.endpoint);
+        let mut request = self.http.post(&url).json(body).timeout(timeout);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.endpoint.clone(),
+            cause: describe(&e),
+        })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| ClientError::Unreachable {
+            url: self.endpoint.clone(),
+            cause: describe(&e),
+        })?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+                path: path.to_owned(),
+                cause: e.to_string(),
+            });
+        }
+        let (code, message) = match serde_json::from_slice::<ErrorResponse>(&bytes) {
+            Ok(error) => (error.error.code, error.error.message),
+            Err(_) => {
+                ("unknown".to_owned(), String::from_utf8_lossy(&bytes).chars().take(300).collect())
+            }
+        };
+        Err(match code.as_str() {
+            "pool_reset" => ClientError::PoolReset { pool_id: self.pool_id },
+            "invalid_proof" => ClientError::Proof(message),
+            _ => ClientError::Rejected { status: status.as_u16(), code, message },
+        })
+    }
+
+    /// Proves possession of the pool key and opens a session.
+    async fn open_session(&self) -> Result<String, ClientError> {
+        let challenge: ChallengeResponse = self
+            .send(
+                "/session/challenge",
+                &ChallengeRequest { pool_id: self.pool_id },
+                None,
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+        if challenge
+            .certificate_fingerprint
+            .as_deref()
+            .is_some_and(|current| current != self.certificate_fingerprint)
+        {
+            return Err(ClientError::PoolReset { pool_id: self.pool_id });
+        }
+        let signature = self
+            .key
+            .sign(&session_message(&challenge.challenge))
+            .map_err(|e| ClientError::Proof(format!("signing the challenge failed: {e}")))?;
+        let request = OpenSession {
+            pool_id: self.pool_id,
+            challenge: challenge.challenge,
+            signature: base64::engine::general_purpose::STANDARD.encode(signature),
+            launcher: self.info.clone(),
+        };
+        let opened: SessionOpened = self.send("/session", &request, None, REQUEST_TIMEOUT).await?;
+        Ok(opened.session_token)
+    }
+
+    /// Opens a session now if there is none: the first contact with the server.
+    pub async fn connect(&self) -> Result<(), ClientError> {
+        let mut session = self.session.lock().await;
+        if session.is_none() {
+            *session = Some(self.open_session().await?);
+        }
+        Ok(())
+    }
+
+    /// A request within a session, opening a new session once if the server says the
+    /// current one expired.
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, ClientError> {
+        for attempt in 0..2 {
+            let token = {
+                let mut session = self.session.lock().await;
+                match &*session {
+                    Some(token) => token.clone(),
+                    None => {
+                        let token = self.open_session().await?;
+                        *session = Some(token.clone());
+                        token
+                    }
+                }
+            };
+            match self.send(path, body, Some(&token), timeout).await {
+                Err(error) if attempt == 0 && error.code() == Some("session_expired") => {
+                    let mut session = self.session.lock().await;
+                    if session.as_deref() == Some(token.as_str()) {
+                        *session = None;
+                    }
+                }
+                other => return other,
+            }
+        }
+        Err(ClientError::Proof("the server keeps rejecting new sessions".to_owned()))
+    }
+
+    pub async fn register_workers(
+        &self,
+        workers: Vec<WorkerRegistration>,
+    ) -> Result<WorkersRegistered, ClientError> {
+        self.call("/workers", &RegisterWorkers { workers }, REQUEST_TIMEOUT).await
+    }
+
+    pub async fn poll(&self, wait: Duration) -> Result<PollResponse, ClientError> {
+        let wait_seconds = u32::try_from(wait.as_secs()).unwrap_or(u32::MAX);
+        self.call("/poll", &Poll { wait_seconds }, wait + REQUEST_TIMEOUT).await
+    }
+
+    pub async fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatResponse, ClientError> {
+        self.call("/heartbeat", heartbeat, REQUEST_TIMEOUT).await
+    }
+
+    pub async fn acknowledge(
+        &self,
+        run_id: RunId,
+        acknowledge: &Acknowledge,
+    ) -> Result<(), ClientError> {
+        let _: serde_json::Value =
+            self.call(&format!("/runs/{run_id}/ack"), acknowledge, REQUEST_TIMEOUT).await?;
+        Ok(())
+    }
+
+    pub async fn report(&self, run_id: RunId, report: RunReport) -> Result<Directive, ClientError> {
+        let response: ReportResponse = self
+            .call(&format!("/runs/{run_id}/reports"), &ReportRequest { report }, REQUEST_TIMEOUT)
+            .await?;
+        Ok(response.directive)
+    }
+
+    pub async fn upload_logs(
+        &self,
+        run_id: RunId,
+        chunks: Vec<LogUpload>,
+    ) -> Result<u64, ClientError> {
+        let accepted: LogsAccepted = self
+            .call(&format!("/runs/{run_id}/logs"), &UploadLogs { chunks }, REQUEST_TIMEOUT)
+            .await?;
+        Ok(accepted.next_seq)
+    }
+
+    /// Ends the session; the server removes this launcher's workers.
+    pub async fn close(&self) -> Result<(), ClientError> {
+        if self.session.lock().await.is_none() {
+            return Ok(());
+        }
+        let _: serde_json::Value =
+            self.call("/session/close", &serde_json::json!({}), REQUEST_TIMEOUT).await?;
+        *self.session.lock().await = None;
+        Ok(())
+    }
+}
+
+/// The innermost cause of a transport error: "connection refused", "certificate not
+/// trusted", rather than reqwest's generic outer message.
+fn describe(error: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    if error.is_timeout() {
+        return "the request timed out".to_owned();
+    }
+    cause.to_string()
+}

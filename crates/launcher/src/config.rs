@@ -1,0 +1,184 @@
+//! Launcher configuration from `GANTRY_*` variables, validated completely before the
+//! launcher connects anywhere: a malformed token, an unreadable key or a key that does
+//! not belong to the token's certificate stops it at once with one clear line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry_crypto::{Certificate, PoolPrivateKey, PoolToken};
+use gantry_domain::options::{self, Env, OptionError, RunLimits};
+use gantry_domain::{LauncherId, PoolId};
+
+pub const SHUTDOWN_GRACE: &str = "GANTRY_LAUNCHER_SHUTDOWN_GRACE";
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// The exit code for a configuration the launcher cannot work with (EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+
+/// Why the configuration was refused. Never contains a secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Option(#[from] OptionError),
+    #[error(
+        "GANTRY_POOL_PRIVATE_KEY does not match the certificate in GANTRY_TOKEN (pool {pool_id}): it is not the key this pool's CSR was made with"
+    )]
+    KeyMismatch { pool_id: String },
+    #[error("{variable}={path}: {problem}")]
+    File { variable: &'static str, path: String, problem: String },
+}
+
+/// Everything the launcher needs, checked.
+#[derive(Debug, Clone)]
+pub struct LauncherConfig {
+    pub token: PoolToken,
+    pub pool_id: PoolId,
+    pub certificate: Certificate,
+    pub key: Arc<PoolPrivateKey>,
+    pub limits: RunLimits,
+    /// Tags from `GANTRY_METADATA_*`, shown on every worker of this launcher.
+    pub metadata: BTreeMap<String, String>,
+    pub worker_slots: u32,
+    /// Holds run workspaces and the worker sockets.
+    pub work_dir: PathBuf,
+    pub worker_binary: PathBuf,
+    /// `GANTRY_DEBUG`: workers print the exact commands they run.
+    pub debug: bool,
+    /// How long a graceful shutdown waits for running runs before stopping them.
+    pub shutdown_grace: Duration,
+    pub hostname: String,
+    /// This launcher process, across its sessions.
+    pub launcher_id: LauncherId,
+    /// Variables passed through to the worker process (PATH, HOME, ...).
+    pub passthrough_env: Vec<(String, String)>,
+}
+
+/// What the worker process inherits from the launcher's environment: enough to find
+/// tools and write temporary files, nothing of the launcher's own configuration.
+const PASSTHROUGH: &[&str] =
+    &["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "USER", "SSL_CERT_FILE", "SSL_CERT_DIR"];
+
+impl LauncherConfig {
+    /// Reads and checks the configuration from a snapshot of the environment.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let token_text = options::get(env, options::TOKEN).ok_or_else(|| OptionError::Missing {
+            variable: options::TOKEN.to_owned(),
+            expected: "the token printed by gantry pool create",
+        })?;
+        let token = PoolToken::decode(token_text).map_err(|e| {
+            OptionError::invalid_secret(options::TOKEN, format!("a Gantry pool token ({e})"))
+        })?;
+        let pool_id: PoolId = token.pool_id.parse().map_err(|_| {
+            OptionError::invalid_secret(
+                options::TOKEN,
+                "a Gantry pool token (its pool id is not valid)",
+            )
+        })?;
+        let certificate = token.pool_certificate().map_err(|e| {
+            OptionError::invalid_secret(options::TOKEN, format!("a Gantry pool token ({e})"))
+        })?;
+
+        let key = read_key(env)?;
+        if !key.matches(&certificate) {
+            return Err(ConfigError::KeyMismatch { pool_id: token.pool_id.clone() });
+        }
+
+        let work_dir = match options::get(env, options::WORK_DIR) {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                PathBuf::from(options::get(env, "TMPDIR").unwrap_or("/tmp")).join("gantry-launcher")
+            }
+        };
+        let worker_binary = worker_binary(env)?;
+        Ok(Self {
+            pool_id,
+            certificate,
+            key: Arc::new(key),
+            limits: RunLimits::from_env(env)?,
+            metadata: options::metadata(env),
+            worker_slots: options::count(
+                env,
+                options::WORKER_SLOTS,
+                1,
+                1,
+                64,
+                "a number of worker slots from 1 to 64",
+            )?,
+            work_dir,
+            worker_binary,
+            debug: options::boolean(env, options::DEBUG, false)?,
+            shutdown_grace: options::duration(env, SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE)?,
+            hostname: hostname(env),
+            launcher_id: LauncherId::generate(),
+            passthrough_env: PASSTHROUGH
+                .iter()
+                .filter_map(|name| env.get(*name).map(|value| ((*name).to_owned(), value.clone())))
+                .collect(),
+            token,
+        })
+    }
+}
+
+fn read_key(env: &Env) -> Result<PoolPrivateKey, ConfigError> {
+    const EXPECTED: &str =
+        "the pool's private key: base64 of the PEM file (base64 -w 0 pool.key) or the PEM text";
+    if let Some(value) = options::get(env, options::POOL_PRIVATE_KEY) {
+        return PoolPrivateKey::from_config_value(value).map_err(|e| {
+            OptionError::invalid_secret(options::POOL_PRIVATE_KEY, format!("{EXPECTED} ({e})"))
+                .into()
+        });
+    }
+    if let Some(path) = options::get(env, options::POOL_PRIVATE_KEY_FILE) {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            variable: options::POOL_PRIVATE_KEY_FILE,
+            path: path.to_owned(),
+            problem: format!("cannot read the key file: {e}"),
+        })?;
+        return PoolPrivateKey::from_config_value(&text).map_err(|e| ConfigError::File {
+            variable: options::POOL_PRIVATE_KEY_FILE,
+            path: path.to_owned(),
+            problem: e.to_string(),
+        });
+    }
+    Err(OptionError::Missing {
+        variable: options::POOL_PRIVATE_KEY.to_owned(),
+        expected: "the pool's private key, base64 of the PEM file (base64 -w 0 pool.key); or set GANTRY_POOL_PRIVATE_KEY_FILE",
+    }
+    .into())
+}
+
+/// `GANTRY_WORKER_BINARY`, or `gantry-worker` next to the running executable.
+fn worker_binary(env: &Env) -> Result<PathBuf, ConfigError> {
+    let path = match options::get(env, options::WORKER_BINARY) {
+        Some(path) => PathBuf::from(path),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("gantry-worker")))
+            .unwrap_or_else(|| PathBuf::from("gantry-worker")),
+    };
+    if !is_executable(&path) {
+        return Err(ConfigError::File {
+            variable: options::WORKER_BINARY,
+            path: path.display().to_string(),
+            problem: "no gantry-worker executable there: install it next to gantry-launcher or point GANTRY_WORKER_BINARY at it".to_owned(),
+        });
+    }
+    Ok(path)
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+fn hostname(env: &Env) -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .filter(|name| !name.is_empty())
+        .or_else(|| options::get(env, "HOSTNAME").map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}

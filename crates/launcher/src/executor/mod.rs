@@ -1,0 +1,81 @@
+//! Executors start the worker for a run and stop it: `process` runs it as a child
+//! process (local use), `docker` (a later addition) in a container of the stack's runner
+//! image. The run supervisor is the same whatever the executor.
+
+mod process;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gantry_domain::RunId;
+use tokio::sync::mpsc;
+
+pub use process::ProcessExecutor;
+
+/// What an executor needs to start one run's worker.
+#[derive(Debug, Clone)]
+pub struct WorkerLaunch {
+    pub run_id: RunId,
+    pub workspace: PathBuf,
+    /// The per-run unix socket of the launcher's local API.
+    pub socket_path: PathBuf,
+    /// The per-run capability the worker presents on that socket.
+    pub capability: String,
+    pub runner_image: Option<String>,
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerExit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl WorkerExit {
+    pub fn success(self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl fmt::Display for WorkerExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.signal) {
+            (Some(code), _) => write!(f, "exit code {code}"),
+            (None, Some(signal)) => write!(f, "signal {signal}"),
+            (None, None) => f.write_str("an unknown status"),
+        }
+    }
+}
+
+/// Why a worker could not be started or watched.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("cannot start the worker {binary}: {source}")]
+    Spawn { binary: String, source: std::io::Error },
+    #[error("cannot watch the worker: {0}")]
+    Wait(std::io::Error),
+}
+
+/// Starts workers.
+#[async_trait]
+pub trait Executor: Send + Sync + fmt::Debug {
+    /// Starts the worker; what it prints on its own (diagnostics, a crash) is sent
+    /// line by line to `output`, for the run log.
+    async fn start(
+        &self,
+        launch: &WorkerLaunch,
+        output: mpsc::UnboundedSender<String>,
+    ) -> Result<Box<dyn RunningWorker>, ExecutorError>;
+}
+
+/// A started worker.
+#[async_trait]
+pub trait RunningWorker: Send {
+    /// Waits for the worker to end. Cancel-safe: it may be awaited again.
+    async fn wait(&mut self) -> Result<WorkerExit, ExecutorError>;
+
+    /// Asks the worker to stop (SIGTERM), and kills it after `grace`.
+    async fn terminate(&mut self, grace: Duration) -> Result<WorkerExit, ExecutorError>;
+}

@@ -1,0 +1,311 @@
+//! The launcher's main loop: connect (retrying with backoff while the server is
+//! unreachable), register the worker slots, long-poll for assignments and hand each to a
+//! supervisor, heartbeat, and on shutdown stop polling at once but let running runs
+//! finish for a grace period before stopping them.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use gantry_domain::{RunId, WorkerId};
+use gantry_proto::agent::{Assignment, Heartbeat, Job, WorkerRegistration};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::client::{AgentClient, ClientError};
+use crate::config::LauncherConfig;
+use crate::executor::Executor;
+use crate::supervisor::{self, Ending, RunContext};
+use crate::workspace;
+
+const POLL_WAIT: Duration = Duration::from_secs(30);
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The two stages of stopping: `graceful` stops taking work and lets runs finish for the
+/// grace period; `immediate` stops running runs now.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    pub graceful: CancellationToken,
+    pub immediate: CancellationToken,
+}
+
+/// Why the launcher stopped on its own: retrying cannot help.
+#[derive(Debug, thiserror::Error)]
+pub enum FatalError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot prepare the work directory {path}: {source}")]
+    WorkDir { path: String, source: std::io::Error },
+}
+
+/// What the loop and the heartbeat share.
+#[derive(Debug, Default)]
+struct Slots {
+    worker_ids: Vec<WorkerId>,
+    /// Runs executing here, with the token that stops each.
+    running: HashMap<(RunId, Job), CancellationToken>,
+    /// Runs whose workspace is kept here for their apply.
+    retained: HashSet<RunId>,
+}
+
+type SharedSlots = Arc<Mutex<Slots>>;
+
+fn lock(slots: &SharedSlots) -> std::sync::MutexGuard<'_, Slots> {
+    slots.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs the launcher until `shutdown`. Returns an error only for what retrying cannot
+/// fix (a refused proof, a reset pool).
+pub async fn run(
+    config: LauncherConfig,
+    executor: Arc<dyn Executor>,
+    shutdown: Shutdown,
+) -> Result<(), FatalError> {
+    let instance_dir = config.work_dir.join(config.launcher_id.to_string());
+    let context = Arc::new(RunContext {
+        client: Arc::new(AgentClient::new(&config)?),
+        runs_dir: instance_dir.join("runs"),
+        sockets_dir: socket_dir(&instance_dir),
+        executor,
+        config,
+    });
+    prepare_dirs(&context, &instance_dir)?;
+    let result = serve(Arc::clone(&context), &shutdown).await;
+    workspace::remove(&instance_dir).await;
+    if context.sockets_dir.starts_with(std::env::temp_dir())
+        && !context.sockets_dir.starts_with(&instance_dir)
+    {
+        workspace::remove(&context.sockets_dir).await;
+    }
+    result
+}
+
+async fn serve(context: Arc<RunContext>, shutdown: &Shutdown) -> Result<(), FatalError> {
+    let client = Arc::clone(&context.client);
+    if !connect(&client, shutdown).await? {
+        return Ok(());
+    }
+    let slots: SharedSlots = Arc::default();
+    register(&context, &slots, &[]).await?;
+    tracing::info!(
+        server = %client.endpoint(),
+        pool = %context.config.pool_id,
+        workers = context.config.worker_slots,
+        "launcher connected and waiting for runs"
+    );
+
+    let heartbeat_stop = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        Arc::clone(&context),
+        Arc::clone(&slots),
+        heartbeat_stop.clone(),
+    ));
+    let mut runs = JoinSet::new();
+    let polled = poll_loop(&context, &slots, &mut runs, shutdown).await;
+
+    let running = runs.len();
+    if running > 0 {
+        let grace = humantime::format_duration(context.config.shutdown_grace);
+        tracing::info!(
+            running,
+            "waiting up to {grace} for running runs to finish; stop again to end them now"
+        );
+        let all_done = async { while runs.join_next().await.is_some() {} };
+        tokio::select! {
+            () = all_done => {}
+            () = tokio::time::sleep(context.config.shutdown_grace) => {}
+            () = shutdown.immediate.cancelled() => {}
+        }
+        for stop in lock(&slots).running.values() {
+            stop.cancel();
+        }
+        while runs.join_next().await.is_some() {}
+    }
+    heartbeat_stop.cancel();
+    let _ = heartbeat.await;
+    if let Err(error) = client.close().await {
+        tracing::warn!(%error, "could not deregister from the server; it will notice the launcher is gone");
+    }
+    polled
+}
+
+/// Opens the first session, retrying while the server is unreachable. `Ok(false)`: shut
+/// down while waiting.
+async fn connect(client: &AgentClient, shutdown: &Shutdown) -> Result<bool, FatalError> {
+    let mut backoff = Backoff::new(Duration::from_secs(60));
+    loop {
+        match client.connect().await {
+            Ok(()) => return Ok(true),
+            Err(error) if error.is_fatal() => return Err(error.into()),
+            Err(error) => {
+                let delay = backoff.delay();
+                tracing::warn!(
+                    "{error}; retrying in {}",
+                    humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)))
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.graceful.cancelled() => return Ok(false),
+                }
+            }
+        }
+    }
+}
+
+/// Registers the launcher's slots, keeping the ids of `previous` ones.
+async fn register(
+    context: &RunContext,
+    slots: &SharedSlots,
+    previous: &[WorkerId],
+) -> Result<(), ClientError> {
+    let count = context.config.worker_slots as usize;
+    let registrations = (0..count)
+        .map(|index| WorkerRegistration {
+            previous_id: previous.get(index).copied(),
+            metadata: context.config.metadata.clone(),
+        })
+        .collect();
+    let registered = context.client.register_workers(registrations).await?;
+    lock(slots).worker_ids = registered.worker_ids;
+    Ok(())
+}
+
+async fn poll_loop(
+    context: &Arc<RunContext>,
+    slots: &SharedSlots,
+    runs: &mut JoinSet<()>,
+    shutdown: &Shutdown,
+) -> Result<(), FatalError> {
+    let mut backoff = Backoff::new(Duration::from_secs(60));
+    loop {
+        while runs.try_join_next().is_some() {}
+        let polled = tokio::select! {
+            polled = context.client.poll(POLL_WAIT) => polled,
+            () = shutdown.graceful.cancelled() => return Ok(()),
+        };
+        match polled {
+            Ok(response) => {
+                backoff.reset();
+                for assignment in response.assignments {
+                    start_run(context, slots, runs, assignment, shutdown);
+                }
+            }
+            Err(error) if error.is_fatal() => return Err(error.into()),
+            Err(error) => {
+                let delay = backoff.delay();
+                tracing::warn!(
+                    "{error}; polling again in {}",
+                    humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)))
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.graceful.cancelled() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+fn start_run(
+    context: &Arc<RunContext>,
+    slots: &SharedSlots,
+    runs: &mut JoinSet<()>,
+    assignment: Assignment,
+    shutdown: &Shutdown,
+) {
+    let key = (assignment.run_id, assignment.job);
+    let stop = shutdown.immediate.child_token();
+    {
+        let mut slots = lock(slots);
+        // A poll may deliver an assignment again until its acknowledgement lands.
+        if slots.running.contains_key(&key) {
+            return;
+        }
+        slots.running.insert(key, stop.clone());
+        slots.retained.remove(&assignment.run_id);
+    }
+    let context = Arc::clone(context);
+    let slots = Arc::clone(slots);
+    runs.spawn(async move {
+        let run_id = assignment.run_id;
+        let ending = supervisor::supervise(context, assignment, stop).await;
+        let mut slots = lock(&slots);
+        slots.running.remove(&key);
+        if ending == Ending::Retained {
+            slots.retained.insert(run_id);
+        }
+    });
+}
+
+async fn heartbeat_loop(context: Arc<RunContext>, slots: SharedSlots, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+            () = stop.cancelled() => return,
+        }
+        let heartbeat = {
+            let slots = lock(&slots);
+            Heartbeat {
+                worker_ids: slots.worker_ids.clone(),
+                running_run_ids: slots.running.keys().map(|(run_id, _)| *run_id).collect(),
+                retained_workspace_run_ids: slots.retained.iter().copied().collect(),
+            }
+        };
+        let response = match context.client.heartbeat(&heartbeat).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(%error, "heartbeat failed");
+                continue;
+            }
+        };
+        if !response.unknown_worker_ids.is_empty() {
+            tracing::warn!(
+                workers = response.unknown_worker_ids.len(),
+                "the server forgot some workers; registering them again"
+            );
+            if let Err(error) = register(&context, &slots, &heartbeat.worker_ids).await {
+                tracing::warn!(%error, "registering the workers again failed");
+            }
+        }
+        for run_id in &response.stop_run_ids {
+            for ((running, _), token) in &lock(&slots).running {
+                if running == run_id {
+                    tracing::info!(run = %run_id, "the server ended this run: stopping it");
+                    token.cancel();
+                }
+            }
+        }
+        for run_id in response.release_workspace_run_ids {
+            lock(&slots).retained.remove(&run_id);
+            workspace::remove(&context.workspace(run_id)).await;
+        }
+    }
+}
+
+fn prepare_dirs(context: &RunContext, instance_dir: &Path) -> Result<(), FatalError> {
+    use std::os::unix::fs::DirBuilderExt;
+    for dir in [instance_dir, context.runs_dir.as_path(), context.sockets_dir.as_path()] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| FatalError::WorkDir { path: dir.display().to_string(), source })?;
+    }
+    Ok(())
+}
+
+/// Unix socket paths are limited to 107 bytes: a deep work directory gets its sockets
+/// in a private directory under the system temporary directory instead.
+fn socket_dir(instance_dir: &Path) -> PathBuf {
+    let preferred = instance_dir.join("s");
+    // "<26-character run id>.sock" must fit after the directory.
+    if preferred.as_os_str().len() + 1 + 31 < 107 {
+        preferred
+    } else {
+        let name =
+            instance_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        std::env::temp_dir().join(format!("gantry-{name}"))
+    }
+}

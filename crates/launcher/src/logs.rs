@@ -1,0 +1,180 @@
+//! The run log relay: text appended in order gets consecutive sequence numbers and is
+//! uploaded in batches by one task. A failed upload is retried with the same numbers, so
+//! the server (which skips chunks it has) ends up with every chunk exactly once.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use gantry_domain::RunId;
+use gantry_proto::agent::LogUpload;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::client::AgentClient;
+
+/// Chunks larger than this are split: keeps each request well under the server's limit.
+const MAX_CHUNK_BYTES: usize = 64 * 1024;
+const MAX_BATCH_CHUNKS: usize = 256;
+
+#[derive(Debug)]
+struct Buffer {
+    next_seq: u64,
+    pending: VecDeque<LogUpload>,
+    last_activity: Instant,
+}
+
+#[derive(Debug)]
+struct Shared {
+    buffer: Mutex<Buffer>,
+    wake: Notify,
+    /// The first sequence number the server does not have yet.
+    uploaded: watch::Sender<u64>,
+    /// Set when uploading cannot go on (the run is gone): flushes stop waiting.
+    abandoned: CancellationToken,
+}
+
+/// Appends to one run's log. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct LogRelay {
+    shared: Arc<Shared>,
+}
+
+impl LogRelay {
+    /// Starts relaying a run's log whose next chunk is `first_seq`.
+    pub(crate) fn start(
+        client: Arc<AgentClient>,
+        run_id: RunId,
+        first_seq: u64,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let shared = Arc::new(Shared {
+            buffer: Mutex::new(Buffer {
+                next_seq: first_seq,
+                pending: VecDeque::new(),
+                last_activity: Instant::now(),
+            }),
+            wake: Notify::new(),
+            uploaded: watch::channel(first_seq).0,
+            abandoned: CancellationToken::new(),
+        });
+        let task = tokio::spawn(upload(client, run_id, Arc::clone(&shared)));
+        (Self { shared }, task)
+    }
+
+    fn buffer(&self) -> std::sync::MutexGuard<'_, Buffer> {
+        self.shared.buffer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds text to the log; it is uploaded as soon as the uploader is free.
+    pub(crate) fn append(&self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        let mut buffer = self.buffer();
+        buffer.last_activity = Instant::now();
+        for piece in split_at_char_boundaries(text, MAX_CHUNK_BYTES) {
+            let seq = buffer.next_seq;
+            buffer.next_seq += 1;
+            buffer.pending.push_back(LogUpload { seq, text: piece.to_owned() });
+        }
+        drop(buffer);
+        self.shared.wake.notify_one();
+    }
+
+    /// When the run last produced output.
+    pub(crate) fn last_activity(&self) -> Instant {
+        self.buffer().last_activity
+    }
+
+    /// Waits until everything appended so far is on the server.
+    pub(crate) async fn flush(&self) {
+        let target = self.buffer().next_seq;
+        let mut uploaded = self.shared.uploaded.subscribe();
+        tokio::select! {
+            _ = uploaded.wait_for(|&next| next >= target) => {}
+            () = self.shared.abandoned.cancelled() => {}
+        }
+    }
+
+    /// Flushes, then stops the uploader.
+    pub(crate) async fn finish(self, task: tokio::task::JoinHandle<()>) {
+        self.flush().await;
+        self.shared.abandoned.cancel();
+        let _ = task.await;
+    }
+}
+
+async fn upload(client: Arc<AgentClient>, run_id: RunId, shared: Arc<Shared>) {
+    let mut backoff = Backoff::new(Duration::from_secs(30));
+    loop {
+        let notified = shared.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let batch: Vec<LogUpload> = {
+            let buffer = shared.buffer.lock().unwrap_or_else(PoisonError::into_inner);
+            buffer.pending.iter().take(MAX_BATCH_CHUNKS).cloned().collect()
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                () = notified => continue,
+                () = shared.abandoned.cancelled() => return,
+            }
+        }
+        match client.upload_logs(run_id, batch).await {
+            Ok(next_seq) => {
+                backoff.reset();
+                let mut buffer = shared.buffer.lock().unwrap_or_else(PoisonError::into_inner);
+                while buffer.pending.front().is_some_and(|chunk| chunk.seq < next_seq) {
+                    buffer.pending.pop_front();
+                }
+                drop(buffer);
+                shared.uploaded.send_replace(next_seq);
+            }
+            Err(error) if error.is_transient() => {
+                let delay = backoff.delay();
+                tracing::warn!(run = %run_id, %error, "log upload failed; retrying in {}", humantime::format_duration(delay));
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shared.abandoned.cancelled() => return,
+                }
+            }
+            Err(error) => {
+                tracing::error!(run = %run_id, %error, "the server refuses this run's log: giving up on it");
+                shared.abandoned.cancel();
+                return;
+            }
+        }
+    }
+}
+
+/// Pieces of at most `max` bytes, never splitting a character.
+fn split_at_char_boundaries(text: &str, max: usize) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while rest.len() > max {
+        let mut end = max;
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        pieces.push(&rest[..end]);
+        rest = &rest[end..];
+    }
+    pieces.push(rest);
+    pieces
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_text_is_split_without_breaking_characters() {
+        let text = "é".repeat(10);
+        let pieces = split_at_char_boundaries(&text, 5);
+        assert_eq!(pieces.concat(), text);
+        assert!(pieces.iter().all(|piece| piece.len() <= 5));
+        assert_eq!(split_at_char_boundaries("short", 64), vec!["short"]);
+    }
+}

@@ -1,0 +1,66 @@
+//! `gantry-launcher`: reads its configuration from `GANTRY_*` variables, then runs until
+//! SIGTERM or SIGINT (a second signal stops running runs at once).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use gantry_launcher::config::EXIT_USAGE;
+use gantry_launcher::{LauncherConfig, ProcessExecutor, Shutdown};
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let env = std::env::vars().collect();
+    let config = match LauncherConfig::from_env(&env) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("gantry-launcher: {error}");
+            return ExitCode::from(EXIT_USAGE as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("gantry-launcher: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = Shutdown::default();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        let executor = Arc::new(ProcessExecutor::new(
+            config.worker_binary.clone(),
+            config.passthrough_env.clone(),
+        ));
+        match gantry_launcher::run(config, executor, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("gantry-launcher: {error}");
+                ExitCode::from(EXIT_USAGE as u8)
+            }
+        }
+    })
+}
+
+/// First SIGTERM/SIGINT: stop taking work, let runs finish. Second: stop them now.
+async fn watch_signals(shutdown: Shutdown) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return;
+    };
+    for stage in [&shutdown.graceful, &shutdown.immediate] {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        stage.cancel();
+    }
+}

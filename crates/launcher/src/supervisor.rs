@@ -1,0 +1,338 @@
+//! One run on this launcher, from assignment to cleanup: acknowledge, prepare the
+//! workspace, start the worker and its local API, relay output, enforce the run and log
+//! timeouts, and make sure the server learns how the run ended even when the worker
+//! could not say it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry_proto::agent::{Acknowledge, Assignment, Job, RunReport};
+use gantry_proto::local::WorkerJob;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::client::{AgentClient, ClientError};
+use crate::config::LauncherConfig;
+use crate::executor::{Executor, RunningWorker, WorkerExit, WorkerLaunch};
+use crate::local_api::{self, Conclusion, RunEndpoint};
+use crate::logs::LogRelay;
+use crate::workspace;
+
+/// How long a stopped worker may take to exit before it is killed.
+const TERMINATE_GRACE: Duration = Duration::from_secs(10);
+const PLAN_FILE: &str = "gantry.tfplan";
+
+/// What every run on this launcher shares.
+#[derive(Debug)]
+pub(crate) struct RunContext {
+    pub(crate) config: LauncherConfig,
+    pub(crate) client: Arc<AgentClient>,
+    pub(crate) executor: Arc<dyn Executor>,
+    pub(crate) runs_dir: PathBuf,
+    pub(crate) sockets_dir: PathBuf,
+}
+
+impl RunContext {
+    pub(crate) fn workspace(&self, run_id: gantry_domain::RunId) -> PathBuf {
+        self.runs_dir.join(run_id.to_string())
+    }
+}
+
+/// How a supervised run ended on this launcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The server took the run back before it started here.
+    NotOurs,
+    /// The run ended; its workspace is gone.
+    Ended,
+    /// The run waits for confirmation; its workspace is kept.
+    Retained,
+}
+
+/// Why a supervisor stopped a worker itself.
+#[derive(Debug, Clone, Copy)]
+enum Interruption {
+    RunTimeout,
+    LogsTimeout,
+    /// The server or the launcher's shutdown asked for it.
+    Stopped,
+}
+
+/// Supervises one assignment to its end. `stop` asks for the run to be stopped.
+pub(crate) async fn supervise(
+    context: Arc<RunContext>,
+    assignment: Assignment,
+    stop: CancellationToken,
+) -> Ending {
+    let run_id = assignment.run_id;
+    match acknowledge(&context.client, &assignment, &stop).await {
+        Ok(true) => {}
+        Ok(false) => return Ending::NotOurs,
+        Err(error) => {
+            tracing::warn!(run = %run_id, %error, "cannot acknowledge the assignment; leaving it to the server");
+            return Ending::NotOurs;
+        }
+    }
+    tracing::info!(run = %run_id, job = ?assignment.job, stack = %assignment.stack.name, "run started");
+    let (logs, upload_task) =
+        LogRelay::start(Arc::clone(&context.client), run_id, assignment.log_next_seq);
+    let workspace = context.workspace(run_id);
+    let ending = match prepare(&context, &assignment, &workspace, &logs).await {
+        Ok(job) => execute(&context, &assignment, &workspace, job, &logs, &stop).await,
+        Err(message) => {
+            logs.append(&format!("\n{message}\n"));
+            conclude_failed(&context, &logs, run_id, message).await;
+            Ending::Ended
+        }
+    };
+    logs.finish(upload_task).await;
+    if ending != Ending::Retained {
+        workspace::remove(&workspace).await;
+    }
+    tracing::info!(run = %run_id, ?ending, "run left this launcher");
+    ending
+}
+
+/// Acknowledges, retrying while the server is unreachable. `Ok(false)`: the run is no
+/// longer ours.
+async fn acknowledge(
+    client: &AgentClient,
+    assignment: &Assignment,
+    stop: &CancellationToken,
+) -> Result<bool, ClientError> {
+    let acknowledge = Acknowledge { worker_id: assignment.worker_id, job: assignment.job };
+    let mut backoff = Backoff::new(Duration::from_secs(10));
+    loop {
+        match client.acknowledge(assignment.run_id, &acknowledge).await {
+            Ok(()) => return Ok(true),
+            Err(ClientError::Rejected { status: 404 | 409, .. }) => return Ok(false),
+            Err(error) if error.is_transient() => {
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.delay()) => {}
+                    () = stop.cancelled() => return Ok(false),
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Readies the workspace and the worker's job; an error is the failure to report.
+async fn prepare(
+    context: &RunContext,
+    assignment: &Assignment,
+    workspace: &Path,
+    logs: &LogRelay,
+) -> Result<WorkerJob, String> {
+    let stack = &assignment.stack;
+    match assignment.job {
+        Job::Plan => {
+            let target = assignment
+                .commit
+                .as_deref()
+                .map_or_else(|| format!("branch {}", stack.branch), |sha| format!("commit {sha}"));
+            logs.append(&format!(
+                "Preparing the workspace on {}: checking out {} ({target})\n",
+                context.config.hostname, stack.repository
+            ));
+            let checkout = workspace::checkout(
+                workspace,
+                &stack.repository,
+                &stack.branch,
+                assignment.commit.as_deref(),
+            )
+            .await
+            .map_err(|e| format!("Cannot check out {}: {e}", stack.repository))?;
+            logs.append(&format!(
+                "Checked out {} \"{}\"\n",
+                short(&checkout.sha),
+                checkout.message
+            ));
+            let report = RunReport::CommitResolved { sha: checkout.sha, message: checkout.message };
+            if let Err(error) = context.client.report(assignment.run_id, report).await {
+                tracing::warn!(run = %assignment.run_id, %error, "cannot record the commit");
+            }
+        }
+        Job::Apply => {
+            if !tokio::fs::try_exists(workspace.join(&stack.project_root).join(PLAN_FILE))
+                .await
+                .unwrap_or(false)
+            {
+                return Err("This launcher no longer has the run's planned workspace (was it restarted?): trigger a new run".to_owned());
+            }
+            logs.append(&format!("\nApplying the confirmed plan on {}\n", context.config.hostname));
+        }
+    }
+    let working_directory = workspace::project_directory(workspace, &stack.project_root)?;
+    Ok(WorkerJob {
+        run_id: assignment.run_id,
+        run_type: assignment.run_type,
+        job: assignment.job,
+        tool_executable: stack.tool.executable().to_owned(),
+        working_directory: working_directory.display().to_string(),
+        environment: stack
+            .environment
+            .iter()
+            .map(|variable| (variable.name.clone(), variable.value.clone().unwrap_or_default()))
+            .collect(),
+        plan_file: PLAN_FILE.to_owned(),
+        debug: context.config.debug,
+    })
+}
+
+async fn execute(
+    context: &RunContext,
+    assignment: &Assignment,
+    workspace: &Path,
+    job: WorkerJob,
+    logs: &LogRelay,
+    stop: &CancellationToken,
+) -> Ending {
+    let run_id = assignment.run_id;
+    let capability = gantry_crypto::random_secret("gwc_");
+    let socket_path = context.sockets_dir.join(format!("{run_id}.sock"));
+    let _ = tokio::fs::remove_file(&socket_path).await;
+    let endpoint =
+        Arc::new(RunEndpoint::new(job, &capability, Arc::clone(&context.client), logs.clone()));
+    let api_stop = CancellationToken::new();
+    let api = match local_api::serve(&socket_path, Arc::clone(&endpoint), api_stop.clone()).await {
+        Ok(api) => api,
+        Err(error) => {
+            let message =
+                format!("Cannot open the worker's socket {}: {error}", socket_path.display());
+            conclude_failed(context, logs, run_id, message).await;
+            return Ending::Ended;
+        }
+    };
+
+    let launch = WorkerLaunch {
+        run_id,
+        workspace: workspace.to_path_buf(),
+        socket_path: socket_path.clone(),
+        capability,
+        runner_image: assignment.stack.runner_image.clone(),
+    };
+    let (output_sender, mut output) = mpsc::unbounded_channel();
+    let outcome = match context.executor.start(&launch, output_sender).await {
+        Ok(mut worker) => {
+            let outcome = watch(context, worker.as_mut(), logs, &mut output, stop).await;
+            while let Ok(line) = output.try_recv() {
+                logs.append(&line);
+            }
+            Some(outcome)
+        }
+        Err(error) => {
+            conclude_failed(context, logs, run_id, format!("Cannot start the worker: {error}"))
+                .await;
+            None
+        }
+    };
+    api_stop.cancel();
+    let _ = api.await;
+    let _ = tokio::fs::remove_file(&socket_path).await;
+
+    let Some((exit, interruption)) = outcome else { return Ending::Ended };
+    match (endpoint.conclusion(), interruption) {
+        (Some(Conclusion::RetainWorkspace), None) => Ending::Retained,
+        (Some(Conclusion::Ended), None) => Ending::Ended,
+        (_, Some(Interruption::Stopped)) => {
+            logs.append("\nThe run was stopped.\n");
+            Ending::Ended
+        }
+        (_, Some(Interruption::RunTimeout)) => {
+            let limit = humantime::format_duration(context.config.limits.run_timeout);
+            let message = format!(
+                "The run exceeded its time limit of {limit} (GANTRY_LAUNCHER_RUN_TIMEOUT) and was stopped"
+            );
+            logs.append(&format!("\n{message}\n"));
+            conclude_failed(context, logs, run_id, message).await;
+            Ending::Ended
+        }
+        (_, Some(Interruption::LogsTimeout)) => {
+            let limit = humantime::format_duration(context.config.limits.logs_timeout);
+            let message = format!(
+                "The run printed nothing for {limit} (GANTRY_LAUNCHER_LOGS_TIMEOUT) and was stopped"
+            );
+            logs.append(&format!("\n{message}\n"));
+            conclude_failed(context, logs, run_id, message).await;
+            Ending::Ended
+        }
+        (None, None) => {
+            let message = match exit {
+                Ok(exit) => {
+                    format!("The worker exited with {exit} before reporting how the run ended")
+                }
+                Err(error) => format!("The worker was lost: {error}"),
+            };
+            logs.append(&format!("\n{message}\n"));
+            conclude_failed(context, logs, run_id, message).await;
+            Ending::Ended
+        }
+    }
+}
+
+type Watched = (Result<WorkerExit, crate::executor::ExecutorError>, Option<Interruption>);
+
+/// Waits for the worker while relaying what it prints and enforcing the time limits.
+async fn watch(
+    context: &RunContext,
+    worker: &mut dyn RunningWorker,
+    logs: &LogRelay,
+    output: &mut mpsc::UnboundedReceiver<String>,
+    stop: &CancellationToken,
+) -> Watched {
+    let limits = &context.config.limits;
+    let deadline = Instant::now() + limits.run_timeout;
+    let mut output_open = true;
+    loop {
+        let silence_deadline = logs.last_activity() + limits.logs_timeout;
+        let interruption = tokio::select! {
+            exit = worker.wait() => return (exit, None),
+            line = output.recv(), if output_open => {
+                match line {
+                    Some(line) => logs.append(&line),
+                    None => output_open = false,
+                }
+                continue;
+            }
+            () = tokio::time::sleep_until(deadline) => Interruption::RunTimeout,
+            () = tokio::time::sleep_until(silence_deadline) => {
+                if logs.last_activity() + limits.logs_timeout > Instant::now() {
+                    continue;
+                }
+                Interruption::LogsTimeout
+            }
+            () = stop.cancelled() => Interruption::Stopped,
+        };
+        return (worker.terminate(TERMINATE_GRACE).await, Some(interruption));
+    }
+}
+
+/// Reports a failure the worker could not report itself, after the log before it.
+async fn conclude_failed(
+    context: &RunContext,
+    logs: &LogRelay,
+    run_id: gantry_domain::RunId,
+    message: String,
+) {
+    logs.flush().await;
+    let mut backoff = Backoff::new(Duration::from_secs(30));
+    for _ in 0..8 {
+        match context.client.report(run_id, RunReport::Failed { message: message.clone() }).await {
+            Ok(_) => return,
+            Err(error) if error.is_transient() => tokio::time::sleep(backoff.delay()).await,
+            Err(error) => {
+                tracing::warn!(run = %run_id, %error, "cannot report the run's failure");
+                return;
+            }
+        }
+    }
+    tracing::warn!(run = %run_id, "gave up reporting the run's failure: the server will time the run out");
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}

@@ -1,0 +1,224 @@
+//! Run workspaces: a checkout of the stack's repository at the run's commit, made with
+//! the real `git` (so every URL and credential helper git supports works), kept between
+//! plan and apply when the run waits for confirmation.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+/// What was checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Checkout {
+    pub(crate) sha: String,
+    pub(crate) message: String,
+}
+
+/// Why a checkout failed; the message is shown in the run log.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CheckoutError {
+    #[error("cannot run git: {0} (install git on the launcher's machine)")]
+    GitMissing(std::io::Error),
+    #[error("git {step} failed: {output}")]
+    Git { step: &'static str, output: String },
+    #[error("cannot prepare the workspace directory {path}: {source}")]
+    Directory { path: String, source: std::io::Error },
+}
+
+/// Runs git with a fixed, non-interactive configuration.
+async fn git(dir: &Path, step: &'static str, args: &[&str]) -> Result<String, CheckoutError> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        // Never block on a password prompt, never run repository-supplied helpers via
+        // the ext:: transport.
+        .args(["-c", "protocol.ext.allow=never", "-c", "advice.detachedHead=false"])
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "true")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(CheckoutError::GitMissing)?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+        let tail = tail[tail.len().saturating_sub(5)..].join("\n");
+        Err(CheckoutError::Git { step, output: tail })
+    }
+}
+
+/// Checks out `commit` (or the head of `branch`) of `repository` into an empty `dir`.
+pub(crate) async fn checkout(
+    dir: &Path,
+    repository: &str,
+    branch: &str,
+    commit: Option<&str>,
+) -> Result<Checkout, CheckoutError> {
+    create_dir(dir).await?;
+    git(dir, "init", &["init", "--quiet"]).await?;
+    let branch_ref = format!("refs/heads/{branch}");
+    match commit {
+        Some(sha) => {
+            // Servers that allow fetching a commit directly (protocol v2 does) need only
+            // that commit; others get the branch, which must contain it.
+            if git(
+                dir,
+                "fetch",
+                &["fetch", "--quiet", "--depth", "1", "--no-tags", "--", repository, sha],
+            )
+            .await
+            .is_err()
+            {
+                git(
+                    dir,
+                    "fetch",
+                    &["fetch", "--quiet", "--no-tags", "--", repository, &branch_ref],
+                )
+                .await?;
+            }
+            git(dir, "checkout", &["checkout", "--quiet", "--detach", sha]).await?;
+        }
+        None => {
+            git(
+                dir,
+                "fetch",
+                &["fetch", "--quiet", "--depth", "1", "--no-tags", "--", repository, &branch_ref],
+            )
+            .await?;
+            git(dir, "checkout", &["checkout", "--quiet", "--detach", "FETCH_HEAD"]).await?;
+        }
+    }
+    let sha = git(dir, "rev-parse", &["rev-parse", "HEAD"]).await?;
+    let message = git(dir, "log", &["log", "-1", "--format=%s"]).await?;
+    Ok(Checkout { sha, message })
+}
+
+async fn create_dir(dir: &Path) -> Result<(), CheckoutError> {
+    let error = |source| CheckoutError::Directory { path: dir.display().to_string(), source };
+    if tokio::fs::try_exists(dir).await.map_err(error)? {
+        tokio::fs::remove_dir_all(dir).await.map_err(error)?;
+    }
+    tokio::fs::create_dir_all(dir).await.map_err(error)
+}
+
+/// Removes a workspace; a failure is only worth a warning.
+pub(crate) async fn remove(dir: &Path) {
+    if let Err(error) = tokio::fs::remove_dir_all(dir).await
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %dir.display(), %error, "cannot remove a workspace");
+    }
+}
+
+/// The directory the tool runs in: the project root inside the checkout, which must
+/// exist and stay inside it.
+pub(crate) fn project_directory(workspace: &Path, project_root: &str) -> Result<PathBuf, String> {
+    let directory = workspace.join(project_root);
+    let resolved = directory.canonicalize().map_err(|_| {
+        format!("the project root {project_root:?} does not exist in the repository")
+    })?;
+    let root = workspace.canonicalize().map_err(|e| format!("the workspace is unreadable: {e}"))?;
+    if !resolved.starts_with(&root) {
+        return Err(format!("the project root {project_root:?} leads outside the repository"));
+    }
+    if !resolved.is_dir() {
+        return Err(format!("the project root {project_root:?} is not a directory"));
+    }
+    Ok(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(dir: &Path, args: &[&str]) {
+        let status = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
+
+    /// A repository with two commits on main; returns (url, first sha, second sha).
+    fn repository(root: &Path) -> (String, String, String) {
+        let repo = root.join("repo");
+        std::fs::create_dir_all(repo.join("infra")).unwrap();
+        run(&repo, &["init", "--quiet", "--initial-branch=main"]);
+        std::fs::write(repo.join("infra/main.tf"), "# one\n").unwrap();
+        run(&repo, &["add", "."]);
+        run(&repo, &["commit", "--quiet", "-m", "first"]);
+        let first = String::from_utf8(
+            std::process::Command::new("git")
+                .args(["rev-parse", "HEAD"])
+                .current_dir(&repo)
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        std::fs::write(repo.join("infra/main.tf"), "# two\n").unwrap();
+        run(&repo, &["commit", "--quiet", "-am", "second"]);
+        let second = String::from_utf8(
+            std::process::Command::new("git")
+                .args(["rev-parse", "HEAD"])
+                .current_dir(&repo)
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        (format!("file://{}", repo.display()), first.trim().to_owned(), second.trim().to_owned())
+    }
+
+    #[tokio::test]
+    async fn checks_out_the_branch_head_or_a_given_commit() {
+        let root = tempfile::tempdir().unwrap();
+        let (url, first, second) = repository(root.path());
+
+        let head = checkout(&root.path().join("w1"), &url, "main", None).await.unwrap();
+        assert_eq!(head, Checkout { sha: second, message: "second".to_owned() });
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("w1/infra/main.tf")).unwrap(),
+            "# two\n"
+        );
+
+        let pinned = checkout(&root.path().join("w2"), &url, "main", Some(&first)).await.unwrap();
+        assert_eq!(pinned.sha, first);
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("w2/infra/main.tf")).unwrap(),
+            "# one\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_say_which_git_step_failed() {
+        let root = tempfile::tempdir().unwrap();
+        let (url, _, _) = repository(root.path());
+        let error =
+            checkout(&root.path().join("w"), &url, "nope", None).await.unwrap_err().to_string();
+        assert!(error.starts_with("git fetch failed:") && error.contains("nope"), "{error}");
+        let missing = format!("file://{}/missing", root.path().display());
+        let error =
+            checkout(&root.path().join("w"), &missing, "main", None).await.unwrap_err().to_string();
+        assert!(error.starts_with("git fetch failed:"), "{error}");
+    }
+
+    #[test]
+    fn project_roots_must_exist_inside_the_checkout() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("infra")).unwrap();
+        assert!(project_directory(root.path(), "infra").is_ok());
+        assert!(project_directory(root.path(), "").is_ok());
+        assert!(project_directory(root.path(), "missing").unwrap_err().contains("does not exist"));
+        std::os::unix::fs::symlink("/etc", root.path().join("escape")).unwrap();
+        assert!(project_directory(root.path(), "escape").unwrap_err().contains("outside"));
+    }
+}

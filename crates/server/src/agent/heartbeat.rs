@@ -1,0 +1,61 @@
+//! Heartbeats: the launcher says it is alive and what it holds; the server answers with
+//! what it must re-register, stop and release.
+
+use axum::extract::State;
+use gantry_domain::RunState;
+use gantry_proto::agent::{Heartbeat, HeartbeatResponse};
+use gantry_store::RunRecord;
+
+use crate::auth::AgentSession;
+use crate::error::{ApiResult, Json};
+use crate::state::{AppState, now};
+
+pub(super) async fn heartbeat(
+    State(state): State<AppState>,
+    session: AgentSession,
+    Json(request): Json<Heartbeat>,
+) -> ApiResult<Json<HeartbeatResponse>> {
+    let unknown_worker_ids =
+        state.store.touch_workers(session.launcher_id, &request.worker_ids, now()).await?;
+
+    let mut stop_run_ids = Vec::new();
+    for run_id in request.running_run_ids {
+        let run = state.store.get_run(run_id).await?;
+        if !still_running_here(&state, &session, run.as_ref()).await? {
+            stop_run_ids.push(run_id);
+        }
+    }
+
+    let mut release_workspace_run_ids = Vec::new();
+    for run_id in request.retained_workspace_run_ids {
+        let keep = state.store.get_run(run_id).await?.is_some_and(|run| {
+            run.pinned_launcher_id == Some(session.launcher_id)
+                && matches!(
+                    run.state,
+                    RunState::Unconfirmed | RunState::Confirmed | RunState::Applying
+                )
+        });
+        if !keep {
+            release_workspace_run_ids.push(run_id);
+        }
+    }
+    Ok(Json(HeartbeatResponse { unknown_worker_ids, stop_run_ids, release_workspace_run_ids }))
+}
+
+/// Whether the run is still executing on one of this launcher's workers.
+async fn still_running_here(
+    state: &AppState,
+    session: &AgentSession,
+    run: Option<&RunRecord>,
+) -> Result<bool, crate::error::ApiError> {
+    let Some(run) = run else { return Ok(false) };
+    if run.state.is_terminal() {
+        return Ok(false);
+    }
+    let Some(worker_id) = run.worker_id else { return Ok(false) };
+    Ok(state
+        .store
+        .get_worker(worker_id)
+        .await?
+        .is_some_and(|worker| worker.launcher_id == session.launcher_id))
+}

@@ -1,0 +1,27 @@
+//! The agent plane under `/agent/v1`: everything launchers call, outbound from their
+//! network. Authentication is a proof of possession of the pool private key, exchanged
+//! for a short-lived session token.
+
+mod heartbeat;
+mod poll;
+mod runs;
+mod session;
+mod workers;
+
+use axum::Router;
+use axum::routing::post;
+
+use crate::state::AppState;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/session/challenge", post(session::challenge))
+        .route("/session", post(session::open))
+        .route("/session/close", post(session::close))
+        .route("/workers", post(workers::register))
+        .route("/poll", post(poll::poll))
+        .route("/heartbeat", post(heartbeat::heartbeat))
+        .route("/runs/{run}/ack", post(runs::acknowledge))
+        .route("/runs/{run}/reports", post(runs::report))
+        .route("/runs/{run}/logs", post(runs::upload_logs))
+}

@@ -1,0 +1,196 @@
+//! What launchers say about the runs they execute: acknowledgements, reports (each one a
+//! state-machine event, accepted again without effect when retried) and log chunks.
+
+use axum::extract::State;
+use gantry_domain::{RunEvent, RunState};
+use gantry_proto::agent::{
+    Acknowledge, Directive, Job, LogsAccepted, ReportRequest, ReportResponse, RunReport, UploadLogs,
+};
+use gantry_store::{OutputRecord, RunRecord, StoreError};
+
+use crate::auth::AgentSession;
+use crate::error::{ApiError, ApiResult, Json, PathParam};
+use crate::lifecycle::{self, Details};
+use crate::lookup;
+use crate::state::{AppState, now};
+
+const MAX_CHUNKS: usize = 1000;
+const MAX_OUTPUTS: usize = 1000;
+
+/// The run, if it belongs to the session's pool.
+async fn pool_run(
+    state: &AppState,
+    session: &AgentSession,
+    key: &str,
+) -> Result<RunRecord, ApiError> {
+    let run = lookup::run(state, key).await?;
+    if run.pool_id != session.pool_id {
+        return Err(ApiError::not_found("run", key));
+    }
+    Ok(run)
+}
+
+/// Whether this launcher is the one executing the run, or holding its workspace.
+async fn held_here(
+    state: &AppState,
+    session: &AgentSession,
+    run: &RunRecord,
+) -> Result<bool, ApiError> {
+    if run.pinned_launcher_id == Some(session.launcher_id) && run.worker_id.is_none() {
+        return Ok(true);
+    }
+    let Some(worker_id) = run.worker_id else { return Ok(false) };
+    Ok(state
+        .store
+        .get_worker(worker_id)
+        .await?
+        .is_some_and(|worker| worker.launcher_id == session.launcher_id))
+}
+
+pub(super) async fn acknowledge(
+    State(state): State<AppState>,
+    session: AgentSession,
+    PathParam(key): PathParam<String>,
+    Json(request): Json<Acknowledge>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let run = pool_run(&state, &session, &key).await?;
+    let worker = state.store.get_worker(request.worker_id).await?;
+    let mine = worker.is_some_and(|worker| worker.launcher_id == session.launcher_id);
+    if !mine || run.worker_id != Some(request.worker_id) {
+        return Err(ApiError::NotAssigned(format!(
+            "run {} is no longer assigned to worker {} (it is {})",
+            run.id, request.worker_id, run.state
+        )));
+    }
+    let already = matches!(
+        (request.job, run.state),
+        (Job::Plan, RunState::Preparing) | (Job::Apply, RunState::Applying)
+    );
+    if !already {
+        lifecycle::apply(&state, &run, &RunEvent::Acknowledge, Details::default()).await?;
+    }
+    Ok(Json(serde_json::json!({})))
+}
+
+pub(super) async fn report(
+    State(state): State<AppState>,
+    session: AgentSession,
+    PathParam(key): PathParam<String>,
+    Json(request): Json<ReportRequest>,
+) -> ApiResult<Json<ReportResponse>> {
+    let run = pool_run(&state, &session, &key).await?;
+    let directive = if let Some(directive) = already_reported(&run, &request.report) {
+        directive
+    } else if run.state.is_terminal() {
+        // Stopped, discarded or failed meanwhile: whatever the worker does, it must stop.
+        Directive::Finish
+    } else if !held_here(&state, &session, &run).await? {
+        return Err(ApiError::NotAssigned(format!(
+            "run {} is not executing on this launcher",
+            run.id
+        )));
+    } else {
+        apply_report(&state, &run, request.report).await?
+    };
+    Ok(Json(ReportResponse { directive }))
+}
+
+/// The answer to a report the server already applied (a retry after a lost response).
+fn already_reported(run: &RunRecord, report: &RunReport) -> Option<Directive> {
+    match (report, run.state) {
+        (RunReport::PhaseStarted { phase }, state) if phase.state() == state => {
+            Some(Directive::Continue)
+        }
+        (RunReport::Planned { .. }, RunState::Unconfirmed) => Some(Directive::RetainWorkspace),
+        (RunReport::Planned { .. }, RunState::Applying) => Some(Directive::Apply),
+        (RunReport::Planned { .. } | RunReport::Applied, RunState::Finished) => {
+            Some(Directive::Finish)
+        }
+        (RunReport::Failed { .. }, RunState::Failed) => Some(Directive::Finish),
+        _ => None,
+    }
+}
+
+async fn apply_report(
+    state: &AppState,
+    run: &RunRecord,
+    report: RunReport,
+) -> Result<Directive, ApiError> {
+    let directive = match report {
+        RunReport::CommitResolved { sha, message } => {
+            let message: String = message.chars().take(2000).collect();
+            state.store.set_run_commit(run.id, &sha, &message).await?;
+            state.events.run_changed(run.id);
+            Directive::Continue
+        }
+        RunReport::PhaseStarted { phase } => {
+            lifecycle::apply(state, run, &RunEvent::PhaseStarted(phase), Details::default())
+                .await?;
+            Directive::Continue
+        }
+        RunReport::Planned { has_changes } => {
+            let details = Details { has_changes: Some(has_changes), ..Details::default() };
+            let updated =
+                lifecycle::apply(state, run, &RunEvent::Planned { has_changes }, details).await?;
+            match updated.state {
+                RunState::Applying => Directive::Apply,
+                RunState::Unconfirmed => Directive::RetainWorkspace,
+                _ => Directive::Finish,
+            }
+        }
+        RunReport::Outputs { outputs } => {
+            if outputs.len() > MAX_OUTPUTS {
+                return Err(ApiError::invalid(format!(
+                    "a run reports at most {MAX_OUTPUTS} outputs"
+                )));
+            }
+            // Sensitive values are dropped here too, whatever a worker sends.
+            let records: Vec<OutputRecord> = outputs
+                .into_iter()
+                .map(|output| OutputRecord {
+                    value_json: if output.sensitive {
+                        None
+                    } else {
+                        output.value.map(|value| value.to_string())
+                    },
+                    name: output.name,
+                    sensitive: output.sensitive,
+                })
+                .collect();
+            state.store.replace_outputs(run.id, &records).await?;
+            state.events.run_changed(run.id);
+            Directive::Continue
+        }
+        RunReport::Applied => {
+            lifecycle::apply(state, run, &RunEvent::Applied, Details::default()).await?;
+            Directive::Finish
+        }
+        RunReport::Failed { message } => {
+            lifecycle::fail(state, run, &message).await?;
+            Directive::Finish
+        }
+    };
+    Ok(directive)
+}
+
+pub(super) async fn upload_logs(
+    State(state): State<AppState>,
+    session: AgentSession,
+    PathParam(key): PathParam<String>,
+    Json(request): Json<UploadLogs>,
+) -> ApiResult<Json<LogsAccepted>> {
+    let run = pool_run(&state, &session, &key).await?;
+    if request.chunks.len() > MAX_CHUNKS {
+        return Err(ApiError::invalid(format!("upload at most {MAX_CHUNKS} chunks at a time")));
+    }
+    let chunks: Vec<(u64, String)> =
+        request.chunks.into_iter().map(|chunk| (chunk.seq, chunk.text)).collect();
+    let next_seq = match state.store.append_logs(run.id, &chunks, now()).await {
+        Ok(next) => next,
+        // The launcher resends from the sequence number the server expects.
+        Err(StoreError::LogGap { expected, .. }) => expected,
+        Err(error) => return Err(error.into()),
+    };
+    state.events.run_changed(run.id);
+    Ok(Json(LogsAccepted { next_seq }))
+}

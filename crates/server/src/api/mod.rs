@@ -1,0 +1,40 @@
+//! The REST API under `/api/v1`, for people and scripts holding an admin API key.
+
+mod logs;
+mod pools;
+mod runs;
+mod stacks;
+mod workers;
+
+use axum::Router;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+
+use crate::auth::require_admin;
+use crate::state::AppState;
+
+pub(crate) fn router(state: AppState) -> Router<AppState> {
+    let admin = Router::new()
+        .route("/pools", get(pools::list).post(pools::create))
+        .route("/pools/{pool}", get(pools::show))
+        .route("/pools/{pool}/workers", get(workers::list_in_pool))
+        .route("/workers", get(workers::list))
+        .route("/stacks", get(stacks::list).post(stacks::create))
+        .route("/stacks/{stack}", get(stacks::show))
+        .route("/stacks/{stack}/runs", post(runs::trigger))
+        .route("/runs", get(runs::list))
+        .route("/runs/{run}", get(runs::show))
+        .route("/runs/{run}/confirm", post(runs::confirm))
+        .route("/runs/{run}/discard", post(runs::discard))
+        .route("/runs/{run}/logs", get(logs::page))
+        .route("/runs/{run}/logs/stream", get(logs::stream))
+        .route_layer(from_fn_with_state(state, require_admin));
+    Router::new().route("/health", get(health)).merge(admin)
+}
+
+async fn health() -> crate::error::Json<gantry_proto::api::Health> {
+    crate::error::Json(gantry_proto::api::Health {
+        status: "ok".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
+}

@@ -1,0 +1,91 @@
+//! Runs: trigger, list, details, confirm, discard.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use gantry_domain::RunEvent;
+use gantry_proto::api::{Run, RunList, TriggerRun};
+use gantry_store::RunFilter;
+use serde::Deserialize;
+
+use crate::error::{ApiError, ApiResult, Json, PathParam, QueryParams};
+use crate::lifecycle::{self, Details};
+use crate::lookup;
+use crate::state::AppState;
+use crate::views::{self, RunViews};
+
+pub(super) async fn trigger(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+    Json(request): Json<TriggerRun>,
+) -> ApiResult<(StatusCode, Json<Run>)> {
+    let stack = lookup::stack(&state, &key).await?;
+    if let Some(commit) = &request.commit
+        && !(commit.len() >= 7
+            && commit.len() <= 64
+            && commit.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(ApiError::invalid(format!(
+            "commit {commit:?} is not valid: expected a hexadecimal commit SHA"
+        )));
+    }
+    if request.run_type == gantry_domain::RunType::Task {
+        return Err(ApiError::invalid(
+            "tasks are triggered with a command: this endpoint takes TRACKED or PROPOSED",
+        ));
+    }
+    let run = lifecycle::trigger(&state, &stack, request.run_type, request.commit, "admin").await?;
+    Ok((StatusCode::CREATED, Json(views::run(&state, &run).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    stack: Option<String>,
+    limit: Option<u32>,
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> ApiResult<Json<RunList>> {
+    let stack_id = match &query.stack {
+        Some(key) => Some(lookup::stack(&state, key).await?.id),
+        None => None,
+    };
+    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    let records = state.store.list_runs(&RunFilter { stack_id, limit }).await?;
+    let views = RunViews::load(&state).await?;
+    let mut runs = Vec::with_capacity(records.len());
+    for record in &records {
+        runs.push(views.run(&state, record).await?);
+    }
+    Ok(Json(RunList { runs }))
+}
+
+pub(super) async fn show(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+) -> ApiResult<Json<Run>> {
+    let run = lookup::run(&state, &key).await?;
+    Ok(Json(views::run(&state, &run).await?))
+}
+
+pub(super) async fn confirm(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+) -> ApiResult<Json<Run>> {
+    let run = lookup::run(&state, &key).await?;
+    let run = lifecycle::apply(&state, &run, &RunEvent::Confirm, Details::default()).await?;
+    Ok(Json(views::run(&state, &run).await?))
+}
+
+pub(super) async fn discard(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+) -> ApiResult<Json<Run>> {
+    // A run already handed to a worker but not yet started is taken back: its launcher's
+    // acknowledgement will be refused.
+    let run = lookup::run(&state, &key).await?;
+    let run = lifecycle::apply(&state, &run, &RunEvent::Discard, Details::default()).await?;
+    Ok(Json(views::run(&state, &run).await?))
+}

@@ -1,0 +1,95 @@
+//! Stacks: what to run (repository, branch, project root, tool), where (pool), and with
+//! which environment.
+
+use std::collections::HashSet;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use gantry_domain::validation::{
+    validate_branch, validate_environment_name, validate_project_root, validate_repository,
+};
+use gantry_domain::{EnvironmentVariable, StackId, validate_name};
+use gantry_proto::api::{CreateStack, Stack, StackList};
+use gantry_store::StackRecord;
+
+use crate::error::{ApiError, ApiResult, Json, PathParam};
+use crate::state::{AppState, now};
+use crate::{lookup, views};
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    Json(request): Json<CreateStack>,
+) -> ApiResult<(StatusCode, Json<Stack>)> {
+    let invalid = |e: &dyn std::fmt::Display| ApiError::invalid(e.to_string());
+    validate_name("stack", &request.name).map_err(|e| invalid(&e))?;
+    validate_repository(&request.repository).map_err(|e| invalid(&e))?;
+    validate_branch(&request.branch).map_err(|e| invalid(&e))?;
+    validate_project_root(&request.project_root).map_err(|e| invalid(&e))?;
+    let mut seen = HashSet::new();
+    let mut environment = Vec::new();
+    for variable in request.environment {
+        validate_environment_name(&variable.name).map_err(|e| invalid(&e))?;
+        if !seen.insert(variable.name.clone()) {
+            return Err(ApiError::invalid(format!(
+                "environment variable {:?} is given twice",
+                variable.name
+            )));
+        }
+        let value = variable.value.ok_or_else(|| {
+            ApiError::invalid(format!("environment variable {:?} has no value", variable.name))
+        })?;
+        environment.push(EnvironmentVariable {
+            name: variable.name,
+            value,
+            secret: variable.secret,
+        });
+    }
+    let pool = lookup::pool(&state, &request.pool).await?;
+    let record = StackRecord {
+        id: StackId::generate(),
+        name: request.name,
+        repository: request.repository,
+        branch: request.branch,
+        project_root: request
+            .project_root
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_owned(),
+        pool_id: pool.id,
+        tool: request.tool.unwrap_or_default(),
+        runner_image: request.runner_image.filter(|image| !image.trim().is_empty()),
+        autodeploy: request.autodeploy,
+        environment,
+        description: request.description,
+        labels: request.labels,
+        created_at: now(),
+    };
+    state.store.insert_stack(&record).await?;
+    tracing::info!(stack = %record.id, name = %record.name, pool = %pool.name, "stack created");
+    Ok((StatusCode::CREATED, Json(views::stack(&record, &pool.name))))
+}
+
+pub(super) async fn list(State(state): State<AppState>) -> ApiResult<Json<StackList>> {
+    let pools: std::collections::HashMap<_, _> =
+        state.store.list_pools().await?.into_iter().map(|pool| (pool.id, pool.name)).collect();
+    let stacks = state
+        .store
+        .list_stacks()
+        .await?
+        .iter()
+        .map(|stack| {
+            views::stack(stack, pools.get(&stack.pool_id).map(String::as_str).unwrap_or("?"))
+        })
+        .collect();
+    Ok(Json(StackList { stacks }))
+}
+
+pub(super) async fn show(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+) -> ApiResult<Json<Stack>> {
+    let stack = lookup::stack(&state, &key).await?;
+    let pool_name =
+        state.store.get_pool(stack.pool_id).await?.map(|pool| pool.name).unwrap_or_default();
+    Ok(Json(views::stack(&stack, &pool_name)))
+}

@@ -1,0 +1,73 @@
+//! Who is calling: an admin with an API key (REST API), or a launcher with a session
+//! token (agent plane). Both are bearer secrets looked up by their hash.
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+use gantry_crypto::hash_secret;
+use gantry_domain::{LauncherId, PoolId};
+
+use crate::error::ApiError;
+use crate::state::{AppState, now};
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or(ApiError::MissingCredentials)
+}
+
+/// Middleware for the REST API: only requests with a valid admin API key pass.
+pub(crate) async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let key = bearer(&parts)?;
+    if state.store.find_api_key(&hash_secret(key)).await?.is_none() {
+        return Err(ApiError::InvalidApiKey);
+    }
+    Ok(next.run(Request::from_parts(parts, body)).await)
+}
+
+/// A launcher's session, as proven when it was opened.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentSession {
+    pub pool_id: PoolId,
+    pub launcher_id: LauncherId,
+    pub hostname: String,
+    pub launcher_version: String,
+    pub token_hash: String,
+}
+
+impl FromRequestParts<AppState> for AgentSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token_hash = hash_secret(bearer(parts).map_err(|_| ApiError::SessionExpired)?);
+        let session =
+            state.store.find_session(&token_hash).await?.ok_or(ApiError::SessionExpired)?;
+        if session.expires_at < now() {
+            return Err(ApiError::SessionExpired);
+        }
+        let pool = state.store.get_pool(session.pool_id).await?.ok_or(ApiError::SessionExpired)?;
+        if pool.certificate_fingerprint.as_deref() != Some(session.certificate_fingerprint.as_str())
+        {
+            return Err(ApiError::PoolReset(pool.id));
+        }
+        Ok(Self {
+            pool_id: session.pool_id,
+            launcher_id: session.launcher_id,
+            hostname: session.hostname,
+            launcher_version: session.launcher_version,
+            token_hash,
+        })
+    }
+}

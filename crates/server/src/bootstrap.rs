@@ -1,0 +1,37 @@
+//! The first admin API key: created at first start, shown once, stored as a hash.
+
+use gantry_crypto::{hash_secret, random_secret};
+use gantry_store::{ApiKeyRecord, Store, StoreError};
+
+use crate::state::now;
+
+const BOOTSTRAP_MARKER: &str = "initial-admin-key";
+/// API keys start with this prefix, so a leaked key is recognisable.
+pub const API_KEY_PREFIX: &str = "gak_";
+
+/// Creates the first admin key if the server has none, and returns it: the only time it
+/// exists in clear. When several replicas start together, one of them creates it.
+pub(crate) async fn initial_admin_key(store: &dyn Store) -> Result<Option<String>, StoreError> {
+    if store.count_api_keys().await? > 0 {
+        return Ok(None);
+    }
+    let key = random_secret(API_KEY_PREFIX);
+    let hash = hash_secret(&key);
+    let winner = store.secret_or_insert(BOOTSTRAP_MARKER, hash.as_bytes(), now()).await?;
+    if winner != hash.as_bytes() && store.count_api_keys().await? > 0 {
+        // Another replica created the key meanwhile.
+        return Ok(None);
+    }
+    // Either this start won, or an earlier start stopped before storing its key: that
+    // key was never usable, so a new one is issued.
+    store
+        .insert_api_key(&ApiKeyRecord {
+            // A prefix of the hash names the key without revealing anything about it.
+            id: hash[..16].to_owned(),
+            name: "admin".to_owned(),
+            secret_hash: hash,
+            created_at: now(),
+        })
+        .await?;
+    Ok(Some(key))
+}

@@ -1,0 +1,308 @@
+//! Server configuration: defaults, then an optional TOML file, then `GANTRY_SERVER_*`
+//! environment variables (the CLI turns its flags into the same variables). Everything is
+//! validated before any port is bound; an error names the setting, the value and what
+//! was expected.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gantry_domain::options::{self, Env, OptionError};
+use serde::Deserialize;
+
+/// Where the server's TLS certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// Issued at every start by the server's own CA for these extra names, on top of
+    /// `localhost`, the loopback addresses, the listen address and the public URL's host.
+    Generated { extra_hostnames: Vec<String> },
+    /// Supplied by the admin. `ca_file` is the CA launchers must trust, copied into pool
+    /// tokens; absent when the certificate is publicly trusted.
+    Files { cert_file: PathBuf, key_file: PathBuf, ca_file: Option<PathBuf> },
+}
+
+/// Intervals of the agent plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentTimings {
+    /// How often launchers heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A worker whose launcher has not heart-beaten for this long is gone.
+    pub worker_timeout: Duration,
+    /// The longest a poll blocks.
+    pub poll_timeout: Duration,
+    /// How long a session token lives.
+    pub session_ttl: Duration,
+    /// How often liveness and cleanup run.
+    pub sweep_interval: Duration,
+}
+
+impl Default for AgentTimings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(10),
+            worker_timeout: Duration::from_secs(40),
+            poll_timeout: Duration::from_secs(30),
+            session_ttl: Duration::from_secs(3600),
+            sweep_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything `gantry server` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Holds `gantry.db`.
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// The address launchers and users reach the server at, written into pool tokens;
+    /// `https://<bound address>` when unset.
+    pub public_url: Option<String>,
+    pub tls: TlsSource,
+    pub timings: AgentTimings,
+}
+
+pub const DATA_DIR: &str = "GANTRY_SERVER_DATA_DIR";
+pub const LISTEN: &str = "GANTRY_SERVER_LISTEN";
+pub const PUBLIC_URL: &str = "GANTRY_SERVER_PUBLIC_URL";
+pub const TLS_CERT_FILE: &str = "GANTRY_SERVER_TLS_CERT_FILE";
+pub const TLS_KEY_FILE: &str = "GANTRY_SERVER_TLS_KEY_FILE";
+pub const TLS_CA_FILE: &str = "GANTRY_SERVER_TLS_CA_FILE";
+pub const TLS_HOSTNAMES: &str = "GANTRY_SERVER_TLS_HOSTNAMES";
+pub const WORKER_TIMEOUT: &str = "GANTRY_SERVER_WORKER_TIMEOUT";
+pub const HEARTBEAT_INTERVAL: &str = "GANTRY_SERVER_HEARTBEAT_INTERVAL";
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+
+/// A configuration error: the message names the setting and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Option(#[from] OptionError),
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// The TOML file's shape. Keys mirror the environment variables.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data_dir: Option<String>,
+    listen: Option<String>,
+    public_url: Option<String>,
+    #[serde(default)]
+    tls: TlsFile,
+    #[serde(default)]
+    agent: AgentFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    ca_file: Option<String>,
+    #[serde(default)]
+    hostnames: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentFile {
+    worker_timeout: Option<String>,
+    heartbeat_interval: Option<String>,
+}
+
+impl ServerConfig {
+    /// Resolves the configuration from an optional TOML file (its name and text) and the
+    /// environment. Environment variables win over the file.
+    pub fn resolve(file: Option<(&str, &str)>, env: &Env) -> Result<Self, ConfigError> {
+        let mut merged: Env = BTreeMap::new();
+        if let Some((path, text)) = file {
+            let parsed: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::File {
+                path: path.to_owned(),
+                message: e.message().to_owned(),
+            })?;
+            let mut set = |name: &str, value: Option<String>| {
+                if let Some(value) = value {
+                    merged.insert(name.to_owned(), value);
+                }
+            };
+            set(DATA_DIR, parsed.data_dir);
+            set(LISTEN, parsed.listen);
+            set(PUBLIC_URL, parsed.public_url);
+            set(TLS_CERT_FILE, parsed.tls.cert_file);
+            set(TLS_KEY_FILE, parsed.tls.key_file);
+            set(TLS_CA_FILE, parsed.tls.ca_file);
+            set(WORKER_TIMEOUT, parsed.agent.worker_timeout);
+            set(HEARTBEAT_INTERVAL, parsed.agent.heartbeat_interval);
+            if !parsed.tls.hostnames.is_empty() {
+                merged.insert(TLS_HOSTNAMES.to_owned(), parsed.tls.hostnames.join(","));
+            }
+        }
+        for (name, value) in env {
+            if name.starts_with("GANTRY_SERVER_") {
+                merged.insert(name.clone(), value.clone());
+            }
+        }
+        Self::from_settings(&merged)
+    }
+
+    fn from_settings(settings: &Env) -> Result<Self, ConfigError> {
+        let data_dir = PathBuf::from(options::get(settings, DATA_DIR).unwrap_or(".gantry"));
+        let listen_text = options::get(settings, LISTEN).unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            OptionError::invalid(LISTEN, listen_text, "an address like 0.0.0.0:8443")
+        })?;
+        let public_url = match options::get(settings, PUBLIC_URL) {
+            Some(url) => {
+                let trimmed = url.trim_end_matches('/');
+                let valid = trimmed
+                    .strip_prefix("https://")
+                    .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+                if !valid {
+                    return Err(OptionError::invalid(
+                        PUBLIC_URL,
+                        url,
+                        "an https:// address without a path, like https://gantry.example.com:8443",
+                    )
+                    .into());
+                }
+                Some(trimmed.to_owned())
+            }
+            None => None,
+        };
+        let hostnames: Vec<String> = options::get(settings, TLS_HOSTNAMES)
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let tls = match (
+            options::get(settings, TLS_CERT_FILE),
+            options::get(settings, TLS_KEY_FILE),
+        ) {
+            (Some(cert), Some(key)) => TlsSource::Files {
+                cert_file: PathBuf::from(cert),
+                key_file: PathBuf::from(key),
+                ca_file: options::get(settings, TLS_CA_FILE).map(PathBuf::from),
+            },
+            (None, None) => TlsSource::Generated { extra_hostnames: hostnames },
+            _ => {
+                return Err(ConfigError::Inconsistent(format!(
+                    "{TLS_CERT_FILE} and {TLS_KEY_FILE} go together: set both to use your own certificate, or neither to let the server issue one"
+                )));
+            }
+        };
+        let defaults = AgentTimings::default();
+        let timings = AgentTimings {
+            worker_timeout: options::duration(settings, WORKER_TIMEOUT, defaults.worker_timeout)?,
+            heartbeat_interval: options::duration(
+                settings,
+                HEARTBEAT_INTERVAL,
+                defaults.heartbeat_interval,
+            )?,
+            ..defaults
+        };
+        if timings.worker_timeout < timings.heartbeat_interval * 2 {
+            return Err(ConfigError::Inconsistent(format!(
+                "{WORKER_TIMEOUT} ({}) must be at least twice {HEARTBEAT_INTERVAL} ({}), or one late heartbeat would drop healthy workers",
+                humantime::format_duration(timings.worker_timeout),
+                humantime::format_duration(timings.heartbeat_interval)
+            )));
+        }
+        Ok(Self { data_dir, listen, public_url, tls, timings })
+    }
+}
+
+impl ServerConfig {
+    /// The public URL, or `https://<bound address>` when none was configured.
+    pub fn effective_public_url(&self, bound: SocketAddr) -> String {
+        self.public_url.clone().unwrap_or_else(|| default_public_url(bound))
+    }
+}
+
+/// `https://<listen address>`, with `localhost` for a wildcard address.
+fn default_public_url(listen: SocketAddr) -> String {
+    let host = match listen.ip() {
+        ip if ip.is_unspecified() => "localhost".to_owned(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        IpAddr::V4(ip) => ip.to_string(),
+    };
+    format!("https://{host}:{}", listen.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_work_on_a_fresh_machine() {
+        let config = ServerConfig::resolve(None, &env(&[])).unwrap();
+        assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(config.effective_public_url(config.listen), "https://127.0.0.1:8443");
+        assert_eq!(
+            config.effective_public_url("0.0.0.0:9000".parse().unwrap()),
+            "https://localhost:9000"
+        );
+        assert_eq!(config.tls, TlsSource::Generated { extra_hostnames: vec![] });
+        assert_eq!(config.data_dir, PathBuf::from(".gantry"));
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let file = r#"
+            listen = "0.0.0.0:9000"
+            public_url = "https://gantry.example.com:9000/"
+            [tls]
+            hostnames = ["gantry.internal"]
+            [agent]
+            worker_timeout = "60s"
+        "#;
+        let config =
+            ServerConfig::resolve(Some(("gantry.toml", file)), &env(&[(LISTEN, "0.0.0.0:9443")]))
+                .unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9443".parse().unwrap());
+        assert_eq!(config.public_url.as_deref(), Some("https://gantry.example.com:9000"));
+        assert_eq!(
+            config.tls,
+            TlsSource::Generated { extra_hostnames: vec!["gantry.internal".into()] }
+        );
+        assert_eq!(config.timings.worker_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_the_expected_form() {
+        let cases = [
+            (
+                env(&[(LISTEN, "nowhere")]),
+                "GANTRY_SERVER_LISTEN=\"nowhere\": expected an address like 0.0.0.0:8443",
+            ),
+            (
+                env(&[(PUBLIC_URL, "http://x")]),
+                "GANTRY_SERVER_PUBLIC_URL=\"http://x\": expected an https:// address",
+            ),
+            (
+                env(&[(TLS_CERT_FILE, "/c")]),
+                "GANTRY_SERVER_TLS_CERT_FILE and GANTRY_SERVER_TLS_KEY_FILE go together",
+            ),
+            (env(&[(WORKER_TIMEOUT, "5s")]), "must be at least twice"),
+        ];
+        for (settings, expected) in cases {
+            let error = ServerConfig::resolve(None, &settings).unwrap_err().to_string();
+            assert!(error.starts_with(expected) || error.contains(expected), "{error}");
+        }
+        let error =
+            ServerConfig::resolve(Some(("gantry.toml", "lisen = 1")), &env(&[])).unwrap_err();
+        assert!(error.to_string().starts_with("gantry.toml: unknown field `lisen`"), "{error}");
+    }
+}

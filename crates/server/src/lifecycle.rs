@@ -1,0 +1,142 @@
+//! Run lifecycle operations shared by the REST API, the agent plane and the background
+//! tasks: the domain decides each transition, the store applies it atomically, and the
+//! right parties are woken.
+
+use gantry_domain::{
+    RunContext, RunEvent, RunId, RunState, RunType, Timestamp, WorkerId, transition,
+};
+use gantry_store::{RunChange, RunRecord, StackRecord, StoreError};
+
+use crate::error::ApiError;
+use crate::state::{AppState, now};
+
+/// Longest failure message kept; tool output belongs in the log, not here.
+const MAX_FAILURE_LENGTH: usize = 4096;
+
+/// Extra facts recorded with a transition.
+#[derive(Debug, Default)]
+pub(crate) struct Details {
+    pub failure: Option<String>,
+    pub has_changes: Option<bool>,
+}
+
+/// Queues a new run of `stack`.
+pub(crate) async fn trigger(
+    state: &AppState,
+    stack: &StackRecord,
+    run_type: RunType,
+    commit: Option<String>,
+    triggered_by: &str,
+) -> Result<RunRecord, ApiError> {
+    let at = now();
+    let run = RunRecord {
+        id: RunId::generate(),
+        stack_id: stack.id,
+        pool_id: stack.pool_id,
+        run_type,
+        state: RunState::Queued,
+        branch: stack.branch.clone(),
+        commit_sha: commit,
+        commit_message: None,
+        autodeploy: stack.autodeploy,
+        worker_id: None,
+        pinned_launcher_id: None,
+        prioritized: false,
+        has_changes: None,
+        failure: None,
+        triggered_by: triggered_by.to_owned(),
+        created_at: at,
+        updated_at: at,
+    };
+    state.store.insert_run(&run).await?;
+    tracing::info!(run = %run.id, stack = %stack.name, run_type = %run_type, "run queued");
+    state.events.run_changed(run.id);
+    state.events.request_scheduling();
+    Ok(run)
+}
+
+/// Applies `event` to the run as the domain allows. The worker is released whenever the
+/// run no longer executes on it; a run that plans changes and waits for confirmation is
+/// pinned to the launcher that holds its workspace.
+pub(crate) async fn apply(
+    state: &AppState,
+    run: &RunRecord,
+    event: &RunEvent,
+    details: Details,
+) -> Result<RunRecord, ApiError> {
+    let context = RunContext { run_type: run.run_type, autodeploy: run.autodeploy };
+    let to = transition(run.state, context, event)?;
+    let mut change = RunChange::new(run.id, run.state, to, now());
+    change.release_worker = run.worker_id.is_some() && !to.occupies_worker();
+    change.failure = details.failure.map(|message| truncate(&message));
+    change.has_changes = details.has_changes;
+    if to == RunState::Unconfirmed {
+        change.pinned_launcher = Some(launcher_of(state, run.worker_id).await?);
+    }
+    commit(state, change).await
+}
+
+/// Fails a run that has not ended, for a reason the user will read.
+pub(crate) async fn fail(
+    state: &AppState,
+    run: &RunRecord,
+    reason: &str,
+) -> Result<RunRecord, ApiError> {
+    tracing::warn!(run = %run.id, reason, "run failed");
+    apply(
+        state,
+        run,
+        &RunEvent::Fail,
+        Details { failure: Some(reason.to_owned()), ..Details::default() },
+    )
+    .await
+}
+
+/// Takes a run that was handed to a worker but never acknowledged back to the queue.
+pub(crate) async fn unassign(state: &AppState, run: &RunRecord) -> Result<RunRecord, ApiError> {
+    let mut change = RunChange::new(run.id, run.state, run.state, now());
+    change.release_worker = true;
+    commit(state, change).await
+}
+
+async fn commit(state: &AppState, change: RunChange) -> Result<RunRecord, ApiError> {
+    let updated = state.store.change_run(&change).await?;
+    if change.from != change.to {
+        tracing::info!(run = %updated.id, from = %change.from, to = %change.to, "run state changed");
+    }
+    state.events.run_changed(updated.id);
+    if change.release_worker || change.to.is_terminal() || change.to.wants_worker() {
+        state.events.request_scheduling();
+    }
+    Ok(updated)
+}
+
+async fn launcher_of(
+    state: &AppState,
+    worker_id: Option<WorkerId>,
+) -> Result<Option<gantry_domain::LauncherId>, ApiError> {
+    let Some(worker_id) = worker_id else { return Ok(None) };
+    Ok(state.store.get_worker(worker_id).await?.map(|worker| worker.launcher_id))
+}
+
+/// Whether a store error only says that someone else changed the run first.
+pub(crate) fn lost_race(error: &ApiError) -> bool {
+    matches!(error, ApiError::Store(StoreError::StateConflict { .. }))
+}
+
+fn truncate(message: &str) -> String {
+    if message.len() <= MAX_FAILURE_LENGTH {
+        return message.to_owned();
+    }
+    let mut end = MAX_FAILURE_LENGTH;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
+/// How long ago `at` was, for messages.
+pub(crate) fn ago(at: Timestamp) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(now().since(at).as_secs()))
+        .to_string()
+}

@@ -1,0 +1,90 @@
+//! Liveness: workers whose launcher stopped heart-beating are removed and their runs
+//! failed ("worker lost") or handed back to the queue, so no worker stays BUSY forever;
+//! runs whose workspace was on a launcher that is gone fail with that reason; expired
+//! sessions are deleted.
+
+use std::collections::HashSet;
+
+use gantry_domain::{RunState, WorkerId};
+
+use crate::error::ApiError;
+use crate::lifecycle;
+use crate::state::{AppState, now};
+
+pub(crate) async fn run_sweeper(state: AppState) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(state.timings.sweep_interval) => {}
+            () = state.shutdown.cancelled() => return,
+        }
+        if let Err(error) = sweep_once(&state).await {
+            tracing::warn!(%error, "liveness sweep failed; retrying on the next interval");
+        }
+    }
+}
+
+/// One sweep.
+pub(crate) async fn sweep_once(state: &AppState) -> Result<(), ApiError> {
+    let now = now();
+    let workers = state.store.list_workers(None).await?;
+    let stale: Vec<_> = workers
+        .iter()
+        .filter(|worker| now.since(worker.last_seen_at) > state.timings.worker_timeout)
+        .collect();
+    for worker in &stale {
+        let Some(run_id) = worker.current_run_id else { continue };
+        let Some(run) = state.store.get_run(run_id).await? else { continue };
+        if run.worker_id != Some(worker.id) || run.state.is_terminal() {
+            continue;
+        }
+        let outcome = if run.state.wants_worker() {
+            lifecycle::unassign(state, &run).await
+        } else {
+            let reason = format!(
+                "worker lost: the launcher on {} stopped sending heartbeats {} ago",
+                worker.hostname,
+                lifecycle::ago(worker.last_seen_at)
+            );
+            lifecycle::fail(state, &run, &reason).await
+        };
+        if let Err(error) = outcome
+            && !lifecycle::lost_race(&error)
+        {
+            return Err(error);
+        }
+    }
+    let stale_ids: Vec<WorkerId> = stale.iter().map(|worker| worker.id).collect();
+    if !stale_ids.is_empty() {
+        tracing::warn!(
+            workers = stale_ids.len(),
+            "removing workers whose launcher stopped heart-beating"
+        );
+        state.store.delete_workers(&stale_ids).await?;
+        state.events.request_scheduling();
+    }
+
+    let live_launchers: HashSet<_> = workers
+        .iter()
+        .filter(|worker| !stale_ids.contains(&worker.id))
+        .map(|worker| worker.launcher_id)
+        .collect();
+    for run in state.store.active_runs().await? {
+        let waits_on_workspace = matches!(run.state, RunState::Unconfirmed | RunState::Confirmed);
+        if let Some(launcher) = run.pinned_launcher_id
+            && waits_on_workspace
+            && run.worker_id.is_none()
+            && !live_launchers.contains(&launcher)
+        {
+            let reason = "the launcher that planned this run is gone, and the plan's workspace with it: trigger a new run";
+            if let Err(error) = lifecycle::fail(state, &run, reason).await
+                && !lifecycle::lost_race(&error)
+            {
+                return Err(error);
+            }
+        }
+    }
+
+    state.store.delete_expired_sessions(now).await?;
+    state.events.forget_idle_launchers();
+    Ok(())
+}

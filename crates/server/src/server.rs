@@ -1,0 +1,225 @@
+//! Starting and stopping the server: open the store, load the CA, create the first admin
+//! key, bind (all before anything is served, so a bad setting fails fast), then serve
+//! until the shutdown signal, letting requests drain for a bounded time.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::header::AUTHORIZATION;
+use axum::response::IntoResponse;
+use axum_server::tls_rustls::RustlsConfig;
+use gantry_crypto::ChallengeSigner;
+use gantry_store::{SqliteStore, Store, StoreError};
+use tokio_util::sync::CancellationToken;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::{ServerConfig, TlsSource};
+use crate::error::ApiError;
+use crate::events::Events;
+use crate::state::{AppState, Shared, now};
+use crate::{agent, api, bootstrap, liveness, pki, scheduling};
+
+const CHALLENGE_KEY_SECRET: &str = "session-challenge-key";
+/// How long in-flight requests may finish after the shutdown signal.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// Log uploads are the largest agent-plane bodies.
+const BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen { address: SocketAddr, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("certificate authority: {0}")]
+    Crypto(gantry_crypto::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The REST API and the agent plane, with their shared layers.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .nest("/api/v1", api::router(state.clone()))
+        .nest("/agent/v1", agent::router())
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
+        .with_state(state)
+}
+
+async fn no_route(request: Request) -> impl IntoResponse {
+    ApiError::NoRoute {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    }
+}
+
+async fn method_not_allowed(request: Request) -> impl IntoResponse {
+    ApiError::MethodNotAllowed {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    }
+}
+
+/// A server that has opened its store and bound its port, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    state: AppState,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    local_addr: SocketAddr,
+    initial_admin_key: Option<String>,
+}
+
+impl Server {
+    pub async fn start(config: ServerConfig) -> Result<Self, StartError> {
+        create_private_dir(&config.data_dir)?;
+        let store = SqliteStore::open(&config.data_dir.join("gantry.db")).await?;
+        Self::start_with_store(config, Arc::new(store)).await
+    }
+
+    pub async fn start_with_store(
+        config: ServerConfig,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(config.listen)
+            .map_err(|source| StartError::Listen { address: config.listen, source })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| StartError::Listen { address: config.listen, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Listen { address: config.listen, source })?;
+        let public_url = config.effective_public_url(local_addr);
+        let hostnames = certificate_hostnames(&config, local_addr, &public_url);
+        let pki = pki::load(store.as_ref(), &config.tls, &hostnames, now()).await?;
+        let challenge_key = store
+            .secret_or_insert(CHALLENGE_KEY_SECRET, &ChallengeSigner::generate_key(), now())
+            .await?;
+        let initial_admin_key = bootstrap::initial_admin_key(store.as_ref()).await?;
+        let state = AppState::new(Shared {
+            store,
+            ca: pki.ca,
+            token_server_ca: pki.token_server_ca,
+            public_url,
+            challenges: ChallengeSigner::new(&challenge_key),
+            events: Events::default(),
+            timings: config.timings.clone(),
+            shutdown: CancellationToken::new(),
+        });
+        Ok(Self { state, listener, tls: pki.tls, local_addr, initial_admin_key })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The address written into pool tokens.
+    pub fn public_url(&self) -> &str {
+        &self.state.public_url
+    }
+
+    /// PEM of the server's CA: what clients trust when the server issued its own
+    /// TLS certificate.
+    pub fn ca_certificate_pem(&self) -> &str {
+        self.state.ca.certificate().pem()
+    }
+
+    /// The admin API key created at this first start; `None` on later starts.
+    pub fn take_initial_admin_key(&mut self) -> Option<String> {
+        self.initial_admin_key.take()
+    }
+
+    /// Serves until `shutdown` completes, then stops background work, ends long-polls and
+    /// lets in-flight requests finish for a bounded time.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
+        let state = self.state.clone();
+        let scheduler = tokio::spawn(scheduling::run_scheduler(state.clone()));
+        let sweeper = tokio::spawn(liveness::run_sweeper(state.clone()));
+        state.events.request_scheduling();
+
+        let handle = axum_server::Handle::new();
+        let tls = RustlsConfig::from_config(self.tls);
+        let server = axum_server::from_tcp_rustls(self.listener, tls)
+            .map_err(|source| StartError::Listen { address: self.local_addr, source })?
+            .handle(handle.clone())
+            .serve(router(state.clone()).into_make_service());
+        tracing::info!(address = %self.local_addr, url = %state.public_url, "gantry server listening");
+
+        let stopper = {
+            let state = state.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new requests, in-flight ones may finish");
+                state.shutdown.cancel();
+                handle.graceful_shutdown(Some(DRAIN_DEADLINE));
+            }
+        };
+        let (served, ()) = tokio::join!(server, stopper);
+        state.shutdown.cancel();
+        let _ = tokio::join!(scheduler, sweeper);
+        served.map_err(|source| StartError::Listen { address: self.local_addr, source })
+    }
+}
+
+/// Names the generated certificate must carry: loopback, the bound address, the public
+/// URL's host and the configured extras.
+fn certificate_hostnames(
+    config: &ServerConfig,
+    bound: SocketAddr,
+    public_url: &str,
+) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    if !bound.ip().is_unspecified() {
+        names.push(bound.ip().to_string());
+    }
+    if let Some(host) = public_url.strip_prefix("https://").map(host_of) {
+        names.push(host.to_owned());
+    }
+    if let TlsSource::Generated { extra_hostnames } = &config.tls {
+        names.extend(extra_hostnames.iter().cloned());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The host of `host:port`, `[v6]:port` or `host`.
+fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.rsplit_once(':').map_or(authority, |(host, _)| host)
+}
+
+fn create_private_dir(path: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let error = |source| StartError::DataDir { path: path.display().to_string(), source };
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_taken_from_authorities() {
+        assert_eq!(host_of("example.com:8443"), "example.com");
+        assert_eq!(host_of("[::1]:8443"), "::1");
+        assert_eq!(host_of("example.com"), "example.com");
+    }
+}

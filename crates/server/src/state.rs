@@ -1,0 +1,57 @@
+//! What every request handler and background task shares.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gantry_crypto::{CertificateAuthority, ChallengeSigner};
+use gantry_domain::Timestamp;
+use gantry_store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentTimings;
+use crate::events::Events;
+
+/// Shared server state; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub ca: CertificateAuthority,
+    /// The CA written into pool tokens for launchers to trust.
+    pub token_server_ca: Option<String>,
+    /// Written into pool tokens.
+    pub public_url: String,
+    pub challenges: ChallengeSigner,
+    pub events: Events,
+    pub timings: AgentTimings,
+    /// Cancelled when the server shuts down: long-polls and streams end at once.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("public_url", &self.public_url).finish_non_exhaustive()
+    }
+}
+
+/// The wall clock as the domain counts time.
+pub(crate) fn now() -> Timestamp {
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    Timestamp::from_unix_millis(i64::try_from(millis).unwrap_or(i64::MAX))
+}

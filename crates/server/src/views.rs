@@ -1,0 +1,199 @@
+//! Store records as the API shows them: secrets hidden, counts and reasons computed.
+
+use std::collections::HashMap;
+
+use gantry_domain::scheduler::WaitReason;
+use gantry_domain::{PoolId, RunId, WorkerStatus};
+use gantry_proto::api;
+use gantry_store::{
+    OutputRecord, PoolRecord, RunRecord, StackRecord, StateChangeRecord, WorkerRecord,
+};
+
+use crate::error::ApiError;
+use crate::scheduling::waiting_reasons;
+use crate::state::AppState;
+
+pub(crate) fn pool(record: &PoolRecord, workers: &[WorkerRecord], runs: &[RunRecord]) -> api::Pool {
+    let pool_workers: Vec<_> = workers.iter().filter(|w| w.pool_id == record.id).collect();
+    let count = |predicate: &dyn Fn(&&WorkerRecord) -> bool| {
+        pool_workers.iter().filter(|w| predicate(w)).count() as u32
+    };
+    api::Pool {
+        id: record.id,
+        name: record.name.clone(),
+        kind: match record.kind {
+            gantry_domain::PoolKind::Private => api::PoolKind::Private,
+            gantry_domain::PoolKind::Shared => api::PoolKind::Shared,
+        },
+        description: record.description.clone(),
+        labels: record.labels.clone(),
+        certificate_fingerprint: record.certificate_fingerprint.clone(),
+        key_algorithm: record.key_algorithm.clone(),
+        workers: pool_workers.len() as u32,
+        busy_workers: count(&|w| w.current_run_id.is_some()),
+        drained_workers: count(&|w| w.drained),
+        pending_runs: runs
+            .iter()
+            .filter(|run| run.pool_id == record.id && run.worker_id.is_none())
+            .filter(|run| run.state == gantry_domain::RunState::Queued || run.state.wants_worker())
+            .count() as u32,
+        created_at: record.created_at,
+    }
+}
+
+pub(crate) fn worker(record: &WorkerRecord) -> api::Worker {
+    api::Worker {
+        id: record.id,
+        pool_id: record.pool_id,
+        status: WorkerStatus::of(record.drained, record.current_run_id.is_some()),
+        busy: record.current_run_id.is_some(),
+        drained: record.drained,
+        current_run_id: record.current_run_id,
+        metadata: record.metadata.clone(),
+        launcher_version: record.launcher_version.clone(),
+        hostname: record.hostname.clone(),
+        created_at: record.created_at,
+        last_seen_at: record.last_seen_at,
+    }
+}
+
+pub(crate) fn environment(record: &StackRecord) -> Vec<api::EnvironmentVariable> {
+    record
+        .environment
+        .iter()
+        .map(|variable| api::EnvironmentVariable {
+            name: variable.name.clone(),
+            value: (!variable.secret).then(|| variable.value.clone()),
+            secret: variable.secret,
+        })
+        .collect()
+}
+
+pub(crate) fn stack(record: &StackRecord, pool_name: &str) -> api::Stack {
+    api::Stack {
+        id: record.id,
+        name: record.name.clone(),
+        repository: record.repository.clone(),
+        branch: record.branch.clone(),
+        project_root: record.project_root.clone(),
+        pool_id: record.pool_id,
+        pool_name: pool_name.to_owned(),
+        tool: record.tool,
+        runner_image: record.runner_image.clone(),
+        autodeploy: record.autodeploy,
+        environment: environment(record),
+        description: record.description.clone(),
+        labels: record.labels.clone(),
+        created_at: record.created_at,
+    }
+}
+
+pub(crate) fn output(record: &OutputRecord) -> api::Output {
+    api::Output {
+        name: record.name.clone(),
+        value: if record.sensitive {
+            None
+        } else {
+            record.value_json.as_deref().and_then(|json| serde_json::from_str(json).ok())
+        },
+        sensitive: record.sensitive,
+    }
+}
+
+/// A sentence saying why a run waits.
+pub(crate) fn wait_reason_text(reason: WaitReason, pool_name: &str) -> String {
+    match reason {
+        WaitReason::StackLocked { holder } => {
+            format!("waiting for run {holder} to end: it holds the stack's lock")
+        }
+        WaitReason::NoIdleWorker => {
+            format!("waiting for a worker: every worker of pool {pool_name} is busy")
+        }
+        WaitReason::AllWorkersDrained => {
+            format!("waiting for a worker: every worker of pool {pool_name} is drained")
+        }
+        WaitReason::NoWorkers => {
+            format!("waiting for a worker: no worker of pool {pool_name} is connected")
+        }
+        WaitReason::WorkspaceOnLauncher { launcher } => {
+            format!(
+                "waiting for a free worker on launcher {launcher}, which holds this run's workspace"
+            )
+        }
+    }
+}
+
+/// Builds full run views, loading what they need in a few queries.
+pub(crate) struct RunViews {
+    stacks: HashMap<gantry_domain::StackId, StackRecord>,
+    pools: HashMap<PoolId, String>,
+    reasons: HashMap<RunId, WaitReason>,
+}
+
+impl RunViews {
+    pub(crate) async fn load(state: &AppState) -> Result<Self, ApiError> {
+        let stacks = state.store.list_stacks().await?.into_iter().map(|s| (s.id, s)).collect();
+        let pools = state.store.list_pools().await?.into_iter().map(|p| (p.id, p.name)).collect();
+        let active = state.store.active_runs().await?;
+        let workers = state.store.list_workers(None).await?;
+        Ok(Self { stacks, pools, reasons: waiting_reasons(&active, &workers) })
+    }
+
+    pub(crate) async fn run(
+        &self,
+        state: &AppState,
+        record: &RunRecord,
+    ) -> Result<api::Run, ApiError> {
+        let history = state.store.run_history(record.id).await?;
+        let outputs = state.store.outputs(record.id).await?;
+        Ok(self.assemble(record, &history, &outputs))
+    }
+
+    fn assemble(
+        &self,
+        record: &RunRecord,
+        history: &[StateChangeRecord],
+        outputs: &[OutputRecord],
+    ) -> api::Run {
+        let pool_name = self.pools.get(&record.pool_id).map(String::as_str).unwrap_or("?");
+        let waiting_reason = match (record.worker_id, self.reasons.get(&record.id)) {
+            (_, Some(reason)) => Some(wait_reason_text(*reason, pool_name)),
+            (Some(worker), None) if record.state.wants_worker() => {
+                Some(format!("handed to worker {worker}: waiting for its launcher to start it"))
+            }
+            _ => None,
+        };
+        api::Run {
+            id: record.id,
+            stack_id: record.stack_id,
+            stack_name: self
+                .stacks
+                .get(&record.stack_id)
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+            pool_id: record.pool_id,
+            run_type: record.run_type,
+            state: record.state,
+            branch: record.branch.clone(),
+            commit: record.commit_sha.clone(),
+            commit_message: record.commit_message.clone(),
+            autodeploy: record.autodeploy,
+            worker_id: record.worker_id,
+            has_changes: record.has_changes,
+            failure: record.failure.clone(),
+            waiting_reason,
+            history: history
+                .iter()
+                .map(|change| api::StateChange { state: change.state, at: change.at })
+                .collect(),
+            outputs: outputs.iter().map(output).collect(),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        }
+    }
+}
+
+/// One run's full view.
+pub(crate) async fn run(state: &AppState, record: &RunRecord) -> Result<api::Run, ApiError> {
+    RunViews::load(state).await?.run(state, record).await
+}
