@@ -1,1 +1,19 @@
-//! placeholder
+//! Fixtures shared by Gantry's tests. Everything here is real: a server listening on a
+//! loopback port with its own CA, keys and CSRs made by the `openssl` command, git
+//! repositories made by `git`, Terraform configurations that need no provider download.
+
+mod git;
+mod openssl;
+mod server;
+mod terraform;
+
+pub use git::{GitRepository, git};
+pub use openssl::{KeyKind, OpensslKey, openssl};
+pub use server::TestServer;
+pub use terraform::{MARKER_OUTPUT, NO_CHANGES_CONFIG, SIMPLE_CONFIG};
+
+/// Installs the process-wide TLS provider once (kube, reqwest and axum-server all use
+/// rustls; see STACK.md, trap 1).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -104,17 +104,21 @@ impl RunningWorker for ChildWorker {
         Ok(exit)
     }
 
+    /// SIGTERM first: the worker passes one SIGINT to the tool, which terraform handles
+    /// gracefully. After half the grace period a second SIGTERM makes the worker kill the
+    /// tool's own process group (which a SIGKILL of the worker's group would not reach)
+    /// and exit; SIGKILL is the last resort.
     async fn terminate(&mut self, grace: Duration) -> Result<WorkerExit, ExecutorError> {
         if let Some(exit) = self.exit {
             return Ok(exit);
         }
-        self.signal(Signal::SIGTERM);
-        match tokio::time::timeout(grace, self.wait()).await {
-            Ok(result) => result,
-            Err(_) => {
-                self.signal(Signal::SIGKILL);
-                self.wait().await
+        for signal in [Signal::SIGTERM, Signal::SIGTERM] {
+            self.signal(signal);
+            if let Ok(result) = tokio::time::timeout(grace / 2, self.wait()).await {
+                return result;
             }
         }
+        self.signal(Signal::SIGKILL);
+        self.wait().await
     }
 }

@@ -1,0 +1,102 @@
+//! The worker's configuration: the launcher's socket and the run's capability, both
+//! from the environment the launcher started the worker with.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use gantry_proto::local::{CAPABILITY_ENV, SOCKET_ENV};
+use hyper::header::HeaderValue;
+
+use crate::WorkerError;
+
+/// Where the launcher listens and how to prove this worker belongs to the run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket_path: PathBuf,
+    /// `Bearer <capability>`, marked sensitive so that `Debug` never shows it.
+    pub(crate) authorization: HeaderValue,
+}
+
+impl Config {
+    /// Reads [`SOCKET_ENV`] and [`CAPABILITY_ENV`] from the process environment.
+    pub fn from_env() -> Result<Self, WorkerError> {
+        Self::from_lookup(|name| std::env::var_os(name))
+    }
+
+    /// Reads the configuration through `lookup`, so tests need not touch the process
+    /// environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self, WorkerError> {
+        let socket_path = lookup(SOCKET_ENV).filter(|value| !value.is_empty()).ok_or(
+            WorkerError::MissingVariable {
+                variable: SOCKET_ENV,
+                expected: "the path of the launcher's unix socket",
+            },
+        )?;
+        let capability = lookup(CAPABILITY_ENV).filter(|value| !value.is_empty()).ok_or(
+            WorkerError::MissingVariable {
+                variable: CAPABILITY_ENV,
+                expected: "the run's capability, given by the launcher",
+            },
+        )?;
+        let invalid = || WorkerError::InvalidCapability { variable: CAPABILITY_ENV };
+        let capability = capability.into_string().map_err(|_| invalid())?;
+        let mut authorization =
+            HeaderValue::from_str(&format!("Bearer {capability}")).map_err(|_| invalid())?;
+        authorization.set_sensitive(true);
+        Ok(Self { socket_path: PathBuf::from(socket_path), authorization })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn check(variables: &[(&str, &str)], expect: Result<&str, &str>) {
+        let variables: HashMap<String, OsString> =
+            variables.iter().map(|(name, value)| (name.to_string(), value.into())).collect();
+        let result = Config::from_lookup(|name| variables.get(name).cloned());
+        match (result, expect) {
+            (Ok(config), Ok(socket)) => {
+                assert_eq!(config.socket_path, PathBuf::from(socket));
+                assert!(config.authorization.is_sensitive());
+                assert!(!format!("{config:?}").contains("secret"));
+            }
+            (Err(error), Err(message)) => assert_eq!(error.to_string(), message),
+            (result, expect) => panic!("got {result:?}, expected {expect:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_socket_and_capability() {
+        check(
+            &[(SOCKET_ENV, "/run/gantry/worker.sock"), (CAPABILITY_ENV, "secret-capability")],
+            Ok("/run/gantry/worker.sock"),
+        );
+    }
+
+    #[test]
+    fn names_the_missing_or_empty_variable() {
+        check(
+            &[(CAPABILITY_ENV, "secret")],
+            Err("GANTRY_WORKER_SOCKET is not set: expected the path of the launcher's unix socket"),
+        );
+        check(
+            &[(SOCKET_ENV, "/s"), (CAPABILITY_ENV, "")],
+            Err(
+                "GANTRY_WORKER_CAPABILITY is not set: expected the run's capability, given by the launcher",
+            ),
+        );
+    }
+
+    #[test]
+    fn refuses_a_capability_that_cannot_be_a_header_without_printing_it() {
+        check(
+            &[(SOCKET_ENV, "/s"), (CAPABILITY_ENV, "secret\nline")],
+            Err(
+                "GANTRY_WORKER_CAPABILITY is not a valid bearer token: expected visible ASCII characters",
+            ),
+        );
+    }
+}
