@@ -24,14 +24,25 @@ pub(crate) async fn initial_admin_key(store: &dyn Store) -> Result<Option<String
     }
     // Either this start won, or an earlier start stopped before storing its key: that
     // key was never usable, so a new one is issued.
+    store_key(store, "admin", hash).await?;
+    Ok(Some(key))
+}
+
+/// A new admin key named `name`, returned in clear this once.
+pub(crate) async fn issue_admin_key(store: &dyn Store, name: &str) -> Result<String, StoreError> {
+    let key = random_secret(API_KEY_PREFIX);
+    store_key(store, name, hash_secret(&key)).await?;
+    Ok(key)
+}
+
+async fn store_key(store: &dyn Store, name: &str, hash: String) -> Result<(), StoreError> {
     store
         .insert_api_key(&ApiKeyRecord {
             // A prefix of the hash names the key without revealing anything about it.
             id: hash[..16].to_owned(),
-            name: "admin".to_owned(),
+            name: name.to_owned(),
             secret_hash: hash,
             created_at: now(),
         })
-        .await?;
-    Ok(Some(key))
+        .await
 }

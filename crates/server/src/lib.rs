@@ -21,4 +21,4 @@ mod views;
 
 pub use bootstrap::API_KEY_PREFIX;
 pub use config::{AgentTimings, ServerConfig, TlsSource};
-pub use server::{Server, StartError, router};
+pub use server::{CA_FILE, Server, StartError, router};

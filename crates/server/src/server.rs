@@ -26,6 +26,8 @@ use crate::state::{AppState, Shared, now};
 use crate::{agent, api, bootstrap, liveness, pki, scheduling};
 
 const CHALLENGE_KEY_SECRET: &str = "session-challenge-key";
+/// The server's CA certificate, written into the data directory at every start.
+pub const CA_FILE: &str = "server-ca.pem";
 /// How long in-flight requests may finish after the shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Log uploads are the largest agent-plane bodies.
@@ -89,7 +91,12 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<Self, StartError> {
         create_private_dir(&config.data_dir)?;
         let store = SqliteStore::open(&config.data_dir.join("gantry.db")).await?;
-        Self::start_with_store(config, Arc::new(store)).await
+        let server = Self::start_with_store(config.clone(), Arc::new(store)).await?;
+        // Public: what API clients must trust when the server issued its own certificate.
+        let ca_path = config.data_dir.join(CA_FILE);
+        std::fs::write(&ca_path, server.ca_certificate_pem())
+            .map_err(|source| StartError::DataDir { path: ca_path.display().to_string(), source })?;
+        Ok(server)
     }
 
     pub async fn start_with_store(
@@ -142,6 +149,12 @@ impl Server {
     /// The admin API key created at this first start; `None` on later starts.
     pub fn take_initial_admin_key(&mut self) -> Option<String> {
         self.initial_admin_key.take()
+    }
+
+    /// Creates another admin API key, for whoever controls the server's data (a lost
+    /// first key, `gantry up` on a data directory whose key file was removed).
+    pub async fn issue_admin_key(&self, name: &str) -> Result<String, StartError> {
+        Ok(bootstrap::issue_admin_key(self.state.store.as_ref(), name).await?)
     }
 
     /// Serves until `shutdown` completes, then stops background work, ends long-polls and

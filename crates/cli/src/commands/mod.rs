@@ -1,0 +1,11 @@
+//! One file per command group; `context` holds what every command shares (the output
+//! format, the connection settings) and the outcome and error types they return.
+
+mod context;
+pub mod keygen;
+pub mod pool;
+pub mod run;
+pub mod stack;
+pub mod worker;
+
+pub use context::{Context, Outcome, UsageError};

@@ -1,0 +1,247 @@
+//! `gantry stack create|list|show`: stacks, the source and settings that runs execute.
+
+use clap::{Args, Subcommand, ValueEnum};
+use gantry_domain::Tool;
+use gantry_proto::api::{CreateStack, EnvironmentVariable, Run, Stack};
+use serde::Serialize;
+
+use super::{Context, Outcome};
+use crate::output::{self, print_json};
+
+/// How many runs `stack show` lists.
+const LATEST_RUNS: u32 = 10;
+
+const CREATE_AFTER_HELP: &str = "\
+Secret variables (--secret-env) are write-only: the API never shows their values again,
+and launchers mask them in logs. Runs execute on the stack's pool, in the runner image
+(or the pool's default), from the head of the branch unless a commit is given.
+
+Examples:
+  gantry stack create --name network --repository https://git.example.com/infra.git \\
+      --pool build --project-root network --env TF_VAR_region=eu-west-1
+  gantry stack create --name web --repository file:///srv/git/web.git --pool build \\
+      --tool opentofu --autodeploy --secret-env TF_VAR_db_password=hunter2";
+
+#[derive(Debug, Subcommand)]
+pub enum StackCommand {
+    /// Create a stack
+    #[command(after_help = CREATE_AFTER_HELP)]
+    Create(Box<CreateArgs>),
+    /// List stacks
+    List,
+    /// Show a stack and its latest runs
+    #[command(after_help = "Example:\n  gantry stack show network")]
+    Show {
+        /// Stack name or id
+        stack: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ToolArg {
+    Terraform,
+    Opentofu,
+}
+
+impl From<ToolArg> for Tool {
+    fn from(tool: ToolArg) -> Self {
+        match tool {
+            ToolArg::Terraform => Tool::Terraform,
+            ToolArg::Opentofu => Tool::OpenTofu,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Stack name: lowercase letters, digits, '-' and '_'
+    #[arg(long, value_parser = parse_stack_name)]
+    pub name: String,
+    /// Git URL the pool's launchers can clone (https://, ssh://, file://)
+    #[arg(long, value_name = "URL")]
+    pub repository: String,
+    /// Pool (name or id) whose workers run this stack
+    #[arg(long)]
+    pub pool: String,
+    /// Branch whose head runs use unless given a commit
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    /// Directory of the configuration inside the repository
+    #[arg(long, value_name = "DIR", default_value = "")]
+    pub project_root: String,
+    /// The tool runs execute [default: terraform]
+    #[arg(long, value_enum)]
+    pub tool: Option<ToolArg>,
+    /// Container image the runs execute in [default: the pool's]
+    #[arg(long, value_name = "IMAGE")]
+    pub runner_image: Option<String>,
+    /// Apply plans that have changes without waiting for a confirmation
+    #[arg(long)]
+    pub autodeploy: bool,
+    /// An environment variable of the runs (repeatable)
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_variable)]
+    pub env: Vec<(String, String)>,
+    /// A secret environment variable: write-only, masked in logs (repeatable)
+    #[arg(long = "secret-env", value_name = "NAME=VALUE", value_parser = parse_variable)]
+    pub secret_env: Vec<(String, String)>,
+    /// A label (repeatable)
+    #[arg(long = "label", value_name = "LABEL")]
+    pub labels: Vec<String>,
+    /// A description, shown by stack show
+    #[arg(long, default_value = "")]
+    pub description: String,
+}
+
+fn parse_stack_name(value: &str) -> Result<String, String> {
+    gantry_domain::validate_name("stack", value)
+        .map(|()| value.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// `NAME=VALUE`, where NAME is a shell variable name and VALUE may contain `=`.
+fn parse_variable(text: &str) -> Result<(String, String), String> {
+    let (name, value) =
+        text.split_once('=').ok_or_else(|| format!("{text:?}: expected NAME=VALUE"))?;
+    let mut chars = name.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "{name:?} is not a variable name: expected letters, digits and '_', not starting with a digit"
+        ));
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+impl CreateArgs {
+    fn request(&self) -> CreateStack {
+        let plain = self.env.iter().map(|(name, value)| (name, value, false));
+        let secret = self.secret_env.iter().map(|(name, value)| (name, value, true));
+        CreateStack {
+            name: self.name.clone(),
+            repository: self.repository.clone(),
+            branch: self.branch.clone(),
+            project_root: self.project_root.clone(),
+            pool: self.pool.clone(),
+            tool: self.tool.map(Tool::from),
+            runner_image: self.runner_image.clone(),
+            autodeploy: self.autodeploy,
+            environment: plain
+                .chain(secret)
+                .map(|(name, value, secret)| EnvironmentVariable {
+                    name: name.clone(),
+                    value: Some(value.clone()),
+                    secret,
+                })
+                .collect(),
+            description: self.description.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+pub async fn run(context: &Context, command: &StackCommand) -> anyhow::Result<Outcome> {
+    match command {
+        StackCommand::Create(args) => create(context, args).await,
+        StackCommand::List => list(context).await,
+        StackCommand::Show { stack } => show(context, stack).await,
+    }
+}
+
+async fn create(context: &Context, args: &CreateArgs) -> anyhow::Result<Outcome> {
+    let client = context.api_client()?;
+    let stack = client.create_stack(&args.request()).await?;
+    if context.is_json() {
+        print_json(&stack)?;
+    } else {
+        println!("Created stack {} ({}).\n", stack.name, stack.id);
+        print!("{}", output::stack_details(&stack, &[], output::now()));
+        println!("\nTrigger a run with: gantry run trigger {} --follow", stack.name);
+    }
+    Ok(Outcome::Success)
+}
+
+async fn list(context: &Context) -> anyhow::Result<Outcome> {
+    let client = context.api_client()?;
+    let stacks = client.list_stacks().await?;
+    if context.is_json() {
+        print_json(&stacks)?;
+    } else {
+        print!("{}", output::stacks_table(&stacks.stacks, output::now()));
+    }
+    Ok(Outcome::Success)
+}
+
+async fn show(context: &Context, stack: &str) -> anyhow::Result<Outcome> {
+    let client = context.api_client()?;
+    let stack = client.get_stack(stack).await?;
+    let runs = client.list_runs(Some(&stack.id.to_string()), Some(LATEST_RUNS)).await?;
+    if context.is_json() {
+        #[derive(Serialize)]
+        struct StackWithRuns<'a> {
+            stack: &'a Stack,
+            runs: &'a [Run],
+        }
+        print_json(&StackWithRuns { stack: &stack, runs: &runs.runs })?;
+    } else {
+        print!("{}", output::stack_details(&stack, &runs.runs, output::now()));
+    }
+    Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn variables_split_at_the_first_equals_sign() {
+        assert_eq!(parse_variable("A=b=c"), Ok(("A".to_owned(), "b=c".to_owned())));
+        assert_eq!(parse_variable("_X="), Ok(("_X".to_owned(), String::new())));
+        assert_eq!(parse_variable("novalue"), Err("\"novalue\": expected NAME=VALUE".to_owned()));
+        assert!(parse_variable("1A=x").is_err());
+        assert!(parse_variable("A-B=x").is_err());
+    }
+
+    #[test]
+    fn the_command_line_becomes_the_request() {
+        let cli = Cli::try_parse_from([
+            "gantry",
+            "stack",
+            "create",
+            "--name",
+            "web",
+            "--repository",
+            "file:///srv/web.git",
+            "--pool",
+            "build",
+            "--tool",
+            "opentofu",
+            "--env",
+            "A=1",
+            "--secret-env",
+            "S=2",
+            "--label",
+            "x",
+            "--autodeploy",
+        ])
+        .unwrap();
+        let Command::Stack(StackCommand::Create(args)) = cli.command else { panic!() };
+        let request = serde_json::to_value(args.request()).unwrap();
+        assert_eq!(
+            request,
+            serde_json::json!({
+                "name": "web", "repository": "file:///srv/web.git", "branch": "main",
+                "project_root": "", "pool": "build", "tool": "opentofu", "runner_image": null,
+                "autodeploy": true,
+                "environment": [
+                    {"name": "A", "value": "1", "secret": false},
+                    {"name": "S", "value": "2", "secret": true}
+                ],
+                "description": "", "labels": ["x"]
+            })
+        );
+    }
+}

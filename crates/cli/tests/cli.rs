@@ -1,0 +1,712 @@
+//! The `gantry` binary, run for real: commands that need no server (keygen, help,
+//! configuration and connection errors), and every command group against a scripted
+//! stand-in of the REST API over TLS (`support`), until the real server exists.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use gantry_cli::client::{ApiClient, ClientError, LogStreamEvent, ReconnectPolicy};
+use gantry_cli::config::ClientFile;
+use gantry_domain::RunState;
+use support::{API_KEY, FakeApi, RUN_FAILS, RUN_FINISHES, RUN_WAITS, TOKEN};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gantry");
+
+/// The binary, isolated from the caller's configuration: no `GANTRY_API_*` variables and
+/// a working directory without `.gantry/`.
+fn gantry(dir: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(BIN);
+    command
+        .current_dir(dir)
+        .env_remove("GANTRY_API_URL")
+        .env_remove("GANTRY_API_KEY")
+        .env_remove("GANTRY_API_CA_FILE")
+        .env_remove("NO_COLOR");
+    command
+}
+
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl From<Output> for Ran {
+    fn from(output: Output) -> Self {
+        Ran {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+fn run_sync(dir: &Path, args: &[&str]) -> Ran {
+    gantry(dir).args(args).output().unwrap().into()
+}
+
+/// Runs the binary without blocking the runtime that serves the fake API.
+async fn run_async(dir: &Path, args: &[&str]) -> Ran {
+    let mut command = tokio::process::Command::from(gantry(dir));
+    command.args(args).kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("gantry did not exit within 60 s")
+        .unwrap();
+    output.into()
+}
+
+/// A working directory holding the fake API's CA, and the flags to reach the API.
+struct Setup {
+    api: FakeApi,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let api = FakeApi::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &api.ca_pem).unwrap();
+        Setup { api, dir }
+    }
+
+    async fn gantry(&self, args: &[&str]) -> Ran {
+        let mut full =
+            vec!["--api-url", &self.api.url, "--ca-file", "ca.pem", "--api-key", API_KEY];
+        full.extend_from_slice(args);
+        run_async(self.dir.path(), &full).await
+    }
+
+    fn client(&self) -> ApiClient {
+        ApiClient::builder(&self.api.url)
+            .api_key(API_KEY)
+            .trust_ca_pem(self.api.ca_pem.clone())
+            .build()
+            .unwrap()
+    }
+}
+
+// ---- without a server ------------------------------------------------------------
+
+#[test]
+fn keygen_writes_a_private_key_and_a_csr_that_openssl_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run_sync(dir.path(), &["keygen"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("Wrote pool.key"), "{ran:?}");
+    assert!(ran.stdout.contains("gantry pool create --name pool --csr pool.csr"), "{ran:?}");
+
+    let verify = std::process::Command::new("openssl")
+        .args(["req", "-verify", "-in", "pool.csr", "-noout"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    let key = std::process::Command::new("openssl")
+        .args(["pkey", "-in", "pool.key", "-noout", "-text"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(key.status.success(), "{}", String::from_utf8_lossy(&key.stderr));
+    assert!(String::from_utf8_lossy(&key.stdout).contains("prime256v1"));
+    let pem = std::fs::read_to_string(dir.path().join("pool.key")).unwrap();
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("pool.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn keygen_refuses_to_overwrite_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("keys");
+    let out = out.to_str().unwrap();
+    assert_eq!(run_sync(dir.path(), &["keygen", "--out-dir", out, "--name", "prod"]).code, 0);
+    let key_path = dir.path().join("keys/prod.key");
+    let first_key = std::fs::read_to_string(&key_path).unwrap();
+
+    let ran = run_sync(dir.path(), &["keygen", "--out-dir", out, "--name", "prod"]);
+    assert_eq!(ran.code, 64, "{ran:?}");
+    assert_eq!(
+        ran.stderr,
+        format!(
+            "error: {out}/prod.key already exists: pass --force to overwrite it, or choose another --name or --out-dir\n"
+        )
+    );
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap(), first_key);
+
+    // --force replaces both, and a key file that was made readable keeps no such mode.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let ran = run_sync(dir.path(), &["keygen", "--out-dir", out, "--name", "prod", "--force"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_ne!(std::fs::read_to_string(&key_path).unwrap(), first_key);
+    let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn every_command_group_has_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--help"], "Getting started"),
+        (&["keygen", "--help"], "--force"),
+        (&["pool", "--help"], "create"),
+        (&["pool", "create", "--help"], "--token-file"),
+        (&["pool", "show", "--help"], "Pool name or id"),
+        (&["worker", "--help"], "list"),
+        (&["worker", "list", "--help"], "GANTRY_METADATA_"),
+        (&["stack", "--help"], "create"),
+        (&["stack", "create", "--help"], "--secret-env"),
+        (&["run", "--help"], "trigger"),
+        (&["run", "trigger", "--help"], "UNCONFIRMED"),
+        (&["run", "logs", "--help"], "--color"),
+        (&["run", "show", "--help"], "Run id"),
+    ];
+    for (args, expect) in cases {
+        let ran = run_sync(dir.path(), args);
+        assert_eq!(ran.code, 0, "{args:?}: {ran:?}");
+        assert!(ran.stdout.contains(expect), "{args:?} should mention {expect:?}: {ran:?}");
+    }
+    let ran = run_sync(dir.path(), &["--version"]);
+    assert!(ran.stdout.starts_with("gantry "), "{ran:?}");
+}
+
+#[test]
+fn an_unreachable_api_exits_69() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run_sync(
+        dir.path(),
+        &["--api-url", "https://127.0.0.1:9", "--api-key", "k", "pool", "list"],
+    );
+    assert_eq!(ran.code, 69, "{ran:?}");
+    assert!(
+        ran.stderr.starts_with("error: cannot reach the Gantry API at https://127.0.0.1:9: "),
+        "{ran:?}"
+    );
+    assert!(ran.stderr.contains("(is the server running? \"gantry up\" starts one)"), "{ran:?}");
+    assert!(!ran.stderr.contains("\"k\""));
+}
+
+#[test]
+fn a_missing_api_key_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run_sync(dir.path(), &["stack", "list"]);
+    assert_eq!(ran.code, 64, "{ran:?}");
+    assert_eq!(
+        ran.stderr,
+        "error: no API key: set GANTRY_API_KEY, pass --api-key, or run gantry up in this directory\n"
+    );
+}
+
+#[test]
+fn configuration_and_input_mistakes_exit_64_and_say_which() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run_sync(dir.path(), &["--api-url", "localhost:8443", "pool", "list"]);
+    assert_eq!(ran.code, 64, "{ran:?}");
+    assert!(
+        ran.stderr.contains("--api-url=\"localhost:8443\": expected an http:// or https:// URL"),
+        "{ran:?}"
+    );
+
+    let ran = run_sync(dir.path(), &["--api-key", "k", "--ca-file", "missing.pem", "pool", "list"]);
+    assert_eq!(ran.code, 64, "{ran:?}");
+    assert!(ran.stderr.starts_with("error: cannot read the CA file missing.pem: "), "{ran:?}");
+
+    let ran = run_sync(
+        dir.path(),
+        &["--api-key", "k", "pool", "create", "--name", "p", "--csr", "nope.csr"],
+    );
+    assert_eq!(ran.code, 64, "{ran:?}");
+    assert!(ran.stderr.starts_with("error: cannot read the CSR file nope.csr: "), "{ran:?}");
+
+    // clap's own usage errors keep clap's status.
+    let ran = run_sync(dir.path(), &["run", "show", "not-an-id"]);
+    assert_eq!(ran.code, 2, "{ran:?}");
+    assert!(ran.stderr.contains("is not a valid run id"), "{ran:?}");
+}
+
+// ---- against the stand-in API --------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_and_workers_are_listed_through_tls_with_the_ca_file() {
+    let setup = Setup::new().await;
+    let ran = setup.gantry(&["pool", "list"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.starts_with("NAME   ID "), "{ran:?}");
+    assert!(ran.stdout.contains("build  00000000000000000000000001  private"), "{ran:?}");
+
+    let ran = setup.gantry(&["pool", "show", "build"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("Key:          EC P-256"), "{ran:?}");
+    assert!(ran.stdout.contains("rack=r1"), "{ran:?}");
+
+    let ran = setup.gantry(&["--output", "json", "worker", "list"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let json: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(json["workers"][0]["status"], "IDLE");
+
+    let ran = setup.gantry(&["worker", "list", "--pool", "build"]).await;
+    assert!(ran.stdout.contains("IDLE"), "{ran:?}");
+    assert!(ran.stdout.contains("  build  "), "pool names replace ids: {ran:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_exits_69_and_points_to_the_ca_file() {
+    let setup = Setup::new().await;
+    let ran = run_async(
+        setup.dir.path(),
+        &["--api-url", &setup.api.url, "--api-key", API_KEY, "pool", "list"],
+    )
+    .await;
+    assert_eq!(ran.code, 69, "{ran:?}");
+    assert!(ran.stderr.contains("is not trusted"), "{ran:?}");
+    assert!(ran.stderr.contains("--ca-file or GANTRY_API_CA_FILE"), "{ran:?}");
+
+    // The same CA through the environment is trusted.
+    let mut command = tokio::process::Command::from(gantry(setup.dir.path()));
+    command
+        .args(["pool", "list"])
+        .env("GANTRY_API_URL", &setup.api.url)
+        .env("GANTRY_API_KEY", API_KEY)
+        .env("GANTRY_API_CA_FILE", "ca.pem");
+    let ran: Ran = command.output().await.unwrap().into();
+    assert_eq!(ran.code, 0, "{ran:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_exit_1_with_the_servers_message() {
+    let setup = Setup::new().await;
+    let ran = setup.gantry(&["pool", "show", "nope"]).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (1, "error: no pool named \"nope\"\n"), "{ran:?}");
+
+    let ran = run_async(
+        setup.dir.path(),
+        &[
+            "--api-url",
+            &setup.api.url,
+            "--ca-file",
+            "ca.pem",
+            "--api-key",
+            "gak_wrong",
+            "stack",
+            "list",
+        ],
+    )
+    .await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (1, "error: invalid API key\n"), "{ran:?}");
+    assert!(!ran.stderr.contains("gak_wrong") && !ran.stdout.contains("gak_wrong"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_create_prints_the_token_once_with_the_launcher_command() {
+    let setup = Setup::new().await;
+    let dir = setup.dir.path();
+    assert_eq!(run_sync(dir, &["keygen", "--name", "build"]).code, 0);
+
+    let ran = setup
+        .gantry(&["pool", "create", "--name", "build", "--csr", "build.csr", "--label", "linux"])
+        .await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(
+        ran.stdout.contains(&format!("Token (shown only this once: store it now):\n{TOKEN}\n")),
+        "{ran:?}"
+    );
+    assert!(
+        ran.stdout.contains(&format!(
+            "GANTRY_TOKEN={TOKEN} GANTRY_POOL_PRIVATE_KEY=\"$(base64 -w 0 build.key)\" gantry-launcher"
+        )),
+        "{ran:?}"
+    );
+    {
+        let recorded = setup.api.recorded.lock().unwrap();
+        let request = &recorded.created_pools[0];
+        assert_eq!(request.name, "build");
+        assert_eq!(request.labels, ["linux"]);
+        assert_eq!(request.csr, std::fs::read_to_string(dir.join("build.csr")).unwrap());
+    }
+
+    let ran = setup
+        .gantry(&[
+            "pool",
+            "create",
+            "--name",
+            "build2",
+            "--csr",
+            "build.csr",
+            "--token-file",
+            "build.token",
+        ])
+        .await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(!ran.stdout.contains(TOKEN), "{ran:?}");
+    assert!(ran.stdout.contains("GANTRY_TOKEN=\"$(cat build.token)\""), "{ran:?}");
+    assert_eq!(std::fs::read_to_string(dir.join("build.token")).unwrap(), format!("{TOKEN}\n"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("build.token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // An existing token file is refused before the pool is created.
+    let ran = setup
+        .gantry(&[
+            "pool",
+            "create",
+            "--name",
+            "build3",
+            "--csr",
+            "build.csr",
+            "--token-file",
+            "build.token",
+        ])
+        .await;
+    assert_eq!(ran.code, 64, "{ran:?}");
+    assert_eq!(setup.api.recorded.lock().unwrap().created_pools.len(), 2);
+
+    let ran = setup
+        .gantry(&["--output", "json", "pool", "create", "--name", "b4", "--csr", "build.csr"])
+        .await;
+    let json: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(json["token"], TOKEN);
+    assert_eq!(json["pool"]["name"], "b4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacks_are_created_from_flags_and_shown_with_their_runs() {
+    let setup = Setup::new().await;
+    let ran = setup
+        .gantry(&[
+            "stack",
+            "create",
+            "--name",
+            "web",
+            "--repository",
+            "file:///srv/git/web.git",
+            "--pool",
+            "build",
+            "--env",
+            "TF_VAR_a=1",
+            "--secret-env",
+            "TF_VAR_b=2",
+            "--autodeploy",
+        ])
+        .await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("gantry run trigger web --follow"), "{ran:?}");
+    let request = setup.api.recorded.lock().unwrap().created_stacks[0].clone();
+    assert_eq!(
+        request["environment"][1],
+        serde_json::json!({"name": "TF_VAR_b", "value": "2", "secret": true})
+    );
+    assert_eq!(request["autodeploy"], true);
+
+    let ran = setup.gantry(&["stack", "show", "web"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("Latest runs:"), "{ran:?}");
+    assert!(ran.stdout.contains("FINISHED"), "{ran:?}");
+
+    let ran =
+        setup.gantry(&["--output", "json", "run", "list", "--stack", "web", "--limit", "2"]).await;
+    let json: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(json["runs"].as_array().unwrap().len(), 2);
+
+    let ran = setup.gantry(&["run", "show", &RUN_FAILS.to_string()]).await;
+    assert!(ran.stdout.contains("Failure:    terraform plan exited with status 1"), "{ran:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_follow_resumes_after_a_dropped_connection_and_exits_0_when_finished() {
+    let setup = Setup::new().await;
+    let ran = setup.gantry(&["run", "trigger", "web", "--follow"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    // stdout is a pipe: the colours are gone, every chunk printed once, in order.
+    assert_eq!(
+        ran.stdout,
+        format!(
+            "Triggered TRACKED run {RUN_FINISHES} of stack web: QUEUED\n\
+             Initializing the backend...\n\
+             Terraform has been successfully initialized!\n\
+             Plan: 1 to add, 0 to change, 0 to destroy.\n\
+             terraform_data.x: Creating...\n\
+             Apply complete! Resources: 1 added.\n"
+        )
+    );
+    assert!(ran.stderr.contains(&format!("gantry: run {RUN_FINISHES} is PLANNING")), "{ran:?}");
+    assert!(ran.stderr.contains(&format!("gantry: run {RUN_FINISHES} ended FINISHED")), "{ran:?}");
+    assert_eq!(setup.api.stream_froms(), [(RUN_FINISHES, 0), (RUN_FINISHES, 3)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_follow_of_a_failing_run_exits_1() {
+    let setup = Setup::new().await;
+    let ran = setup.gantry(&["run", "trigger", "broken", "--follow", "--color", "always"]).await;
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stdout.contains("\u{1b}[31mError:\u{1b}[0m Unsupported argument\n"), "{ran:?}");
+    assert!(ran.stderr.contains("is FAILED: terraform plan exited with status 1"), "{ran:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_follow_stops_at_unconfirmed_and_says_how_to_confirm() {
+    let setup = Setup::new().await;
+    let ran = setup.gantry(&["run", "trigger", "gated", "--follow"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    // The last chunk was not streamed before the wait: it comes from the stored log.
+    assert!(
+        ran.stdout
+            .ends_with("Plan: 1 to add, 0 to change, 0 to destroy.\nWaiting for confirmation.\n"),
+        "{ran:?}"
+    );
+    assert!(ran.stderr.contains(&format!("gantry run confirm {RUN_WAITS}")), "{ran:?}");
+
+    let ran = setup.gantry(&["run", "confirm", &RUN_WAITS.to_string()]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("CONFIRMED"), "{ran:?}");
+    let ran = setup.gantry(&["run", "confirm", &RUN_FAILS.to_string()]).await;
+    assert_eq!(
+        (ran.code, ran.stderr.as_str()),
+        (1, "error: only UNCONFIRMED runs can be confirmed\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_with_json_output_keeps_stdout_for_json() {
+    let setup = Setup::new().await;
+    let ran = setup
+        .gantry(&["--output", "json", "run", "trigger", "web", "--proposed", "--commit", "abc123"])
+        .await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let json: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(json["state"], "QUEUED");
+    let (_, request) = setup.api.recorded.lock().unwrap().triggered[0].clone();
+    assert_eq!(request, serde_json::json!({"type": "PROPOSED", "commit": "abc123"}));
+
+    let ran = setup.gantry(&["--output", "json", "run", "trigger", "broken", "--follow"]).await;
+    assert_eq!(ran.code, 1, "{ran:?}");
+    let json: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(json["state"], "FAILED");
+    assert!(ran.stderr.contains("Unsupported argument"), "{ran:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_page_through_the_stored_log_as_stored_or_stripped() {
+    let setup = Setup::new().await;
+    let id = RUN_FINISHES.to_string();
+    let raw = support::log_texts(RUN_FINISHES).concat();
+
+    let ran = setup.gantry(&["run", "logs", &id, "--color", "always"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(ran.stdout, raw);
+
+    let ran = setup.gantry(&["run", "logs", &id]).await;
+    assert_eq!(ran.stdout, gantry_cli::output::AnsiStripper::default().strip(&raw));
+    assert!(!ran.stdout.contains('\u{1b}'));
+
+    let ran = setup.gantry(&["--output", "json", "run", "logs", &id]).await;
+    let seqs: Vec<u64> = ran
+        .stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["seq"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, [0, 1, 2, 3, 4]);
+
+    // Following a run that already ended reads its log and exits by its final state.
+    let ran = setup.gantry(&["run", "logs", &RUN_FAILS.to_string(), "--follow"]).await;
+    assert_eq!(ran.code, 1, "{ran:?}");
+    let ran = setup.gantry(&["run", "logs", &RUN_WAITS.to_string(), "-f"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stderr.contains("gantry run confirm"), "{ran:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_file_of_gantry_up_is_used_without_flags() {
+    let setup = Setup::new().await;
+    std::fs::create_dir(setup.dir.path().join(".gantry")).unwrap();
+    std::fs::rename(
+        setup.dir.path().join("ca.pem"),
+        setup.dir.path().join(".gantry/server-ca.pem"),
+    )
+    .unwrap();
+    ClientFile {
+        api_url: setup.api.url.clone(),
+        api_key: API_KEY.to_owned(),
+        ca_file: Some(".gantry/server-ca.pem".into()),
+    }
+    .write(&setup.dir.path().join(".gantry/client.json"))
+    .unwrap();
+    let ran = run_async(setup.dir.path(), &["stack", "list"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("web"), "{ran:?}");
+}
+
+// ---- the library client --------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_follows_a_run_across_a_dropped_connection() {
+    let setup = Setup::new().await;
+    let client = setup.client();
+    assert_eq!(client.health().await.unwrap().status, "ok");
+
+    let mut follower = client.follow_run(RUN_FINISHES, 0).with_reconnect_policy(ReconnectPolicy {
+        max_attempts: 3,
+        initial_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+    });
+    let mut seqs = Vec::new();
+    let mut states = Vec::new();
+    let mut end = None;
+    while let Some(event) = follower.next().await {
+        match event.unwrap() {
+            LogStreamEvent::Log(chunk) => seqs.push(chunk.seq),
+            LogStreamEvent::State(run) => states.push(run.state),
+            LogStreamEvent::End(stream_end) => end = Some(stream_end.state),
+        }
+    }
+    assert_eq!(seqs, [0, 1, 2, 3, 4]);
+    assert_eq!(states, [RunState::Planning, RunState::Applying, RunState::Finished]);
+    assert_eq!(end, Some(RunState::Finished));
+    assert_eq!(follower.next_seq(), 5);
+
+    // One connection without reconnection ends with the drop, as a transient error.
+    let mut stream = client.open_log_stream(RUN_FINISHES, 0).await.unwrap();
+    let mut items = Vec::new();
+    while let Some(item) = stream.next().await {
+        items.push(item);
+    }
+    assert_eq!(items.len(), 5, "a state, three chunks and the error: {items:?}");
+    let error = items.pop().unwrap().unwrap_err();
+    assert!(error.is_transient(), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_are_typed() {
+    let setup = Setup::new().await;
+    let client = setup.client();
+    match client.get_pool("nope").await.unwrap_err() {
+        ClientError::Api { status, code, message } => {
+            assert_eq!(
+                (status, code.as_str(), message.as_str()),
+                (404, "not_found", "no pool named \"nope\"")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let untrusted = ApiClient::builder(&setup.api.url).build().unwrap();
+    assert!(matches!(
+        untrusted.health().await.unwrap_err(),
+        ClientError::Tls { untrusted_certificate: true, .. }
+    ));
+    let without_key =
+        ApiClient::builder(&setup.api.url).trust_ca_pem(setup.api.ca_pem.clone()).build().unwrap();
+    assert!(without_key.health().await.is_ok());
+    assert!(matches!(
+        without_key.list_pools().await.unwrap_err(),
+        ClientError::Api { status: 401, .. }
+    ));
+
+    let plain_http = ApiClient::builder(setup.api.url.replace("https", "http")).build().unwrap();
+    assert!(matches!(plain_http.health().await.unwrap_err(), ClientError::Unreachable { .. }));
+}
+
+// ---- against the real server (no launcher: runs wait for a worker) ----------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_the_real_servers_api() {
+    let server = gantry_testkit::TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &server.ca_pem).unwrap();
+    let gantry = |args: &[&str]| {
+        let full: Vec<String> = ["--api-url", server.url.as_str(), "--ca-file", "ca.pem"]
+            .iter()
+            .chain(args)
+            .map(|arg| (*arg).to_owned())
+            .collect();
+        let dir = dir.path().to_owned();
+        let key = server.admin_key.clone();
+        async move {
+            let mut command = tokio::process::Command::from(gantry(&dir));
+            command.args(&full).env("GANTRY_API_KEY", key).kill_on_drop(true);
+            let ran: Ran = tokio::time::timeout(Duration::from_secs(60), command.output())
+                .await
+                .expect("gantry exits")
+                .unwrap()
+                .into();
+            ran
+        }
+    };
+
+    assert_eq!(run_sync(dir.path(), &["keygen", "--name", "build"]).code, 0);
+    let ran =
+        gantry(&["--output", "json", "pool", "create", "--name", "build", "--csr", "build.csr"])
+            .await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let created: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    let token = gantry_crypto::PoolToken::decode(created["token"].as_str().unwrap()).unwrap();
+    let key = std::fs::read_to_string(dir.path().join("build.key")).unwrap();
+    gantry_crypto::PoolPrivateKey::from_pem(&key)
+        .unwrap()
+        .ensure_matches(&token.pool_certificate().unwrap())
+        .unwrap();
+
+    let ran = gantry(&["pool", "show", "build"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("No workers."), "{ran:?}");
+    let ran = gantry(&["pool", "show", "nope"]).await;
+    assert_eq!(ran.code, 1, "{ran:?}");
+
+    let ran = gantry(&[
+        "stack",
+        "create",
+        "--name",
+        "web",
+        "--repository",
+        "file:///srv/git/web.git",
+        "--pool",
+        "build",
+        "--secret-env",
+        "TF_VAR_password=hunter2",
+    ])
+    .await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(
+        ran.stdout.contains("TF_VAR_password=(secret)") && !ran.stdout.contains("hunter2"),
+        "{ran:?}"
+    );
+
+    let ran = gantry(&["--output", "json", "run", "trigger", "web"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let run: gantry_proto::api::Run = serde_json::from_str(&ran.stdout).unwrap();
+    let id = run.id.to_string();
+
+    // Follow in the background, then discard: the follower sees the end and exits 1.
+    let follow = tokio::spawn(gantry(&["run", "logs", &id, "--follow"]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ran = gantry(&["run", "show", &id]).await;
+    assert!(
+        ran.stdout.contains("State:      QUEUED") || ran.stdout.contains("State:      READY"),
+        "{ran:?}"
+    );
+    assert!(ran.stdout.contains("Waiting:"), "{ran:?}");
+    let ran = gantry(&["run", "discard", &id]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let ran = follow.await.unwrap();
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stderr.contains("ended DISCARDED"), "{ran:?}");
+
+    let ran = gantry(&["run", "list", "--stack", "web"]).await;
+    assert!(ran.stdout.contains("DISCARDED"), "{ran:?}");
+    let ran = gantry(&["run", "logs", &id]).await;
+    assert_eq!((ran.code, ran.stdout.as_str()), (0, ""), "{ran:?}");
+    server.stop().await;
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every Gantry test on a fresh machine: formatting, lints, then unit, contract and
+# end-to-end tests against real components (git, openssl, terraform, SQLite files).
+# Installs the Debian packages it needs when they are missing and it can; under CI
+# (CI=true) a missing tool fails the run instead of skipping anything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing_packages=()
+require() { # command, Debian package ("" when not packaged)
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [ -n "$2" ]; then missing_packages+=("$2"); return 0; fi
+  echo "error: '$1' is required by the tests and is not on PATH." >&2
+  case "$1" in
+    terraform) echo "  Install Terraform from https://developer.hashicorp.com/terraform/install (1.5 or newer)." >&2 ;;
+    cargo) echo "  Install Rust with rustup: https://rustup.rs" >&2 ;;
+  esac
+  exit 1
+}
+require cargo ""
+require git git
+require openssl openssl
+require terraform ""
+if [ ${#missing_packages[@]} -gt 0 ]; then
+  echo "==> installing Debian packages: ${missing_packages[*]}"
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing_packages[@]}"
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "==> installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+echo "==> formatting"
+cargo fmt --all -- --check
+echo "==> lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> building the binaries the end-to-end tests start"
+cargo build --workspace --bins --locked
+echo "==> tests"
+cargo nextest run --workspace --locked --no-fail-fast "$@"
