@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{keygen, pool, run, stack, worker};
+use crate::commands::{keygen, pool, run, server, stack, up, worker};
 use crate::config::ConfigFlags;
 use crate::output::OutputFormat;
 
@@ -86,6 +86,11 @@ pub enum Command {
     /// Trigger runs, follow their logs, confirm or discard their plans
     #[command(subcommand)]
     Run(run::RunCommand),
+    /// Run the Gantry server (the control plane)
+    Server(server::ServerArgs),
+    /// Run everything on this machine: the server, a local pool and its launcher, and an
+    /// example stack
+    Up(up::UpArgs),
 }
 
 #[cfg(test)]

@@ -94,8 +94,9 @@ impl Server {
         let server = Self::start_with_store(config.clone(), Arc::new(store)).await?;
         // Public: what API clients must trust when the server issued its own certificate.
         let ca_path = config.data_dir.join(CA_FILE);
-        std::fs::write(&ca_path, server.ca_certificate_pem())
-            .map_err(|source| StartError::DataDir { path: ca_path.display().to_string(), source })?;
+        std::fs::write(&ca_path, server.ca_certificate_pem()).map_err(|source| {
+            StartError::DataDir { path: ca_path.display().to_string(), source }
+        })?;
         Ok(server)
     }
 

@@ -27,7 +27,11 @@ pub fn openssl(dir: &Path, args: &[&str]) {
         .current_dir(dir)
         .output()
         .expect("openssl is installed (Debian package openssl)");
-    assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 impl OpensslKey {
@@ -38,13 +42,27 @@ impl OpensslKey {
         match kind {
             KeyKind::Rsa4096 => openssl(
                 dir,
-                &["req", "-new", "-newkey", "rsa:4096", "-nodes", "-keyout", &key, "-out", &csr, "-subj", "/CN=pool"],
+                &[
+                    "req", "-new", "-newkey", "rsa:4096", "-nodes", "-keyout", &key, "-out", &csr,
+                    "-subj", "/CN=pool",
+                ],
             ),
             KeyKind::P256 => openssl(
                 dir,
                 &[
-                    "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &key,
-                    "-out", &csr, "-subj", "/CN=pool",
+                    "req",
+                    "-new",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &csr,
+                    "-subj",
+                    "/CN=pool",
                 ],
             ),
         }

@@ -27,7 +27,8 @@ impl TestServer {
     /// Starts a server on `data_dir` with extra `GANTRY_SERVER_*` settings.
     pub async fn start_in(data_dir: Arc<tempfile::TempDir>, settings: &[(&str, &str)]) -> Self {
         crate::install_crypto_provider();
-        let mut env: gantry_domain::options::Env = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut env: gantry_domain::options::Env =
+            settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         env.insert("GANTRY_SERVER_DATA_DIR".into(), data_dir.path().display().to_string());
         env.entry("GANTRY_SERVER_LISTEN".into()).or_insert_with(|| "127.0.0.1:0".into());
         let config = ServerConfig::resolve(None, &env).expect("test settings are valid");
@@ -45,7 +46,8 @@ impl TestServer {
 
     /// An HTTPS client that trusts the server's CA.
     pub fn http(&self) -> reqwest::Client {
-        let ca = reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("the server CA parses");
+        let ca =
+            reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("the server CA parses");
         reqwest::Client::builder().tls_certs_only([ca]).build().expect("the client builds")
     }
 

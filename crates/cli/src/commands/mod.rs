@@ -5,7 +5,10 @@ mod context;
 pub mod keygen;
 pub mod pool;
 pub mod run;
+pub mod server;
+mod signals;
 pub mod stack;
+pub mod up;
 pub mod worker;
 
 pub use context::{Context, Outcome, UsageError};

@@ -298,6 +298,13 @@ async fn page_logs(
     }
 }
 
+/// Streams a run's log to stdout (coloured on a terminal) until the run ends or waits
+/// for a confirmation; returns that state.
+pub(crate) async fn follow_on_stdout(client: &ApiClient, run: &Run) -> anyhow::Result<RunState> {
+    let mut sink = LogSink::stdout_text(ColorChoice::Auto);
+    follow(client, run, 0, &mut sink).await
+}
+
 /// Follows the run from log sequence `from` until it ends or waits for a confirmation;
 /// returns that state. State changes are announced on stderr.
 async fn follow(

@@ -1,0 +1,85 @@
+//! `gantry server`: the control plane. Configuration from a TOML file, `GANTRY_SERVER_*`
+//! variables and flags (flags win), validated before the port is bound.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use gantry_server::config::{DATA_DIR, LISTEN, PUBLIC_URL};
+use gantry_server::{CA_FILE, Server, ServerConfig};
+
+use super::signals::{StopSignals, init_tracing};
+use super::{Outcome, UsageError};
+
+const AFTER_HELP: &str = "\
+Every setting can also come from a GANTRY_SERVER_* variable or the TOML file; see
+docs/configuration.md. At first start the server creates its certificate authority and
+prints an admin API key once: store it. Clients trust <data dir>/server-ca.pem.
+
+Examples:
+  gantry server --data-dir /var/lib/gantry --listen 0.0.0.0:8443 \\
+                --public-url https://gantry.example.com:8443
+  GANTRY_SERVER_LISTEN=0.0.0.0:8443 gantry server --config /etc/gantry/gantry.toml
+
+Stop with SIGTERM or Ctrl-C: requests in flight may finish; a second signal exits now.";
+
+#[derive(Debug, Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct ServerArgs {
+    /// A TOML configuration file
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the server keeps its database [env: GANTRY_SERVER_DATA_DIR] [default: .gantry]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address and port to listen on [env: GANTRY_SERVER_LISTEN] [default: 127.0.0.1:8443]
+    #[arg(long, value_name = "ADDRESS")]
+    pub listen: Option<String>,
+    /// The https:// address launchers and users reach, written into pool tokens
+    /// [env: GANTRY_SERVER_PUBLIC_URL] [default: https://<listen address>]
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+}
+
+/// The server configuration from the file, the environment and the flags.
+fn resolve_config(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
+    let mut env: gantry_domain::options::Env = std::env::vars().collect();
+    for (name, value) in [
+        (DATA_DIR, args.data_dir.as_ref().map(|dir| dir.display().to_string())),
+        (LISTEN, args.listen.clone()),
+        (PUBLIC_URL, args.public_url.clone()),
+    ] {
+        if let Some(value) = value {
+            env.insert(name.to_owned(), value);
+        }
+    }
+    let file = match &args.config {
+        Some(path) => Some((
+            path.display().to_string(),
+            std::fs::read_to_string(path).map_err(|e| {
+                UsageError(format!("cannot read the configuration file {}: {e}", path.display()))
+            })?,
+        )),
+        None => None,
+    };
+    ServerConfig::resolve(file.as_ref().map(|(path, text)| (path.as_str(), text.as_str())), &env)
+        .map_err(|e| UsageError(e.to_string()).into())
+}
+
+pub async fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
+    init_tracing("info");
+    let config = resolve_config(args)?;
+    let data_dir = config.data_dir.clone();
+    let stop = StopSignals::listen()?;
+    let mut server = Server::start(config).await?;
+    println!("Gantry server listening on {}", server.public_url());
+    println!("Clients trust the CA in {}", data_dir.join(CA_FILE).display());
+    if let Some(key) = server.take_initial_admin_key() {
+        println!("Admin API key (shown only this once; store it now): {key}");
+    }
+    let immediate = stop.immediate.clone();
+    tokio::select! {
+        served = server.serve(stop.graceful.cancelled_owned()) => served?,
+        () = immediate.cancelled() => eprintln!("gantry: stopped at once"),
+    }
+    Ok(Outcome::Success)
+}

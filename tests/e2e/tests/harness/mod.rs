@@ -1,0 +1,501 @@
+//! Starting and driving the real binaries: `gantry server`, `gantry-launcher`, `gantry up`
+//! and the `gantry` CLI, each a separate process, all on loopback.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gantry_testkit::{GitRepository, OpensslKey};
+use serde_json::Value;
+
+/// A binary of the workspace, built by `cargo build --workspace --bins`.
+pub(crate) fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("GANTRY_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        // target/<profile>/deps/e2e-<hash> → target/<profile>
+        let exe = std::env::current_exe().expect("the test knows its path");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("the test runs from target/<profile>/deps")
+            .to_path_buf()
+    });
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// The environment children start from: enough to find tools, nothing of ours.
+fn base_command(program: &Path) -> Command {
+    let mut command = Command::new(program);
+    command.env_clear();
+    for name in ["PATH", "HOME", "LANG", "TMPDIR"] {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    command.env("GANTRY_LOG", "info");
+    command
+}
+
+/// Collects a child's output lines as they come.
+#[derive(Clone, Default)]
+struct Transcript(Arc<Mutex<String>>);
+
+impl Transcript {
+    fn follow(stream: impl Read + Send + 'static) -> (Self, Receiver<String>) {
+        let transcript = Self::default();
+        let (sender, receiver) = channel();
+        let shared = transcript.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { return };
+                shared.0.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = sender.send(line);
+            }
+        });
+        (transcript, receiver)
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits until the transcript contains `pattern`; returns the transcript.
+    fn wait_for(&self, pattern: &str, timeout: Duration, what: &str) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.text();
+            if text.contains(pattern) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} never printed {pattern:?}; it printed:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let _ = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status();
+}
+
+/// Waits for a child to exit, killing it after `timeout`.
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `gantry server` in its own process.
+pub(crate) struct ServerProcess {
+    child: Child,
+    pub(crate) url: String,
+    pub(crate) admin_key: Option<String>,
+    pub(crate) ca_file: PathBuf,
+    pub(crate) data_dir: PathBuf,
+    stderr: Transcript,
+}
+
+impl ServerProcess {
+    pub(crate) fn start_in(data_dir: &Path, listen: &str) -> Self {
+        let mut child = base_command(&bin("gantry"))
+            .args(["server", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", listen])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gantry server starts");
+        let (stdout, _) = Transcript::follow(child.stdout.take().unwrap());
+        let (stderr, _) = Transcript::follow(child.stderr.take().unwrap());
+        let text =
+            stdout.wait_for("Clients trust the CA", Duration::from_secs(30), "gantry server");
+        let url = text
+            .lines()
+            .find_map(|line| line.strip_prefix("Gantry server listening on "))
+            .expect("the listening line")
+            .trim()
+            .to_owned();
+        // The key line follows the CA line at a first start; give it a moment.
+        std::thread::sleep(Duration::from_millis(100));
+        let admin_key = stdout.text().lines().find_map(|line| {
+            line.split(": ").nth(1).filter(|_| line.starts_with("Admin API key")).map(str::to_owned)
+        });
+        Self {
+            child,
+            url,
+            admin_key,
+            ca_file: data_dir.join("server-ca.pem"),
+            data_dir: data_dir.to_path_buf(),
+            stderr,
+        }
+    }
+
+    /// Fails if any file of the server's data directory holds `marker`, in clear or in
+    /// base64 (at any of the three alignments).
+    pub(crate) fn assert_nothing_contains(&self, marker: &str) {
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::STANDARD;
+        let mut needles = vec![marker.as_bytes().to_vec()];
+        for offset in 0..3 {
+            let padded = format!("{}{marker}", "x".repeat(offset));
+            let encoded = engine.encode(padded.as_bytes());
+            // Skip the characters the padding influenced, and the possibly partial tail.
+            let start = (offset * 4).div_ceil(3) + 1;
+            needles.push(encoded.as_bytes()[start..encoded.len() - 4].to_vec());
+        }
+        let mut stack = vec![self.data_dir.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let bytes = std::fs::read(&path).unwrap();
+                for needle in &needles {
+                    assert!(
+                        !bytes.windows(needle.len()).any(|window| window == needle.as_slice()),
+                        "{} holds {:?}",
+                        path.display(),
+                        String::from_utf8_lossy(needle)
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        signal(&self.child, "TERM");
+        if wait_with_timeout_quiet(&mut self.child, Duration::from_secs(10)).is_none()
+            && std::thread::panicking()
+        {
+            eprintln!("server stderr:\n{}", self.stderr.text());
+        }
+    }
+}
+
+fn wait_with_timeout_quiet(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// The `gantry` CLI pointed at one server.
+pub(crate) struct Gantry {
+    url: String,
+    pub(crate) api_key: String,
+    ca_file: PathBuf,
+    cwd: tempfile::TempDir,
+}
+
+impl Gantry {
+    pub(crate) fn for_server(server: &ServerProcess) -> Self {
+        Self::for_server_with_key(
+            server,
+            server.admin_key.as_deref().expect("a first start prints the admin key"),
+        )
+    }
+
+    pub(crate) fn for_server_with_key(server: &ServerProcess, key: &str) -> Self {
+        Self {
+            url: server.url.clone(),
+            api_key: key.to_owned(),
+            ca_file: server.ca_file.clone(),
+            cwd: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Output {
+        base_command(&bin("gantry"))
+            .args(args)
+            .current_dir(self.cwd.path())
+            .env("GANTRY_API_URL", &self.url)
+            .env("GANTRY_API_KEY", &self.api_key)
+            .env("GANTRY_API_CA_FILE", &self.ca_file)
+            .output()
+            .expect("gantry runs")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
+        let output = self.command(args);
+        assert!(
+            output.status.success(),
+            "gantry {args:?} failed ({:?}): {}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["--output", "json"]);
+        let stdout = self.ok(&args);
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("gantry {args:?} printed no JSON ({e}): {stdout}"))
+    }
+
+    /// Creates a pool from the key's CSR; returns the token.
+    pub(crate) fn create_pool(&self, name: &str, key: &OpensslKey) -> String {
+        let csr = key.key_path.with_extension("csr");
+        let created =
+            self.json(&["pool", "create", "--name", name, "--csr", csr.to_str().unwrap()]);
+        created["token"].as_str().expect("the token is returned once").to_owned()
+    }
+
+    /// A stack on `infra/` of the repository whose local backend keeps its state in
+    /// `state_file`, outside the run's workspace.
+    pub(crate) fn create_stack(
+        &self,
+        name: &str,
+        repository: &GitRepository,
+        pool: &str,
+        state_file: &Path,
+        extra: &[&str],
+    ) {
+        let backend = format!("TF_CLI_ARGS_init=-backend-config=path={}", state_file.display());
+        let url = repository.url();
+        let mut args = vec![
+            "stack",
+            "create",
+            "--name",
+            name,
+            "--repository",
+            &url,
+            "--pool",
+            pool,
+            "--project-root",
+            "infra",
+            "--env",
+            &backend,
+        ];
+        args.extend(extra);
+        self.ok(&args);
+    }
+
+    pub(crate) fn trigger(&self, stack: &str, extra: &[&str]) -> Value {
+        let mut args = vec!["run", "trigger", stack];
+        args.extend(extra);
+        self.json(&args)
+    }
+
+    pub(crate) fn wait_for<T>(&self, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = probe() {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "gave up after {timeout:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the run is in one of `states`; returns it.
+    pub(crate) fn wait_for_state(&self, run: &Value, states: &[&str]) -> Value {
+        let id = run["id"].as_str().unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let last = self.json(&["run", "show", &id]);
+            if states.iter().any(|state| last["state"] == *state) {
+                return last;
+            }
+            assert!(Instant::now() < deadline, "run {id} never reached {states:?}: {last}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub(crate) fn log(&self, run: &Value) -> String {
+        self.ok(&["run", "logs", run["id"].as_str().unwrap(), "--color", "never"])
+    }
+}
+
+/// A server and a CLI for it, in a temporary directory.
+pub(crate) struct Cluster {
+    pub(crate) gantry: Gantry,
+    pub(crate) server: ServerProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub(crate) fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start_in(&dir.path().join("server"), "127.0.0.1:0");
+        Self { gantry: Gantry::for_server(&server), server, _dir: dir }
+    }
+}
+
+/// `gantry-launcher` in its own process.
+pub(crate) struct Launcher {
+    child: Child,
+    stderr: Transcript,
+    _work: Option<tempfile::TempDir>,
+}
+
+/// How a launcher that stopped on its own ended.
+pub(crate) struct Exited {
+    pub(crate) status: Option<i32>,
+    pub(crate) stderr: String,
+}
+
+fn launcher_command(token: &str, key: &str, work_dir: &Path, extra: &[(&str, &str)]) -> Command {
+    let mut command = base_command(&bin("gantry-launcher"));
+    command
+        .env("GANTRY_TOKEN", token)
+        .env("GANTRY_POOL_PRIVATE_KEY", key)
+        .env("GANTRY_WORKER_BINARY", bin("gantry-worker"))
+        .env("GANTRY_LAUNCHER_WORK_DIR", work_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (name, value) in extra {
+        command.env(name, value);
+    }
+    command
+}
+
+impl Launcher {
+    pub(crate) fn start(
+        _cluster: &Cluster,
+        token: &str,
+        key: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let mut launcher = Self::spawn_for(token, key, work.path(), extra);
+        launcher._work = Some(work);
+        launcher.wait_for_stderr("launcher connected", Duration::from_secs(30));
+        launcher
+    }
+
+    pub(crate) fn spawn_for(
+        token: &str,
+        key: &str,
+        work_dir: &Path,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let mut child =
+            launcher_command(token, key, work_dir, extra).spawn().expect("gantry-launcher starts");
+        let (stderr, _) = Transcript::follow(child.stderr.take().unwrap());
+        Self { child, stderr, _work: None }
+    }
+
+    /// Runs a launcher expected to stop by itself quickly.
+    pub(crate) fn run_to_exit(_cluster: &Cluster, token: &str, key: &str) -> Exited {
+        let work = tempfile::tempdir().unwrap();
+        let mut launcher = Self::spawn_for(token, key, work.path(), &[]);
+        let status = wait_with_timeout(&mut launcher.child, Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(100));
+        Exited { status, stderr: launcher.stderr.text() }
+    }
+
+    pub(crate) fn wait_for_stderr(&mut self, pattern: &str, timeout: Duration) -> String {
+        self.stderr.wait_for(pattern, timeout, "gantry-launcher")
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        signal(&self.child, "TERM");
+        let _ = wait_with_timeout_quiet(&mut self.child, Duration::from_secs(15));
+        if std::thread::panicking() {
+            eprintln!("launcher stderr:\n{}", self.stderr.text());
+        }
+    }
+}
+
+/// `gantry up` in its own process, in a directory of its own.
+pub(crate) struct Up {
+    child: Child,
+    stdout: Transcript,
+    stderr: Transcript,
+}
+
+impl Up {
+    pub(crate) fn start(dir: &Path) -> Self {
+        let mut child = base_command(&bin("gantry"))
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .current_dir(dir)
+            .env("GANTRY_WORKER_BINARY", bin("gantry-worker"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gantry up starts");
+        let (stdout, _) = Transcript::follow(child.stdout.take().unwrap());
+        let (stderr, _) = Transcript::follow(child.stderr.take().unwrap());
+        Self { child, stdout, stderr }
+    }
+
+    pub(crate) fn wait_for_stdout(&self, pattern: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.stdout.text();
+            if text.contains(pattern) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gantry up never printed {pattern:?}; stdout:\n{text}\nstderr:\n{}",
+                self.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Ctrl-C, then waits for the exit status.
+    pub(crate) fn interrupt_and_wait(mut self) -> Option<i32> {
+        signal(&self.child, "INT");
+        let status = wait_with_timeout(&mut self.child, Duration::from_secs(30));
+        assert!(self.stdout.text().contains("Gantry stopped."), "{}", self.stdout.text());
+        status
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs the CLI in `dir` with no connection settings: it must find `.gantry/client.json`.
+pub(crate) fn cli_in(dir: &Path, args: &[&str]) -> String {
+    let output =
+        base_command(&bin("gantry")).args(args).current_dir(dir).output().expect("gantry runs");
+    assert!(
+        output.status.success(),
+        "gantry {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
