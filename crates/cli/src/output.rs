@@ -172,11 +172,13 @@ pub fn absolute_time(at: Timestamp) -> String {
     }
 }
 
-/// `0s`, `42s`, `1m05s`, `2h03m`, `3d04h`.
+/// `0.4s`, `42s`, `1m05s`, `2h03m`, `3d04h`: tenths below ten seconds, where runs
+/// usually end.
 pub fn compact_duration(duration: Duration) -> String {
     let seconds = duration.as_secs();
     match seconds {
-        0..=59 => format!("{seconds}s"),
+        0..=9 => format!("{:.1}s", duration.as_secs_f64()),
+        10..=59 => format!("{seconds}s"),
         60..=3_599 => format!("{}m{:02}s", seconds / 60, seconds % 60),
         3_600..=86_399 => format!("{}h{:02}m", seconds / 3_600, (seconds % 3_600) / 60),
         _ => format!("{}d{:02}h", seconds / 86_400, (seconds % 86_400) / 3_600),
@@ -675,9 +677,17 @@ mod tests {
 
     #[test]
     fn durations_are_compact() {
-        let cases = [(0, "0s"), (42, "42s"), (65, "1m05s"), (7_380, "2h03m"), (273_600, "3d04h")];
-        for (seconds, expect) in cases {
-            assert_eq!(compact_duration(Duration::from_secs(seconds)), expect);
+        let cases = [
+            (0, "0.0s"),
+            (420, "0.4s"),
+            (9_960, "10.0s"),
+            (42_000, "42s"),
+            (65_000, "1m05s"),
+            (7_380_000, "2h03m"),
+            (273_600_000, "3d04h"),
+        ];
+        for (millis, expect) in cases {
+            assert_eq!(compact_duration(Duration::from_millis(millis)), expect, "{millis} ms");
         }
     }
 

@@ -12,7 +12,8 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::header::AUTHORIZATION;
 use axum::response::IntoResponse;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::{TcpConfigAcceptor, TcpKeepaliveConfig, TcpSocketConfig};
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use gantry_crypto::ChallengeSigner;
 use gantry_store::{SqliteStore, Store, StoreError};
 use tokio_util::sync::CancellationToken;
@@ -167,9 +168,19 @@ impl Server {
         state.events.request_scheduling();
 
         let handle = axum_server::Handle::new();
-        let tls = RustlsConfig::from_config(self.tls);
-        let server = axum_server::from_tcp_rustls(self.listener, tls)
+        // Without TCP_NODELAY, Nagle's algorithm holds a small response (an assignment
+        // answering a long-poll) until the peer's delayed ACK: up to 40 ms per dispatch.
+        // Keepalive notices connections of launchers that vanished without closing them.
+        let socket = TcpSocketConfig::new().nodelay(true).keepalive(
+            TcpKeepaliveConfig::new()
+                .time(Duration::from_secs(60))
+                .interval(Duration::from_secs(15)),
+        );
+        let acceptor = RustlsAcceptor::new(RustlsConfig::from_config(self.tls))
+            .acceptor(TcpConfigAcceptor::new(socket));
+        let server = axum_server::from_tcp(self.listener)
             .map_err(|source| StartError::Listen { address: self.local_addr, source })?
+            .acceptor(acceptor)
             .handle(handle.clone())
             .serve(router(state.clone()).into_make_service());
         tracing::info!(address = %self.local_addr, url = %state.public_url, "gantry server listening");

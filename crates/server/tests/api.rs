@@ -366,3 +366,127 @@ async fn a_launcher_session_needs_the_pool_key() {
         .await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found", "another server");
 }
+
+#[tokio::test]
+async fn an_admin_supplied_certificate_is_served_and_its_ca_goes_into_tokens() {
+    use gantry_testkit::openssl;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    openssl(
+        path,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=Admin CA",
+        ],
+    );
+    openssl(
+        path,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "tls.key",
+            "-out",
+            "tls.csr",
+            "-subj",
+            "/CN=gantry",
+        ],
+    );
+    std::fs::write(
+        path.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        path,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "tls.pem",
+            "-days",
+            "30",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    let file = |name: &str| path.join(name).display().to_string();
+    let server = TestServer::start_in(
+        std::sync::Arc::new(tempfile::tempdir().unwrap()),
+        &[
+            ("GANTRY_SERVER_TLS_CERT_FILE", &file("tls.pem")),
+            ("GANTRY_SERVER_TLS_KEY_FILE", &file("tls.key")),
+            ("GANTRY_SERVER_TLS_CA_FILE", &file("ca.pem")),
+        ],
+    )
+    .await;
+    let admin_ca = std::fs::read_to_string(path.join("ca.pem")).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(admin_ca.as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let key = OpensslKey::generate(path, "pool", KeyKind::P256);
+    let response = http
+        .post(format!("{}/api/v1/pools", server.url))
+        .bearer_auth(&server.admin_key)
+        .json(&json!({"name": "pool", "csr": key.csr_pem}))
+        .send()
+        .await
+        .expect("the admin's certificate is served");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    let token = PoolToken::decode(body["token"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        token.server_ca.as_deref(),
+        Some(admin_ca.as_str()),
+        "launchers are told to trust the admin's CA"
+    );
+    // The server's own CA does not vouch for this certificate.
+    assert!(server.http().get(format!("{}/api/v1/health", server.url)).send().await.is_err());
+}
+
+#[tokio::test]
+async fn an_unreadable_certificate_file_stops_the_server_before_it_serves() {
+    gantry_testkit::install_crypto_provider();
+    let data = tempfile::tempdir().unwrap();
+    let env: gantry_domain::options::Env = [
+        ("GANTRY_SERVER_DATA_DIR", data.path().display().to_string()),
+        ("GANTRY_SERVER_LISTEN", "127.0.0.1:0".to_owned()),
+        ("GANTRY_SERVER_TLS_CERT_FILE", "/nonexistent/tls.pem".to_owned()),
+        ("GANTRY_SERVER_TLS_KEY_FILE", "/nonexistent/tls.key".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let config = gantry_server::ServerConfig::resolve(None, &env).unwrap();
+    let error = gantry_server::Server::start(config).await.unwrap_err().to_string();
+    assert!(
+        error.contains("GANTRY_SERVER_TLS_CERT_FILE=/nonexistent/tls.pem: cannot read the file"),
+        "{error}"
+    );
+}

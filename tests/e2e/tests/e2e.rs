@@ -294,3 +294,106 @@ fn line_after(text: &str, prefix: &str) -> Option<String> {
     text.lines()
         .find_map(|line| line.trim_start().strip_prefix(prefix).map(|rest| rest.trim().to_owned()))
 }
+
+/// A configuration whose apply is silent for `seconds` (terraform prints a progress line
+/// only every 10 s); the odd duration names the process for the orphan check.
+fn slow_config(seconds: &str) -> String {
+    format!(
+        r#"
+resource "terraform_data" "slow" {{
+  provisioner "local-exec" {{
+    command = "sleep {seconds}"
+  }}
+}}
+"#
+    )
+}
+
+fn processes_running(pattern: &str) -> Vec<String> {
+    let output = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains(pattern))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Runs an autodeploy stack whose apply sleeps, on a launcher with `limits`; returns the
+/// failed run and its log once the processes of the run are gone.
+fn run_into_a_timeout(sleep: &str, limits: &[(&str, &str)]) -> (Value, String) {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let key = OpensslKey::generate(work.path(), "pool", KeyKind::P256);
+    let token = cluster.gantry.create_pool("p", &key);
+    let _launcher = Launcher::start(&cluster, &token, &base64_of(&key.key_pem), limits);
+    let repository =
+        GitRepository::create(&work.path().join("repo"), &[("infra/main.tf", &slow_config(sleep))]);
+    cluster.gantry.create_stack(
+        "slow",
+        &repository,
+        "p",
+        &work.path().join("state.tfstate"),
+        &["--autodeploy"],
+    );
+    let run = cluster.gantry.trigger("slow", &[]);
+    let run = cluster.gantry.wait_for_state(&run, &["FINISHED", "FAILED"]);
+    assert_eq!(run["state"], "FAILED", "{run}");
+    cluster.gantry.wait_for(Duration::from_secs(20), || {
+        processes_running(&format!("sleep {sleep}")).is_empty().then_some(())
+    });
+    let log = cluster.gantry.log(&run);
+    (run, log)
+}
+
+#[test]
+fn a_run_that_prints_nothing_for_the_logs_timeout_is_stopped_and_fails() {
+    let (run, log) = run_into_a_timeout("41.25", &[("GANTRY_LAUNCHER_LOGS_TIMEOUT", "3s")]);
+    let failure = run["failure"].as_str().unwrap();
+    assert!(failure.contains("printed nothing for 3s (GANTRY_LAUNCHER_LOGS_TIMEOUT)"), "{failure}");
+    assert!(
+        log.contains("Provisioning with 'local-exec'"),
+        "the log before the silence is kept: {log}"
+    );
+    assert!(log.contains(failure), "the reason is in the log too: {log}");
+    assert!(states(&run).contains(&"APPLYING".to_owned()));
+}
+
+#[test]
+fn a_run_longer_than_the_run_timeout_is_stopped_and_fails() {
+    let (run, log) = run_into_a_timeout(
+        "42.25",
+        &[("GANTRY_LAUNCHER_RUN_TIMEOUT", "4s"), ("GANTRY_LAUNCHER_LOGS_TIMEOUT", "1h")],
+    );
+    let failure = run["failure"].as_str().unwrap();
+    assert!(
+        failure.contains("exceeded its time limit of 4s (GANTRY_LAUNCHER_RUN_TIMEOUT)"),
+        "{failure}"
+    );
+    assert!(log.contains(failure), "{log}");
+}
+
+#[test]
+fn a_discarded_plan_never_applies() {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let key = OpensslKey::generate(work.path(), "pool", KeyKind::P256);
+    let token = cluster.gantry.create_pool("p", &key);
+    let _launcher = Launcher::start(&cluster, &token, &base64_of(&key.key_pem), &[]);
+    let state_file = work.path().join("state/terraform.tfstate");
+    let repository =
+        GitRepository::create(&work.path().join("repo"), &[("infra/main.tf", STATEFUL_CONFIG)]);
+    cluster.gantry.create_stack("app", &repository, "p", &state_file, &[]);
+    let run = cluster.gantry.trigger("app", &[]);
+    let run = cluster.gantry.wait_for_state(&run, &["UNCONFIRMED", "FAILED"]);
+    assert_eq!(run["state"], "UNCONFIRMED");
+    cluster.gantry.ok(&["run", "discard", id(&run)]);
+    let run = cluster.gantry.json(&["run", "show", id(&run)]);
+    assert_eq!(run["state"], "DISCARDED");
+    // The lock is free again: the next tracked run plans at once.
+    let next = cluster.gantry.trigger("app", &[]);
+    let next = cluster.gantry.wait_for_state(&next, &["UNCONFIRMED", "FAILED"]);
+    assert_eq!(next["state"], "UNCONFIRMED");
+    assert!(!state_has_resource(&state_file));
+    let refused = cluster.gantry.json(&["run", "show", id(&run)]);
+    assert_eq!(refused["state"], "DISCARDED");
+}

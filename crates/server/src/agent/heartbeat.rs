@@ -4,7 +4,6 @@
 use axum::extract::State;
 use gantry_domain::RunState;
 use gantry_proto::agent::{Heartbeat, HeartbeatResponse};
-use gantry_store::RunRecord;
 
 use crate::auth::AgentSession;
 use crate::error::{ApiResult, Json};
@@ -20,8 +19,11 @@ pub(super) async fn heartbeat(
 
     let mut stop_run_ids = Vec::new();
     for run_id in request.running_run_ids {
-        let run = state.store.get_run(run_id).await?;
-        if !still_running_here(&state, &session, run.as_ref()).await? {
+        let running_here = match state.store.get_run(run_id).await? {
+            Some(run) => !run.state.is_terminal() && session.executes(&state, &run).await?,
+            None => false,
+        };
+        if !running_here {
             stop_run_ids.push(run_id);
         }
     }
@@ -40,22 +42,4 @@ pub(super) async fn heartbeat(
         }
     }
     Ok(Json(HeartbeatResponse { unknown_worker_ids, stop_run_ids, release_workspace_run_ids }))
-}
-
-/// Whether the run is still executing on one of this launcher's workers.
-async fn still_running_here(
-    state: &AppState,
-    session: &AgentSession,
-    run: Option<&RunRecord>,
-) -> Result<bool, crate::error::ApiError> {
-    let Some(run) = run else { return Ok(false) };
-    if run.state.is_terminal() {
-        return Ok(false);
-    }
-    let Some(worker_id) = run.worker_id else { return Ok(false) };
-    Ok(state
-        .store
-        .get_worker(worker_id)
-        .await?
-        .is_some_and(|worker| worker.launcher_id == session.launcher_id))
 }

@@ -36,15 +36,9 @@ async fn held_here(
     session: &AgentSession,
     run: &RunRecord,
 ) -> Result<bool, ApiError> {
-    if run.pinned_launcher_id == Some(session.launcher_id) && run.worker_id.is_none() {
-        return Ok(true);
-    }
-    let Some(worker_id) = run.worker_id else { return Ok(false) };
-    Ok(state
-        .store
-        .get_worker(worker_id)
-        .await?
-        .is_some_and(|worker| worker.launcher_id == session.launcher_id))
+    let holds_workspace =
+        run.pinned_launcher_id == Some(session.launcher_id) && run.worker_id.is_none();
+    Ok(holds_workspace || session.executes(state, run).await?)
 }
 
 pub(super) async fn acknowledge(
