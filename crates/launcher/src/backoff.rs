@@ -27,6 +27,11 @@ impl Backoff {
     }
 }
 
+/// A retry delay as people read it: to the tenth of a second.
+pub(crate) fn shown(delay: Duration) -> String {
+    format!("{:.1}s", delay.as_secs_f64())
+}
+
 /// A value in [0, 1) that differs between launchers and attempts. Jitter needs spread,
 /// not unpredictability, so the clock's sub-second part is enough.
 fn jitter_fraction() -> f64 {

@@ -13,7 +13,7 @@ use gantry_proto::agent::{Assignment, Heartbeat, Job, WorkerRegistration};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, shown};
 use crate::client::{AgentClient, ClientError};
 use crate::config::LauncherConfig;
 use crate::executor::Executor;
@@ -22,6 +22,8 @@ use crate::workspace;
 
 const POLL_WAIT: Duration = Duration::from_secs(30);
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// A poll that failed after being open this long was cut, not refused.
+const LONG_POLL_CUT: Duration = Duration::from_secs(2);
 
 /// The two stages of stopping: `graceful` stops taking work and lets runs finish for the
 /// grace period; `immediate` stops running runs now.
@@ -141,10 +143,7 @@ async fn connect(client: &AgentClient, shutdown: &Shutdown) -> Result<bool, Fata
             Err(error) if error.is_fatal() => return Err(error.into()),
             Err(error) => {
                 let delay = backoff.delay();
-                tracing::warn!(
-                    "{error}; retrying in {}",
-                    humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)))
-                );
+                tracing::warn!("{error}; retrying in {}", shown(delay));
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = shutdown.graceful.cancelled() => return Ok(false),
@@ -181,6 +180,7 @@ async fn poll_loop(
     let mut backoff = Backoff::new(Duration::from_secs(60));
     loop {
         while runs.try_join_next().is_some() {}
+        let started = tokio::time::Instant::now();
         let polled = tokio::select! {
             polled = context.client.poll(POLL_WAIT) => polled,
             () = shutdown.graceful.cancelled() => return Ok(()),
@@ -194,11 +194,14 @@ async fn poll_loop(
             }
             Err(error) if error.is_fatal() => return Err(error.into()),
             Err(error) => {
+                // A poll cut after it was open a while (a proxy's idle timeout, a load
+                // balancer restart) says the server is reachable: poll again soon rather
+                // than backing off further.
+                if started.elapsed() > LONG_POLL_CUT {
+                    backoff.reset();
+                }
                 let delay = backoff.delay();
-                tracing::warn!(
-                    "{error}; polling again in {}",
-                    humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)))
-                );
+                tracing::warn!("{error}; polling again in {}", shown(delay));
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = shutdown.graceful.cancelled() => return Ok(()),

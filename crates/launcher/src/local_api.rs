@@ -22,7 +22,7 @@ use gantry_proto::local::{WorkerDirective, WorkerJob, WorkerLog, WorkerReport};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, shown};
 use crate::client::AgentClient;
 use crate::logs::LogRelay;
 
@@ -77,7 +77,7 @@ impl RunEndpoint {
                 Ok(directive) => break directive,
                 Err(error) if error.is_transient() => {
                     let delay = backoff.delay();
-                    tracing::warn!(run = %self.run_id, %error, "report failed; retrying in {}", humantime::format_duration(delay));
+                    tracing::warn!(run = %self.run_id, %error, "report failed; retrying in {}", shown(delay));
                     tokio::time::sleep(delay).await;
                 }
                 Err(error) => {

@@ -12,7 +12,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, shown};
 use crate::client::AgentClient;
 
 /// Chunks larger than this are split: keeps each request well under the server's limit.
@@ -134,7 +134,7 @@ async fn upload(client: Arc<AgentClient>, run_id: RunId, shared: Arc<Shared>) {
             }
             Err(error) if error.is_transient() => {
                 let delay = backoff.delay();
-                tracing::warn!(run = %run_id, %error, "log upload failed; retrying in {}", humantime::format_duration(delay));
+                tracing::warn!(run = %run_id, %error, "log upload failed; retrying in {}", shown(delay));
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = shared.abandoned.cancelled() => return,

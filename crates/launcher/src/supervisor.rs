@@ -80,8 +80,21 @@ pub(crate) async fn supervise(
     let (logs, upload_task) =
         LogRelay::start(Arc::clone(&context.client), run_id, assignment.log_next_seq);
     let workspace = context.workspace(run_id);
-    let ending = match prepare(&context, &assignment, &workspace, &logs).await {
-        Ok(job) => execute(&context, &assignment, &workspace, job, &logs, &stop).await,
+    // The run timeout counts from the acknowledgement: a checkout that hangs on an
+    // unresponsive git host is part of the run.
+    let deadline = Instant::now() + context.config.limits.run_timeout;
+    // A checkout prints nothing while it waits: the silence limit bounds it too.
+    let silence_deadline = Instant::now() + context.config.limits.logs_timeout;
+    let prepared = tokio::select! {
+        prepared = tokio::time::timeout_at(deadline.min(silence_deadline), prepare(&context, &assignment, &workspace, &logs)) => {
+            prepared.unwrap_or_else(|_| {
+                Err(if deadline <= silence_deadline { timeout_message(&context) } else { silence_message(&context) })
+            })
+        }
+        () = stop.cancelled() => Err("The run was stopped while its workspace was prepared".to_owned()),
+    };
+    let ending = match prepared {
+        Ok(job) => execute(&context, &assignment, &workspace, job, &logs, &stop, deadline).await,
         Err(message) => {
             logs.append(&format!("\n{message}\n"));
             conclude_failed(&context, &logs, run_id, message).await;
@@ -190,6 +203,7 @@ async fn execute(
     job: WorkerJob,
     logs: &LogRelay,
     stop: &CancellationToken,
+    deadline: Instant,
 ) -> Ending {
     let run_id = assignment.run_id;
     let capability = gantry_crypto::random_secret("gwc_");
@@ -218,7 +232,7 @@ async fn execute(
     let (output_sender, mut output) = mpsc::unbounded_channel();
     let outcome = match context.executor.start(&launch, output_sender).await {
         Ok(mut worker) => {
-            let outcome = watch(context, worker.as_mut(), logs, &mut output, stop).await;
+            let outcome = watch(context, worker.as_mut(), logs, &mut output, stop, deadline).await;
             while let Ok(line) = output.try_recv() {
                 logs.append(&line);
             }
@@ -243,19 +257,13 @@ async fn execute(
             Ending::Ended
         }
         (_, Some(Interruption::RunTimeout)) => {
-            let limit = humantime::format_duration(context.config.limits.run_timeout);
-            let message = format!(
-                "The run exceeded its time limit of {limit} (GANTRY_LAUNCHER_RUN_TIMEOUT) and was stopped"
-            );
+            let message = timeout_message(context);
             logs.append(&format!("\n{message}\n"));
             conclude_failed(context, logs, run_id, message).await;
             Ending::Ended
         }
         (_, Some(Interruption::LogsTimeout)) => {
-            let limit = humantime::format_duration(context.config.limits.logs_timeout);
-            let message = format!(
-                "The run printed nothing for {limit} (GANTRY_LAUNCHER_LOGS_TIMEOUT) and was stopped"
-            );
+            let message = silence_message(context);
             logs.append(&format!("\n{message}\n"));
             conclude_failed(context, logs, run_id, message).await;
             Ending::Ended
@@ -283,9 +291,9 @@ async fn watch(
     logs: &LogRelay,
     output: &mut mpsc::UnboundedReceiver<String>,
     stop: &CancellationToken,
+    deadline: Instant,
 ) -> Watched {
     let limits = &context.config.limits;
-    let deadline = Instant::now() + limits.run_timeout;
     let mut output_open = true;
     loop {
         let silence_deadline = logs.last_activity() + limits.logs_timeout;
@@ -331,6 +339,18 @@ async fn conclude_failed(
         }
     }
     tracing::warn!(run = %run_id, "gave up reporting the run's failure: the server will time the run out");
+}
+
+fn timeout_message(context: &RunContext) -> String {
+    let limit = humantime::format_duration(context.config.limits.run_timeout);
+    format!(
+        "The run exceeded its time limit of {limit} (GANTRY_LAUNCHER_RUN_TIMEOUT) and was stopped"
+    )
+}
+
+fn silence_message(context: &RunContext) -> String {
+    let limit = humantime::format_duration(context.config.limits.logs_timeout);
+    format!("The run printed nothing for {limit} (GANTRY_LAUNCHER_LOGS_TIMEOUT) and was stopped")
 }
 
 fn short(sha: &str) -> &str {

@@ -37,6 +37,8 @@ async fn git(dir: &Path, step: &'static str, args: &[&str]) -> Result<String, Ch
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ASKPASS", "true")
         .stdin(Stdio::null())
+        // A checkout cut short by the run timeout or a stop must not leave git running.
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(CheckoutError::GitMissing)?;

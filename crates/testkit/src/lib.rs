@@ -4,11 +4,13 @@
 
 mod git;
 mod openssl;
+mod proxy;
 mod server;
 mod terraform;
 
 pub use git::{GitRepository, git};
 pub use openssl::{KeyKind, OpensslKey, openssl};
+pub use proxy::FlakyProxy;
 pub use server::TestServer;
 pub use terraform::{MARKER_OUTPUT, NO_CHANGES_CONFIG, SIMPLE_CONFIG};
 

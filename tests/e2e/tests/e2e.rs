@@ -397,3 +397,146 @@ fn a_discarded_plan_never_applies() {
     let refused = cluster.gantry.json(&["run", "show", id(&run)]);
     assert_eq!(refused["state"], "DISCARDED");
 }
+
+#[test]
+fn a_network_that_keeps_failing_loses_and_duplicates_nothing() {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let key = OpensslKey::generate(work.path(), "pool", KeyKind::P256);
+    let token = cluster.gantry.create_pool("p", &key);
+    // The launcher reaches the server only through a proxy that cuts every connection
+    // every 250 ms: session opening, polls, acknowledgements, reports and log uploads
+    // all fail mid-flight and are retried.
+    let server_address = cluster.server.url.strip_prefix("https://").unwrap().parse().unwrap();
+    let proxy = gantry_testkit::FlakyProxy::start(server_address, Duration::from_millis(250));
+    let mut decoded: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.trim()).unwrap(),
+    )
+    .unwrap();
+    decoded["endpoint"] = Value::String(format!("https://{}", proxy.address));
+    let flaky_token = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&decoded).unwrap());
+    let _launcher = Launcher::start(&cluster, &flaky_token, &base64_of(&key.key_pem), &[]);
+
+    const RESOURCES: usize = 40;
+    let config = format!(
+        "resource \"terraform_data\" \"item\" {{\n  count = {RESOURCES}\n  input = \"item ${{count.index}}\"\n}}\n"
+    );
+    let repository =
+        GitRepository::create(&work.path().join("repo"), &[("infra/main.tf", &config)]);
+    cluster.gantry.create_stack(
+        "many",
+        &repository,
+        "p",
+        &work.path().join("state.tfstate"),
+        &["--autodeploy"],
+    );
+    let run = cluster.gantry.trigger("many", &[]);
+    let run = cluster.gantry.wait_for_state(&run, &["FINISHED", "FAILED"]);
+    assert_eq!(run["state"], "FINISHED", "{run}");
+    assert!(proxy.cuts() >= 3, "the network was cut {} times only", proxy.cuts());
+
+    let chunks: Vec<Value> = cluster
+        .gantry
+        .ok(&["run", "logs", id(&run), "--output", "json"])
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let seqs: Vec<u64> = chunks.iter().map(|chunk| chunk["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u64).collect::<Vec<_>>(),
+        "sequence numbers without gaps or repeats"
+    );
+    let log =
+        strip_ansi(&chunks.iter().map(|chunk| chunk["text"].as_str().unwrap()).collect::<String>());
+    for once in [
+        "▶ Initializing",
+        "▶ Planning",
+        "▶ Applying",
+        &format!("Plan: {RESOURCES} to add"),
+        &format!("Apply complete! Resources: {RESOURCES} added"),
+    ] {
+        assert_eq!(log.matches(once).count(), 1, "{once:?} exactly once in:\n{log}");
+    }
+    for index in 0..RESOURCES {
+        let line = format!("terraform_data.item[{index}]: Creation complete");
+        assert_eq!(log.matches(&line).count(), 1, "{line:?} exactly once");
+    }
+    let order: Vec<usize> = ["▶ Initializing", "▶ Planning", "▶ Applying", "Apply complete!"]
+        .iter()
+        .map(|marker| log.find(marker).unwrap())
+        .collect();
+    assert!(order.windows(2).all(|pair| pair[0] < pair[1]), "phases in order");
+    assert_eq!(
+        states(&run),
+        ["QUEUED", "READY", "PREPARING", "INITIALIZING", "PLANNING", "APPLYING", "FINISHED"]
+    );
+}
+
+/// The text without ANSI escape sequences (terraform colours its output).
+fn strip_ansi(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        plain.push(c);
+    }
+    plain
+}
+
+/// Runs a stack whose git host accepts connections and never answers, on a launcher
+/// with `limits`; returns the failed run.
+fn checkout_from_a_silent_git_host(limits: &[(&str, &str)]) -> Value {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for connection in silent.incoming() {
+            held.push(connection);
+        }
+    });
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let key = OpensslKey::generate(work.path(), "pool", KeyKind::P256);
+    let token = cluster.gantry.create_pool("p", &key);
+    let _launcher = Launcher::start(&cluster, &token, &base64_of(&key.key_pem), limits);
+    let repository = format!("git://{address}/repo.git");
+    cluster.gantry.ok(&[
+        "stack",
+        "create",
+        "--name",
+        "hung",
+        "--repository",
+        &repository,
+        "--pool",
+        "p",
+    ]);
+    let run = cluster.gantry.trigger("hung", &[]);
+    let run = cluster.gantry.wait_for_state(&run, &["FINISHED", "FAILED"]);
+    assert_eq!(run["state"], "FAILED");
+    cluster.gantry.wait_for(Duration::from_secs(10), || {
+        processes_running(&repository).is_empty().then_some(())
+    });
+    let worker = cluster.gantry.json(&["worker", "list"]);
+    assert_eq!(worker["workers"][0]["status"], "IDLE");
+    run
+}
+
+#[test]
+fn a_checkout_that_hangs_is_bounded_by_the_run_timeout_and_the_silence_limit() {
+    let run = checkout_from_a_silent_git_host(&[("GANTRY_LAUNCHER_RUN_TIMEOUT", "3s")]);
+    assert!(run["failure"].as_str().unwrap().contains("exceeded its time limit of 3s"), "{run}");
+    let run = checkout_from_a_silent_git_host(&[("GANTRY_LAUNCHER_LOGS_TIMEOUT", "2s")]);
+    assert!(run["failure"].as_str().unwrap().contains("printed nothing for 2s"), "{run}");
+}

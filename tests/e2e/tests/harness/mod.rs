@@ -11,16 +11,25 @@ use std::time::{Duration, Instant};
 use gantry_testkit::{GitRepository, OpensslKey};
 use serde_json::Value;
 
-/// A binary of the workspace, built by `cargo build --workspace --bins`.
+/// A binary of the workspace. Unless `GANTRY_BIN_DIR` names prebuilt ones, the binaries
+/// are brought up to date once per test process (cargo only checks when nothing
+/// changed), so a test never runs a launcher older than the code under test.
 pub(crate) fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("GANTRY_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        // target/<profile>/deps/e2e-<hash> → target/<profile>
-        let exe = std::env::current_exe().expect("the test knows its path");
-        exe.parent()
-            .and_then(Path::parent)
-            .expect("the test runs from target/<profile>/deps")
-            .to_path_buf()
-    });
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let dir = match std::env::var_os("GANTRY_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            // target/<profile>/deps/e2e-<hash> → target/<profile>
+            let exe = std::env::current_exe().expect("the test knows its path");
+            let dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("the test runs from target/<profile>/deps")
+                .to_path_buf();
+            BUILT.call_once(|| build_binaries(&dir));
+            dir
+        }
+    };
     let path = dir.join(name);
     assert!(
         path.is_file(),
@@ -28,6 +37,19 @@ pub(crate) fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+fn build_binaries(profile_dir: &Path) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args(["build", "--quiet", "--workspace", "--bins"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|name| name == "release") {
+        command.arg("--release");
+    }
+    let status = command.status().expect("cargo runs");
+    assert!(status.success(), "building the binaries for the end-to-end tests failed");
 }
 
 /// The environment children start from: enough to find tools, nothing of ours.
