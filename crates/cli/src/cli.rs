@@ -40,8 +40,10 @@ pub struct Cli {
 /// Flags every command accepts.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// How to print results: tables for people, or the API's JSON for scripts.
-    #[arg(long, global = true, help_heading = GLOBAL, value_enum, default_value_t = OutputFormat::Table)]
+    /// How to print results: tables for people, or the API's JSON for scripts [default:
+    /// table]
+    // clap prints the default of a global argument twice: it is stated above instead.
+    #[arg(long, global = true, help_heading = GLOBAL, value_enum, default_value_t = OutputFormat::Table, hide_default_value = true)]
     pub output: OutputFormat,
 
     /// The Gantry API URL [env: GANTRY_API_URL] [default: from .gantry/client.json, else

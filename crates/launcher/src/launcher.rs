@@ -107,6 +107,8 @@ async fn serve(context: Arc<RunContext>, shutdown: &Shutdown) -> Result<(), Fata
     let mut runs = JoinSet::new();
     let polled = poll_loop(&context, &slots, &mut runs, shutdown).await;
 
+    // Runs that ended while the last poll waited are still in the set: reap them first.
+    while runs.try_join_next().is_some() {}
     let running = runs.len();
     if running > 0 {
         let grace = humantime::format_duration(context.config.shutdown_grace);
