@@ -3,6 +3,11 @@
 //! HTTPS), runs proposed runs one after another, and reads each run's latencies from the
 //! server's own timestamps: when it was created, when a launcher acknowledged it, when
 //! its first log chunk and the worker's first line arrived, when it finished.
+//! `envelope` (in `envelope.rs`) measures sealing and opening run state.
+
+mod envelope;
+
+pub use envelope::{EnvelopeMeasures, envelope, envelope_report};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -116,6 +121,7 @@ pub async fn dispatch(runs: usize) -> anyhow::Result<Vec<RunLatencies>> {
             tool: None,
             runner_image: None,
             autodeploy: false,
+            managed_state: false,
             environment: vec![],
             description: String::new(),
             labels: vec![],

@@ -13,7 +13,7 @@ use futures_util::{Stream, StreamExt};
 use gantry_domain::RunId;
 use gantry_proto::api::{
     CreatePool, CreateStack, ErrorResponse, Health, LogChunk, LogPage, Pool, PoolCreated, PoolList,
-    Run, RunList, Stack, StackList, StreamEnd, TriggerRun, WorkerList,
+    ResetPool, Run, RunList, Stack, StackList, StreamEnd, TriggerRun, WorkerList,
 };
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -231,6 +231,15 @@ impl ApiClient {
     /// `POST /api/v1/pools`: the answer holds the pool's token, shown only this once.
     pub async fn create_pool(&self, request: &CreatePool) -> Result<PoolCreated, ClientError> {
         self.call(Method::POST, self.url(&["pools"]), Some(request)).await
+    }
+
+    /// `POST /api/v1/pools/{pool}/reset`: a new certificate from a new CSR.
+    pub async fn reset_pool(
+        &self,
+        pool: &str,
+        request: &ResetPool,
+    ) -> Result<PoolCreated, ClientError> {
+        self.call(Method::POST, self.url(&["pools", pool, "reset"]), Some(request)).await
     }
 
     /// `GET /api/v1/pools`

@@ -398,6 +398,7 @@ pub fn stack_details(stack: &Stack, runs: &[Run], now: Timestamp) -> String {
             stack.runner_image.clone().unwrap_or_else(|| "(the pool's default)".to_owned()),
         ),
         ("Autodeploy", yes_no(stack.autodeploy)),
+        ("Managed state", yes_no(stack.managed_state)),
         ("Labels", stack.labels.join(", ")),
         (
             "Created",
@@ -592,6 +593,7 @@ mod tests {
             tool: Tool::Terraform,
             runner_image: None,
             autodeploy: false,
+            managed_state: false,
             environment: vec![
                 EnvironmentVariable {
                     name: "TF_VAR_region".to_owned(),

@@ -1,17 +1,27 @@
 //! Pool private keys: parsing every format openssl writes for RSA and P-256 keys,
-//! signing session proofs, checking a key against its certificate, and generating new
-//! P-256 keys with their CSR (`gantry keygen`).
+//! preparing them to unwrap envelope data keys, signing session proofs, checking a key
+//! against its certificate, and generating new P-256 keys with their CSR
+//! (`gantry keygen`).
 
+use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
 use base64::Engine;
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
+use crate::envelope::{UnwrapKey, spki_fingerprint};
 use crate::{Certificate, Error, KeyAlgorithm};
 
-/// A pool's private key. It never leaves the launcher.
-pub enum PoolPrivateKey {
+/// A pool's private key. It never leaves the launcher. It signs session proofs and
+/// unwraps envelopes' data keys; loading refuses a key that cannot do both.
+pub struct PoolPrivateKey {
+    signing: SigningKey,
+    unwrap_key: UnwrapKey,
+    recipient_fingerprint: [u8; 32],
+}
+
+enum SigningKey {
     Rsa(RsaKeyPair),
     P256(EcdsaKeyPair),
 }
@@ -35,31 +45,52 @@ impl PoolPrivateKey {
         }
         let der =
             PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|_| Error::NoPrivateKey)?;
-        match der {
+        let signing = match der {
             PrivateKeyDer::Pkcs8(pkcs8) => {
                 let bytes = pkcs8.secret_pkcs8_der();
                 if let Ok(rsa) = RsaKeyPair::from_pkcs8(bytes) {
-                    return Self::checked_rsa(rsa);
+                    checked_rsa(rsa)?
+                } else {
+                    EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, bytes)
+                        .map(SigningKey::P256)
+                        .map_err(|_| {
+                            Error::UnsupportedKey(
+                                "the PKCS#8 key is neither RSA nor EC P-256 (Ed25519 and other curves cannot decrypt run state)".to_owned(),
+                            )
+                        })?
                 }
-                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, bytes)
-                    .map(Self::P256)
-                    .map_err(|_| {
-                        Error::UnsupportedKey(
-                            "the PKCS#8 key is neither RSA nor EC P-256 (Ed25519 and other curves cannot decrypt run state)".to_owned(),
-                        )
-                    })
             }
             PrivateKeyDer::Pkcs1(pkcs1) => RsaKeyPair::from_der(pkcs1.secret_pkcs1_der())
                 .map_err(|e| Error::UnsupportedKey(format!("the RSA key does not parse: {e}")))
-                .and_then(Self::checked_rsa),
+                .and_then(checked_rsa)?,
             PrivateKeyDer::Sec1(sec1) => EcdsaKeyPair::from_private_key_der(
                 &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
                 sec1.secret_sec1_der(),
             )
-            .map(Self::P256)
-            .map_err(|_| Error::UnsupportedKey("the EC key is not on curve P-256".to_owned())),
-            _ => Err(Error::NoPrivateKey),
-        }
+            .map(SigningKey::P256)
+            .map_err(|_| Error::UnsupportedKey("the EC key is not on curve P-256".to_owned()))?,
+            _ => return Err(Error::NoPrivateKey),
+        };
+        Self::prepared(signing)
+    }
+
+    /// Prepares decryption next to signing, and the fingerprint envelopes name the key by.
+    fn prepared(signing: SigningKey) -> Result<Self, Error> {
+        let (unwrap_key, public_spki) = match &signing {
+            SigningKey::Rsa(rsa) => (UnwrapKey::from_rsa(rsa), rsa.public_key().as_der()),
+            SigningKey::P256(ec) => (UnwrapKey::from_p256(ec), ec.public_key().as_der()),
+        };
+        let unwrap_key = unwrap_key.map_err(Error::UnsupportedKey)?;
+        let public_spki = public_spki.map_err(|_| {
+            Error::UnsupportedKey(
+                "the public key does not encode as SubjectPublicKeyInfo".to_owned(),
+            )
+        })?;
+        Ok(Self {
+            recipient_fingerprint: spki_fingerprint(public_spki.as_ref()),
+            signing,
+            unwrap_key,
+        })
     }
 
     /// Parses the value of `GANTRY_POOL_PRIVATE_KEY`: PEM text, or its base64 encoding
@@ -81,27 +112,27 @@ impl PoolPrivateKey {
         Self::from_pem(&text)
     }
 
-    fn checked_rsa(rsa: RsaKeyPair) -> Result<Self, Error> {
-        let bits = rsa.public_modulus_len() * 8;
-        if bits < 2048 {
-            return Err(Error::UnsupportedKey(format!(
-                "RSA-{bits} is too short: expected at least 2048 bits"
-            )));
+    pub fn algorithm(&self) -> KeyAlgorithm {
+        match &self.signing {
+            SigningKey::Rsa(rsa) => KeyAlgorithm::Rsa { bits: rsa.public_modulus_len() * 8 },
+            SigningKey::P256(_) => KeyAlgorithm::P256,
         }
-        Ok(Self::Rsa(rsa))
     }
 
-    pub fn algorithm(&self) -> KeyAlgorithm {
-        match self {
-            Self::Rsa(rsa) => KeyAlgorithm::Rsa { bits: rsa.public_modulus_len() * 8 },
-            Self::P256(_) => KeyAlgorithm::P256,
-        }
+    /// SHA-256 of this key's public SubjectPublicKeyInfo: equals the fingerprint of a
+    /// [`crate::Recipient`] made from its certificate.
+    pub fn recipient_fingerprint(&self) -> [u8; 32] {
+        self.recipient_fingerprint
+    }
+
+    pub(crate) fn unwrap_key(&self) -> &UnwrapKey {
+        &self.unwrap_key
     }
 
     fn public_key(&self) -> &[u8] {
-        match self {
-            Self::Rsa(rsa) => rsa.public_key().as_ref(),
-            Self::P256(ec) => ec.public_key().as_ref(),
+        match &self.signing {
+            SigningKey::Rsa(rsa) => rsa.public_key().as_ref(),
+            SigningKey::P256(ec) => ec.public_key().as_ref(),
         }
     }
 
@@ -118,19 +149,29 @@ impl PoolPrivateKey {
     /// Signs with RSA-PSS-SHA256 or ECDSA-P256-SHA256 (ASN.1).
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
         let rng = SystemRandom::new();
-        match self {
-            Self::Rsa(rsa) => {
+        match &self.signing {
+            SigningKey::Rsa(rsa) => {
                 let mut out = vec![0; rsa.public_modulus_len()];
                 rsa.sign(&signature::RSA_PSS_SHA256, &rng, message, &mut out)
                     .map_err(|_| Error::Generation("RSA signing failed".to_owned()))?;
                 Ok(out)
             }
-            Self::P256(ec) => ec
+            SigningKey::P256(ec) => ec
                 .sign(&rng, message)
                 .map(|sig| sig.as_ref().to_vec())
                 .map_err(|_| Error::Generation("ECDSA signing failed".to_owned())),
         }
     }
+}
+
+fn checked_rsa(rsa: RsaKeyPair) -> Result<SigningKey, Error> {
+    let bits = rsa.public_modulus_len() * 8;
+    if bits < 2048 {
+        return Err(Error::UnsupportedKey(format!(
+            "RSA-{bits} is too short: expected at least 2048 bits"
+        )));
+    }
+    Ok(SigningKey::Rsa(rsa))
 }
 
 /// A freshly generated pool key and its certificate signing request, both PEM.

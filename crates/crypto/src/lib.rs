@@ -1,9 +1,11 @@
 //! Gantry's cryptography: pool private keys, certificate signing requests, the server's
-//! certificate authority, pool tokens, session proofs and secret hashing. Standard
-//! constructions from aws-lc-rs, rcgen and x509-parser only; no primitive is written here.
+//! certificate authority, pool tokens, session proofs, secret hashing, and the envelope
+//! format that encrypts run state to the pool key. Standard constructions from aws-lc-rs,
+//! hpke, rcgen and x509-parser only; no primitive is written here.
 
 mod ca;
 mod certificate;
+mod envelope;
 mod error;
 mod keys;
 mod secrets;
@@ -12,6 +14,13 @@ mod token;
 
 pub use ca::{CertificateAuthority, IssuedCertificate, ServerTlsIdentity};
 pub use certificate::{Certificate, KeyAlgorithm};
+pub use envelope::{
+    DEFAULT_CHUNK_SIZE, EnvelopeContext, EnvelopeError, EnvelopeHeader, MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE, OpeningReader, Purpose, Recipient, SealingWriter, UnknownPurpose,
+    WrapAlgorithm, open, read_header, seal,
+};
+#[doc(hidden)]
+pub use envelope::{open_chunks_with_key, seal_chunks_with_key};
 pub use error::Error;
 pub use keys::{GeneratedPoolKey, PoolPrivateKey, generate_pool_key};
 pub use secrets::{ChallengeSigner, hash_secret, random_secret};

@@ -17,12 +17,24 @@ pub const WORKER_SLOTS: &str = "GANTRY_LAUNCHER_WORKER_SLOTS";
 pub const WORK_DIR: &str = "GANTRY_LAUNCHER_WORK_DIR";
 pub const WORKER_BINARY: &str = "GANTRY_WORKER_BINARY";
 pub const DEBUG: &str = "GANTRY_DEBUG";
+pub const WORKSPACE_MAX_SIZE: &str = "GANTRY_LAUNCHER_WORKSPACE_MAX_SIZE";
+pub const WORKSPACE_MAX_FILES: &str = "GANTRY_LAUNCHER_WORKSPACE_MAX_FILES";
 pub const METADATA_PREFIX: &str = "GANTRY_METADATA_";
 
 /// The reference model's default maximum run time.
 pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(70 * 60);
 /// The reference model's default time a run may print nothing before it is killed.
 pub const DEFAULT_LOGS_TIMEOUT: Duration = Duration::from_secs(7 * 60);
+/// The most bytes of files an unpacked run workspace may hold: room for many provider
+/// binaries, yet a bound on what a hostile archive can make a launcher write.
+pub const DEFAULT_WORKSPACE_MAX_SIZE: u64 = 10 * GIB;
+/// The most entries (files, directories, links) an unpacked run workspace may hold.
+pub const DEFAULT_WORKSPACE_MAX_FILES: u32 = 1_000_000;
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const TIB: u64 = 1 << 40;
 
 /// An option was missing or its value did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,6 +74,39 @@ pub fn duration(env: &Env, variable: &str, default: Duration) -> Result<Duration
         Ok(parsed) if !parsed.is_zero() => Ok(parsed),
         _ => Err(OptionError::invalid(variable, value, EXPECTED)),
     }
+}
+
+/// A size in bytes with its unit: `10GiB`, `500MB`, `2048KiB`, `64 B`. Binary units
+/// (KiB, MiB, GiB, TiB) count in 1024s, decimal ones (KB, MB, GB, TB) in 1000s; units are
+/// case-insensitive. A bare number is refused, like a bare duration: a reader cannot
+/// tell bytes from megabytes. Zero is refused too: no workspace fits in it.
+pub fn size(env: &Env, variable: &str, default: u64) -> Result<u64, OptionError> {
+    let Some(value) = get(env, variable) else {
+        return Ok(default);
+    };
+    match parse_size(value) {
+        Some(parsed) if parsed > 0 => Ok(parsed),
+        _ => Err(OptionError::invalid(variable, value, "a size like 10GiB or 500MB")),
+    }
+}
+
+fn parse_size(text: &str) -> Option<u64> {
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let number: u64 = number.parse().ok()?;
+    let multiplier = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000 * 1000,
+        "gb" => 1000 * 1000 * 1000,
+        "tb" => 1000 * 1000 * 1000 * 1000,
+        "kib" => KIB,
+        "mib" => MIB,
+        "gib" => GIB,
+        "tib" => TIB,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
 }
 
 /// `true`/`false` (also `1`/`0`, `yes`/`no`, any case).
@@ -172,6 +217,54 @@ mod tests {
         assert!(boolean(&env(&[(DEBUG, "maybe")]), DEBUG, false).is_err());
         assert_eq!(count(&env(&[(WORKER_SLOTS, "4")]), WORKER_SLOTS, 1, 1, 64, "1 to 64"), Ok(4));
         assert!(count(&env(&[(WORKER_SLOTS, "0")]), WORKER_SLOTS, 1, 1, 64, "1 to 64").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        let cases = [
+            ("10GiB", 10 * GIB),
+            ("500MB", 500_000_000),
+            ("2048KiB", 2 * MIB),
+            ("64 B", 64),
+            (" 1tib ", TIB),
+            ("3 gb", 3_000_000_000),
+            ("7kB", 7000),
+            ("1MiB", MIB),
+            ("2TB", 2_000_000_000_000),
+        ];
+        for (text, bytes) in cases {
+            let parsed = size(&env(&[(WORKSPACE_MAX_SIZE, text)]), WORKSPACE_MAX_SIZE, 1);
+            assert_eq!(parsed, Ok(bytes), "{text}");
+        }
+        assert_eq!(size(&env(&[]), WORKSPACE_MAX_SIZE, 42), Ok(42));
+        assert_eq!(size(&env(&[(WORKSPACE_MAX_SIZE, "")]), WORKSPACE_MAX_SIZE, 42), Ok(42));
+        assert_eq!(DEFAULT_WORKSPACE_MAX_SIZE, 10_737_418_240);
+    }
+
+    #[test]
+    fn a_bad_size_names_the_variable_the_value_and_the_form_expected() {
+        let bad_sizes = [
+            "10",
+            "0GiB",
+            "GiB",
+            "-5MB",
+            "1.5GiB",
+            "10 GiBs",
+            "10 G",
+            "ten MB",
+            "99999999999TiB",
+            "18446744073709551616B",
+        ];
+        for bad in bad_sizes {
+            let error =
+                size(&env(&[(WORKSPACE_MAX_SIZE, bad)]), WORKSPACE_MAX_SIZE, 1).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "GANTRY_LAUNCHER_WORKSPACE_MAX_SIZE={bad:?}: expected a size like 10GiB or 500MB"
+                )
+            );
+        }
     }
 
     #[test]

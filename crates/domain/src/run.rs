@@ -209,6 +209,8 @@ pub enum RunEvent {
     PhaseStarted(Phase),
     /// The plan finished.
     Planned { has_changes: bool },
+    /// The planned workspace was encrypted and stored: the plan can be confirmed.
+    WorkspaceStored,
     /// A user confirmed the plan.
     Confirm,
     /// The apply finished.
@@ -228,6 +230,7 @@ impl RunEvent {
             Self::Acknowledge => "start on a worker (only READY and CONFIRMED runs can)",
             Self::PhaseStarted(_) => "start this phase now",
             Self::Planned { .. } => "finish planning (only PLANNING runs can)",
+            Self::WorkspaceStored => "wait for confirmation (only tracked PLANNING runs can)",
             Self::Confirm => "confirm (only UNCONFIRMED runs can be confirmed)",
             Self::Applied => "finish applying (only APPLYING runs can)",
             Self::Discard => "discard (only QUEUED, READY and UNCONFIRMED runs can be discarded)",
@@ -273,8 +276,12 @@ pub fn transition(
             RunType::Proposed => S::Finished,
             RunType::Tracked if !has_changes => S::Finished,
             RunType::Tracked if context.autodeploy => S::Applying,
-            RunType::Tracked => S::Unconfirmed,
+            // The plan waits for confirmation once its workspace is stored.
+            RunType::Tracked => S::Planning,
         },
+        (RunEvent::WorkspaceStored, S::Planning) if context.run_type == RunType::Tracked => {
+            S::Unconfirmed
+        }
         (RunEvent::Confirm, S::Unconfirmed) => S::Confirmed,
         (RunEvent::Applied, S::Applying) => S::Finished,
         (RunEvent::Discard, S::Queued | S::Ready | S::Unconfirmed) => S::Discarded,
@@ -338,6 +345,7 @@ mod tests {
         let mut events = start_to_planning();
         events.extend([
             RunEvent::Planned { has_changes: true },
+            RunEvent::WorkspaceStored,
             RunEvent::Confirm,
             RunEvent::Acknowledge,
             RunEvent::PhaseStarted(Phase::Applying),
@@ -350,6 +358,7 @@ mod tests {
                 S::Ready,
                 S::Preparing,
                 S::Initializing,
+                S::Planning,
                 S::Planning,
                 S::Unconfirmed,
                 S::Confirmed,
@@ -376,6 +385,16 @@ mod tests {
         let mut events = start_to_planning();
         events.push(RunEvent::Planned { has_changes: true });
         assert_eq!(walk(AUTODEPLOY, &events).last(), Some(&S::Applying));
+    }
+
+    #[test]
+    fn only_a_tracked_plan_waits_for_its_workspace() {
+        assert_eq!(transition(S::Planning, PROPOSED, &RunEvent::WorkspaceStored).ok(), None);
+        assert_eq!(
+            transition(S::Planning, AUTODEPLOY, &RunEvent::Planned { has_changes: true }),
+            Ok(S::Applying)
+        );
+        assert_eq!(transition(S::Unconfirmed, TRACKED, &RunEvent::WorkspaceStored).ok(), None);
     }
 
     #[test]
@@ -406,6 +425,7 @@ mod tests {
             RunEvent::Promote,
             RunEvent::Acknowledge,
             RunEvent::Planned { has_changes: true },
+            RunEvent::WorkspaceStored,
             RunEvent::Confirm,
             RunEvent::Applied,
             RunEvent::Discard,

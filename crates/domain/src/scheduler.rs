@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::{LauncherId, PoolId, RunId, RunState, RunType, StackId, Timestamp, WorkerId};
+use crate::{PoolId, RunId, RunState, RunType, StackId, Timestamp, WorkerId};
 
 /// What the scheduler needs to know about a run that has not ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,8 +20,6 @@ pub struct RunSnapshot {
     pub state: RunState,
     /// The worker the run was handed to, if any (it may not have acknowledged yet).
     pub worker_id: Option<WorkerId>,
-    /// Only a worker of this launcher may take the run: it holds the run's workspace.
-    pub pinned_launcher: Option<LauncherId>,
     /// A user moved the run to the front of its pool's queue.
     pub prioritized: bool,
     pub queued_at: Timestamp,
@@ -32,7 +30,6 @@ pub struct RunSnapshot {
 pub struct WorkerSnapshot {
     pub id: WorkerId,
     pub pool_id: PoolId,
-    pub launcher_id: LauncherId,
     pub drained: bool,
     /// The worker holds a run.
     pub busy: bool,
@@ -56,8 +53,6 @@ pub enum WaitReason {
     AllWorkersDrained,
     /// No worker of the pool is connected.
     NoWorkers,
-    /// The run's workspace is held by one launcher, none of whose workers is free.
-    WorkspaceOnLauncher { launcher: LauncherId },
 }
 
 /// A run left waiting, and why.
@@ -124,11 +119,7 @@ pub fn schedule(runs: &[RunSnapshot], workers: &[WorkerSnapshot]) -> Decision {
         workers.iter().filter(|worker| !worker.busy && !worker.drained).collect();
     let mut waits = Vec::new();
     for run in candidates {
-        let may_take = |worker: &&WorkerSnapshot| {
-            worker.pool_id == run.pool_id
-                && run.pinned_launcher.is_none_or(|launcher| worker.launcher_id == launcher)
-        };
-        match idle.iter().position(may_take) {
+        match idle.iter().position(|worker| worker.pool_id == run.pool_id) {
             Some(index) => {
                 let worker = idle.remove(index);
                 decision.assignments.push(Assignment { run_id: run.id, worker_id: worker.id });
@@ -148,9 +139,6 @@ pub fn schedule(runs: &[RunSnapshot], workers: &[WorkerSnapshot]) -> Decision {
 }
 
 fn worker_shortage(run: &RunSnapshot, workers: &[WorkerSnapshot]) -> WaitReason {
-    if let Some(launcher) = run.pinned_launcher {
-        return WaitReason::WorkspaceOnLauncher { launcher };
-    }
     let mut pool_workers = workers.iter().filter(|worker| worker.pool_id == run.pool_id).peekable();
     if pool_workers.peek().is_none() {
         WaitReason::NoWorkers
@@ -168,7 +156,6 @@ mod tests {
 
     const POOL: PoolId = PoolId::from_u128(1);
     const OTHER_POOL: PoolId = PoolId::from_u128(2);
-    const LAUNCHER: LauncherId = LauncherId::from_u128(1);
 
     fn run(id: u128, stack: u128, run_type: RunType, state: RunState) -> RunSnapshot {
         RunSnapshot {
@@ -178,20 +165,13 @@ mod tests {
             run_type,
             state,
             worker_id: None,
-            pinned_launcher: None,
             prioritized: false,
             queued_at: Timestamp::from_unix_millis(id as i64),
         }
     }
 
     fn worker(id: u128) -> WorkerSnapshot {
-        WorkerSnapshot {
-            id: WorkerId::from_u128(id),
-            pool_id: POOL,
-            launcher_id: LAUNCHER,
-            drained: false,
-            busy: false,
-        }
+        WorkerSnapshot { id: WorkerId::from_u128(id), pool_id: POOL, drained: false, busy: false }
     }
 
     fn assigned(decision: &Decision) -> Vec<(u128, u128)> {
@@ -259,21 +239,6 @@ mod tests {
     }
 
     #[test]
-    fn a_pinned_run_goes_only_to_its_launcher() {
-        let mut confirmed = run(1, 1, RunType::Tracked, RunState::Confirmed);
-        let other = LauncherId::from_u128(7);
-        confirmed.pinned_launcher = Some(other);
-        let decision = schedule(std::slice::from_ref(&confirmed), &[worker(9)]);
-        assert!(decision.assignments.is_empty());
-        assert_eq!(decision.waiting[0].reason, WaitReason::WorkspaceOnLauncher { launcher: other });
-
-        let mut own = worker(10);
-        own.launcher_id = other;
-        let decision = schedule(&[confirmed], &[worker(9), own]);
-        assert_eq!(assigned(&decision), [(1, 10)]);
-    }
-
-    #[test]
     fn assigned_and_executing_runs_are_neither_reassigned_nor_reported_waiting() {
         let mut executing = run(1, 1, RunType::Tracked, RunState::Planning);
         executing.worker_id = Some(WorkerId::from_u128(9));
@@ -298,28 +263,27 @@ mod tests {
             RunState::Applying,
         ]);
         let types = prop::sample::select(vec![RunType::Tracked, RunType::Proposed, RunType::Task]);
-        let run = (0u128..4, 0u128..2, types, states, any::<bool>(), 0u128..3, any::<bool>());
-        let worker = (0u128..2, 0u128..3, any::<bool>());
+        let run = (0u128..4, 0u128..2, types, states, any::<bool>());
+        let worker = (0u128..2, any::<bool>());
         (prop::collection::vec(run, 0..14), prop::collection::vec(worker, 0..6)).prop_map(
             |(runs, workers)| {
                 let mut workers: Vec<WorkerSnapshot> = workers
                     .into_iter()
                     .enumerate()
-                    .map(|(i, (pool, launcher, drained))| WorkerSnapshot {
+                    .map(|(i, (pool, drained))| WorkerSnapshot {
                         id: WorkerId::from_u128(100 + i as u128),
                         pool_id: PoolId::from_u128(pool),
-                        launcher_id: LauncherId::from_u128(launcher),
                         drained,
                         busy: false,
                     })
                     .collect();
                 let mut lock_taken = HashSet::new();
                 let mut snapshots = Vec::new();
-                for (i, (stack, pool, run_type, mut state, prioritized, pin, pinned)) in
+                for (i, (stack, pool, run_type, mut state, prioritized)) in
                     runs.into_iter().enumerate()
                 {
                     // A consistent world: one lock holder per stack, executing runs on
-                    // a busy worker of their pool, confirmed runs maybe pinned.
+                    // a busy worker of their pool.
                     if run_type.takes_stack_lock()
                         && state.holds_stack_lock()
                         && !lock_taken.insert(stack)
@@ -349,8 +313,6 @@ mod tests {
                         run_type,
                         state,
                         worker_id,
-                        pinned_launcher: (pinned && state == RunState::Confirmed)
-                            .then(|| LauncherId::from_u128(pin)),
                         prioritized,
                         queued_at: Timestamp::from_unix_millis(i as i64),
                     });
@@ -379,7 +341,6 @@ mod tests {
                 prop_assert!(!worker.busy && !worker.drained);
                 prop_assert_eq!(worker.pool_id, run.pool_id);
                 prop_assert!(run.worker_id.is_none());
-                prop_assert!(run.pinned_launcher.is_none_or(|l| l == worker.launcher_id));
             }
 
             // Lock-taking runs of one stack never overlap after the decision.
@@ -410,7 +371,6 @@ mod tests {
                 let free = workers.iter().any(|w| {
                     !w.busy && !w.drained && !used_workers.contains(&w.id)
                         && w.pool_id == run.pool_id
-                        && run.pinned_launcher.is_none_or(|l| l == w.launcher_id)
                 });
                 prop_assert!(!free, "run {} waits beside an idle worker", run.id);
             }

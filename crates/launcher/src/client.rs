@@ -2,6 +2,7 @@
 //! opens a session by signing the server's challenge with the pool key, and opens a new
 //! one transparently when the server says the old one expired.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,10 +10,10 @@ use base64::Engine;
 use gantry_crypto::{PoolPrivateKey, session_message};
 use gantry_domain::{PoolId, RunId};
 use gantry_proto::agent::{
-    Acknowledge, ChallengeRequest, ChallengeResponse, Directive, Heartbeat, HeartbeatResponse,
-    LauncherInfo, LogUpload, LogsAccepted, OpenSession, PROTOCOL_VERSION, Poll, PollResponse,
-    RegisterWorkers, ReportRequest, ReportResponse, RunReport, SessionOpened, UploadLogs,
-    WorkerRegistration, WorkersRegistered,
+    Acknowledge, BlobRef, ChallengeRequest, ChallengeResponse, Directive, Heartbeat,
+    HeartbeatResponse, LauncherInfo, LogUpload, LogsAccepted, OpenSession, PROTOCOL_VERSION, Poll,
+    PollResponse, RegisterWorkers, ReportRequest, ReportResponse, RunReport, SHA256_HEADER,
+    STATE_RUN_HEADER, SessionOpened, UploadLogs, WorkerRegistration, WorkersRegistered,
 };
 use gantry_proto::api::ErrorResponse;
 use serde::Serialize;
@@ -22,6 +23,8 @@ use tokio::sync::Mutex;
 use crate::config::LauncherConfig;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Workspaces can be large; a transfer that makes no progress still fails eventually.
+const BLOB_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// Why a request to the server failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,17 @@ pub enum ClientError {
     Rejected { status: u16, code: String, message: String },
     #[error("the server's answer to {path} does not parse: {cause}")]
     Protocol { path: String, cause: String },
+    #[error("the downloaded {what} is damaged: its SHA-256 is {actual}, expected {expected}")]
+    Damaged { what: String, expected: String, actual: String },
+}
+
+/// A downloaded blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downloaded {
+    pub sha256: String,
+    pub size: u64,
+    /// For a state version: the run whose apply produced it.
+    pub produced_by: Option<RunId>,
 }
 
 impl ClientError {
@@ -140,17 +154,139 @@ impl AgentClient {
                 cause: e.to_string(),
             });
         }
-        let (code, message) = match serde_json::from_slice::<ErrorResponse>(&bytes) {
+        Err(self.refusal(status, &bytes))
+    }
+
+    /// The error an unsuccessful answer stands for.
+    fn refusal(&self, status: reqwest::StatusCode, body: &[u8]) -> ClientError {
+        let (code, message) = match serde_json::from_slice::<ErrorResponse>(body) {
             Ok(error) => (error.error.code, error.error.message),
             Err(_) => {
-                ("unknown".to_owned(), String::from_utf8_lossy(&bytes).chars().take(300).collect())
+                ("unknown".to_owned(), String::from_utf8_lossy(body).chars().take(300).collect())
             }
         };
-        Err(match code.as_str() {
+        match code.as_str() {
             "pool_reset" => ClientError::PoolReset { pool_id: self.pool_id },
             "invalid_proof" => ClientError::Proof(message),
             _ => ClientError::Rejected { status: status.as_u16(), code, message },
+        }
+    }
+
+    fn unreachable(&self, error: &reqwest::Error) -> ClientError {
+        ClientError::Unreachable { url: self.endpoint.clone(), cause: describe(error) }
+    }
+
+    /// Uploads `file` as the run's `what` blob (`workspace`, `state`), announcing its
+    /// SHA-256 so that the server can tell a damaged upload.
+    pub async fn upload_blob(
+        &self,
+        run_id: RunId,
+        what: &str,
+        file: &Path,
+        sha256: &str,
+    ) -> Result<BlobRef, ClientError> {
+        let url = format!("{}/agent/v1/runs/{run_id}/{what}", self.endpoint);
+        self.with_session(|token| {
+            let url = url.clone();
+            async move {
+                let handle =
+                    tokio::fs::File::open(file).await.map_err(|e| ClientError::Protocol {
+                        path: file.display().to_string(),
+                        cause: format!("cannot read the blob to upload: {e}"),
+                    })?;
+                let size = handle.metadata().await.map(|meta| meta.len()).unwrap_or(0);
+                let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+                    handle,
+                    256 * 1024,
+                ));
+                let response = self
+                    .http
+                    .put(&url)
+                    .bearer_auth(&token)
+                    .header(SHA256_HEADER, sha256)
+                    .header(reqwest::header::CONTENT_LENGTH, size)
+                    .body(body)
+                    .timeout(BLOB_TIMEOUT)
+                    .send()
+                    .await
+                    .map_err(|e| self.unreachable(&e))?;
+                let status = response.status();
+                let bytes = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+                if !status.is_success() {
+                    return Err(self.refusal(status, &bytes));
+                }
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| ClientError::Protocol { path: url.clone(), cause: e.to_string() })
+            }
         })
+        .await
+    }
+
+    /// Downloads the run's `what` blob into `destination`, checking its SHA-256 against
+    /// `expected` (when given) and the server's header. `Ok(None)`: there is none.
+    pub async fn download_blob(
+        &self,
+        run_id: RunId,
+        what: &str,
+        destination: &Path,
+        expected: Option<&str>,
+    ) -> Result<Option<Downloaded>, ClientError> {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let url = format!("{}/agent/v1/runs/{run_id}/{what}", self.endpoint);
+        let local = |e: std::io::Error| ClientError::Protocol {
+            path: destination.display().to_string(),
+            cause: e.to_string(),
+        };
+        self.with_session(|token| {
+            let url = url.clone();
+            async move {
+                let response = self
+                    .http
+                    .get(&url)
+                    .bearer_auth(&token)
+                    .timeout(BLOB_TIMEOUT)
+                    .send()
+                    .await
+                    .map_err(|e| self.unreachable(&e))?;
+                let status = response.status();
+                if status == reqwest::StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                if !status.is_success() {
+                    let bytes = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+                    return Err(self.refusal(status, &bytes));
+                }
+                let header = |name: &str| {
+                    response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+                };
+                let announced = header(SHA256_HEADER);
+                let produced_by = header(STATE_RUN_HEADER).and_then(|run| run.parse().ok());
+                let mut file = tokio::fs::File::create(destination).await.map_err(local)?;
+                let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+                let mut size = 0u64;
+                let mut body = response.bytes_stream();
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.map_err(|e| self.unreachable(&e))?;
+                    digest.update(&chunk);
+                    size += chunk.len() as u64;
+                    file.write_all(&chunk).await.map_err(local)?;
+                }
+                file.flush().await.map_err(local)?;
+                let sha256 = hex::encode(digest.finish());
+                for claimed in [announced.as_deref(), expected].into_iter().flatten() {
+                    if !claimed.eq_ignore_ascii_case(&sha256) {
+                        return Err(ClientError::Damaged {
+                            what: what.to_owned(),
+                            expected: claimed.to_owned(),
+                            actual: sha256,
+                        });
+                    }
+                }
+                Ok(Some(Downloaded { sha256, size, produced_by }))
+            }
+        })
+        .await
     }
 
     /// Proves possession of the pool key and opens a session.
@@ -193,14 +329,13 @@ impl AgentClient {
         Ok(())
     }
 
-    /// A request within a session, opening a new session once if the server says the
-    /// current one expired.
-    async fn call<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &Req,
-        timeout: Duration,
-    ) -> Result<Resp, ClientError> {
+    /// Runs `request` with the session token, opening a new session once if the server
+    /// says the current one expired.
+    async fn with_session<T, F, Fut>(&self, request: F) -> Result<T, ClientError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
         for attempt in 0..2 {
             let token = {
                 let mut session = self.session.lock().await;
@@ -213,7 +348,7 @@ impl AgentClient {
                     }
                 }
             };
-            match self.send(path, body, Some(&token), timeout).await {
+            match request(token.clone()).await {
                 Err(error) if attempt == 0 && error.code() == Some("session_expired") => {
                     let mut session = self.session.lock().await;
                     if session.as_deref() == Some(token.as_str()) {
@@ -224,6 +359,17 @@ impl AgentClient {
             }
         }
         Err(ClientError::Proof("the server keeps rejecting new sessions".to_owned()))
+    }
+
+    /// A JSON request within a session.
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, ClientError> {
+        self.with_session(|token| async move { self.send(path, body, Some(&token), timeout).await })
+            .await
     }
 
     pub async fn register_workers(

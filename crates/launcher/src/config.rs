@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_crypto::{Certificate, PoolPrivateKey, PoolToken};
+use gantry_crypto::{Certificate, PoolPrivateKey, PoolToken, Recipient};
 use gantry_domain::options::{self, Env, OptionError, RunLimits};
 use gantry_domain::{LauncherId, PoolId};
+
+use crate::archive::ArchiveLimits;
 
 pub const SHUTDOWN_GRACE: &str = "GANTRY_LAUNCHER_SHUTDOWN_GRACE";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10 * 60);
@@ -37,6 +39,10 @@ pub struct LauncherConfig {
     pub pool_id: PoolId,
     pub certificate: Certificate,
     pub key: Arc<PoolPrivateKey>,
+    /// The pool's public key: what run state is sealed to before it leaves this machine.
+    pub recipient: Arc<Recipient>,
+    /// What unpacking a stored workspace accepts (`GANTRY_LAUNCHER_WORKSPACE_MAX_*`).
+    pub(crate) archive_limits: ArchiveLimits,
     pub limits: RunLimits,
     /// Tags from `GANTRY_METADATA_*`, shown on every worker of this launcher.
     pub metadata: BTreeMap<String, String>,
@@ -84,6 +90,9 @@ impl LauncherConfig {
         if !key.matches(&certificate) {
             return Err(ConfigError::KeyMismatch { pool_id: token.pool_id.clone() });
         }
+        let recipient = Recipient::from_certificate(&certificate).map_err(|e| {
+            OptionError::invalid_secret(options::TOKEN, format!("a Gantry pool token ({e})"))
+        })?;
 
         let work_dir = match options::get(env, options::WORK_DIR) {
             Some(dir) => PathBuf::from(dir),
@@ -96,6 +105,8 @@ impl LauncherConfig {
             pool_id,
             certificate,
             key: Arc::new(key),
+            recipient: Arc::new(recipient),
+            archive_limits: ArchiveLimits::from_env(env)?,
             limits: RunLimits::from_env(env)?,
             metadata: options::metadata(env),
             worker_slots: options::count(

@@ -3,7 +3,7 @@
 //! supervisor, heartbeat, and on shutdown stop polling at once but let running runs
 //! finish for a grace period before stopping them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use crate::backoff::{Backoff, shown};
 use crate::client::{AgentClient, ClientError};
 use crate::config::LauncherConfig;
 use crate::executor::Executor;
-use crate::supervisor::{self, Ending, RunContext};
+use crate::supervisor::{self, RunContext};
 use crate::workspace;
 
 const POLL_WAIT: Duration = Duration::from_secs(30);
@@ -48,8 +48,6 @@ struct Slots {
     worker_ids: Vec<WorkerId>,
     /// Runs executing here, with the token that stops each.
     running: HashMap<(RunId, Job), CancellationToken>,
-    /// Runs whose workspace is kept here for their apply.
-    retained: HashSet<RunId>,
 }
 
 type SharedSlots = Arc<Mutex<Slots>>;
@@ -70,6 +68,7 @@ pub async fn run(
         client: Arc::new(AgentClient::new(&config)?),
         runs_dir: instance_dir.join("runs"),
         sockets_dir: socket_dir(&instance_dir),
+        scratch_dir: instance_dir.join("scratch"),
         executor,
         config,
     });
@@ -229,18 +228,12 @@ fn start_run(
             return;
         }
         slots.running.insert(key, stop.clone());
-        slots.retained.remove(&assignment.run_id);
     }
     let context = Arc::clone(context);
     let slots = Arc::clone(slots);
     runs.spawn(async move {
-        let run_id = assignment.run_id;
-        let ending = supervisor::supervise(context, assignment, stop).await;
-        let mut slots = lock(&slots);
-        slots.running.remove(&key);
-        if ending == Ending::Retained {
-            slots.retained.insert(run_id);
-        }
+        supervisor::supervise(context, assignment, stop).await;
+        lock(&slots).running.remove(&key);
     });
 }
 
@@ -255,7 +248,6 @@ async fn heartbeat_loop(context: Arc<RunContext>, slots: SharedSlots, stop: Canc
             Heartbeat {
                 worker_ids: slots.worker_ids.clone(),
                 running_run_ids: slots.running.keys().map(|(run_id, _)| *run_id).collect(),
-                retained_workspace_run_ids: slots.retained.iter().copied().collect(),
             }
         };
         let response = match context.client.heartbeat(&heartbeat).await {
@@ -282,16 +274,17 @@ async fn heartbeat_loop(context: Arc<RunContext>, slots: SharedSlots, stop: Canc
                 }
             }
         }
-        for run_id in response.release_workspace_run_ids {
-            lock(&slots).retained.remove(&run_id);
-            workspace::remove(&context.workspace(run_id)).await;
-        }
     }
 }
 
 fn prepare_dirs(context: &RunContext, instance_dir: &Path) -> Result<(), FatalError> {
     use std::os::unix::fs::DirBuilderExt;
-    for dir in [instance_dir, context.runs_dir.as_path(), context.sockets_dir.as_path()] {
+    for dir in [
+        instance_dir,
+        context.runs_dir.as_path(),
+        context.sockets_dir.as_path(),
+        context.scratch_dir.as_path(),
+    ] {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)

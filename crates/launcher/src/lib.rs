@@ -3,10 +3,12 @@
 //! registered, long-polls for assignments, and supervises each run: workspace, worker
 //! process, log relay, timeouts. The worker it starts never sees the key.
 
+mod archive;
 mod backoff;
 mod client;
 pub mod config;
 mod executor;
+mod handoff;
 mod launcher;
 mod local_api;
 mod logs;

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use gantry_crypto::hash_secret;
 use gantry_domain::RunId;
-use gantry_proto::agent::{Directive, RunReport};
+use gantry_proto::agent::{Assignment, Directive, RunReport};
 use gantry_proto::api::{ErrorBody, ErrorResponse};
 use gantry_proto::local::{WorkerDirective, WorkerJob, WorkerLog, WorkerReport};
 use tokio::net::UnixListener;
@@ -24,15 +24,53 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, shown};
 use crate::client::AgentClient;
+use crate::handoff;
 use crate::logs::LogRelay;
+use crate::supervisor::RunContext;
 
 /// What the run has concluded, as far as reports tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Conclusion {
-    /// The run ended; the workspace can go.
+    /// The run ended here.
     Ended,
-    /// The run waits for confirmation; the workspace must be kept.
-    RetainWorkspace,
+    /// The plan waits for confirmation: its workspace must be stored.
+    UploadWorkspace,
+}
+
+/// A managed-state run: after its apply, the new state is stored before the outcome is
+/// reported, so that the next run of the stack starts from it.
+#[derive(Debug)]
+pub(crate) struct ManagedState {
+    pub(crate) context: Arc<RunContext>,
+    pub(crate) assignment: Assignment,
+    pub(crate) project: std::path::PathBuf,
+    /// The SHA-256 of the state the run started from.
+    pub(crate) before: Option<String>,
+    /// The apply has started: from now on the state may change.
+    pub(crate) applying: std::sync::atomic::AtomicBool,
+    /// The state was stored (or storing it failed): once per run.
+    pub(crate) stored: tokio::sync::Mutex<Option<Result<bool, String>>>,
+}
+
+impl ManagedState {
+    /// Stores the state the apply left, once; later calls return the first result.
+    pub(crate) async fn store_after_apply(&self) -> Option<Result<bool, String>> {
+        if !self.applying.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        let mut stored = self.stored.lock().await;
+        if stored.is_none() {
+            let result = handoff::store_state(
+                &self.context,
+                &self.assignment,
+                &self.project,
+                self.before.as_deref(),
+            )
+            .await;
+            *stored = Some(result);
+        }
+        stored.clone()
+    }
 }
 
 /// One run's endpoint.
@@ -44,6 +82,7 @@ pub(crate) struct RunEndpoint {
     client: Arc<AgentClient>,
     logs: LogRelay,
     conclusion: Mutex<Option<Conclusion>>,
+    pub(crate) managed_state: Option<ManagedState>,
 }
 
 impl RunEndpoint {
@@ -52,6 +91,7 @@ impl RunEndpoint {
         capability: &str,
         client: Arc<AgentClient>,
         logs: LogRelay,
+        managed_state: Option<ManagedState>,
     ) -> Self {
         Self {
             run_id: job.run_id,
@@ -60,6 +100,7 @@ impl RunEndpoint {
             client,
             logs,
             conclusion: Mutex::new(None),
+            managed_state,
         }
     }
 
@@ -70,6 +111,7 @@ impl RunEndpoint {
     /// Relays a report once the log before it is uploaded, retrying while the server is
     /// unreachable; records whether it concluded the run.
     pub(crate) async fn report(&self, report: RunReport) -> Directive {
+        let report = self.secure_state(report).await;
         self.logs.flush().await;
         let mut backoff = Backoff::new(Duration::from_secs(30));
         let directive = loop {
@@ -88,7 +130,7 @@ impl RunEndpoint {
             }
         };
         let conclusion = match directive {
-            Directive::RetainWorkspace => Some(Conclusion::RetainWorkspace),
+            Directive::UploadWorkspace => Some(Conclusion::UploadWorkspace),
             Directive::Finish => Some(Conclusion::Ended),
             Directive::Apply | Directive::Continue => None,
         };
@@ -96,6 +138,36 @@ impl RunEndpoint {
             *self.conclusion.lock().unwrap_or_else(PoisonError::into_inner) = Some(conclusion);
         }
         directive
+    }
+}
+
+impl RunEndpoint {
+    /// Before relaying how an apply ended, stores the state it left: an `Applied` whose
+    /// state could not be stored becomes a failure that says where the state is kept.
+    async fn secure_state(&self, report: RunReport) -> RunReport {
+        let Some(managed) = &self.managed_state else { return report };
+        if matches!(report, RunReport::PhaseStarted { phase: gantry_domain::Phase::Applying }) {
+            managed.applying.store(true, std::sync::atomic::Ordering::SeqCst);
+            return report;
+        }
+        if !matches!(report, RunReport::Applied | RunReport::Failed { .. }) {
+            return report;
+        }
+        match (managed.store_after_apply().await, report) {
+            (Some(Ok(true)), report) => {
+                self.logs.append("\nThe new state is stored, encrypted to the pool key.\n");
+                report
+            }
+            (Some(Err(problem)), RunReport::Applied) => {
+                self.logs.append(&format!("\n{problem}\n"));
+                RunReport::Failed { message: format!("The apply succeeded but {problem}") }
+            }
+            (Some(Err(problem)), RunReport::Failed { message }) => {
+                self.logs.append(&format!("\n{problem}\n"));
+                RunReport::Failed { message: format!("{message}; besides, {problem}") }
+            }
+            (_, report) => report,
+        }
     }
 }
 

@@ -9,6 +9,12 @@ use gantry_launcher::{LauncherConfig, ProcessExecutor, Shutdown};
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // The pool key is in this process's environment and memory: a non-dumpable process's
+    // /proc/<pid>/environ and memory are readable by root only, not by other processes of
+    // the same user (and it never writes a core dump).
+    if let Err(error) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("gantry-launcher: cannot mark the process non-dumpable: {error}");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use gantry_proto::agent::{Acknowledge, Assignment, Job, RunReport};
@@ -17,7 +18,8 @@ use crate::backoff::Backoff;
 use crate::client::{AgentClient, ClientError};
 use crate::config::LauncherConfig;
 use crate::executor::{Executor, RunningWorker, WorkerExit, WorkerLaunch};
-use crate::local_api::{self, Conclusion, RunEndpoint};
+use crate::handoff;
+use crate::local_api::{self, Conclusion, ManagedState, RunEndpoint};
 use crate::logs::LogRelay;
 use crate::workspace;
 
@@ -33,6 +35,8 @@ pub(crate) struct RunContext {
     pub(crate) executor: Arc<dyn Executor>,
     pub(crate) runs_dir: PathBuf,
     pub(crate) sockets_dir: PathBuf,
+    /// Sealed blobs on their way to or from the server.
+    pub(crate) scratch_dir: PathBuf,
 }
 
 impl RunContext {
@@ -46,10 +50,9 @@ impl RunContext {
 pub(crate) enum Ending {
     /// The server took the run back before it started here.
     NotOurs,
-    /// The run ended; its workspace is gone.
+    /// The run left this launcher: it ended, or waits for confirmation with its
+    /// workspace stored (encrypted) on the server.
     Ended,
-    /// The run waits for confirmation; its workspace is kept.
-    Retained,
 }
 
 /// Why a supervisor stopped a worker itself.
@@ -94,7 +97,9 @@ pub(crate) async fn supervise(
         () = stop.cancelled() => Err("The run was stopped while its workspace was prepared".to_owned()),
     };
     let ending = match prepared {
-        Ok(job) => execute(&context, &assignment, &workspace, job, &logs, &stop, deadline).await,
+        Ok(prepared) => {
+            execute(&context, &assignment, &workspace, prepared, &logs, &stop, deadline).await
+        }
         Err(message) => {
             logs.append(&format!("\n{message}\n"));
             conclude_failed(&context, &logs, run_id, message).await;
@@ -102,9 +107,7 @@ pub(crate) async fn supervise(
         }
     };
     logs.finish(upload_task).await;
-    if ending != Ending::Retained {
-        workspace::remove(&workspace).await;
-    }
+    workspace::remove(&workspace).await;
     tracing::info!(run = %run_id, ?ending, "run left this launcher");
     ending
 }
@@ -133,13 +136,19 @@ async fn acknowledge(
     }
 }
 
+/// What the worker gets, and what the launcher keeps track of for the run.
+struct Prepared {
+    job: WorkerJob,
+    managed_state: Option<ManagedState>,
+}
+
 /// Readies the workspace and the worker's job; an error is the failure to report.
 async fn prepare(
-    context: &RunContext,
+    context: &Arc<RunContext>,
     assignment: &Assignment,
     workspace: &Path,
     logs: &LogRelay,
-) -> Result<WorkerJob, String> {
+) -> Result<Prepared, String> {
     let stack = &assignment.stack;
     match assignment.job {
         Job::Plan => {
@@ -170,22 +179,47 @@ async fn prepare(
             }
         }
         Job::Apply => {
-            if !tokio::fs::try_exists(workspace.join(&stack.project_root).join(PLAN_FILE))
-                .await
-                .unwrap_or(false)
-            {
-                return Err("This launcher no longer has the run's planned workspace (was it restarted?): trigger a new run".to_owned());
-            }
-            logs.append(&format!("\nApplying the confirmed plan on {}\n", context.config.hostname));
+            logs.append(&format!(
+                "\nApplying the confirmed plan on {}: decrypting the workspace its plan stored\n",
+                context.config.hostname
+            ));
+            handoff::restore_workspace(context, assignment, workspace).await?;
         }
     }
-    let working_directory = workspace::project_directory(workspace, &stack.project_root)?;
-    Ok(WorkerJob {
+    let project = workspace::project_directory(workspace, &stack.project_root)?;
+    let managed_state = if assignment.managed_state {
+        let before = match assignment.job {
+            Job::Plan => {
+                let before = handoff::bring_in_state(context, assignment, &project).await?;
+                logs.append(match &assignment.state {
+                    Some(_) => "Brought in the stack's state, decrypted with the pool key\n",
+                    None => {
+                        "The stack has no state yet: Gantry will keep the one this run creates\n"
+                    }
+                });
+                before
+            }
+            // The workspace carries the state its plan started from.
+            Job::Apply => handoff::state_digest(&project).await,
+        };
+        // Only runs that may apply change the state.
+        assignment.run_type.takes_stack_lock().then(|| ManagedState {
+            context: Arc::clone(context),
+            assignment: assignment.clone(),
+            project: project.clone(),
+            before,
+            applying: AtomicBool::new(assignment.job == Job::Apply),
+            stored: tokio::sync::Mutex::new(None),
+        })
+    } else {
+        None
+    };
+    let job = WorkerJob {
         run_id: assignment.run_id,
         run_type: assignment.run_type,
         job: assignment.job,
         tool_executable: stack.tool.executable().to_owned(),
-        working_directory: working_directory.display().to_string(),
+        working_directory: project.display().to_string(),
         environment: stack
             .environment
             .iter()
@@ -193,14 +227,15 @@ async fn prepare(
             .collect(),
         plan_file: PLAN_FILE.to_owned(),
         debug: context.config.debug,
-    })
+    };
+    Ok(Prepared { job, managed_state })
 }
 
 async fn execute(
     context: &RunContext,
     assignment: &Assignment,
     workspace: &Path,
-    job: WorkerJob,
+    prepared: Prepared,
     logs: &LogRelay,
     stop: &CancellationToken,
     deadline: Instant,
@@ -209,8 +244,13 @@ async fn execute(
     let capability = gantry_crypto::random_secret("gwc_");
     let socket_path = context.sockets_dir.join(format!("{run_id}.sock"));
     let _ = tokio::fs::remove_file(&socket_path).await;
-    let endpoint =
-        Arc::new(RunEndpoint::new(job, &capability, Arc::clone(&context.client), logs.clone()));
+    let endpoint = Arc::new(RunEndpoint::new(
+        prepared.job,
+        &capability,
+        Arc::clone(&context.client),
+        logs.clone(),
+        prepared.managed_state,
+    ));
     let api_stop = CancellationToken::new();
     let api = match local_api::serve(&socket_path, Arc::clone(&endpoint), api_stop.clone()).await {
         Ok(api) => api,
@@ -249,37 +289,67 @@ async fn execute(
     let _ = tokio::fs::remove_file(&socket_path).await;
 
     let Some((exit, interruption)) = outcome else { return Ending::Ended };
-    match (endpoint.conclusion(), interruption) {
-        (Some(Conclusion::RetainWorkspace), None) => Ending::Retained,
-        (Some(Conclusion::Ended), None) => Ending::Ended,
+    let message = match (endpoint.conclusion(), interruption) {
+        (Some(Conclusion::UploadWorkspace), None) => {
+            return store_planned_workspace(context, assignment, workspace, &endpoint, logs).await;
+        }
+        (Some(Conclusion::Ended), None) => return Ending::Ended,
         (_, Some(Interruption::Stopped)) => {
             logs.append("\nThe run was stopped.\n");
-            Ending::Ended
+            if let Some(Some(Err(problem))) = secure_state(&endpoint).await {
+                logs.append(&format!("{problem}\n"));
+            }
+            return Ending::Ended;
         }
-        (_, Some(Interruption::RunTimeout)) => {
-            let message = timeout_message(context);
-            logs.append(&format!("\n{message}\n"));
-            conclude_failed(context, logs, run_id, message).await;
-            Ending::Ended
+        (_, Some(Interruption::RunTimeout)) => timeout_message(context),
+        (_, Some(Interruption::LogsTimeout)) => silence_message(context),
+        (None, None) => match exit {
+            Ok(exit) => format!("The worker exited with {exit} before reporting how the run ended"),
+            Err(error) => format!("The worker was lost: {error}"),
+        },
+    };
+    let message = match secure_state(&endpoint).await {
+        Some(Some(Err(problem))) => format!("{message}; besides, {problem}"),
+        _ => message,
+    };
+    logs.append(&format!("\n{message}\n"));
+    conclude_failed(context, logs, run_id, message).await;
+    Ending::Ended
+}
+
+/// Stores the state an interrupted apply may have changed: never lose what it created.
+async fn secure_state(endpoint: &RunEndpoint) -> Option<Option<Result<bool, String>>> {
+    let managed = endpoint.managed_state.as_ref()?;
+    Some(managed.store_after_apply().await)
+}
+
+/// After a plan that waits for confirmation: pack, seal and upload the workspace, then
+/// tell the server, which moves the run to UNCONFIRMED and frees this worker.
+async fn store_planned_workspace(
+    context: &RunContext,
+    assignment: &Assignment,
+    workspace: &Path,
+    endpoint: &RunEndpoint,
+    logs: &LogRelay,
+) -> Ending {
+    logs.append("\nStoring the planned workspace, encrypted to the pool key, for the apply\n");
+    match handoff::store_workspace(context, assignment, workspace).await {
+        Ok(blob) => {
+            endpoint
+                .report(RunReport::WorkspaceStored { sha256: blob.sha256, size: blob.size })
+                .await;
+            logs.append(&format!(
+                "The plan waits for confirmation: gantry run confirm {}\n",
+                assignment.run_id
+            ));
         }
-        (_, Some(Interruption::LogsTimeout)) => {
-            let message = silence_message(context);
-            logs.append(&format!("\n{message}\n"));
-            conclude_failed(context, logs, run_id, message).await;
-            Ending::Ended
-        }
-        (None, None) => {
-            let message = match exit {
-                Ok(exit) => {
-                    format!("The worker exited with {exit} before reporting how the run ended")
-                }
-                Err(error) => format!("The worker was lost: {error}"),
-            };
-            logs.append(&format!("\n{message}\n"));
-            conclude_failed(context, logs, run_id, message).await;
-            Ending::Ended
+        Err(problem) => {
+            let message = format!("Cannot store the planned workspace: {problem}");
+            logs.append(&format!("{message}\n"));
+            conclude_failed(context, logs, assignment.run_id, message).await;
         }
     }
+    Ending::Ended
 }
 
 type Watched = (Result<WorkerExit, crate::executor::ExecutorError>, Option<Interruption>);

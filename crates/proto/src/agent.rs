@@ -152,7 +152,41 @@ pub struct Assignment {
     /// plan wrote.
     #[serde(default)]
     pub log_next_seq: u64,
+    /// Gantry manages the stack's Terraform state: the launcher brings it in before the
+    /// run and stores the new state after an apply.
+    #[serde(default)]
+    pub managed_state: bool,
+    /// The stack's current managed state, if any.
+    #[serde(default)]
+    pub state: Option<StateVersion>,
+    /// For an apply: the encrypted workspace its plan stored.
+    #[serde(default)]
+    pub workspace: Option<BlobRef>,
 }
+
+/// A stored, encrypted blob: what to check after downloading it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// SHA-256 of the ciphertext, lowercase hex.
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// A version of a stack's managed state: the run that produced it, and its blob. The run
+/// id is part of the blob's encryption context.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateVersion {
+    #[serde_as(as = "DisplayFromStr")]
+    pub run_id: RunId,
+    pub blob: BlobRef,
+}
+
+/// Header carrying a blob's SHA-256 on uploads and downloads.
+pub const SHA256_HEADER: &str = "x-gantry-sha256";
+/// Header naming the run whose apply produced a state version: part of the state blob's
+/// encryption context.
+pub const STATE_RUN_HEADER: &str = "x-gantry-state-run";
 
 /// `POST /agent/v1/runs/{run}/ack`: the launcher took the assignment.
 #[serde_as]
@@ -172,9 +206,6 @@ pub struct Heartbeat {
     /// Runs executing on this launcher now.
     #[serde_as(as = "Vec<DisplayFromStr>")]
     pub running_run_ids: Vec<RunId>,
-    /// Runs whose workspace this launcher keeps for a later apply.
-    #[serde_as(as = "Vec<DisplayFromStr>")]
-    pub retained_workspace_run_ids: Vec<RunId>,
 }
 
 #[serde_as]
@@ -186,9 +217,6 @@ pub struct HeartbeatResponse {
     /// Runs this launcher must stop: they ended or were taken from it.
     #[serde_as(as = "Vec<DisplayFromStr>")]
     pub stop_run_ids: Vec<RunId>,
-    /// Retained workspaces no longer needed.
-    #[serde_as(as = "Vec<DisplayFromStr>")]
-    pub release_workspace_run_ids: Vec<RunId>,
 }
 
 /// What a worker (through its launcher) reports about a run.
@@ -206,6 +234,11 @@ pub enum RunReport {
     },
     Planned {
         has_changes: bool,
+    },
+    /// The launcher stored the encrypted workspace of a plan that waits for confirmation.
+    WorkspaceStored {
+        sha256: String,
+        size: u64,
     },
     Outputs {
         outputs: Vec<Output>,
@@ -230,8 +263,9 @@ pub enum Directive {
     Continue,
     /// The plan is confirmed: apply it now.
     Apply,
-    /// Stop here and keep the workspace: the run waits for a confirmation.
-    RetainWorkspace,
+    /// Stop here: the plan waits for a confirmation. The launcher encrypts and uploads
+    /// the workspace, then reports `WorkspaceStored`.
+    UploadWorkspace,
     /// The run is over: stop and clean up.
     Finish,
 }
@@ -298,7 +332,7 @@ mod tests {
     #[test]
     fn an_older_launcher_may_omit_fields_and_a_newer_server_may_add_some() {
         let heartbeat: Heartbeat =
-            serde_json::from_str(r#"{"worker_ids":[],"running_run_ids":[],"retained_workspace_run_ids":[],"added_later":1}"#)
+            serde_json::from_str(r#"{"worker_ids":[],"running_run_ids":[],"added_later":1}"#)
                 .unwrap();
         assert!(heartbeat.worker_ids.is_empty());
         let registration: WorkerRegistration = serde_json::from_str("{}").unwrap();

@@ -38,7 +38,15 @@ pub struct CreatePool {
     pub labels: Vec<String>,
 }
 
-/// The answer to pool creation: the only time the token is shown.
+/// `POST /api/v1/pools/{pool}/reset`: a new CSR. The pool gets a new certificate and
+/// token; launchers holding the old ones are refused from now on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetPool {
+    pub csr: String,
+}
+
+/// The answer to pool creation and reset: the only time the token is shown.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PoolCreated {
     pub pool: Pool,
@@ -136,6 +144,10 @@ pub struct CreateStack {
     /// Apply plans with changes without waiting for a confirmation.
     #[serde(default)]
     pub autodeploy: bool,
+    /// Gantry keeps the stack's Terraform state, encrypted to the pool key; the
+    /// configuration's own backend is replaced by a local one.
+    #[serde(default)]
+    pub managed_state: bool,
     #[serde(default)]
     pub environment: Vec<EnvironmentVariable>,
     #[serde(default)]
@@ -160,6 +172,7 @@ pub struct Stack {
     pub tool: Tool,
     pub runner_image: Option<String>,
     pub autodeploy: bool,
+    pub managed_state: bool,
     pub environment: Vec<EnvironmentVariable>,
     pub description: String,
     pub labels: Vec<String>,

@@ -68,6 +68,14 @@ impl FromRequestParts<AppState> for AgentSession {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token_hash = hash_secret(bearer(parts).map_err(|_| ApiError::SessionExpired)?);
+        Self::validate(state, token_hash).await
+    }
+}
+
+impl AgentSession {
+    /// The session of this token hash, if it is still good: not expired, and opened with
+    /// the pool's current certificate.
+    async fn validate(state: &AppState, token_hash: String) -> Result<Self, ApiError> {
         let session =
             state.store.find_session(&token_hash).await?.ok_or(ApiError::SessionExpired)?;
         if session.expires_at < now() {
@@ -85,5 +93,11 @@ impl FromRequestParts<AppState> for AgentSession {
             launcher_version: session.launcher_version,
             token_hash,
         })
+    }
+
+    /// Fails once the session has ended (a pool reset deletes it): a long-poll checks
+    /// this whenever it wakes.
+    pub(crate) async fn still_valid(&self, state: &AppState) -> Result<(), ApiError> {
+        Self::validate(state, self.token_hash.clone()).await.map(|_| ())
     }
 }

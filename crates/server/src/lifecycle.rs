@@ -2,9 +2,7 @@
 //! tasks: the domain decides each transition, the store applies it atomically, and the
 //! right parties are woken.
 
-use gantry_domain::{
-    RunContext, RunEvent, RunId, RunState, RunType, Timestamp, WorkerId, transition,
-};
+use gantry_domain::{RunContext, RunEvent, RunId, RunState, RunType, Timestamp, transition};
 use gantry_store::{RunChange, RunRecord, StackRecord, StoreError};
 
 use crate::error::ApiError;
@@ -40,7 +38,6 @@ pub(crate) async fn trigger(
         commit_message: None,
         autodeploy: stack.autodeploy,
         worker_id: None,
-        pinned_launcher_id: None,
         prioritized: false,
         has_changes: None,
         failure: None,
@@ -56,8 +53,7 @@ pub(crate) async fn trigger(
 }
 
 /// Applies `event` to the run as the domain allows. The worker is released whenever the
-/// run no longer executes on it; a run that plans changes and waits for confirmation is
-/// pinned to the launcher that holds its workspace.
+/// run no longer executes on it.
 pub(crate) async fn apply(
     state: &AppState,
     run: &RunRecord,
@@ -70,9 +66,6 @@ pub(crate) async fn apply(
     change.release_worker = run.worker_id.is_some() && !to.occupies_worker();
     change.failure = details.failure.map(|message| truncate(&message));
     change.has_changes = details.has_changes;
-    if to == RunState::Unconfirmed {
-        change.pinned_launcher = Some(launcher_of(state, run.worker_id).await?);
-    }
     commit(state, change).await
 }
 
@@ -105,18 +98,20 @@ async fn commit(state: &AppState, change: RunChange) -> Result<RunRecord, ApiErr
         tracing::info!(run = %updated.id, from = %change.from, to = %change.to, "run state changed");
     }
     state.events.run_changed(updated.id);
+    if change.to.is_terminal() {
+        // The workspace was only kept for the apply; ciphertext or not, it goes.
+        let blobs = std::sync::Arc::clone(&state.blobs);
+        let key = crate::agent::workspace_key(&updated);
+        tokio::spawn(async move {
+            if let Err(error) = blobs.delete(&key).await {
+                tracing::warn!(%error, key, "cannot remove the workspace of an ended run");
+            }
+        });
+    }
     if change.release_worker || change.to.is_terminal() || change.to.wants_worker() {
         state.events.request_scheduling();
     }
     Ok(updated)
-}
-
-async fn launcher_of(
-    state: &AppState,
-    worker_id: Option<WorkerId>,
-) -> Result<Option<gantry_domain::LauncherId>, ApiError> {
-    let Some(worker_id) = worker_id else { return Ok(None) };
-    Ok(state.store.get_worker(worker_id).await?.map(|worker| worker.launcher_id))
 }
 
 /// Whether a store error only says that someone else changed the run first.

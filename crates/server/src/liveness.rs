@@ -1,11 +1,8 @@
 //! Liveness: workers whose launcher stopped heart-beating are removed and their runs
 //! failed ("worker lost") or handed back to the queue, so no worker stays BUSY forever;
-//! runs whose workspace was on a launcher that is gone fail with that reason; expired
-//! sessions are deleted.
+//! expired sessions are deleted.
 
-use std::collections::HashSet;
-
-use gantry_domain::{RunState, WorkerId};
+use gantry_domain::WorkerId;
 
 use crate::error::ApiError;
 use crate::lifecycle;
@@ -61,27 +58,6 @@ pub(crate) async fn sweep_once(state: &AppState) -> Result<(), ApiError> {
         );
         state.store.delete_workers(&stale_ids).await?;
         state.events.request_scheduling();
-    }
-
-    let live_launchers: HashSet<_> = workers
-        .iter()
-        .filter(|worker| !stale_ids.contains(&worker.id))
-        .map(|worker| worker.launcher_id)
-        .collect();
-    for run in state.store.active_runs().await? {
-        let waits_on_workspace = matches!(run.state, RunState::Unconfirmed | RunState::Confirmed);
-        if let Some(launcher) = run.pinned_launcher_id
-            && waits_on_workspace
-            && run.worker_id.is_none()
-            && !live_launchers.contains(&launcher)
-        {
-            let reason = "the launcher that planned this run is gone, and the plan's workspace with it: trigger a new run";
-            if let Err(error) = lifecycle::fail(state, &run, reason).await
-                && !lifecycle::lost_race(&error)
-            {
-                return Err(error);
-            }
-        }
     }
 
     state.store.delete_expired_sessions(now).await?;

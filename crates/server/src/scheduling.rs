@@ -71,7 +71,6 @@ pub(crate) fn decide(runs: &[RunRecord], workers: &[WorkerRecord]) -> Decision {
             run_type: run.run_type,
             state: run.state,
             worker_id: run.worker_id,
-            pinned_launcher: run.pinned_launcher_id,
             prioritized: run.prioritized,
             queued_at: run.created_at,
         })
@@ -81,7 +80,6 @@ pub(crate) fn decide(runs: &[RunRecord], workers: &[WorkerRecord]) -> Decision {
         .map(|worker| WorkerSnapshot {
             id: worker.id,
             pool_id: worker.pool_id,
-            launcher_id: worker.launcher_id,
             drained: worker.drained,
             busy: worker.current_run_id.is_some(),
         })

@@ -15,7 +15,7 @@ use axum::response::IntoResponse;
 use axum_server::accept::{TcpConfigAcceptor, TcpKeepaliveConfig, TcpSocketConfig};
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use gantry_crypto::ChallengeSigner;
-use gantry_store::{SqliteStore, Store, StoreError};
+use gantry_store::{BlobStore, LocalBlobStore, SqliteStore, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
@@ -31,8 +31,10 @@ const CHALLENGE_KEY_SECRET: &str = "session-challenge-key";
 pub const CA_FILE: &str = "server-ca.pem";
 /// How long in-flight requests may finish after the shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-/// Log uploads are the largest agent-plane bodies.
+/// Log uploads are the largest JSON bodies; blobs stream past this limit.
 const BODY_LIMIT: usize = 8 * 1024 * 1024;
+/// The largest encrypted workspace or state a launcher may upload.
+const MAX_BLOB_SIZE: u64 = 16 * 1024 * 1024 * 1024;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +94,9 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<Self, StartError> {
         create_private_dir(&config.data_dir)?;
         let store = SqliteStore::open(&config.data_dir.join("gantry.db")).await?;
-        let server = Self::start_with_store(config.clone(), Arc::new(store)).await?;
+        let blobs = LocalBlobStore::open(&config.data_dir.join("blobs")).await?;
+        let server =
+            Self::start_with_store(config.clone(), Arc::new(store), Arc::new(blobs)).await?;
         // Public: what API clients must trust when the server issued its own certificate.
         let ca_path = config.data_dir.join(CA_FILE);
         std::fs::write(&ca_path, server.ca_certificate_pem()).map_err(|source| {
@@ -104,6 +108,7 @@ impl Server {
     pub async fn start_with_store(
         config: ServerConfig,
         store: Arc<dyn Store>,
+        blobs: Arc<dyn BlobStore>,
     ) -> Result<Self, StartError> {
         let listener = TcpListener::bind(config.listen)
             .map_err(|source| StartError::Listen { address: config.listen, source })?;
@@ -122,6 +127,8 @@ impl Server {
         let initial_admin_key = bootstrap::initial_admin_key(store.as_ref()).await?;
         let state = AppState::new(Shared {
             store,
+            blobs,
+            max_blob_size: MAX_BLOB_SIZE,
             ca: pki.ca,
             token_server_ca: pki.token_server_ca,
             public_url,

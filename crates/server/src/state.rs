@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use gantry_crypto::{CertificateAuthority, ChallengeSigner};
 use gantry_domain::Timestamp;
-use gantry_store::Store;
+use gantry_store::{BlobStore, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentTimings;
@@ -18,6 +18,10 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub store: Arc<dyn Store>,
+    /// Encrypted workspaces and managed state: ciphertext only.
+    pub blobs: Arc<dyn BlobStore>,
+    /// The largest blob a launcher may upload.
+    pub max_blob_size: u64,
     pub ca: CertificateAuthority,
     /// The CA written into pool tokens for launchers to trust.
     pub token_server_ca: Option<String>,

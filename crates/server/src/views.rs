@@ -81,6 +81,7 @@ pub(crate) fn stack(record: &StackRecord, pool_name: &str) -> api::Stack {
         tool: record.tool,
         runner_image: record.runner_image.clone(),
         autodeploy: record.autodeploy,
+        managed_state: record.managed_state,
         environment: environment(record),
         description: record.description.clone(),
         labels: record.labels.clone(),
@@ -114,11 +115,6 @@ pub(crate) fn wait_reason_text(reason: WaitReason, pool_name: &str) -> String {
         }
         WaitReason::NoWorkers => {
             format!("waiting for a worker: no worker of pool {pool_name} is connected")
-        }
-        WaitReason::WorkspaceOnLauncher { launcher } => {
-            format!(
-                "waiting for a free worker on launcher {launcher}, which holds this run's workspace"
-            )
         }
     }
 }

@@ -10,8 +10,8 @@ use gantry_domain::{
 };
 
 use crate::{
-    ApiKeyRecord, OutputRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord,
-    StackRecord, Store, StoreError, WorkerRecord,
+    ApiKeyRecord, BlobRecord, BlobStore, OutputRecord, PoolRecord, RunChange, RunFilter, RunRecord,
+    SessionRecord, StackRecord, Store, StoreError, WorkerRecord,
 };
 
 /// Generates one `#[tokio::test]` per contract case. `$make` is an async expression
@@ -34,7 +34,10 @@ macro_rules! store_contract_tests {
             runs_are_listed_newest_first_and_active_oldest_first,
             log_uploads_are_ordered_and_idempotent,
             concurrent_log_retries_never_duplicate,
-            outputs_are_replaced_as_a_whole
+            outputs_are_replaced_as_a_whole,
+            a_pool_reset_replaces_the_certificate_and_ends_sessions,
+            run_blobs_are_recorded_per_purpose,
+            state_versions_are_numbered_per_stack
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -78,6 +81,7 @@ fn stack_record(pool_id: PoolId, name: &str) -> StackRecord {
         tool: Tool::Terraform,
         runner_image: None,
         autodeploy: false,
+        managed_state: true,
         environment: vec![
             EnvironmentVariable {
                 name: "TF_VAR_region".to_owned(),
@@ -108,7 +112,6 @@ fn run_record(stack: &StackRecord, state: RunState, created: i64) -> RunRecord {
         commit_message: None,
         autodeploy: false,
         worker_id: None,
-        pinned_launcher_id: None,
         prioritized: false,
         has_changes: None,
         failure: None,
@@ -271,15 +274,12 @@ pub async fn run_changes_are_compare_and_set<S: Store>(store: Arc<S>) {
         "{stale:?}"
     );
 
-    let launcher = LauncherId::generate();
     let mut fail = RunChange::new(run.id, RunState::Ready, RunState::Failed, at(8));
     fail.failure = Some("worker lost".to_owned());
     fail.has_changes = Some(true);
-    fail.pinned_launcher = Some(Some(launcher));
     let failed = store.change_run(&fail).await.unwrap();
     assert_eq!(failed.failure.as_deref(), Some("worker lost"));
     assert_eq!(failed.has_changes, Some(true));
-    assert_eq!(failed.pinned_launcher_id, Some(launcher));
 
     let history: Vec<_> =
         store.run_history(run.id).await.unwrap().into_iter().map(|c| (c.state, c.at)).collect();
@@ -460,4 +460,144 @@ pub async fn outputs_are_replaced_as_a_whole<S: Store>(store: Arc<S>) {
     }];
     store.replace_outputs(run.id, &second).await.unwrap();
     assert_eq!(store.outputs(run.id).await.unwrap(), second);
+}
+
+pub async fn a_pool_reset_replaces_the_certificate_and_ends_sessions<S: Store>(store: Arc<S>) {
+    let (pool, _, _) = world(&*store).await;
+    let session = SessionRecord {
+        token_hash: "t".to_owned(),
+        pool_id: pool.id,
+        launcher_id: LauncherId::generate(),
+        certificate_fingerprint: pool.certificate_fingerprint.clone().unwrap(),
+        hostname: "h".to_owned(),
+        launcher_version: "v".to_owned(),
+        created_at: at(1),
+        expires_at: at(1_000_000),
+    };
+    store.insert_session(&session).await.unwrap();
+    let reset =
+        store.reset_pool_certificate(pool.id, "NEW PEM", "cd", "RSA-4096", at(50)).await.unwrap();
+    assert_eq!(reset.certificate_pem.as_deref(), Some("NEW PEM"));
+    assert_eq!(reset.certificate_fingerprint.as_deref(), Some("cd"));
+    assert_eq!(reset.key_algorithm.as_deref(), Some("RSA-4096"));
+    assert_eq!(reset.updated_at, at(50));
+    assert_eq!(reset.created_at, pool.created_at);
+    assert_eq!(store.find_session("t").await.unwrap(), None, "old sessions end at once");
+    let missing = store.reset_pool_certificate(PoolId::generate(), "x", "y", "z", at(51)).await;
+    assert!(matches!(missing, Err(StoreError::NotFound { kind: "pool", .. })));
+}
+
+fn blob(key: &str, sha: &str, created: i64) -> BlobRecord {
+    BlobRecord { key: key.to_owned(), sha256: sha.repeat(32), size: 42, created_at: at(created) }
+}
+
+pub async fn run_blobs_are_recorded_per_purpose<S: Store>(store: Arc<S>) {
+    let (_, stack, _) = world(&*store).await;
+    let run = run_record(&stack, RunState::Planning, 5);
+    store.insert_run(&run).await.unwrap();
+    assert_eq!(store.run_blob(run.id, "workspace").await.unwrap(), None);
+    store.put_run_blob(run.id, "workspace", &blob("runs/a/workspace", "ab", 6)).await.unwrap();
+    store.put_run_blob(run.id, "plan", &blob("runs/a/plan", "cd", 6)).await.unwrap();
+    let replaced = blob("runs/a/workspace-2", "ef", 7);
+    store.put_run_blob(run.id, "workspace", &replaced).await.unwrap();
+    assert_eq!(store.run_blob(run.id, "workspace").await.unwrap(), Some(replaced));
+    assert_eq!(store.run_blob(run.id, "plan").await.unwrap().unwrap().sha256, "cd".repeat(32));
+}
+
+pub async fn state_versions_are_numbered_per_stack<S: Store>(store: Arc<S>) {
+    let (pool, stack, _) = world(&*store).await;
+    let other = stack_record(pool.id, "other");
+    store.insert_stack(&other).await.unwrap();
+    assert_eq!(store.current_state_version(stack.id).await.unwrap(), None);
+    let first_run = run_record(&stack, RunState::Applying, 5);
+    let second_run = run_record(&stack, RunState::Applying, 6);
+    let first =
+        store.add_state_version(stack.id, first_run.id, &blob("s/1", "01", 5)).await.unwrap();
+    let second =
+        store.add_state_version(stack.id, second_run.id, &blob("s/2", "02", 6)).await.unwrap();
+    let elsewhere =
+        store.add_state_version(other.id, first_run.id, &blob("o/1", "03", 7)).await.unwrap();
+    assert_eq!((first.seq, second.seq, elsewhere.seq), (1, 2, 1));
+    let current = store.current_state_version(stack.id).await.unwrap().unwrap();
+    assert_eq!(current, second);
+    assert_eq!(current.run_id, second_run.id);
+}
+
+/// Generates one `#[tokio::test]` per blob-store contract case. `$make` is an async
+/// expression producing a fresh, empty blob store (and anything that must outlive it).
+#[macro_export]
+macro_rules! blob_store_contract_tests {
+    ($make:expr) => {
+        $crate::blob_store_contract_tests!(@cases $make;
+            blobs_round_trip_and_report_their_digest,
+            a_new_blob_replaces_the_old_one_only_when_complete,
+            oversized_or_broken_uploads_leave_nothing,
+            blob_keys_cannot_escape
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (blobs, _guard) = $make.await;
+                $crate::contract::$case(std::sync::Arc::new(blobs)).await;
+            }
+        )*
+    };
+}
+
+fn body(parts: Vec<&'static [u8]>) -> crate::BlobStream {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(parts.into_iter().map(|part| Ok(bytes::Bytes::from_static(part))))
+        .boxed()
+}
+
+async fn read_all<B: BlobStore>(blobs: &B, key: &str) -> Option<Vec<u8>> {
+    use futures_util::TryStreamExt;
+    let (size, stream) = blobs.get(key).await.unwrap()?;
+    let bytes: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
+    let bytes = bytes.concat();
+    assert_eq!(bytes.len() as u64, size);
+    Some(bytes)
+}
+
+pub async fn blobs_round_trip_and_report_their_digest<B: BlobStore>(blobs: Arc<B>) {
+    let written =
+        blobs.put("runs/r1/workspace", body(vec![b"hello ", b"world"]), 1 << 20).await.unwrap();
+    assert_eq!(written.size, 11);
+    assert_eq!(written.sha256, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
+    assert_eq!(read_all(&*blobs, "runs/r1/workspace").await.unwrap(), b"hello world");
+    assert!(read_all(&*blobs, "runs/r2/workspace").await.is_none());
+    blobs.delete("runs/r1/workspace").await.unwrap();
+    blobs.delete("runs/r1/workspace").await.unwrap();
+    assert!(read_all(&*blobs, "runs/r1/workspace").await.is_none());
+}
+
+pub async fn a_new_blob_replaces_the_old_one_only_when_complete<B: BlobStore>(blobs: Arc<B>) {
+    blobs.put("k", body(vec![b"old"]), 1 << 20).await.unwrap();
+    let broken: crate::BlobStream = {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(vec![
+            Ok(bytes::Bytes::from_static(b"new, but")),
+            Err(std::io::Error::other("connection reset")),
+        ])
+        .boxed()
+    };
+    assert!(blobs.put("k", broken, 1 << 20).await.is_err());
+    assert_eq!(read_all(&*blobs, "k").await.unwrap(), b"old", "a broken upload replaces nothing");
+    blobs.put("k", body(vec![b"new"]), 1 << 20).await.unwrap();
+    assert_eq!(read_all(&*blobs, "k").await.unwrap(), b"new");
+}
+
+pub async fn oversized_or_broken_uploads_leave_nothing<B: BlobStore>(blobs: Arc<B>) {
+    let error = blobs.put("big", body(vec![b"0123456789", b"0123456789"]), 15).await.unwrap_err();
+    assert!(matches!(error, StoreError::TooLarge { limit: 15 }), "{error}");
+    assert!(read_all(&*blobs, "big").await.is_none());
+}
+
+pub async fn blob_keys_cannot_escape<B: BlobStore>(blobs: Arc<B>) {
+    for key in ["", "../x", "a/../../x", "/abs", "a//b", "A", ".hidden", "a b"] {
+        let error = blobs.put(key, body(vec![b"x"]), 10).await.unwrap_err();
+        assert!(matches!(error, StoreError::InvalidKey(_)), "{key:?}: {error}");
+    }
 }

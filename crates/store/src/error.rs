@@ -19,4 +19,10 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("stored data does not parse ({0}): the database was changed outside Gantry")]
     Corrupt(String),
+    #[error("{0:?} is not a valid blob key")]
+    InvalidKey(String),
+    #[error("the blob is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("the blob store failed: {0}")]
+    Blob(String),
 }

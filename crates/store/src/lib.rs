@@ -5,6 +5,7 @@
 //! for: callers decide transitions with `gantry_domain`, and the store applies them with
 //! compare-and-set so that two writers can never both win.
 
+mod blobs;
 mod error;
 mod records;
 mod sqlite;
@@ -13,10 +14,11 @@ mod store;
 #[cfg(feature = "contract")]
 pub mod contract;
 
+pub use blobs::{BlobStore, BlobStream, BlobWritten, LocalBlobStore};
 pub use error::StoreError;
 pub use records::{
-    ApiKeyRecord, LogChunkRecord, OutputRecord, PoolRecord, RunChange, RunFilter, RunRecord,
-    SessionRecord, StackRecord, StateChangeRecord, WorkerRecord,
+    ApiKeyRecord, BlobRecord, LogChunkRecord, OutputRecord, PoolRecord, RunChange, RunFilter,
+    RunRecord, SessionRecord, StackRecord, StateChangeRecord, StateVersionRecord, WorkerRecord,
 };
 pub use sqlite::SqliteStore;
 pub use store::Store;

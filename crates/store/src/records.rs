@@ -7,6 +7,27 @@ use gantry_domain::{
     Timestamp, Tool, WorkerId,
 };
 
+/// Where a blob is in the blob store, and what it must hash to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRecord {
+    pub key: String,
+    /// SHA-256 of the stored bytes, lowercase hex.
+    pub sha256: String,
+    pub size: u64,
+    pub created_at: Timestamp,
+}
+
+/// One version of a stack's managed state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateVersionRecord {
+    pub stack_id: StackId,
+    /// 1, 2, ... per stack.
+    pub seq: u64,
+    /// The run whose apply produced it (part of the blob's encryption context).
+    pub run_id: RunId,
+    pub blob: BlobRecord,
+}
+
 /// An admin API key; only the hash of its secret is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRecord {
@@ -69,6 +90,8 @@ pub struct StackRecord {
     pub tool: Tool,
     pub runner_image: Option<String>,
     pub autodeploy: bool,
+    /// Gantry keeps the stack's Terraform state, encrypted to the pool key.
+    pub managed_state: bool,
     pub environment: Vec<EnvironmentVariable>,
     pub description: String,
     pub labels: Vec<String>,
@@ -88,8 +111,6 @@ pub struct RunRecord {
     /// The stack's setting when the run was triggered.
     pub autodeploy: bool,
     pub worker_id: Option<WorkerId>,
-    /// The launcher holding the run's workspace between plan and apply.
-    pub pinned_launcher_id: Option<LauncherId>,
     pub prioritized: bool,
     pub has_changes: Option<bool>,
     pub failure: Option<String>,
@@ -114,24 +135,13 @@ pub struct RunChange {
     pub at: Timestamp,
     /// The run leaves its worker: both sides of the link are cleared.
     pub release_worker: bool,
-    /// `Some(x)` sets the launcher holding the workspace to `x`.
-    pub pinned_launcher: Option<Option<LauncherId>>,
     pub failure: Option<String>,
     pub has_changes: Option<bool>,
 }
 
 impl RunChange {
     pub fn new(run_id: RunId, from: RunState, to: RunState, at: Timestamp) -> Self {
-        Self {
-            run_id,
-            from,
-            to,
-            at,
-            release_worker: false,
-            pinned_launcher: None,
-            failure: None,
-            has_changes: None,
-        }
+        Self { run_id, from, to, at, release_worker: false, failure: None, has_changes: None }
     }
 }
 

@@ -21,8 +21,9 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use crate::store::Result;
 use crate::{
-    ApiKeyRecord, LogChunkRecord, OutputRecord, PoolRecord, RunChange, RunFilter, RunRecord,
-    SessionRecord, StackRecord, StateChangeRecord, Store, StoreError, WorkerRecord,
+    ApiKeyRecord, BlobRecord, LogChunkRecord, OutputRecord, PoolRecord, RunChange, RunFilter,
+    RunRecord, SessionRecord, StackRecord, StateChangeRecord, StateVersionRecord, Store,
+    StoreError, WorkerRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -174,7 +175,7 @@ fn worker_from_row(row: &SqliteRow) -> Result<WorkerRecord> {
     })
 }
 
-const STACK_COLUMNS: &str = "id, name, repository, branch, project_root, pool_id, tool, runner_image, autodeploy, environment, description, labels, created_at";
+const STACK_COLUMNS: &str = "id, name, repository, branch, project_root, pool_id, tool, runner_image, autodeploy, managed_state, environment, description, labels, created_at";
 
 fn stack_from_row(row: &SqliteRow) -> Result<StackRecord> {
     let environment: Vec<StoredVariable> = json(row, "environment")?;
@@ -188,6 +189,7 @@ fn stack_from_row(row: &SqliteRow) -> Result<StackRecord> {
         tool: parsed(row, "tool")?,
         runner_image: optional_text(row, "runner_image")?,
         autodeploy: flag(row, "autodeploy")?,
+        managed_state: flag(row, "managed_state")?,
         environment: environment
             .into_iter()
             .map(|v| EnvironmentVariable { name: v.name, value: v.value, secret: v.secret })
@@ -198,7 +200,7 @@ fn stack_from_row(row: &SqliteRow) -> Result<StackRecord> {
     })
 }
 
-const RUN_COLUMNS: &str = "id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, pinned_launcher_id, prioritized, has_changes, failure, triggered_by, created_at, updated_at";
+const RUN_COLUMNS: &str = "id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, prioritized, has_changes, failure, triggered_by, created_at, updated_at";
 
 fn run_from_row(row: &SqliteRow) -> Result<RunRecord> {
     Ok(RunRecord {
@@ -212,13 +214,22 @@ fn run_from_row(row: &SqliteRow) -> Result<RunRecord> {
         commit_message: optional_text(row, "commit_message")?,
         autodeploy: flag(row, "autodeploy")?,
         worker_id: optional_parsed(row, "worker_id")?,
-        pinned_launcher_id: optional_parsed(row, "pinned_launcher_id")?,
         prioritized: flag(row, "prioritized")?,
         has_changes: optional_flag(row, "has_changes")?,
         failure: optional_text(row, "failure")?,
         triggered_by: text(row, "triggered_by")?,
         created_at: timestamp(row, "created_at")?,
         updated_at: timestamp(row, "updated_at")?,
+    })
+}
+
+fn blob_from_row(row: &SqliteRow) -> Result<BlobRecord> {
+    let size: i64 = row.try_get("size").map_err(|e| corrupt("size", e))?;
+    Ok(BlobRecord {
+        key: text(row, "blob_key")?,
+        sha256: text(row, "sha256")?,
+        size: size as u64,
+        created_at: timestamp(row, "created_at")?,
     })
 }
 
@@ -529,8 +540,8 @@ impl Store for SqliteStore {
             })
             .collect();
         sqlx::query(
-            "INSERT INTO stacks (id, name, repository, branch, project_root, pool_id, tool, runner_image, autodeploy, environment, description, labels, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            "INSERT INTO stacks (id, name, repository, branch, project_root, pool_id, tool, runner_image, autodeploy, managed_state, environment, description, labels, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(stack.id.to_string())
         .bind(&stack.name)
@@ -541,6 +552,7 @@ impl Store for SqliteStore {
         .bind(stack.tool.as_str())
         .bind(&stack.runner_image)
         .bind(i64::from(stack.autodeploy))
+        .bind(i64::from(stack.managed_state))
         .bind(to_json(&environment))
         .bind(&stack.description)
         .bind(to_json(&stack.labels))
@@ -577,8 +589,8 @@ impl Store for SqliteStore {
     async fn insert_run(&self, run: &RunRecord) -> Result<()> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO runs (id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, pinned_launcher_id, prioritized, has_changes, failure, triggered_by, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            "INSERT INTO runs (id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, prioritized, has_changes, failure, triggered_by, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(run.id.to_string())
         .bind(run.stack_id.to_string())
@@ -590,7 +602,6 @@ impl Store for SqliteStore {
         .bind(&run.commit_message)
         .bind(i64::from(run.autodeploy))
         .bind(run.worker_id.map(|id| id.to_string()))
-        .bind(run.pinned_launcher_id.map(|id| id.to_string()))
         .bind(i64::from(run.prioritized))
         .bind(run.has_changes.map(i64::from))
         .bind(&run.failure)
@@ -676,24 +687,17 @@ impl Store for SqliteStore {
                 found: current.state,
             });
         }
-        let (pin_given, pin_value) = match change.pinned_launcher {
-            Some(pin) => (1_i64, pin.map(|id| id.to_string())),
-            None => (0, None),
-        };
         sqlx::query(
             "UPDATE runs SET state = $2, updated_at = $3,
                  worker_id = CASE WHEN $4 = 1 THEN NULL ELSE worker_id END,
-                 pinned_launcher_id = CASE WHEN $5 = 1 THEN $6 ELSE pinned_launcher_id END,
-                 failure = COALESCE($7, failure),
-                 has_changes = COALESCE($8, has_changes)
+                 failure = COALESCE($5, failure),
+                 has_changes = COALESCE($6, has_changes)
              WHERE id = $1",
         )
         .bind(change.run_id.to_string())
         .bind(change.to.as_str())
         .bind(change.at.unix_millis())
         .bind(i64::from(change.release_worker))
-        .bind(pin_given)
-        .bind(pin_value)
         .bind(&change.failure)
         .bind(change.has_changes.map(i64::from))
         .execute(&mut *tx)
@@ -857,5 +861,116 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn reset_pool_certificate(
+        &self,
+        pool_id: PoolId,
+        certificate_pem: &str,
+        fingerprint: &str,
+        key_algorithm: &str,
+        at: Timestamp,
+    ) -> Result<PoolRecord> {
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE pools SET certificate_pem = $2, certificate_fingerprint = $3, key_algorithm = $4, updated_at = $5
+             WHERE id = $1",
+        )
+        .bind(pool_id.to_string())
+        .bind(certificate_pem)
+        .bind(fingerprint)
+        .bind(key_algorithm)
+        .bind(at.unix_millis())
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound { kind: "pool", id: pool_id.to_string() });
+        }
+        sqlx::query("DELETE FROM sessions WHERE pool_id = $1")
+            .bind(pool_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(select(POOL_COLUMNS, "FROM pools WHERE id = $1"))
+            .bind(pool_id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        pool_from_row(&row)
+    }
+
+    async fn put_run_blob(&self, run_id: RunId, purpose: &str, blob: &BlobRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO run_blobs (run_id, purpose, blob_key, sha256, size, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (run_id, purpose) DO UPDATE SET blob_key = excluded.blob_key, sha256 = excluded.sha256,
+                 size = excluded.size, created_at = excluded.created_at",
+        )
+        .bind(run_id.to_string())
+        .bind(purpose)
+        .bind(&blob.key)
+        .bind(&blob.sha256)
+        .bind(blob.size as i64)
+        .bind(blob.created_at.unix_millis())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn run_blob(&self, run_id: RunId, purpose: &str) -> Result<Option<BlobRecord>> {
+        let row = sqlx::query("SELECT blob_key, sha256, size, created_at FROM run_blobs WHERE run_id = $1 AND purpose = $2")
+            .bind(run_id.to_string())
+            .bind(purpose)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(blob_from_row).transpose()
+    }
+
+    async fn add_state_version(
+        &self,
+        stack_id: StackId,
+        run_id: RunId,
+        blob: &BlobRecord,
+    ) -> Result<StateVersionRecord> {
+        let mut tx = self.begin().await?;
+        let seq: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM state_versions WHERE stack_id = $1",
+        )
+        .bind(stack_id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO state_versions (stack_id, seq, run_id, blob_key, sha256, size, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(stack_id.to_string())
+        .bind(seq)
+        .bind(run_id.to_string())
+        .bind(&blob.key)
+        .bind(&blob.sha256)
+        .bind(blob.size as i64)
+        .bind(blob.created_at.unix_millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(StateVersionRecord { stack_id, seq: seq as u64, run_id, blob: blob.clone() })
+    }
+
+    async fn current_state_version(&self, stack_id: StackId) -> Result<Option<StateVersionRecord>> {
+        let row = sqlx::query(
+            "SELECT stack_id, seq, run_id, blob_key, sha256, size, created_at FROM state_versions
+             WHERE stack_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(stack_id.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|row| {
+            let seq: i64 = row.try_get("seq").map_err(|e| corrupt("seq", e))?;
+            Ok(StateVersionRecord {
+                stack_id: parsed(&row, "stack_id")?,
+                seq: seq as u64,
+                run_id: parsed(&row, "run_id")?,
+                blob: blob_from_row(&row)?,
+            })
+        })
+        .transpose()
     }
 }

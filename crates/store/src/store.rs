@@ -4,8 +4,9 @@ use async_trait::async_trait;
 use gantry_domain::{LauncherId, PoolId, RunId, StackId, Timestamp, WorkerId};
 
 use crate::{
-    ApiKeyRecord, LogChunkRecord, OutputRecord, PoolRecord, RunChange, RunFilter, RunRecord,
-    SessionRecord, StackRecord, StateChangeRecord, StoreError, WorkerRecord,
+    ApiKeyRecord, BlobRecord, LogChunkRecord, OutputRecord, PoolRecord, RunChange, RunFilter,
+    RunRecord, SessionRecord, StackRecord, StateChangeRecord, StateVersionRecord, StoreError,
+    WorkerRecord,
 };
 
 pub(crate) type Result<T> = std::result::Result<T, StoreError>;
@@ -32,6 +33,17 @@ pub trait Store: Send + Sync + 'static {
     async fn get_pool(&self, id: PoolId) -> Result<Option<PoolRecord>>;
     async fn find_pool_by_name(&self, name: &str) -> Result<Option<PoolRecord>>;
     async fn list_pools(&self) -> Result<Vec<PoolRecord>>;
+
+    /// Gives the pool a new certificate and ends every session opened with the old one,
+    /// atomically. Returns the updated pool.
+    async fn reset_pool_certificate(
+        &self,
+        pool_id: PoolId,
+        certificate_pem: &str,
+        fingerprint: &str,
+        key_algorithm: &str,
+        at: Timestamp,
+    ) -> Result<PoolRecord>;
 
     async fn insert_session(&self, session: &SessionRecord) -> Result<()>;
     async fn find_session(&self, token_hash: &str) -> Result<Option<SessionRecord>>;
@@ -91,4 +103,18 @@ pub trait Store: Send + Sync + 'static {
 
     async fn replace_outputs(&self, run_id: RunId, outputs: &[OutputRecord]) -> Result<()>;
     async fn outputs(&self, run_id: RunId) -> Result<Vec<OutputRecord>>;
+
+    /// Records (or replaces) the run's blob for `purpose` (`workspace`, `plan`).
+    async fn put_run_blob(&self, run_id: RunId, purpose: &str, blob: &BlobRecord) -> Result<()>;
+    async fn run_blob(&self, run_id: RunId, purpose: &str) -> Result<Option<BlobRecord>>;
+
+    /// Appends a version of the stack's managed state, produced by `run_id`.
+    async fn add_state_version(
+        &self,
+        stack_id: StackId,
+        run_id: RunId,
+        blob: &BlobRecord,
+    ) -> Result<StateVersionRecord>;
+    /// The stack's newest managed state.
+    async fn current_state_version(&self, stack_id: StackId) -> Result<Option<StateVersionRecord>>;
 }

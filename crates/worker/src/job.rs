@@ -106,7 +106,7 @@ impl JobRun {
         }
         match self.report(RunReport::Planned { has_changes }).await? {
             Directive::Apply => self.apply().await,
-            Directive::Continue | Directive::RetainWorkspace | Directive::Finish => Ok(()),
+            Directive::Continue | Directive::UploadWorkspace | Directive::Finish => Ok(()),
         }
     }
 
@@ -197,7 +197,7 @@ impl JobRun {
         match self.report(report).await? {
             Directive::Continue => Ok(()),
             // Anything else mid-job means "stop now"; the launcher knows why.
-            Directive::Apply | Directive::RetainWorkspace | Directive::Finish => {
+            Directive::Apply | Directive::UploadWorkspace | Directive::Finish => {
                 Err(Halt::Ended(Outcome::Finished))
             }
         }

@@ -419,7 +419,7 @@ async fn an_apply_job_applies_the_plan_a_retained_workspace_holds() {
         Launcher::start(
             job(Job::Plan, RunType::Tracked, workspace.path()),
             |report| match report {
-                RunReport::Planned { .. } => Reply::Directive(Directive::RetainWorkspace),
+                RunReport::Planned { .. } => Reply::Directive(Directive::UploadWorkspace),
                 _ => Reply::Directive(Directive::Continue),
             },
         )

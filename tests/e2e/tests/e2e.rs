@@ -540,3 +540,298 @@ fn a_checkout_that_hangs_is_bounded_by_the_run_timeout_and_the_silence_limit() {
     let run = checkout_from_a_silent_git_host(&[("GANTRY_LAUNCHER_LOGS_TIMEOUT", "2s")]);
     assert!(run["failure"].as_str().unwrap().contains("printed nothing for 2s"), "{run}");
 }
+
+/// A configuration holding a secret: a sensitive variable fed into a resource, and a
+/// sensitive output. Terraform keeps the value in clear in its plan and state files.
+const SECRET_CONFIG: &str = r#"
+variable "password" {
+  type      = string
+  default   = "s3cr3t-marker-7f3a9c"
+  sensitive = true
+}
+
+resource "terraform_data" "database" {
+  input = {
+    password = var.password
+    engine   = "postgres"
+  }
+}
+
+output "engine" {
+  value = terraform_data.database.output.engine
+}
+
+output "password" {
+  value     = terraform_data.database.output.password
+  sensitive = true
+}
+"#;
+
+/// A pool with a P-256 key, and a managed-state stack on it holding `SECRET_CONFIG`.
+struct ManagedStack {
+    cluster: Cluster,
+    work: tempfile::TempDir,
+    key: OpensslKey,
+    token: String,
+}
+
+impl ManagedStack {
+    fn start() -> Self {
+        let cluster = Cluster::start();
+        let work = tempfile::tempdir().unwrap();
+        let key = OpensslKey::generate(work.path(), "pool", KeyKind::P256);
+        let token = cluster.gantry.create_pool("p", &key);
+        let repository =
+            GitRepository::create(&work.path().join("repo"), &[("infra/main.tf", SECRET_CONFIG)]);
+        let url = repository.url();
+        cluster.gantry.ok(&[
+            "stack",
+            "create",
+            "--name",
+            "db",
+            "--repository",
+            &url,
+            "--pool",
+            "p",
+            "--project-root",
+            "infra",
+            "--managed-state",
+        ]);
+        Self { cluster, work, key, token }
+    }
+
+    fn launcher(&self) -> Launcher {
+        Launcher::start(&self.cluster, &self.token, &base64_of(&self.key.key_pem), &[])
+    }
+
+    /// Triggers a tracked run and waits until its plan waits for confirmation.
+    fn plan(&self) -> Value {
+        let run = self.cluster.gantry.trigger("db", &[]);
+        let run = self.cluster.gantry.wait_for_state(&run, &["UNCONFIRMED", "FAILED", "FINISHED"]);
+        assert_eq!(run["state"], "UNCONFIRMED", "{run}");
+        run
+    }
+
+    fn confirm_and_wait(&self, run: &Value) -> Value {
+        self.cluster.gantry.ok(&["run", "confirm", id(run)]);
+        self.cluster.gantry.wait_for_state(run, &["FINISHED", "FAILED"])
+    }
+}
+
+#[test]
+fn a_plan_made_on_one_launcher_is_applied_on_another_and_the_server_sees_only_ciphertext() {
+    let stack = ManagedStack::start();
+    let launcher_a = stack.launcher();
+    let run = stack.plan();
+    let planned_log = stack.cluster.gantry.log(&run);
+    assert!(
+        planned_log.contains("Storing the planned workspace, encrypted to the pool key"),
+        "{planned_log}"
+    );
+    assert!(
+        planned_log.contains("(sensitive value)"),
+        "terraform redacts the secret in the plan: {planned_log}"
+    );
+    assert!(
+        stack.cluster.server.workspace_blob(id(&run)).is_file(),
+        "the workspace is stored on the server"
+    );
+    let workers = stack.cluster.gantry.json(&["worker", "list"]);
+    assert_eq!(workers["workers"][0]["status"], "IDLE", "the worker is free while the plan waits");
+
+    // The launcher that planned goes away; another launcher of the pool applies.
+    launcher_a.stop();
+    let _launcher_b = stack.launcher();
+    let applied = stack.confirm_and_wait(&run);
+    assert_eq!(applied["state"], "FINISHED", "{applied}");
+    let log = stack.cluster.gantry.log(&applied);
+    assert!(log.contains("Apply complete! Resources: 1 added"), "{log}");
+    assert!(log.contains("The new state is stored, encrypted to the pool key"), "{log}");
+    let engine = applied["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "engine")
+        .unwrap()
+        .clone();
+    assert_eq!(engine["value"], "postgres");
+    assert!(
+        !stack.cluster.server.workspace_blob(id(&run)).exists(),
+        "the workspace goes once the run ends"
+    );
+
+    // The state Gantry keeps is the one the next run starts from.
+    let again = stack.cluster.gantry.trigger("db", &[]);
+    let again = stack.cluster.gantry.wait_for_state(&again, &["FINISHED", "FAILED", "UNCONFIRMED"]);
+    assert_eq!(again["state"], "FINISHED", "{again}");
+    assert_eq!(again["has_changes"], false, "the managed state was brought back in");
+
+    // Neither the database nor any blob holds the secret, in clear or in base64.
+    stack.cluster.server.assert_nothing_contains(gantry_testkit::MARKER_OUTPUT);
+    let _ = &stack.work;
+}
+
+#[test]
+fn a_stored_workspace_that_was_altered_truncated_or_swapped_is_refused() {
+    let stack = ManagedStack::start();
+    let _launcher = stack.launcher();
+    // Plans of four stacks share one pool; three workspaces get damaged three ways.
+    let repository = GitRepository::create(
+        &stack.work.path().join("other"),
+        &[("infra/main.tf", SECRET_CONFIG)],
+    );
+    let url = repository.url();
+    for name in ["db2", "db3", "db4"] {
+        stack.cluster.gantry.ok(&[
+            "stack",
+            "create",
+            "--name",
+            name,
+            "--repository",
+            &url,
+            "--pool",
+            "p",
+            "--project-root",
+            "infra",
+        ]);
+    }
+    let plan = |stack_name: &str| {
+        let run = stack.cluster.gantry.trigger(stack_name, &[]);
+        let run = stack.cluster.gantry.wait_for_state(&run, &["UNCONFIRMED", "FAILED"]);
+        assert_eq!(run["state"], "UNCONFIRMED", "{run}");
+        run
+    };
+    let flipped = plan("db");
+    let truncated = plan("db2");
+    let swapped = plan("db3");
+    let donor = plan("db4");
+
+    let server = &stack.cluster.server;
+    let path = server.workspace_blob(id(&flipped));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    server.record_workspace(id(&flipped), &path);
+
+    let path = server.workspace_blob(id(&truncated));
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+    server.record_workspace(id(&truncated), &path);
+
+    // Run db3 gets the workspace of another run (of another stack), intact.
+    let path = server.workspace_blob(id(&swapped));
+    std::fs::copy(server.workspace_blob(id(&donor)), &path).unwrap();
+    server.record_workspace(id(&swapped), &path);
+
+    for (run, expected) in [
+        (&flipped, "fails its integrity check"),
+        (&truncated, "fails its integrity check"),
+        (&swapped, "belongs to another run or purpose"),
+    ] {
+        let ended = stack.confirm_and_wait(run);
+        assert_eq!(ended["state"], "FAILED", "{ended}");
+        let failure = ended["failure"].as_str().unwrap();
+        assert!(failure.contains(expected), "{failure}");
+        let log = stack.cluster.gantry.log(&ended);
+        assert!(!log.contains("Apply complete"), "{log}");
+    }
+}
+
+#[test]
+fn a_pool_reset_refuses_the_old_launcher_and_runs_sealed_for_the_old_key_fail_saying_so() {
+    let stack = ManagedStack::start();
+    let old_launcher = stack.launcher();
+    // The stack gets managed state sealed for the first key, and a plan waits.
+    let first = stack.plan();
+    assert_eq!(stack.confirm_and_wait(&first)["state"], "FINISHED");
+    let waiting = {
+        stack.cluster.gantry.ok(&[
+            "stack",
+            "create",
+            "--name",
+            "waits",
+            "--repository",
+            &GitRepository::create(
+                &stack.work.path().join("waits"),
+                &[("infra/main.tf", SECRET_CONFIG)],
+            )
+            .url(),
+            "--pool",
+            "p",
+            "--project-root",
+            "infra",
+        ]);
+        let run = stack.cluster.gantry.trigger("waits", &[]);
+        stack.cluster.gantry.wait_for_state(&run, &["UNCONFIRMED", "FAILED"])
+    };
+    assert_eq!(waiting["state"], "UNCONFIRMED");
+
+    let new_key = OpensslKey::generate(stack.work.path(), "new", KeyKind::Rsa4096);
+    let csr = new_key.key_path.with_extension("csr");
+    let reset = stack.cluster.gantry.json(&["pool", "reset", "p", "--csr", csr.to_str().unwrap()]);
+    let new_token = reset["token"].as_str().unwrap().to_owned();
+    assert_eq!(reset["pool"]["key_algorithm"], "RSA-4096");
+
+    // The old launcher is refused at once and stops, saying why.
+    let exited = old_launcher.wait_for_exit(Duration::from_secs(60));
+    assert_eq!(exited.status, Some(64), "{}", exited.stderr);
+    assert!(exited.stderr.contains("was reset"), "{}", exited.stderr);
+    // The old token no longer opens anything.
+    let refused =
+        Launcher::run_to_exit(&stack.cluster, &stack.token, &base64_of(&stack.key.key_pem));
+    assert_eq!(refused.status, Some(64));
+    assert!(refused.stderr.contains("was reset"), "{}", refused.stderr);
+
+    let _new_launcher =
+        Launcher::start(&stack.cluster, &new_token, &base64_of(&new_key.key_pem), &[]);
+    let stale_plan = stack.confirm_and_wait(&waiting);
+    assert_eq!(stale_plan["state"], "FAILED");
+    assert!(
+        stale_plan["failure"].as_str().unwrap().contains("sealed for another pool key"),
+        "{stale_plan}"
+    );
+    let stale_state = stack.cluster.gantry.trigger("db", &[]);
+    let stale_state =
+        stack.cluster.gantry.wait_for_state(&stale_state, &["FAILED", "UNCONFIRMED", "FINISHED"]);
+    assert_eq!(stale_state["state"], "FAILED");
+    let failure = stale_state["failure"].as_str().unwrap();
+    assert!(failure.contains("state was sealed for another pool key"), "{failure}");
+}
+
+#[test]
+fn code_in_a_run_sees_neither_the_pool_key_nor_the_token() {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let key = OpensslKey::generate(work.path(), "pool", KeyKind::P256);
+    let token = cluster.gantry.create_pool("p", &key);
+    let key_base64 = base64_of(&key.key_pem);
+    let _launcher = Launcher::start(&cluster, &token, &key_base64, &[]);
+    // The run prints its own environment, its parent's (terraform) and the worker's.
+    let config = r#"
+resource "terraform_data" "snoop" {
+  provisioner "local-exec" {
+    command = "env; echo ---; tr '\\0' '\\n' < /proc/$PPID/environ; echo ---; worker=$(awk '{print $4}' /proc/$PPID/stat); tr '\\0' '\\n' < /proc/$worker/environ; tr '\\0' ' ' < /proc/$worker/cmdline; echo; ls -la"
+  }
+}
+"#;
+    let repository = GitRepository::create(&work.path().join("repo"), &[("infra/main.tf", config)]);
+    cluster.gantry.create_stack(
+        "snoop",
+        &repository,
+        "p",
+        &work.path().join("state.tfstate"),
+        &["--autodeploy"],
+    );
+    let run = cluster.gantry.trigger("snoop", &[]);
+    let run = cluster.gantry.wait_for_state(&run, &["FINISHED", "FAILED"]);
+    assert_eq!(run["state"], "FINISHED", "{run}");
+    let log = cluster.gantry.log(&run);
+    assert!(log.contains("PATH="), "the snooping ran: {log}");
+    let pem_body = key.key_pem.lines().nth(1).unwrap();
+    for secret in
+        [pem_body, &key_base64[..40], &token[..40], "GANTRY_POOL_PRIVATE_KEY", "GANTRY_TOKEN"]
+    {
+        assert!(!log.contains(secret), "the run could see {secret:?}");
+    }
+}

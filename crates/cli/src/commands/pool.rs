@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use gantry_proto::api::{CreatePool, Pool, PoolCreated};
+use gantry_proto::api::{CreatePool, Pool, PoolCreated, ResetPool};
 use serde::Serialize;
 
 use super::{Context, Outcome, UsageError};
@@ -38,6 +38,32 @@ pub enum PoolCommand {
         /// Pool name or id
         pool: String,
     },
+    /// Give a pool a new certificate from a new CSR: its launchers must restart with the
+    /// new token and key
+    #[command(after_help = RESET_AFTER_HELP)]
+    Reset(ResetArgs),
+}
+
+const RESET_AFTER_HELP: &str = "\
+Resetting replaces the pool's certificate: sessions opened with the old one end at once,
+launchers still holding the old token are refused, runs executing on them fail, and runs
+whose stored workspace or managed state was sealed for the old key can no longer be
+decrypted (they fail saying so). Use it when the pool key may have leaked.
+
+Example:
+  gantry keygen --name pool-2024
+  gantry pool reset build --csr pool-2024.csr --token-file build.token";
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// Pool name or id
+    pub pool: String,
+    /// PEM certificate signing request made with the pool's new private key
+    #[arg(long, value_name = "FILE")]
+    pub csr: PathBuf,
+    /// Write the new token to this new file (mode 0600) instead of printing it
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -70,21 +96,33 @@ pub async fn run(context: &Context, command: &PoolCommand) -> anyhow::Result<Out
         PoolCommand::Create(args) => create(context, args).await,
         PoolCommand::List => list(context).await,
         PoolCommand::Show { pool } => show(context, pool).await,
+        PoolCommand::Reset(args) => reset(context, args).await,
+    }
+}
+
+async fn reset(context: &Context, args: &ResetArgs) -> anyhow::Result<Outcome> {
+    let csr = read_csr(&args.csr)?;
+    ensure_new(args.token_file.as_deref())?;
+    let client = context.api_client()?;
+    let reset = client.reset_pool(&args.pool, &ResetPool { csr }).await?;
+    deliver(context, &reset, &args.csr, args.token_file.as_deref(), "Reset")
+}
+
+/// Checked before the server acts: once it has, the token cannot be shown again.
+fn ensure_new(token_file: Option<&Path>) -> anyhow::Result<()> {
+    match token_file {
+        Some(path) if path.exists() => Err(UsageError(format!(
+            "{} already exists: the token file must be new (remove it or choose another path)",
+            path.display()
+        ))
+        .into()),
+        _ => Ok(()),
     }
 }
 
 async fn create(context: &Context, args: &CreateArgs) -> anyhow::Result<Outcome> {
     let csr = read_csr(&args.csr)?;
-    // Checked before the pool exists: once it does, its token cannot be shown again.
-    if let Some(path) = &args.token_file
-        && path.exists()
-    {
-        return Err(UsageError(format!(
-            "{} already exists: the token file must be new (remove it or choose another path)",
-            path.display()
-        ))
-        .into());
-    }
+    ensure_new(args.token_file.as_deref())?;
     let client = context.api_client()?;
     let request = CreatePool {
         name: args.name.clone(),
@@ -93,11 +131,21 @@ async fn create(context: &Context, args: &CreateArgs) -> anyhow::Result<Outcome>
         labels: args.labels.clone(),
     };
     let created = client.create_pool(&request).await?;
-    let key_file = key_file_beside(&args.csr);
+    deliver(context, &created, &args.csr, args.token_file.as_deref(), "Created")
+}
 
-    let token_written = match &args.token_file {
+/// Shows the pool and its token (or writes the token to its file) once.
+fn deliver(
+    context: &Context,
+    created: &PoolCreated,
+    csr: &Path,
+    token_file: Option<&Path>,
+    verb: &str,
+) -> anyhow::Result<Outcome> {
+    let key_file = key_file_beside(csr);
+    let token_written = match token_file {
         Some(path) => match write_token(path, &created.token) {
-            Ok(()) => Some(path.clone()),
+            Ok(()) => Some(path.to_path_buf()),
             Err(error) => {
                 // The pool exists and its token is shown only now: print it rather than
                 // lose it.
@@ -116,11 +164,11 @@ async fn create(context: &Context, args: &CreateArgs) -> anyhow::Result<Outcome>
         }
         match &token_written {
             Some(path) => print_json(&PoolWithTokenFile { pool: &created.pool, token_file: path })?,
-            None => print_json(&created)?,
+            None => print_json(created)?,
         }
         return Ok(Outcome::Success);
     }
-    print!("{}", created_text(&created, key_file.as_deref(), token_written.as_deref()));
+    print!("{}", created_text(created, key_file.as_deref(), token_written.as_deref(), verb));
     Ok(Outcome::Success)
 }
 
@@ -197,9 +245,10 @@ fn created_text(
     created: &PoolCreated,
     key_file: Option<&Path>,
     token_file: Option<&Path>,
+    verb: &str,
 ) -> String {
     let pool = &created.pool;
-    let mut text = format!("Created pool {} ({}).\n", pool.name, pool.id);
+    let mut text = format!("{verb} pool {} ({}).\n", pool.name, pool.id);
     if let Some(algorithm) = &pool.key_algorithm {
         text.push_str(&format!("  Key:          {algorithm}\n"));
     }
@@ -222,6 +271,9 @@ fn created_text(
             TokenSource::Inline(&created.token)
         }
     };
+    if verb == "Reset" {
+        text.push_str("\nLaunchers holding the old token are refused from now on: restart each with the new token and key.\n");
+    }
     text.push_str("\nStart a launcher on a machine that holds the pool's private key");
     if key_file.is_none() {
         text.push_str(" (replace pool.key with its path)");
@@ -323,7 +375,7 @@ mod tests {
 
     #[test]
     fn creation_prints_the_token_once_with_the_launcher_command() {
-        insta::assert_snapshot!(created_text(&created(), Some(Path::new("build.key")), None), @r#"
+        insta::assert_snapshot!(created_text(&created(), Some(Path::new("build.key")), None, "Created"), @r#"
         Created pool build (00000000000000000000000001).
           Key:          EC P-256
           Certificate:  sha256:ab12
@@ -339,7 +391,7 @@ mod tests {
 
     #[test]
     fn with_a_token_file_the_token_is_not_printed() {
-        let text = created_text(&created(), None, Some(Path::new("build.token")));
+        let text = created_text(&created(), None, Some(Path::new("build.token")), "Created");
         assert!(!text.contains("eyJ0b2tlbiI6dHJ1ZX0"));
         insta::assert_snapshot!(text, @r#"
         Created pool build (00000000000000000000000001).

@@ -78,6 +78,10 @@ pub struct CreateArgs {
     /// Apply plans that have changes without waiting for a confirmation
     #[arg(long)]
     pub autodeploy: bool,
+    /// Let Gantry keep the stack's Terraform state, encrypted to the pool key (the
+    /// configuration's backend is replaced by a local one)
+    #[arg(long)]
+    pub managed_state: bool,
     /// An environment variable of the runs (repeatable)
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_variable)]
     pub env: Vec<(String, String)>,
@@ -126,6 +130,7 @@ impl CreateArgs {
             tool: self.tool.map(Tool::from),
             runner_image: self.runner_image.clone(),
             autodeploy: self.autodeploy,
+            managed_state: self.managed_state,
             environment: plain
                 .chain(secret)
                 .map(|(name, value, secret)| EnvironmentVariable {
@@ -226,6 +231,7 @@ mod tests {
             "--label",
             "x",
             "--autodeploy",
+            "--managed-state",
         ])
         .unwrap();
         let Command::Stack(StackCommand::Create(args)) = cli.command else { panic!() };
@@ -236,6 +242,7 @@ mod tests {
                 "name": "web", "repository": "file:///srv/web.git", "branch": "main",
                 "project_root": "", "pool": "build", "tool": "opentofu", "runner_image": null,
                 "autodeploy": true,
+                "managed_state": true,
                 "environment": [
                     {"name": "A", "value": "1", "secret": false},
                     {"name": "S", "value": "2", "secret": true}

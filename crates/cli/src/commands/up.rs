@@ -246,12 +246,15 @@ async fn example_run(client: &ApiClient, data_dir: &Path) -> anyhow::Result<()> 
                 tool: None,
                 runner_image: None,
                 autodeploy: true,
+                managed_state: true,
                 environment: vec![],
                 description: "The example gantry up runs: two terraform_data resources".to_owned(),
                 labels: vec!["example".to_owned()],
             };
             client.create_stack(&request).await?;
-            println!("Created the stack {STACK_NAME:?} (autodeploy) from examples/hello");
+            println!(
+                "Created the stack {STACK_NAME:?} (autodeploy, state managed by Gantry) from examples/hello"
+            );
         }
         Err(error) => return Err(error.into()),
     }

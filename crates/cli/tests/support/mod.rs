@@ -112,6 +112,7 @@ pub fn stack(name: &str) -> Stack {
         tool: Tool::Terraform,
         runner_image: None,
         autodeploy: false,
+        managed_state: false,
         environment: Vec::new(),
         description: String::new(),
         labels: Vec::new(),

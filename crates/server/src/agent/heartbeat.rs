@@ -2,7 +2,6 @@
 //! what it must re-register, stop and release.
 
 use axum::extract::State;
-use gantry_domain::RunState;
 use gantry_proto::agent::{Heartbeat, HeartbeatResponse};
 
 use crate::auth::AgentSession;
@@ -28,18 +27,5 @@ pub(super) async fn heartbeat(
         }
     }
 
-    let mut release_workspace_run_ids = Vec::new();
-    for run_id in request.retained_workspace_run_ids {
-        let keep = state.store.get_run(run_id).await?.is_some_and(|run| {
-            run.pinned_launcher_id == Some(session.launcher_id)
-                && matches!(
-                    run.state,
-                    RunState::Unconfirmed | RunState::Confirmed | RunState::Applying
-                )
-        });
-        if !keep {
-            release_workspace_run_ids.push(run_id);
-        }
-    }
-    Ok(Json(HeartbeatResponse { unknown_worker_ids, stop_run_ids, release_workspace_run_ids }))
+    Ok(Json(HeartbeatResponse { unknown_worker_ids, stop_run_ids }))
 }

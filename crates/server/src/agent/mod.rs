@@ -2,6 +2,7 @@
 //! network. Authentication is a proof of possession of the pool private key, exchanged
 //! for a short-lived session token.
 
+mod blobs;
 mod heartbeat;
 mod poll;
 mod runs;
@@ -9,7 +10,8 @@ mod session;
 mod workers;
 
 use axum::Router;
-use axum::routing::post;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
 
 use crate::state::AppState;
 
@@ -24,4 +26,14 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/runs/{run}/ack", post(runs::acknowledge))
         .route("/runs/{run}/reports", post(runs::report))
         .route("/runs/{run}/logs", post(runs::upload_logs))
+        .route(
+            "/runs/{run}/workspace",
+            get(blobs::get_workspace).put(blobs::put_workspace).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/runs/{run}/state",
+            get(blobs::get_state).put(blobs::put_state).layer(DefaultBodyLimit::disable()),
+        )
 }
+
+pub(crate) use blobs::{WORKSPACE, workspace_key};

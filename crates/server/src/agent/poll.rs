@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use gantry_domain::RunState;
-use gantry_proto::agent::{Assignment, Job, Poll, PollResponse, StackSpec};
+use gantry_proto::agent::{Assignment, BlobRef, Job, Poll, PollResponse, StackSpec, StateVersion};
 
 use crate::auth::AgentSession;
 use crate::error::{ApiError, ApiResult, Json};
@@ -29,7 +29,8 @@ pub(super) async fn poll(
             return Ok(Json(PollResponse { assignments }));
         }
         tokio::select! {
-            () = notified => {}
+            // A wake-up may also mean the session ended (a pool reset).
+            () = notified => session.still_valid(&state).await?,
             () = tokio::time::sleep_until(deadline) => return Ok(Json(PollResponse::default())),
             () = state.shutdown.cancelled() => return Ok(Json(PollResponse::default())),
         }
@@ -82,6 +83,24 @@ async fn pending(state: &AppState, session: &AgentSession) -> Result<Vec<Assignm
             commit: run.commit_sha.clone(),
             // Appending nothing answers with the next sequence number expected.
             log_next_seq: state.store.append_logs(run.id, &[], crate::state::now()).await?,
+            managed_state: stack.managed_state,
+            state: match stack.managed_state {
+                true => {
+                    state.store.current_state_version(stack.id).await?.map(|version| StateVersion {
+                        run_id: version.run_id,
+                        blob: BlobRef { sha256: version.blob.sha256, size: version.blob.size },
+                    })
+                }
+                false => None,
+            },
+            workspace: match job {
+                Job::Apply => state
+                    .store
+                    .run_blob(run.id, crate::agent::WORKSPACE)
+                    .await?
+                    .map(|blob| BlobRef { sha256: blob.sha256, size: blob.size }),
+                Job::Plan => None,
+            },
         });
     }
     Ok(assignments)

@@ -30,17 +30,6 @@ async fn pool_run(
     Ok(run)
 }
 
-/// Whether this launcher is the one executing the run, or holding its workspace.
-async fn held_here(
-    state: &AppState,
-    session: &AgentSession,
-    run: &RunRecord,
-) -> Result<bool, ApiError> {
-    let holds_workspace =
-        run.pinned_launcher_id == Some(session.launcher_id) && run.worker_id.is_none();
-    Ok(holds_workspace || session.executes(state, run).await?)
-}
-
 pub(super) async fn acknowledge(
     State(state): State<AppState>,
     session: AgentSession,
@@ -78,7 +67,7 @@ pub(super) async fn report(
     } else if run.state.is_terminal() {
         // Stopped, discarded or failed meanwhile: whatever the worker does, it must stop.
         Directive::Finish
-    } else if !held_here(&state, &session, &run).await? {
+    } else if !session.executes(&state, &run).await? {
         return Err(ApiError::NotAssigned(format!(
             "run {} is not executing on this launcher",
             run.id
@@ -95,8 +84,9 @@ fn already_reported(run: &RunRecord, report: &RunReport) -> Option<Directive> {
         (RunReport::PhaseStarted { phase }, state) if phase.state() == state => {
             Some(Directive::Continue)
         }
-        (RunReport::Planned { .. }, RunState::Unconfirmed) => Some(Directive::RetainWorkspace),
+        (RunReport::Planned { .. }, RunState::Unconfirmed) => Some(Directive::Finish),
         (RunReport::Planned { .. }, RunState::Applying) => Some(Directive::Apply),
+        (RunReport::WorkspaceStored { .. }, RunState::Unconfirmed) => Some(Directive::Finish),
         (RunReport::Planned { .. } | RunReport::Applied, RunState::Finished) => {
             Some(Directive::Finish)
         }
@@ -128,9 +118,21 @@ async fn apply_report(
                 lifecycle::apply(state, run, &RunEvent::Planned { has_changes }, details).await?;
             match updated.state {
                 RunState::Applying => Directive::Apply,
-                RunState::Unconfirmed => Directive::RetainWorkspace,
+                // A tracked plan with changes waits for its workspace, then for confirmation.
+                RunState::Planning => Directive::UploadWorkspace,
                 _ => Directive::Finish,
             }
+        }
+        RunReport::WorkspaceStored { sha256, size } => {
+            let stored = state.store.run_blob(run.id, crate::agent::WORKSPACE).await?;
+            if stored.as_ref().is_none_or(|blob| blob.sha256 != sha256 || blob.size != size) {
+                return Err(ApiError::invalid(format!(
+                    "run {} has no stored workspace with SHA-256 {sha256}: upload it first",
+                    run.id
+                )));
+            }
+            lifecycle::apply(state, run, &RunEvent::WorkspaceStored, Details::default()).await?;
+            Directive::Finish
         }
         RunReport::Outputs { outputs } => {
             if outputs.len() > MAX_OUTPUTS {

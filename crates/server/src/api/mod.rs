@@ -17,6 +17,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
     let admin = Router::new()
         .route("/pools", get(pools::list).post(pools::create))
         .route("/pools/{pool}", get(pools::show))
+        .route("/pools/{pool}/reset", post(pools::reset))
         .route("/pools/{pool}/workers", get(workers::list_in_pool))
         .route("/workers", get(workers::list))
         .route("/stacks", get(stacks::list).post(stacks::create))

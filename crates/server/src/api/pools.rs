@@ -4,12 +4,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use gantry_crypto::PoolToken;
 use gantry_domain::{PoolId, PoolKind, validate_name};
-use gantry_proto::api::{CreatePool, Pool, PoolCreated, PoolList};
+use gantry_proto::api::{CreatePool, Pool, PoolCreated, PoolList, ResetPool};
 use gantry_store::PoolRecord;
 
 use crate::error::{ApiError, ApiResult, Json, PathParam};
 use crate::state::{AppState, now};
-use crate::{lookup, views};
+use crate::{lifecycle, lookup, views};
 
 pub(super) async fn create(
     State(state): State<AppState>,
@@ -48,6 +48,75 @@ pub(super) async fn create(
     );
     let pool = views::pool(&record, &[], &[]);
     Ok((StatusCode::CREATED, Json(PoolCreated { pool, token: token.encode() })))
+}
+
+/// A new certificate from a new CSR: every launcher of the pool must restart with the
+/// new token and key. Sessions opened with the old certificate end now; runs that were
+/// executing on the pool's launchers fail, runs handed to them go back to the queue.
+pub(super) async fn reset(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+    Json(request): Json<ResetPool>,
+) -> ApiResult<Json<PoolCreated>> {
+    let pool = lookup::pool(&state, &key).await?;
+    if pool.kind != PoolKind::Private {
+        return Err(ApiError::invalid(format!(
+            "pool {} is run by the server itself: it has no certificate to reset",
+            pool.name
+        )));
+    }
+    let issued = state
+        .ca
+        .issue_pool_certificate(&request.csr, &pool.id.to_string())
+        .map_err(ApiError::Csr)?;
+    let record = state
+        .store
+        .reset_pool_certificate(
+            pool.id,
+            issued.certificate.pem(),
+            issued.certificate.fingerprint(),
+            &issued.key_algorithm.to_string(),
+            now(),
+        )
+        .await?;
+    let workers = state.store.list_workers(Some(pool.id)).await?;
+    for worker in &workers {
+        let Some(run) = worker.current_run_id else { continue };
+        let Some(run) = state.store.get_run(run).await? else { continue };
+        if run.worker_id != Some(worker.id) || run.state.is_terminal() {
+            continue;
+        }
+        let outcome = if run.state.wants_worker() {
+            lifecycle::unassign(&state, &run).await
+        } else {
+            lifecycle::fail(
+                &state,
+                &run,
+                "the pool was reset while the run executed: its launcher lost its certificate",
+            )
+            .await
+        };
+        if let Err(error) = outcome
+            && !lifecycle::lost_race(&error)
+        {
+            return Err(error);
+        }
+    }
+    let ids: Vec<_> = workers.iter().map(|worker| worker.id).collect();
+    state.store.delete_workers(&ids).await?;
+    // Their long-polls wake, find their sessions gone, and the launchers learn of the reset.
+    for worker in &workers {
+        state.events.wake_launcher(worker.launcher_id);
+    }
+    state.events.request_scheduling();
+    tracing::warn!(pool = %record.name, key = %issued.key_algorithm, workers = ids.len(), "pool reset: its launchers must restart with the new token");
+    let token = PoolToken::new(
+        state.public_url.clone(),
+        state.token_server_ca.clone(),
+        pool.id.to_string(),
+        issued.certificate.pem().to_owned(),
+    );
+    Ok(Json(PoolCreated { pool: views::pool(&record, &[], &[]), token: token.encode() }))
 }
 
 pub(super) async fn list(State(state): State<AppState>) -> ApiResult<Json<PoolList>> {

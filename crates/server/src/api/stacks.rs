@@ -59,6 +59,7 @@ pub(super) async fn create(
         tool: request.tool.unwrap_or_default(),
         runner_image: request.runner_image.filter(|image| !image.trim().is_empty()),
         autodeploy: request.autodeploy,
+        managed_state: request.managed_state,
         environment,
         description: request.description,
         labels: request.labels,

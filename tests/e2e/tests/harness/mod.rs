@@ -136,6 +136,35 @@ pub(crate) struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// Where the server keeps a run's stored workspace.
+    pub(crate) fn workspace_blob(&self, run_id: &str) -> PathBuf {
+        self.data_dir.join("blobs/runs").join(run_id.to_ascii_lowercase()).join("workspace")
+    }
+
+    /// Plays a malicious or broken server: records `path`'s current content as the run's
+    /// workspace, with its real digest, so that only the encryption can catch a change.
+    pub(crate) fn record_workspace(&self, run_id: &str, path: &Path) {
+        use gantry_store::Store;
+        let bytes = std::fs::read(path).unwrap();
+        let sha256 = {
+            let output = Command::new("sha256sum").arg(path).output().unwrap();
+            String::from_utf8_lossy(&output.stdout).split_whitespace().next().unwrap().to_owned()
+        };
+        let key = path.strip_prefix(self.data_dir.join("blobs")).unwrap().display().to_string();
+        let run: gantry_domain::RunId = run_id.parse().unwrap();
+        let database = self.data_dir.join("gantry.db");
+        tokio::runtime::Runtime::new().unwrap().block_on(async move {
+            let store = gantry_store::SqliteStore::open(&database).await.unwrap();
+            let blob = gantry_store::BlobRecord {
+                key,
+                sha256,
+                size: bytes.len() as u64,
+                created_at: gantry_domain::Timestamp::from_unix_millis(0),
+            };
+            store.put_run_blob(run, "workspace", &blob).await.unwrap();
+        });
+    }
+
     pub(crate) fn start_in(data_dir: &Path, listen: &str) -> Self {
         let mut child = base_command(&bin("gantry"))
             .args(["server", "--data-dir"])
@@ -440,6 +469,24 @@ impl Launcher {
 
     pub(crate) fn wait_for_stderr(&mut self, pattern: &str, timeout: Duration) -> String {
         self.stderr.wait_for(pattern, timeout, "gantry-launcher")
+    }
+
+    /// SIGTERM, and waits for a clean exit (status 0).
+    pub(crate) fn stop(mut self) {
+        signal(&self.child, "TERM");
+        assert_eq!(
+            wait_with_timeout(&mut self.child, Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            self.stderr.text()
+        );
+    }
+
+    /// Waits for the launcher to stop by itself; returns its status and stderr.
+    pub(crate) fn wait_for_exit(mut self, timeout: Duration) -> Exited {
+        let status = wait_with_timeout(&mut self.child, timeout);
+        std::thread::sleep(Duration::from_millis(100));
+        Exited { status, stderr: self.stderr.text() }
     }
 }
 

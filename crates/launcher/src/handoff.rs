@@ -1,0 +1,369 @@
+//! Run state that crosses the control plane, encrypted to the pool key: the packed
+//! workspace of a plan waiting for confirmation (so that any worker of the pool can
+//! apply it), and the stack's managed Terraform state. The server only ever holds
+//! ciphertext; everything is sealed here, on the pool's machine, before upload.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gantry_crypto::{EnvelopeContext, EnvelopeError, OpeningReader, Purpose, SealingWriter};
+use gantry_domain::RunId;
+use gantry_proto::agent::{Assignment, BlobRef};
+
+use crate::archive::{self, ArchiveError};
+use crate::backoff::{Backoff, shown};
+use crate::client::ClientError;
+use crate::supervisor::RunContext;
+
+/// The state file a managed-state stack uses, relative to its project root.
+pub(crate) const STATE_FILE: &str = "gantry.tfstate";
+/// Replaces the configuration's backend with a local one at `STATE_FILE`; a relative
+/// path, so that the plan applies wherever the workspace is unpacked.
+const BACKEND_OVERRIDE_FILE: &str = "gantry_managed_state_override.tf";
+const BACKEND_OVERRIDE: &str = "# Written by Gantry: this stack's state is managed by Gantry, encrypted to the pool key.\n\
+terraform {\n  backend \"local\" {\n    path = \"gantry.tfstate\"\n  }\n}\n";
+const TRANSFER_ATTEMPTS: usize = 6;
+
+fn context(
+    run_context: &RunContext,
+    assignment: &Assignment,
+    run_id: RunId,
+    purpose: Purpose,
+) -> EnvelopeContext {
+    EnvelopeContext {
+        pool_id: run_context.config.pool_id.to_string(),
+        stack_id: assignment.stack.id.to_string(),
+        run_id: run_id.to_string(),
+        purpose,
+    }
+}
+
+/// A temporary file for one blob, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(run_context: &RunContext, name: &str) -> Self {
+        Self(run_context.scratch_dir.join(name))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A writer that hashes what passes through it: the SHA-256 of the ciphertext, which
+/// the server checks on arrival and launchers check on download.
+struct Hashing<W> {
+    inner: W,
+    digest: aws_lc_rs::digest::Context,
+    size: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.digest.update(&bytes[..written]);
+        self.size += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Seals what `produce` writes into `path`; returns the ciphertext's SHA-256 and size.
+fn seal_into(
+    path: &Path,
+    recipient: &gantry_crypto::Recipient,
+    context: &EnvelopeContext,
+    produce: impl FnOnce(&mut dyn Write) -> Result<(), String>,
+) -> Result<BlobRef, String> {
+    let file =
+        std::fs::File::create(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let hashing = Hashing {
+        inner: std::io::BufWriter::new(file),
+        digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
+        size: 0,
+    };
+    let mut sealing = SealingWriter::new(recipient, context, hashing)
+        .map_err(|e| format!("cannot encrypt: {e}"))?;
+    produce(&mut sealing)?;
+    let mut hashing = sealing.finish().map_err(|e| format!("cannot encrypt: {e}"))?;
+    hashing.flush().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    hashing
+        .inner
+        .get_ref()
+        .sync_all()
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(BlobRef { sha256: hex::encode(hashing.digest.finish()), size: hashing.size })
+}
+
+/// Uploads a sealed file, retrying while the server is unreachable.
+async fn upload(
+    run_context: &RunContext,
+    run_id: RunId,
+    what: &str,
+    file: &Path,
+    blob: &BlobRef,
+) -> Result<(), ClientError> {
+    let mut backoff = Backoff::new(Duration::from_secs(30));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match run_context.client.upload_blob(run_id, what, file, &blob.sha256).await {
+            Ok(_) => return Ok(()),
+            Err(error) if error.is_transient() && attempt < TRANSFER_ATTEMPTS => {
+                let delay = backoff.delay();
+                tracing::warn!(run = %run_id, %error, "uploading the {what} failed; retrying in {}", shown(delay));
+                tokio::time::sleep(delay).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Downloads a blob into `file`, retrying while the server is unreachable.
+async fn download(
+    run_context: &RunContext,
+    run_id: RunId,
+    what: &str,
+    file: &Path,
+    expected: &BlobRef,
+) -> Result<Option<crate::client::Downloaded>, ClientError> {
+    let mut backoff = Backoff::new(Duration::from_secs(30));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match run_context.client.download_blob(run_id, what, file, Some(&expected.sha256)).await {
+            Ok(downloaded) => return Ok(downloaded),
+            Err(error) if error.is_transient() && attempt < TRANSFER_ATTEMPTS => {
+                let delay = backoff.delay();
+                tracing::warn!(run = %run_id, %error, "downloading the {what} failed; retrying in {}", shown(delay));
+                tokio::time::sleep(delay).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Says what an envelope failure means for this run, in the words users need.
+fn explain(what: &str, error: &EnvelopeError) -> String {
+    match error {
+        EnvelopeError::WrongKey => format!(
+            "the {what} was sealed for another pool key: the pool was reset after it was stored, so this pool's launchers can no longer read it"
+        ),
+        EnvelopeError::Integrity { .. }
+        | EnvelopeError::Truncated
+        | EnvelopeError::TrailingData => {
+            format!(
+                "the stored {what} fails its integrity check ({error}): it was altered or damaged, and is refused"
+            )
+        }
+        EnvelopeError::WrongContext { .. } => {
+            format!("the stored {what} belongs to another run or purpose ({error}): it is refused")
+        }
+        other => format!("the stored {what} cannot be decrypted: {other}"),
+    }
+}
+
+/// The envelope error behind an I/O error from an `OpeningReader`, if there is one.
+fn envelope_error(error: &std::io::Error) -> Option<&EnvelopeError> {
+    error.get_ref().and_then(|inner| inner.downcast_ref::<EnvelopeError>())
+}
+
+/// A reader that remembers why decryption failed: whatever the archive reader makes of
+/// the I/O error, the run's failure names the real cause.
+struct Recording<R> {
+    inner: R,
+    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl<R: std::io::Read> std::io::Read for Recording<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buffer).inspect_err(|error| {
+            if let (Some(envelope), Ok(mut failure)) = (envelope_error(error), self.failure.lock())
+            {
+                failure.get_or_insert_with(|| explain("workspace", envelope));
+            }
+        })
+    }
+}
+
+/// Packs, seals and uploads the workspace of a plan that waits for confirmation.
+pub(crate) async fn store_workspace(
+    run_context: &RunContext,
+    assignment: &Assignment,
+    workspace: &Path,
+) -> Result<BlobRef, String> {
+    let scratch = Scratch::new(run_context, &format!("{}.workspace.gantry", assignment.run_id));
+    let recipient = std::sync::Arc::clone(&run_context.config.recipient);
+    let envelope = context(run_context, assignment, assignment.run_id, Purpose::Workspace);
+    let (path, directory) = (scratch.0.clone(), workspace.to_path_buf());
+    let blob = tokio::task::spawn_blocking(move || {
+        seal_into(&path, &recipient, &envelope, |output| {
+            archive::pack(&directory, output)
+                .map(|_| ())
+                .map_err(|e| format!("cannot pack the workspace: {e}"))
+        })
+    })
+    .await
+    .map_err(|e| format!("packing the workspace crashed: {e}"))??;
+    upload(run_context, assignment.run_id, "workspace", &scratch.0, &blob)
+        .await
+        .map_err(|e| format!("cannot upload the encrypted workspace: {e}"))?;
+    Ok(blob)
+}
+
+/// Downloads, verifies, decrypts and unpacks the workspace a confirmed run applies.
+pub(crate) async fn restore_workspace(
+    run_context: &RunContext,
+    assignment: &Assignment,
+    workspace: &Path,
+) -> Result<(), String> {
+    let expected = assignment.workspace.as_ref().ok_or_else(|| {
+        "the server holds no stored workspace for this run: trigger a new run".to_owned()
+    })?;
+    let scratch = Scratch::new(run_context, &format!("{}.workspace.gantry", assignment.run_id));
+    download(run_context, assignment.run_id, "workspace", &scratch.0, expected)
+        .await
+        .map_err(|e| format!("cannot download the stored workspace: {e}"))?
+        .ok_or_else(|| {
+            "the stored workspace is gone from the server: trigger a new run".to_owned()
+        })?;
+    let key = std::sync::Arc::clone(&run_context.config.key);
+    let envelope = context(run_context, assignment, assignment.run_id, Purpose::Workspace);
+    let limits = run_context.config.archive_limits;
+    let (path, directory) = (scratch.0.clone(), workspace.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)
+            .map_err(|e| format!("cannot read the downloaded workspace: {e}"))?;
+        let reader = OpeningReader::new(&key, &envelope, std::io::BufReader::new(file))
+            .map_err(|e| explain("workspace", &e))?;
+        let failure = std::sync::Arc::default();
+        let recording = Recording { inner: reader, failure: std::sync::Arc::clone(&failure) };
+        archive::unpack(recording, &directory, &limits).map(|_| ()).map_err(
+            |error: ArchiveError| {
+                let decryption = failure.lock().ok().and_then(|mut failure| failure.take());
+                decryption.unwrap_or_else(|| format!("the stored workspace is refused: {error}"))
+            },
+        )
+    })
+    .await
+    .map_err(|e| format!("unpacking the workspace crashed: {e}"))?
+}
+
+/// Prepares a managed-state stack's project: the backend override, and the stack's
+/// current state decrypted into `STATE_FILE`. Returns the SHA-256 of that plaintext
+/// state (none when the stack has no state yet), to tell later whether an apply
+/// changed it.
+pub(crate) async fn bring_in_state(
+    run_context: &RunContext,
+    assignment: &Assignment,
+    project: &Path,
+) -> Result<Option<String>, String> {
+    tokio::fs::write(project.join(BACKEND_OVERRIDE_FILE), BACKEND_OVERRIDE)
+        .await
+        .map_err(|e| format!("cannot write the managed-state backend: {e}"))?;
+    let Some(version) = &assignment.state else { return Ok(None) };
+    let scratch = Scratch::new(run_context, &format!("{}.state-in.gantry", assignment.run_id));
+    let downloaded = download(run_context, assignment.run_id, "state", &scratch.0, &version.blob)
+        .await
+        .map_err(|e| format!("cannot download the stack's state: {e}"))?
+        .ok_or_else(|| "the stack's state is gone from the server".to_owned())?;
+    // The producing run is part of the encryption context: the server cannot pass off
+    // another run's blob as this version.
+    let producer = downloaded.produced_by.unwrap_or(version.run_id);
+    if producer != version.run_id {
+        return Err(format!(
+            "the server sent state produced by run {producer}, not run {}",
+            version.run_id
+        ));
+    }
+    let key = std::sync::Arc::clone(&run_context.config.key);
+    let envelope = context(run_context, assignment, version.run_id, Purpose::State);
+    let (path, state_file) = (scratch.0.clone(), project.join(STATE_FILE));
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)
+            .map_err(|e| format!("cannot read the downloaded state: {e}"))?;
+        let mut reader = OpeningReader::new(&key, &envelope, std::io::BufReader::new(file))
+            .map_err(|e| explain("state", &e))?;
+        let mut output = Hashing {
+            inner: std::fs::File::create(&state_file)
+                .map_err(|e| format!("cannot write the state file: {e}"))?,
+            digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
+            size: 0,
+        };
+        std::io::copy(&mut reader, &mut output).map_err(|e| match envelope_error(&e) {
+            Some(envelope) => explain("state", envelope),
+            None => format!("cannot decrypt the state: {e}"),
+        })?;
+        Ok(Some(hex::encode(output.digest.finish())))
+    })
+    .await
+    .map_err(|e| format!("decrypting the state crashed: {e}"))?
+}
+
+/// The SHA-256 of the project's state file, if there is one.
+pub(crate) async fn state_digest(project: &Path) -> Option<String> {
+    let bytes = tokio::fs::read(project.join(STATE_FILE)).await.ok()?;
+    Some(hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)))
+}
+
+/// After an apply (successful or not: a failed apply may have created resources), seals
+/// and stores the state it left, if it changed. On failure the sealed state is kept on
+/// this machine and the error says where.
+pub(crate) async fn store_state(
+    run_context: &RunContext,
+    assignment: &Assignment,
+    project: &Path,
+    before: Option<&str>,
+) -> Result<bool, String> {
+    let Some(after) = state_digest(project).await else { return Ok(false) };
+    if before == Some(after.as_str()) {
+        return Ok(false);
+    }
+    let name = format!("{}.state-out.gantry", assignment.run_id);
+    let path = run_context.scratch_dir.join(&name);
+    let recipient = std::sync::Arc::clone(&run_context.config.recipient);
+    let envelope = context(run_context, assignment, assignment.run_id, Purpose::State);
+    let (sealed, state_file) = (path.clone(), project.join(STATE_FILE));
+    let blob = tokio::task::spawn_blocking(move || {
+        seal_into(&sealed, &recipient, &envelope, |output| {
+            let mut file = std::fs::File::open(&state_file)
+                .map_err(|e| format!("cannot read the state file: {e}"))?;
+            std::io::copy(&mut file, output)
+                .map(|_| ())
+                .map_err(|e| format!("cannot encrypt the state: {e}"))
+        })
+    })
+    .await
+    .map_err(|e| format!("sealing the state crashed: {e}"))??;
+    match upload(run_context, assignment.run_id, "state", &path, &blob).await {
+        Ok(()) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            Ok(true)
+        }
+        Err(error) => {
+            // Never lose state: keep the sealed file where an operator can find it.
+            let kept = run_context.config.work_dir.join("unsaved-state").join(&name);
+            let moved = async {
+                tokio::fs::create_dir_all(kept.parent().unwrap_or(&run_context.config.work_dir))
+                    .await?;
+                tokio::fs::rename(&path, &kept).await
+            }
+            .await;
+            let location = match moved {
+                Ok(()) => kept.display().to_string(),
+                Err(_) => path.display().to_string(),
+            };
+            Err(format!(
+                "the new state could not be stored ({error}); it is kept, encrypted, at {location} on {}",
+                run_context.config.hostname
+            ))
+        }
+    }
+}

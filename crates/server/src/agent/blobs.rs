@@ -1,0 +1,197 @@
+//! Encrypted blobs on the agent plane: a run's packed workspace between plan and apply,
+//! and the versions of a stack's managed state. The server streams ciphertext in and
+//! out and keeps its SHA-256; it cannot read any of it.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
+use gantry_domain::{RunState, RunType};
+use gantry_proto::agent::{BlobRef, SHA256_HEADER, STATE_RUN_HEADER};
+use gantry_store::{BlobRecord, RunRecord};
+
+use crate::auth::AgentSession;
+use crate::error::{ApiError, ApiResult, Json, PathParam};
+use crate::lookup;
+use crate::state::{AppState, now};
+
+pub(crate) const WORKSPACE: &str = "workspace";
+
+pub(crate) fn workspace_key(run: &RunRecord) -> String {
+    format!("runs/{}/workspace", run.id.to_string().to_ascii_lowercase())
+}
+
+fn state_key(run: &RunRecord) -> String {
+    format!(
+        "stacks/{}/state/{}",
+        run.stack_id.to_string().to_ascii_lowercase(),
+        run.id.to_string().to_ascii_lowercase()
+    )
+}
+
+/// The run, if it executes on this launcher.
+async fn executing_here(
+    state: &AppState,
+    session: &AgentSession,
+    key: &str,
+) -> Result<RunRecord, ApiError> {
+    let run = lookup::run(state, key).await?;
+    if run.pool_id != session.pool_id || !session.executes(state, &run).await? {
+        return Err(ApiError::NotAssigned(format!(
+            "run {} is not executing on this launcher",
+            run.id
+        )));
+    }
+    Ok(run)
+}
+
+/// Streams the request body into the blob store and checks the digest the launcher sent.
+async fn receive(
+    state: &AppState,
+    key: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<BlobRecord, ApiError> {
+    let expected = headers
+        .get(SHA256_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_ascii_lowercase)
+        .ok_or_else(|| ApiError::invalid(format!("uploads need the {SHA256_HEADER} header")))?;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let written = state.blobs.put(key, Box::pin(stream), state.max_blob_size).await?;
+    if written.sha256 != expected {
+        state.blobs.delete(key).await?;
+        return Err(ApiError::invalid(format!(
+            "the upload arrived damaged: its SHA-256 is {}, the launcher sent {expected}",
+            written.sha256
+        )));
+    }
+    Ok(BlobRecord {
+        key: key.to_owned(),
+        sha256: written.sha256,
+        size: written.size,
+        created_at: now(),
+    })
+}
+
+/// A blob as a streamed response with its size and digest.
+async fn send(
+    state: &AppState,
+    blob: &BlobRecord,
+    extra: Option<(&'static str, String)>,
+) -> Result<Response, ApiError> {
+    let (size, stream) = state.blobs.get(&blob.key).await?.ok_or_else(|| {
+        ApiError::not_found("blob", format!("{} (it was removed from the blob store)", blob.key))
+    })?;
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    if let Ok(value) = HeaderValue::from_str(&blob.sha256) {
+        headers.insert(SHA256_HEADER, value);
+    }
+    if let Some((name, value)) = extra
+        && let Ok(value) = HeaderValue::from_str(&value)
+    {
+        headers.insert(name, value);
+    }
+    Ok(response)
+}
+
+/// `PUT /runs/{run}/workspace`: the packed, encrypted workspace of a plan that waits for
+/// confirmation.
+pub(super) async fn put_workspace(
+    State(state): State<AppState>,
+    session: AgentSession,
+    PathParam(key): PathParam<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<BlobRef>> {
+    let run = executing_here(&state, &session, &key).await?;
+    let awaiting = run.run_type == RunType::Tracked
+        && run.state == RunState::Planning
+        && run.has_changes == Some(true);
+    if !awaiting {
+        return Err(ApiError::invalid(format!(
+            "run {} does not wait for its workspace (it is {}): only a tracked plan with changes does",
+            run.id, run.state
+        )));
+    }
+    let blob = receive(&state, &workspace_key(&run), &headers, body).await?;
+    state.store.put_run_blob(run.id, WORKSPACE, &blob).await?;
+    tracing::info!(run = %run.id, bytes = blob.size, "encrypted workspace stored");
+    Ok(Json(BlobRef { sha256: blob.sha256, size: blob.size }))
+}
+
+/// `GET /runs/{run}/workspace`: the workspace a confirmed run applies from.
+pub(super) async fn get_workspace(
+    State(state): State<AppState>,
+    session: AgentSession,
+    PathParam(key): PathParam<String>,
+) -> ApiResult<Response> {
+    let run = executing_here(&state, &session, &key).await?;
+    let blob = state
+        .store
+        .run_blob(run.id, WORKSPACE)
+        .await?
+        .ok_or_else(|| ApiError::not_found("workspace", format!("of run {}", run.id)))?;
+    send(&state, &blob, None).await
+}
+
+/// `GET /runs/{run}/state`: the newest managed state of the run's stack; 404 when the
+/// stack has none yet.
+pub(super) async fn get_state(
+    State(state): State<AppState>,
+    session: AgentSession,
+    PathParam(key): PathParam<String>,
+) -> ApiResult<Response> {
+    let run = executing_here(&state, &session, &key).await?;
+    let version = state
+        .store
+        .current_state_version(run.stack_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("state", format!("of stack {}", run.stack_id)))?;
+    send(&state, &version.blob, Some((STATE_RUN_HEADER, version.run_id.to_string()))).await
+}
+
+/// `PUT /runs/{run}/state`: the state an apply left, a new version of the stack's
+/// managed state. The stack lock makes the applying run the only writer.
+pub(super) async fn put_state(
+    State(state): State<AppState>,
+    session: AgentSession,
+    PathParam(key): PathParam<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<BlobRef>)> {
+    let run = executing_here(&state, &session, &key).await?;
+    let writes = run.run_type.takes_stack_lock()
+        && matches!(run.state, RunState::Applying | RunState::Performing);
+    if !writes {
+        return Err(ApiError::invalid(format!(
+            "run {} cannot store state now (it is {} {}): only an applying tracked run or a task can",
+            run.id, run.run_type, run.state
+        )));
+    }
+    let stack = lookup::stack(&state, &run.stack_id.to_string()).await?;
+    if !stack.managed_state {
+        return Err(ApiError::invalid(format!(
+            "stack {} does not let Gantry manage its state",
+            stack.name
+        )));
+    }
+    let blob = receive(&state, &state_key(&run), &headers, body).await?;
+    let current = state.store.current_state_version(run.stack_id).await?;
+    // A retried upload of the same state is the same version.
+    if let Some(current) =
+        current.filter(|current| current.run_id == run.id && current.blob.sha256 == blob.sha256)
+    {
+        return Ok((
+            StatusCode::OK,
+            Json(BlobRef { sha256: current.blob.sha256, size: current.blob.size }),
+        ));
+    }
+    let version = state.store.add_state_version(run.stack_id, run.id, &blob).await?;
+    tracing::info!(run = %run.id, stack = %stack.name, version = version.seq, "managed state stored");
+    Ok((StatusCode::CREATED, Json(BlobRef { sha256: blob.sha256, size: blob.size })))
+}
