@@ -21,13 +21,13 @@ enum Benchmark {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
-    /// Envelope sealing and opening throughput on one thread, and data-key wrap and unwrap
-    /// cost, for RSA-4096 and P-256 pool keys
+    /// Envelope sealing and opening throughput on one thread, and the per-blob key
+    /// operations (wrap and sign, verify and unwrap), for RSA-4096 and P-256 pool keys
     Envelope {
         /// Size of the stream to seal and open, in MiB
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
-        /// How many wraps and unwraps to time (the table shows the median)
+        /// How many of each key operation to time (the table shows the median)
         #[arg(long, default_value_t = 50)]
         samples: usize,
     },

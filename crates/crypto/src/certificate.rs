@@ -139,18 +139,28 @@ impl Certificate {
     /// Checks a signature made by the certificate's key: RSA-PSS-SHA256 for RSA keys,
     /// ECDSA-SHA256 (ASN.1) for P-256 keys.
     pub fn verify(&self, message: &[u8], signature_bytes: &[u8]) -> Result<(), Error> {
-        let result = match self.algorithm {
-            KeyAlgorithm::Rsa { .. } => {
-                UnparsedPublicKey::new(&signature::RSA_PSS_2048_8192_SHA256, &self.public_key)
-                    .verify(message, signature_bytes)
-            }
-            KeyAlgorithm::P256 => {
-                UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, &self.public_key)
-                    .verify(message, signature_bytes)
-            }
-        };
-        result.map_err(|_| Error::BadSignature)
+        verify_signature(self.algorithm, &self.public_key, message, signature_bytes)
     }
+}
+
+/// Checks a pool key's signature against its raw public key (PKCS#1 RSAPublicKey for RSA,
+/// the uncompressed point for P-256): RSA-PSS-SHA256 or ECDSA-P256-SHA256 (ASN.1), the
+/// two schemes [`crate::PoolPrivateKey::sign`] makes. One function for every verifier —
+/// the server checking a session proof against the certificate, a launcher checking an
+/// envelope against its own key — so the accepted schemes cannot drift apart.
+pub(crate) fn verify_signature(
+    algorithm: KeyAlgorithm,
+    public_key: &[u8],
+    message: &[u8],
+    signature_bytes: &[u8],
+) -> Result<(), Error> {
+    let scheme: &'static dyn signature::VerificationAlgorithm = match algorithm {
+        KeyAlgorithm::Rsa { .. } => &signature::RSA_PSS_2048_8192_SHA256,
+        KeyAlgorithm::P256 => &signature::ECDSA_P256_SHA256_ASN1,
+    };
+    UnparsedPublicKey::new(scheme, public_key)
+        .verify(message, signature_bytes)
+        .map_err(|_| Error::BadSignature)
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {

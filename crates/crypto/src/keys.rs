@@ -1,7 +1,7 @@
 //! Pool private keys: parsing every format openssl writes for RSA and P-256 keys,
-//! preparing them to unwrap envelope data keys, signing session proofs, checking a key
-//! against its certificate, and generating new P-256 keys with their CSR
-//! (`gantry keygen`).
+//! preparing them to seal and open envelopes, signing session proofs and envelope
+//! headers, checking a key against its certificate, and generating new P-256 keys with
+//! their CSR (`gantry keygen`).
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
@@ -10,13 +10,16 @@ use base64::Engine;
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
-use crate::envelope::{UnwrapKey, spki_fingerprint};
+use crate::certificate::verify_signature;
+use crate::envelope::{UnwrapKey, WrapKey, spki_fingerprint};
 use crate::{Certificate, Error, KeyAlgorithm};
 
-/// A pool's private key. It never leaves the launcher. It signs session proofs and
-/// unwraps envelopes' data keys; loading refuses a key that cannot do both.
+/// A pool's private key. It never leaves the launcher. It signs session proofs, seals
+/// envelopes (to its own public key, signed with itself) and opens them; loading refuses
+/// a key that cannot do all of that.
 pub struct PoolPrivateKey {
     signing: SigningKey,
+    wrap_key: WrapKey,
     unwrap_key: UnwrapKey,
     recipient_fingerprint: [u8; 32],
 }
@@ -74,22 +77,29 @@ impl PoolPrivateKey {
         Self::prepared(signing)
     }
 
-    /// Prepares decryption next to signing, and the fingerprint envelopes name the key by.
+    /// Prepares encryption and decryption next to signing, and the fingerprint envelopes
+    /// name the key by.
     fn prepared(signing: SigningKey) -> Result<Self, Error> {
-        let (unwrap_key, public_spki) = match &signing {
-            SigningKey::Rsa(rsa) => (UnwrapKey::from_rsa(rsa), rsa.public_key().as_der()),
-            SigningKey::P256(ec) => (UnwrapKey::from_p256(ec), ec.public_key().as_der()),
-        };
-        let unwrap_key = unwrap_key.map_err(Error::UnsupportedKey)?;
-        let public_spki = public_spki.map_err(|_| {
+        let public_spki = match &signing {
+            SigningKey::Rsa(rsa) => rsa.public_key().as_der(),
+            SigningKey::P256(ec) => ec.public_key().as_der(),
+        }
+        .map_err(|_| {
             Error::UnsupportedKey(
                 "the public key does not encode as SubjectPublicKeyInfo".to_owned(),
             )
         })?;
+        let (wrap_key, unwrap_key) = match &signing {
+            SigningKey::Rsa(rsa) => {
+                (WrapKey::from_rsa(public_spki.as_ref()), UnwrapKey::from_rsa(rsa))
+            }
+            SigningKey::P256(ec) => (WrapKey::from_p256(ec), UnwrapKey::from_p256(ec)),
+        };
         Ok(Self {
             recipient_fingerprint: spki_fingerprint(public_spki.as_ref()),
+            wrap_key: wrap_key.map_err(Error::UnsupportedKey)?,
+            unwrap_key: unwrap_key.map_err(Error::UnsupportedKey)?,
             signing,
-            unwrap_key,
         })
     }
 
@@ -119,14 +129,25 @@ impl PoolPrivateKey {
         }
     }
 
-    /// SHA-256 of this key's public SubjectPublicKeyInfo: equals the fingerprint of a
-    /// [`crate::Recipient`] made from its certificate.
+    /// SHA-256 of this key's public SubjectPublicKeyInfo, as envelope headers name the
+    /// key they are sealed for: the SHA-256 of its certificate's SubjectPublicKeyInfo.
     pub fn recipient_fingerprint(&self) -> [u8; 32] {
         self.recipient_fingerprint
     }
 
+    pub(crate) fn wrap_key(&self) -> &WrapKey {
+        &self.wrap_key
+    }
+
     pub(crate) fn unwrap_key(&self) -> &UnwrapKey {
         &self.unwrap_key
+    }
+
+    /// Checks a signature against this key's own public half, exactly as
+    /// [`Certificate::verify`] checks one against the certificate: opening an envelope
+    /// needs no certificate, since a pool's blobs are sealed and signed by the pool key.
+    pub(crate) fn verify_own(&self, message: &[u8], signature_bytes: &[u8]) -> Result<(), Error> {
+        verify_signature(self.algorithm(), self.public_key(), message, signature_bytes)
     }
 
     fn public_key(&self) -> &[u8] {
@@ -146,7 +167,10 @@ impl PoolPrivateKey {
         if self.matches(certificate) { Ok(()) } else { Err(Error::KeyMismatch) }
     }
 
-    /// Signs with RSA-PSS-SHA256 or ECDSA-P256-SHA256 (ASN.1).
+    /// Signs with RSA-PSS-SHA256 (MGF1-SHA256, 32-byte salt) or ECDSA-P256-SHA256
+    /// (ASN.1 DER). Callers prefix what they sign with their own domain separator
+    /// (`gantry-session-v1\n`, `gantry-envelope-signature-v1\n`), so that a signature made
+    /// for one purpose is never valid for another.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
         let rng = SystemRandom::new();
         match &self.signing {

@@ -1,7 +1,8 @@
 //! Gantry's cryptography: pool private keys, certificate signing requests, the server's
 //! certificate authority, pool tokens, session proofs, secret hashing, and the envelope
-//! format that encrypts run state to the pool key. Standard constructions from aws-lc-rs,
-//! hpke, rcgen and x509-parser only; no primitive is written here.
+//! format that encrypts run state to the pool key and signs it with that key. Standard
+//! constructions from aws-lc-rs, hpke, rcgen and x509-parser only; no primitive is
+//! written here.
 
 mod ca;
 mod certificate;
@@ -16,8 +17,8 @@ pub use ca::{CertificateAuthority, IssuedCertificate, ServerTlsIdentity};
 pub use certificate::{Certificate, KeyAlgorithm};
 pub use envelope::{
     DEFAULT_CHUNK_SIZE, EnvelopeContext, EnvelopeError, EnvelopeHeader, MAX_CHUNK_SIZE,
-    MIN_CHUNK_SIZE, OpeningReader, Purpose, Recipient, SealingWriter, UnknownPurpose,
-    WrapAlgorithm, open, read_header, seal,
+    MIN_CHUNK_SIZE, OpeningReader, Purpose, SealingWriter, UnknownPurpose, WrapAlgorithm, open,
+    read_header, seal,
 };
 #[doc(hidden)]
 pub use envelope::{open_chunks_with_key, seal_chunks_with_key};

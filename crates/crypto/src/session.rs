@@ -5,8 +5,9 @@ use crate::{Certificate, Error};
 
 const DOMAIN_SEPARATOR: &[u8] = b"gantry-session-v1\n";
 
-/// The bytes a launcher signs for `challenge`. The prefix keeps a session signature from
-/// ever being valid for another purpose.
+/// The bytes a launcher signs for `challenge`. The server chooses the challenge, so the
+/// prefix is what keeps a session signature from ever being valid for another purpose
+/// (envelope headers are signed after `gantry-envelope-signature-v1\n`).
 pub fn session_message(challenge: &str) -> Vec<u8> {
     [DOMAIN_SEPARATOR, challenge.as_bytes()].concat()
 }

@@ -1,7 +1,7 @@
 //! The envelope format against real keys: every key format openssl writes, random
-//! lengths and chunk boundaries, every kind of tampering with its exact error, the
-//! committed test vectors, and the format checked against the `openssl` command's own
-//! RSA-OAEP.
+//! lengths and chunk boundaries, every kind of tampering with its exact error, blobs
+//! forged by someone holding only the pool certificate, the committed test vectors, and
+//! the format checked against the `openssl` command's own RSA-OAEP, RSA-PSS and ECDSA.
 
 use std::io::{self, Read, Write};
 use std::ops::Range;
@@ -11,8 +11,9 @@ use std::sync::OnceLock;
 
 use gantry_crypto::{
     Certificate, CertificateAuthority, DEFAULT_CHUNK_SIZE, EnvelopeContext, EnvelopeError,
-    OpeningReader, PoolPrivateKey, Purpose, Recipient, SealingWriter, WrapAlgorithm,
+    KeyAlgorithm, OpeningReader, PoolPrivateKey, Purpose, SealingWriter, WrapAlgorithm,
     generate_pool_key, open, open_chunks_with_key, read_header, seal, seal_chunks_with_key,
+    session_message,
 };
 use proptest::prelude::*;
 
@@ -50,17 +51,25 @@ struct Pool {
     key: PoolPrivateKey,
     key_pem: String,
     certificate: Certificate,
-    recipient: Recipient,
+}
+
+impl Pool {
+    /// How envelopes sealed by this pool wrap their data key.
+    fn algorithm(&self) -> WrapAlgorithm {
+        match self.key.algorithm() {
+            KeyAlgorithm::Rsa { .. } => WrapAlgorithm::RsaOaepSha256,
+            KeyAlgorithm::P256 => WrapAlgorithm::HpkeP256,
+        }
+    }
 }
 
 fn pool(key_pem: &str, csr_pem: &str) -> Pool {
     let issued = authority().issue_pool_certificate(csr_pem, "pool").unwrap();
     let key = PoolPrivateKey::from_pem(key_pem).unwrap();
     key.ensure_matches(&issued.certificate).unwrap();
-    let recipient = Recipient::from_certificate(&issued.certificate).unwrap();
-    assert_eq!(recipient.fingerprint(), &key.recipient_fingerprint());
-    assert_eq!(recipient.fingerprint(), &sha256(issued.certificate.spki_der()));
-    Pool { key, key_pem: key_pem.to_owned(), certificate: issued.certificate, recipient }
+    // Headers name the key by what anyone can compute from the certificate.
+    assert_eq!(key.recipient_fingerprint(), sha256(issued.certificate.spki_der()));
+    Pool { key, key_pem: key_pem.to_owned(), certificate: issued.certificate }
 }
 
 fn openssl_rsa_pool(bits: u32) -> Pool {
@@ -132,7 +141,7 @@ fn seal_in_pieces(
     piece: usize,
 ) -> Vec<u8> {
     let mut writer =
-        SealingWriter::with_chunk_size(&pool.recipient, context, chunk_size, Vec::new()).unwrap();
+        SealingWriter::with_chunk_size(&pool.key, context, chunk_size, Vec::new()).unwrap();
     for part in data.chunks(piece) {
         writer.write_all(part).unwrap();
     }
@@ -179,6 +188,10 @@ struct Layout {
     wrapped_key_len_at: usize,
     wrapped_key: Range<usize>,
     nonce_prefix: Range<usize>,
+    /// Everything before the signature section: what the header hash covers.
+    signed_len: usize,
+    signature_len_at: usize,
+    signature: Range<usize>,
     header_len: usize,
     chunk_size: usize,
 }
@@ -190,13 +203,50 @@ fn layout(blob: &[u8]) -> Layout {
     let wrapped_key_len_at = context.end;
     let wrapped_key = wrapped_key_len_at + 2..wrapped_key_len_at + 2 + u16_at(wrapped_key_len_at);
     let nonce_prefix = wrapped_key.end..wrapped_key.end + 7;
+    let signature_len_at = nonce_prefix.end;
+    let signature = signature_len_at + 2..signature_len_at + 2 + u16_at(signature_len_at);
     Layout {
-        header_len: nonce_prefix.end,
+        header_len: signature.end,
+        signed_len: signature_len_at,
         context,
         wrapped_key_len_at,
         wrapped_key,
         nonce_prefix,
+        signature_len_at,
+        signature,
         chunk_size,
+    }
+}
+
+/// What the pool key signs for a header whose signed part is `signed`
+/// (docs/encryption.md, "Signature"): the domain separator, then the header hash.
+fn signature_message(signed: &[u8]) -> Vec<u8> {
+    [&b"gantry-envelope-signature-v1\n"[..], &sha256(signed)].concat()
+}
+
+/// `blob` with its signature section replaced by one holding `signature`.
+fn with_signature(blob: &[u8], signature: &[u8]) -> Vec<u8> {
+    let layout = layout(blob);
+    let length = u16::try_from(signature.len()).unwrap().to_be_bytes();
+    [&blob[..layout.signed_len], &length, signature, &blob[layout.header_len..]].concat()
+}
+
+/// `blob`, whose signed part was changed, signed again by `key`: what it would take to
+/// get past the signature check. Shows what the checks behind it still catch.
+fn resigned(blob: &[u8], key: &PoolPrivateKey) -> Vec<u8> {
+    let signed = &blob[..layout(blob).signed_len];
+    with_signature(blob, &key.sign(&signature_message(signed)).unwrap())
+}
+
+/// Checks a sealed blob's signature with the certificate, as anyone holding it can.
+fn assert_signed_by(certificate: &Certificate, blob: &[u8]) {
+    let layout = layout(blob);
+    let message = signature_message(&blob[..layout.signed_len]);
+    certificate.verify(&message, &blob[layout.signature.clone()]).unwrap();
+    let signature_len = layout.signature.len();
+    match certificate.algorithm() {
+        KeyAlgorithm::Rsa { bits } => assert_eq!(signature_len, bits / 8, "RSA-PSS"),
+        KeyAlgorithm::P256 => assert!((8..=72).contains(&signature_len), "ECDSA, DER"),
     }
 }
 
@@ -230,12 +280,13 @@ fn assert_round_trip(pool: &Pool) {
     let context = context("01JRUN", Purpose::Workspace);
 
     let mut blob = Vec::new();
-    assert_eq!(seal(&pool.recipient, &context, data.as_slice(), &mut blob).unwrap(), 3077);
+    assert_eq!(seal(&pool.key, &context, data.as_slice(), &mut blob).unwrap(), 3077);
     let header = read_header(blob.as_slice()).unwrap();
     assert_eq!(header.version, 1);
-    assert_eq!(header.algorithm, pool.recipient.algorithm());
+    assert_eq!(header.algorithm, pool.algorithm());
     assert_eq!(header.chunk_size, DEFAULT_CHUNK_SIZE);
-    assert_eq!(&header.recipient_fingerprint, pool.recipient.fingerprint());
+    assert_eq!(header.recipient_fingerprint, sha256(pool.certificate.spki_der()));
+    assert_signed_by(&pool.certificate, &blob);
     assert_eq!(
         header.context,
         "gantry-envelope-v1\npool=01JPOOL0000000000000000000\nstack=01JSTACK000000000000000000\nrun=01JRUN\npurpose=workspace"
@@ -247,6 +298,7 @@ fn assert_round_trip(pool: &Pool) {
     );
 
     let small_chunks = seal_in_pieces(pool, &context, 1024, &data, 1000);
+    assert_signed_by(&pool.certificate, &small_chunks);
     let (opened, result) = read_in_pieces(pool, &context, &small_chunks, 777);
     result.unwrap();
     assert_eq!(opened, data);
@@ -277,16 +329,19 @@ fn assert_rsa_round_trips(bits: u32) {
     let csr = read(dir.path(), "pool.csr");
     for key_pem in [&pkcs8, &pkcs1] {
         let pool = pool(key_pem, &csr);
-        assert_eq!(pool.recipient.algorithm(), WrapAlgorithm::RsaOaepSha256);
+        assert_eq!(pool.algorithm(), WrapAlgorithm::RsaOaepSha256);
         assert_round_trip(&pool);
     }
-    // A blob sealed once opens with the key in either format.
+    // A blob sealed and signed with the key in one format opens with it in the other.
     let context = context("01JRUN", Purpose::State);
-    let first = pool(&pkcs8, &csr);
-    let mut blob = Vec::new();
-    seal(&first.recipient, &context, &b"state"[..], &mut blob).unwrap();
-    assert_eq!(open_blob(&pool(&pkcs1, &csr), &context, &blob).unwrap(), b"state");
-    assert_eq!(layout(&blob).wrapped_key.len(), bits as usize / 8);
+    for (sealer, opener) in [(&pkcs8, &pkcs1), (&pkcs1, &pkcs8)] {
+        let mut blob = Vec::new();
+        seal(&pool(sealer, &csr).key, &context, &b"state"[..], &mut blob).unwrap();
+        assert_eq!(open_blob(&pool(opener, &csr), &context, &blob).unwrap(), b"state");
+        let layout = layout(&blob);
+        assert_eq!(layout.wrapped_key.len(), bits as usize / 8);
+        assert_eq!(layout.signature.len(), bits as usize / 8);
+    }
 }
 
 #[test]
@@ -313,24 +368,33 @@ fn p256_keys_round_trip_in_sec1_pkcs8_and_from_gantry_keygen() {
     let csr = read(dir.path(), "pool.csr");
     for name in ["sec1.key", "pkcs8.key"] {
         let pool = pool(&read(dir.path(), name), &csr);
-        assert_eq!(pool.recipient.algorithm(), WrapAlgorithm::HpkeP256);
+        assert_eq!(pool.algorithm(), WrapAlgorithm::HpkeP256);
         assert_round_trip(&pool);
     }
+    // A blob signed with the SEC1-loaded key opens with the PKCS#8-loaded one.
+    let context = context("r", Purpose::Plan);
+    let mut blob = Vec::new();
+    seal(&pool(&read(dir.path(), "sec1.key"), &csr).key, &context, &b"plan"[..], &mut blob)
+        .unwrap();
+    assert_eq!(
+        open_blob(&pool(&read(dir.path(), "pkcs8.key"), &csr), &context, &blob).unwrap(),
+        b"plan"
+    );
     let generated = generate_pool_key("pool").unwrap();
     let keygen = pool(&generated.private_key_pem, &generated.csr_pem);
     assert_round_trip(&keygen);
     let mut blob = Vec::new();
-    seal(&keygen.recipient, &context("r", Purpose::Plan), &b"plan"[..], &mut blob).unwrap();
+    seal(&keygen.key, &context, &b"plan"[..], &mut blob).unwrap();
     assert_eq!(layout(&blob).wrapped_key.len(), 65 + 32 + 16, "enc ‖ sealed data key");
 }
 
 #[test]
-fn keys_keep_their_secrets_out_of_debug_output() {
+fn keys_and_writers_keep_secrets_out_of_debug_output() {
     for pool in both_pools() {
-        let shown = format!("{:?} {:?}", pool.key, pool.recipient);
+        let writer = SealingWriter::new(&pool.key, &context("r", Purpose::Plan), Vec::new());
+        let shown = format!("{:?} {:?}", pool.key, writer.unwrap());
         assert!(shown.contains("hidden"), "{shown}");
-        assert!(shown.contains(&hex::encode(pool.recipient.fingerprint())), "{shown}");
-        assert!(!shown.contains("PRIVATE"), "{shown}");
+        assert!(!shown.contains("PRIVATE") && !shown.contains("key:"), "{shown}");
     }
 }
 
@@ -339,7 +403,6 @@ fn keys_and_streams_can_cross_threads() {
     fn send_and_sync<T: Send + Sync>() {}
     fn send<T: Send>() {}
     send_and_sync::<PoolPrivateKey>(); // the launcher shares it in an `Arc`
-    send_and_sync::<Recipient>();
     send::<SealingWriter<Vec<u8>>>();
     send::<OpeningReader<std::fs::File>>();
     send::<EnvelopeError>();
@@ -412,10 +475,15 @@ fn lengths_at_every_chunk_boundary_round_trip_for_both_algorithms() {
                     // `seal` reads ahead instead of waiting for writes: same chunking.
                     let mut sealed = Vec::new();
                     assert_eq!(
-                        seal(&pool.recipient, &context, data.as_slice(), &mut sealed).unwrap(),
+                        seal(&pool.key, &context, data.as_slice(), &mut sealed).unwrap(),
                         len as u64
                     );
-                    assert_eq!(sealed.len(), blob.len(), "{len}");
+                    // Same body length (ECDSA signatures vary by a byte or two in DER).
+                    assert_eq!(
+                        sealed.len() - self::layout(&sealed).header_len,
+                        blob.len() - layout.header_len,
+                        "{len}"
+                    );
                     assert_eq!(open_blob(pool, &context, &sealed).unwrap(), data, "{len}");
                 }
             }
@@ -444,7 +512,7 @@ fn the_writer_holds_back_a_full_chunk_until_more_plaintext_arrives() {
     let context = context("01JRUNLAZY", Purpose::Workspace);
     let output = SharedOutput::default();
     let mut writer =
-        SealingWriter::with_chunk_size(&pool.recipient, &context, 1024, output.clone()).unwrap();
+        SealingWriter::with_chunk_size(&pool.key, &context, 1024, output.clone()).unwrap();
     let header_len = output.0.borrow().len();
     assert_eq!(header_len, layout(&output.0.borrow()).header_len, "new writes the header");
     writer.write_all(&[1; 1024]).unwrap();
@@ -468,7 +536,7 @@ fn a_writer_dropped_without_finish_leaves_a_blob_that_does_not_open() {
         let mut blob = Vec::new();
         {
             let mut writer =
-                SealingWriter::with_chunk_size(&pool.recipient, &context, 1024, &mut blob).unwrap();
+                SealingWriter::with_chunk_size(&pool.key, &context, 1024, &mut blob).unwrap();
             writer.write_all(&plaintext(5000, 1)).unwrap();
         }
         assert_error(open_blob(pool, &context, &blob), |e| matches!(e, EnvelopeError::Truncated));
@@ -517,10 +585,8 @@ fn a_changed_header_byte_gets_a_precise_error() {
         assert_error(open(altered(&blob, 10, |b| *b = 0x7f)), |e| {
             matches!(e, EnvelopeError::BadChunkSize(0x7f00_0400))
         });
-        // 1024 → 1280: still a valid size, but the header hash changed.
-        assert_error(open(altered(&blob, 12, |b| *b ^= 1)), |e| {
-            matches!(e, EnvelopeError::Integrity { chunk: 0 })
-        });
+        // 1024 → 1280: still a valid size, but not the signed one.
+        assert_error(open(altered(&blob, 12, |b| *b ^= 1)), |e| matches!(e, EnvelopeError::Forged));
         assert_error(open(altered(&blob, 14, |b| *b ^= 1)), |e| {
             matches!(e, EnvelopeError::WrongKey)
         });
@@ -537,22 +603,25 @@ fn a_changed_header_byte_gets_a_precise_error() {
             message,
             "sealed for run X1JRUNTAMPER (state), not for run 01JRUNTAMPER (state)"
         );
-        assert_error(open(altered(&blob, layout.wrapped_key.start + 5, |b| *b ^= 1)), |e| {
-            matches!(e, EnvelopeError::Unwrap)
-        });
-        assert_error(open(altered(&blob, layout.wrapped_key.end - 1, |b| *b ^= 1)), |e| {
-            matches!(e, EnvelopeError::Unwrap)
-        });
-        assert_error(open(altered(&blob, layout.wrapped_key_len_at + 1, |b| *b ^= 1)), |e| {
-            matches!(e, EnvelopeError::Unwrap)
-        });
-        assert_error(open(altered(&blob, layout.nonce_prefix.start, |b| *b ^= 1)), |e| {
-            matches!(e, EnvelopeError::Integrity { chunk: 0 })
-        });
-        assert_error(open(altered(&blob, layout.nonce_prefix.end - 1, |b| *b ^= 1)), |e| {
-            matches!(e, EnvelopeError::Integrity { chunk: 0 })
-        });
-        for cut in [5, 30, layout.context.end, layout.header_len - 1] {
+        for at in [
+            layout.wrapped_key.start + 5,
+            layout.wrapped_key.end - 1,
+            layout.nonce_prefix.start,
+            layout.nonce_prefix.end - 1,
+        ] {
+            assert_error(open(altered(&blob, at, |b| *b ^= 1)), |e| {
+                matches!(e, EnvelopeError::Forged)
+            });
+        }
+        // A changed length misplaces every field after it: the signature section is read
+        // from the wrong bytes, and runs past the input or does not verify.
+        for change in [1, 0x80] {
+            assert_error(
+                open(altered(&blob, layout.wrapped_key_len_at + 1, |b| *b ^= change)),
+                |e| matches!(e, EnvelopeError::Forged | EnvelopeError::Truncated),
+            );
+        }
+        for cut in [5, 30, layout.context.end, layout.signed_len - 1, layout.header_len - 1] {
             let expected: fn(&EnvelopeError) -> bool = if cut < 8 {
                 |e| matches!(e, EnvelopeError::NotAnEnvelope)
             } else {
@@ -560,26 +629,268 @@ fn a_changed_header_byte_gets_a_precise_error() {
             };
             assert_error(open(blob[..cut].to_vec()), expected);
         }
+        let message = open(altered(&blob, 12, |b| *b ^= 1)).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "the blob is not signed by this pool's key: it was not sealed by a launcher of the pool"
+        );
     }
 }
 
-/// The context check before unwrapping only gives a precise message: a header rewritten
-/// to claim another context still fails, because the context is the OAEP label or HPKE
-/// info under which the data key was wrapped (and part of every chunk's associated data).
+/// Past the signature, the older checks still stand on their own: a header altered and
+/// then signed again with the pool key (which only a launcher has) still fails where the
+/// wrapped key or the chunks no longer fit it.
+#[test]
+fn behind_the_signature_the_wrap_and_the_chunks_still_bind_the_header() {
+    for pool in both_pools() {
+        let (context, data, blob) = tamper_fixture(pool);
+        let layout = layout(&blob);
+        let open = |bytes: Vec<u8>| open_blob(pool, &context, &bytes);
+        assert_eq!(open(resigned(&blob, &pool.key)).unwrap(), data, "re-signing alone is harmless");
+        for at in [layout.wrapped_key.start + 5, layout.wrapped_key.end - 1] {
+            assert_error(open(resigned(&altered(&blob, at, |b| *b ^= 1), &pool.key)), |e| {
+                matches!(e, EnvelopeError::Unwrap)
+            });
+        }
+        for at in [12, layout.nonce_prefix.start, layout.nonce_prefix.end - 1] {
+            assert_error(open(resigned(&altered(&blob, at, |b| *b ^= 1), &pool.key)), |e| {
+                matches!(e, EnvelopeError::Integrity { chunk: 0 })
+            });
+        }
+    }
+}
+
+/// The context check before the signature only gives a precise message: a header
+/// rewritten to claim another context is not signed, and even signed again by the pool
+/// key it would not unwrap, because the context is the OAEP label or HPKE info under
+/// which the data key was wrapped (and part of every chunk's associated data).
 #[test]
 fn a_header_rewritten_for_another_run_still_does_not_open() {
     for pool in both_pools() {
         let sealed_for = context("01JRUNAAAA", Purpose::State);
         let mut blob = Vec::new();
-        seal(&pool.recipient, &sealed_for, &plaintext(100, 1)[..], &mut blob).unwrap();
+        seal(&pool.key, &sealed_for, &plaintext(100, 1)[..], &mut blob).unwrap();
         let layout = layout(&blob);
         let context_text = std::str::from_utf8(&blob[layout.context.clone()]).unwrap();
         let rewritten = context_text.replace("01JRUNAAAA", "01JRUNBBBB");
         blob.splice(layout.context.clone(), rewritten.bytes());
         assert_eq!(read_header(blob.as_slice()).unwrap().context, rewritten);
         let victim = context("01JRUNBBBB", Purpose::State);
-        assert_error(open_blob(pool, &victim, &blob), |e| matches!(e, EnvelopeError::Unwrap));
+        assert_error(open_blob(pool, &victim, &blob), |e| matches!(e, EnvelopeError::Forged));
+        let resigned = resigned(&blob, &pool.key);
+        assert_error(open_blob(pool, &victim, &resigned), |e| matches!(e, EnvelopeError::Unwrap));
     }
+}
+
+#[test]
+fn a_changed_or_missing_signature_is_refused_as_forged() {
+    for pool in both_pools() {
+        let (context, _, blob) = tamper_fixture(pool);
+        let layout = layout(&blob);
+        let open = |bytes: Vec<u8>| open_blob(pool, &context, &bytes);
+        for at in [layout.signature.start, layout.signature.start + 20, layout.signature.end - 1] {
+            for change in [0x01, 0x80] {
+                assert_error(open(altered(&blob, at, |b| *b ^= change)), |e| {
+                    matches!(e, EnvelopeError::Forged)
+                });
+            }
+        }
+        let signature = &blob[layout.signature.clone()];
+        for wrong in [
+            &[][..],
+            &signature[..signature.len() - 1],
+            &[signature, &[0][..]].concat(),
+            &vec![0; signature.len()],
+        ] {
+            assert_error(open(with_signature(&blob, wrong)), |e| {
+                matches!(e, EnvelopeError::Forged)
+            });
+        }
+        // A changed length field: the signature takes one byte of the body, or leaves one.
+        for change in [1, 0x80] {
+            assert_error(
+                open(altered(&blob, layout.signature_len_at + 1, |b| *b ^= change)),
+                |e| matches!(e, EnvelopeError::Forged | EnvelopeError::Truncated),
+            );
+        }
+        // Without its signature section, the body's first bytes are taken for it.
+        let stripped = [&blob[..layout.signed_len], &blob[layout.header_len..]].concat();
+        assert_error(open(stripped), |e| {
+            matches!(e, EnvelopeError::Forged | EnvelopeError::Truncated)
+        });
+    }
+}
+
+/// What the signature is for: someone holding only the pool certificate (the server
+/// issued and stores it) assembles a blob exactly as the format says — the data key
+/// wrapped for the pool's public key, the pool's fingerprint, the right context, valid
+/// chunks — and cannot sign it. Signed by the pool key, the same assembly opens, so the
+/// signature is the only thing that stops it.
+#[test]
+fn a_blob_forged_with_only_the_pool_certificate_is_refused() {
+    let other_p256 =
+        PoolPrivateKey::from_pem(&generate_pool_key("other").unwrap().private_key_pem).unwrap();
+    let other_rsa = &openssl_rsa_pool(2048).key;
+    for pool in both_pools() {
+        let context = context("01JRUNFORGED", Purpose::State);
+        let forged_state = br#"{"version":4,"resources":[{"type":"attacker_chosen"}]}"#;
+        let (signed, body) = assemble_for_certificate(&pool.certificate, &context, forged_state);
+        let message = signature_message(&signed);
+        let with = |signature: &[u8]| {
+            let length = u16::try_from(signature.len()).unwrap().to_be_bytes();
+            [&signed[..], &length, signature, &body].concat()
+        };
+        let genuine = pool.key.sign(&message).unwrap();
+        assert_eq!(open_blob(pool, &context, &with(&genuine)).unwrap(), forged_state);
+
+        let header_hash = sha256(&signed);
+        let attempts: [(&str, Vec<u8>); 6] = [
+            ("no signature", Vec::new()),
+            ("another P-256 key", other_p256.sign(&message).unwrap()),
+            ("another RSA key", other_rsa.sign(&message).unwrap()),
+            ("random bytes", plaintext(genuine.len(), 5)),
+            // A malicious server chooses session challenges: a session proof over the
+            // header hash is still no envelope signature.
+            (
+                "a session proof",
+                pool.key.sign(&session_message(&hex::encode(header_hash))).unwrap(),
+            ),
+            ("the bare hash signed", pool.key.sign(&header_hash).unwrap()),
+        ];
+        for (what, signature) in attempts {
+            let forged = with(&signature);
+            let error = open_blob(pool, &context, &forged).unwrap_err();
+            assert!(matches!(error, EnvelopeError::Forged), "{what}: {error:?}");
+            let reader = OpeningReader::new(&pool.key, &context, forged.as_slice());
+            assert!(matches!(reader, Err(EnvelopeError::Forged)), "{what}");
+        }
+    }
+}
+
+/// The same forgery starting from a real blob: sealed by another pool's key for the
+/// right context, its fingerprint rewritten to the pool's.
+#[test]
+fn a_blob_sealed_by_another_key_under_the_pool_fingerprint_is_refused() {
+    let context = context("01JRUNOTHER", Purpose::Workspace);
+    for (sealer, pool) in
+        [(p256(), rsa_2048()), (rsa_2048(), p256()), (&openssl_rsa_pool(2048), rsa_2048())]
+    {
+        let mut blob = Vec::new();
+        seal(&sealer.key, &context, &b"not from this pool"[..], &mut blob).unwrap();
+        blob[14..46].copy_from_slice(&pool.key.recipient_fingerprint());
+        blob[9] = pool.algorithm().id();
+        assert_error(open_blob(pool, &context, &blob), |e| matches!(e, EnvelopeError::Forged));
+    }
+}
+
+/// Signed by the pool, a header still belongs to its own body only: the data key differs
+/// from blob to blob.
+#[test]
+fn a_genuine_header_on_another_blobs_body_fails_its_first_chunk() {
+    for pool in both_pools() {
+        let (context, _, first) = tamper_fixture(pool);
+        let (_, _, second) = tamper_fixture(pool);
+        let spliced =
+            [&first[..layout(&first).header_len], &second[layout(&second).header_len..]].concat();
+        assert_error(open_blob(pool, &context, &spliced), |e| {
+            matches!(e, EnvelopeError::Integrity { chunk: 0 })
+        });
+    }
+}
+
+/// What the signature does not give (docs/encryption.md): freshness. An older blob the
+/// pool really sealed for the same context still opens; the launcher relies on the
+/// server to hand out the latest one.
+#[test]
+fn an_older_genuine_blob_for_the_same_context_still_opens() {
+    let pool = p256();
+    let context = context("01JRUNROLLBACK", Purpose::State);
+    let (mut older, mut newer) = (Vec::new(), Vec::new());
+    seal(&pool.key, &context, &b"serial 1"[..], &mut older).unwrap();
+    seal(&pool.key, &context, &b"serial 2"[..], &mut newer).unwrap();
+    assert_eq!(open_blob(pool, &context, &newer).unwrap(), b"serial 2");
+    assert_eq!(open_blob(pool, &context, &older).unwrap(), b"serial 1");
+}
+
+/// The signed part and the body of a blob assembled from the format's description with
+/// only `certificate`: what anyone holding it (the server included) can make.
+fn assemble_for_certificate(
+    certificate: &Certificate,
+    context: &EnvelopeContext,
+    plaintext: &[u8],
+) -> (Vec<u8>, Vec<u8>) {
+    let context_bytes = format!(
+        "gantry-envelope-v1\npool={}\nstack={}\nrun={}\npurpose={}",
+        context.pool_id, context.stack_id, context.run_id, context.purpose
+    )
+    .into_bytes();
+    let data_key = [0x3c; 32];
+    let (algorithm, wrapped) = match certificate.algorithm() {
+        KeyAlgorithm::Rsa { .. } => {
+            (1, wrap_rsa_oaep(certificate.spki_der(), &data_key, &context_bytes))
+        }
+        KeyAlgorithm::P256 => (2, wrap_hpke(certificate.spki_der(), &data_key, &context_bytes)),
+    };
+    let nonce_prefix = [9, 8, 7, 6, 5, 4, 3];
+    let mut signed = b"GNTRYENV\x01".to_vec();
+    signed.push(algorithm);
+    signed.extend_from_slice(&1024u32.to_be_bytes());
+    signed.extend_from_slice(&sha256(certificate.spki_der()));
+    signed.extend_from_slice(&u16::try_from(context_bytes.len()).unwrap().to_be_bytes());
+    signed.extend_from_slice(&context_bytes);
+    signed.extend_from_slice(&u16::try_from(wrapped.len()).unwrap().to_be_bytes());
+    signed.extend_from_slice(&wrapped);
+    signed.extend_from_slice(&nonce_prefix);
+    let body =
+        seal_chunks_with_key(&data_key, &nonce_prefix, &sha256(&signed), 1024, plaintext).unwrap();
+    (signed, body)
+}
+
+/// RSA-OAEP-SHA256 with aws-lc-rs directly, from the certificate's public key.
+fn wrap_rsa_oaep(spki_der: &[u8], data_key: &[u8; 32], label: &[u8]) -> Vec<u8> {
+    use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPublicEncryptingKey, PublicEncryptingKey};
+    let key =
+        OaepPublicEncryptingKey::new(PublicEncryptingKey::from_der(spki_der).unwrap()).unwrap();
+    let mut wrapped = vec![0; key.ciphertext_size()];
+    let len =
+        key.encrypt(&OAEP_SHA256_MGF1SHA256, data_key, &mut wrapped, Some(label)).unwrap().len();
+    wrapped.truncate(len);
+    wrapped
+}
+
+/// HPKE base mode, DHKEM(P-256)/HKDF-SHA256/AES-128-GCM, with the `hpke` crate directly,
+/// from the certificate's public key (the last 65 bytes of a P-256 SubjectPublicKeyInfo
+/// are its uncompressed point).
+fn wrap_hpke(spki_der: &[u8], data_key: &[u8; 32], info: &[u8]) -> Vec<u8> {
+    use hpke::{Deserializable, OpModeS, Serializable};
+    type Kem = hpke::kem::DhP256HkdfSha256;
+    struct Rng;
+    impl hpke::rand_core::RngCore for Rng {
+        fn next_u32(&mut self) -> u32 {
+            let mut bytes = [0; 4];
+            self.fill_bytes(&mut bytes);
+            u32::from_le_bytes(bytes)
+        }
+        fn next_u64(&mut self) -> u64 {
+            let mut bytes = [0; 8];
+            self.fill_bytes(&mut bytes);
+            u64::from_le_bytes(bytes)
+        }
+        fn fill_bytes(&mut self, destination: &mut [u8]) {
+            aws_lc_rs::rand::fill(destination).unwrap();
+        }
+    }
+    impl hpke::rand_core::CryptoRng for Rng {}
+    let point = &spki_der[spki_der.len() - 65..];
+    let public_key = <Kem as hpke::Kem>::PublicKey::from_bytes(point).unwrap();
+    let (encapped, sealed) = hpke::single_shot_seal::<
+        hpke::aead::AesGcm128,
+        hpke::kdf::HkdfSha256,
+        Kem,
+        _,
+    >(&OpModeS::Base, &public_key, info, data_key, &[], &mut Rng)
+    .unwrap();
+    [&encapped.to_bytes()[..], &sealed].concat()
 }
 
 #[test]
@@ -695,7 +1006,7 @@ fn another_run_or_purpose_is_refused_with_both_contexts_named() {
     for pool in both_pools() {
         let sealed_for = context("01JRUNX", Purpose::State);
         let mut blob = Vec::new();
-        seal(&pool.recipient, &sealed_for, &b"{}"[..], &mut blob).unwrap();
+        seal(&pool.key, &sealed_for, &b"{}"[..], &mut blob).unwrap();
         let cases = [
             (
                 context("01JRUNY", Purpose::Workspace),
@@ -729,7 +1040,7 @@ fn another_pool_key_is_refused_before_any_decryption() {
         [(p256(), &other_p256), (rsa_2048(), &other_p256), (p256(), rsa_2048())]
     {
         let mut blob = Vec::new();
-        seal(&sealed_by.recipient, &context, &b"state"[..], &mut blob).unwrap();
+        seal(&sealed_by.key, &context, &b"state"[..], &mut blob).unwrap();
         let error = open_blob(opened_by, &context, &blob).unwrap_err();
         assert!(matches!(error, EnvelopeError::WrongKey), "{error:?}");
         assert_eq!(
@@ -765,13 +1076,17 @@ fn contexts_that_could_be_confused_are_refused() {
     let pool = p256();
     let forged =
         EnvelopeContext { pool_id: "P\nstack=S".to_owned(), ..context("R", Purpose::State) };
-    let error = SealingWriter::new(&pool.recipient, &forged, Vec::new()).unwrap_err();
-    assert!(
-        matches!(&error, EnvelopeError::Io(e) if e.kind() == io::ErrorKind::InvalidInput),
-        "{error:?}"
+    let error = SealingWriter::new(&pool.key, &forged, Vec::new()).unwrap_err();
+    assert!(matches!(&error, EnvelopeError::InvalidContext(_)), "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        r#"invalid envelope context: the pool id "P\nstack=S" is empty or holds control characters"#
     );
     let error = OpeningReader::new(&pool.key, &forged, &b""[..]).unwrap_err();
-    assert!(matches!(&error, EnvelopeError::Io(e) if e.kind() == io::ErrorKind::InvalidInput));
+    assert!(matches!(&error, EnvelopeError::InvalidContext(_)), "{error:?}");
+    let empty_run = context("", Purpose::State);
+    let error = seal(&pool.key, &empty_run, &b""[..], Vec::new()).unwrap_err();
+    assert!(matches!(&error, EnvelopeError::InvalidContext(_)), "{error:?}");
 }
 
 #[test]
@@ -779,7 +1094,7 @@ fn chunk_sizes_outside_the_readable_range_are_refused_when_sealing() {
     let pool = p256();
     for size in [0, 1023, 16 * 1024 * 1024 + 1] {
         let result = SealingWriter::with_chunk_size(
-            &pool.recipient,
+            &pool.key,
             &context("r", Purpose::Plan),
             size,
             Vec::new(),
@@ -789,12 +1104,111 @@ fn chunk_sizes_outside_the_readable_range_are_refused_when_sealing() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The format, checked with another implementation: openssl's RSA-OAEP
+// The format, checked with another implementation: openssl's RSA-OAEP, RSA-PSS and ECDSA
+
+/// Whether an `openssl` command succeeds (for commands expected to fail).
+fn openssl_succeeds(dir: &Path, args: &[&str]) -> bool {
+    Command::new("openssl").args(args).current_dir(dir).output().unwrap().status.success()
+}
+
+/// The `openssl dgst` options for the pool key's signature scheme: RSA-PSS with SHA-256,
+/// MGF1-SHA-256 (the default with `-sha256`) and a salt as long as the digest; plain
+/// ECDSA-SHA256 for P-256.
+fn dgst_options(algorithm: KeyAlgorithm) -> Vec<&'static str> {
+    match algorithm {
+        KeyAlgorithm::Rsa { .. } => vec![
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:digest",
+            "-sigopt",
+            "rsa_mgf1_md:sha256",
+        ],
+        KeyAlgorithm::P256 => Vec::new(),
+    }
+}
+
+/// openssl checks a blob's signature with the public key from the certificate (not the
+/// private key: what the server holds is enough to check origin) and refuses it once a
+/// byte changes; then a signature openssl makes over the same message opens with Gantry.
+/// This pins the signed message, the scheme parameters and the signature encoding.
+fn assert_signature_matches_openssl(pool: &Pool) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    std::fs::write(path.join("pool.key"), &pool.key_pem).unwrap();
+    std::fs::write(path.join("cert.pem"), pool.certificate.pem()).unwrap();
+    openssl(path, &["x509", "-in", "cert.pem", "-pubkey", "-noout", "-out", "pub.pem"]);
+    let context = context("01JRUNOPENSSLSIG", Purpose::State);
+    let data = plaintext(1500, 2);
+    let blob = seal_in_pieces(pool, &context, 1024, &data, 8192);
+    let layout = layout(&blob);
+    std::fs::write(path.join("message.bin"), signature_message(&blob[..layout.signed_len]))
+        .unwrap();
+    std::fs::write(path.join("signature.bin"), &blob[layout.signature.clone()]).unwrap();
+    let options = dgst_options(pool.key.algorithm());
+    let verify = |signature: &str| {
+        let mut args = vec!["dgst", "-sha256", "-verify", "pub.pem", "-signature", signature];
+        args.extend(&options);
+        args.push("message.bin");
+        openssl_succeeds(path, &args)
+    };
+    assert!(verify("signature.bin"), "openssl verifies Gantry's signature");
+    let mut flipped = blob[layout.signature.clone()].to_vec();
+    flipped[10] ^= 1;
+    std::fs::write(path.join("flipped.bin"), flipped).unwrap();
+    assert!(!verify("flipped.bin"), "openssl refuses a changed signature");
+
+    let mut args = vec!["dgst", "-sha256", "-sign", "pool.key", "-out", "by-openssl.bin"];
+    args.extend(&options);
+    args.push("message.bin");
+    openssl(path, &args);
+    let by_openssl = std::fs::read(path.join("by-openssl.bin")).unwrap();
+    assert_ne!(by_openssl, &blob[layout.signature.clone()], "signatures are randomised");
+    assert_eq!(open_blob(pool, &context, &with_signature(&blob, &by_openssl)).unwrap(), data);
+}
+
+#[test]
+fn signatures_match_openssl_for_every_key_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    openssl(
+        path,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "rsa-pkcs8.key",
+            "-out",
+            "rsa.csr",
+            "-subj",
+            "/CN=pool",
+        ],
+    );
+    openssl(path, &["rsa", "-in", "rsa-pkcs8.key", "-traditional", "-out", "rsa-pkcs1.key"]);
+    openssl(path, &["ecparam", "-name", "prime256v1", "-genkey", "-out", "ec-sec1.key"]);
+    openssl(path, &["req", "-new", "-key", "ec-sec1.key", "-out", "ec.csr", "-subj", "/CN=p"]);
+    openssl(path, &["pkcs8", "-topk8", "-nocrypt", "-in", "ec-sec1.key", "-out", "ec-pkcs8.key"]);
+    for (key, csr, header) in [
+        ("rsa-pkcs8.key", "rsa.csr", "BEGIN PRIVATE KEY"),
+        ("rsa-pkcs1.key", "rsa.csr", "BEGIN RSA PRIVATE KEY"),
+        ("ec-sec1.key", "ec.csr", "BEGIN EC PRIVATE KEY"),
+        ("ec-pkcs8.key", "ec.csr", "BEGIN PRIVATE KEY"),
+    ] {
+        let key_pem = read(path, key);
+        assert!(key_pem.contains(header), "{key}");
+        assert_signature_matches_openssl(&pool(&key_pem, &read(path, csr)));
+    }
+    assert_signature_matches_openssl(p256()); // from `gantry keygen`
+}
 
 /// Unwraps a sealed blob's data key with `openssl pkeyutl` and opens its chunks with the
-/// STREAM layer alone; then builds a whole envelope from parts made by openssl and opens it
-/// with Gantry. Together they check docs/encryption.md's header layout, OAEP parameters
-/// and label, and header hash against an independent implementation.
+/// STREAM layer alone; then builds a whole envelope from parts made by openssl (the
+/// wrapped key and the signature) and opens it with Gantry. Together they check
+/// docs/encryption.md's header layout, OAEP parameters and label, header hash and
+/// signed message against an independent implementation.
 #[test]
 fn the_rsa_envelope_layout_matches_openssl_pkeyutl_both_ways() {
     let pool = rsa_2048();
@@ -829,14 +1243,16 @@ fn the_rsa_envelope_layout_matches_openssl_pkeyutl_both_ways() {
     );
     let data_key: [u8; 32] = std::fs::read(dir.path().join("key.bin")).unwrap().try_into().unwrap();
     let nonce_prefix: [u8; 7] = blob[layout.nonce_prefix.clone()].try_into().unwrap();
-    let header_hash = sha256(&blob[..layout.header_len]);
+    // The chunks authenticate the header up to the nonce prefix: not the signature.
+    let header_hash = sha256(&blob[..layout.signed_len]);
     let body = &blob[layout.header_len..];
     assert_eq!(
         open_chunks_with_key(&data_key, &nonce_prefix, &header_hash, 1024, body).unwrap(),
         data
     );
 
-    // The other way: an envelope assembled from the documented fields and openssl's wrap.
+    // The other way: an envelope assembled from the documented fields, openssl's wrap
+    // and openssl's signature.
     std::fs::write(dir.path().join("cert.pem"), pool.certificate.pem()).unwrap();
     openssl(dir.path(), &["x509", "-in", "cert.pem", "-pubkey", "-noout", "-out", "pub.pem"]);
     let data_key = [0x5a; 32];
@@ -876,7 +1292,19 @@ fn the_rsa_envelope_layout_matches_openssl_pkeyutl_both_ways() {
     header.extend_from_slice(&nonce_prefix);
     let body =
         seal_chunks_with_key(&data_key, &nonce_prefix, &sha256(&header), 2048, &data).unwrap();
-    assert_eq!(open_blob(pool, &context, &[header, body].concat()).unwrap(), data);
+    std::fs::write(dir.path().join("message.bin"), signature_message(&header)).unwrap();
+    let mut args = vec!["dgst", "-sha256", "-sign", "pool.key", "-out", "signature.bin"];
+    args.extend(dgst_options(pool.key.algorithm()));
+    args.push("message.bin");
+    openssl(dir.path(), &args);
+    let signature = std::fs::read(dir.path().join("signature.bin")).unwrap();
+    assert_eq!(signature.len(), 256);
+    let signature_section = [&(signature.len() as u16).to_be_bytes()[..], &signature].concat();
+    let assembled = [header.clone(), signature_section, body.clone()].concat();
+    assert_eq!(open_blob(pool, &context, &assembled).unwrap(), data);
+    // The same assembly without openssl's signature is the forgery the signature stops.
+    let unsigned = [header, vec![0, 0], body].concat();
+    assert_error(open_blob(pool, &context, &unsigned), |e| matches!(e, EnvelopeError::Forged));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -949,6 +1377,11 @@ fn assert_envelope_vector_opens(name: &str, algorithm: WrapAlgorithm) {
     assert_eq!(header.algorithm, algorithm);
     assert_eq!(header.chunk_size, 1024);
     assert_eq!(header.recipient_fingerprint, key.recipient_fingerprint());
+    let signature_len = layout(&blob).signature.len();
+    match algorithm {
+        WrapAlgorithm::RsaOaepSha256 => assert_eq!(signature_len, 256),
+        WrapAlgorithm::HpkeP256 => assert!((8..=72).contains(&signature_len)),
+    }
     assert_eq!(
         header.context,
         "gantry-envelope-v1\npool=01JTESTVECTORPOOL000000000\nstack=01JTESTVECTORSTACK00000000\nrun=01JTESTVECTORRUN0000000000\npurpose=state"
@@ -957,6 +1390,9 @@ fn assert_envelope_vector_opens(name: &str, algorithm: WrapAlgorithm) {
     open(&key, &vector_context(), blob.as_slice(), &mut opened).unwrap();
     assert_eq!(opened, expected);
     assert!(expected.len() > 2 * 1024, "the vector spans three chunks");
+    let flipped = altered(&blob, layout(&blob).signature.start + 3, |b| *b ^= 0x04);
+    let error = open(&key, &vector_context(), flipped.as_slice(), &mut Vec::new()).unwrap_err();
+    assert!(matches!(error, EnvelopeError::Forged), "{error:?}");
 }
 
 #[test]

@@ -6,8 +6,7 @@
 use std::io::{self, Read, Write};
 
 use gantry_crypto::{
-    CertificateAuthority, EnvelopeContext, OpeningReader, PoolPrivateKey, Purpose, Recipient,
-    SealingWriter, generate_pool_key,
+    EnvelopeContext, OpeningReader, PoolPrivateKey, Purpose, SealingWriter, generate_pool_key,
 };
 
 const STREAM_LEN: u64 = 64 * 1024 * 1024;
@@ -90,11 +89,10 @@ fn peak_resident_kib() -> u64 {
 
 #[test]
 fn a_64_mib_stream_seals_and_opens_in_bounded_memory() {
-    let authority = CertificateAuthority::generate("test CA").unwrap();
     let generated = generate_pool_key("pool").unwrap();
-    let issued = authority.issue_pool_certificate(&generated.csr_pem, "pool").unwrap();
-    let recipient = Recipient::from_certificate(&issued.certificate).unwrap();
-    let key = PoolPrivateKey::from_pem(&generated.private_key_pem).unwrap();
+    // The launcher's one key seals (on one side of the pipe) and opens (on the other).
+    let key = std::sync::Arc::new(PoolPrivateKey::from_pem(&generated.private_key_pem).unwrap());
+    let sealer_key = std::sync::Arc::clone(&key);
     let context = EnvelopeContext {
         pool_id: "01JPOOL".to_owned(),
         stack_id: "01JSTACK".to_owned(),
@@ -107,7 +105,7 @@ fn a_64_mib_stream_seals_and_opens_in_bounded_memory() {
     let sealing_context = context.clone();
     let sealer = std::thread::spawn(move || {
         let mut source = digesting(Generated::new(STREAM_LEN));
-        let mut writer = SealingWriter::new(&recipient, &sealing_context, pipe_writer).unwrap();
+        let mut writer = SealingWriter::new(&sealer_key, &sealing_context, pipe_writer).unwrap();
         io::copy(&mut source, &mut writer).unwrap();
         writer.finish().unwrap().flush().unwrap();
         (source.len, source.context.finish().as_ref().to_vec())

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_crypto::{Certificate, PoolPrivateKey, PoolToken, Recipient};
+use gantry_crypto::{Certificate, PoolPrivateKey, PoolToken};
 use gantry_domain::options::{self, Env, OptionError, RunLimits};
 use gantry_domain::{LauncherId, PoolId};
 
@@ -38,9 +38,9 @@ pub struct LauncherConfig {
     pub token: PoolToken,
     pub pool_id: PoolId,
     pub certificate: Certificate,
+    /// Signs session proofs, and seals run state (to its own public half, signed by
+    /// itself) before it leaves this machine and opens it when it comes back.
     pub key: Arc<PoolPrivateKey>,
-    /// The pool's public key: what run state is sealed to before it leaves this machine.
-    pub recipient: Arc<Recipient>,
     /// What unpacking a stored workspace accepts (`GANTRY_LAUNCHER_WORKSPACE_MAX_*`).
     pub(crate) archive_limits: ArchiveLimits,
     pub limits: RunLimits,
@@ -90,9 +90,6 @@ impl LauncherConfig {
         if !key.matches(&certificate) {
             return Err(ConfigError::KeyMismatch { pool_id: token.pool_id.clone() });
         }
-        let recipient = Recipient::from_certificate(&certificate).map_err(|e| {
-            OptionError::invalid_secret(options::TOKEN, format!("a Gantry pool token ({e})"))
-        })?;
 
         let work_dir = match options::get(env, options::WORK_DIR) {
             Some(dir) => PathBuf::from(dir),
@@ -105,7 +102,6 @@ impl LauncherConfig {
             pool_id,
             certificate,
             key: Arc::new(key),
-            recipient: Arc::new(recipient),
             archive_limits: ArchiveLimits::from_env(env)?,
             limits: RunLimits::from_env(env)?,
             metadata: options::metadata(env),

@@ -1,13 +1,16 @@
 //! Run state that crosses the control plane, encrypted to the pool key: the packed
 //! workspace of a plan waiting for confirmation (so that any worker of the pool can
 //! apply it), and the stack's managed Terraform state. The server only ever holds
-//! ciphertext; everything is sealed here, on the pool's machine, before upload.
+//! ciphertext; everything is sealed here, on the pool's machine, before upload, and
+//! signed with the pool key, so that what comes back is known to come from the pool.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gantry_crypto::{EnvelopeContext, EnvelopeError, OpeningReader, Purpose, SealingWriter};
+use gantry_crypto::{
+    EnvelopeContext, EnvelopeError, OpeningReader, PoolPrivateKey, Purpose, SealingWriter,
+};
 use gantry_domain::RunId;
 use gantry_proto::agent::{Assignment, BlobRef};
 
@@ -78,7 +81,7 @@ impl<W: Write> Write for Hashing<W> {
 /// Seals what `produce` writes into `path`; returns the ciphertext's SHA-256 and size.
 fn seal_into(
     path: &Path,
-    recipient: &gantry_crypto::Recipient,
+    sealer: &PoolPrivateKey,
     context: &EnvelopeContext,
     produce: impl FnOnce(&mut dyn Write) -> Result<(), String>,
 ) -> Result<BlobRef, String> {
@@ -89,8 +92,8 @@ fn seal_into(
         digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
         size: 0,
     };
-    let mut sealing = SealingWriter::new(recipient, context, hashing)
-        .map_err(|e| format!("cannot encrypt: {e}"))?;
+    let mut sealing =
+        SealingWriter::new(sealer, context, hashing).map_err(|e| format!("cannot encrypt: {e}"))?;
     produce(&mut sealing)?;
     let mut hashing = sealing.finish().map_err(|e| format!("cannot encrypt: {e}"))?;
     hashing.flush().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -166,6 +169,9 @@ fn explain(what: &str, error: &EnvelopeError) -> String {
         EnvelopeError::WrongContext { .. } => {
             format!("the stored {what} belongs to another run or purpose ({error}): it is refused")
         }
+        EnvelopeError::Forged => format!(
+            "the stored {what} is not signed by this pool's key: no launcher of this pool sealed it, so the server or its storage substituted it, and it is refused"
+        ),
         other => format!("the stored {what} cannot be decrypted: {other}"),
     }
 }
@@ -200,11 +206,11 @@ pub(crate) async fn store_workspace(
     workspace: &Path,
 ) -> Result<BlobRef, String> {
     let scratch = Scratch::new(run_context, &format!("{}.workspace.gantry", assignment.run_id));
-    let recipient = std::sync::Arc::clone(&run_context.config.recipient);
+    let key = std::sync::Arc::clone(&run_context.config.key);
     let envelope = context(run_context, assignment, assignment.run_id, Purpose::Workspace);
     let (path, directory) = (scratch.0.clone(), workspace.to_path_buf());
     let blob = tokio::task::spawn_blocking(move || {
-        seal_into(&path, &recipient, &envelope, |output| {
+        seal_into(&path, &key, &envelope, |output| {
             archive::pack(&directory, output)
                 .map(|_| ())
                 .map_err(|e| format!("cannot pack the workspace: {e}"))
@@ -328,11 +334,11 @@ pub(crate) async fn store_state(
     }
     let name = format!("{}.state-out.gantry", assignment.run_id);
     let path = run_context.scratch_dir.join(&name);
-    let recipient = std::sync::Arc::clone(&run_context.config.recipient);
+    let key = std::sync::Arc::clone(&run_context.config.key);
     let envelope = context(run_context, assignment, assignment.run_id, Purpose::State);
     let (sealed, state_file) = (path.clone(), project.join(STATE_FILE));
     let blob = tokio::task::spawn_blocking(move || {
-        seal_into(&sealed, &recipient, &envelope, |output| {
+        seal_into(&sealed, &key, &envelope, |output| {
             let mut file = std::fs::File::open(&state_file)
                 .map_err(|e| format!("cannot read the state file: {e}"))?;
             std::io::copy(&mut file, output)
@@ -365,5 +371,19 @@ pub(crate) async fn store_state(
                 run_context.config.hostname
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blob_the_pool_did_not_seal_is_explained_as_a_substitution() {
+        let message = explain("state", &EnvelopeError::Forged);
+        assert_eq!(
+            message,
+            "the stored state is not signed by this pool's key: no launcher of this pool sealed it, so the server or its storage substituted it, and it is refused"
+        );
     }
 }

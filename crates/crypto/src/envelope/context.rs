@@ -3,7 +3,6 @@
 //! header hash that every chunk authenticates, so a blob opens only where it belongs.
 
 use std::fmt;
-use std::io;
 use std::str::FromStr;
 
 use super::EnvelopeError;
@@ -78,8 +77,8 @@ impl EnvelopeContext {
             [("pool", &self.pool_id), ("stack", &self.stack_id), ("run", &self.run_id)]
         {
             if value.is_empty() || value.chars().any(char::is_control) {
-                return Err(invalid_context(format!(
-                    "envelope context: the {name} id {value:?} is empty or holds control characters"
+                return Err(EnvelopeError::InvalidContext(format!(
+                    "the {name} id {value:?} is empty or holds control characters"
                 )));
             }
         }
@@ -88,8 +87,8 @@ impl EnvelopeContext {
             self.pool_id, self.stack_id, self.run_id, self.purpose
         );
         if text.len() > usize::from(u16::MAX) {
-            return Err(invalid_context(format!(
-                "envelope context: {} bytes do not fit the header (at most {})",
+            return Err(EnvelopeError::InvalidContext(format!(
+                "{} bytes do not fit the header (at most {})",
                 text.len(),
                 u16::MAX
             )));
@@ -146,10 +145,6 @@ impl EnvelopeContext {
     }
 }
 
-fn invalid_context(message: String) -> EnvelopeError {
-    EnvelopeError::Io(io::Error::new(io::ErrorKind::InvalidInput, message))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,12 +187,29 @@ mod tests {
 
     #[test]
     fn ids_that_could_forge_another_context_are_refused() {
-        for bad in ["a\nstack=b", "", "tab\there"] {
+        for (bad, message) in [
+            (
+                "a\nstack=b",
+                r#"invalid envelope context: the pool id "a\nstack=b" is empty or holds control characters"#,
+            ),
+            (
+                "",
+                r#"invalid envelope context: the pool id "" is empty or holds control characters"#,
+            ),
+            (
+                "tab\there",
+                r#"invalid envelope context: the pool id "tab\there" is empty or holds control characters"#,
+            ),
+        ] {
             let error = context(bad, "S", "R", Purpose::Plan).to_bytes().unwrap_err();
-            assert!(error.to_string().contains("control characters"), "{bad:?}: {error}");
+            assert!(matches!(error, EnvelopeError::InvalidContext(_)), "{bad:?}: {error:?}");
+            assert_eq!(error.to_string(), message);
         }
+        let error = context("P", "", "R", Purpose::Plan).to_bytes().unwrap_err();
+        assert!(error.to_string().contains("the stack id"), "{error}");
         let huge = "x".repeat(70_000);
         let error = context("P", "S", &huge, Purpose::Plan).to_bytes().unwrap_err();
+        assert!(matches!(error, EnvelopeError::InvalidContext(_)), "{error:?}");
         assert!(error.to_string().contains("do not fit the header"), "{error}");
     }
 

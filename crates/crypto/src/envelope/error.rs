@@ -14,6 +14,10 @@ pub enum EnvelopeError {
     UnsupportedAlgorithm(u8),
     #[error("envelope chunk size {0} is out of range (1024 to 16777216 bytes)")]
     BadChunkSize(u32),
+    /// The caller's context cannot be rendered unambiguously: an empty id, an id holding
+    /// a control character, or a context too long for the header's length field.
+    #[error("invalid envelope context: {0}")]
+    InvalidContext(String),
     /// `expected` and `found` describe the two contexts readably ("run X (state)"),
     /// naming the stack or pool only where those differ.
     #[error("sealed for {found}, not for {expected}")]
@@ -26,7 +30,18 @@ pub enum EnvelopeError {
         "the envelope's key wrapping does not fit the pool key (RSA-OAEP needs an RSA key, HPKE an EC P-256 key)"
     )]
     KeyTypeMismatch,
-    #[error("the data key does not unwrap with the pool key: the header was altered")]
+    /// The header's signature is missing, malformed or made by another key. Anyone with
+    /// the pool certificate (the server included) can wrap a data key for the pool; only
+    /// the pool key can sign.
+    #[error(
+        "the blob is not signed by this pool's key: it was not sealed by a launcher of the pool"
+    )]
+    Forged,
+    /// Reached only with a valid signature: the pool key signed a header whose wrapped
+    /// key it cannot unwrap, which no correct launcher does.
+    #[error(
+        "the data key does not unwrap with the pool key, although the pool key signed the header: the blob was sealed wrongly"
+    )]
     Unwrap,
     #[error("the blob was altered: chunk {chunk} fails authentication")]
     Integrity { chunk: u64 },
@@ -34,8 +49,7 @@ pub enum EnvelopeError {
     Truncated,
     #[error("the blob has bytes after its final chunk")]
     TrailingData,
-    /// Reading or writing the blob failed, or an input was unusable (an invalid context,
-    /// a certificate key that cannot receive envelopes: kind `InvalidInput`).
+    /// Reading or writing the blob failed.
     #[error("{0}")]
     Io(#[source] io::Error),
 }
@@ -59,6 +73,7 @@ impl EnvelopeError {
         match self {
             Self::Io(error) => error,
             error @ Self::Truncated => io::Error::new(io::ErrorKind::UnexpectedEof, error),
+            error @ Self::InvalidContext(_) => io::Error::new(io::ErrorKind::InvalidInput, error),
             error => io::Error::new(io::ErrorKind::InvalidData, error),
         }
     }
@@ -74,6 +89,15 @@ mod tests {
         assert!(matches!(error, EnvelopeError::Integrity { chunk: 3 }));
         let error: EnvelopeError = EnvelopeError::Truncated.into_io().into();
         assert!(matches!(error, EnvelopeError::Truncated));
+        let io_error = EnvelopeError::Forged.into_io();
+        assert_eq!(io_error.kind(), io::ErrorKind::InvalidData);
+        assert!(matches!(EnvelopeError::from(io_error), EnvelopeError::Forged));
+        let io_error = EnvelopeError::InvalidContext("the run id is empty".to_owned()).into_io();
+        assert_eq!(io_error.kind(), io::ErrorKind::InvalidInput);
+        assert!(matches!(
+            EnvelopeError::from(io_error),
+            EnvelopeError::InvalidContext(message) if message == "the run id is empty"
+        ));
         let plain = io::Error::new(io::ErrorKind::BrokenPipe, "pipe closed");
         let error: EnvelopeError = EnvelopeError::Io(plain).into_io().into();
         assert!(

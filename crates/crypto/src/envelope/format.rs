@@ -4,7 +4,13 @@
 //! magic "GNTRYENV" (8) | version 1 (1) | wrap algorithm (1) | chunk size (4)
 //! | recipient fingerprint (32) | context length (2) | context
 //! | wrapped-key length (2) | wrapped key | nonce prefix (7)
+//! | signature length (2) | signature
 //! ```
+//!
+//! Everything before the signature section is the *signed part*; its SHA-256, the header
+//! hash, is what the pool key signs and every chunk's associated data. The signature
+//! cannot cover itself, and keeping it out of the chunks' associated data lets a
+//! verifier check it from the hash alone.
 //!
 //! Parsing reads exactly the header and nothing more (the body follows in the same
 //! stream), checks each field as soon as it is read so that a file from a newer format is
@@ -16,6 +22,7 @@ use std::io::{self, Read};
 use aws_lc_rs::digest;
 
 use super::EnvelopeError;
+use super::wrap::internal;
 
 pub(crate) const MAGIC: &[u8; 8] = b"GNTRYENV";
 pub(crate) const VERSION: u8 = 1;
@@ -87,7 +94,7 @@ pub(crate) fn check_chunk_size(chunk_size: u32) -> Result<(), EnvelopeError> {
     }
 }
 
-/// The fields a writer puts in a header.
+/// The fields a writer puts in the signed part of a header.
 pub(crate) struct HeaderFields<'a> {
     pub(crate) algorithm: WrapAlgorithm,
     pub(crate) chunk_size: u32,
@@ -98,7 +105,7 @@ pub(crate) struct HeaderFields<'a> {
 }
 
 impl HeaderFields<'_> {
-    /// The header bytes.
+    /// The signed part's bytes: the header up to and including the nonce prefix.
     pub(crate) fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
         let context_len = length_field(self.context.len(), "the context")?;
         let wrapped_key_len = length_field(self.wrapped_key.len(), "the wrapped key")?;
@@ -128,16 +135,23 @@ impl HeaderFields<'_> {
     }
 }
 
+/// The signature section that ends the header: its length, then the signature.
+pub(crate) fn signature_section(signature: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+    let len = length_field(signature.len(), "the signature")?;
+    Ok([&len.to_be_bytes()[..], signature].concat())
+}
+
+/// A field's length as its 2-byte length field. The context's length is checked when it
+/// is rendered ([`EnvelopeError::InvalidContext`]); wrapped keys and signatures of the
+/// keys Gantry accepts take at most 1024 bytes (RSA-8192), so an overflow is a bug.
 fn length_field(len: usize, what: &str) -> Result<u16, EnvelopeError> {
     u16::try_from(len).map_err(|_| {
-        EnvelopeError::Io(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{what} is {len} bytes: the header's length field holds at most 65535"),
-        ))
+        internal(&format!("{what} is {len} bytes: the header's length field holds at most 65535"))
     })
 }
 
-/// SHA-256 of the header bytes: the associated data of every chunk.
+/// SHA-256 of the header's signed part: what the pool key signs, and the associated data
+/// of every chunk.
 pub(crate) fn header_hash(header_bytes: &[u8]) -> [u8; 32] {
     let mut hash = [0u8; 32];
     hash.copy_from_slice(digest::digest(&digest::SHA256, header_bytes).as_ref());
@@ -150,8 +164,11 @@ pub(crate) struct ParsedHeader {
     pub(crate) context_bytes: Vec<u8>,
     pub(crate) wrapped_key: Vec<u8>,
     pub(crate) nonce_prefix: [u8; NONCE_PREFIX_LEN],
-    /// SHA-256 of every header byte as read.
+    /// SHA-256 of the signed part (every header byte before the signature section), as
+    /// read.
     pub(crate) hash: [u8; 32],
+    /// The signature section's content, unchecked; possibly empty.
+    pub(crate) signature: Vec<u8>,
 }
 
 /// Reads and checks a header, consuming exactly its bytes from `input`.
@@ -176,6 +193,11 @@ pub(crate) fn parse_header(input: &mut impl Read) -> Result<ParsedHeader, Envelo
     let wrapped_key_len = u16::from_be_bytes(reader.array()?);
     let wrapped_key = reader.vec(wrapped_key_len.into())?;
     let nonce_prefix: [u8; NONCE_PREFIX_LEN] = reader.array()?;
+    let hash = header_hash(&reader.bytes);
+    // Read even by `read_header`, so that a header is only ever parsed whole: a blob
+    // without its signature section is `Truncated` (or `Forged`) wherever it is read.
+    let signature_len = u16::from_be_bytes(reader.array()?);
+    let signature = reader.vec(signature_len.into())?;
 
     Ok(ParsedHeader {
         header: EnvelopeHeader {
@@ -185,15 +207,17 @@ pub(crate) fn parse_header(input: &mut impl Read) -> Result<ParsedHeader, Envelo
             recipient_fingerprint,
             context: String::from_utf8_lossy(&context_bytes).into_owned(),
         },
-        hash: header_hash(&reader.bytes),
+        hash,
         context_bytes,
         wrapped_key,
         nonce_prefix,
+        signature,
     })
 }
 
 /// Reads an envelope's header without any key, for diagnostics: which algorithm, which
-/// pool key (by fingerprint) and which context it was sealed for.
+/// pool key (by fingerprint) and which context it was sealed for. The signature is not
+/// checked: nothing read here is authentic until [`crate::open`] says so.
 pub fn read_header(mut input: impl Read) -> Result<EnvelopeHeader, EnvelopeError> {
     parse_header(&mut input).map(|parsed| parsed.header)
 }
@@ -249,8 +273,11 @@ impl<R: Read> RecordingReader<'_, R> {
 mod tests {
     use super::*;
 
+    /// The signed part's length in [`sample`].
+    const SIGNED_LEN: usize = 8 + 1 + 1 + 4 + 32 + 2 + 3 + 2 + 5 + 7;
+
     fn sample() -> Vec<u8> {
-        HeaderFields {
+        let signed = HeaderFields {
             algorithm: WrapAlgorithm::HpkeP256,
             chunk_size: DEFAULT_CHUNK_SIZE,
             recipient_fingerprint: &[7; 32],
@@ -259,7 +286,8 @@ mod tests {
             nonce_prefix: &[1, 2, 3, 4, 5, 6, 7],
         }
         .encode()
-        .unwrap()
+        .unwrap();
+        [signed, signature_section(&[0x5a; 4]).unwrap()].concat()
     }
 
     #[test]
@@ -270,6 +298,8 @@ mod tests {
         expected.extend_from_slice(b"\x00\x03ctx\x00\x05");
         expected.extend_from_slice(&[9; 5]);
         expected.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(expected.len(), SIGNED_LEN);
+        expected.extend_from_slice(b"\x00\x04\x5a\x5a\x5a\x5a");
         assert_eq!(bytes, expected);
 
         let mut input = [bytes.as_slice(), b"body"].concat();
@@ -281,7 +311,8 @@ mod tests {
         assert_eq!(parsed.header.context, "ctx");
         assert_eq!(parsed.wrapped_key, [9; 5]);
         assert_eq!(parsed.nonce_prefix, [1, 2, 3, 4, 5, 6, 7]);
-        assert_eq!(parsed.hash, header_hash(&bytes));
+        assert_eq!(parsed.signature, [0x5a; 4]);
+        assert_eq!(parsed.hash, header_hash(&bytes[..SIGNED_LEN]), "the signature is not hashed");
         input[0] = b'X';
         assert!(matches!(read_header(input.as_slice()), Err(EnvelopeError::NotAnEnvelope)));
     }

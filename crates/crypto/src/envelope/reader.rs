@@ -1,11 +1,14 @@
 //! Opening: the header is read and checked (context, then recipient, then key type)
-//! before any private-key operation, so the common mistakes get precise errors; then the
-//! data key unwraps and the chunks stream out, each only once its tag has verified.
+//! before any key operation, so the common mistakes get precise errors; then its
+//! signature is verified with the pool key's own public half (a blob the pool did not
+//! seal is refused before its wrapped key is touched), the data key unwraps, and the
+//! chunks stream out, each only once its tag has verified.
 
 use std::fmt;
 use std::io::{self, Read, Write};
 
 use super::format::{EnvelopeHeader, parse_header};
+use super::signature::verify_header;
 use super::stream::ChunkReader;
 use super::{EnvelopeContext, EnvelopeError};
 use crate::PoolPrivateKey;
@@ -26,7 +29,7 @@ impl<R: Read> fmt::Debug for OpeningReader<R> {
 }
 
 impl<R: Read> OpeningReader<R> {
-    /// Reads and checks the header and unwraps the data key.
+    /// Reads and checks the header, verifies its signature and unwraps the data key.
     pub fn new(
         key: &PoolPrivateKey,
         context: &EnvelopeContext,
@@ -46,6 +49,11 @@ impl<R: Read> OpeningReader<R> {
         if unwrap_key.algorithm() != parsed.header.algorithm {
             return Err(EnvelopeError::KeyTypeMismatch);
         }
+        // The origin check, and the one that makes every check above authentic: the
+        // signature covers the whole signed part, so past this point the context, the
+        // wrapped key and the nonce prefix are the pool's own. Before unwrapping, so that
+        // no private-key decryption ever runs on a header the server made up.
+        verify_header(key, &parsed.hash, &parsed.signature)?;
         let data_key = unwrap_key.unwrap(&parsed.wrapped_key, &parsed.context_bytes)?;
         let chunk_len = usize::try_from(parsed.header.chunk_size)
             .map_err(|_| EnvelopeError::BadChunkSize(parsed.header.chunk_size))?;

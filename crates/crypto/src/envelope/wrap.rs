@@ -3,7 +3,6 @@
 //! the context string is bound in (OAEP label, HPKE info), so a wrapped key moved into
 //! another context's header no longer unwraps.
 
-use std::fmt;
 use std::io;
 
 use aws_lc_rs::encoding::{AsBigEndian, AsDer, Pkcs8V1Der};
@@ -11,7 +10,7 @@ use aws_lc_rs::rsa::{
     OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, OaepPublicEncryptingKey,
     PrivateDecryptingKey, PublicEncryptingKey,
 };
-use aws_lc_rs::signature::{self, EcdsaKeyPair, ParsedPublicKey, RsaKeyPair};
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, RsaKeyPair};
 use hpke::aead::AesGcm128;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::DhP256HkdfSha256;
@@ -20,7 +19,6 @@ use zeroize::Zeroizing;
 
 use super::format::FINGERPRINT_LEN;
 use super::{EnvelopeError, WrapAlgorithm};
-use crate::{Certificate, KeyAlgorithm};
 
 /// The length of the data key: an AES-256 key.
 pub(crate) const DATA_KEY_LEN: usize = 32;
@@ -35,87 +33,46 @@ const HPKE_ENC_LEN: usize = 65;
 /// The HPKE-sealed data key: 32 bytes and AES-128-GCM's 16-byte tag.
 const HPKE_SEALED_KEY_LEN: usize = DATA_KEY_LEN + 16;
 
-/// A pool public key able to receive envelopes, from the pool's certificate.
-#[derive(Clone)]
-pub struct Recipient {
-    fingerprint: [u8; FINGERPRINT_LEN],
-    key: WrapKey,
-}
-
-#[derive(Clone)]
-enum WrapKey {
-    RsaOaep(PublicEncryptingKey),
+/// The public half used to wrap data keys: the pool key's own public key, prepared when
+/// the key is loaded (a launcher seals for its own pool, so it needs no certificate).
+pub(crate) enum WrapKey {
+    RsaOaep(OaepPublicEncryptingKey),
     Hpke(HpkePublicKey),
 }
 
-impl fmt::Debug for Recipient {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Recipient")
-            .field("algorithm", &self.algorithm())
-            .field("fingerprint", &hex::encode(self.fingerprint))
-            .finish()
+impl WrapKey {
+    /// `spki_der` is the key pair's own SubjectPublicKeyInfo, as aws-lc-rs encodes it.
+    pub(crate) fn from_rsa(spki_der: &[u8]) -> Result<Self, String> {
+        let public_key = PublicEncryptingKey::from_der(spki_der)
+            .map_err(|e| format!("the RSA public key cannot encrypt ({e})"))?;
+        OaepPublicEncryptingKey::new(public_key)
+            .map(Self::RsaOaep)
+            .map_err(|_| "the RSA public key cannot encrypt with OAEP".to_owned())
     }
-}
 
-impl Recipient {
-    /// The certificate's public key, checked to be usable for wrapping.
-    pub fn from_certificate(certificate: &Certificate) -> Result<Self, EnvelopeError> {
-        let unusable = |reason: &str| {
-            EnvelopeError::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "the pool certificate's {} key cannot receive envelopes: {reason}",
-                    certificate.algorithm()
-                ),
-            ))
-        };
-        let spki = certificate.spki_der();
-        match certificate.algorithm() {
-            KeyAlgorithm::Rsa { .. } => {
-                let key = PublicEncryptingKey::from_der(spki)
-                    .map_err(|e| unusable(&format!("aws-lc-rs rejects it ({e})")))?;
-                let canonical = key.as_der().map_err(|_| unusable("it does not re-encode"))?;
-                Ok(Self {
-                    fingerprint: spki_fingerprint(canonical.as_ref()),
-                    key: WrapKey::RsaOaep(key),
-                })
-            }
-            KeyAlgorithm::P256 => {
-                let parsed = ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, spki)
-                    .map_err(|e| unusable(&format!("aws-lc-rs rejects it ({e})")))?;
-                let canonical = parsed.as_der().map_err(|_| unusable("it does not re-encode"))?;
-                let key = HpkePublicKey::from_bytes(certificate.public_key())
-                    .map_err(|_| unusable("expected an uncompressed P-256 point"))?;
-                Ok(Self {
-                    fingerprint: spki_fingerprint(canonical.as_ref()),
-                    key: WrapKey::Hpke(key),
-                })
-            }
+    pub(crate) fn from_p256(key_pair: &EcdsaKeyPair) -> Result<Self, String> {
+        // `public_key()` of a P-256 pair is the uncompressed point, which is exactly the
+        // serialization the `hpke` crate reads.
+        HpkePublicKey::from_bytes(key_pair.public_key().as_ref())
+            .map(Self::Hpke)
+            .map_err(|_| "the EC public key is not an uncompressed P-256 point".to_owned())
+    }
+
+    pub(crate) fn algorithm(&self) -> WrapAlgorithm {
+        match self {
+            Self::RsaOaep(_) => WrapAlgorithm::RsaOaepSha256,
+            Self::Hpke(_) => WrapAlgorithm::HpkeP256,
         }
     }
 
-    /// SHA-256 of the key's DER SubjectPublicKeyInfo, as written in envelope headers.
-    pub fn fingerprint(&self) -> &[u8; 32] {
-        &self.fingerprint
-    }
-
-    pub fn algorithm(&self) -> WrapAlgorithm {
-        match self.key {
-            WrapKey::RsaOaep(_) => WrapAlgorithm::RsaOaepSha256,
-            WrapKey::Hpke(_) => WrapAlgorithm::HpkeP256,
-        }
-    }
-
-    /// Wraps `data_key` for this recipient, bound to `context`.
+    /// Wraps `data_key` for this key, bound to `context`.
     pub(crate) fn wrap(
         &self,
         data_key: &[u8; DATA_KEY_LEN],
         context: &[u8],
     ) -> Result<Vec<u8>, EnvelopeError> {
-        match &self.key {
-            WrapKey::RsaOaep(public_key) => {
-                let oaep = OaepPublicEncryptingKey::new(public_key.clone())
-                    .map_err(|_| internal("the RSA key does not support OAEP"))?;
+        match self {
+            Self::RsaOaep(oaep) => {
                 let mut wrapped = vec![0u8; oaep.ciphertext_size()];
                 let len = oaep
                     .encrypt(&OAEP_SHA256_MGF1SHA256, data_key, &mut wrapped, Some(context))
@@ -124,7 +81,7 @@ impl Recipient {
                 wrapped.truncate(len);
                 Ok(wrapped)
             }
-            WrapKey::Hpke(public_key) => {
+            Self::Hpke(public_key) => {
                 let (encapped, sealed) = hpke::single_shot_seal::<AesGcm128, HkdfSha256, Kem, _>(
                     &OpModeS::Base,
                     public_key,
@@ -230,9 +187,8 @@ impl UnwrapKey {
     }
 }
 
-/// SHA-256 of a DER SubjectPublicKeyInfo. Both sides (certificate and private key) pass
-/// aws-lc-rs's canonical re-encoding, so an unusual but valid encoding in a certificate
-/// cannot make a blob look sealed for another key.
+/// SHA-256 of a DER SubjectPublicKeyInfo: the key's own, as aws-lc-rs encodes it (for
+/// the keys Gantry accepts, the same bytes as the pool certificate's SubjectPublicKeyInfo).
 pub(crate) fn spki_fingerprint(spki_der: &[u8]) -> [u8; FINGERPRINT_LEN] {
     super::format::header_hash(spki_der)
 }

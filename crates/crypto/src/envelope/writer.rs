@@ -1,15 +1,21 @@
 //! Sealing: a fresh random data key and nonce prefix per blob, the data key wrapped for
-//! the recipient, the header written first, then the chunks as plaintext streams in.
+//! the pool key's own public half, the header signed with the pool key and written
+//! first, then the chunks as plaintext streams in. Sealing needs the private key: that
+//! is what makes a blob's origin checkable (`signature.rs`).
 
 use std::fmt;
 use std::io::{self, Read, Write};
 
 use zeroize::Zeroizing;
 
-use super::format::{HeaderFields, NONCE_PREFIX_LEN, check_chunk_size, header_hash};
+use super::format::{
+    HeaderFields, NONCE_PREFIX_LEN, check_chunk_size, header_hash, signature_section,
+};
+use super::signature::sign_header;
 use super::stream::ChunkWriter;
 use super::wrap::{DATA_KEY_LEN, internal};
-use super::{DEFAULT_CHUNK_SIZE, EnvelopeContext, EnvelopeError, Recipient};
+use super::{DEFAULT_CHUNK_SIZE, EnvelopeContext, EnvelopeError};
+use crate::PoolPrivateKey;
 
 /// Encrypts everything written to it into `inner` as one envelope. Buffers at most one
 /// chunk. [`SealingWriter::finish`] writes the final chunk: dropping the writer without
@@ -29,19 +35,20 @@ impl<W: Write> fmt::Debug for SealingWriter<W> {
 }
 
 impl<W: Write> SealingWriter<W> {
-    /// Wraps a new data key for `recipient`, bound to `context`, and writes the header.
+    /// Wraps a new data key for `sealer`'s own public key, bound to `context`, signs the
+    /// header with `sealer` and writes it.
     pub fn new(
-        recipient: &Recipient,
+        sealer: &PoolPrivateKey,
         context: &EnvelopeContext,
         inner: W,
     ) -> Result<Self, EnvelopeError> {
-        Self::with_chunk_size(recipient, context, DEFAULT_CHUNK_SIZE, inner)
+        Self::with_chunk_size(sealer, context, DEFAULT_CHUNK_SIZE, inner)
     }
 
     /// [`SealingWriter::new`] with another chunk size (1024 to 16 MiB): smaller chunks
     /// cost more tags, larger ones more memory on both sides.
     pub fn with_chunk_size(
-        recipient: &Recipient,
+        sealer: &PoolPrivateKey,
         context: &EnvelopeContext,
         chunk_size: u32,
         mut inner: W,
@@ -53,22 +60,25 @@ impl<W: Write> SealingWriter<W> {
         aws_lc_rs::rand::fill(data_key.as_mut_slice())
             .and_then(|()| aws_lc_rs::rand::fill(&mut nonce_prefix))
             .map_err(|_| internal("the system random source failed"))?;
-        let wrapped_key = recipient.wrap(&data_key, &context_bytes)?;
-        let header = HeaderFields {
-            algorithm: recipient.algorithm(),
+        let wrap_key = sealer.wrap_key();
+        let wrapped_key = wrap_key.wrap(&data_key, &context_bytes)?;
+        let mut header = HeaderFields {
+            algorithm: wrap_key.algorithm(),
             chunk_size,
-            recipient_fingerprint: recipient.fingerprint(),
+            recipient_fingerprint: &sealer.recipient_fingerprint(),
             context: &context_bytes,
             wrapped_key: &wrapped_key,
             nonce_prefix: &nonce_prefix,
         }
         .encode()?;
+        // The chunks authenticate the signed part only: the signature cannot cover itself.
+        let hash = header_hash(&header);
+        header.extend_from_slice(&signature_section(&sign_header(sealer, &hash)?)?);
         inner.write_all(&header)?;
         // usize is at least 32 bits on every target Gantry builds for.
         let chunk_len =
             usize::try_from(chunk_size).map_err(|_| EnvelopeError::BadChunkSize(chunk_size))?;
-        let chunks =
-            ChunkWriter::new(inner, &data_key, nonce_prefix, header_hash(&header), chunk_len)?;
+        let chunks = ChunkWriter::new(inner, &data_key, nonce_prefix, hash, chunk_len)?;
         Ok(Self { chunks, chunk_size })
     }
 
@@ -88,15 +98,16 @@ impl<W: Write> Write for SealingWriter<W> {
     }
 }
 
-/// Seals all of `input` for `recipient` into `output`; returns the plaintext length.
-/// Reads straight into the chunk buffer, so memory stays at one chunk whatever the size.
+/// Seals all of `input` with `sealer` (for its own public key, signed by it) into
+/// `output`; returns the plaintext length. Reads straight into the chunk buffer, so
+/// memory stays at one chunk whatever the size.
 pub fn seal(
-    recipient: &Recipient,
+    sealer: &PoolPrivateKey,
     context: &EnvelopeContext,
     mut input: impl Read,
     output: impl Write,
 ) -> Result<u64, EnvelopeError> {
-    let mut writer = SealingWriter::new(recipient, context, output)?;
+    let mut writer = SealingWriter::new(sealer, context, output)?;
     let plaintext_len = writer.chunks.write_from(&mut input)?;
     writer.finish()?;
     Ok(plaintext_len)

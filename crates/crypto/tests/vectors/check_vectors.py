@@ -10,12 +10,14 @@ import hashlib
 import pathlib
 import struct
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hpke, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 HERE = pathlib.Path(__file__).parent
 TAG = 16
+SIGNATURE_DOMAIN = b"gantry-envelope-signature-v1\n"
 
 
 def fields(path):
@@ -59,6 +61,16 @@ def check_stream():
     print("stream-v1.txt: ok")
 
 
+def verify_signature(public_key, signature, message):
+    """RSA-PSS-SHA256 (MGF1-SHA256, 32-byte salt) or ECDSA-P256-SHA256 (DER)."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+        public_key.verify(signature, message, pss, hashes.SHA256())
+    else:
+        assert isinstance(public_key.curve, ec.SECP256R1)
+        public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+
+
 def check_envelope(name, expected_algorithm):
     blob = bytes.fromhex("".join((HERE / f"{name}-envelope.hex").read_text().split()))
     key = serialization.load_pem_private_key((HERE / f"{name}-test-key.pem").read_bytes(), None)
@@ -79,8 +91,23 @@ def check_envelope(name, expected_algorithm):
     (wrapped_len,) = struct.unpack(">H", blob[at : at + 2])
     wrapped = blob[at + 2 : at + 2 + wrapped_len]
     at += 2 + wrapped_len
-    prefix, header_len = blob[at : at + 7], at + 7
+    prefix, signed_len = blob[at : at + 7], at + 7
+    (signature_len,) = struct.unpack(">H", blob[signed_len : signed_len + 2])
+    signature = blob[signed_len + 2 : signed_len + 2 + signature_len]
+    header_len = signed_len + 2 + signature_len
+    # The header hash covers everything before the signature section.
+    header_hash = hashlib.sha256(blob[:signed_len]).digest()
+    message = SIGNATURE_DOMAIN + header_hash
+    verify_signature(key.public_key(), signature, message)
+    for wrong in (message[:-1] + bytes([message[-1] ^ 1]), header_hash):
+        try:
+            verify_signature(key.public_key(), signature, wrong)
+        except InvalidSignature:
+            pass
+        else:
+            raise AssertionError(f"{name}: the signature verifies over the wrong message")
     if expected_algorithm == 1:
+        assert signature_len == key.key_size // 8, f"{name}: RSA-PSS signature length"
         assert isinstance(key, rsa.RSAPrivateKey)
         oaep = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), context)
         data_key = key.decrypt(wrapped, oaep)
@@ -88,7 +115,6 @@ def check_envelope(name, expected_algorithm):
         suite = hpke.Suite(hpke.KEM.P256, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM)
         data_key = suite.decrypt(wrapped, key, info=context)
     assert len(data_key) == 32
-    header_hash = hashlib.sha256(blob[:header_len]).digest()
     plaintext = open_chunks(data_key, prefix, header_hash, chunk_size, blob[header_len:])
     assert plaintext == (HERE / "envelope-plaintext.txt").read_bytes(), f"{name}: plaintext"
     print(f"{name}-envelope.hex: ok")
