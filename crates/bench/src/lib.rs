@@ -3,11 +3,15 @@
 //! HTTPS), runs proposed runs one after another, and reads each run's latencies from the
 //! server's own timestamps: when it was created, when a launcher acknowledged it, when
 //! its first log chunk and the worker's first line arrived, when it finished.
-//! `envelope` (in `envelope.rs`) measures sealing and opening run state.
+//! `envelope` (in `envelope.rs`) measures sealing and opening run state. `fleet` (in
+//! `fleet/`) measures dispatch with a thousand simulated idle workers against a server
+//! process.
 
 mod envelope;
+mod fleet;
 
 pub use envelope::{EnvelopeMeasures, envelope, envelope_report};
+pub use fleet::{FleetMeasures, FleetOptions, LatencySummary, PhaseCpu, fleet, fleet_report};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -117,11 +121,12 @@ pub async fn dispatch(runs: usize) -> anyhow::Result<Vec<RunLatencies>> {
             repository: repository.url(),
             branch: "main".into(),
             project_root: String::new(),
-            pool: "bench".into(),
+            pool: Some("bench".into()),
             tool: None,
             runner_image: None,
             autodeploy: false,
             managed_state: false,
+            share_sensitive_outputs: false,
             environment: vec![],
             description: String::new(),
             labels: vec![],
@@ -132,7 +137,10 @@ pub async fn dispatch(runs: usize) -> anyhow::Result<Vec<RunLatencies>> {
     let mut latencies = Vec::with_capacity(runs);
     for index in 0..runs {
         let run = client
-            .trigger_run("bench", &TriggerRun { run_type: RunType::Proposed, commit: None })
+            .trigger_run(
+                "bench",
+                &TriggerRun { run_type: RunType::Proposed, commit: None, command: None },
+            )
             .await?;
         let run = wait_until_ended(&client, run.id).await?;
         anyhow::ensure!(

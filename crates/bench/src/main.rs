@@ -1,5 +1,6 @@
 //! `gantry-bench`: Gantry's benchmarks through real components. Build in release mode:
-//! `cargo build --release --workspace --bins && target/release/gantry-bench dispatch`.
+//! `cargo build --release --workspace --bins && target/release/gantry-bench dispatch`
+//! (or `envelope`, or `fleet`).
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,31 @@ enum Benchmark {
         #[arg(long, default_value_t = 50)]
         samples: usize,
     },
+    /// Dispatch at scale: a `gantry server` process (next to this binary) on SQLite, a
+    /// fleet of simulated launchers in long-poll, no-op runs; latency, throughput, memory
+    Fleet {
+        /// Simulated launchers, each with its own session and HTTPS connection
+        #[arg(long, default_value_t = 100)]
+        launchers: usize,
+        /// Worker slots per launcher (1 to 64)
+        #[arg(long, default_value_t = 10)]
+        slots: usize,
+        /// Runs timed one at a time with the fleet idle
+        #[arg(long, default_value_t = 500)]
+        latency_runs: usize,
+        /// Runs triggered as fast as the API accepts them
+        #[arg(long, default_value_t = 2000)]
+        throughput_runs: usize,
+        /// Stacks the runs are spread over
+        #[arg(long, default_value_t = 10)]
+        stacks: usize,
+        /// Concurrent tasks triggering runs in the throughput phase
+        #[arg(long, default_value_t = 8)]
+        triggering_tasks: usize,
+        /// Keep the server's data directory and log (set GANTRY_LOG for its log filter)
+        #[arg(long)]
+        keep_server_data: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +74,29 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(samples > 0, "--samples must be at least 1");
             let measures = gantry_bench::envelope(size_mib, samples)?;
             print!("{}", gantry_bench::envelope_report(size_mib, samples, &measures));
+        }
+        Benchmark::Fleet {
+            launchers,
+            slots,
+            latency_runs,
+            throughput_runs,
+            stacks,
+            triggering_tasks,
+            keep_server_data,
+        } => {
+            let options = gantry_bench::FleetOptions {
+                launchers,
+                slots,
+                latency_runs,
+                throughput_runs,
+                stacks,
+                triggering_tasks,
+                keep_server_data,
+            };
+            options.validate()?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let measures = runtime.block_on(gantry_bench::fleet(&options))?;
+            print!("{}", gantry_bench::fleet_report(&measures));
         }
     }
     Ok(())

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
-use gantry_domain::RunId;
+use gantry_domain::{RunId, WorkerId};
 use gantry_proto::api::{
-    CreatePool, CreateStack, ErrorResponse, Health, LogChunk, LogPage, Pool, PoolCreated, PoolList,
-    ResetPool, Run, RunList, Stack, StackList, StreamEnd, TriggerRun, WorkerList,
+    AddDependency, CreatePool, CreateStack, Dependencies, Drained, ErrorResponse, Health, LogChunk,
+    LogPage, Pool, PoolCreated, PoolList, Queue, ResetPool, Run, RunList, Stack, StackList,
+    StreamEnd, TriggerRun, WorkerList,
 };
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -315,6 +316,73 @@ impl ApiClient {
     /// `POST /api/v1/runs/{id}/discard`
     pub async fn discard_run(&self, run: RunId) -> Result<Run, ClientError> {
         self.call(Method::POST, self.url(&["runs", &run.to_string(), "discard"]), None::<&()>).await
+    }
+
+    /// `POST /api/v1/runs/{id}/stop`: canceled if it has not started, else its
+    /// launcher stops it.
+    pub async fn stop_run(&self, run: RunId) -> Result<Run, ClientError> {
+        self.call(Method::POST, self.url(&["runs", &run.to_string(), "stop"]), None::<&()>).await
+    }
+
+    /// `POST /api/v1/runs/{id}/prioritize`: to the front of its pool's queue.
+    pub async fn prioritize_run(&self, run: RunId) -> Result<Run, ClientError> {
+        self.call(Method::POST, self.url(&["runs", &run.to_string(), "prioritize"]), None::<&()>)
+            .await
+    }
+
+    /// `POST /api/v1/pools/{pool}/drain` or `/undrain`.
+    pub async fn drain_pool(&self, pool: &str, drained: bool) -> Result<Drained, ClientError> {
+        let action = if drained { "drain" } else { "undrain" };
+        self.call(Method::POST, self.url(&["pools", pool, action]), None::<&()>).await
+    }
+
+    /// `POST /api/v1/workers/{worker}/drain` or `/undrain`.
+    pub async fn drain_worker(
+        &self,
+        worker: WorkerId,
+        drained: bool,
+    ) -> Result<Drained, ClientError> {
+        let action = if drained { "drain" } else { "undrain" };
+        self.call(Method::POST, self.url(&["workers", &worker.to_string(), action]), None::<&()>)
+            .await
+    }
+
+    /// `POST /api/v1/pools/{pool}/cycle`: its launchers exit after their current runs.
+    pub async fn cycle_pool(&self, pool: &str) -> Result<Pool, ClientError> {
+        self.call(Method::POST, self.url(&["pools", pool, "cycle"]), None::<&()>).await
+    }
+
+    /// `GET /api/v1/pools/{pool}/queue`
+    pub async fn pool_queue(&self, pool: &str) -> Result<Queue, ClientError> {
+        self.call(Method::GET, self.url(&["pools", pool, "queue"]), None::<&()>).await
+    }
+
+    /// `GET /api/v1/stacks/{stack}/dependencies`
+    pub async fn stack_dependencies(&self, stack: &str) -> Result<Dependencies, ClientError> {
+        self.call(Method::GET, self.url(&["stacks", stack, "dependencies"]), None::<&()>).await
+    }
+
+    /// `POST /api/v1/stacks/{stack}/dependencies`
+    pub async fn add_dependency(
+        &self,
+        stack: &str,
+        request: &AddDependency,
+    ) -> Result<Dependencies, ClientError> {
+        self.call(Method::POST, self.url(&["stacks", stack, "dependencies"]), Some(request)).await
+    }
+
+    /// `DELETE /api/v1/stacks/{stack}/dependencies/{upstream}`
+    pub async fn remove_dependency(
+        &self,
+        stack: &str,
+        upstream: &str,
+    ) -> Result<Dependencies, ClientError> {
+        self.call(
+            Method::DELETE,
+            self.url(&["stacks", stack, "dependencies", upstream]),
+            None::<&()>,
+        )
+        .await
     }
 
     /// `GET /api/v1/runs/{id}/logs?from=&limit=`: the chunks with `seq >= from`.

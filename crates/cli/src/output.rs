@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use comfy_table::{ContentArrangement, Table, presets};
 use gantry_domain::{PoolId, RunState, Timestamp};
-use gantry_proto::api::{Output, Pool, PoolKind, Run, Stack, Worker};
+use gantry_proto::api::{Dependencies, Output, Pool, PoolKind, Queue, Run, Stack, Worker};
 use gantry_proto::format_timestamp;
 use serde::Serialize;
 
@@ -353,6 +353,61 @@ fn run_duration(run: &Run, now: Timestamp) -> Duration {
     end.since(run.created_at)
 }
 
+/// What a stack depends on and what depends on it.
+pub fn dependencies_text(stack: &str, dependencies: &Dependencies) -> String {
+    let mut text = String::new();
+    if dependencies.upstream.is_empty() {
+        text.push_str(&format!("Stack {stack} depends on no stack.\n"));
+    } else {
+        text.push_str(&format!("Stack {stack} depends on:\n"));
+        for dependency in &dependencies.upstream {
+            text.push_str(&format!("  {}\n", dependency.upstream));
+            for reference in &dependency.references {
+                let always = if reference.trigger_always { " (triggers always)" } else { "" };
+                text.push_str(&format!(
+                    "    output {} -> {}{always}\n",
+                    reference.output, reference.variable
+                ));
+            }
+        }
+    }
+    if !dependencies.downstream.is_empty() {
+        text.push_str(&format!("Depending on it: {}\n", dependencies.downstream.join(", ")));
+    }
+    text
+}
+
+/// A pool's queue: in-progress runs first, then waiting ones in order, with reasons.
+pub fn queue_table(queue: &Queue, now: Timestamp) -> String {
+    if queue.entries.is_empty() {
+        return format!("The queue of pool {} is empty.\n", queue.pool);
+    }
+    let mut table = table(&["#", "RUN", "STACK", "TYPE", "STATE", "QUEUED", "WHY IT WAITS"]);
+    let mut position = 0;
+    for entry in &queue.entries {
+        let place = if entry.in_progress {
+            "-".to_owned()
+        } else {
+            position += 1;
+            position.to_string()
+        };
+        let mut why = entry.run.waiting_reason.clone().unwrap_or_default();
+        if entry.run.prioritized && !entry.in_progress {
+            why = format!("(prioritized) {why}");
+        }
+        table.add_row(vec![
+            place,
+            entry.run.id.to_string(),
+            entry.run.stack_name.clone(),
+            entry.run.run_type.to_string(),
+            entry.run.state.to_string(),
+            relative_time(entry.run.created_at, now),
+            or_dash(&why),
+        ]);
+    }
+    finish(table)
+}
+
 pub fn pool_details(pool: &Pool, workers: &[Worker], now: Timestamp) -> String {
     let mut text = fields(&[
         ("Pool", pool.name.clone()),
@@ -370,6 +425,7 @@ pub fn pool_details(pool: &Pool, workers: &[Worker], now: Timestamp) -> String {
             ),
         ),
         ("Pending runs", pool.pending_runs.to_string()),
+        ("Used by", pool.used_by.join(", ")),
         (
             "Created",
             format!("{} ({})", absolute_time(pool.created_at), relative_time(pool.created_at, now)),
@@ -399,6 +455,15 @@ pub fn stack_details(stack: &Stack, runs: &[Run], now: Timestamp) -> String {
         ),
         ("Autodeploy", yes_no(stack.autodeploy)),
         ("Managed state", yes_no(stack.managed_state)),
+        (
+            "Sensitive outputs",
+            if stack.share_sensitive_outputs {
+                "shared with dependent stacks"
+            } else {
+                "not shared"
+            }
+            .to_owned(),
+        ),
         ("Labels", stack.labels.join(", ")),
         (
             "Created",
@@ -458,6 +523,17 @@ pub fn run_details(run: &Run, now: Timestamp) -> String {
         ("Branch", run.branch.clone()),
         ("Commit", commit),
         ("Autodeploy", yes_no(run.autodeploy)),
+        ("Command", run.command.clone().unwrap_or_default()),
+        ("Triggered by", run.triggered_by.clone()),
+        ("Prioritized", if run.prioritized { "yes".to_owned() } else { String::new() }),
+        (
+            "Stopping",
+            if run.stop_requested {
+                "yes: its launcher is stopping it".to_owned()
+            } else {
+                String::new()
+            },
+        ),
         ("Worker", run.worker_id.map(|id| id.to_string()).unwrap_or_default()),
         ("Changes", changes),
         (
@@ -543,6 +619,7 @@ mod tests {
             busy_workers: 1,
             drained_workers: 0,
             pending_runs: 3,
+            used_by: Vec::new(),
             created_at: at(0),
         }
     }
@@ -594,6 +671,7 @@ mod tests {
             runner_image: None,
             autodeploy: false,
             managed_state: false,
+            share_sensitive_outputs: false,
             environment: vec![
                 EnvironmentVariable {
                     name: "TF_VAR_region".to_owned(),
@@ -632,6 +710,10 @@ mod tests {
             commit: Some("3f2a9c1d8e7b6a5f4e3d2c1b0a99887766554433".to_owned()),
             commit_message: Some("Add the VPN gateway\n\nLong description.".to_owned()),
             autodeploy: false,
+            command: None,
+            prioritized: false,
+            stop_requested: false,
+            triggered_by: "admin".to_owned(),
             worker_id: Some(WorkerId::from_u128(10)),
             has_changes: Some(true),
             failure: (state == RunState::Failed)

@@ -421,7 +421,7 @@ async fn stacks_are_created_from_flags_and_shown_with_their_runs() {
     assert_eq!(json["runs"].as_array().unwrap().len(), 2);
 
     let ran = setup.gantry(&["run", "show", &RUN_FAILS.to_string()]).await;
-    assert!(ran.stdout.contains("Failure:    terraform plan exited with status 1"), "{ran:?}");
+    assert!(ran.stdout.contains("Failure:      terraform plan exited with status 1"), "{ran:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -694,7 +694,7 @@ async fn the_cli_speaks_the_real_servers_api() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ran = gantry(&["run", "show", &id]).await;
     assert!(
-        ran.stdout.contains("State:      QUEUED") || ran.stdout.contains("State:      READY"),
+        ran.stdout.contains("State:        QUEUED") || ran.stdout.contains("State:        READY"),
         "{ran:?}"
     );
     assert!(ran.stdout.contains("Waiting:"), "{ran:?}");

@@ -215,6 +215,12 @@ pub enum RunEvent {
     Confirm,
     /// The apply finished.
     Applied,
+    /// A task's command finished.
+    Performed,
+    /// A user stopped the run before it started on a worker.
+    Cancel,
+    /// A stack this one depends on failed: the run will not start.
+    Skip,
     /// A user discarded the run before it executed or while it waited for confirmation.
     Discard,
     /// The run could not go on.
@@ -233,6 +239,9 @@ impl RunEvent {
             Self::WorkspaceStored => "wait for confirmation (only tracked PLANNING runs can)",
             Self::Confirm => "confirm (only UNCONFIRMED runs can be confirmed)",
             Self::Applied => "finish applying (only APPLYING runs can)",
+            Self::Performed => "finish its command (only PERFORMING tasks can)",
+            Self::Cancel => "cancel (only runs that have not started can be canceled)",
+            Self::Skip => "skip (only QUEUED runs can be skipped)",
             Self::Discard => "discard (only QUEUED, READY and UNCONFIRMED runs can be discarded)",
             Self::Fail => "fail (the run has already ended)",
             Self::Stop => "stop (only executing runs can be stopped)",
@@ -284,6 +293,9 @@ pub fn transition(
         }
         (RunEvent::Confirm, S::Unconfirmed) => S::Confirmed,
         (RunEvent::Applied, S::Applying) => S::Finished,
+        (RunEvent::Performed, S::Performing) => S::Finished,
+        (RunEvent::Cancel, S::Queued | S::Ready | S::Confirmed) => S::Canceled,
+        (RunEvent::Skip, S::Queued) => S::Skipped,
         (RunEvent::Discard, S::Queued | S::Ready | S::Unconfirmed) => S::Discarded,
         (RunEvent::Fail, state) if !state.is_terminal() => S::Failed,
         (RunEvent::Stop, state) if state.occupies_worker() || state == S::Ready => S::Stopped,
@@ -388,6 +400,30 @@ mod tests {
     }
 
     #[test]
+    fn a_task_initializes_then_performs_its_command() {
+        let task = RunContext { run_type: RunType::Task, autodeploy: false };
+        let events = [
+            RunEvent::Promote,
+            RunEvent::Acknowledge,
+            RunEvent::PhaseStarted(Phase::Initializing),
+            RunEvent::PhaseStarted(Phase::Performing),
+            RunEvent::Performed,
+        ];
+        assert_eq!(walk(task, &events).last(), Some(&S::Finished));
+        assert!(transition(S::Performing, task, &RunEvent::Applied).is_err());
+    }
+
+    #[test]
+    fn runs_that_never_started_are_canceled_or_skipped_not_stopped() {
+        assert_eq!(transition(S::Queued, TRACKED, &RunEvent::Cancel), Ok(S::Canceled));
+        assert_eq!(transition(S::Ready, TRACKED, &RunEvent::Cancel), Ok(S::Canceled));
+        assert_eq!(transition(S::Queued, TRACKED, &RunEvent::Skip), Ok(S::Skipped));
+        assert!(transition(S::Planning, TRACKED, &RunEvent::Cancel).is_err());
+        assert_eq!(transition(S::Applying, TRACKED, &RunEvent::Stop), Ok(S::Stopped));
+        assert!(transition(S::Unconfirmed, TRACKED, &RunEvent::Stop).is_err());
+    }
+
+    #[test]
     fn only_a_tracked_plan_waits_for_its_workspace() {
         assert_eq!(transition(S::Planning, PROPOSED, &RunEvent::WorkspaceStored).ok(), None);
         assert_eq!(
@@ -428,6 +464,9 @@ mod tests {
             RunEvent::WorkspaceStored,
             RunEvent::Confirm,
             RunEvent::Applied,
+            RunEvent::Performed,
+            RunEvent::Cancel,
+            RunEvent::Skip,
             RunEvent::Discard,
             RunEvent::Fail,
             RunEvent::Stop,

@@ -1,13 +1,16 @@
-//! The scheduler: a pure function from the runs, stack locks and workers of the world to
-//! the promotions and assignments to make now, and the reason every other run waits.
+//! The scheduler: a pure function from the runs, stack locks, stack dependencies and
+//! workers of the world to the promotions and assignments to make now, and the reason
+//! every other run waits.
 //!
 //! Invariants (property-tested below): a worker never receives a run while it holds one
 //! or is drained; a run is assigned at most once; lock-taking runs of one stack never
-//! overlap; and no run waits while an idle, undrained worker that may take it is left
+//! overlap; a lock-taking run never starts while a stack it depends on has one
+//! unfinished; and no run waits while an idle, undrained worker that may take it is left
 //! unassigned.
 
 use std::collections::{HashMap, HashSet};
 
+use crate::dependencies::DependencyGraph;
 use crate::{PoolId, RunId, RunState, RunType, StackId, Timestamp, WorkerId};
 
 /// What the scheduler needs to know about a run that has not ended.
@@ -22,6 +25,8 @@ pub struct RunSnapshot {
     pub worker_id: Option<WorkerId>,
     /// A user moved the run to the front of its pool's queue.
     pub prioritized: bool,
+    /// A proposed run that drift detection triggered: the lowest class.
+    pub drift: bool,
     pub queued_at: Timestamp,
 }
 
@@ -33,6 +38,61 @@ pub struct WorkerSnapshot {
     pub drained: bool,
     /// The worker holds a run.
     pub busy: bool,
+}
+
+/// The workers one pool offers a scheduling pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolWorkers {
+    /// Idle, undrained workers, in the order they receive runs. Listing as many as the
+    /// pool's runs can use (see [`worker_demand`]) is enough.
+    pub idle: Vec<WorkerId>,
+    /// Every connected worker, busy and drained ones included.
+    pub connected: usize,
+    pub drained: usize,
+}
+
+/// The workers of every pool, as a scheduling pass sees them. Built from per-pool counts
+/// and a bounded list of idle workers, so that a pass costs the same with ten workers or
+/// ten thousand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerAvailability {
+    pools: HashMap<PoolId, PoolWorkers>,
+}
+
+impl WorkerAvailability {
+    /// The availability of a complete list of workers.
+    pub fn of(workers: &[WorkerSnapshot]) -> Self {
+        let mut availability = Self::default();
+        for worker in workers {
+            let pool = availability.pools.entry(worker.pool_id).or_default();
+            pool.connected += 1;
+            pool.drained += usize::from(worker.drained);
+            if !worker.busy && !worker.drained {
+                pool.idle.push(worker.id);
+            }
+        }
+        availability
+    }
+
+    pub fn insert(&mut self, pool_id: PoolId, workers: PoolWorkers) {
+        self.pools.insert(pool_id, workers);
+    }
+
+    pub fn pool(&self, pool_id: PoolId) -> Option<&PoolWorkers> {
+        self.pools.get(&pool_id)
+    }
+}
+
+/// How many runs of each pool may want a worker in the next pass: an upper bound on the
+/// idle workers worth loading.
+pub fn worker_demand(runs: &[RunSnapshot]) -> HashMap<PoolId, usize> {
+    let mut demand = HashMap::new();
+    for run in runs.iter().filter(|run| run.worker_id.is_none()) {
+        if run.state == RunState::Queued || run.state.wants_worker() {
+            *demand.entry(run.pool_id).or_default() += 1;
+        }
+    }
+    demand
 }
 
 /// A run handed to a worker.
@@ -47,6 +107,8 @@ pub struct Assignment {
 pub enum WaitReason {
     /// Another tracked run or task of the stack holds its lock.
     StackLocked { holder: RunId },
+    /// A stack this one depends on has a tracked run or task that has not ended.
+    Dependency { stack: StackId, run: RunId },
     /// Every worker of the pool that could take the run is busy.
     NoIdleWorker,
     /// The pool has workers, but every one of them is drained.
@@ -73,17 +135,36 @@ pub struct Decision {
 }
 
 /// The order in which runs of one pool get workers: manually prioritized runs first,
-/// then runs that block their stack, then proposed runs; first in, first out within a
-/// class.
+/// then runs that block their stack, then proposed runs, then drift detection; first in,
+/// first out within a class.
 pub fn queue_order_key(run: &RunSnapshot) -> (bool, u8, Timestamp, RunId) {
-    let class = if run.run_type.takes_stack_lock() { 0 } else { 1 };
+    let class = match (run.run_type.takes_stack_lock(), run.drift) {
+        (true, _) => 0,
+        (false, false) => 1,
+        (false, true) => 2,
+    };
     (!run.prioritized, class, run.queued_at, run.id)
 }
 
-/// Decides what to do now. `runs` holds every run that has not ended; `workers` every
-/// connected worker. Pure and deterministic: the same input gives the same decision.
-pub fn schedule(runs: &[RunSnapshot], workers: &[WorkerSnapshot]) -> Decision {
+/// Decides what to do now. `runs` holds every run that has not ended; `workers` the
+/// connected workers of every pool. Pure and deterministic: the same input gives the same
+/// decision.
+pub fn schedule(
+    runs: &[RunSnapshot],
+    workers: &WorkerAvailability,
+    dependencies: &DependencyGraph,
+) -> Decision {
     let mut decision = Decision::default();
+
+    // The oldest unfinished lock-taking run of each stack: what a downstream run waits for.
+    let mut unfinished: HashMap<StackId, &RunSnapshot> = HashMap::new();
+    for run in runs.iter().filter(|run| run.run_type.takes_stack_lock() && !run.state.is_terminal())
+    {
+        let entry = unfinished.entry(run.stack_id).or_insert(run);
+        if (run.queued_at, run.id) < (entry.queued_at, entry.id) {
+            *entry = run;
+        }
+    }
 
     let mut lock_holders: HashMap<StackId, RunId> = runs
         .iter()
@@ -102,6 +183,18 @@ pub fn schedule(runs: &[RunSnapshot], workers: &[WorkerSnapshot]) -> Decision {
                 lock_waits.push((run, WaitReason::StackLocked { holder: *holder }));
                 continue;
             }
+            let blocking_upstream = dependencies
+                .all_upstream(run.stack_id)
+                .into_iter()
+                .filter_map(|stack| unfinished.get(&stack))
+                .min_by_key(|upstream| (upstream.queued_at, upstream.id));
+            if let Some(upstream) = blocking_upstream {
+                lock_waits.push((
+                    run,
+                    WaitReason::Dependency { stack: upstream.stack_id, run: upstream.id },
+                ));
+                continue;
+            }
             lock_holders.insert(run.stack_id, run.id);
         }
         promoted.insert(run.id);
@@ -115,16 +208,18 @@ pub fn schedule(runs: &[RunSnapshot], workers: &[WorkerSnapshot]) -> Decision {
         .collect();
     candidates.sort_by_key(|run| queue_order_key(run));
 
-    let mut idle: Vec<&WorkerSnapshot> =
-        workers.iter().filter(|worker| !worker.busy && !worker.drained).collect();
+    // How many of each pool's idle workers this pass has handed out.
+    let mut taken: HashMap<PoolId, usize> = HashMap::new();
     let mut waits = Vec::new();
     for run in candidates {
-        match idle.iter().position(|worker| worker.pool_id == run.pool_id) {
-            Some(index) => {
-                let worker = idle.remove(index);
-                decision.assignments.push(Assignment { run_id: run.id, worker_id: worker.id });
+        let pool = workers.pool(run.pool_id);
+        let next = taken.entry(run.pool_id).or_default();
+        match pool.and_then(|pool| pool.idle.get(*next)) {
+            Some(worker_id) => {
+                *next += 1;
+                decision.assignments.push(Assignment { run_id: run.id, worker_id: *worker_id });
             }
-            None => waits.push((run, worker_shortage(run, workers))),
+            None => waits.push((run, worker_shortage(pool))),
         }
     }
 
@@ -138,14 +233,12 @@ pub fn schedule(runs: &[RunSnapshot], workers: &[WorkerSnapshot]) -> Decision {
     decision
 }
 
-fn worker_shortage(run: &RunSnapshot, workers: &[WorkerSnapshot]) -> WaitReason {
-    let mut pool_workers = workers.iter().filter(|worker| worker.pool_id == run.pool_id).peekable();
-    if pool_workers.peek().is_none() {
-        WaitReason::NoWorkers
-    } else if pool_workers.all(|worker| worker.drained) {
-        WaitReason::AllWorkersDrained
-    } else {
-        WaitReason::NoIdleWorker
+fn worker_shortage(pool: Option<&PoolWorkers>) -> WaitReason {
+    match pool {
+        None => WaitReason::NoWorkers,
+        Some(pool) if pool.connected == 0 => WaitReason::NoWorkers,
+        Some(pool) if pool.drained == pool.connected => WaitReason::AllWorkersDrained,
+        Some(_) => WaitReason::NoIdleWorker,
     }
 }
 
@@ -166,8 +259,22 @@ mod tests {
             state,
             worker_id: None,
             prioritized: false,
+            drift: false,
             queued_at: Timestamp::from_unix_millis(id as i64),
         }
+    }
+
+    /// The scheduler over a complete worker list (shadows the glob-imported one).
+    fn schedule(
+        runs: &[RunSnapshot],
+        workers: &[WorkerSnapshot],
+        dependencies: &DependencyGraph,
+    ) -> Decision {
+        super::schedule(runs, &WorkerAvailability::of(workers), dependencies)
+    }
+
+    fn no_dependencies() -> DependencyGraph {
+        DependencyGraph::default()
     }
 
     fn worker(id: u128) -> WorkerSnapshot {
@@ -180,7 +287,11 @@ mod tests {
 
     #[test]
     fn a_queued_tracked_run_is_promoted_and_assigned_in_one_pass() {
-        let decision = schedule(&[run(1, 1, RunType::Tracked, RunState::Queued)], &[worker(9)]);
+        let decision = schedule(
+            &[run(1, 1, RunType::Tracked, RunState::Queued)],
+            &[worker(9)],
+            &no_dependencies(),
+        );
         assert_eq!(decision.promotions, [RunId::from_u128(1)]);
         assert_eq!(assigned(&decision), [(1, 9)]);
         assert!(decision.waiting.is_empty());
@@ -193,7 +304,7 @@ mod tests {
             run(2, 1, RunType::Tracked, RunState::Queued),
             run(3, 1, RunType::Proposed, RunState::Queued),
         ];
-        let decision = schedule(&runs, &[worker(9)]);
+        let decision = schedule(&runs, &[worker(9)], &no_dependencies());
         assert_eq!(decision.promotions, [RunId::from_u128(3)]);
         assert_eq!(assigned(&decision), [(3, 9)]);
         assert_eq!(
@@ -215,7 +326,7 @@ mod tests {
             run(3, 3, RunType::Tracked, RunState::Ready),
             prioritized,
         ];
-        let decision = schedule(&runs, &[worker(8), worker(9)]);
+        let decision = schedule(&runs, &[worker(8), worker(9)], &no_dependencies());
         assert_eq!(assigned(&decision), [(4, 8), (2, 9)]);
         let waiting: Vec<_> = decision.waiting.iter().map(|w| w.run_id).collect();
         assert_eq!(waiting, [RunId::from_u128(3), RunId::from_u128(1)]);
@@ -226,15 +337,24 @@ mod tests {
     fn every_waiting_run_says_why() {
         let mut drained = worker(9);
         drained.drained = true;
-        let decision = schedule(&[run(1, 1, RunType::Tracked, RunState::Ready)], &[drained]);
+        let decision = schedule(
+            &[run(1, 1, RunType::Tracked, RunState::Ready)],
+            &[drained],
+            &no_dependencies(),
+        );
         assert_eq!(decision.waiting[0].reason, WaitReason::AllWorkersDrained);
 
-        let decision = schedule(&[run(1, 1, RunType::Tracked, RunState::Ready)], &[]);
+        let decision =
+            schedule(&[run(1, 1, RunType::Tracked, RunState::Ready)], &[], &no_dependencies());
         assert_eq!(decision.waiting[0].reason, WaitReason::NoWorkers);
 
         let mut elsewhere = worker(9);
         elsewhere.pool_id = OTHER_POOL;
-        let decision = schedule(&[run(1, 1, RunType::Tracked, RunState::Ready)], &[elsewhere]);
+        let decision = schedule(
+            &[run(1, 1, RunType::Tracked, RunState::Ready)],
+            &[elsewhere],
+            &no_dependencies(),
+        );
         assert_eq!(decision.waiting[0].reason, WaitReason::NoWorkers);
     }
 
@@ -248,11 +368,51 @@ mod tests {
         busy.busy = true;
         let mut busy_too = worker(8);
         busy_too.busy = true;
-        let decision = schedule(&[executing, handed], &[busy, busy_too]);
+        let decision = schedule(&[executing, handed], &[busy, busy_too], &no_dependencies());
         assert_eq!(decision, Decision::default());
     }
 
-    fn arb_world() -> impl Strategy<Value = (Vec<RunSnapshot>, Vec<WorkerSnapshot>)> {
+    #[test]
+    fn a_downstream_run_waits_for_its_upstream_stacks_unfinished_run() {
+        // Stack 2 depends on stack 1, stack 3 on stack 2.
+        let graph = DependencyGraph::new([
+            (StackId::from_u128(2), StackId::from_u128(1)),
+            (StackId::from_u128(3), StackId::from_u128(2)),
+        ]);
+        let runs = [
+            run(1, 1, RunType::Tracked, RunState::Planning),
+            run(2, 3, RunType::Tracked, RunState::Queued),
+            run(3, 2, RunType::Proposed, RunState::Queued),
+        ];
+        let mut busy = worker(8);
+        busy.busy = true;
+        let decision = schedule(&runs, &[busy, worker(9)], &graph);
+        assert_eq!(assigned(&decision), [(3, 9)], "proposed runs do not wait on dependencies");
+        assert_eq!(
+            decision.waiting,
+            [Waiting {
+                run_id: RunId::from_u128(2),
+                reason: WaitReason::Dependency {
+                    stack: StackId::from_u128(1),
+                    run: RunId::from_u128(1)
+                }
+            }]
+        );
+        let finished = [run(2, 3, RunType::Tracked, RunState::Queued)];
+        assert_eq!(assigned(&schedule(&finished, &[worker(9)], &graph)), [(2, 9)]);
+    }
+
+    #[test]
+    fn drift_detection_comes_after_proposed_runs() {
+        let mut drift = run(1, 1, RunType::Proposed, RunState::Ready);
+        drift.drift = true;
+        let runs = [drift, run(2, 2, RunType::Proposed, RunState::Ready)];
+        let decision = schedule(&runs, &[worker(9)], &no_dependencies());
+        assert_eq!(assigned(&decision), [(2, 9)]);
+    }
+
+    fn arb_world() -> impl Strategy<Value = (Vec<RunSnapshot>, Vec<WorkerSnapshot>, DependencyGraph)>
+    {
         let states = prop::sample::select(vec![
             RunState::Queued,
             RunState::Ready,
@@ -263,10 +423,22 @@ mod tests {
             RunState::Applying,
         ]);
         let types = prop::sample::select(vec![RunType::Tracked, RunType::Proposed, RunType::Task]);
-        let run = (0u128..4, 0u128..2, types, states, any::<bool>());
+        let run = (0u128..4, 0u128..2, types, states, any::<bool>(), any::<bool>());
         let worker = (0u128..2, any::<bool>());
-        (prop::collection::vec(run, 0..14), prop::collection::vec(worker, 0..6)).prop_map(
-            |(runs, workers)| {
+        // Edges from a higher stack to a lower one: always acyclic.
+        let edge =
+            (1u128..4, 0u128..3).prop_filter("downstream above upstream", |(down, up)| down > up);
+        (
+            prop::collection::vec(run, 0..14),
+            prop::collection::vec(worker, 0..6),
+            prop::collection::vec(edge, 0..4),
+        )
+            .prop_map(|(runs, workers, edges)| {
+                let graph = DependencyGraph::new(
+                    edges
+                        .into_iter()
+                        .map(|(down, up)| (StackId::from_u128(down), StackId::from_u128(up))),
+                );
                 let mut workers: Vec<WorkerSnapshot> = workers
                     .into_iter()
                     .enumerate()
@@ -279,7 +451,7 @@ mod tests {
                     .collect();
                 let mut lock_taken = HashSet::new();
                 let mut snapshots = Vec::new();
-                for (i, (stack, pool, run_type, mut state, prioritized)) in
+                for (i, (stack, pool, run_type, mut state, prioritized, drift)) in
                     runs.into_iter().enumerate()
                 {
                     // A consistent world: one lock holder per stack, executing runs on
@@ -314,18 +486,18 @@ mod tests {
                         state,
                         worker_id,
                         prioritized,
+                        drift: drift && run_type == RunType::Proposed,
                         queued_at: Timestamp::from_unix_millis(i as i64),
                     });
                 }
-                (snapshots, workers)
-            },
-        )
+                (snapshots, workers, graph)
+            })
     }
 
     proptest! {
         #[test]
-        fn scheduler_invariants_hold((runs, workers) in arb_world()) {
-            let decision = schedule(&runs, &workers);
+        fn scheduler_invariants_hold((runs, workers, graph) in arb_world()) {
+            let decision = schedule(&runs, &workers, &graph);
             let by_id: HashMap<RunId, &RunSnapshot> = runs.iter().map(|r| (r.id, r)).collect();
             let worker_by_id: HashMap<WorkerId, &WorkerSnapshot> =
                 workers.iter().map(|w| (w.id, w)).collect();
@@ -353,6 +525,15 @@ mod tests {
                 }
             }
 
+            // A lock-taking run starts only when no stack it depends on has one unfinished.
+            for promoted_run in runs.iter().filter(|r| promoted.contains(&r.id) && r.run_type.takes_stack_lock()) {
+                let upstream = graph.all_upstream(promoted_run.stack_id);
+                let blocked = runs.iter().any(|other| {
+                    upstream.contains(&other.stack_id) && other.run_type.takes_stack_lock() && !other.state.is_terminal()
+                });
+                prop_assert!(!blocked, "run {} started before its upstream stack's run ended", promoted_run.id);
+            }
+
             // Every run that has not started and was not assigned says why it waits.
             let waiting: HashSet<RunId> = decision.waiting.iter().map(|w| w.run_id).collect();
             for run in &runs {
@@ -364,7 +545,7 @@ mod tests {
 
             // No run waits for a worker while one that may take it stays idle.
             for wait in &decision.waiting {
-                if matches!(wait.reason, WaitReason::StackLocked { .. }) {
+                if matches!(wait.reason, WaitReason::StackLocked { .. } | WaitReason::Dependency { .. }) {
                     continue;
                 }
                 let run = by_id[&wait.run_id];
@@ -374,6 +555,43 @@ mod tests {
                 });
                 prop_assert!(!free, "run {} waits beside an idle worker", run.id);
             }
+
+            // Workers go in queue order: prioritized runs, then blocking runs, proposed
+            // runs, drift detection; first in, first out within each. No run of a pool
+            // left waiting for a worker comes before one of that pool that got one.
+            let short_of_workers: Vec<&RunSnapshot> = decision
+                .waiting
+                .iter()
+                .filter(|w| !matches!(w.reason, WaitReason::StackLocked { .. } | WaitReason::Dependency { .. }))
+                .map(|w| by_id[&w.run_id])
+                .collect();
+            for assignment in &decision.assignments {
+                let placed = by_id[&assignment.run_id];
+                for left in short_of_workers.iter().filter(|left| left.pool_id == placed.pool_id) {
+                    prop_assert!(
+                        queue_order_key(placed) < queue_order_key(left),
+                        "run {} got a worker before run {}, which comes first", placed.id, left.id
+                    );
+                }
+            }
+            let keys: Vec<_> = short_of_workers.iter().map(|run| queue_order_key(run)).collect();
+            prop_assert!(keys.windows(2).all(|pair| pair[0] <= pair[1]), "waiting runs out of queue order");
+        }
+
+        #[test]
+        fn listing_only_as_many_idle_workers_as_the_demand_decides_the_same(
+            (runs, workers, graph) in arb_world()
+        ) {
+            let complete = WorkerAvailability::of(&workers);
+            let demand = worker_demand(&runs);
+            let mut bounded = complete.clone();
+            for (pool_id, pool) in &mut bounded.pools {
+                pool.idle.truncate(demand.get(pool_id).copied().unwrap_or(0));
+            }
+            prop_assert_eq!(
+                super::schedule(&runs, &complete, &graph),
+                super::schedule(&runs, &bounded, &graph)
+            );
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -11,9 +12,10 @@ use gantry_crypto::{PoolPrivateKey, session_message};
 use gantry_domain::{PoolId, RunId};
 use gantry_proto::agent::{
     Acknowledge, BlobRef, ChallengeRequest, ChallengeResponse, Directive, Heartbeat,
-    HeartbeatResponse, LauncherInfo, LogUpload, LogsAccepted, OpenSession, PROTOCOL_VERSION, Poll,
-    PollResponse, RegisterWorkers, ReportRequest, ReportResponse, RunReport, SHA256_HEADER,
-    STATE_RUN_HEADER, SessionOpened, UploadLogs, WorkerRegistration, WorkersRegistered,
+    HeartbeatResponse, HeldAssignment, LauncherInfo, LogUpload, LogsAccepted, OpenSession,
+    PROTOCOL_VERSION, Poll, PollResponse, RegisterWorkers, ReportRequest, ReportResponse,
+    RunReport, SHA256_HEADER, STATE_RUN_HEADER, SessionOpened, UploadLogs, WorkerRegistration,
+    WorkersRegistered,
 };
 use gantry_proto::api::ErrorResponse;
 use serde::Serialize;
@@ -87,7 +89,12 @@ pub struct AgentClient {
     certificate_fingerprint: String,
     info: LauncherInfo,
     session: Mutex<Option<String>>,
+    /// How often the server wants heartbeats, in seconds, as its last session said.
+    heartbeat_interval_seconds: AtomicU64,
 }
+
+/// The heartbeat interval until a session says otherwise.
+const DEFAULT_HEARTBEAT_INTERVAL_SECONDS: u64 = 10;
 
 impl AgentClient {
     pub fn new(config: &LauncherConfig) -> Result<Self, ClientError> {
@@ -120,7 +127,15 @@ impl AgentClient {
                 protocol_version: PROTOCOL_VERSION,
             },
             session: Mutex::new(None),
+            heartbeat_interval_seconds: AtomicU64::new(DEFAULT_HEARTBEAT_INTERVAL_SECONDS),
         })
+    }
+
+    /// How often to heartbeat: the server decides, since it declares a launcher lost
+    /// after a few missed beats (`GANTRY_SERVER_HEARTBEAT_INTERVAL`).
+    pub fn heartbeat_interval(&self) -> Duration {
+        let seconds = self.heartbeat_interval_seconds.load(Ordering::Relaxed);
+        Duration::from_secs(seconds.clamp(1, 300))
     }
 
     pub fn endpoint(&self) -> &str {
@@ -317,6 +332,7 @@ impl AgentClient {
             launcher: self.info.clone(),
         };
         let opened: SessionOpened = self.send("/session", &request, None, REQUEST_TIMEOUT).await?;
+        self.heartbeat_interval_seconds.store(opened.heartbeat_interval_seconds, Ordering::Relaxed);
         Ok(opened.session_token)
     }
 
@@ -379,9 +395,14 @@ impl AgentClient {
         self.call("/workers", &RegisterWorkers { workers }, REQUEST_TIMEOUT).await
     }
 
-    pub async fn poll(&self, wait: Duration) -> Result<PollResponse, ClientError> {
+    /// Waits up to `wait` for work; `holding` lists the assignments executing here.
+    pub async fn poll(
+        &self,
+        wait: Duration,
+        holding: Vec<HeldAssignment>,
+    ) -> Result<PollResponse, ClientError> {
         let wait_seconds = u32::try_from(wait.as_secs()).unwrap_or(u32::MAX);
-        self.call("/poll", &Poll { wait_seconds }, wait + REQUEST_TIMEOUT).await
+        self.call("/poll", &Poll { wait_seconds, holding }, wait + REQUEST_TIMEOUT).await
     }
 
     pub async fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatResponse, ClientError> {

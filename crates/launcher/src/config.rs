@@ -14,6 +14,8 @@ use gantry_domain::{LauncherId, PoolId};
 use crate::archive::ArchiveLimits;
 
 pub const SHUTDOWN_GRACE: &str = "GANTRY_LAUNCHER_SHUTDOWN_GRACE";
+pub const METRICS_LISTEN: &str = "GANTRY_LAUNCHER_METRICS_LISTEN";
+pub const SENSITIVE_OUTPUT_UPLOAD_ENABLED: &str = "GANTRY_SENSITIVE_OUTPUT_UPLOAD_ENABLED";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10 * 60);
 
 /// The exit code for a configuration the launcher cannot work with (EX_USAGE).
@@ -59,6 +61,11 @@ pub struct LauncherConfig {
     pub launcher_id: LauncherId,
     /// Variables passed through to the worker process (PATH, HOME, ...).
     pub passthrough_env: Vec<(String, String)>,
+    /// Where Prometheus scrapes `/metrics` over plain HTTP; none when unset.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Seal the sensitive outputs of stacks that share them and upload them, for the
+    /// stacks that depend on them.
+    pub sensitive_output_upload: bool,
 }
 
 /// What the worker process inherits from the launcher's environment: enough to find
@@ -98,7 +105,16 @@ impl LauncherConfig {
             }
         };
         let worker_binary = worker_binary(env)?;
+        let metrics_listen = options::get(env, METRICS_LISTEN)
+            .map(|text| {
+                text.parse().map_err(|_| {
+                    OptionError::invalid(METRICS_LISTEN, text, "an address like 127.0.0.1:9465")
+                })
+            })
+            .transpose()?;
         Ok(Self {
+            metrics_listen,
+            sensitive_output_upload: options::boolean(env, SENSITIVE_OUTPUT_UPLOAD_ENABLED, false)?,
             pool_id,
             certificate,
             key: Arc::new(key),

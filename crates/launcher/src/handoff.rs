@@ -1,6 +1,7 @@
 //! Run state that crosses the control plane, encrypted to the pool key: the packed
 //! workspace of a plan waiting for confirmation (so that any worker of the pool can
-//! apply it), and the stack's managed Terraform state. The server only ever holds
+//! apply it), the stack's managed Terraform state, and the sensitive outputs a stack
+//! shares with the stacks that depend on it. The server only ever holds
 //! ciphertext; everything is sealed here, on the pool's machine, before upload, and
 //! signed with the pool key, so that what comes back is known to come from the pool.
 
@@ -12,7 +13,8 @@ use gantry_crypto::{
     EnvelopeContext, EnvelopeError, OpeningReader, PoolPrivateKey, Purpose, SealingWriter,
 };
 use gantry_domain::RunId;
-use gantry_proto::agent::{Assignment, BlobRef};
+use gantry_proto::agent::{Assignment, BlobRef, SealedInput};
+use gantry_proto::local::SensitiveOutput;
 
 use crate::archive::{self, ArchiveError};
 use crate::backoff::{Backoff, shown};
@@ -372,6 +374,107 @@ pub(crate) async fn store_state(
             ))
         }
     }
+}
+
+/// Seals a tracked run's sensitive output values and uploads them, for the runs of the
+/// stacks that depend on its stack; only launchers of this pool can open them.
+pub(crate) async fn store_sensitive_outputs(
+    run_context: &RunContext,
+    assignment: &Assignment,
+    outputs: &[SensitiveOutput],
+) -> Result<(), String> {
+    let values: serde_json::Map<String, serde_json::Value> =
+        outputs.iter().map(|output| (output.name.clone(), output.value.clone())).collect();
+    let plaintext = zeroize::Zeroizing::new(
+        serde_json::to_vec(&values).map_err(|e| format!("cannot encode the outputs: {e}"))?,
+    );
+    let scratch = Scratch::new(run_context, &format!("{}.outputs.gantry", assignment.run_id));
+    let key = std::sync::Arc::clone(&run_context.config.key);
+    let envelope = context(run_context, assignment, assignment.run_id, Purpose::Outputs);
+    let path = scratch.0.clone();
+    let blob = tokio::task::spawn_blocking(move || {
+        seal_into(&path, &key, &envelope, |output| {
+            output.write_all(&plaintext).map_err(|e| format!("cannot encrypt the outputs: {e}"))
+        })
+    })
+    .await
+    .map_err(|e| format!("sealing the outputs crashed: {e}"))??;
+    upload(run_context, assignment.run_id, "sensitive-outputs", &scratch.0, &blob)
+        .await
+        .map_err(|e| format!("cannot upload the sealed outputs: {e}"))
+}
+
+/// The environment variables of the run's sealed inputs: each upstream run's sensitive
+/// outputs downloaded once, checked, opened with the pool key.
+pub(crate) async fn open_sealed_inputs(
+    run_context: &RunContext,
+    assignment: &Assignment,
+) -> Result<Vec<(String, String)>, String> {
+    let mut variables = Vec::new();
+    let mut opened: std::collections::HashMap<RunId, serde_json::Map<String, serde_json::Value>> =
+        std::collections::HashMap::new();
+    for input in &assignment.sealed_inputs {
+        let values = match opened.entry(input.upstream_run_id) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(open_upstream_outputs(run_context, assignment, input).await?)
+            }
+        };
+        let value = values.get(&input.output);
+        let Some(value) = value else {
+            return Err(format!(
+                "missing input {}: run {} of stack {} sealed no output {:?}",
+                input.variable, input.upstream_run_id, input.upstream_stack, input.output
+            ));
+        };
+        variables.push((input.variable.clone(), gantry_proto::agent::environment_value(value)));
+    }
+    Ok(variables)
+}
+
+async fn open_upstream_outputs(
+    run_context: &RunContext,
+    assignment: &Assignment,
+    input: &SealedInput,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let what = format!("sensitive outputs of stack {}", input.upstream_stack);
+    let scratch = Scratch::new(
+        run_context,
+        &format!("{}.inputs.{}.gantry", assignment.run_id, input.upstream_run_id),
+    );
+    download(
+        run_context,
+        assignment.run_id,
+        &format!("inputs/{}", input.upstream_run_id),
+        &scratch.0,
+        &input.blob,
+    )
+    .await
+    .map_err(|e| format!("cannot download the {what}: {e}"))?
+    .ok_or_else(|| format!("the {what} are gone from the server: run that stack again"))?;
+    let key = std::sync::Arc::clone(&run_context.config.key);
+    let envelope = EnvelopeContext {
+        pool_id: run_context.config.pool_id.to_string(),
+        stack_id: input.upstream_stack_id.to_string(),
+        run_id: input.upstream_run_id.to_string(),
+        purpose: Purpose::Outputs,
+    };
+    let path = scratch.0.clone();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let file =
+            std::fs::File::open(&path).map_err(|e| format!("cannot read the {what}: {e}"))?;
+        let mut reader = OpeningReader::new(&key, &envelope, std::io::BufReader::new(file))
+            .map_err(|e| explain(&what, &e))?;
+        let mut plaintext = zeroize::Zeroizing::new(Vec::new());
+        reader.read_to_end(&mut plaintext).map_err(|error| match envelope_error(&error) {
+            Some(envelope) => explain(&what, envelope),
+            None => format!("cannot read the {what}: {error}"),
+        })?;
+        serde_json::from_slice(&plaintext).map_err(|_| format!("the {what} are not a JSON object"))
+    })
+    .await
+    .map_err(|e| format!("opening the sealed outputs crashed: {e}"))?
 }
 
 #[cfg(test)]

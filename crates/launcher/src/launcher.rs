@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use gantry_domain::{RunId, WorkerId};
-use gantry_proto::agent::{Assignment, Heartbeat, Job, WorkerRegistration};
+use gantry_proto::agent::{Assignment, Heartbeat, HeldAssignment, Job, WorkerRegistration};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -17,11 +17,11 @@ use crate::backoff::{Backoff, shown};
 use crate::client::{AgentClient, ClientError};
 use crate::config::LauncherConfig;
 use crate::executor::Executor;
+use crate::metrics::LauncherMetrics;
 use crate::supervisor::{self, RunContext};
 use crate::workspace;
 
 const POLL_WAIT: Duration = Duration::from_secs(30);
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// A poll that failed after being open this long was cut, not refused.
 const LONG_POLL_CUT: Duration = Duration::from_secs(2);
 
@@ -40,6 +40,8 @@ pub enum FatalError {
     Client(#[from] ClientError),
     #[error("cannot prepare the work directory {path}: {source}")]
     WorkDir { path: String, source: std::io::Error },
+    #[error("cannot serve metrics on {address} (GANTRY_LAUNCHER_METRICS_LISTEN): {source}")]
+    MetricsListen { address: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// What the loop and the heartbeat share.
@@ -64,11 +66,27 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), FatalError> {
     let instance_dir = config.work_dir.join(config.launcher_id.to_string());
+    let metrics = Arc::new(LauncherMetrics::new(config.worker_slots));
+    let metrics_stop = CancellationToken::new();
+    if let Some(address) = config.metrics_listen {
+        let listener = gantry_metrics::MetricsListener::bind(address)
+            .await
+            .map_err(|source| FatalError::MetricsListen { address, source })?;
+        tracing::info!(address = %listener.local_addr(), "metrics served at /metrics");
+        let scraped = Arc::clone(&metrics);
+        let render = move || {
+            let text = scraped.render();
+            async move { Ok(text) }
+        };
+        tokio::spawn(listener.serve(render, metrics_stop.clone()));
+    }
+    let _stop_metrics = metrics_stop.drop_guard();
     let context = Arc::new(RunContext {
         client: Arc::new(AgentClient::new(&config)?),
         runs_dir: instance_dir.join("runs"),
         sockets_dir: socket_dir(&instance_dir),
         scratch_dir: instance_dir.join("scratch"),
+        metrics,
         executor,
         config,
     });
@@ -98,16 +116,32 @@ async fn serve(context: Arc<RunContext>, shutdown: &Shutdown) -> Result<(), Fata
     );
 
     let heartbeat_stop = CancellationToken::new();
+    // Cancelled when the pool is cycled: take no more work, finish, exit.
+    let cycle = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat_loop(
         Arc::clone(&context),
         Arc::clone(&slots),
         heartbeat_stop.clone(),
+        cycle.clone(),
     ));
     let mut runs = JoinSet::new();
-    let polled = poll_loop(&context, &slots, &mut runs, shutdown).await;
+    let polled = poll_loop(&context, &slots, &mut runs, shutdown, &cycle).await;
 
     // Runs that ended while the last poll waited are still in the set: reap them first.
     while runs.try_join_next().is_some() {}
+    let running = runs.len();
+    if cycle.is_cancelled() && !shutdown.graceful.is_cancelled() {
+        // A cycle lets every run finish, however long it takes; a stop signal still cuts it short.
+        tracing::info!(
+            running,
+            "the pool is being cycled: finishing the runs in progress, then exiting"
+        );
+        let all_done = async { while runs.join_next().await.is_some() {} };
+        tokio::select! {
+            () = all_done => {}
+            () = shutdown.graceful.cancelled() => {}
+        }
+    }
     let running = runs.len();
     if running > 0 {
         let grace = humantime::format_duration(context.config.shutdown_grace);
@@ -177,20 +211,31 @@ async fn poll_loop(
     slots: &SharedSlots,
     runs: &mut JoinSet<()>,
     shutdown: &Shutdown,
+    cycle: &CancellationToken,
 ) -> Result<(), FatalError> {
     let mut backoff = Backoff::new(Duration::from_secs(60));
     loop {
         while runs.try_join_next().is_some() {}
         let started = tokio::time::Instant::now();
+        let holding = lock(slots)
+            .running
+            .keys()
+            .map(|(run_id, job)| HeldAssignment { run_id: *run_id, job: *job })
+            .collect();
         let polled = tokio::select! {
-            polled = context.client.poll(POLL_WAIT) => polled,
+            polled = context.client.poll(POLL_WAIT, holding) => polled,
             () = shutdown.graceful.cancelled() => return Ok(()),
+            () = cycle.cancelled() => return Ok(()),
         };
         match polled {
             Ok(response) => {
                 backoff.reset();
+                stop_runs(slots, &response.stop_run_ids, "a user asked to stop it");
                 for assignment in response.assignments {
                     start_run(context, slots, runs, assignment, shutdown);
+                }
+                if response.cycle {
+                    cycle.cancel();
                 }
             }
             Err(error) if error.is_fatal() => return Err(error.into()),
@@ -223,7 +268,7 @@ fn start_run(
     let stop = shutdown.immediate.child_token();
     {
         let mut slots = lock(slots);
-        // A poll may deliver an assignment again until its acknowledgement lands.
+        // A poll sent before this run started may still deliver it.
         if slots.running.contains_key(&key) {
             return;
         }
@@ -237,10 +282,25 @@ fn start_run(
     });
 }
 
-async fn heartbeat_loop(context: Arc<RunContext>, slots: SharedSlots, stop: CancellationToken) {
+/// Stops the runs of these ids executing here.
+fn stop_runs(slots: &SharedSlots, run_ids: &[RunId], why: &str) {
+    for ((running, _), token) in &lock(slots).running {
+        if run_ids.contains(running) && !token.is_cancelled() {
+            tracing::info!(run = %running, "stopping the run: {why}");
+            token.cancel();
+        }
+    }
+}
+
+async fn heartbeat_loop(
+    context: Arc<RunContext>,
+    slots: SharedSlots,
+    stop: CancellationToken,
+    cycle: CancellationToken,
+) {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+            () = tokio::time::sleep(context.client.heartbeat_interval()) => {}
             () = stop.cancelled() => return,
         }
         let heartbeat = {
@@ -266,13 +326,9 @@ async fn heartbeat_loop(context: Arc<RunContext>, slots: SharedSlots, stop: Canc
                 tracing::warn!(%error, "registering the workers again failed");
             }
         }
-        for run_id in &response.stop_run_ids {
-            for ((running, _), token) in &lock(&slots).running {
-                if running == run_id {
-                    tracing::info!(run = %run_id, "the server ended this run: stopping it");
-                    token.cancel();
-                }
-            }
+        stop_runs(&slots, &response.stop_run_ids, "the server ended it or a user asked to stop it");
+        if response.cycle {
+            cycle.cancel();
         }
     }
 }

@@ -12,6 +12,7 @@ mod handoff;
 mod launcher;
 mod local_api;
 mod logs;
+mod metrics;
 mod supervisor;
 mod workspace;
 

@@ -18,7 +18,7 @@ use gantry_crypto::hash_secret;
 use gantry_domain::RunId;
 use gantry_proto::agent::{Assignment, Directive, RunReport};
 use gantry_proto::api::{ErrorBody, ErrorResponse};
-use gantry_proto::local::{WorkerDirective, WorkerJob, WorkerLog, WorkerReport};
+use gantry_proto::local::{SensitiveOutput, WorkerDirective, WorkerJob, WorkerLog, WorkerReport};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +26,7 @@ use crate::backoff::{Backoff, shown};
 use crate::client::AgentClient;
 use crate::handoff;
 use crate::logs::LogRelay;
+use crate::metrics::{LauncherMetrics, PhaseClock};
 use crate::supervisor::RunContext;
 
 /// What the run has concluded, as far as reports tell.
@@ -83,6 +84,17 @@ pub(crate) struct RunEndpoint {
     logs: LogRelay,
     conclusion: Mutex<Option<Conclusion>>,
     pub(crate) managed_state: Option<ManagedState>,
+    metrics: Arc<LauncherMetrics>,
+    phases: PhaseClock,
+    /// Where sensitive output values go, sealed, when the run shares them.
+    pub(crate) sensitive_outputs: Option<SensitiveOutputsUpload>,
+}
+
+/// A run whose stack shares its sensitive outputs, on a launcher that uploads them.
+#[derive(Debug)]
+pub(crate) struct SensitiveOutputsUpload {
+    pub(crate) context: Arc<RunContext>,
+    pub(crate) assignment: Assignment,
 }
 
 impl RunEndpoint {
@@ -92,6 +104,7 @@ impl RunEndpoint {
         client: Arc<AgentClient>,
         logs: LogRelay,
         managed_state: Option<ManagedState>,
+        metrics: Arc<LauncherMetrics>,
     ) -> Self {
         Self {
             run_id: job.run_id,
@@ -101,7 +114,34 @@ impl RunEndpoint {
             logs,
             conclusion: Mutex::new(None),
             managed_state,
+            metrics,
+            phases: PhaseClock::default(),
+            sensitive_outputs: None,
         }
+    }
+
+    /// Seals and uploads the values the worker sent with its outputs report. Values sent
+    /// for a run that does not share them are dropped. A failed upload is said in the log
+    /// and does not fail the run: its dependents fail with the reason instead.
+    async fn store_sensitive_outputs(&self, outputs: &[SensitiveOutput]) {
+        let Some(upload) = &self.sensitive_outputs else {
+            tracing::warn!(run = %self.run_id, "the worker sent sensitive output values this run does not share: dropped");
+            return;
+        };
+        match handoff::store_sensitive_outputs(&upload.context, &upload.assignment, outputs).await {
+            Ok(()) => self.logs.append(&format!(
+                "Stored {} sensitive output(s), sealed to the pool key, for the stacks that depend on this one\n",
+                outputs.len()
+            )),
+            Err(problem) => self.logs.append(&format!(
+                "\nWarning: the sensitive outputs could not be stored for the stacks that depend on this one: {problem}\n"
+            )),
+        }
+    }
+
+    /// The worker is gone: a phase it did not end is over.
+    pub(crate) fn end_phase(&self) {
+        self.phases.end(&self.metrics);
     }
 
     pub(crate) fn conclusion(&self) -> Option<Conclusion> {
@@ -112,11 +152,15 @@ impl RunEndpoint {
     /// unreachable; records whether it concluded the run.
     pub(crate) async fn report(&self, report: RunReport) -> Directive {
         let report = self.secure_state(report).await;
+        self.phases.observe(&self.metrics, &report);
         self.logs.flush().await;
         let mut backoff = Backoff::new(Duration::from_secs(30));
         let directive = loop {
             match self.client.report(self.run_id, report.clone()).await {
-                Ok(directive) => break directive,
+                Ok(directive) => {
+                    self.metrics.relayed(&report, Some(directive));
+                    break directive;
+                }
                 Err(error) if error.is_transient() => {
                     let delay = backoff.delay();
                     tracing::warn!(run = %self.run_id, %error, "report failed; retrying in {}", shown(delay));
@@ -146,11 +190,17 @@ impl RunEndpoint {
     /// state could not be stored becomes a failure that says where the state is kept.
     async fn secure_state(&self, report: RunReport) -> RunReport {
         let Some(managed) = &self.managed_state else { return report };
-        if matches!(report, RunReport::PhaseStarted { phase: gantry_domain::Phase::Applying }) {
+        // A task's command may change the state as much as an apply does (`import`, `rm`).
+        if matches!(
+            report,
+            RunReport::PhaseStarted {
+                phase: gantry_domain::Phase::Applying | gantry_domain::Phase::Performing
+            }
+        ) {
             managed.applying.store(true, std::sync::atomic::Ordering::SeqCst);
             return report;
         }
-        if !matches!(report, RunReport::Applied | RunReport::Failed { .. }) {
+        if !matches!(report, RunReport::Applied | RunReport::Performed | RunReport::Failed { .. }) {
             return report;
         }
         match (managed.store_after_apply().await, report) {
@@ -161,6 +211,10 @@ impl RunEndpoint {
             (Some(Err(problem)), RunReport::Applied) => {
                 self.logs.append(&format!("\n{problem}\n"));
                 RunReport::Failed { message: format!("The apply succeeded but {problem}") }
+            }
+            (Some(Err(problem)), RunReport::Performed) => {
+                self.logs.append(&format!("\n{problem}\n"));
+                RunReport::Failed { message: format!("The command succeeded but {problem}") }
             }
             (Some(Err(problem)), RunReport::Failed { message }) => {
                 self.logs.append(&format!("\n{problem}\n"));
@@ -215,6 +269,9 @@ async fn report(
     State(endpoint): State<Arc<RunEndpoint>>,
     axum::Json(report): axum::Json<WorkerReport>,
 ) -> axum::Json<WorkerDirective> {
+    if !report.sensitive_outputs.is_empty() {
+        endpoint.store_sensitive_outputs(&report.sensitive_outputs).await;
+    }
     let directive = endpoint.report(report.report).await;
     axum::Json(WorkerDirective { directive })
 }

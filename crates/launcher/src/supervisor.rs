@@ -19,8 +19,9 @@ use crate::client::{AgentClient, ClientError};
 use crate::config::LauncherConfig;
 use crate::executor::{Executor, RunningWorker, WorkerExit, WorkerLaunch};
 use crate::handoff;
-use crate::local_api::{self, Conclusion, ManagedState, RunEndpoint};
+use crate::local_api::{self, Conclusion, ManagedState, RunEndpoint, SensitiveOutputsUpload};
 use crate::logs::LogRelay;
+use crate::metrics::{LauncherMetrics, Stage};
 use crate::workspace;
 
 /// How long a stopped worker may take to exit before it is killed.
@@ -37,6 +38,7 @@ pub(crate) struct RunContext {
     pub(crate) sockets_dir: PathBuf,
     /// Sealed blobs on their way to or from the server.
     pub(crate) scratch_dir: PathBuf,
+    pub(crate) metrics: Arc<LauncherMetrics>,
 }
 
 impl RunContext {
@@ -80,6 +82,7 @@ pub(crate) async fn supervise(
         }
     }
     tracing::info!(run = %run_id, job = ?assignment.job, stack = %assignment.stack.name, "run started");
+    let _in_progress = context.metrics.run_started();
     let (logs, upload_task) =
         LogRelay::start(Arc::clone(&context.client), run_id, assignment.log_next_seq);
     let workspace = context.workspace(run_id);
@@ -88,6 +91,7 @@ pub(crate) async fn supervise(
     let deadline = Instant::now() + context.config.limits.run_timeout;
     // A checkout prints nothing while it waits: the silence limit bounds it too.
     let silence_deadline = Instant::now() + context.config.limits.logs_timeout;
+    let preparing_since = std::time::Instant::now();
     let prepared = tokio::select! {
         prepared = tokio::time::timeout_at(deadline.min(silence_deadline), prepare(&context, &assignment, &workspace, &logs)) => {
             prepared.unwrap_or_else(|_| {
@@ -96,6 +100,7 @@ pub(crate) async fn supervise(
         }
         () = stop.cancelled() => Err("The run was stopped while its workspace was prepared".to_owned()),
     };
+    context.metrics.stage_took(Stage::Preparing, preparing_since);
     let ending = match prepared {
         Ok(prepared) => {
             execute(&context, &assignment, &workspace, prepared, &logs, &stop, deadline).await
@@ -214,25 +219,41 @@ async fn prepare(
     } else {
         None
     };
+    let sealed_inputs = if assignment.sealed_inputs.is_empty() {
+        Vec::new()
+    } else {
+        let opened = handoff::open_sealed_inputs(context, assignment).await?;
+        logs.append(&format!(
+            "Opened {} sensitive input(s) from the stacks this one depends on, with the pool key\n",
+            opened.len()
+        ));
+        opened
+    };
     let job = WorkerJob {
         run_id: assignment.run_id,
         run_type: assignment.run_type,
         job: assignment.job,
         tool_executable: stack.tool.executable().to_owned(),
         working_directory: project.display().to_string(),
+        // The stack's own variables, then what it reads from the stacks it depends on.
         environment: stack
             .environment
             .iter()
             .map(|variable| (variable.name.clone(), variable.value.clone().unwrap_or_default()))
+            .chain(assignment.inputs.iter().cloned())
+            .chain(sealed_inputs)
             .collect(),
         plan_file: PLAN_FILE.to_owned(),
+        command: assignment.command.clone(),
+        collect_sensitive_outputs: context.config.sensitive_output_upload
+            && stack.share_sensitive_outputs,
         debug: context.config.debug,
     };
     Ok(Prepared { job, managed_state })
 }
 
 async fn execute(
-    context: &RunContext,
+    context: &Arc<RunContext>,
     assignment: &Assignment,
     workspace: &Path,
     prepared: Prepared,
@@ -244,13 +265,22 @@ async fn execute(
     let capability = gantry_crypto::random_secret("gwc_");
     let socket_path = context.sockets_dir.join(format!("{run_id}.sock"));
     let _ = tokio::fs::remove_file(&socket_path).await;
-    let endpoint = Arc::new(RunEndpoint::new(
+    let shares_outputs = prepared.job.collect_sensitive_outputs;
+    let mut endpoint = RunEndpoint::new(
         prepared.job,
         &capability,
         Arc::clone(&context.client),
         logs.clone(),
         prepared.managed_state,
-    ));
+        Arc::clone(&context.metrics),
+    );
+    if shares_outputs {
+        endpoint.sensitive_outputs = Some(SensitiveOutputsUpload {
+            context: Arc::clone(context),
+            assignment: assignment.clone(),
+        });
+    }
+    let endpoint = Arc::new(endpoint);
     let api_stop = CancellationToken::new();
     let api = match local_api::serve(&socket_path, Arc::clone(&endpoint), api_stop.clone()).await {
         Ok(api) => api,
@@ -286,6 +316,7 @@ async fn execute(
     };
     api_stop.cancel();
     let _ = api.await;
+    endpoint.end_phase();
     let _ = tokio::fs::remove_file(&socket_path).await;
 
     let Some((exit, interruption)) = outcome else { return Ending::Ended };
@@ -299,6 +330,7 @@ async fn execute(
             if let Some(Some(Err(problem))) = secure_state(&endpoint).await {
                 logs.append(&format!("{problem}\n"));
             }
+            conclude(context, logs, run_id, RunReport::Stopped).await;
             return Ending::Ended;
         }
         (_, Some(Interruption::RunTimeout)) => timeout_message(context),
@@ -396,19 +428,32 @@ async fn conclude_failed(
     run_id: gantry_domain::RunId,
     message: String,
 ) {
+    conclude(context, logs, run_id, RunReport::Failed { message }).await;
+}
+
+/// Reports how the run ended when the worker could not say it, after the log before it.
+async fn conclude(
+    context: &RunContext,
+    logs: &LogRelay,
+    run_id: gantry_domain::RunId,
+    report: RunReport,
+) {
     logs.flush().await;
     let mut backoff = Backoff::new(Duration::from_secs(30));
     for _ in 0..8 {
-        match context.client.report(run_id, RunReport::Failed { message: message.clone() }).await {
-            Ok(_) => return,
+        match context.client.report(run_id, report.clone()).await {
+            Ok(_) => {
+                context.metrics.relayed(&report, None);
+                return;
+            }
             Err(error) if error.is_transient() => tokio::time::sleep(backoff.delay()).await,
             Err(error) => {
-                tracing::warn!(run = %run_id, %error, "cannot report the run's failure");
+                tracing::warn!(run = %run_id, %error, "cannot report how the run ended");
                 return;
             }
         }
     }
-    tracing::warn!(run = %run_id, "gave up reporting the run's failure: the server will time the run out");
+    tracing::warn!(run = %run_id, "gave up reporting how the run ended: the server will time the run out");
 }
 
 fn timeout_message(context: &RunContext) -> String {

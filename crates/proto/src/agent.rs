@@ -100,11 +100,33 @@ pub struct WorkersRegistered {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Poll {
     pub wait_seconds: u32,
+    /// Assignments the launcher executes already, acknowledged or not: the server does
+    /// not send them again, so that a poll made before an acknowledgement lands waits
+    /// rather than returning the same work at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holding: Vec<HeldAssignment>,
 }
 
+/// One assignment a launcher executes.
+#[serde_as]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HeldAssignment {
+    #[serde_as(as = "DisplayFromStr")]
+    pub run_id: RunId,
+    pub job: Job,
+}
+
+#[serde_as]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PollResponse {
     pub assignments: Vec<Assignment>,
+    /// Runs on this launcher that a user asked to stop.
+    #[serde_as(as = "Vec<DisplayFromStr>")]
+    #[serde(default)]
+    pub stop_run_ids: Vec<RunId>,
+    /// The pool is being cycled: take no more work, finish the runs in progress, exit.
+    #[serde(default)]
+    pub cycle: bool,
 }
 
 /// Which part of a run a worker executes.
@@ -131,6 +153,9 @@ pub struct StackSpec {
     pub tool: Tool,
     pub runner_image: Option<String>,
     pub environment: Vec<EnvironmentVariable>,
+    /// The stack lets its sensitive outputs reach its dependents, sealed to the pool key.
+    #[serde(default)]
+    pub share_sensitive_outputs: bool,
 }
 
 /// A run handed to one of the launcher's workers.
@@ -148,6 +173,17 @@ pub struct Assignment {
     pub stack: StackSpec,
     /// The commit to check out; the branch head when absent.
     pub commit: Option<String>,
+    /// A TASK's command.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Values from the outputs of the stacks this one depends on, as environment
+    /// variables.
+    #[serde(default)]
+    pub inputs: Vec<(String, String)>,
+    /// Sensitive upstream outputs the run references: sealed to the pool key, fetched
+    /// and opened by the launcher, never seen by the server.
+    #[serde(default)]
+    pub sealed_inputs: Vec<SealedInput>,
     /// The sequence number of the run's next log chunk: an apply continues the log its
     /// plan wrote.
     #[serde(default)]
@@ -162,6 +198,31 @@ pub struct Assignment {
     /// For an apply: the encrypted workspace its plan stored.
     #[serde(default)]
     pub workspace: Option<BlobRef>,
+}
+
+/// A sensitive output of an upstream stack's run that a run receives as an environment
+/// variable: `GET /runs/{run}/inputs/{upstream_run}` serves the upstream run's sealed
+/// sensitive outputs, `blob` says what to check.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedInput {
+    pub variable: String,
+    pub output: String,
+    pub upstream_stack: String,
+    #[serde_as(as = "DisplayFromStr")]
+    pub upstream_stack_id: StackId,
+    #[serde_as(as = "DisplayFromStr")]
+    pub upstream_run_id: RunId,
+    pub blob: BlobRef,
+}
+
+/// How an output value becomes an environment variable: a string as it is, anything
+/// else as JSON, which Terraform reads for complex `TF_VAR_` values.
+pub fn environment_value(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// A stored, encrypted blob: what to check after downloading it.
@@ -214,9 +275,12 @@ pub struct HeartbeatResponse {
     /// Workers the server no longer knows: register them again.
     #[serde_as(as = "Vec<DisplayFromStr>")]
     pub unknown_worker_ids: Vec<WorkerId>,
-    /// Runs this launcher must stop: they ended or were taken from it.
+    /// Runs this launcher must stop: they ended, were taken from it, or a user asked.
     #[serde_as(as = "Vec<DisplayFromStr>")]
     pub stop_run_ids: Vec<RunId>,
+    /// The pool is being cycled: take no more work, finish the runs in progress, exit.
+    #[serde(default)]
+    pub cycle: bool,
 }
 
 /// What a worker (through its launcher) reports about a run.
@@ -244,6 +308,10 @@ pub enum RunReport {
         outputs: Vec<Output>,
     },
     Applied,
+    /// A task's command finished successfully.
+    Performed,
+    /// The launcher stopped the run (a user asked, or the launcher shut down).
+    Stopped,
     Failed {
         message: String,
     },

@@ -78,6 +78,9 @@ pub struct Pool {
     pub busy_workers: u32,
     pub drained_workers: u32,
     pub pending_runs: u32,
+    /// The stacks whose runs this pool executes.
+    #[serde(default)]
+    pub used_by: Vec<String>,
     #[serde_as(as = "Rfc3339")]
     pub created_at: Timestamp,
 }
@@ -134,8 +137,9 @@ pub struct CreateStack {
     /// Directory of the Terraform configuration inside the repository.
     #[serde(default)]
     pub project_root: String,
-    /// Pool name or id.
-    pub pool: String,
+    /// Pool name or id; the server's shared pool when absent.
+    #[serde(default)]
+    pub pool: Option<String>,
     #[serde_as(as = "Option<DisplayFromStr>")]
     #[serde(default)]
     pub tool: Option<Tool>,
@@ -148,6 +152,10 @@ pub struct CreateStack {
     /// configuration's own backend is replaced by a local one.
     #[serde(default)]
     pub managed_state: bool,
+    /// Let the stack's sensitive outputs reach the stacks that depend on it, sealed to
+    /// the pool key (its launchers must also set GANTRY_SENSITIVE_OUTPUT_UPLOAD_ENABLED).
+    #[serde(default)]
+    pub share_sensitive_outputs: bool,
     #[serde(default)]
     pub environment: Vec<EnvironmentVariable>,
     #[serde(default)]
@@ -173,6 +181,8 @@ pub struct Stack {
     pub runner_image: Option<String>,
     pub autodeploy: bool,
     pub managed_state: bool,
+    #[serde(default)]
+    pub share_sensitive_outputs: bool,
     pub environment: Vec<EnvironmentVariable>,
     pub description: String,
     pub labels: Vec<String>,
@@ -191,6 +201,9 @@ pub struct TriggerRun {
     /// A commit SHA; the head of the stack's branch when absent, resolved by the launcher.
     #[serde(default)]
     pub commit: Option<String>,
+    /// For a TASK: the command to run in the stack's project root, after `init`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
 fn tracked() -> RunType {
@@ -235,6 +248,18 @@ pub struct Run {
     pub commit: Option<String>,
     pub commit_message: Option<String>,
     pub autodeploy: bool,
+    /// A TASK's command.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// A user moved it to the front of its pool's queue.
+    #[serde(default)]
+    pub prioritized: bool,
+    /// A user asked to stop it; its launcher is stopping it.
+    #[serde(default)]
+    pub stop_requested: bool,
+    /// Who or what triggered it: `admin`, `dependency:<run>`, ...
+    #[serde(default)]
+    pub triggered_by: String,
     #[serde_as(as = "Option<DisplayFromStr>")]
     pub worker_id: Option<WorkerId>,
     /// Whether the plan found changes, once planning ended.
@@ -302,6 +327,71 @@ pub struct RunList {
 pub struct StreamEnd {
     #[serde_as(as = "DisplayFromStr")]
     pub state: RunState,
+}
+
+/// One entry of a pool's queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub run: Run,
+    /// Executing (or handed to a worker) rather than waiting.
+    pub in_progress: bool,
+}
+
+/// `GET /api/v1/pools/{pool}/queue`: in-progress runs first, then the runs waiting, in
+/// the order they will get workers, each with why it waits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Queue {
+    pub pool: String,
+    pub entries: Vec<QueueEntry>,
+}
+
+/// How a downstream stack uses one upstream output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputReference {
+    /// The upstream stack's output.
+    pub output: String,
+    /// The environment variable of the downstream runs that receives it (`TF_VAR_...`).
+    pub variable: String,
+    /// Trigger the downstream stack after every upstream tracked run, changed or not.
+    #[serde(default)]
+    pub trigger_always: bool,
+}
+
+/// `POST /api/v1/stacks/{stack}/dependencies`: the stack depends on `upstream`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddDependency {
+    /// Upstream stack name or id.
+    pub upstream: String,
+    #[serde(default)]
+    pub references: Vec<OutputReference>,
+}
+
+/// A stack this one depends on.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    #[serde_as(as = "DisplayFromStr")]
+    pub upstream_id: StackId,
+    pub upstream: String,
+    pub references: Vec<OutputReference>,
+}
+
+/// `GET /api/v1/stacks/{stack}/dependencies`: what the stack depends on, and what
+/// depends on it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dependencies {
+    pub upstream: Vec<Dependency>,
+    /// Names of the stacks that depend on this one.
+    pub downstream: Vec<String>,
+}
+
+/// `POST /api/v1/pools/{pool}/drain`, `POST /api/v1/workers/{worker}/drain` and
+/// their `undrain` counterparts answer with the workers they changed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Drained {
+    pub workers: Vec<Worker>,
 }
 
 /// `GET /api/v1/health`

@@ -12,6 +12,9 @@ use crate::agent::{Directive, Job, RunReport};
 pub const SOCKET_ENV: &str = "GANTRY_WORKER_SOCKET";
 /// Environment variable holding the run's capability.
 pub const CAPABILITY_ENV: &str = "GANTRY_WORKER_CAPABILITY";
+/// Environment variable holding the process id of a launcher that started the worker as
+/// its child: the worker then ends when that launcher dies.
+pub const LAUNCHER_PID_ENV: &str = "GANTRY_LAUNCHER_PID";
 
 /// `GET /v1/job`: what the worker must do.
 #[serde_as]
@@ -30,6 +33,13 @@ pub struct WorkerJob {
     pub environment: Vec<(String, String)>,
     /// The saved plan's file name, in `working_directory`.
     pub plan_file: String,
+    /// A TASK's command, run with `sh -c` in `working_directory` after `init`.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Send the values of sensitive outputs along with the outputs report, for the
+    /// launcher to seal: the stack shares them and the launcher uploads them.
+    #[serde(default)]
+    pub collect_sensitive_outputs: bool,
     /// Print every command before running it (`GANTRY_DEBUG`).
     pub debug: bool,
 }
@@ -44,6 +54,30 @@ pub struct WorkerLog {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerReport {
     pub report: RunReport,
+    /// With an outputs report, when the job asks for them: the values of the sensitive
+    /// outputs. The launcher seals them to the pool key; they never travel in clear
+    /// beyond the launcher, and `report` itself never carries them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitive_outputs: Vec<SensitiveOutput>,
+}
+
+impl From<RunReport> for WorkerReport {
+    fn from(report: RunReport) -> Self {
+        Self { report, sensitive_outputs: Vec::new() }
+    }
+}
+
+/// One sensitive output's value.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SensitiveOutput {
+    pub name: String,
+    pub value: serde_json::Value,
+}
+
+impl std::fmt::Debug for SensitiveOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SensitiveOutput").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

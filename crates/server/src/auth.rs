@@ -45,6 +45,8 @@ pub(crate) struct AgentSession {
     pub hostname: String,
     pub launcher_version: String,
     pub token_hash: String,
+    /// When the session opened: a pool cycle affects sessions opened before it.
+    pub opened_at: gantry_domain::Timestamp,
 }
 
 impl AgentSession {
@@ -92,6 +94,7 @@ impl AgentSession {
             hostname: session.hostname,
             launcher_version: session.launcher_version,
             token_hash,
+            opened_at: session.created_at,
         })
     }
 

@@ -60,6 +60,15 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     pub tls: TlsSource,
     pub timings: AgentTimings,
+    /// The largest encrypted workspace or state version a launcher may upload.
+    pub max_blob_size: u64,
+    /// Worker slots of the shared pool's launcher, run inside the server; 0 runs none.
+    pub shared_workers: u32,
+    /// The worker binary for the shared pool; `gantry-worker` next to the server's
+    /// executable when unset.
+    pub worker_binary: Option<PathBuf>,
+    /// Where Prometheus scrapes `/metrics` over plain HTTP; no metrics listener when unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub const DATA_DIR: &str = "GANTRY_SERVER_DATA_DIR";
@@ -71,6 +80,11 @@ pub const TLS_CA_FILE: &str = "GANTRY_SERVER_TLS_CA_FILE";
 pub const TLS_HOSTNAMES: &str = "GANTRY_SERVER_TLS_HOSTNAMES";
 pub const WORKER_TIMEOUT: &str = "GANTRY_SERVER_WORKER_TIMEOUT";
 pub const HEARTBEAT_INTERVAL: &str = "GANTRY_SERVER_HEARTBEAT_INTERVAL";
+pub const MAX_BLOB_SIZE: &str = "GANTRY_SERVER_MAX_BLOB_SIZE";
+pub const SHARED_WORKERS: &str = "GANTRY_SERVER_SHARED_WORKERS";
+pub const WORKER_BINARY: &str = "GANTRY_SERVER_WORKER_BINARY";
+pub const METRICS_LISTEN: &str = "GANTRY_SERVER_METRICS_LISTEN";
+const DEFAULT_MAX_BLOB_SIZE: u64 = 16 * 1024 * 1024 * 1024;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 
@@ -96,6 +110,10 @@ struct ConfigFile {
     tls: TlsFile,
     #[serde(default)]
     agent: AgentFile,
+    max_blob_size: Option<String>,
+    shared_workers: Option<String>,
+    worker_binary: Option<String>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +156,10 @@ impl ServerConfig {
             set(TLS_CA_FILE, parsed.tls.ca_file);
             set(WORKER_TIMEOUT, parsed.agent.worker_timeout);
             set(HEARTBEAT_INTERVAL, parsed.agent.heartbeat_interval);
+            set(MAX_BLOB_SIZE, parsed.max_blob_size);
+            set(SHARED_WORKERS, parsed.shared_workers);
+            set(WORKER_BINARY, parsed.worker_binary);
+            set(METRICS_LISTEN, parsed.metrics_listen);
             if !parsed.tls.hostnames.is_empty() {
                 merged.insert(TLS_HOSTNAMES.to_owned(), parsed.tls.hostnames.join(","));
             }
@@ -216,7 +238,34 @@ impl ServerConfig {
                 humantime::format_duration(timings.heartbeat_interval)
             )));
         }
-        Ok(Self { data_dir, listen, public_url, tls, timings })
+        let max_blob_size = options::size(settings, MAX_BLOB_SIZE, DEFAULT_MAX_BLOB_SIZE)?;
+        let shared_workers = options::count(
+            settings,
+            SHARED_WORKERS,
+            1,
+            0,
+            64,
+            "a number of shared-pool worker slots from 0 to 64",
+        )?;
+        let worker_binary = options::get(settings, WORKER_BINARY).map(PathBuf::from);
+        let metrics_listen = options::get(settings, METRICS_LISTEN)
+            .map(|text| {
+                text.parse::<SocketAddr>().map_err(|_| {
+                    OptionError::invalid(METRICS_LISTEN, text, "an address like 127.0.0.1:9464")
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            data_dir,
+            listen,
+            public_url,
+            tls,
+            timings,
+            max_blob_size,
+            shared_workers,
+            worker_binary,
+            metrics_listen,
+        })
     }
 }
 
@@ -256,6 +305,7 @@ mod tests {
         );
         assert_eq!(config.tls, TlsSource::Generated { extra_hostnames: vec![] });
         assert_eq!(config.data_dir, PathBuf::from(".gantry"));
+        assert_eq!(config.max_blob_size, 16 << 30);
     }
 
     #[test]
@@ -263,6 +313,7 @@ mod tests {
         let file = r#"
             listen = "0.0.0.0:9000"
             public_url = "https://gantry.example.com:9000/"
+            max_blob_size = "2GiB"
             [tls]
             hostnames = ["gantry.internal"]
             [agent]
@@ -278,6 +329,7 @@ mod tests {
             TlsSource::Generated { extra_hostnames: vec!["gantry.internal".into()] }
         );
         assert_eq!(config.timings.worker_timeout, Duration::from_secs(60));
+        assert_eq!(config.max_blob_size, 2 << 30);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use gantry_domain::{LauncherId, RunId};
 use tokio::sync::{Notify, broadcast};
@@ -12,6 +13,9 @@ use tokio::sync::{Notify, broadcast};
 #[derive(Debug)]
 pub struct Events {
     scheduling: Notify,
+    /// When the oldest request not yet served by a pass was made: the moment whatever
+    /// the next pass assigns became schedulable.
+    scheduling_requested_at: Mutex<Option<Instant>>,
     // A std mutex: held only to look up an entry, never across an await.
     launchers: Mutex<HashMap<LauncherId, Arc<Notify>>>,
     runs: broadcast::Sender<RunId>,
@@ -21,6 +25,7 @@ impl Default for Events {
     fn default() -> Self {
         Self {
             scheduling: Notify::new(),
+            scheduling_requested_at: Mutex::new(None),
             launchers: Mutex::new(HashMap::new()),
             runs: broadcast::channel(1024).0,
         }
@@ -31,7 +36,21 @@ impl Events {
     /// Asks for a scheduling pass. Requests made during a pass are kept, so the pass
     /// after it sees their effect; several requests coalesce into one pass.
     pub fn request_scheduling(&self) {
+        self.scheduling_requested_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(Instant::now);
         self.scheduling.notify_one();
+    }
+
+    /// Starts serving the requests made so far: returns when the oldest was made, or now
+    /// for a pass nobody asked for.
+    pub fn take_scheduling_request(&self) -> Instant {
+        self.scheduling_requested_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_else(Instant::now)
     }
 
     pub async fn scheduling_requested(&self) {

@@ -7,15 +7,18 @@ mod agent;
 mod api;
 mod auth;
 mod bootstrap;
+mod cascade;
 pub mod config;
 mod error;
 mod events;
 mod lifecycle;
 mod liveness;
 mod lookup;
+mod metrics;
 mod pki;
 mod scheduling;
 mod server;
+mod shared_pool;
 mod state;
 mod views;
 

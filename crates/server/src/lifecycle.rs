@@ -24,6 +24,7 @@ pub(crate) async fn trigger(
     stack: &StackRecord,
     run_type: RunType,
     commit: Option<String>,
+    command: Option<String>,
     triggered_by: &str,
 ) -> Result<RunRecord, ApiError> {
     let at = now();
@@ -42,9 +43,29 @@ pub(crate) async fn trigger(
         has_changes: None,
         failure: None,
         triggered_by: triggered_by.to_owned(),
+        command,
+        stop_requested_at: None,
         created_at: at,
         updated_at: at,
     };
+    if run_type == RunType::Proposed
+        && let Some(commit) = &run.commit_sha
+    {
+        for older in state.store.active_runs().await? {
+            let superseded = older.stack_id == stack.id
+                && older.run_type == RunType::Proposed
+                && older.branch == run.branch
+                && older.commit_sha.as_ref().is_some_and(|sha| sha != commit);
+            if superseded {
+                tracing::info!(run = %older.id, newer = %run.id, "a newer commit supersedes this proposed run");
+                match stop(state, &older).await {
+                    Ok(_) => {}
+                    Err(error) if lost_race(&error) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+    }
     state.store.insert_run(&run).await?;
     tracing::info!(run = %run.id, stack = %stack.name, run_type = %run_type, "run queued");
     state.events.run_changed(run.id);
@@ -85,6 +106,30 @@ pub(crate) async fn fail(
     .await
 }
 
+/// Stops a run: one that has not started is canceled at once; one executing gets a stop
+/// request, which its launcher carries out (signal, grace period, kill) before reporting
+/// it STOPPED. A plan waiting for confirmation is discarded instead.
+pub(crate) async fn stop(state: &AppState, run: &RunRecord) -> Result<RunRecord, ApiError> {
+    if run.state == RunState::Unconfirmed {
+        return Err(ApiError::invalid(format!(
+            "run {} is not executing: it waits for confirmation (discard it instead)",
+            run.id
+        )));
+    }
+    if run.state.occupies_worker() {
+        let requested = state.store.request_run_stop(run.id, now()).await?;
+        tracing::info!(run = %run.id, "stop requested");
+        if let Some(worker) = run.worker_id
+            && let Some(worker) = state.store.get_worker(worker).await?
+        {
+            state.events.wake_launcher(worker.launcher_id);
+        }
+        state.events.run_changed(run.id);
+        return Ok(requested);
+    }
+    apply(state, run, &RunEvent::Cancel, Details::default()).await
+}
+
 /// Takes a run that was handed to a worker but never acknowledged back to the queue.
 pub(crate) async fn unassign(state: &AppState, run: &RunRecord) -> Result<RunRecord, ApiError> {
     let mut change = RunChange::new(run.id, run.state, run.state, now());
@@ -99,6 +144,9 @@ async fn commit(state: &AppState, change: RunChange) -> Result<RunRecord, ApiErr
     }
     state.events.run_changed(updated.id);
     if change.to.is_terminal() {
+        // Before the scheduler hears of it: a downstream run waiting for this one must be
+        // skipped before it could be started in its place.
+        crate::cascade::after_run_ended(state.clone(), updated.clone()).await;
         // The workspace was only kept for the apply; ciphertext or not, it goes.
         let blobs = std::sync::Arc::clone(&state.blobs);
         let key = crate::agent::workspace_key(&updated);

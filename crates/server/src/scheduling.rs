@@ -5,9 +5,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use gantry_domain::scheduler::{self, Decision, RunSnapshot, WaitReason, WorkerSnapshot};
-use gantry_domain::{RunEvent, RunId};
-use gantry_store::{RunRecord, WorkerRecord};
+use gantry_domain::dependencies::DependencyGraph;
+use gantry_domain::scheduler::{
+    self, Decision, PoolWorkers, RunSnapshot, WaitReason, WorkerAvailability,
+};
+use gantry_domain::{LauncherId, RunEvent, RunId, WorkerId};
+use gantry_store::RunRecord;
 
 use crate::error::ApiError;
 use crate::lifecycle;
@@ -31,9 +34,8 @@ pub(crate) async fn run_scheduler(state: AppState) {
 
 /// One scheduling pass.
 pub(crate) async fn schedule_once(state: &AppState) -> Result<(), ApiError> {
-    let runs = state.store.active_runs().await?;
-    let workers = state.store.list_workers(None).await?;
-    let decision = decide(&runs, &workers);
+    let requested_at = state.events.take_scheduling_request();
+    let Pass { runs, decision, launchers } = pass(state).await?;
     let by_id: HashMap<RunId, &RunRecord> = runs.iter().map(|run| (run.id, run)).collect();
     for run_id in &decision.promotions {
         if let Some(run) = by_id.get(run_id) {
@@ -46,11 +48,10 @@ pub(crate) async fn schedule_once(state: &AppState) -> Result<(), ApiError> {
             }
         }
     }
-    let launchers: HashMap<_, _> =
-        workers.iter().map(|worker| (worker.id, worker.launcher_id)).collect();
     for assignment in &decision.assignments {
         if state.store.assign_run(assignment.run_id, assignment.worker_id, now()).await? {
             tracing::info!(run = %assignment.run_id, worker = %assignment.worker_id, "run assigned");
+            state.dispatch_metrics.assigned(assignment.run_id, requested_at);
             state.events.run_changed(assignment.run_id);
             if let Some(launcher_id) = launchers.get(&assignment.worker_id) {
                 state.events.wake_launcher(*launcher_id);
@@ -60,41 +61,71 @@ pub(crate) async fn schedule_once(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The pure scheduler's decision over store records.
-pub(crate) fn decide(runs: &[RunRecord], workers: &[WorkerRecord]) -> Decision {
-    let runs: Vec<RunSnapshot> = runs
-        .iter()
-        .map(|run| RunSnapshot {
-            id: run.id,
-            stack_id: run.stack_id,
-            pool_id: run.pool_id,
-            run_type: run.run_type,
-            state: run.state,
-            worker_id: run.worker_id,
-            prioritized: run.prioritized,
-            queued_at: run.created_at,
-        })
-        .collect();
-    let workers: Vec<WorkerSnapshot> = workers
-        .iter()
-        .map(|worker| WorkerSnapshot {
-            id: worker.id,
-            pool_id: worker.pool_id,
-            drained: worker.drained,
-            busy: worker.current_run_id.is_some(),
-        })
-        .collect();
-    scheduler::schedule(&runs, &workers)
+/// What a scheduling pass decides over the world as it is now.
+pub(crate) struct Pass {
+    /// Every run that has not ended.
+    pub(crate) runs: Vec<RunRecord>,
+    pub(crate) decision: Decision,
+    /// The launcher of each worker the decision hands a run to.
+    launchers: HashMap<WorkerId, LauncherId>,
 }
 
-/// Why each waiting run waits, as the scheduler sees it now.
-pub(crate) fn waiting_reasons(
-    runs: &[RunRecord],
-    workers: &[WorkerRecord],
-) -> HashMap<RunId, WaitReason> {
-    decide(runs, workers)
-        .waiting
-        .into_iter()
-        .map(|waiting| (waiting.run_id, waiting.reason))
-        .collect()
+/// Decides a pass. Its cost does not grow with the number of idle workers: it loads
+/// per-pool counts and, for each pool, only as many idle workers as it has runs to place.
+pub(crate) async fn pass(state: &AppState) -> Result<Pass, ApiError> {
+    let runs = state.store.active_runs().await?;
+    let snapshots: Vec<RunSnapshot> = runs.iter().map(snapshot).collect();
+    let mut workers = WorkerAvailability::default();
+    let mut launchers = HashMap::new();
+    let demand = scheduler::worker_demand(&snapshots);
+    for counts in state.store.worker_counts().await? {
+        let wanted = demand.get(&counts.pool_id).copied().unwrap_or(0);
+        let idle = match wanted {
+            0 => Vec::new(),
+            wanted => {
+                let limit = u32::try_from(wanted).unwrap_or(u32::MAX);
+                state.store.idle_workers(counts.pool_id, limit).await?
+            }
+        };
+        launchers.extend(idle.iter().map(|worker| (worker.id, worker.launcher_id)));
+        workers.insert(
+            counts.pool_id,
+            PoolWorkers {
+                idle: idle.iter().map(|worker| worker.id).collect(),
+                connected: usize::try_from(counts.connected).unwrap_or(usize::MAX),
+                drained: usize::try_from(counts.drained).unwrap_or(usize::MAX),
+            },
+        );
+    }
+    let graph = dependency_graph(state).await?;
+    let decision = scheduler::schedule(&snapshots, &workers, &graph);
+    Ok(Pass { runs, decision, launchers })
+}
+
+/// The dependency graph of all stacks.
+pub(crate) async fn dependency_graph(state: &AppState) -> Result<DependencyGraph, ApiError> {
+    let edges = state.store.list_dependencies().await?;
+    Ok(DependencyGraph::new(edges.into_iter().map(|edge| (edge.downstream, edge.upstream))))
+}
+
+fn snapshot(run: &RunRecord) -> RunSnapshot {
+    RunSnapshot {
+        id: run.id,
+        stack_id: run.stack_id,
+        pool_id: run.pool_id,
+        run_type: run.run_type,
+        state: run.state,
+        worker_id: run.worker_id,
+        prioritized: run.prioritized,
+        drift: false,
+        queued_at: run.created_at,
+    }
+}
+
+/// Why each waiting run waits, as the scheduler sees it now, in queue order.
+pub(crate) async fn waiting_reasons(
+    state: &AppState,
+) -> Result<Vec<(RunId, WaitReason)>, ApiError> {
+    let Pass { decision, .. } = pass(state).await?;
+    Ok(decision.waiting.into_iter().map(|waiting| (waiting.run_id, waiting.reason)).collect())
 }

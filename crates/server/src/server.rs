@@ -33,8 +33,6 @@ pub const CA_FILE: &str = "server-ca.pem";
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Log uploads are the largest JSON bodies; blobs stream past this limit.
 const BODY_LIMIT: usize = 8 * 1024 * 1024;
-/// The largest encrypted workspace or state a launcher may upload.
-const MAX_BLOB_SIZE: u64 = 16 * 1024 * 1024 * 1024;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +83,12 @@ async fn method_not_allowed(request: Request) -> impl IntoResponse {
 pub struct Server {
     state: AppState,
     listener: TcpListener,
+    metrics_listener: Option<gantry_metrics::MetricsListener>,
     tls: Arc<rustls::ServerConfig>,
     local_addr: SocketAddr,
     initial_admin_key: Option<String>,
+    shared_pool: crate::shared_pool::SharedPool,
+    config: ServerConfig,
 }
 
 impl Server {
@@ -124,24 +125,48 @@ impl Server {
         let challenge_key = store
             .secret_or_insert(CHALLENGE_KEY_SECRET, &ChallengeSigner::generate_key(), now())
             .await?;
+        let metrics_listener = match config.metrics_listen {
+            Some(address) => Some(
+                gantry_metrics::MetricsListener::bind(address)
+                    .await
+                    .map_err(|source| StartError::Listen { address, source })?,
+            ),
+            None => None,
+        };
         let initial_admin_key = bootstrap::initial_admin_key(store.as_ref()).await?;
+        let shared_pool = crate::shared_pool::ensure(store.as_ref(), &pki.ca, now()).await?;
         let state = AppState::new(Shared {
             store,
             blobs,
-            max_blob_size: MAX_BLOB_SIZE,
+            max_blob_size: config.max_blob_size,
             ca: pki.ca,
             token_server_ca: pki.token_server_ca,
             public_url,
             challenges: ChallengeSigner::new(&challenge_key),
             events: Events::default(),
+            dispatch_metrics: crate::metrics::DispatchMetrics::default(),
             timings: config.timings.clone(),
             shutdown: CancellationToken::new(),
         });
-        Ok(Self { state, listener, tls: pki.tls, local_addr, initial_admin_key })
+        Ok(Self {
+            state,
+            listener,
+            metrics_listener,
+            tls: pki.tls,
+            local_addr,
+            initial_admin_key,
+            shared_pool,
+            config,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where Prometheus scrapes `/metrics`, when a metrics listener is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(gantry_metrics::MetricsListener::local_addr)
     }
 
     /// The address written into pool tokens.
@@ -172,7 +197,17 @@ impl Server {
         let state = self.state.clone();
         let scheduler = tokio::spawn(scheduling::run_scheduler(state.clone()));
         let sweeper = tokio::spawn(liveness::run_sweeper(state.clone()));
+        let shared_launcher = self.start_shared_launcher();
         state.events.request_scheduling();
+        let metrics = self.metrics_listener.map(|listener| {
+            tracing::info!(address = %listener.local_addr(), "metrics served at /metrics");
+            let scraped = state.clone();
+            let render = move || {
+                let state = scraped.clone();
+                async move { crate::metrics::render(&state).await.map_err(|e| e.to_string()) }
+            };
+            tokio::spawn(listener.serve(render, state.shutdown.clone()))
+        });
 
         let handle = axum_server::Handle::new();
         // Without TCP_NODELAY, Nagle's algorithm holds a small response (an assignment
@@ -204,7 +239,67 @@ impl Server {
         let (served, ()) = tokio::join!(server, stopper);
         state.shutdown.cancel();
         let _ = tokio::join!(scheduler, sweeper);
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
+        if let Some(launcher) = shared_launcher {
+            let _ = launcher.await;
+        }
         served.map_err(|source| StartError::Listen { address: self.local_addr, source })
+    }
+}
+
+impl Server {
+    /// Starts the shared pool's launcher in this process, connecting to this server over
+    /// loopback; `None` when disabled or when no worker binary is installed.
+    fn start_shared_launcher(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let slots = self.config.shared_workers;
+        if slots == 0 {
+            return None;
+        }
+        let Some(binary) = crate::shared_pool::worker_binary(self.config.worker_binary.as_deref())
+        else {
+            tracing::warn!(
+                "the shared pool has no workers: gantry-worker is not next to the server (set GANTRY_SERVER_WORKER_BINARY)"
+            );
+            return None;
+        };
+        let host = match self.local_addr.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+            ip if ip.is_unspecified() => "[::1]".to_owned(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        let url = format!("https://{host}:{}", self.local_addr.port());
+        let work_dir = self.config.data_dir.join("shared-pool");
+        let config = match crate::shared_pool::launcher_config(
+            &self.shared_pool,
+            &url,
+            self.state.token_server_ca.clone(),
+            &work_dir,
+            &binary,
+            slots,
+        ) {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::warn!(%error, "the shared pool's launcher cannot start");
+                return None;
+            }
+        };
+        let executor = std::sync::Arc::new(gantry_launcher::ProcessExecutor::new(
+            config.worker_binary.clone(),
+            config.passthrough_env.clone(),
+        ));
+        let shutdown = gantry_launcher::Shutdown {
+            graceful: self.state.shutdown.child_token(),
+            immediate: tokio_util::sync::CancellationToken::new(),
+        };
+        tracing::info!(slots, "the shared pool's launcher runs in this process");
+        Some(tokio::spawn(async move {
+            if let Err(error) = gantry_launcher::run(config, executor, shutdown).await {
+                tracing::error!(%error, "the shared pool's launcher stopped");
+            }
+        }))
     }
 }
 

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentTimings;
 use crate::events::Events;
+use crate::metrics::DispatchMetrics;
 
 /// Shared server state; cheap to clone.
 #[derive(Clone, Debug)]
@@ -29,6 +30,7 @@ pub struct Shared {
     pub public_url: String,
     pub challenges: ChallengeSigner,
     pub events: Events,
+    pub dispatch_metrics: DispatchMetrics,
     pub timings: AgentTimings,
     /// Cancelled when the server shuts down: long-polls and streams end at once.
     pub shutdown: CancellationToken,

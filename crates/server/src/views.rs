@@ -13,7 +13,12 @@ use crate::error::ApiError;
 use crate::scheduling::waiting_reasons;
 use crate::state::AppState;
 
-pub(crate) fn pool(record: &PoolRecord, workers: &[WorkerRecord], runs: &[RunRecord]) -> api::Pool {
+pub(crate) fn pool(
+    record: &PoolRecord,
+    workers: &[WorkerRecord],
+    runs: &[RunRecord],
+    stacks: &[StackRecord],
+) -> api::Pool {
     let pool_workers: Vec<_> = workers.iter().filter(|w| w.pool_id == record.id).collect();
     let count = |predicate: &dyn Fn(&&WorkerRecord) -> bool| {
         pool_workers.iter().filter(|w| predicate(w)).count() as u32
@@ -37,7 +42,20 @@ pub(crate) fn pool(record: &PoolRecord, workers: &[WorkerRecord], runs: &[RunRec
             .filter(|run| run.pool_id == record.id && run.worker_id.is_none())
             .filter(|run| run.state == gantry_domain::RunState::Queued || run.state.wants_worker())
             .count() as u32,
+        used_by: stacks
+            .iter()
+            .filter(|stack| stack.pool_id == record.id)
+            .map(|stack| stack.name.clone())
+            .collect(),
         created_at: record.created_at,
+    }
+}
+
+/// The workers users may see: none of a shared pool, which the server runs itself.
+pub(crate) fn visible_workers(pool: &PoolRecord, workers: &[WorkerRecord]) -> Vec<api::Worker> {
+    match pool.kind {
+        gantry_domain::PoolKind::Shared => Vec::new(),
+        gantry_domain::PoolKind::Private => workers.iter().map(worker).collect(),
     }
 }
 
@@ -82,6 +100,7 @@ pub(crate) fn stack(record: &StackRecord, pool_name: &str) -> api::Stack {
         runner_image: record.runner_image.clone(),
         autodeploy: record.autodeploy,
         managed_state: record.managed_state,
+        share_sensitive_outputs: record.share_sensitive_outputs,
         environment: environment(record),
         description: record.description.clone(),
         labels: record.labels.clone(),
@@ -101,11 +120,18 @@ pub(crate) fn output(record: &OutputRecord) -> api::Output {
     }
 }
 
-/// A sentence saying why a run waits.
-pub(crate) fn wait_reason_text(reason: WaitReason, pool_name: &str) -> String {
+/// A sentence saying why a run waits; `stack_name` names stacks for dependencies.
+pub(crate) fn wait_reason_text(
+    reason: WaitReason,
+    pool_name: &str,
+    stack_name: impl Fn(gantry_domain::StackId) -> String,
+) -> String {
     match reason {
         WaitReason::StackLocked { holder } => {
             format!("waiting for run {holder} to end: it holds the stack's lock")
+        }
+        WaitReason::Dependency { stack, run } => {
+            format!("waiting on dependency {}: its run {run} has not ended", stack_name(stack))
         }
         WaitReason::NoIdleWorker => {
             format!("waiting for a worker: every worker of pool {pool_name} is busy")
@@ -123,6 +149,8 @@ pub(crate) fn wait_reason_text(reason: WaitReason, pool_name: &str) -> String {
 pub(crate) struct RunViews {
     stacks: HashMap<gantry_domain::StackId, StackRecord>,
     pools: HashMap<PoolId, String>,
+    /// Why each waiting run waits, in queue order.
+    pub(crate) waiting: Vec<(RunId, WaitReason)>,
     reasons: HashMap<RunId, WaitReason>,
 }
 
@@ -130,9 +158,38 @@ impl RunViews {
     pub(crate) async fn load(state: &AppState) -> Result<Self, ApiError> {
         let stacks = state.store.list_stacks().await?.into_iter().map(|s| (s.id, s)).collect();
         let pools = state.store.list_pools().await?.into_iter().map(|p| (p.id, p.name)).collect();
-        let active = state.store.active_runs().await?;
-        let workers = state.store.list_workers(None).await?;
-        Ok(Self { stacks, pools, reasons: waiting_reasons(&active, &workers) })
+        let waiting = waiting_reasons(state).await?;
+        let reasons = waiting.iter().copied().collect();
+        Ok(Self { stacks, pools, waiting, reasons })
+    }
+
+    /// What one run's view needs, and nothing more: a run that has started waits for
+    /// nothing, so no scheduling pass is decided for it.
+    async fn load_for(state: &AppState, record: &RunRecord) -> Result<Self, ApiError> {
+        let unstarted = record.worker_id.is_none()
+            && (record.state == gantry_domain::RunState::Queued || record.state.wants_worker());
+        let mut waiting = match unstarted {
+            true => waiting_reasons(state).await?,
+            false => Vec::new(),
+        };
+        waiting.retain(|(run_id, _)| *run_id == record.id);
+        let mut stack_ids = vec![record.stack_id];
+        if let Some((_, WaitReason::Dependency { stack, .. })) = waiting.first() {
+            stack_ids.push(*stack);
+        }
+        let mut stacks = HashMap::new();
+        for stack_id in stack_ids {
+            if let Some(stack) = state.store.get_stack(stack_id).await? {
+                stacks.insert(stack.id, stack);
+            }
+        }
+        let pools = state.store.get_pool(record.pool_id).await?.map(|p| (p.id, p.name));
+        let reasons = waiting.iter().copied().collect();
+        Ok(Self { stacks, pools: pools.into_iter().collect(), waiting, reasons })
+    }
+
+    fn stack_name(&self, stack: gantry_domain::StackId) -> String {
+        self.stacks.get(&stack).map_or_else(|| stack.to_string(), |stack| stack.name.clone())
     }
 
     pub(crate) async fn run(
@@ -153,7 +210,9 @@ impl RunViews {
     ) -> api::Run {
         let pool_name = self.pools.get(&record.pool_id).map(String::as_str).unwrap_or("?");
         let waiting_reason = match (record.worker_id, self.reasons.get(&record.id)) {
-            (_, Some(reason)) => Some(wait_reason_text(*reason, pool_name)),
+            (_, Some(reason)) => {
+                Some(wait_reason_text(*reason, pool_name, |stack| self.stack_name(stack)))
+            }
             (Some(worker), None) if record.state.wants_worker() => {
                 Some(format!("handed to worker {worker}: waiting for its launcher to start it"))
             }
@@ -174,6 +233,10 @@ impl RunViews {
             commit: record.commit_sha.clone(),
             commit_message: record.commit_message.clone(),
             autodeploy: record.autodeploy,
+            command: record.command.clone(),
+            prioritized: record.prioritized,
+            stop_requested: record.stop_requested_at.is_some() && !record.state.is_terminal(),
+            triggered_by: record.triggered_by.clone(),
             worker_id: record.worker_id,
             has_changes: record.has_changes,
             failure: record.failure.clone(),
@@ -191,5 +254,5 @@ impl RunViews {
 
 /// One run's full view.
 pub(crate) async fn run(state: &AppState, record: &RunRecord) -> Result<api::Run, ApiError> {
-    RunViews::load(state).await?.run(state, record).await
+    RunViews::load_for(state, record).await?.run(state, record).await
 }

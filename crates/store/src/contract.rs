@@ -10,8 +10,9 @@ use gantry_domain::{
 };
 
 use crate::{
-    ApiKeyRecord, BlobRecord, BlobStore, OutputRecord, PoolRecord, RunChange, RunFilter, RunRecord,
-    SessionRecord, StackRecord, Store, StoreError, WorkerRecord,
+    ApiKeyRecord, BlobRecord, BlobStore, DependencyRecord, OutputRecord, OutputReferenceRecord,
+    PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord, Store, StoreError,
+    WorkerCountsRecord, WorkerRecord,
 };
 
 /// Generates one `#[tokio::test]` per contract case. `$make` is an async expression
@@ -37,7 +38,11 @@ macro_rules! store_contract_tests {
             outputs_are_replaced_as_a_whole,
             a_pool_reset_replaces_the_certificate_and_ends_sessions,
             run_blobs_are_recorded_per_purpose,
-            state_versions_are_numbered_per_stack
+            state_versions_are_numbered_per_stack,
+            workers_and_pools_drain_and_undrain,
+            workers_are_counted_and_idle_ones_listed_oldest_first,
+            runs_are_prioritized_and_stop_requests_kept,
+            dependencies_are_kept_with_their_references
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -65,6 +70,7 @@ fn pool_record(name: &str) -> PoolRecord {
         certificate_pem: Some("-----BEGIN CERTIFICATE-----".to_owned()),
         certificate_fingerprint: Some("ab".repeat(32)),
         key_algorithm: Some("EC P-256".to_owned()),
+        cycle_requested_at: None,
         created_at: at(1),
         updated_at: at(1),
     }
@@ -82,6 +88,7 @@ fn stack_record(pool_id: PoolId, name: &str) -> StackRecord {
         runner_image: None,
         autodeploy: false,
         managed_state: true,
+        share_sensitive_outputs: true,
         environment: vec![
             EnvironmentVariable {
                 name: "TF_VAR_region".to_owned(),
@@ -116,6 +123,8 @@ fn run_record(stack: &StackRecord, state: RunState, created: i64) -> RunRecord {
         has_changes: None,
         failure: None,
         triggered_by: "admin".to_owned(),
+        command: None,
+        stop_requested_at: None,
         created_at: at(created),
         updated_at: at(created),
     }
@@ -405,6 +414,7 @@ pub async fn log_uploads_are_ordered_and_idempotent<S: Store>(store: Arc<S>) {
     let run = run_record(&stack, RunState::Planning, 5);
     store.insert_run(&run).await.unwrap();
     let chunk = |seq: u64| (seq, format!("line {seq}\n"));
+    assert_eq!(store.next_log_seq(run.id).await.unwrap(), 0);
 
     assert_eq!(store.append_logs(run.id, &[chunk(0), chunk(1)], at(6)).await.unwrap(), 2);
     assert_eq!(
@@ -414,6 +424,7 @@ pub async fn log_uploads_are_ordered_and_idempotent<S: Store>(store: Arc<S>) {
     );
     let gap = store.append_logs(run.id, &[chunk(3), chunk(5)], at(8)).await;
     assert!(matches!(gap, Err(StoreError::LogGap { expected: 4, received: 5 })), "{gap:?}");
+    assert_eq!(store.next_log_seq(run.id).await.unwrap(), 4);
 
     let all = store.read_logs(run.id, 0, 100).await.unwrap();
     let text: String = all.iter().map(|c| c.text.as_str()).collect();
@@ -600,4 +611,121 @@ pub async fn blob_keys_cannot_escape<B: BlobStore>(blobs: Arc<B>) {
         let error = blobs.put(key, body(vec![b"x"]), 10).await.unwrap_err();
         assert!(matches!(error, StoreError::InvalidKey(_)), "{key:?}: {error}");
     }
+}
+
+pub async fn workers_and_pools_drain_and_undrain<S: Store>(store: Arc<S>) {
+    let (pool, _, worker) = world(&*store).await;
+    let second =
+        store.register_worker(&worker_record(pool.id, LauncherId::generate())).await.unwrap();
+    let drained = store.set_worker_drained(worker.id, true).await.unwrap().unwrap();
+    assert!(drained.drained);
+    assert!(!store.get_worker(second.id).await.unwrap().unwrap().drained);
+    assert_eq!(store.set_worker_drained(WorkerId::generate(), true).await.unwrap(), None);
+    let all = store.set_pool_drained(pool.id, true).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|w| w.drained));
+    let again = store.register_worker(&worker).await.unwrap();
+    assert!(again.drained, "a launcher re-registering does not undrain its worker");
+    let undrained = store.set_pool_drained(pool.id, false).await.unwrap();
+    assert!(undrained.iter().all(|w| !w.drained));
+    let cycled = store.request_pool_cycle(pool.id, at(70)).await.unwrap();
+    assert_eq!(cycled.cycle_requested_at, Some(at(70)));
+    assert!(matches!(
+        store.request_pool_cycle(PoolId::generate(), at(71)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+pub async fn workers_are_counted_and_idle_ones_listed_oldest_first<S: Store>(store: Arc<S>) {
+    let (pool, stack, first) = world(&*store).await;
+    let launcher = LauncherId::generate();
+    let mut later = Vec::new();
+    for created in 4..7 {
+        let mut worker = worker_record(pool.id, launcher);
+        worker.created_at = at(created);
+        later.push(store.register_worker(&worker).await.unwrap());
+    }
+    let other_pool = pool_record("other");
+    store.insert_pool(&other_pool).await.unwrap();
+    store.register_worker(&worker_record(other_pool.id, launcher)).await.unwrap();
+
+    let run = run_record(&stack, RunState::Ready, 10);
+    store.insert_run(&run).await.unwrap();
+    assert!(store.assign_run(run.id, later[0].id, at(11)).await.unwrap());
+    store.set_worker_drained(later[1].id, true).await.unwrap();
+
+    let idle = |pool_id, limit| {
+        let store = Arc::clone(&store);
+        async move {
+            let workers = store.idle_workers(pool_id, limit).await.unwrap();
+            workers.into_iter().map(|worker| worker.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(idle(pool.id, 10).await, [first.id, later[2].id], "idle, undrained, oldest first");
+    assert_eq!(idle(pool.id, 1).await, [first.id]);
+    assert!(idle(PoolId::generate(), 5).await.is_empty());
+
+    let counts = store.worker_counts().await.unwrap();
+    let of = |pool_id| counts.iter().find(|c| c.pool_id == pool_id).copied().unwrap();
+    assert_eq!(
+        of(pool.id),
+        WorkerCountsRecord { pool_id: pool.id, connected: 4, busy: 1, drained: 1 }
+    );
+    assert_eq!(
+        of(other_pool.id),
+        WorkerCountsRecord { pool_id: other_pool.id, connected: 1, busy: 0, drained: 0 }
+    );
+    assert_eq!(counts.len(), 2);
+
+    let owned = store.launcher_workers(launcher).await.unwrap();
+    assert_eq!(owned.len(), 4);
+    assert!(owned.iter().all(|w| w.launcher_id == launcher));
+    assert!(store.launcher_workers(LauncherId::generate()).await.unwrap().is_empty());
+}
+
+pub async fn runs_are_prioritized_and_stop_requests_kept<S: Store>(store: Arc<S>) {
+    let (_, stack, _) = world(&*store).await;
+    let mut run = run_record(&stack, RunState::Planning, 5);
+    run.run_type = RunType::Task;
+    run.command = Some("terraform state list".to_owned());
+    store.insert_run(&run).await.unwrap();
+    assert_eq!(
+        store.get_run(run.id).await.unwrap().unwrap().command.as_deref(),
+        Some("terraform state list")
+    );
+    let prioritized = store.prioritize_run(run.id, at(6)).await.unwrap();
+    assert!(prioritized.prioritized);
+    let stopping = store.request_run_stop(run.id, at(7)).await.unwrap();
+    assert_eq!(stopping.stop_requested_at, Some(at(7)));
+    let again = store.request_run_stop(run.id, at(8)).await.unwrap();
+    assert_eq!(again.stop_requested_at, Some(at(7)), "the first request counts");
+    assert!(matches!(
+        store.prioritize_run(RunId::generate(), at(9)).await,
+        Err(StoreError::NotFound { kind: "run", .. })
+    ));
+}
+
+pub async fn dependencies_are_kept_with_their_references<S: Store>(store: Arc<S>) {
+    let (pool, upstream, _) = world(&*store).await;
+    let downstream = stack_record(pool.id, "downstream");
+    store.insert_stack(&downstream).await.unwrap();
+    let dependency = DependencyRecord {
+        downstream: downstream.id,
+        upstream: upstream.id,
+        references: vec![OutputReferenceRecord {
+            output: "vpc_id".to_owned(),
+            variable: "TF_VAR_vpc".to_owned(),
+            trigger_always: false,
+        }],
+        created_at: at(10),
+    };
+    store.put_dependency(&dependency).await.unwrap();
+    assert_eq!(store.list_dependencies().await.unwrap(), vec![dependency.clone()]);
+    let mut changed = dependency.clone();
+    changed.references[0].trigger_always = true;
+    store.put_dependency(&changed).await.unwrap();
+    assert_eq!(store.list_dependencies().await.unwrap(), vec![changed]);
+    assert!(store.delete_dependency(downstream.id, upstream.id).await.unwrap());
+    assert!(!store.delete_dependency(downstream.id, upstream.id).await.unwrap());
+    assert!(store.list_dependencies().await.unwrap().is_empty());
 }

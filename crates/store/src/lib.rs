@@ -17,8 +17,9 @@ pub mod contract;
 pub use blobs::{BlobStore, BlobStream, BlobWritten, LocalBlobStore};
 pub use error::StoreError;
 pub use records::{
-    ApiKeyRecord, BlobRecord, LogChunkRecord, OutputRecord, PoolRecord, RunChange, RunFilter,
-    RunRecord, SessionRecord, StackRecord, StateChangeRecord, StateVersionRecord, WorkerRecord,
+    ApiKeyRecord, BlobRecord, DependencyRecord, LogChunkRecord, OutputRecord,
+    OutputReferenceRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord,
+    StateChangeRecord, StateVersionRecord, WorkerCountsRecord, WorkerRecord,
 };
 pub use sqlite::SqliteStore;
 pub use store::Store;

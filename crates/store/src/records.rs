@@ -47,6 +47,8 @@ pub struct PoolRecord {
     pub certificate_pem: Option<String>,
     pub certificate_fingerprint: Option<String>,
     pub key_algorithm: Option<String>,
+    /// Launchers whose session started before this exit after their current runs.
+    pub cycle_requested_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -79,6 +81,15 @@ pub struct WorkerRecord {
     pub last_seen_at: Timestamp,
 }
 
+/// How many workers one pool has, by state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerCountsRecord {
+    pub pool_id: PoolId,
+    pub connected: u64,
+    pub busy: u64,
+    pub drained: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackRecord {
     pub id: StackId,
@@ -92,6 +103,8 @@ pub struct StackRecord {
     pub autodeploy: bool,
     /// Gantry keeps the stack's Terraform state, encrypted to the pool key.
     pub managed_state: bool,
+    /// Its sensitive outputs may reach dependent stacks, sealed to the pool key.
+    pub share_sensitive_outputs: bool,
     pub environment: Vec<EnvironmentVariable>,
     pub description: String,
     pub labels: Vec<String>,
@@ -115,6 +128,10 @@ pub struct RunRecord {
     pub has_changes: Option<bool>,
     pub failure: Option<String>,
     pub triggered_by: String,
+    /// A TASK's command.
+    pub command: Option<String>,
+    /// A user asked to stop the run while it executed.
+    pub stop_requested_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -165,4 +182,21 @@ pub struct OutputRecord {
     pub name: String,
     pub value_json: Option<String>,
     pub sensitive: bool,
+}
+
+/// How a downstream stack reads one upstream output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputReferenceRecord {
+    pub output: String,
+    pub variable: String,
+    pub trigger_always: bool,
+}
+
+/// "downstream depends on upstream".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DependencyRecord {
+    pub downstream: StackId,
+    pub upstream: StackId,
+    pub references: Vec<OutputReferenceRecord>,
+    pub created_at: Timestamp,
 }

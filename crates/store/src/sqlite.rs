@@ -21,9 +21,9 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use crate::store::Result;
 use crate::{
-    ApiKeyRecord, BlobRecord, LogChunkRecord, OutputRecord, PoolRecord, RunChange, RunFilter,
-    RunRecord, SessionRecord, StackRecord, StateChangeRecord, StateVersionRecord, Store,
-    StoreError, WorkerRecord,
+    ApiKeyRecord, BlobRecord, DependencyRecord, LogChunkRecord, OutputRecord,
+    OutputReferenceRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord,
+    StateChangeRecord, StateVersionRecord, Store, StoreError, WorkerCountsRecord, WorkerRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -35,7 +35,60 @@ pub struct SqliteStore {
     reader: SqlitePool,
 }
 
+/// How output references are kept in `stack_dependencies.output_references`.
+#[derive(Serialize, Deserialize)]
+struct StoredReference {
+    output: String,
+    variable: String,
+    trigger_always: bool,
+}
+
 impl SqliteStore {
+    /// Sets `drained` on the workers whose `column` (`id` or `pool_id`) is `value`;
+    /// returns them as they are now.
+    async fn set_drained_where(
+        &self,
+        column: &'static str,
+        value: &str,
+        drained: bool,
+    ) -> Result<Vec<WorkerRecord>> {
+        let mut tx = self.begin().await?;
+        // `column` is one of two literals, never input.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE workers SET drained = $2 WHERE {column} = $1"
+        )))
+        .bind(value)
+        .bind(i64::from(drained))
+        .execute(&mut *tx)
+        .await?;
+        let filter = format!("FROM workers WHERE {column} = $1 ORDER BY created_at, id");
+        let rows =
+            sqlx::query(select(WORKER_COLUMNS, &filter)).bind(value).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        rows.iter().map(worker_from_row).collect()
+    }
+    /// Runs `sql` (which sets something on the run with id `$1` at time `$2`) and returns
+    /// the run.
+    async fn update_run_flag(
+        &self,
+        id: RunId,
+        sql: &'static str,
+        at: Timestamp,
+    ) -> Result<RunRecord> {
+        let mut tx = self.begin().await?;
+        let updated =
+            sqlx::query(sql).bind(id.to_string()).bind(at.unix_millis()).execute(&mut *tx).await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound { kind: "run", id: id.to_string() });
+        }
+        let row = sqlx::query(select(RUN_COLUMNS, "FROM runs WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        run_from_row(&row)
+    }
+
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub async fn open(path: &Path) -> Result<Self> {
         let options = SqliteConnectOptions::new()
@@ -93,6 +146,12 @@ fn timestamp(row: &SqliteRow, column: &str) -> Result<Timestamp> {
     row.try_get::<i64, _>(column).map(Timestamp::from_unix_millis).map_err(|e| corrupt(column, e))
 }
 
+fn optional_timestamp(row: &SqliteRow, column: &str) -> Result<Option<Timestamp>> {
+    row.try_get::<Option<i64>, _>(column)
+        .map(|value| value.map(Timestamp::from_unix_millis))
+        .map_err(|e| corrupt(column, e))
+}
+
 fn flag(row: &SqliteRow, column: &str) -> Result<bool> {
     row.try_get::<i64, _>(column).map(|value| value != 0).map_err(|e| corrupt(column, e))
 }
@@ -128,7 +187,7 @@ fn already_exists(kind: &'static str, name: &str, error: sqlx::Error) -> StoreEr
     }
 }
 
-const POOL_COLUMNS: &str = "id, name, kind, description, labels, certificate_pem, certificate_fingerprint, key_algorithm, created_at, updated_at";
+const POOL_COLUMNS: &str = "id, name, kind, description, labels, certificate_pem, certificate_fingerprint, key_algorithm, cycle_requested_at, created_at, updated_at";
 
 fn pool_from_row(row: &SqliteRow) -> Result<PoolRecord> {
     Ok(PoolRecord {
@@ -140,6 +199,7 @@ fn pool_from_row(row: &SqliteRow) -> Result<PoolRecord> {
         certificate_pem: optional_text(row, "certificate_pem")?,
         certificate_fingerprint: optional_text(row, "certificate_fingerprint")?,
         key_algorithm: optional_text(row, "key_algorithm")?,
+        cycle_requested_at: optional_timestamp(row, "cycle_requested_at")?,
         created_at: timestamp(row, "created_at")?,
         updated_at: timestamp(row, "updated_at")?,
     })
@@ -175,7 +235,7 @@ fn worker_from_row(row: &SqliteRow) -> Result<WorkerRecord> {
     })
 }
 
-const STACK_COLUMNS: &str = "id, name, repository, branch, project_root, pool_id, tool, runner_image, autodeploy, managed_state, environment, description, labels, created_at";
+const STACK_COLUMNS: &str = "id, name, repository, branch, project_root, pool_id, tool, runner_image, autodeploy, managed_state, share_sensitive_outputs, environment, description, labels, created_at";
 
 fn stack_from_row(row: &SqliteRow) -> Result<StackRecord> {
     let environment: Vec<StoredVariable> = json(row, "environment")?;
@@ -190,6 +250,7 @@ fn stack_from_row(row: &SqliteRow) -> Result<StackRecord> {
         runner_image: optional_text(row, "runner_image")?,
         autodeploy: flag(row, "autodeploy")?,
         managed_state: flag(row, "managed_state")?,
+        share_sensitive_outputs: flag(row, "share_sensitive_outputs")?,
         environment: environment
             .into_iter()
             .map(|v| EnvironmentVariable { name: v.name, value: v.value, secret: v.secret })
@@ -200,7 +261,7 @@ fn stack_from_row(row: &SqliteRow) -> Result<StackRecord> {
     })
 }
 
-const RUN_COLUMNS: &str = "id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, prioritized, has_changes, failure, triggered_by, created_at, updated_at";
+const RUN_COLUMNS: &str = "id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, prioritized, has_changes, failure, triggered_by, command, stop_requested_at, created_at, updated_at";
 
 fn run_from_row(row: &SqliteRow) -> Result<RunRecord> {
     Ok(RunRecord {
@@ -218,6 +279,8 @@ fn run_from_row(row: &SqliteRow) -> Result<RunRecord> {
         has_changes: optional_flag(row, "has_changes")?,
         failure: optional_text(row, "failure")?,
         triggered_by: text(row, "triggered_by")?,
+        command: optional_text(row, "command")?,
+        stop_requested_at: optional_timestamp(row, "stop_requested_at")?,
         created_at: timestamp(row, "created_at")?,
         updated_at: timestamp(row, "updated_at")?,
     })
@@ -492,6 +555,54 @@ impl Store for SqliteStore {
         rows.iter().map(worker_from_row).collect()
     }
 
+    async fn launcher_workers(&self, launcher_id: LauncherId) -> Result<Vec<WorkerRecord>> {
+        let rows = sqlx::query(select(
+            WORKER_COLUMNS,
+            "FROM workers WHERE launcher_id = $1 ORDER BY created_at, id",
+        ))
+        .bind(launcher_id.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(worker_from_row).collect()
+    }
+
+    async fn worker_counts(&self) -> Result<Vec<WorkerCountsRecord>> {
+        let rows = sqlx::query(
+            "SELECT pool_id, COUNT(*) AS connected,
+                    COUNT(current_run_id) AS busy, SUM(drained != 0) AS drained
+             FROM workers GROUP BY pool_id ORDER BY pool_id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let count = |column: &str| -> Result<u64> {
+                    let value: i64 = row.try_get(column)?;
+                    u64::try_from(value).map_err(|error| corrupt(column, error))
+                };
+                Ok(WorkerCountsRecord {
+                    pool_id: parsed(row, "pool_id")?,
+                    connected: count("connected")?,
+                    busy: count("busy")?,
+                    drained: count("drained")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn idle_workers(&self, pool_id: PoolId, limit: u32) -> Result<Vec<WorkerRecord>> {
+        let rows = sqlx::query(select(
+            WORKER_COLUMNS,
+            "FROM workers WHERE pool_id = $1 AND current_run_id IS NULL AND drained = 0
+             ORDER BY created_at, id LIMIT $2",
+        ))
+        .bind(pool_id.to_string())
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(worker_from_row).collect()
+    }
+
     async fn touch_workers(
         &self,
         launcher_id: LauncherId,
@@ -540,8 +651,8 @@ impl Store for SqliteStore {
             })
             .collect();
         sqlx::query(
-            "INSERT INTO stacks (id, name, repository, branch, project_root, pool_id, tool, runner_image, autodeploy, managed_state, environment, description, labels, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            "INSERT INTO stacks (id, name, repository, branch, project_root, pool_id, tool, runner_image, autodeploy, managed_state, share_sensitive_outputs, environment, description, labels, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(stack.id.to_string())
         .bind(&stack.name)
@@ -553,6 +664,7 @@ impl Store for SqliteStore {
         .bind(&stack.runner_image)
         .bind(i64::from(stack.autodeploy))
         .bind(i64::from(stack.managed_state))
+        .bind(i64::from(stack.share_sensitive_outputs))
         .bind(to_json(&environment))
         .bind(&stack.description)
         .bind(to_json(&stack.labels))
@@ -589,8 +701,8 @@ impl Store for SqliteStore {
     async fn insert_run(&self, run: &RunRecord) -> Result<()> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO runs (id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, prioritized, has_changes, failure, triggered_by, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            "INSERT INTO runs (id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, prioritized, has_changes, failure, triggered_by, command, stop_requested_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(run.id.to_string())
         .bind(run.stack_id.to_string())
@@ -606,6 +718,8 @@ impl Store for SqliteStore {
         .bind(run.has_changes.map(i64::from))
         .bind(&run.failure)
         .bind(&run.triggered_by)
+        .bind(&run.command)
+        .bind(run.stop_requested_at.map(Timestamp::unix_millis))
         .bind(run.created_at.unix_millis())
         .bind(run.updated_at.unix_millis())
         .execute(&mut *tx)
@@ -800,6 +914,15 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn next_log_seq(&self, run_id: RunId) -> Result<u64> {
+        let next: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM run_logs WHERE run_id = $1")
+                .bind(run_id.to_string())
+                .fetch_one(&self.reader)
+                .await?;
+        u64::try_from(next).map_err(|error| corrupt("run_logs.seq", error))
+    }
+
     async fn read_logs(
         &self,
         run_id: RunId,
@@ -972,5 +1095,114 @@ impl Store for SqliteStore {
             })
         })
         .transpose()
+    }
+
+    async fn request_pool_cycle(&self, pool_id: PoolId, at: Timestamp) -> Result<PoolRecord> {
+        let mut tx = self.begin().await?;
+        let updated =
+            sqlx::query("UPDATE pools SET cycle_requested_at = $2, updated_at = $2 WHERE id = $1")
+                .bind(pool_id.to_string())
+                .bind(at.unix_millis())
+                .execute(&mut *tx)
+                .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound { kind: "pool", id: pool_id.to_string() });
+        }
+        let row = sqlx::query(select(POOL_COLUMNS, "FROM pools WHERE id = $1"))
+            .bind(pool_id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        pool_from_row(&row)
+    }
+
+    async fn set_worker_drained(
+        &self,
+        worker_id: WorkerId,
+        drained: bool,
+    ) -> Result<Option<WorkerRecord>> {
+        Ok(self.set_drained_where("id", &worker_id.to_string(), drained).await?.pop())
+    }
+
+    async fn set_pool_drained(&self, pool_id: PoolId, drained: bool) -> Result<Vec<WorkerRecord>> {
+        self.set_drained_where("pool_id", &pool_id.to_string(), drained).await
+    }
+
+    async fn prioritize_run(&self, id: RunId, at: Timestamp) -> Result<RunRecord> {
+        self.update_run_flag(
+            id,
+            "UPDATE runs SET prioritized = 1, updated_at = $2 WHERE id = $1",
+            at,
+        )
+        .await
+    }
+
+    async fn request_run_stop(&self, id: RunId, at: Timestamp) -> Result<RunRecord> {
+        self.update_run_flag(
+            id,
+            "UPDATE runs SET stop_requested_at = COALESCE(stop_requested_at, $2), updated_at = $2 WHERE id = $1",
+            at,
+        )
+        .await
+    }
+
+    async fn put_dependency(&self, dependency: &DependencyRecord) -> Result<()> {
+        let references: Vec<StoredReference> = dependency
+            .references
+            .iter()
+            .map(|r| StoredReference {
+                output: r.output.clone(),
+                variable: r.variable.clone(),
+                trigger_always: r.trigger_always,
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO stack_dependencies (downstream_stack_id, upstream_stack_id, output_references, created_at)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (downstream_stack_id, upstream_stack_id) DO UPDATE SET output_references = excluded.output_references",
+        )
+        .bind(dependency.downstream.to_string())
+        .bind(dependency.upstream.to_string())
+        .bind(to_json(&references))
+        .bind(dependency.created_at.unix_millis())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_dependency(&self, downstream: StackId, upstream: StackId) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM stack_dependencies WHERE downstream_stack_id = $1 AND upstream_stack_id = $2")
+            .bind(downstream.to_string())
+            .bind(upstream.to_string())
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_dependencies(&self) -> Result<Vec<DependencyRecord>> {
+        let rows = sqlx::query(
+            "SELECT downstream_stack_id, upstream_stack_id, output_references, created_at FROM stack_dependencies
+             ORDER BY created_at, downstream_stack_id, upstream_stack_id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let references: Vec<StoredReference> = json(row, "output_references")?;
+                Ok(DependencyRecord {
+                    downstream: parsed(row, "downstream_stack_id")?,
+                    upstream: parsed(row, "upstream_stack_id")?,
+                    references: references
+                        .into_iter()
+                        .map(|r| OutputReferenceRecord {
+                            output: r.output,
+                            variable: r.variable,
+                            trigger_always: r.trigger_always,
+                        })
+                        .collect(),
+                    created_at: timestamp(row, "created_at")?,
+                })
+            })
+            .collect()
     }
 }

@@ -4,9 +4,9 @@ use async_trait::async_trait;
 use gantry_domain::{LauncherId, PoolId, RunId, StackId, Timestamp, WorkerId};
 
 use crate::{
-    ApiKeyRecord, BlobRecord, LogChunkRecord, OutputRecord, PoolRecord, RunChange, RunFilter,
-    RunRecord, SessionRecord, StackRecord, StateChangeRecord, StateVersionRecord, StoreError,
-    WorkerRecord,
+    ApiKeyRecord, BlobRecord, DependencyRecord, LogChunkRecord, OutputRecord, PoolRecord,
+    RunChange, RunFilter, RunRecord, SessionRecord, StackRecord, StateChangeRecord,
+    StateVersionRecord, StoreError, WorkerCountsRecord, WorkerRecord,
 };
 
 pub(crate) type Result<T> = std::result::Result<T, StoreError>;
@@ -45,6 +45,9 @@ pub trait Store: Send + Sync + 'static {
         at: Timestamp,
     ) -> Result<PoolRecord>;
 
+    /// Asks the pool's launchers to exit after their current runs; returns the pool.
+    async fn request_pool_cycle(&self, pool_id: PoolId, at: Timestamp) -> Result<PoolRecord>;
+
     async fn insert_session(&self, session: &SessionRecord) -> Result<()>;
     async fn find_session(&self, token_hash: &str) -> Result<Option<SessionRecord>>;
     async fn delete_session(&self, token_hash: &str) -> Result<()>;
@@ -57,6 +60,13 @@ pub trait Store: Send + Sync + 'static {
     async fn get_worker(&self, id: WorkerId) -> Result<Option<WorkerRecord>>;
     /// All workers, or those of one pool, oldest first.
     async fn list_workers(&self, pool_id: Option<PoolId>) -> Result<Vec<WorkerRecord>>;
+    /// The launcher's workers, oldest first.
+    async fn launcher_workers(&self, launcher_id: LauncherId) -> Result<Vec<WorkerRecord>>;
+    /// For every pool that has workers: how many, how many busy, how many drained.
+    async fn worker_counts(&self) -> Result<Vec<WorkerCountsRecord>>;
+    /// Up to `limit` idle, undrained workers of the pool, oldest first: the order in which
+    /// they receive runs.
+    async fn idle_workers(&self, pool_id: PoolId, limit: u32) -> Result<Vec<WorkerRecord>>;
     /// Marks the launcher's workers alive; returns the ids it no longer owns.
     async fn touch_workers(
         &self,
@@ -65,6 +75,14 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Vec<WorkerId>>;
     async fn delete_workers(&self, worker_ids: &[WorkerId]) -> Result<()>;
+    /// Drains (or undrains) one worker; `None` when it does not exist.
+    async fn set_worker_drained(
+        &self,
+        worker_id: WorkerId,
+        drained: bool,
+    ) -> Result<Option<WorkerRecord>>;
+    /// Drains (or undrains) every worker of the pool; returns them.
+    async fn set_pool_drained(&self, pool_id: PoolId, drained: bool) -> Result<Vec<WorkerRecord>>;
 
     /// Fails with `AlreadyExists` when the name is taken.
     async fn insert_stack(&self, stack: &StackRecord) -> Result<()>;
@@ -82,6 +100,10 @@ pub trait Store: Send + Sync + 'static {
     /// Applies the change if the run is still in `change.from`, else `StateConflict`.
     async fn change_run(&self, change: &RunChange) -> Result<RunRecord>;
     async fn set_run_commit(&self, id: RunId, sha: &str, message: &str) -> Result<()>;
+    /// Moves the run to the front of its pool's queue.
+    async fn prioritize_run(&self, id: RunId, at: Timestamp) -> Result<RunRecord>;
+    /// Records that a user asked to stop the run (the first request counts).
+    async fn request_run_stop(&self, id: RunId, at: Timestamp) -> Result<RunRecord>;
     /// Hands a run waiting for a worker to an idle, undrained worker: both or neither.
     /// Returns whether it happened.
     async fn assign_run(&self, run_id: RunId, worker_id: WorkerId, now: Timestamp) -> Result<bool>;
@@ -94,6 +116,8 @@ pub trait Store: Send + Sync + 'static {
         chunks: &[(u64, String)],
         now: Timestamp,
     ) -> Result<u64>;
+    /// The sequence number of the run's next log chunk.
+    async fn next_log_seq(&self, run_id: RunId) -> Result<u64>;
     async fn read_logs(
         &self,
         run_id: RunId,
@@ -117,4 +141,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<StateVersionRecord>;
     /// The stack's newest managed state.
     async fn current_state_version(&self, stack_id: StackId) -> Result<Option<StateVersionRecord>>;
+
+    /// Adds or replaces a dependency (the caller has checked it closes no cycle).
+    async fn put_dependency(&self, dependency: &DependencyRecord) -> Result<()>;
+    /// Removes a dependency; returns whether there was one.
+    async fn delete_dependency(&self, downstream: StackId, upstream: StackId) -> Result<bool>;
+    async fn list_dependencies(&self) -> Result<Vec<DependencyRecord>>;
 }

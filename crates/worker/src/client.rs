@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gantry_proto::agent::{Directive, RunReport};
+use gantry_proto::agent::Directive;
 use gantry_proto::api::ErrorResponse;
 use gantry_proto::local::{WorkerDirective, WorkerJob, WorkerLog, WorkerReport};
 use http_body_util::{BodyExt, Full};
@@ -66,8 +66,8 @@ impl LauncherClient {
         Ok(())
     }
 
-    pub(crate) async fn report(&self, report: RunReport) -> Result<Directive, WorkerError> {
-        let answer = self.exchange(&REPORTS, Some(to_json(&WorkerReport { report }))).await?;
+    pub(crate) async fn report(&self, report: WorkerReport) -> Result<Directive, WorkerError> {
+        let answer = self.exchange(&REPORTS, Some(to_json(&report))).await?;
         let answer: WorkerDirective = parse(&REPORTS, &answer)?;
         Ok(answer.directive)
     }

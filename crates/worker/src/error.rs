@@ -39,6 +39,12 @@ pub enum WorkerError {
     #[error("{variable} is not a valid bearer token: expected visible ASCII characters")]
     InvalidCapability { variable: &'static str },
 
+    #[error("GANTRY_LAUNCHER_PID is {value:?}: expected a process id")]
+    InvalidLauncherPid { value: String },
+
+    #[error("the launcher (process {pid}) that started this worker is gone")]
+    LauncherGone { pid: i32 },
+
     #[error("cannot listen for SIGTERM and SIGINT: {0}")]
     Signals(#[source] io::Error),
 
@@ -62,9 +68,12 @@ impl WorkerError {
     pub fn exit_code(&self) -> u8 {
         match self {
             // EX_USAGE from sysexits.h.
-            Self::MissingVariable { .. } | Self::InvalidCapability { .. } => 64,
+            Self::MissingVariable { .. }
+            | Self::InvalidCapability { .. }
+            | Self::InvalidLauncherPid { .. } => 64,
             // EX_SOFTWARE: without its launcher the worker can do nothing useful.
             Self::Signals(_)
+            | Self::LauncherGone { .. }
             | Self::Connect { .. }
             | Self::Exchange { .. }
             | Self::Refused { .. }

@@ -1,5 +1,5 @@
-//! The job itself: the phases of a plan or an apply in order, each announced to the
-//! launcher with a report whose answer (a directive) says whether to go on.
+//! The job itself: the phases of a plan, an apply or a task in order, each announced to
+//! the launcher with a report whose answer (a directive) says whether to go on.
 //!
 //! Every report first waits until all log text so far was delivered, because the
 //! launcher relies on "logs complete before state changes". Waiting for the launcher is
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use gantry_domain::{Phase, RunType};
 use gantry_proto::agent::{Directive, Job, RunReport};
-use gantry_proto::local::WorkerJob;
+use gantry_proto::local::{WorkerJob, WorkerReport};
 use nix::sys::signal::Signal;
 
 use crate::client::LauncherClient;
@@ -18,6 +18,9 @@ use crate::log::LogSink;
 use crate::outputs::parse_outputs;
 use crate::tool::{self, Ending};
 use crate::{Config, Outcome, Termination, WorkerError};
+
+/// The shell a task's command runs in.
+const SHELL: &str = "sh";
 
 /// How long a terminated worker still tries to deliver the output it relayed.
 const FINAL_LOG_DELIVERY: Duration = Duration::from_secs(5);
@@ -75,15 +78,9 @@ struct JobRun {
 
 impl JobRun {
     async fn plan(&mut self) -> Result<(), Halt> {
+        self.initialize().await?;
         if self.job.run_type == RunType::Task {
-            let message = "TASK runs are not supported: this worker runs plans and applies only";
-            return Err(self.fail(message.to_owned()).await);
-        }
-
-        self.start_phase(Phase::Initializing).await?;
-        match self.run_tool(args(&["init", "-input=false"])).await {
-            Ending::Exited { code: 0 } => {}
-            ending => return Err(self.stop_after("init", ending).await),
+            return self.perform().await;
         }
 
         self.start_phase(Phase::Planning).await?;
@@ -110,6 +107,42 @@ impl JobRun {
         }
     }
 
+    async fn initialize(&mut self) -> Result<(), Halt> {
+        self.start_phase(Phase::Initializing).await?;
+        match self.run_tool(args(&["init", "-input=false"])).await {
+            Ending::Exited { code: 0 } => Ok(()),
+            ending => Err(self.stop_after("init", ending).await),
+        }
+    }
+
+    /// A task: the user's command, through `sh -c` so that pipes and quoting work as they
+    /// typed them, in the initialized project.
+    async fn perform(&mut self) -> Result<(), Halt> {
+        let Some(command) = self.job.command.clone() else {
+            return Err(self.fail("the task has no command to run".to_owned()).await);
+        };
+        self.start_phase(Phase::Performing).await?;
+        self.log.write(format!("$ {command}\n"));
+        let shell_args = vec!["-c".to_owned(), command];
+        let ending =
+            tool::run_streamed(&self.job, SHELL, &shell_args, &self.log, &mut self.termination)
+                .await;
+        let message = match ending {
+            Ending::Exited { code: 0 } => {
+                self.report(RunReport::Performed).await?;
+                return Ok(());
+            }
+            Ending::Terminated => return Err(Halt::Ended(Outcome::Terminated)),
+            Ending::Exited { code } => format!("the command failed with exit code {code}"),
+            Ending::KilledBySignal { signal } => {
+                format!("the command was killed by signal {}", signal_name(signal))
+            }
+            Ending::CannotStart { error } => format!("cannot start {SHELL}: {error}"),
+            Ending::Lost { error } => format!("lost track of the command: {error}"),
+        };
+        Err(self.fail(message).await)
+    }
+
     async fn apply(&mut self) -> Result<(), Halt> {
         self.start_phase(Phase::Applying).await?;
         // A saved plan was approved already: it needs no `-auto-approve`.
@@ -132,7 +165,8 @@ impl JobRun {
 
     async fn run_tool(&mut self, args: Vec<String>) -> Ending {
         self.log_command_line(&args);
-        tool::run_streamed(&self.job, &args, &self.log, &mut self.termination).await
+        let tool = self.job.tool_executable.clone();
+        tool::run_streamed(&self.job, &tool, &args, &self.log, &mut self.termination).await
     }
 
     /// Collects `<tool> output -json` outside the log and reports it.
@@ -150,8 +184,9 @@ impl JobRun {
             self.log.write(String::from_utf8_lossy(&output.stderr));
             return Err(self.stop_after("output", tool::ending(output.status)).await);
         }
-        let outputs = match parse_outputs(&output.stdout) {
-            Ok(outputs) => outputs,
+        let parsed = parse_outputs(&output.stdout, self.job.collect_sensitive_outputs);
+        let (outputs, sensitive_outputs) = match parsed {
+            Ok(parsed) => parsed,
             Err(error) => {
                 let message = format!(
                     "{} output -json printed no outputs document: {error}",
@@ -160,7 +195,8 @@ impl JobRun {
                 return Err(self.fail(message).await);
             }
         };
-        self.report_expecting_continue(RunReport::Outputs { outputs }).await
+        let report = WorkerReport { report: RunReport::Outputs { outputs }, sensitive_outputs };
+        self.report_expecting_continue(report).await
     }
 
     fn log_command_line(&self, args: &[String]) {
@@ -193,7 +229,10 @@ impl JobRun {
         }
     }
 
-    async fn report_expecting_continue(&mut self, report: RunReport) -> Result<(), Halt> {
+    async fn report_expecting_continue(
+        &mut self,
+        report: impl Into<WorkerReport>,
+    ) -> Result<(), Halt> {
         match self.report(report).await? {
             Directive::Continue => Ok(()),
             // Anything else mid-job means "stop now"; the launcher knows why.
@@ -204,7 +243,8 @@ impl JobRun {
     }
 
     /// Delivers the log so far, then the report, unless a termination request comes first.
-    async fn report(&mut self, report: RunReport) -> Result<Directive, Halt> {
+    async fn report(&mut self, report: impl Into<WorkerReport>) -> Result<Directive, Halt> {
+        let report = report.into();
         let Self { client, log, termination, .. } = self;
         let deliver = async {
             log.flush().await?;

@@ -18,4 +18,4 @@ mod utf8;
 pub use config::Config;
 pub use error::{Outcome, WorkerError};
 pub use job::run;
-pub use termination::Termination;
+pub use termination::{Termination, end_with_launcher};

@@ -19,5 +19,6 @@ async fn main() -> ExitCode {
 async fn start() -> Result<gantry_worker::Outcome, WorkerError> {
     let config = Config::from_env()?;
     let termination = Termination::from_signals()?;
+    gantry_worker::end_with_launcher()?;
     gantry_worker::run(config, termination).await
 }

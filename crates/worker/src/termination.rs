@@ -1,10 +1,32 @@
 //! SIGTERM and SIGINT, counted: the first asks the running tool to stop gracefully,
 //! a further one forces it, and waiting for the launcher is cancelled by any of them.
+//! A worker whose launcher process dies gets a SIGTERM too, from the kernel.
 
+use gantry_proto::local::LAUNCHER_PID_ENV;
+use nix::sys::signal::Signal;
+use nix::unistd::{Pid, getppid};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::WorkerError;
+
+/// When the launcher that started this worker as its child dies (crashes, is killed),
+/// the kernel sends the worker SIGTERM, so that the run stops as a stopped run does
+/// instead of applying on after the server declared its worker lost.
+///
+/// Call after [`Termination::from_signals`], so the signal is counted, not fatal.
+/// Does nothing when the worker was not started by a launcher process (a container).
+pub fn end_with_launcher() -> Result<(), WorkerError> {
+    let Ok(value) = std::env::var(LAUNCHER_PID_ENV) else { return Ok(()) };
+    let launcher: i32 = value.parse().map_err(|_| WorkerError::InvalidLauncherPid { value })?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)
+        .map_err(|errno| WorkerError::Signals(std::io::Error::from_raw_os_error(errno as i32)))?;
+    // The launcher may have died before the request was made: then nothing would come.
+    if getppid() != Pid::from_raw(launcher) {
+        return Err(WorkerError::LauncherGone { pid: launcher });
+    }
+    Ok(())
+}
 
 /// Termination requests the worker has received.
 #[derive(Debug)]

@@ -1,5 +1,5 @@
-//! Running the tool (`terraform` or `tofu`): its environment, its output streamed to the
-//! run log through one pipe, and SIGTERM/SIGINT forwarded to it.
+//! Running the tool (`terraform` or `tofu`), or a task's shell command: its environment,
+//! its output streamed to the run log through one pipe, and SIGTERM/SIGINT forwarded to it.
 //!
 //! stdout and stderr share ONE pipe, as `2>&1` does, so the log interleaves them
 //! exactly as the tool printed them; two pipes read separately cannot keep that order.
@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use gantry_proto::local::{CAPABILITY_ENV, SOCKET_ENV, WorkerJob};
+use gantry_proto::local::{CAPABILITY_ENV, LAUNCHER_PID_ENV, SOCKET_ENV, WorkerJob};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
@@ -74,10 +74,10 @@ fn shell_quote(word: &str) -> String {
     if plain { word.to_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
 }
 
-/// The tool with `args`, in the job's directory and environment, minus the worker's
+/// `program` with `args`, in the job's directory and environment, minus the worker's
 /// own secrets: code in the run must never get the capability or the socket.
-fn command(job: &WorkerJob, args: &[String]) -> Command {
-    let mut command = Command::new(&job.tool_executable);
+fn command(job: &WorkerJob, program: &str, args: &[String]) -> Command {
+    let mut command = Command::new(program);
     command
         .args(args)
         .current_dir(&job.working_directory)
@@ -85,6 +85,7 @@ fn command(job: &WorkerJob, args: &[String]) -> Command {
         .envs(AUTOMATION_ENVIRONMENT)
         .env_remove(SOCKET_ENV)
         .env_remove(CAPABILITY_ENV)
+        .env_remove(LAUNCHER_PID_ENV)
         .stdin(Stdio::null())
         .process_group(0)
         // When the worker gives up on a run early, the tool must not outlive it.
@@ -103,9 +104,11 @@ fn check_working_directory(job: &WorkerJob) -> Result<(), io::Error> {
     }
 }
 
-/// Runs the tool, relaying everything it prints to `log` as it arrives.
+/// Runs `program` (the tool, or the shell for a task), relaying everything it prints to
+/// `log` as it arrives.
 pub(crate) async fn run_streamed(
     job: &WorkerJob,
+    program: &str,
     args: &[String],
     log: &LogSink,
     termination: &mut Termination,
@@ -127,7 +130,7 @@ pub(crate) async fn run_streamed(
     // `command` holds the parent's copies of the write end; dropping it at the end of
     // this block lets the read end see end-of-file once the tool and its children exit.
     let child = {
-        let mut command = command(job, args);
+        let mut command = command(job, program, args);
         command.stdout(writer).stderr(writer_for_stderr);
         command.spawn()
     };
@@ -204,7 +207,7 @@ pub(crate) async fn run_captured(
     args: &[String],
 ) -> Result<std::process::Output, io::Error> {
     check_working_directory(job)?;
-    command(job, args).output().await
+    command(job, &job.tool_executable, args).output().await
 }
 
 #[cfg(test)]
@@ -229,13 +232,15 @@ mod tests {
                 .map(|(name, value)| (name.to_string(), value.to_string()))
                 .collect(),
             plan_file: "plan.tfplan".into(),
+            command: None,
+            collect_sensitive_outputs: false,
             debug: false,
         }
     }
 
     /// The environment changes the command makes: `None` removes a variable.
     fn environment_changes(job: &WorkerJob) -> HashMap<String, Option<String>> {
-        let command = command(job, &[]);
+        let command = command(job, &job.tool_executable, &[]);
         command
             .as_std()
             .get_envs()

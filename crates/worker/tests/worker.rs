@@ -246,6 +246,8 @@ fn job(job: Job, run_type: RunType, directory: &Path) -> WorkerJob {
         // The machine's own CLI configuration must not matter.
         environment: vec![("TF_CLI_CONFIG_FILE".into(), "/dev/null".into())],
         plan_file: PLAN_FILE.into(),
+        command: None,
+        collect_sensitive_outputs: false,
         debug: false,
     }
 }
@@ -445,6 +447,49 @@ async fn an_apply_job_applies_the_plan_a_retained_workspace_holds() {
     assert!(applying.log().contains("Apply complete! Resources: 1 added"), "{}", applying.log());
     let state = std::fs::read_to_string(workspace.path().join("terraform.tfstate")).unwrap();
     assert!(state.contains("terraform_data"));
+}
+
+#[tokio::test]
+async fn a_task_runs_its_command_in_the_initialized_project_through_the_shell() {
+    let workspace = configuration(TRACKED_CONFIG);
+    terraform(workspace.path(), &["init", "-input=false"]).await;
+    terraform(workspace.path(), &["apply", "-input=false", "-auto-approve"]).await;
+    let mut task = job(Job::Plan, RunType::Task, workspace.path());
+    task.command = Some("terraform state list | sed 's/^/resource: /'".into());
+    let launcher = Launcher::start(task, always_continue).await;
+
+    let finished = launcher.run_worker().await;
+
+    assert_eq!(finished.code(), Some(0), "{finished:?}");
+    assert_eq!(
+        launcher.reports(),
+        [started(Phase::Initializing), started(Phase::Performing), RunReport::Performed]
+    );
+    let log = launcher.log_before(|report| *report == RunReport::Performed);
+    assert!(log.contains("▶ Performing"), "{log}");
+    assert!(log.contains("$ terraform state list | sed"), "{log}");
+    assert!(log.contains("resource: terraform_data.greeting"), "{log}");
+}
+
+#[tokio::test]
+async fn a_failing_task_command_fails_the_run_with_its_exit_code() {
+    let workspace = configuration(TRACKED_CONFIG);
+    let mut task = job(Job::Plan, RunType::Task, workspace.path());
+    task.command = Some("echo about to fail; exit 3".into());
+    let launcher = Launcher::start(task, always_continue).await;
+
+    let finished = launcher.run_worker().await;
+
+    assert_eq!(finished.code(), Some(1), "{finished:?}");
+    assert_eq!(
+        launcher.reports(),
+        [
+            started(Phase::Initializing),
+            started(Phase::Performing),
+            RunReport::Failed { message: "the command failed with exit code 3".into() },
+        ]
+    );
+    assert!(launcher.log().contains("about to fail"), "{}", launcher.log());
 }
 
 #[tokio::test]

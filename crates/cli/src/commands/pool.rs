@@ -42,6 +42,31 @@ pub enum PoolCommand {
     /// new token and key
     #[command(after_help = RESET_AFTER_HELP)]
     Reset(ResetArgs),
+    /// Drain every worker of a pool: busy ones finish their run, none takes a new one
+    #[command(after_help = "Example:\n  gantry pool drain build --wait-until-drained")]
+    Drain {
+        /// Pool name or id
+        pool: String,
+        /// Wait until no worker of the pool is busy
+        #[arg(long)]
+        wait_until_drained: bool,
+    },
+    /// Undrain every worker of a pool: waiting runs are scheduled at once
+    Undrain {
+        /// Pool name or id
+        pool: String,
+    },
+    /// Ask every launcher of a pool to exit after its current runs (its supervisor
+    /// restarts it, with a fresh binary)
+    Cycle {
+        /// Pool name or id
+        pool: String,
+    },
+    /// The pool's queue: runs in progress, then waiting runs in order, with why they wait
+    Queue {
+        /// Pool name or id
+        pool: String,
+    },
 }
 
 const RESET_AFTER_HELP: &str = "\
@@ -97,7 +122,66 @@ pub async fn run(context: &Context, command: &PoolCommand) -> anyhow::Result<Out
         PoolCommand::List => list(context).await,
         PoolCommand::Show { pool } => show(context, pool).await,
         PoolCommand::Reset(args) => reset(context, args).await,
+        PoolCommand::Drain { pool, wait_until_drained } => {
+            drain(context, pool, true, *wait_until_drained).await
+        }
+        PoolCommand::Undrain { pool } => drain(context, pool, false, false).await,
+        PoolCommand::Cycle { pool } => cycle(context, pool).await,
+        PoolCommand::Queue { pool } => queue(context, pool).await,
     }
+}
+
+async fn drain(
+    context: &Context,
+    pool: &str,
+    drained: bool,
+    wait: bool,
+) -> anyhow::Result<Outcome> {
+    let client = context.api_client()?;
+    let mut result = client.drain_pool(pool, drained).await?;
+    let verb = if drained { "Drained" } else { "Undrained" };
+    if !context.is_json() {
+        println!("{verb} {} worker(s) of pool {pool}.", result.workers.len());
+    }
+    while wait && result.workers.iter().any(|worker| worker.busy) {
+        let busy = result.workers.iter().filter(|worker| worker.busy).count();
+        if !context.is_json() {
+            eprintln!("Waiting for {busy} busy worker(s) to finish their run...");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        result.workers = client.list_pool_workers(pool).await?.workers;
+    }
+    if context.is_json() {
+        print_json(&result)?;
+    } else if wait {
+        println!("Pool {pool} is drained: no worker is busy.");
+    }
+    Ok(Outcome::Success)
+}
+
+async fn cycle(context: &Context, pool: &str) -> anyhow::Result<Outcome> {
+    let client = context.api_client()?;
+    let cycled = client.cycle_pool(pool).await?;
+    if context.is_json() {
+        print_json(&cycled)?;
+    } else {
+        println!(
+            "Cycling pool {}: its {} launcher worker(s) take no new run and exit after their current ones.",
+            cycled.name, cycled.workers
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+async fn queue(context: &Context, pool: &str) -> anyhow::Result<Outcome> {
+    let client = context.api_client()?;
+    let queue = client.pool_queue(pool).await?;
+    if context.is_json() {
+        print_json(&queue)?;
+    } else {
+        print!("{}", output::queue_table(&queue, output::now()));
+    }
+    Ok(Outcome::Success)
 }
 
 async fn reset(context: &Context, args: &ResetArgs) -> anyhow::Result<Outcome> {
@@ -341,6 +425,7 @@ mod tests {
                 busy_workers: 0,
                 drained_workers: 0,
                 pending_runs: 0,
+                used_by: Vec::new(),
                 created_at: Timestamp::from_unix_millis(0),
             },
             token: "eyJ0b2tlbiI6dHJ1ZX0".to_owned(),

@@ -69,6 +69,20 @@ pub enum RunCommand {
         /// Run id
         run: RunId,
     },
+    /// Run a command in a stack's workspace (after terraform init) on its pool
+    #[command(after_help = TASK_AFTER_HELP)]
+    Task(TaskArgs),
+    /// Stop a run: canceled if it has not started; otherwise the worker gets a signal, a
+    /// grace period, then a kill (STOPPED)
+    Stop {
+        /// Run id
+        run: RunId,
+    },
+    /// Move a waiting run to the front of its pool's queue
+    Prioritize {
+        /// Run id
+        run: RunId,
+    },
     /// Print a run's log, or follow it live
     #[command(after_help = LOGS_AFTER_HELP)]
     Logs(LogsArgs),
@@ -89,6 +103,32 @@ pub struct TriggerArgs {
     pub follow: bool,
     #[command(flatten)]
     pub color: ColorArgs,
+}
+
+const TASK_AFTER_HELP: &str = "\
+A task takes the stack's lock like a tracked run: it waits for the stack's other tracked
+runs and tasks, and they wait for it. The words after -- are joined with spaces, as ssh
+does, and the line runs with sh -c in the stack's project root, after terraform init,
+with the stack's environment. Quote pipes and redirections so that your own shell
+leaves them to the worker's.
+
+Examples:
+  gantry run task network -- terraform state list
+  gantry run task network -- 'terraform state list | grep aws_subnet'
+  gantry run task network --follow -- terraform import aws_vpc.main vpc-0123";
+
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    /// Stack name or id
+    pub stack: String,
+    /// Stream the log until the task ends; the exit status tells how it ended
+    #[arg(long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub color: ColorArgs,
+    /// The command, after --
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -116,17 +156,42 @@ pub async fn run(context: &Context, command: &RunCommand) -> anyhow::Result<Outc
         RunCommand::Show { run } => show(context, *run).await,
         RunCommand::Confirm { run } => decide(context, *run, Decision::Confirm).await,
         RunCommand::Discard { run } => decide(context, *run, Decision::Discard).await,
+        RunCommand::Stop { run } => decide(context, *run, Decision::Stop).await,
+        RunCommand::Prioritize { run } => decide(context, *run, Decision::Prioritize).await,
+        RunCommand::Task(args) => {
+            // Joined as ssh joins a remote command: the worker's shell reads the line.
+            let command = args.command.join(" ");
+            if command.trim().is_empty() {
+                anyhow::bail!(
+                    "the task's command is empty: give it after --, e.g. -- terraform state list"
+                );
+            }
+            let request =
+                TriggerRun { run_type: RunType::Task, commit: None, command: Some(command) };
+            start(context, &args.stack, &request, args.follow, args.color.color).await
+        }
         RunCommand::Logs(args) => logs(context, args).await,
     }
 }
 
 async fn trigger(context: &Context, args: &TriggerArgs) -> anyhow::Result<Outcome> {
-    let client = context.api_client()?;
     let run_type = if args.proposed { RunType::Proposed } else { RunType::Tracked };
-    let request = TriggerRun { run_type, commit: args.commit.clone() };
-    let run = client.trigger_run(&args.stack, &request).await?;
+    let request = TriggerRun { run_type, commit: args.commit.clone(), command: None };
+    start(context, &args.stack, &request, args.follow, args.color.color).await
+}
 
-    if !args.follow {
+/// Triggers a run and, with `follow`, streams it until it ends.
+async fn start(
+    context: &Context,
+    stack: &str,
+    request: &TriggerRun,
+    follow_it: bool,
+    color: ColorChoice,
+) -> anyhow::Result<Outcome> {
+    let client = context.api_client()?;
+    let run = client.trigger_run(stack, request).await?;
+
+    if !follow_it {
         if context.is_json() {
             print_json(&run)?;
         } else {
@@ -139,13 +204,10 @@ async fn trigger(context: &Context, args: &TriggerArgs) -> anyhow::Result<Outcom
     // In JSON mode stdout is kept for the final run's JSON; the log goes to stderr.
     let mut sink = if context.is_json() {
         eprintln!("{}", triggered_line(&run));
-        LogSink::text(
-            Box::new(io::stderr()),
-            args.color.color.strips(io::stderr().is_terminal(), no_color()),
-        )
+        LogSink::text(Box::new(io::stderr()), color.strips(io::stderr().is_terminal(), no_color()))
     } else {
         println!("{}", triggered_line(&run));
-        LogSink::stdout_text(args.color.color)
+        LogSink::stdout_text(color)
     };
     let state = follow(&client, &run, 0, &mut sink).await?;
     finish_following(context, &client, run.id, state).await
@@ -181,6 +243,8 @@ async fn show(context: &Context, run: RunId) -> anyhow::Result<Outcome> {
 enum Decision {
     Confirm,
     Discard,
+    Stop,
+    Prioritize,
 }
 
 async fn decide(context: &Context, run: RunId, decision: Decision) -> anyhow::Result<Outcome> {
@@ -188,6 +252,8 @@ async fn decide(context: &Context, run: RunId, decision: Decision) -> anyhow::Re
     let run = match decision {
         Decision::Confirm => client.confirm_run(run).await?,
         Decision::Discard => client.discard_run(run).await?,
+        Decision::Stop => client.stop_run(run).await?,
+        Decision::Prioritize => client.prioritize_run(run).await?,
     };
     if context.is_json() {
         print_json(&run)?;
@@ -195,8 +261,14 @@ async fn decide(context: &Context, run: RunId, decision: Decision) -> anyhow::Re
         let verb = match decision {
             Decision::Confirm => "Confirmed",
             Decision::Discard => "Discarded",
+            Decision::Stop if run.stop_requested => "Stopping",
+            Decision::Stop => "Stopped",
+            Decision::Prioritize => "Prioritized",
         };
         println!("{verb} run {} of stack {}: {}", run.id, run.stack_name, run.state);
+        if run.stop_requested {
+            println!("Its launcher is stopping it: gantry run logs {} --follow", run.id);
+        }
         if matches!(decision, Decision::Confirm) {
             println!("Follow the apply with: gantry run logs {} --follow", run.id);
         }

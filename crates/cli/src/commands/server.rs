@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use gantry_server::config::{DATA_DIR, LISTEN, PUBLIC_URL};
+use gantry_server::config::{DATA_DIR, LISTEN, METRICS_LISTEN, PUBLIC_URL};
 use gantry_server::{CA_FILE, Server, ServerConfig};
 
 use super::signals::{StopSignals, init_tracing};
@@ -19,6 +19,7 @@ Examples:
   gantry server --data-dir /var/lib/gantry --listen 0.0.0.0:8443 \\
                 --public-url https://gantry.example.com:8443
   GANTRY_SERVER_LISTEN=0.0.0.0:8443 gantry server --config /etc/gantry/gantry.toml
+  gantry server --metrics-listen 127.0.0.1:9464
 
 Stop with SIGTERM or Ctrl-C: requests in flight may finish; a second signal exits now.";
 
@@ -38,6 +39,10 @@ pub struct ServerArgs {
     /// [env: GANTRY_SERVER_PUBLIC_URL] [default: https://<listen address>]
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
+    /// Serve Prometheus metrics over plain HTTP at http://<ADDRESS>/metrics
+    /// [env: GANTRY_SERVER_METRICS_LISTEN] [default: no metrics listener]
+    #[arg(long, value_name = "ADDRESS")]
+    pub metrics_listen: Option<String>,
 }
 
 /// The server configuration from the file, the environment and the flags.
@@ -47,6 +52,7 @@ fn resolve_config(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
         (DATA_DIR, args.data_dir.as_ref().map(|dir| dir.display().to_string())),
         (LISTEN, args.listen.clone()),
         (PUBLIC_URL, args.public_url.clone()),
+        (METRICS_LISTEN, args.metrics_listen.clone()),
     ] {
         if let Some(value) = value {
             env.insert(name.to_owned(), value);
@@ -75,6 +81,9 @@ pub async fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
     println!("Clients trust the CA in {}", data_dir.join(CA_FILE).display());
     if let Some(key) = server.take_initial_admin_key() {
         println!("Admin API key (shown only this once; store it now): {key}");
+    }
+    if let Some(address) = server.metrics_addr() {
+        println!("Prometheus metrics at http://{address}/metrics");
     }
     let immediate = stop.immediate.clone();
     tokio::select! {

@@ -2,7 +2,9 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 use gantry_domain::Tool;
-use gantry_proto::api::{CreateStack, EnvironmentVariable, Run, Stack};
+use gantry_proto::api::{
+    AddDependency, CreateStack, Dependencies, EnvironmentVariable, OutputReference, Run, Stack,
+};
 use serde::Serialize;
 
 use super::{Context, Outcome};
@@ -35,6 +37,58 @@ pub enum StackCommand {
         /// Stack name or id
         stack: String,
     },
+    /// Make a stack depend on another: its tracked runs wait for the upstream stack's,
+    /// and it is triggered when a referenced upstream output changes
+    #[command(after_help = DEPEND_AFTER_HELP)]
+    Depend(DependArgs),
+    /// Remove a dependency
+    Undepend {
+        /// The dependent stack (name or id)
+        stack: String,
+        /// The stack it no longer depends on
+        #[arg(long = "on", value_name = "UPSTREAM")]
+        upstream: String,
+    },
+    /// What a stack depends on, and what depends on it
+    Dependencies {
+        /// Stack name or id
+        stack: String,
+    },
+}
+
+const DEPEND_AFTER_HELP: &str = "\
+An upstream tracked run that finishes triggers the dependent stack when an output it
+references changed (or after every run, with --trigger-always, or when it references
+none). A dependent tracked run waits while an upstream stack has one unfinished, and is
+SKIPPED when that one fails. Cycles are refused.
+
+Examples:
+  gantry stack depend app --on network --reference vpc_id=TF_VAR_vpc_id
+  gantry stack depend app --on network --reference subnets=TF_VAR_subnets --trigger-always";
+
+#[derive(Debug, Args)]
+pub struct DependArgs {
+    /// The dependent stack (name or id)
+    pub stack: String,
+    /// The stack it depends on
+    #[arg(long = "on", value_name = "UPSTREAM")]
+    pub upstream: String,
+    /// An upstream output and the environment variable that receives it (repeatable)
+    #[arg(long = "reference", value_name = "OUTPUT=VARIABLE", value_parser = parse_reference)]
+    pub outputs: Vec<(String, String)>,
+    /// Trigger the dependent stack after every upstream tracked run, changed or not
+    #[arg(long)]
+    pub trigger_always: bool,
+}
+
+fn parse_reference(text: &str) -> Result<(String, String), String> {
+    let (output, variable) =
+        text.split_once('=').ok_or_else(|| format!("{text:?}: expected OUTPUT=VARIABLE"))?;
+    if output.is_empty() {
+        return Err(format!("{text:?}: the output name is missing"));
+    }
+    // The variable follows the same rule as --env names.
+    parse_variable(&format!("{variable}=")).map(|(variable, _)| (output.to_owned(), variable))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -60,9 +114,9 @@ pub struct CreateArgs {
     /// Git URL the pool's launchers can clone (https://, ssh://, file://)
     #[arg(long, value_name = "URL")]
     pub repository: String,
-    /// Pool (name or id) whose workers run this stack
+    /// Pool (name or id) whose workers run this stack [default: the server's shared pool]
     #[arg(long)]
-    pub pool: String,
+    pub pool: Option<String>,
     /// Branch whose head runs use unless given a commit
     #[arg(long, default_value = "main")]
     pub branch: String,
@@ -82,6 +136,10 @@ pub struct CreateArgs {
     /// configuration's backend is replaced by a local one)
     #[arg(long)]
     pub managed_state: bool,
+    /// Let the stack's sensitive outputs reach the stacks that depend on it, sealed to
+    /// the pool key; its launchers must set GANTRY_SENSITIVE_OUTPUT_UPLOAD_ENABLED=true
+    #[arg(long)]
+    pub share_sensitive_outputs: bool,
     /// An environment variable of the runs (repeatable)
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_variable)]
     pub env: Vec<(String, String)>,
@@ -131,6 +189,7 @@ impl CreateArgs {
             runner_image: self.runner_image.clone(),
             autodeploy: self.autodeploy,
             managed_state: self.managed_state,
+            share_sensitive_outputs: self.share_sensitive_outputs,
             environment: plain
                 .chain(secret)
                 .map(|(name, value, secret)| EnvironmentVariable {
@@ -150,7 +209,49 @@ pub async fn run(context: &Context, command: &StackCommand) -> anyhow::Result<Ou
         StackCommand::Create(args) => create(context, args).await,
         StackCommand::List => list(context).await,
         StackCommand::Show { stack } => show(context, stack).await,
+        StackCommand::Depend(args) => depend(context, args).await,
+        StackCommand::Undepend { stack, upstream } => {
+            let client = context.api_client()?;
+            let dependencies = client.remove_dependency(stack, upstream).await?;
+            print_dependencies(context, stack, &dependencies)
+        }
+        StackCommand::Dependencies { stack } => {
+            let client = context.api_client()?;
+            let dependencies = client.stack_dependencies(stack).await?;
+            print_dependencies(context, stack, &dependencies)
+        }
     }
+}
+
+async fn depend(context: &Context, args: &DependArgs) -> anyhow::Result<Outcome> {
+    let client = context.api_client()?;
+    let request = AddDependency {
+        upstream: args.upstream.clone(),
+        references: args
+            .outputs
+            .iter()
+            .map(|(output, variable)| OutputReference {
+                output: output.clone(),
+                variable: variable.clone(),
+                trigger_always: args.trigger_always,
+            })
+            .collect(),
+    };
+    let dependencies = client.add_dependency(&args.stack, &request).await?;
+    print_dependencies(context, &args.stack, &dependencies)
+}
+
+fn print_dependencies(
+    context: &Context,
+    stack: &str,
+    dependencies: &Dependencies,
+) -> anyhow::Result<Outcome> {
+    if context.is_json() {
+        print_json(dependencies)?;
+    } else {
+        print!("{}", output::dependencies_text(stack, dependencies));
+    }
+    Ok(Outcome::Success)
 }
 
 async fn create(context: &Context, args: &CreateArgs) -> anyhow::Result<Outcome> {
@@ -232,6 +333,7 @@ mod tests {
             "x",
             "--autodeploy",
             "--managed-state",
+            "--share-sensitive-outputs",
         ])
         .unwrap();
         let Command::Stack(StackCommand::Create(args)) = cli.command else { panic!() };
@@ -243,6 +345,7 @@ mod tests {
                 "project_root": "", "pool": "build", "tool": "opentofu", "runner_image": null,
                 "autodeploy": true,
                 "managed_state": true,
+                "share_sensitive_outputs": true,
                 "environment": [
                     {"name": "A", "value": "1", "secret": false},
                     {"name": "S", "value": "2", "secret": true}

@@ -242,11 +242,12 @@ async fn example_run(client: &ApiClient, data_dir: &Path) -> anyhow::Result<()> 
                 repository,
                 branch: "main".to_owned(),
                 project_root: String::new(),
-                pool: POOL_NAME.to_owned(),
+                pool: Some(POOL_NAME.to_owned()),
                 tool: None,
                 runner_image: None,
                 autodeploy: true,
                 managed_state: true,
+                share_sensitive_outputs: false,
                 environment: vec![],
                 description: "The example gantry up runs: two terraform_data resources".to_owned(),
                 labels: vec!["example".to_owned()],
@@ -259,7 +260,10 @@ async fn example_run(client: &ApiClient, data_dir: &Path) -> anyhow::Result<()> 
         Err(error) => return Err(error.into()),
     }
     let run = client
-        .trigger_run(STACK_NAME, &TriggerRun { run_type: RunType::Tracked, commit: None })
+        .trigger_run(
+            STACK_NAME,
+            &TriggerRun { run_type: RunType::Tracked, commit: None, command: None },
+        )
         .await?;
     println!("Triggered tracked run {} of {STACK_NAME:?}; its log follows:\n", run.id);
     let state = follow_on_stdout(client, &run).await?;

@@ -1,6 +1,8 @@
-//! `gantry worker list`: the worker slots of every pool, or of one.
+//! `gantry worker list|drain|undrain`: the worker slots of every pool, or of one, and
+//! draining one.
 
 use clap::Subcommand;
+use gantry_domain::WorkerId;
 
 use super::pool::pool_names;
 use super::{Context, Outcome};
@@ -22,12 +24,37 @@ Examples:
         #[arg(long)]
         pool: Option<String>,
     },
+    /// Drain a worker: it finishes its run and takes no new one
+    Drain {
+        /// Worker id
+        worker: WorkerId,
+    },
+    /// Undrain a worker: it takes runs again, at once
+    Undrain {
+        /// Worker id
+        worker: WorkerId,
+    },
 }
 
 pub async fn run(context: &Context, command: &WorkerCommand) -> anyhow::Result<Outcome> {
     match command {
         WorkerCommand::List { pool } => list(context, pool.as_deref()).await,
+        WorkerCommand::Drain { worker } => drain(context, *worker, true).await,
+        WorkerCommand::Undrain { worker } => drain(context, *worker, false).await,
     }
+}
+
+async fn drain(context: &Context, worker: WorkerId, drained: bool) -> anyhow::Result<Outcome> {
+    let client = context.api_client()?;
+    let result = client.drain_worker(worker, drained).await?;
+    if context.is_json() {
+        print_json(&result)?;
+    } else {
+        for worker in &result.workers {
+            println!("Worker {} is {}.", worker.id, worker.status);
+        }
+    }
+    Ok(Outcome::Success)
 }
 
 async fn list(context: &Context, pool: Option<&str>) -> anyhow::Result<Outcome> {

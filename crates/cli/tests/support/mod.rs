@@ -80,6 +80,7 @@ pub fn pool() -> Pool {
         busy_workers: 0,
         drained_workers: 0,
         pending_runs: 0,
+        used_by: vec!["web".to_owned()],
         created_at: at(0),
     }
 }
@@ -113,6 +114,7 @@ pub fn stack(name: &str) -> Stack {
         runner_image: None,
         autodeploy: false,
         managed_state: false,
+        share_sensitive_outputs: false,
         environment: Vec::new(),
         description: String::new(),
         labels: Vec::new(),
@@ -143,6 +145,10 @@ pub fn run(id: RunId, state: RunState) -> Run {
         waiting_reason: None,
         history,
         outputs: Vec::new(),
+        command: None,
+        prioritized: false,
+        stop_requested: false,
+        triggered_by: "user".to_owned(),
         created_at: at(0),
         updated_at: at(5),
     }

@@ -19,6 +19,8 @@ pub enum Purpose {
     State,
     /// A saved plan file.
     Plan,
+    /// The values of a run's sensitive outputs, for the stacks that depend on its stack.
+    Outputs,
 }
 
 impl Purpose {
@@ -27,6 +29,7 @@ impl Purpose {
             Self::Workspace => "workspace",
             Self::State => "state",
             Self::Plan => "plan",
+            Self::Outputs => "outputs",
         }
     }
 }
@@ -37,9 +40,9 @@ impl fmt::Display for Purpose {
     }
 }
 
-/// A purpose name that is not `workspace`, `state` or `plan`.
+/// A purpose name that is not `workspace`, `state`, `plan` or `outputs`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown envelope purpose {0:?}: expected workspace, state or plan")]
+#[error("unknown envelope purpose {0:?}: expected workspace, state, plan or outputs")]
 pub struct UnknownPurpose(pub String);
 
 impl FromStr for Purpose {
@@ -50,6 +53,7 @@ impl FromStr for Purpose {
             "workspace" => Ok(Self::Workspace),
             "state" => Ok(Self::State),
             "plan" => Ok(Self::Plan),
+            "outputs" => Ok(Self::Outputs),
             other => Err(UnknownPurpose(other.to_owned())),
         }
     }
@@ -175,13 +179,13 @@ mod tests {
 
     #[test]
     fn purposes_round_trip_through_their_names() {
-        for purpose in [Purpose::Workspace, Purpose::State, Purpose::Plan] {
+        for purpose in [Purpose::Workspace, Purpose::State, Purpose::Plan, Purpose::Outputs] {
             assert_eq!(purpose.to_string().parse::<Purpose>(), Ok(purpose));
         }
         let error = "logs".parse::<Purpose>().unwrap_err();
         assert_eq!(
             error.to_string(),
-            "unknown envelope purpose \"logs\": expected workspace, state or plan"
+            "unknown envelope purpose \"logs\": expected workspace, state, plan or outputs"
         );
     }
 

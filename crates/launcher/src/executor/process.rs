@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gantry_proto::local::{CAPABILITY_ENV, SOCKET_ENV};
+use gantry_proto::local::{CAPABILITY_ENV, LAUNCHER_PID_ENV, SOCKET_ENV};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -43,6 +43,8 @@ impl Executor for ProcessExecutor {
             .envs(self.environment.iter().map(|(name, value)| (name, value)))
             .env(SOCKET_ENV, &launch.socket_path)
             .env(CAPABILITY_ENV, &launch.capability)
+            // A launcher killed outright must not leave a run applying behind its back.
+            .env(LAUNCHER_PID_ENV, std::process::id().to_string())
             .current_dir(&launch.workspace)
             .process_group(0)
             .stdin(Stdio::null())

@@ -1,6 +1,7 @@
 //! Encrypted blobs on the agent plane: a run's packed workspace between plan and apply,
-//! and the versions of a stack's managed state. The server streams ciphertext in and
-//! out and keeps its SHA-256; it cannot read any of it.
+//! the versions of a stack's managed state, and the sensitive outputs a stack shares
+//! with its dependents. The server streams ciphertext in and out and keeps its SHA-256;
+//! it cannot read any of it.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -9,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
 use gantry_domain::{RunState, RunType};
 use gantry_proto::agent::{BlobRef, SHA256_HEADER, STATE_RUN_HEADER};
-use gantry_store::{BlobRecord, RunRecord};
+use gantry_store::{BlobRecord, RunRecord, StackRecord};
 
 use crate::auth::AgentSession;
 use crate::error::{ApiError, ApiResult, Json, PathParam};
@@ -17,6 +18,11 @@ use crate::lookup;
 use crate::state::{AppState, now};
 
 pub(crate) const WORKSPACE: &str = "workspace";
+pub(crate) const SENSITIVE_OUTPUTS: &str = "sensitive-outputs";
+
+fn sensitive_outputs_key(run: &RunRecord) -> String {
+    format!("runs/{}/sensitive-outputs", run.id.to_string().to_ascii_lowercase())
+}
 
 pub(crate) fn workspace_key(run: &RunRecord) -> String {
     format!("runs/{}/workspace", run.id.to_string().to_ascii_lowercase())
@@ -44,6 +50,60 @@ async fn executing_here(
         )));
     }
     Ok(run)
+}
+
+/// Which runs may upload a kind of blob, and of which stacks.
+struct UploadRule {
+    what: &'static str,
+    /// The runs that may, for the refusal: "only ... can".
+    runs: &'static str,
+    run_may: fn(&RunRecord) -> bool,
+    stack_may: fn(&StackRecord) -> bool,
+    /// Why a stack may not, after its name.
+    stack_refusal: &'static str,
+}
+
+const STATE_UPLOAD: UploadRule = UploadRule {
+    what: "state",
+    runs: "an applying tracked run or a task",
+    run_may: |run| {
+        run.run_type.takes_stack_lock()
+            && matches!(run.state, RunState::Applying | RunState::Performing)
+    },
+    stack_may: |stack| stack.managed_state,
+    stack_refusal: "does not let Gantry manage its state",
+};
+
+const OUTPUTS_UPLOAD: UploadRule = UploadRule {
+    what: "outputs",
+    runs: "a tracked run planning or applying",
+    run_may: |run| {
+        run.run_type == RunType::Tracked
+            && matches!(run.state, RunState::Planning | RunState::Applying)
+    },
+    stack_may: |stack| stack.share_sensitive_outputs,
+    stack_refusal: "does not share its sensitive outputs",
+};
+
+/// The run executing here that uploads, and its stack, when `rule` allows it.
+async fn uploader(
+    state: &AppState,
+    session: &AgentSession,
+    key: &str,
+    rule: &UploadRule,
+) -> Result<(RunRecord, StackRecord), ApiError> {
+    let run = executing_here(state, session, key).await?;
+    if !(rule.run_may)(&run) {
+        return Err(ApiError::invalid(format!(
+            "run {} cannot store {} now (it is {} {}): only {} can",
+            run.id, rule.what, run.run_type, run.state, rule.runs
+        )));
+    }
+    let stack = lookup::stack(state, &run.stack_id.to_string()).await?;
+    if !(rule.stack_may)(&stack) {
+        return Err(ApiError::invalid(format!("stack {} {}", stack.name, rule.stack_refusal)));
+    }
+    Ok((run, stack))
 }
 
 /// Streams the request body into the blob store and checks the digest the launcher sent.
@@ -164,22 +224,7 @@ pub(super) async fn put_state(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<BlobRef>)> {
-    let run = executing_here(&state, &session, &key).await?;
-    let writes = run.run_type.takes_stack_lock()
-        && matches!(run.state, RunState::Applying | RunState::Performing);
-    if !writes {
-        return Err(ApiError::invalid(format!(
-            "run {} cannot store state now (it is {} {}): only an applying tracked run or a task can",
-            run.id, run.run_type, run.state
-        )));
-    }
-    let stack = lookup::stack(&state, &run.stack_id.to_string()).await?;
-    if !stack.managed_state {
-        return Err(ApiError::invalid(format!(
-            "stack {} does not let Gantry manage its state",
-            stack.name
-        )));
-    }
+    let (run, stack) = uploader(&state, &session, &key, &STATE_UPLOAD).await?;
     let blob = receive(&state, &state_key(&run), &headers, body).await?;
     let current = state.store.current_state_version(run.stack_id).await?;
     // A retried upload of the same state is the same version.
@@ -194,4 +239,49 @@ pub(super) async fn put_state(
     let version = state.store.add_state_version(run.stack_id, run.id, &blob).await?;
     tracing::info!(run = %run.id, stack = %stack.name, version = version.seq, "managed state stored");
     Ok((StatusCode::CREATED, Json(BlobRef { sha256: blob.sha256, size: blob.size })))
+}
+
+/// `PUT /runs/{run}/sensitive-outputs`: the run's sensitive outputs, sealed to the pool
+/// key, for the runs of stacks that depend on its stack. Only a tracked run whose stack
+/// shares them stores them; they stay after the run ends, as its outputs do.
+pub(super) async fn put_sensitive_outputs(
+    State(state): State<AppState>,
+    session: AgentSession,
+    PathParam(key): PathParam<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<BlobRef>> {
+    let (run, stack) = uploader(&state, &session, &key, &OUTPUTS_UPLOAD).await?;
+    let blob = receive(&state, &sensitive_outputs_key(&run), &headers, body).await?;
+    state.store.put_run_blob(run.id, SENSITIVE_OUTPUTS, &blob).await?;
+    tracing::info!(run = %run.id, stack = %stack.name, "sealed sensitive outputs stored");
+    Ok(Json(BlobRef { sha256: blob.sha256, size: blob.size }))
+}
+
+/// `GET /runs/{run}/inputs/{upstream_run}`: the sealed sensitive outputs of a run of a
+/// stack the run's stack depends on, for a launcher of the same pool to open.
+pub(super) async fn get_sealed_input(
+    State(state): State<AppState>,
+    session: AgentSession,
+    PathParam((key, upstream_key)): PathParam<(String, String)>,
+) -> ApiResult<Response> {
+    let run = executing_here(&state, &session, &key).await?;
+    let upstream_run = lookup::run(&state, &upstream_key).await?;
+    let depends = state
+        .store
+        .list_dependencies()
+        .await?
+        .iter()
+        .any(|edge| edge.downstream == run.stack_id && edge.upstream == upstream_run.stack_id);
+    if !depends || upstream_run.pool_id != session.pool_id {
+        return Err(ApiError::NotAssigned(format!(
+            "run {} does not take inputs from run {}",
+            run.id, upstream_run.id
+        )));
+    }
+    let blob =
+        state.store.run_blob(upstream_run.id, SENSITIVE_OUTPUTS).await?.ok_or_else(|| {
+            ApiError::not_found("sensitive outputs", format!("of run {}", upstream_run.id))
+        })?;
+    send(&state, &blob, None).await
 }

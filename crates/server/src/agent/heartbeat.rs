@@ -27,5 +27,11 @@ pub(super) async fn heartbeat(
         }
     }
 
-    Ok(Json(HeartbeatResponse { unknown_worker_ids, stop_run_ids }))
+    for requested in super::poll::stop_requested(&state, &session).await? {
+        if !stop_run_ids.contains(&requested) {
+            stop_run_ids.push(requested);
+        }
+    }
+    let cycle = super::poll::cycling(&state, &session).await?;
+    Ok(Json(HeartbeatResponse { unknown_worker_ids, stop_run_ids, cycle }))
 }

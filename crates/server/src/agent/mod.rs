@@ -11,7 +11,7 @@ mod workers;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 use crate::state::AppState;
 
@@ -34,6 +34,8 @@ pub(crate) fn router() -> Router<AppState> {
             "/runs/{run}/state",
             get(blobs::get_state).put(blobs::put_state).layer(DefaultBodyLimit::disable()),
         )
+        .route("/runs/{run}/sensitive-outputs", put(blobs::put_sensitive_outputs))
+        .route("/runs/{run}/inputs/{upstream_run}", get(blobs::get_sealed_input))
 }
 
-pub(crate) use blobs::{WORKSPACE, workspace_key};
+pub(crate) use blobs::{SENSITIVE_OUTPUTS, WORKSPACE, workspace_key};

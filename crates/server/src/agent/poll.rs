@@ -1,11 +1,15 @@
 //! The long-poll: returns at once when an assignment waits for one of the launcher's
-//! workers, otherwise blocks until the scheduler hands one over or the wait ends.
+//! workers, a user asked to stop one of its runs, or its pool is being cycled; otherwise
+//! blocks until one of those happens or the wait ends.
 
 use std::time::Duration;
 
 use axum::extract::State;
 use gantry_domain::RunState;
-use gantry_proto::agent::{Assignment, BlobRef, Job, Poll, PollResponse, StackSpec, StateVersion};
+use gantry_proto::agent::{
+    Assignment, BlobRef, HeldAssignment, Job, Poll, PollResponse, StackSpec, StateVersion,
+};
+use gantry_store::WorkerRecord;
 
 use crate::auth::AgentSession;
 use crate::error::{ApiError, ApiResult, Json};
@@ -24,9 +28,12 @@ pub(super) async fn poll(
         let notified = signal.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let assignments = pending(&state, &session).await?;
-        if !assignments.is_empty() {
-            return Ok(Json(PollResponse { assignments }));
+        let response = pending(&state, &session, &request.holding).await?;
+        if !response.assignments.is_empty() || !response.stop_run_ids.is_empty() || response.cycle {
+            for assignment in &response.assignments {
+                state.dispatch_metrics.delivered(assignment.run_id);
+            }
+            return Ok(Json(response));
         }
         tokio::select! {
             // A wake-up may also mean the session ended (a pool reset).
@@ -37,13 +44,50 @@ pub(super) async fn poll(
     }
 }
 
-/// Runs handed to the launcher's workers and not yet acknowledged.
-async fn pending(state: &AppState, session: &AgentSession) -> Result<Vec<Assignment>, ApiError> {
-    let mut assignments = Vec::new();
-    for worker in state.store.list_workers(Some(session.pool_id)).await? {
-        if worker.launcher_id != session.launcher_id {
-            continue;
+/// Whether the launcher of this session must exit after its current runs: its pool was
+/// cycled after the session opened.
+pub(super) async fn cycling(state: &AppState, session: &AgentSession) -> Result<bool, ApiError> {
+    let pool = state.store.get_pool(session.pool_id).await?;
+    Ok(pool.and_then(|pool| pool.cycle_requested_at).is_some_and(|at| at >= session.opened_at))
+}
+
+/// Runs this launcher executes that a user asked to stop.
+pub(super) async fn stop_requested(
+    state: &AppState,
+    session: &AgentSession,
+) -> Result<Vec<gantry_domain::RunId>, ApiError> {
+    let mut stops = Vec::new();
+    for worker in own_workers(state, session).await? {
+        let Some(run_id) = worker.current_run_id else { continue };
+        if let Some(run) = state.store.get_run(run_id).await?
+            && run.stop_requested_at.is_some()
+            && run.state.occupies_worker()
+        {
+            stops.push(run.id);
         }
+    }
+    Ok(stops)
+}
+
+/// The workers of the session's launcher.
+pub(super) async fn own_workers(
+    state: &AppState,
+    session: &AgentSession,
+) -> Result<Vec<WorkerRecord>, ApiError> {
+    let mut workers = state.store.launcher_workers(session.launcher_id).await?;
+    workers.retain(|worker| worker.pool_id == session.pool_id);
+    Ok(workers)
+}
+
+/// What the launcher must learn now: runs handed to its workers that it does not hold
+/// yet, stop requests, a cycle.
+async fn pending(
+    state: &AppState,
+    session: &AgentSession,
+    holding: &[HeldAssignment],
+) -> Result<PollResponse, ApiError> {
+    let mut assignments = Vec::new();
+    for worker in own_workers(state, session).await? {
         let Some(run_id) = worker.current_run_id else { continue };
         let Some(run) = state.store.get_run(run_id).await? else { continue };
         if run.worker_id != Some(worker.id) {
@@ -54,9 +98,24 @@ async fn pending(state: &AppState, session: &AgentSession) -> Result<Vec<Assignm
             RunState::Confirmed => Job::Apply,
             _ => continue,
         };
+        if holding.contains(&HeldAssignment { run_id: run.id, job }) {
+            continue;
+        }
         let stack = state.store.get_stack(run.stack_id).await?.ok_or_else(|| {
             ApiError::Internal(format!("run {} belongs to a stack that does not exist", run.id))
         })?;
+        let inputs = match crate::cascade::inputs(state, &stack).await? {
+            Ok(inputs) => inputs,
+            Err(missing) => {
+                // The run cannot start without its inputs: it fails, naming what is missing.
+                if let Err(error) = crate::lifecycle::fail(state, &run, &missing).await
+                    && !crate::lifecycle::lost_race(&error)
+                {
+                    return Err(error);
+                }
+                continue;
+            }
+        };
         assignments.push(Assignment {
             run_id: run.id,
             worker_id: worker.id,
@@ -79,10 +138,13 @@ async fn pending(state: &AppState, session: &AgentSession) -> Result<Vec<Assignm
                         secret: variable.secret,
                     })
                     .collect(),
+                share_sensitive_outputs: stack.share_sensitive_outputs,
             },
             commit: run.commit_sha.clone(),
-            // Appending nothing answers with the next sequence number expected.
-            log_next_seq: state.store.append_logs(run.id, &[], crate::state::now()).await?,
+            command: run.command.clone(),
+            inputs: inputs.plain,
+            sealed_inputs: inputs.sealed,
+            log_next_seq: state.store.next_log_seq(run.id).await?,
             managed_state: stack.managed_state,
             state: match stack.managed_state {
                 true => {
@@ -103,5 +165,9 @@ async fn pending(state: &AppState, session: &AgentSession) -> Result<Vec<Assignm
             },
         });
     }
-    Ok(assignments)
+    Ok(PollResponse {
+        assignments,
+        stop_run_ids: stop_requested(state, session).await?,
+        cycle: cycling(state, session).await?,
+    })
 }

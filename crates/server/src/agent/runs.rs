@@ -91,6 +91,8 @@ fn already_reported(run: &RunRecord, report: &RunReport) -> Option<Directive> {
             Some(Directive::Finish)
         }
         (RunReport::Failed { .. }, RunState::Failed) => Some(Directive::Finish),
+        (RunReport::Performed, RunState::Finished) => Some(Directive::Finish),
+        (RunReport::Stopped, RunState::Stopped | RunState::Failed) => Some(Directive::Finish),
         _ => None,
     }
 }
@@ -159,6 +161,19 @@ async fn apply_report(
         }
         RunReport::Applied => {
             lifecycle::apply(state, run, &RunEvent::Applied, Details::default()).await?;
+            Directive::Finish
+        }
+        RunReport::Performed => {
+            lifecycle::apply(state, run, &RunEvent::Performed, Details::default()).await?;
+            Directive::Finish
+        }
+        RunReport::Stopped => {
+            if run.stop_requested_at.is_some() {
+                lifecycle::apply(state, run, &RunEvent::Stop, Details::default()).await?;
+            } else {
+                lifecycle::fail(state, run, "its launcher stopped the run while shutting down")
+                    .await?;
+            }
             Directive::Finish
         }
         RunReport::Failed { message } => {

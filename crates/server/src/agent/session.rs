@@ -5,7 +5,6 @@
 use axum::extract::State;
 use base64::Engine;
 use gantry_crypto::{Certificate, hash_secret, random_secret, verify_session_signature};
-use gantry_domain::PoolKind;
 use gantry_proto::agent::{ChallengeRequest, ChallengeResponse, OpenSession, SessionOpened};
 use gantry_store::{PoolRecord, SessionRecord};
 
@@ -16,7 +15,9 @@ use crate::state::{AppState, now};
 
 const CHALLENGE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
 
-async fn private_pool(
+/// The pool a launcher asks to join. The shared pool is joined like any other: only the
+/// server holds its key, and the key is what a session proves.
+async fn launcher_pool(
     state: &AppState,
     pool_id: gantry_domain::PoolId,
 ) -> Result<PoolRecord, ApiError> {
@@ -26,12 +27,6 @@ async fn private_pool(
             format!("{pool_id} (the token belongs to another server, or the pool was deleted)"),
         )
     })?;
-    if pool.kind != PoolKind::Private {
-        return Err(ApiError::invalid(format!(
-            "pool {} is run by the server itself: launchers cannot join it",
-            pool.name
-        )));
-    }
     Ok(pool)
 }
 
@@ -39,7 +34,7 @@ pub(super) async fn challenge(
     State(state): State<AppState>,
     Json(request): Json<ChallengeRequest>,
 ) -> ApiResult<Json<ChallengeResponse>> {
-    let pool = private_pool(&state, request.pool_id).await?;
+    let pool = launcher_pool(&state, request.pool_id).await?;
     let expires = now().plus(CHALLENGE_LIFETIME);
     Ok(Json(ChallengeResponse {
         challenge: state.challenges.issue(&pool.id.to_string(), expires.unix_millis()),
@@ -51,7 +46,7 @@ pub(super) async fn open(
     State(state): State<AppState>,
     Json(request): Json<OpenSession>,
 ) -> ApiResult<Json<SessionOpened>> {
-    let pool = private_pool(&state, request.pool_id).await?;
+    let pool = launcher_pool(&state, request.pool_id).await?;
     state
         .challenges
         .verify(&request.challenge, &pool.id.to_string(), now().unix_millis())
@@ -104,9 +99,7 @@ pub(super) async fn close(
     State(state): State<AppState>,
     session: AgentSession,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let workers = state.store.list_workers(Some(session.pool_id)).await?;
-    let own: Vec<_> =
-        workers.into_iter().filter(|worker| worker.launcher_id == session.launcher_id).collect();
+    let own = super::poll::own_workers(&state, &session).await?;
     for worker in &own {
         let Some(run_id) = worker.current_run_id else { continue };
         let Some(run) = state.store.get_run(run_id).await? else { continue };

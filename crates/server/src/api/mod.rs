@@ -1,5 +1,6 @@
 //! The REST API under `/api/v1`, for people and scripts holding an admin API key.
 
+mod dependencies;
 mod logs;
 mod pools;
 mod runs;
@@ -18,15 +19,28 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route("/pools", get(pools::list).post(pools::create))
         .route("/pools/{pool}", get(pools::show))
         .route("/pools/{pool}/reset", post(pools::reset))
+        .route("/pools/{pool}/drain", post(pools::drain))
+        .route("/pools/{pool}/undrain", post(pools::undrain))
+        .route("/pools/{pool}/cycle", post(pools::cycle))
+        .route("/pools/{pool}/queue", get(pools::queue))
         .route("/pools/{pool}/workers", get(workers::list_in_pool))
         .route("/workers", get(workers::list))
+        .route("/workers/{worker}/drain", post(workers::drain))
+        .route("/workers/{worker}/undrain", post(workers::undrain))
         .route("/stacks", get(stacks::list).post(stacks::create))
         .route("/stacks/{stack}", get(stacks::show))
         .route("/stacks/{stack}/runs", post(runs::trigger))
+        .route("/stacks/{stack}/dependencies", get(dependencies::list).post(dependencies::add))
+        .route(
+            "/stacks/{stack}/dependencies/{upstream}",
+            axum::routing::delete(dependencies::remove),
+        )
         .route("/runs", get(runs::list))
         .route("/runs/{run}", get(runs::show))
         .route("/runs/{run}/confirm", post(runs::confirm))
         .route("/runs/{run}/discard", post(runs::discard))
+        .route("/runs/{run}/stop", post(runs::stop))
+        .route("/runs/{run}/prioritize", post(runs::prioritize))
         .route("/runs/{run}/logs", get(logs::page))
         .route("/runs/{run}/logs/stream", get(logs::stream))
         .route_layer(from_fn_with_state(state, require_admin));

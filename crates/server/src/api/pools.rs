@@ -1,14 +1,18 @@
-//! Pools: creation from a CSR (the token is returned once), listing, details.
+//! Pools: creation from a CSR (the token is returned once), listing, details, reset,
+//! drain and undrain, cycling, and the queue of runs waiting for their workers.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use gantry_crypto::PoolToken;
-use gantry_domain::{PoolId, PoolKind, validate_name};
-use gantry_proto::api::{CreatePool, Pool, PoolCreated, PoolList, ResetPool};
+use gantry_domain::{PoolId, PoolKind, RunState, validate_name};
+use gantry_proto::api::{
+    CreatePool, Drained, Pool, PoolCreated, PoolList, Queue, QueueEntry, ResetPool,
+};
 use gantry_store::PoolRecord;
 
 use crate::error::{ApiError, ApiResult, Json, PathParam};
 use crate::state::{AppState, now};
+use crate::views::RunViews;
 use crate::{lifecycle, lookup, views};
 
 pub(super) async fn create(
@@ -16,6 +20,12 @@ pub(super) async fn create(
     Json(request): Json<CreatePool>,
 ) -> ApiResult<(StatusCode, Json<PoolCreated>)> {
     validate_name("pool", &request.name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if request.name == crate::shared_pool::NAME {
+        return Err(ApiError::invalid(format!(
+            "{:?} is the server's own pool: choose another name",
+            crate::shared_pool::NAME
+        )));
+    }
     if state.store.find_pool_by_name(&request.name).await?.is_some() {
         return Err(ApiError::Store(gantry_store::StoreError::AlreadyExists {
             kind: "pool",
@@ -35,6 +45,7 @@ pub(super) async fn create(
         certificate_pem: Some(issued.certificate.pem().to_owned()),
         certificate_fingerprint: Some(issued.certificate.fingerprint().to_owned()),
         key_algorithm: Some(issued.key_algorithm.to_string()),
+        cycle_requested_at: None,
         created_at: at,
         updated_at: at,
     };
@@ -46,7 +57,7 @@ pub(super) async fn create(
         id.to_string(),
         issued.certificate.pem().to_owned(),
     );
-    let pool = views::pool(&record, &[], &[]);
+    let pool = views::pool(&record, &[], &[], &[]);
     Ok((StatusCode::CREATED, Json(PoolCreated { pool, token: token.encode() })))
 }
 
@@ -116,18 +127,20 @@ pub(super) async fn reset(
         pool.id.to_string(),
         issued.certificate.pem().to_owned(),
     );
-    Ok(Json(PoolCreated { pool: views::pool(&record, &[], &[]), token: token.encode() }))
+    let stacks = state.store.list_stacks().await?;
+    Ok(Json(PoolCreated { pool: views::pool(&record, &[], &[], &stacks), token: token.encode() }))
 }
 
 pub(super) async fn list(State(state): State<AppState>) -> ApiResult<Json<PoolList>> {
     let workers = state.store.list_workers(None).await?;
     let runs = state.store.active_runs().await?;
+    let stacks = state.store.list_stacks().await?;
     let pools = state
         .store
         .list_pools()
         .await?
         .iter()
-        .map(|pool| views::pool(pool, &workers, &runs))
+        .map(|pool| views::pool(pool, &workers, &runs, &stacks))
         .collect();
     Ok(Json(PoolList { pools }))
 }
@@ -139,5 +152,84 @@ pub(super) async fn show(
     let pool = lookup::pool(&state, &key).await?;
     let workers = state.store.list_workers(Some(pool.id)).await?;
     let runs = state.store.active_runs().await?;
-    Ok(Json(views::pool(&pool, &workers, &runs)))
+    let stacks = state.store.list_stacks().await?;
+    Ok(Json(views::pool(&pool, &workers, &runs, &stacks)))
+}
+
+/// Drains every worker of the pool: they finish their runs and take no new one.
+pub(super) async fn drain(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+) -> ApiResult<Json<Drained>> {
+    set_drained(&state, &key, true).await
+}
+
+/// Undrains every worker of the pool; waiting runs are scheduled at once.
+pub(super) async fn undrain(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+) -> ApiResult<Json<Drained>> {
+    set_drained(&state, &key, false).await
+}
+
+async fn set_drained(state: &AppState, key: &str, drained: bool) -> ApiResult<Json<Drained>> {
+    let pool = lookup::pool(state, key).await?;
+    let workers = state.store.set_pool_drained(pool.id, drained).await?;
+    tracing::info!(pool = %pool.name, drained, workers = workers.len(), "pool drain changed");
+    if !drained {
+        state.events.request_scheduling();
+    }
+    Ok(Json(Drained { workers: views::visible_workers(&pool, &workers) }))
+}
+
+/// Asks every launcher connected now to take no new run and exit after its current
+/// ones (a supervisor restarts it, with a fresh binary): their workers are drained, and
+/// launchers that connect after the request are not affected.
+pub(super) async fn cycle(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+) -> ApiResult<Json<Pool>> {
+    let pool = lookup::pool(&state, &key).await?;
+    if pool.kind != PoolKind::Private {
+        return Err(ApiError::invalid(format!(
+            "pool {} is run by the server itself: it cannot be cycled",
+            pool.name
+        )));
+    }
+    let record = state.store.request_pool_cycle(pool.id, now()).await?;
+    let workers = state.store.set_pool_drained(pool.id, true).await?;
+    for worker in &workers {
+        state.events.wake_launcher(worker.launcher_id);
+    }
+    tracing::info!(pool = %pool.name, workers = workers.len(), "pool cycle requested");
+    let runs = state.store.active_runs().await?;
+    let stacks = state.store.list_stacks().await?;
+    Ok(Json(views::pool(&record, &workers, &runs, &stacks)))
+}
+
+/// The pool's queue: runs in progress first, then waiting runs in the order they will
+/// get workers, each with why it waits.
+pub(super) async fn queue(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+) -> ApiResult<Json<Queue>> {
+    let pool = lookup::pool(&state, &key).await?;
+    let runs: Vec<_> =
+        state.store.active_runs().await?.into_iter().filter(|run| run.pool_id == pool.id).collect();
+    let views = RunViews::load(&state).await?;
+    let mut entries = Vec::new();
+    let (mut in_progress, waiting): (Vec<_>, Vec<_>) = runs.iter().partition(|run| {
+        run.worker_id.is_some() || run.state.occupies_worker() || run.state == RunState::Unconfirmed
+    });
+    in_progress.sort_by_key(|run| (run.updated_at, run.id));
+    for run in in_progress {
+        entries.push(QueueEntry { run: views.run(&state, run).await?, in_progress: true });
+    }
+    let by_id: std::collections::HashMap<_, _> = waiting.iter().map(|run| (run.id, *run)).collect();
+    for (run_id, _) in &views.waiting {
+        if let Some(run) = by_id.get(run_id) {
+            entries.push(QueueEntry { run: views.run(&state, run).await?, in_progress: false });
+        }
+    }
+    Ok(Json(Queue { pool: pool.name, entries }))
 }

@@ -28,12 +28,21 @@ pub(super) async fn trigger(
             "commit {commit:?} is not valid: expected a hexadecimal commit SHA"
         )));
     }
-    if request.run_type == gantry_domain::RunType::Task {
-        return Err(ApiError::invalid(
-            "tasks are triggered with a command: this endpoint takes TRACKED or PROPOSED",
-        ));
-    }
-    let run = lifecycle::trigger(&state, &stack, request.run_type, request.commit, "admin").await?;
+    let command = match (request.run_type, request.command) {
+        (gantry_domain::RunType::Task, Some(command)) if !command.trim().is_empty() => {
+            Some(command)
+        }
+        (gantry_domain::RunType::Task, _) => {
+            return Err(ApiError::invalid(
+                "a TASK needs a command: the command to run in the stack's project root",
+            ));
+        }
+        (_, Some(_)) => return Err(ApiError::invalid("only a TASK takes a command")),
+        (_, None) => None,
+    };
+    let run =
+        lifecycle::trigger(&state, &stack, request.run_type, request.commit, command, "admin")
+            .await?;
     Ok((StatusCode::CREATED, Json(views::run(&state, &run).await?)))
 }
 
@@ -87,5 +96,33 @@ pub(super) async fn discard(
     // acknowledgement will be refused.
     let run = lookup::run(&state, &key).await?;
     let run = lifecycle::apply(&state, &run, &RunEvent::Discard, Details::default()).await?;
+    Ok(Json(views::run(&state, &run).await?))
+}
+
+/// Stops a run: canceled if it has not started, otherwise its launcher stops it.
+pub(super) async fn stop(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+) -> ApiResult<Json<Run>> {
+    let run = lookup::run(&state, &key).await?;
+    let run = lifecycle::stop(&state, &run).await?;
+    Ok(Json(views::run(&state, &run).await?))
+}
+
+/// Moves a run that waits for a worker to the front of its pool's queue.
+pub(super) async fn prioritize(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+) -> ApiResult<Json<Run>> {
+    let run = lookup::run(&state, &key).await?;
+    if run.state.is_terminal() || run.state.occupies_worker() {
+        return Err(ApiError::invalid(format!(
+            "run {} is {}: only a waiting run can be prioritized",
+            run.id, run.state
+        )));
+    }
+    let run = state.store.prioritize_run(run.id, crate::state::now()).await?;
+    state.events.request_scheduling();
+    state.events.run_changed(run.id);
     Ok(Json(views::run(&state, &run).await?))
 }

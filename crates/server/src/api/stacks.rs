@@ -44,7 +44,10 @@ pub(super) async fn create(
             secret: variable.secret,
         });
     }
-    let pool = lookup::pool(&state, &request.pool).await?;
+    let pool = match &request.pool {
+        Some(pool) => lookup::pool(&state, pool).await?,
+        None => lookup::pool(&state, crate::shared_pool::NAME).await?,
+    };
     let record = StackRecord {
         id: StackId::generate(),
         name: request.name,
@@ -60,6 +63,7 @@ pub(super) async fn create(
         runner_image: request.runner_image.filter(|image| !image.trim().is_empty()),
         autodeploy: request.autodeploy,
         managed_state: request.managed_state,
+        share_sensitive_outputs: request.share_sensitive_outputs,
         environment,
         description: request.description,
         labels: request.labels,

@@ -1,14 +1,27 @@
-//! Workers as users see them: status, current run, metadata tags, liveness.
+//! Workers as users see them: status, current run, metadata tags, liveness; draining
+//! and undraining one. The shared pool's workers are the server's own and not listed.
+
+use std::collections::HashMap;
 
 use axum::extract::State;
-use gantry_proto::api::WorkerList;
+use gantry_domain::{PoolKind, WorkerId};
+use gantry_proto::api::{Drained, WorkerList};
 
-use crate::error::{ApiResult, Json, PathParam};
+use crate::error::{ApiError, ApiResult, Json, PathParam};
 use crate::state::AppState;
 use crate::{lookup, views};
 
 pub(super) async fn list(State(state): State<AppState>) -> ApiResult<Json<WorkerList>> {
-    let workers = state.store.list_workers(None).await?.iter().map(views::worker).collect();
+    let kinds: HashMap<_, _> =
+        state.store.list_pools().await?.into_iter().map(|pool| (pool.id, pool.kind)).collect();
+    let workers = state
+        .store
+        .list_workers(None)
+        .await?
+        .iter()
+        .filter(|worker| kinds.get(&worker.pool_id) == Some(&PoolKind::Private))
+        .map(views::worker)
+        .collect();
     Ok(Json(WorkerList { workers }))
 }
 
@@ -17,7 +30,42 @@ pub(super) async fn list_in_pool(
     PathParam(key): PathParam<String>,
 ) -> ApiResult<Json<WorkerList>> {
     let pool = lookup::pool(&state, &key).await?;
-    let workers =
-        state.store.list_workers(Some(pool.id)).await?.iter().map(views::worker).collect();
-    Ok(Json(WorkerList { workers }))
+    let workers = state.store.list_workers(Some(pool.id)).await?;
+    Ok(Json(WorkerList { workers: views::visible_workers(&pool, &workers) }))
+}
+
+/// Drains one worker: it finishes its run and takes no new one.
+pub(super) async fn drain(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+) -> ApiResult<Json<Drained>> {
+    set_drained(&state, &key, true).await
+}
+
+/// Undrains one worker; waiting runs are scheduled at once.
+pub(super) async fn undrain(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+) -> ApiResult<Json<Drained>> {
+    set_drained(&state, &key, false).await
+}
+
+async fn set_drained(state: &AppState, key: &str, drained: bool) -> ApiResult<Json<Drained>> {
+    let id: WorkerId = key.parse().map_err(|_| ApiError::not_found("worker", key))?;
+    let existing =
+        state.store.get_worker(id).await?.ok_or_else(|| ApiError::not_found("worker", key))?;
+    let pool = lookup::pool(state, &existing.pool_id.to_string()).await?;
+    if pool.kind == PoolKind::Shared {
+        return Err(ApiError::not_found("worker", key));
+    }
+    let worker = state
+        .store
+        .set_worker_drained(id, drained)
+        .await?
+        .ok_or_else(|| ApiError::not_found("worker", key))?;
+    tracing::info!(worker = %worker.id, drained, "worker drain changed");
+    if !drained {
+        state.events.request_scheduling();
+    }
+    Ok(Json(Drained { workers: vec![views::worker(&worker)] }))
 }

@@ -8,7 +8,8 @@ use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gantry_testkit::{GitRepository, OpensslKey};
+use base64::Engine as _;
+use gantry_testkit::{GitRepository, KeyKind, OpensslKey};
 use serde_json::Value;
 
 /// A binary of the workspace. Unless `GANTRY_BIN_DIR` names prebuilt ones, the binaries
@@ -130,6 +131,8 @@ pub(crate) struct ServerProcess {
     child: Child,
     pub(crate) url: String,
     pub(crate) admin_key: Option<String>,
+    /// `http://.../metrics`, when the server serves metrics.
+    pub(crate) metrics_url: Option<String>,
     pub(crate) ca_file: PathBuf,
     pub(crate) data_dir: PathBuf,
     stderr: Transcript,
@@ -166,10 +169,16 @@ impl ServerProcess {
     }
 
     pub(crate) fn start_in(data_dir: &Path, listen: &str) -> Self {
+        Self::start_with(data_dir, listen, &[])
+    }
+
+    /// Starts the server with extra environment settings (`GANTRY_SERVER_...`).
+    pub(crate) fn start_with(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
         let mut child = base_command(&bin("gantry"))
             .args(["server", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", listen])
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -189,10 +198,14 @@ impl ServerProcess {
         let admin_key = stdout.text().lines().find_map(|line| {
             line.split(": ").nth(1).filter(|_| line.starts_with("Admin API key")).map(str::to_owned)
         });
+        let metrics_url = stdout.text().lines().find_map(|line| {
+            line.strip_prefix("Prometheus metrics at ").map(|url| url.trim().to_owned())
+        });
         Self {
             child,
             url,
             admin_key,
+            metrics_url,
             ca_file: data_dir.join("server-ca.pem"),
             data_dir: data_dir.to_path_buf(),
             stderr,
@@ -202,7 +215,6 @@ impl ServerProcess {
     /// Fails if any file of the server's data directory holds `marker`, in clear or in
     /// base64 (at any of the three alignments).
     pub(crate) fn assert_nothing_contains(&self, marker: &str) {
-        use base64::Engine;
         let engine = base64::engine::general_purpose::STANDARD;
         let mut needles = vec![marker.as_bytes().to_vec()];
         for offset in 0..3 {
@@ -306,9 +318,20 @@ impl Gantry {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Runs a command that must fail; returns its stderr.
+    pub(crate) fn fails(&self, args: &[&str]) -> String {
+        let output = self.command(args);
+        assert!(
+            !output.status.success(),
+            "gantry {args:?} succeeded: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
     pub(crate) fn json(&self, args: &[&str]) -> Value {
-        let mut args = args.to_vec();
-        args.extend(["--output", "json"]);
+        // Before the subcommand: after a task's `--`, it would be part of the command.
+        let args = [&["--output", "json"], args].concat();
         let stdout = self.ok(&args);
         serde_json::from_str(&stdout)
             .unwrap_or_else(|e| panic!("gantry {args:?} printed no JSON ({e}): {stdout}"))
@@ -332,6 +355,18 @@ impl Gantry {
         state_file: &Path,
         extra: &[&str],
     ) {
+        self.create_stack_in(name, repository, Some(pool), state_file, extra);
+    }
+
+    /// [`Self::create_stack`] on `pool`, or on the server's shared pool when `None`.
+    pub(crate) fn create_stack_in(
+        &self,
+        name: &str,
+        repository: &GitRepository,
+        pool: Option<&str>,
+        state_file: &Path,
+        extra: &[&str],
+    ) {
         let backend = format!("TF_CLI_ARGS_init=-backend-config=path={}", state_file.display());
         let url = repository.url();
         let mut args = vec![
@@ -341,13 +376,14 @@ impl Gantry {
             name,
             "--repository",
             &url,
-            "--pool",
-            pool,
             "--project-root",
             "infra",
             "--env",
             &backend,
         ];
+        if let Some(pool) = pool {
+            args.extend(["--pool", pool]);
+        }
         args.extend(extra);
         self.ok(&args);
     }
@@ -397,10 +433,29 @@ pub(crate) struct Cluster {
 
 impl Cluster {
     pub(crate) fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A cluster whose server has extra environment settings.
+    pub(crate) fn start_with(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let server = ServerProcess::start_in(&dir.path().join("server"), "127.0.0.1:0");
+        let server = ServerProcess::start_with(&dir.path().join("server"), "127.0.0.1:0", env);
         Self { gantry: Gantry::for_server(&server), server, _dir: dir }
     }
+
+    /// Creates a private pool from a fresh P-256 key made in `dir`.
+    pub(crate) fn private_pool(&self, dir: &Path, name: &str) -> PoolAccess {
+        let key = OpensslKey::generate(dir, name, KeyKind::P256);
+        let token = self.gantry.create_pool(name, &key);
+        PoolAccess { token, key: base64_of(&key.key_pem) }
+    }
+}
+
+/// What a launcher of a pool needs.
+pub(crate) struct PoolAccess {
+    pub(crate) token: String,
+    /// The pool's private key, base64 of its PEM.
+    pub(crate) key: String,
 }
 
 /// `gantry-launcher` in its own process.
@@ -444,6 +499,17 @@ impl Launcher {
         launcher._work = Some(work);
         launcher.wait_for_stderr("launcher connected", Duration::from_secs(30));
         launcher
+    }
+
+    /// A launcher of `pool` with its own work directory.
+    pub(crate) fn of(cluster: &Cluster, pool: &PoolAccess, extra: &[(&str, &str)]) -> Self {
+        Self::start(cluster, &pool.token, &pool.key, extra)
+    }
+
+    /// Kills the launcher at once (SIGKILL): no goodbye, no report, as a crash does.
+    pub(crate) fn kill(mut self) {
+        signal(&self.child, "KILL");
+        let _ = self.child.wait();
     }
 
     pub(crate) fn spawn_for(
@@ -492,6 +558,10 @@ impl Launcher {
 
 impl Drop for Launcher {
     fn drop(&mut self) {
+        // A reaped process's id may belong to another process by now.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         signal(&self.child, "TERM");
         let _ = wait_with_timeout_quiet(&mut self.child, Duration::from_secs(15));
         if std::thread::panicking() {
@@ -567,4 +637,73 @@ pub(crate) fn cli_in(dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub(crate) fn base64_of(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+pub(crate) fn id(run: &Value) -> &str {
+    run["id"].as_str().unwrap()
+}
+
+pub(crate) fn states(run: &Value) -> Vec<String> {
+    run["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|change| change["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+pub(crate) fn state_has_resource(path: &std::path::Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|state| state.contains("\"terraform_data\""))
+}
+
+pub(crate) fn line_after(text: &str, prefix: &str) -> Option<String> {
+    text.lines()
+        .find_map(|line| line.trim_start().strip_prefix(prefix).map(|rest| rest.trim().to_owned()))
+}
+
+/// A configuration whose apply is silent for `seconds` (terraform prints a progress line
+/// only every 10 s); the odd duration names the process for the orphan check.
+pub(crate) fn slow_config(seconds: &str) -> String {
+    format!(
+        r#"
+resource "terraform_data" "slow" {{
+  provisioner "local-exec" {{
+    command = "sleep {seconds}"
+  }}
+}}
+"#
+    )
+}
+
+pub(crate) fn processes_running(pattern: &str) -> Vec<String> {
+    let output = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains(pattern))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A free loopback port, for a listener a child process binds next.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET` over plain HTTP/1.0; returns the body of a 200 answer.
+pub(crate) fn http_get(url: &str) -> String {
+    use std::io::Write;
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (authority, path) =
+        rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(authority).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
 }

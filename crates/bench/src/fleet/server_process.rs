@@ -1,0 +1,167 @@
+//! The server under test as a separate process: the release `gantry server`, so that its
+//! memory can be read from `/proc/<pid>/status` apart from the load generator's, and so
+//! that it competes for the CPUs as a deployed server would.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+const LISTENING: &str = "Gantry server listening on ";
+const ADMIN_KEY: &str = "Admin API key (shown only this once; store it now): ";
+
+/// A running `gantry server`.
+#[derive(Debug)]
+pub(crate) struct ServerProcess {
+    child: Child,
+    pid: Pid,
+    pub(crate) url: String,
+    pub(crate) admin_key: String,
+    pub(crate) ca_pem: String,
+    pub(crate) log: PathBuf,
+}
+
+/// The release `gantry` binary next to this executable (`target/release/gantry-bench`)
+/// or one level up (`target/release/deps/fleet-…` when run by `cargo bench`).
+pub(crate) fn gantry_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let candidates: Vec<PathBuf> = [
+        exe.parent().map(|dir| dir.join("gantry")),
+        exe.parent().and_then(Path::parent).map(|dir| dir.join("gantry")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    candidates.iter().find(|path| path.is_file()).cloned().with_context(|| {
+        format!(
+            "the release `gantry` binary is not next to the benchmark (looked for {}): \
+             run `cargo build --release --workspace --bins` first",
+            candidates.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+impl ServerProcess {
+    /// Starts `gantry server` on a free loopback port with a fresh data directory, and
+    /// waits until it prints its address and its first admin key.
+    pub(crate) async fn start(binary: &Path, data_dir: &Path) -> anyhow::Result<Self> {
+        let log = data_dir.with_extension("log");
+        let stderr = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create the server log {}", log.display()))?;
+        let mut command = Command::new(binary);
+        command
+            .arg("server")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            // Its tracing goes to a file: the server logs as deployed (level info), and
+            // the file explains a failure.
+            .stderr(stderr)
+            .kill_on_drop(true);
+        // The benchmark measures the defaults, whatever this shell configures; only the
+        // log filter passes (`GANTRY_LOG=info,sqlx::query=debug` logs every statement).
+        for (name, _) in std::env::vars_os() {
+            let name_text = name.to_string_lossy();
+            if name_text.starts_with("GANTRY_") && name_text != "GANTRY_LOG" {
+                command.env_remove(name);
+            }
+        }
+        let mut child =
+            command.spawn().with_context(|| format!("cannot start {} server", binary.display()))?;
+        let pid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw)
+            .context("the server exited at once")?;
+        let stdout = child.stdout.take().context("the server's stdout is piped")?;
+        let (url, admin_key, rest) =
+            tokio::time::timeout(STARTUP_TIMEOUT, read_banner(stdout)).await.with_context(
+                || format!("the server did not start within 60 s; see {}", log.display()),
+            )??;
+        // Keep reading what it prints: a closed pipe would make its next println fail.
+        tokio::spawn(async move {
+            let mut lines = rest.lines();
+            while let Ok(Some(_)) = lines.next_line().await {}
+        });
+        let ca_file = data_dir.join(gantry_server::CA_FILE);
+        let ca_pem = std::fs::read_to_string(&ca_file)
+            .with_context(|| format!("cannot read the server CA {}", ca_file.display()))?;
+        Ok(Self { child, pid, url, admin_key, ca_pem, log })
+    }
+
+    /// For attaching a profiler while the benchmark runs.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid.as_raw()
+    }
+
+    /// The server's resident memory (`VmRSS`), KiB.
+    pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/status", self.pid);
+        let status =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        parse_vm_rss(&status).with_context(|| format!("{path} has no VmRSS line"))
+    }
+
+    /// Stops the server as an operator would (SIGTERM), killing it if it lingers.
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        if kill(self.pid, Signal::SIGTERM).is_ok()
+            && let Ok(status) = tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await
+        {
+            status?;
+            return Ok(());
+        }
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// Reads stdout up to the admin key line: (URL, admin key, the rest of stdout).
+async fn read_banner(
+    stdout: ChildStdout,
+) -> anyhow::Result<(String, String, BufReader<ChildStdout>)> {
+    let mut reader = BufReader::new(stdout);
+    let mut url = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            anyhow::bail!("the server exited before printing its admin API key");
+        }
+        let line = line.trim();
+        if let Some(address) = line.strip_prefix(LISTENING) {
+            url = Some(address.to_owned());
+        } else if let Some(key) = line.strip_prefix(ADMIN_KEY) {
+            let url = url.context("the server printed its admin key before its address")?;
+            return Ok((url, key.to_owned(), reader));
+        }
+    }
+}
+
+/// `VmRSS:     12345 kB` → 12345.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_read_in_kib() {
+        let status = "Name:\tgantry\nVmPeak:\t  900000 kB\nVmRSS:\t   41234 kB\nThreads:\t3\n";
+        assert_eq!(parse_vm_rss(status), Some(41234));
+        assert_eq!(parse_vm_rss("Name:\tgantry\n"), None);
+    }
+}
