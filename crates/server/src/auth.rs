@@ -47,6 +47,8 @@ pub(crate) struct AgentSession {
     pub token_hash: String,
     /// When the session opened: a pool cycle affects sessions opened before it.
     pub opened_at: gantry_domain::Timestamp,
+    /// When the pool was last asked to cycle, as of this request.
+    pub pool_cycle_requested_at: Option<gantry_domain::Timestamp>,
 }
 
 impl AgentSession {
@@ -78,15 +80,15 @@ impl AgentSession {
     /// The session of this token hash, if it is still good: not expired, and opened with
     /// the pool's current certificate.
     async fn validate(state: &AppState, token_hash: String) -> Result<Self, ApiError> {
-        let session =
-            state.store.find_session(&token_hash).await?.ok_or(ApiError::SessionExpired)?;
+        let found = state.store.find_session(&token_hash).await?.ok_or(ApiError::SessionExpired)?;
+        let session = found.session;
         if session.expires_at < now() {
             return Err(ApiError::SessionExpired);
         }
-        let pool = state.store.get_pool(session.pool_id).await?.ok_or(ApiError::SessionExpired)?;
-        if pool.certificate_fingerprint.as_deref() != Some(session.certificate_fingerprint.as_str())
+        if found.pool_certificate_fingerprint.as_deref()
+            != Some(session.certificate_fingerprint.as_str())
         {
-            return Err(ApiError::PoolReset(pool.id));
+            return Err(ApiError::PoolReset(session.pool_id));
         }
         Ok(Self {
             pool_id: session.pool_id,
@@ -95,12 +97,19 @@ impl AgentSession {
             launcher_version: session.launcher_version,
             token_hash,
             opened_at: session.created_at,
+            pool_cycle_requested_at: found.pool_cycle_requested_at,
         })
     }
 
-    /// Fails once the session has ended (a pool reset deletes it): a long-poll checks
-    /// this whenever it wakes.
-    pub(crate) async fn still_valid(&self, state: &AppState) -> Result<(), ApiError> {
-        Self::validate(state, self.token_hash.clone()).await.map(|_| ())
+    /// The session as it is now; fails once it has ended (a pool reset deletes it). A
+    /// long-poll refreshes its session whenever it wakes.
+    pub(crate) async fn refreshed(&self, state: &AppState) -> Result<Self, ApiError> {
+        Self::validate(state, self.token_hash.clone()).await
+    }
+
+    /// Whether the launcher must exit after its current runs: its pool was cycled after
+    /// the session opened.
+    pub(crate) fn cycling(&self) -> bool {
+        self.pool_cycle_requested_at.is_some_and(|at| at >= self.opened_at)
     }
 }

@@ -156,7 +156,10 @@ async fn commit(state: &AppState, change: RunChange) -> Result<RunRecord, ApiErr
             }
         });
     }
-    if change.release_worker || change.to.is_terminal() || change.to.wants_worker() {
+    // A promotion (QUEUED → READY) is made by the scheduling pass that assigns the run in
+    // the same breath: asking for another pass would only repeat it.
+    let promoted = change.from == RunState::Queued;
+    if change.release_worker || change.to.is_terminal() || (change.to.wants_worker() && !promoted) {
         state.events.request_scheduling();
     }
     Ok(updated)

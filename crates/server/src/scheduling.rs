@@ -36,6 +36,9 @@ pub(crate) async fn run_scheduler(state: AppState) {
 pub(crate) async fn schedule_once(state: &AppState) -> Result<(), ApiError> {
     let requested_at = state.events.take_scheduling_request();
     let Pass { runs, decision, launchers } = pass(state).await?;
+    state
+        .waiting
+        .replace(decision.waiting.iter().map(|waiting| (waiting.run_id, waiting.reason)).collect());
     let by_id: HashMap<RunId, &RunRecord> = runs.iter().map(|run| (run.id, run)).collect();
     for run_id in &decision.promotions {
         if let Some(run) = by_id.get(run_id) {

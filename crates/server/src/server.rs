@@ -145,6 +145,7 @@ impl Server {
             challenges: ChallengeSigner::new(&challenge_key),
             events: Events::default(),
             dispatch_metrics: crate::metrics::DispatchMetrics::default(),
+            waiting: crate::state::WaitingRuns::default(),
             timings: config.timings.clone(),
             shutdown: CancellationToken::new(),
         });

@@ -1,11 +1,13 @@
 //! What every request handler and background task shares.
 
+use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use gantry_crypto::{CertificateAuthority, ChallengeSigner};
-use gantry_domain::Timestamp;
+use gantry_domain::scheduler::WaitReason;
+use gantry_domain::{RunId, Timestamp};
 use gantry_store::{BlobStore, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +33,8 @@ pub struct Shared {
     pub challenges: ChallengeSigner,
     pub events: Events,
     pub dispatch_metrics: DispatchMetrics,
+    /// Why each run the last scheduling pass left waiting waits.
+    pub waiting: WaitingRuns,
     pub timings: AgentTimings,
     /// Cancelled when the server shuts down: long-polls and streams end at once.
     pub shutdown: CancellationToken,
@@ -53,6 +57,22 @@ impl Deref for AppState {
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared").field("public_url", &self.public_url).finish_non_exhaustive()
+    }
+}
+
+/// The wait reasons of the last scheduling pass: what a single run's view shows, so that
+/// showing a run never costs a pass of its own.
+#[derive(Debug, Default)]
+pub struct WaitingRuns(Mutex<Arc<HashMap<RunId, WaitReason>>>);
+
+impl WaitingRuns {
+    pub(crate) fn replace(&self, reasons: HashMap<RunId, WaitReason>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(reasons);
+    }
+
+    /// Why the run waits, if the last pass saw it waiting.
+    pub(crate) fn reason(&self, run_id: RunId) -> Option<WaitReason> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).get(&run_id).copied()
     }
 }
 

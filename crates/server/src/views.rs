@@ -163,16 +163,17 @@ impl RunViews {
         Ok(Self { stacks, pools, waiting, reasons })
     }
 
-    /// What one run's view needs, and nothing more: a run that has started waits for
-    /// nothing, so no scheduling pass is decided for it.
+    /// What one run's view needs, and nothing more. Its wait reason is the last
+    /// scheduling pass's: a run just queued has none until the pass that follows.
     async fn load_for(state: &AppState, record: &RunRecord) -> Result<Self, ApiError> {
         let unstarted = record.worker_id.is_none()
             && (record.state == gantry_domain::RunState::Queued || record.state.wants_worker());
-        let mut waiting = match unstarted {
-            true => waiting_reasons(state).await?,
-            false => Vec::new(),
-        };
-        waiting.retain(|(run_id, _)| *run_id == record.id);
+        let waiting: Vec<(RunId, WaitReason)> = match unstarted {
+            true => state.waiting.reason(record.id).map(|reason| (record.id, reason)),
+            false => None,
+        }
+        .into_iter()
+        .collect();
         let mut stack_ids = vec![record.stack_id];
         if let Some((_, WaitReason::Dependency { stack, .. })) = waiting.first() {
             stack_ids.push(*stack);

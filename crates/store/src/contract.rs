@@ -204,7 +204,13 @@ pub async fn sessions_expire<S: Store>(store: Arc<S>) {
         expires_at: at(20),
     };
     store.insert_session(&session).await.unwrap();
-    assert_eq!(store.find_session("t1").await.unwrap(), Some(session.clone()));
+    let found = store.find_session("t1").await.unwrap().unwrap();
+    assert_eq!(found.session, session);
+    assert_eq!(found.pool_certificate_fingerprint, pool.certificate_fingerprint);
+    assert_eq!(found.pool_cycle_requested_at, None);
+    store.request_pool_cycle(pool.id, at(15)).await.unwrap();
+    let found = store.find_session("t1").await.unwrap().unwrap();
+    assert_eq!(found.pool_cycle_requested_at, Some(at(15)), "the pool as it is now");
     assert_eq!(store.delete_expired_sessions(at(20)).await.unwrap(), 0);
     assert_eq!(store.delete_expired_sessions(at(21)).await.unwrap(), 1);
     assert_eq!(store.find_session("t1").await.unwrap(), None);
@@ -676,6 +682,11 @@ pub async fn workers_are_counted_and_idle_ones_listed_oldest_first<S: Store>(sto
         WorkerCountsRecord { pool_id: other_pool.id, connected: 1, busy: 0, drained: 0 }
     );
     assert_eq!(counts.len(), 2);
+
+    let held = store.launcher_runs(launcher, pool.id).await.unwrap();
+    assert_eq!(held.iter().map(|run| run.id).collect::<Vec<_>>(), [run.id]);
+    assert!(store.launcher_runs(launcher, other_pool.id).await.unwrap().is_empty());
+    assert!(store.launcher_runs(LauncherId::generate(), pool.id).await.unwrap().is_empty());
 
     let owned = store.launcher_workers(launcher).await.unwrap();
     assert_eq!(owned.len(), 4);

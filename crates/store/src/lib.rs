@@ -17,7 +17,7 @@ pub mod contract;
 pub use blobs::{BlobStore, BlobStream, BlobWritten, LocalBlobStore};
 pub use error::StoreError;
 pub use records::{
-    ApiKeyRecord, BlobRecord, DependencyRecord, LogChunkRecord, OutputRecord,
+    ApiKeyRecord, BlobRecord, DependencyRecord, FoundSession, LogChunkRecord, OutputRecord,
     OutputReferenceRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord,
     StateChangeRecord, StateVersionRecord, WorkerCountsRecord, WorkerRecord,
 };

@@ -67,6 +67,16 @@ pub struct SessionRecord {
     pub expires_at: Timestamp,
 }
 
+/// A session as a request authenticates with it: the session and what its pool says now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundSession {
+    pub session: SessionRecord,
+    /// The pool's current certificate: a session opened with another one has ended.
+    pub pool_certificate_fingerprint: Option<String>,
+    /// When the pool was last asked to cycle.
+    pub pool_cycle_requested_at: Option<Timestamp>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerRecord {
     pub id: WorkerId,

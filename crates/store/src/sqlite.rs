@@ -21,7 +21,7 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use crate::store::Result;
 use crate::{
-    ApiKeyRecord, BlobRecord, DependencyRecord, LogChunkRecord, OutputRecord,
+    ApiKeyRecord, BlobRecord, DependencyRecord, FoundSession, LogChunkRecord, OutputRecord,
     OutputReferenceRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord,
     StateChangeRecord, StateVersionRecord, Store, StoreError, WorkerCountsRecord, WorkerRecord,
 };
@@ -445,15 +445,31 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn find_session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
+    async fn find_session(&self, token_hash: &str) -> Result<Option<FoundSession>> {
+        // One query per authenticated agent request: the session and its pool together.
         let row = sqlx::query(
-            "SELECT token_hash, pool_id, launcher_id, certificate_fingerprint, hostname, launcher_version, created_at, expires_at
-             FROM sessions WHERE token_hash = $1",
+            "SELECT s.token_hash, s.pool_id, s.launcher_id, s.certificate_fingerprint,
+                    s.hostname, s.launcher_version, s.created_at, s.expires_at,
+                    p.certificate_fingerprint AS pool_certificate_fingerprint,
+                    p.cycle_requested_at AS pool_cycle_requested_at
+             FROM sessions s JOIN pools p ON p.id = s.pool_id
+             WHERE s.token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(&self.reader)
         .await?;
-        row.as_ref().map(session_from_row).transpose()
+        row.as_ref()
+            .map(|row| {
+                Ok(FoundSession {
+                    session: session_from_row(row)?,
+                    pool_certificate_fingerprint: optional_text(
+                        row,
+                        "pool_certificate_fingerprint",
+                    )?,
+                    pool_cycle_requested_at: optional_timestamp(row, "pool_cycle_requested_at")?,
+                })
+            })
+            .transpose()
     }
 
     async fn delete_session(&self, token_hash: &str) -> Result<()> {
@@ -564,6 +580,26 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(worker_from_row).collect()
+    }
+
+    async fn launcher_runs(
+        &self,
+        launcher_id: LauncherId,
+        pool_id: PoolId,
+    ) -> Result<Vec<RunRecord>> {
+        let columns: Vec<String> =
+            RUN_COLUMNS.split(", ").map(|column| format!("r.{column}")).collect();
+        let rows = sqlx::query(select(
+            &columns.join(", "),
+            "FROM workers w JOIN runs r ON r.id = w.current_run_id AND r.worker_id = w.id
+             WHERE w.launcher_id = $1 AND w.pool_id = $2
+             ORDER BY w.created_at, w.id",
+        ))
+        .bind(launcher_id.to_string())
+        .bind(pool_id.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(run_from_row).collect()
     }
 
     async fn worker_counts(&self) -> Result<Vec<WorkerCountsRecord>> {
@@ -788,52 +824,48 @@ impl Store for SqliteStore {
 
     async fn change_run(&self, change: &RunChange) -> Result<RunRecord> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query(select(RUN_COLUMNS, "FROM runs WHERE id = $1"))
-            .bind(change.run_id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound { kind: "run", id: change.run_id.to_string() })?;
-        let current = run_from_row(&row)?;
-        if current.state != change.from {
-            return Err(StoreError::StateConflict {
-                run_id: change.run_id,
-                expected: change.from,
-                found: current.state,
-            });
-        }
-        sqlx::query(
-            "UPDATE runs SET state = $2, updated_at = $3,
-                 worker_id = CASE WHEN $4 = 1 THEN NULL ELSE worker_id END,
-                 failure = COALESCE($5, failure),
-                 has_changes = COALESCE($6, has_changes)
-             WHERE id = $1",
-        )
+        // Compare and set in one statement; the error path looks at what is there.
+        let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE runs SET state = $3, updated_at = $4,
+                 worker_id = CASE WHEN $5 = 1 THEN NULL ELSE worker_id END,
+                 failure = COALESCE($6, failure),
+                 has_changes = COALESCE($7, has_changes)
+             WHERE id = $1 AND state = $2
+             RETURNING {RUN_COLUMNS}"
+        )))
         .bind(change.run_id.to_string())
+        .bind(change.from.as_str())
         .bind(change.to.as_str())
         .bind(change.at.unix_millis())
         .bind(i64::from(change.release_worker))
         .bind(&change.failure)
         .bind(change.has_changes.map(i64::from))
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        if change.release_worker
-            && let Some(worker_id) = current.worker_id
-        {
-            sqlx::query(
-                "UPDATE workers SET current_run_id = NULL WHERE id = $1 AND current_run_id = $2",
-            )
-            .bind(worker_id.to_string())
-            .bind(change.run_id.to_string())
-            .execute(&mut *tx)
-            .await?;
+        let Some(row) = updated else {
+            let found: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1")
+                .bind(change.run_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let found = found.ok_or_else(|| StoreError::NotFound {
+                kind: "run",
+                id: change.run_id.to_string(),
+            })?;
+            return Err(StoreError::StateConflict {
+                run_id: change.run_id,
+                expected: change.from,
+                found: found.parse().map_err(|error| corrupt("runs.state", error))?,
+            });
+        };
+        if change.release_worker {
+            sqlx::query("UPDATE workers SET current_run_id = NULL WHERE current_run_id = $1")
+                .bind(change.run_id.to_string())
+                .execute(&mut *tx)
+                .await?;
         }
         if change.to != change.from {
             insert_state(&mut tx, change.run_id, change.to, change.at).await?;
         }
-        let row = sqlx::query(select(RUN_COLUMNS, "FROM runs WHERE id = $1"))
-            .bind(change.run_id.to_string())
-            .fetch_one(&mut *tx)
-            .await?;
         tx.commit().await?;
         run_from_row(&row)
     }

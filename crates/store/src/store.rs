@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use gantry_domain::{LauncherId, PoolId, RunId, StackId, Timestamp, WorkerId};
 
 use crate::{
-    ApiKeyRecord, BlobRecord, DependencyRecord, LogChunkRecord, OutputRecord, PoolRecord,
-    RunChange, RunFilter, RunRecord, SessionRecord, StackRecord, StateChangeRecord,
+    ApiKeyRecord, BlobRecord, DependencyRecord, FoundSession, LogChunkRecord, OutputRecord,
+    PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord, StateChangeRecord,
     StateVersionRecord, StoreError, WorkerCountsRecord, WorkerRecord,
 };
 
@@ -49,7 +49,8 @@ pub trait Store: Send + Sync + 'static {
     async fn request_pool_cycle(&self, pool_id: PoolId, at: Timestamp) -> Result<PoolRecord>;
 
     async fn insert_session(&self, session: &SessionRecord) -> Result<()>;
-    async fn find_session(&self, token_hash: &str) -> Result<Option<SessionRecord>>;
+    /// The session with this token hash, with what its pool says now.
+    async fn find_session(&self, token_hash: &str) -> Result<Option<FoundSession>>;
     async fn delete_session(&self, token_hash: &str) -> Result<()>;
     /// Removes sessions that expired before `now`; returns how many.
     async fn delete_expired_sessions(&self, now: Timestamp) -> Result<u64>;
@@ -62,6 +63,12 @@ pub trait Store: Send + Sync + 'static {
     async fn list_workers(&self, pool_id: Option<PoolId>) -> Result<Vec<WorkerRecord>>;
     /// The launcher's workers, oldest first.
     async fn launcher_workers(&self, launcher_id: LauncherId) -> Result<Vec<WorkerRecord>>;
+    /// The runs held by the launcher's workers in the pool: handed to them, or executing.
+    async fn launcher_runs(
+        &self,
+        launcher_id: LauncherId,
+        pool_id: PoolId,
+    ) -> Result<Vec<RunRecord>>;
     /// For every pool that has workers: how many, how many busy, how many drained.
     async fn worker_counts(&self) -> Result<Vec<WorkerCountsRecord>>;
     /// Up to `limit` idle, undrained workers of the pool, oldest first: the order in which

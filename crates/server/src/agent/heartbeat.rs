@@ -27,11 +27,11 @@ pub(super) async fn heartbeat(
         }
     }
 
-    for requested in super::poll::stop_requested(&state, &session).await? {
+    let held = state.store.launcher_runs(session.launcher_id, session.pool_id).await?;
+    for requested in super::poll::stop_requested(&held) {
         if !stop_run_ids.contains(&requested) {
             stop_run_ids.push(requested);
         }
     }
-    let cycle = super::poll::cycling(&state, &session).await?;
-    Ok(Json(HeartbeatResponse { unknown_worker_ids, stop_run_ids, cycle }))
+    Ok(Json(HeartbeatResponse { unknown_worker_ids, stop_run_ids, cycle: session.cycling() }))
 }

@@ -9,7 +9,7 @@ use gantry_domain::RunState;
 use gantry_proto::agent::{
     Assignment, BlobRef, HeldAssignment, Job, Poll, PollResponse, StackSpec, StateVersion,
 };
-use gantry_store::WorkerRecord;
+use gantry_store::{RunRecord, WorkerRecord};
 
 use crate::auth::AgentSession;
 use crate::error::{ApiError, ApiResult, Json};
@@ -17,7 +17,7 @@ use crate::state::AppState;
 
 pub(super) async fn poll(
     State(state): State<AppState>,
-    session: AgentSession,
+    mut session: AgentSession,
     Json(request): Json<Poll>,
 ) -> ApiResult<Json<PollResponse>> {
     let wait = Duration::from_secs(u64::from(request.wait_seconds)).min(state.timings.poll_timeout);
@@ -36,37 +36,20 @@ pub(super) async fn poll(
             return Ok(Json(response));
         }
         tokio::select! {
-            // A wake-up may also mean the session ended (a pool reset).
-            () = notified => session.still_valid(&state).await?,
+            // A wake-up may also mean the session ended (a pool reset) or the pool cycles.
+            () = notified => session = session.refreshed(&state).await?,
             () = tokio::time::sleep_until(deadline) => return Ok(Json(PollResponse::default())),
             () = state.shutdown.cancelled() => return Ok(Json(PollResponse::default())),
         }
     }
 }
 
-/// Whether the launcher of this session must exit after its current runs: its pool was
-/// cycled after the session opened.
-pub(super) async fn cycling(state: &AppState, session: &AgentSession) -> Result<bool, ApiError> {
-    let pool = state.store.get_pool(session.pool_id).await?;
-    Ok(pool.and_then(|pool| pool.cycle_requested_at).is_some_and(|at| at >= session.opened_at))
-}
-
-/// Runs this launcher executes that a user asked to stop.
-pub(super) async fn stop_requested(
-    state: &AppState,
-    session: &AgentSession,
-) -> Result<Vec<gantry_domain::RunId>, ApiError> {
-    let mut stops = Vec::new();
-    for worker in own_workers(state, session).await? {
-        let Some(run_id) = worker.current_run_id else { continue };
-        if let Some(run) = state.store.get_run(run_id).await?
-            && run.stop_requested_at.is_some()
-            && run.state.occupies_worker()
-        {
-            stops.push(run.id);
-        }
-    }
-    Ok(stops)
+/// Runs this launcher executes that a user asked to stop, among the runs it holds.
+pub(super) fn stop_requested(held: &[RunRecord]) -> Vec<gantry_domain::RunId> {
+    held.iter()
+        .filter(|run| run.stop_requested_at.is_some() && run.state.occupies_worker())
+        .map(|run| run.id)
+        .collect()
 }
 
 /// The workers of the session's launcher.
@@ -86,13 +69,10 @@ async fn pending(
     session: &AgentSession,
     holding: &[HeldAssignment],
 ) -> Result<PollResponse, ApiError> {
+    let held = state.store.launcher_runs(session.launcher_id, session.pool_id).await?;
     let mut assignments = Vec::new();
-    for worker in own_workers(state, session).await? {
-        let Some(run_id) = worker.current_run_id else { continue };
-        let Some(run) = state.store.get_run(run_id).await? else { continue };
-        if run.worker_id != Some(worker.id) {
-            continue;
-        }
+    for run in &held {
+        let Some(worker_id) = run.worker_id else { continue };
         let job = match run.state {
             RunState::Ready => Job::Plan,
             RunState::Confirmed => Job::Apply,
@@ -108,7 +88,7 @@ async fn pending(
             Ok(inputs) => inputs,
             Err(missing) => {
                 // The run cannot start without its inputs: it fails, naming what is missing.
-                if let Err(error) = crate::lifecycle::fail(state, &run, &missing).await
+                if let Err(error) = crate::lifecycle::fail(state, run, &missing).await
                     && !crate::lifecycle::lost_race(&error)
                 {
                     return Err(error);
@@ -118,7 +98,7 @@ async fn pending(
         };
         assignments.push(Assignment {
             run_id: run.id,
-            worker_id: worker.id,
+            worker_id,
             run_type: run.run_type,
             job,
             stack: StackSpec {
@@ -165,9 +145,5 @@ async fn pending(
             },
         });
     }
-    Ok(PollResponse {
-        assignments,
-        stop_run_ids: stop_requested(state, session).await?,
-        cycle: cycling(state, session).await?,
-    })
+    Ok(PollResponse { assignments, stop_run_ids: stop_requested(&held), cycle: session.cycling() })
 }

@@ -23,3 +23,5 @@ CREATE INDEX stack_dependencies_upstream ON stack_dependencies (upstream_stack_i
 -- The scheduler asks each pool for only as many idle workers as it has runs to place.
 CREATE INDEX workers_idle ON workers (pool_id, created_at, id)
     WHERE current_run_id IS NULL AND drained = 0;
+-- Releasing a run's worker finds it by the run it holds.
+CREATE INDEX workers_current_run ON workers (current_run_id) WHERE current_run_id IS NOT NULL;
