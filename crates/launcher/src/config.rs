@@ -32,6 +32,8 @@ pub enum ConfigError {
     KeyMismatch { pool_id: String },
     #[error("{variable}={path}: {problem}")]
     File { variable: &'static str, path: String, problem: String },
+    #[error(transparent)]
+    PassedEnv(#[from] crate::passed_env::PassedEnvError),
 }
 
 /// Everything the launcher needs, checked.
@@ -61,6 +63,9 @@ pub struct LauncherConfig {
     pub launcher_id: LauncherId,
     /// Variables passed through to the worker process (PATH, HOME, ...).
     pub passthrough_env: Vec<(String, String)>,
+    /// `GANTRY_WHITELIST_ENVS` and `GANTRY_MASK_ENVS`: variables of this environment
+    /// added to the runs' own.
+    pub passed_env: Vec<crate::passed_env::PassedVariable>,
     /// Where Prometheus scrapes `/metrics` over plain HTTP; none when unset.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Seal the sensitive outputs of stacks that share them and upload them, for the
@@ -113,6 +118,7 @@ impl LauncherConfig {
             })
             .transpose()?;
         Ok(Self {
+            passed_env: crate::passed_env::from_env(env)?,
             metrics_listen,
             sensitive_output_upload: options::boolean(env, SENSITIVE_OUTPUT_UPLOAD_ENABLED, false)?,
             pool_id,

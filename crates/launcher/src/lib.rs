@@ -12,7 +12,9 @@ mod handoff;
 mod launcher;
 mod local_api;
 mod logs;
+mod mask;
 mod metrics;
+pub mod passed_env;
 mod supervisor;
 mod workspace;
 

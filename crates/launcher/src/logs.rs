@@ -1,5 +1,5 @@
-//! The run log relay: text appended in order gets consecutive sequence numbers and is
-//! uploaded in batches by one task. A failed upload is retried with the same numbers, so
+//! The run log relay: text appended in order is masked (`GANTRY_MASK_ENVS`, secret stack
+//! variables), gets consecutive sequence numbers and is uploaded in batches by one task. A failed upload is retried with the same numbers, so
 //! the server (which skips chunks it has) ends up with every chunk exactly once.
 
 use std::collections::VecDeque;
@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, shown};
 use crate::client::AgentClient;
+use crate::mask::Masker;
 
 /// Chunks larger than this are split: keeps each request well under the server's limit.
 const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -21,6 +22,7 @@ const MAX_BATCH_CHUNKS: usize = 256;
 
 #[derive(Debug)]
 struct Buffer {
+    masker: Masker,
     next_seq: u64,
     pending: VecDeque<LogUpload>,
     last_activity: Instant,
@@ -43,14 +45,17 @@ pub(crate) struct LogRelay {
 }
 
 impl LogRelay {
-    /// Starts relaying a run's log whose next chunk is `first_seq`.
+    /// Starts relaying a run's log whose next chunk is `first_seq`; nothing `masker`
+    /// masks is uploaded.
     pub(crate) fn start(
         client: Arc<AgentClient>,
         run_id: RunId,
         first_seq: u64,
+        masker: Masker,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer {
+                masker,
                 next_seq: first_seq,
                 pending: VecDeque::new(),
                 last_activity: Instant::now(),
@@ -74,11 +79,8 @@ impl LogRelay {
         }
         let mut buffer = self.buffer();
         buffer.last_activity = Instant::now();
-        for piece in split_at_char_boundaries(text, MAX_CHUNK_BYTES) {
-            let seq = buffer.next_seq;
-            buffer.next_seq += 1;
-            buffer.pending.push_back(LogUpload { seq, text: piece.to_owned() });
-        }
+        let masked = buffer.masker.push(text);
+        buffer.enqueue(&masked);
         drop(buffer);
         self.shared.wake.notify_one();
     }
@@ -88,9 +90,17 @@ impl LogRelay {
         self.buffer().last_activity
     }
 
-    /// Waits until everything appended so far is on the server.
+    /// Waits until everything appended so far is on the server. Text held back in case
+    /// it begins a masked value goes too: a report or the end of the run comes next, and
+    /// no value spans those.
     pub(crate) async fn flush(&self) {
-        let target = self.buffer().next_seq;
+        let target = {
+            let mut buffer = self.buffer();
+            let held = buffer.masker.finish();
+            buffer.enqueue(&held);
+            buffer.next_seq
+        };
+        self.shared.wake.notify_one();
         let mut uploaded = self.shared.uploaded.subscribe();
         tokio::select! {
             _ = uploaded.wait_for(|&next| next >= target) => {}
@@ -103,6 +113,19 @@ impl LogRelay {
         self.flush().await;
         self.shared.abandoned.cancel();
         let _ = task.await;
+    }
+}
+
+impl Buffer {
+    fn enqueue(&mut self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        for piece in split_at_char_boundaries(text, MAX_CHUNK_BYTES) {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.pending.push_back(LogUpload { seq, text: piece.to_owned() });
+        }
     }
 }
 

@@ -21,7 +21,9 @@ use crate::executor::{Executor, RunningWorker, WorkerExit, WorkerLaunch};
 use crate::handoff;
 use crate::local_api::{self, Conclusion, ManagedState, RunEndpoint, SensitiveOutputsUpload};
 use crate::logs::LogRelay;
+use crate::mask::Masker;
 use crate::metrics::{LauncherMetrics, Stage};
+use crate::passed_env;
 use crate::workspace;
 
 /// How long a stopped worker may take to exit before it is killed.
@@ -83,8 +85,12 @@ pub(crate) async fn supervise(
     }
     tracing::info!(run = %run_id, job = ?assignment.job, stack = %assignment.stack.name, "run started");
     let _in_progress = context.metrics.run_started();
-    let (logs, upload_task) =
-        LogRelay::start(Arc::clone(&context.client), run_id, assignment.log_next_seq);
+    let (logs, upload_task) = LogRelay::start(
+        Arc::clone(&context.client),
+        run_id,
+        assignment.log_next_seq,
+        masker(&context.config, &assignment),
+    );
     let workspace = context.workspace(run_id);
     // The run timeout counts from the acknowledgement: a checkout that hangs on an
     // unresponsive git host is part of the run.
@@ -242,6 +248,7 @@ async fn prepare(
             .map(|variable| (variable.name.clone(), variable.value.clone().unwrap_or_default()))
             .chain(assignment.inputs.iter().cloned())
             .chain(sealed_inputs)
+            .chain(passed_env::for_run(&context.config.passed_env, assignment.run_type))
             .collect(),
         plan_file: PLAN_FILE.to_owned(),
         command: assignment.command.clone(),
@@ -250,6 +257,18 @@ async fn prepare(
         debug: context.config.debug,
     };
     Ok(Prepared { job, managed_state })
+}
+
+/// What the run's log must never show: the values of `GANTRY_MASK_ENVS` and the stack's
+/// secret variables.
+fn masker(config: &LauncherConfig, assignment: &Assignment) -> Masker {
+    let masked = config.passed_env.iter().filter(|variable| variable.masked);
+    let secrets = assignment.stack.environment.iter().filter(|variable| variable.secret);
+    Masker::new(
+        masked
+            .map(|variable| variable.value.as_str())
+            .chain(secrets.filter_map(|variable| variable.value.as_deref())),
+    )
 }
 
 async fn execute(

@@ -4,6 +4,7 @@
 //! --bins` first (the README's test command does).
 
 mod harness;
+mod launcher_options;
 mod scheduling;
 
 use std::time::Duration;

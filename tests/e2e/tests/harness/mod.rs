@@ -525,9 +525,19 @@ impl Launcher {
     }
 
     /// Runs a launcher expected to stop by itself quickly.
-    pub(crate) fn run_to_exit(_cluster: &Cluster, token: &str, key: &str) -> Exited {
+    pub(crate) fn run_to_exit(cluster: &Cluster, token: &str, key: &str) -> Exited {
+        Self::run_to_exit_with(cluster, token, key, &[])
+    }
+
+    /// [`Self::run_to_exit`] with extra settings.
+    pub(crate) fn run_to_exit_with(
+        _cluster: &Cluster,
+        token: &str,
+        key: &str,
+        extra: &[(&str, &str)],
+    ) -> Exited {
         let work = tempfile::tempdir().unwrap();
-        let mut launcher = Self::spawn_for(token, key, work.path(), &[]);
+        let mut launcher = Self::spawn_for(token, key, work.path(), extra);
         let status = wait_with_timeout(&mut launcher.child, Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(100));
         Exited { status, stderr: launcher.stderr.text() }

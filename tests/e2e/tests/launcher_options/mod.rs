@@ -1,0 +1,105 @@
+//! End-to-end tests of launcher options: variables passed from the launcher's
+//! environment, and values masked in run logs.
+
+use base64::Engine;
+use gantry_testkit::GitRepository;
+
+use crate::harness::{Cluster, Launcher};
+
+/// Plans show both variables among the outputs to add.
+const VARIABLES_CONFIG: &str = r#"
+terraform {
+  backend "local" {}
+}
+
+variable "reader" {
+  default = "absent"
+}
+
+variable "writer" {
+  default = "absent"
+}
+
+output "reader" {
+  value = var.reader
+}
+
+output "writer" {
+  value = var.writer
+}
+"#;
+
+const SECRET: &str = "s3cret-Marker-4711";
+
+#[test]
+fn passed_variables_reach_only_their_runs_and_masked_values_never_reach_the_server() {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let pool = cluster.private_pool(work.path(), "p");
+    let _launcher = Launcher::of(
+        &cluster,
+        &pool,
+        &[
+            ("GANTRY_WHITELIST_ENVS", "ro_TF_VAR_reader, wo_TF_VAR_writer"),
+            ("TF_VAR_reader", "seen-by-proposed-runs"),
+            ("TF_VAR_writer", "seen-by-write-runs"),
+            ("GANTRY_MASK_ENVS", "DEPLOY_TOKEN"),
+            ("DEPLOY_TOKEN", SECRET),
+        ],
+    );
+    let repository =
+        GitRepository::create(&work.path().join("repo"), &[("infra/main.tf", VARIABLES_CONFIG)]);
+    cluster.gantry.create_stack("app", &repository, "p", &work.path().join("state.tfstate"), &[]);
+
+    // A proposed run reads: it gets the ro_ variable, not the wo_ one.
+    let proposed = cluster.gantry.trigger("app", &["--proposed"]);
+    let proposed = cluster.gantry.wait_for_state(&proposed, &["FINISHED", "FAILED"]);
+    assert_eq!(proposed["state"], "FINISHED", "{proposed}");
+    let log = cluster.gantry.log(&proposed);
+    assert!(log.contains(r#"reader = "seen-by-proposed-runs""#), "{log}");
+    assert!(log.contains(r#"writer = "absent""#), "{log}");
+
+    // A task writes: the wo_ variable, not the ro_ one; the masked one in every form,
+    // printed whole, in base64, and in two halves a moment apart.
+    let command = r#"echo "reader=${TF_VAR_reader:-absent} writer=${TF_VAR_writer:-absent}"
+echo "token=$DEPLOY_TOKEN"
+printf %s "$DEPLOY_TOKEN" | base64
+printf 'halves=%s' "$(printf %s "$DEPLOY_TOKEN" | head -c 7)"
+sleep 0.5
+printf '%s\n' "$(printf %s "$DEPLOY_TOKEN" | tail -c +8)"
+echo done"#;
+    let task = cluster.gantry.json(&["run", "task", "app", "--", command]);
+    let task = cluster.gantry.wait_for_state(&task, &["FINISHED", "FAILED"]);
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    let log = cluster.gantry.log(&task);
+    assert!(log.contains("reader=absent writer=seen-by-write-runs"), "{log}");
+    assert!(log.contains("token=***"), "{log}");
+    assert!(log.contains("halves=***"), "{log}");
+    assert!(log.contains("done"), "{log}");
+    let encoded = base64::engine::general_purpose::STANDARD.encode(SECRET);
+    for form in [SECRET, encoded.as_str(), &SECRET[..7], &SECRET[7..]] {
+        assert!(!log.contains(form), "{form:?} in the log:\n{log}");
+    }
+    cluster.server.assert_nothing_contains(SECRET);
+}
+
+#[test]
+fn a_launcher_refuses_a_variable_list_naming_an_unset_variable() {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let pool = cluster.private_pool(work.path(), "p");
+    let exited = Launcher::run_to_exit_with(
+        &cluster,
+        &pool.token,
+        &pool.key,
+        &[("GANTRY_WHITELIST_ENVS", "wo_NOT_SET_ANYWHERE")],
+    );
+    assert!(matches!(exited.status, Some(code) if code != 0), "{:?}", exited.status);
+    assert!(
+        exited.stderr.contains(
+            "GANTRY_WHITELIST_ENVS: names NOT_SET_ANYWHERE, which is not set in the launcher's environment"
+        ),
+        "{}",
+        exited.stderr
+    );
+}
