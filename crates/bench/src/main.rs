@@ -50,8 +50,9 @@ enum Benchmark {
         /// Stacks the runs are spread over
         #[arg(long, default_value_t = 10)]
         stacks: usize,
-        /// Concurrent tasks triggering runs in the throughput phase
-        #[arg(long, default_value_t = 8)]
+        /// Concurrent tasks triggering runs in the throughput phase: enough to find the
+        /// server's capacity, as triggers from many users and webhooks would
+        #[arg(long, default_value_t = 32)]
         triggering_tasks: usize,
         /// Keep the server's data directory and log (set GANTRY_LOG for its log filter)
         #[arg(long)]

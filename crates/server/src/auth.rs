@@ -51,22 +51,6 @@ pub(crate) struct AgentSession {
     pub pool_cycle_requested_at: Option<gantry_domain::Timestamp>,
 }
 
-impl AgentSession {
-    /// Whether the run is handed to one of this launcher's workers.
-    pub(crate) async fn executes(
-        &self,
-        state: &AppState,
-        run: &gantry_store::RunRecord,
-    ) -> Result<bool, ApiError> {
-        let Some(worker_id) = run.worker_id else { return Ok(false) };
-        Ok(state
-            .store
-            .get_worker(worker_id)
-            .await?
-            .is_some_and(|worker| worker.launcher_id == self.launcher_id))
-    }
-}
-
 impl FromRequestParts<AppState> for AgentSession {
     type Rejection = ApiError;
 

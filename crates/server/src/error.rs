@@ -74,7 +74,9 @@ impl ApiError {
                 StoreError::Database(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
                 StoreError::InvalidKey(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
                 StoreError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-                StoreError::Blob(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                StoreError::Blob(_) | StoreError::Durability(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+                }
                 StoreError::Migration(_) | StoreError::Corrupt(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }

@@ -156,10 +156,7 @@ async fn commit(state: &AppState, change: RunChange) -> Result<RunRecord, ApiErr
             }
         });
     }
-    // A promotion (QUEUED → READY) is made by the scheduling pass that assigns the run in
-    // the same breath: asking for another pass would only repeat it.
-    let promoted = change.from == RunState::Queued;
-    if change.release_worker || change.to.is_terminal() || (change.to.wants_worker() && !promoted) {
+    if change.release_worker || change.to.is_terminal() || change.to.wants_worker() {
         state.events.request_scheduling();
     }
     Ok(updated)

@@ -1,6 +1,7 @@
 //! The scheduling loop: on every wake-up it takes a snapshot of the world, asks the pure
-//! scheduler what to do, and commits each promotion and assignment atomically (an
-//! assignment that lost a race is simply dropped and retried on the next pass).
+//! scheduler what to do, and commits the promotions and the assignments, each batch in
+//! one transaction (an assignment that lost a race is dropped and retried on the next
+//! pass).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -9,11 +10,10 @@ use gantry_domain::dependencies::DependencyGraph;
 use gantry_domain::scheduler::{
     self, Decision, PoolWorkers, RunSnapshot, WaitReason, WorkerAvailability,
 };
-use gantry_domain::{LauncherId, RunEvent, RunId, WorkerId};
+use gantry_domain::{LauncherId, RunId, RunState, WorkerId};
 use gantry_store::RunRecord;
 
 use crate::error::ApiError;
-use crate::lifecycle;
 use crate::state::{AppState, now};
 
 /// A pass also runs this often without a wake-up: a safety net, not the dispatch path.
@@ -35,39 +35,54 @@ pub(crate) async fn run_scheduler(state: AppState) {
 /// One scheduling pass.
 pub(crate) async fn schedule_once(state: &AppState) -> Result<(), ApiError> {
     let requested_at = state.events.take_scheduling_request();
-    let Pass { runs, decision, launchers } = pass(state).await?;
+    let started = std::time::Instant::now();
+    let Pass { decision, launchers } = pass(state).await?;
+    let decided = started.elapsed();
     state
         .waiting
         .replace(decision.waiting.iter().map(|waiting| (waiting.run_id, waiting.reason)).collect());
-    let by_id: HashMap<RunId, &RunRecord> = runs.iter().map(|run| (run.id, run)).collect();
-    for run_id in &decision.promotions {
-        if let Some(run) = by_id.get(run_id) {
-            match lifecycle::apply(state, run, &RunEvent::Promote, lifecycle::Details::default())
-                .await
-            {
-                Ok(_) => {}
-                Err(error) if lifecycle::lost_race(&error) => {}
-                Err(error) => return Err(error),
-            }
+    // Promotions and assignments are each one transaction: a pass waits for the disk
+    // twice, however many runs it moves.
+    if !decision.promotions.is_empty() {
+        for run in state.store.promote_runs(&decision.promotions, now()).await? {
+            tracing::info!(run = %run.id, from = %RunState::Queued, to = %run.state, "run state changed");
+            state.events.run_changed(run.id);
         }
     }
-    for assignment in &decision.assignments {
-        if state.store.assign_run(assignment.run_id, assignment.worker_id, now()).await? {
-            tracing::info!(run = %assignment.run_id, worker = %assignment.worker_id, "run assigned");
-            state.dispatch_metrics.assigned(assignment.run_id, requested_at);
-            state.events.run_changed(assignment.run_id);
-            if let Some(launcher_id) = launchers.get(&assignment.worker_id) {
+    if !decision.assignments.is_empty() {
+        let pairs: Vec<(RunId, WorkerId)> = decision
+            .assignments
+            .iter()
+            .map(|assignment| (assignment.run_id, assignment.worker_id))
+            .collect();
+        let made = state.store.assign_runs(&pairs, now()).await?;
+        for ((run_id, worker_id), made) in pairs.into_iter().zip(made) {
+            if !made {
+                // Lost a race (the run was stopped, the worker drained): the next pass
+                // decides again.
+                continue;
+            }
+            tracing::info!(run = %run_id, worker = %worker_id, "run assigned");
+            state.dispatch_metrics.assigned(run_id, requested_at);
+            state.events.run_changed(run_id);
+            if let Some(launcher_id) = launchers.get(&worker_id) {
                 state.events.wake_launcher(*launcher_id);
             }
         }
     }
+    tracing::debug!(
+        promoted = decision.promotions.len(),
+        assigned = decision.assignments.len(),
+        waiting = decision.waiting.len(),
+        decided_ms = decided.as_secs_f64() * 1000.0,
+        total_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "scheduling pass"
+    );
     Ok(())
 }
 
 /// What a scheduling pass decides over the world as it is now.
 pub(crate) struct Pass {
-    /// Every run that has not ended.
-    pub(crate) runs: Vec<RunRecord>,
     pub(crate) decision: Decision,
     /// The launcher of each worker the decision hands a run to.
     launchers: HashMap<WorkerId, LauncherId>,
@@ -102,7 +117,7 @@ pub(crate) async fn pass(state: &AppState) -> Result<Pass, ApiError> {
     }
     let graph = dependency_graph(state).await?;
     let decision = scheduler::schedule(&snapshots, &workers, &graph);
-    Ok(Pass { runs, decision, launchers })
+    Ok(Pass { decision, launchers })
 }
 
 /// The dependency graph of all stacks.

@@ -253,6 +253,24 @@ impl RunViews {
     }
 }
 
+/// The view of a run just queued: its history is its first state and it has no outputs,
+/// so only its pool's name is read.
+pub(crate) async fn queued_run(
+    state: &AppState,
+    record: &RunRecord,
+    stack: StackRecord,
+) -> Result<api::Run, ApiError> {
+    let pool = state.store.get_pool(record.pool_id).await?;
+    let views = RunViews {
+        stacks: HashMap::from([(stack.id, stack)]),
+        pools: pool.into_iter().map(|pool| (pool.id, pool.name)).collect(),
+        waiting: Vec::new(),
+        reasons: HashMap::new(),
+    };
+    let first = StateChangeRecord { state: record.state, at: record.created_at };
+    Ok(views.assemble(record, &[first], &[]))
+}
+
 /// One run's full view.
 pub(crate) async fn run(state: &AppState, record: &RunRecord) -> Result<api::Run, ApiError> {
     RunViews::load_for(state, record).await?.run(state, record).await

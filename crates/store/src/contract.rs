@@ -31,6 +31,7 @@ macro_rules! store_contract_tests {
             run_changes_are_compare_and_set,
             releasing_a_worker_clears_both_sides,
             assignment_is_all_or_nothing,
+            a_pass_promotes_and_assigns_in_batches,
             concurrent_assignments_give_a_worker_one_run,
             runs_are_listed_newest_first_and_active_oldest_first,
             log_uploads_are_ordered_and_idempotent,
@@ -365,6 +366,46 @@ pub async fn assignment_is_all_or_nothing<S: Store>(store: Arc<S>) {
     assert_eq!(store.get_worker(idle.id).await.unwrap().unwrap().current_run_id, Some(second.id));
 }
 
+pub async fn a_pass_promotes_and_assigns_in_batches<S: Store>(store: Arc<S>) {
+    let (pool, stack, worker) = world(&*store).await;
+    let other =
+        store.register_worker(&worker_record(pool.id, LauncherId::generate())).await.unwrap();
+    let first = run_record(&stack, RunState::Queued, 5);
+    let second = run_record(&stack, RunState::Queued, 6);
+    let ready = run_record(&stack, RunState::Ready, 7);
+    for run in [&first, &second, &ready] {
+        store.insert_run(run).await.unwrap();
+    }
+    let promoted =
+        store.promote_runs(&[first.id, ready.id, second.id, RunId::generate()], at(8)).await;
+    let promoted = promoted.unwrap();
+    assert_eq!(promoted.iter().map(|run| run.id).collect::<Vec<_>>(), [first.id, second.id]);
+    assert!(promoted.iter().all(|run| run.state == RunState::Ready && run.updated_at == at(8)));
+    let history: Vec<_> =
+        store.run_history(first.id).await.unwrap().into_iter().map(|c| (c.state, c.at)).collect();
+    assert_eq!(history, [(RunState::Queued, at(5)), (RunState::Ready, at(8))]);
+    assert!(store.promote_runs(&[first.id], at(9)).await.unwrap().is_empty(), "promoted once");
+
+    let made = store
+        .assign_runs(&[(first.id, worker.id), (second.id, worker.id), (ready.id, other.id)], at(9))
+        .await
+        .unwrap();
+    assert_eq!(made, [true, false, true], "a worker offered again is refused");
+    assert_eq!(store.get_run(second.id).await.unwrap().unwrap().worker_id, None);
+    assert_eq!(store.get_worker(worker.id).await.unwrap().unwrap().current_run_id, Some(first.id));
+    assert_eq!(store.get_worker(other.id).await.unwrap().unwrap().current_run_id, Some(ready.id));
+    let third = run_record(&stack, RunState::Ready, 10);
+    store.insert_run(&third).await.unwrap();
+    let spare =
+        store.register_worker(&worker_record(pool.id, LauncherId::generate())).await.unwrap();
+    let made =
+        store.assign_runs(&[(third.id, worker.id), (third.id, spare.id)], at(10)).await.unwrap();
+    assert_eq!(made, [false, false], "the busy worker refuses; a run offered again is refused");
+    let again = store.assign_runs(&[(first.id, other.id)], at(10)).await.unwrap();
+    assert_eq!(again, [false]);
+    assert_eq!(store.get_worker(other.id).await.unwrap().unwrap().current_run_id, Some(ready.id));
+}
+
 pub async fn concurrent_assignments_give_a_worker_one_run<S: Store>(store: Arc<S>) {
     let (_, stack, worker) = world(&*store).await;
     let mut runs = Vec::new();
@@ -682,6 +723,13 @@ pub async fn workers_are_counted_and_idle_ones_listed_oldest_first<S: Store>(sto
         WorkerCountsRecord { pool_id: other_pool.id, connected: 1, busy: 0, drained: 0 }
     );
     assert_eq!(counts.len(), 2);
+
+    let (found, held_by) = store.get_run_with_launcher(run.id).await.unwrap().unwrap();
+    assert_eq!((found.id, held_by), (run.id, Some(launcher)));
+    let idle_run = run_record(&stack, RunState::Ready, 12);
+    store.insert_run(&idle_run).await.unwrap();
+    assert_eq!(store.get_run_with_launcher(idle_run.id).await.unwrap().unwrap().1, None);
+    assert!(store.get_run_with_launcher(RunId::generate()).await.unwrap().is_none());
 
     let held = store.launcher_runs(launcher, pool.id).await.unwrap();
     assert_eq!(held.iter().map(|run| run.id).collect::<Vec<_>>(), [run.id]);

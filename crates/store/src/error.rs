@@ -19,6 +19,9 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("stored data does not parse ({0}): the database was changed outside Gantry")]
     Corrupt(String),
+    /// The write was made but could not be synced to disk: it may not survive a crash.
+    #[error("cannot make the write durable: {0}")]
+    Durability(String),
     #[error("{0:?} is not a valid blob key")]
     InvalidKey(String),
     #[error("the blob is larger than the limit of {limit} bytes")]

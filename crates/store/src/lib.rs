@@ -7,6 +7,7 @@
 
 mod blobs;
 mod error;
+mod group_commit;
 mod records;
 mod sqlite;
 mod store;

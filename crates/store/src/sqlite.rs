@@ -6,12 +6,11 @@ use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gantry_domain::{
-    EnvironmentVariable, LauncherId, PoolId, RunId, RunState, StackId, Timestamp, WorkerId,
-};
+use gantry_domain::{EnvironmentVariable, LauncherId, PoolId, RunId, StackId, Timestamp, WorkerId};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -19,6 +18,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
+use crate::group_commit::GroupCommit;
 use crate::store::Result;
 use crate::{
     ApiKeyRecord, BlobRecord, DependencyRecord, FoundSession, LogChunkRecord, OutputRecord,
@@ -33,6 +33,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    group_commit: Arc<GroupCommit>,
 }
 
 /// How output references are kept in `stack_dependencies.output_references`.
@@ -64,7 +65,7 @@ impl SqliteStore {
         let filter = format!("FROM workers WHERE {column} = $1 ORDER BY created_at, id");
         let rows =
             sqlx::query(select(WORKER_COLUMNS, &filter)).bind(value).fetch_all(&mut *tx).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         rows.iter().map(worker_from_row).collect()
     }
     /// Runs `sql` (which sets something on the run with id `$1` at time `$2`) and returns
@@ -85,7 +86,7 @@ impl SqliteStore {
             .bind(id.to_string())
             .fetch_one(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         run_from_row(&row)
     }
 
@@ -95,23 +96,55 @@ impl SqliteStore {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a committed log chunk or state change survives a power loss too.
-            .synchronous(SqliteSynchronous::Full)
+            // NORMAL: commits do not sync the WAL themselves; every write then waits for
+            // a group sync, so a committed log chunk or state change survives a power loss
+            // as it would with FULL.
+            .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let writer =
-            SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        // No ping before each use: an in-process SQLite connection does not go stale, and
+        // the ping would double the round trips to the connection's thread.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_with(options.clone())
+            .await?;
         MIGRATOR.run(&writer).await?;
+        // The database and WAL files' names must survive a power loss too.
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(|error| {
+                StoreError::Durability(format!("cannot sync {}: {error}", dir.display()))
+            })?;
+        }
         let reader = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self { writer, reader, group_commit: Arc::new(GroupCommit::new(path)) })
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.writer.begin().await?)
     }
+
+    /// Commits, and returns once the transaction is on disk.
+    async fn commit(&self, tx: Transaction<'static, Sqlite>) -> Result<()> {
+        tx.commit().await?;
+        self.group_commit.durable().await
+    }
+
+    /// How many times the WAL was synced to disk: fewer than the transactions committed
+    /// when writers overlap.
+    pub fn wal_syncs(&self) -> u64 {
+        self.group_commit.syncs()
+    }
+}
+
+/// A list of ids as a JSON array, for `json_each`: one statement handles them all, so a
+/// batch holds the single writer connection for one round trip instead of one per id.
+fn id_list<T: Display>(ids: impl IntoIterator<Item = T>) -> String {
+    to_json(&ids.into_iter().map(|id| id.to_string()).collect::<Vec<_>>())
 }
 
 fn corrupt(column: &str, error: impl Display) -> StoreError {
@@ -301,24 +334,6 @@ fn select(columns: &str, rest: &str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(format!("SELECT {columns} {rest}"))
 }
 
-async fn insert_state(
-    tx: &mut Transaction<'static, Sqlite>,
-    run_id: RunId,
-    state: RunState,
-    at: Timestamp,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO run_states (run_id, seq, state, at)
-         SELECT $1, COALESCE(MAX(seq) + 1, 0), $2, $3 FROM run_states WHERE run_id = $1",
-    )
-    .bind(run_id.to_string())
-    .bind(state.as_str())
-    .bind(at.unix_millis())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn secret_or_insert(
@@ -341,7 +356,7 @@ impl Store for SqliteStore {
             .bind(name)
             .fetch_one(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(value)
     }
 
@@ -356,6 +371,7 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await
         .map_err(|e| already_exists("API key", &key.name, e))?;
+        self.group_commit.durable().await?;
         Ok(())
     }
 
@@ -401,6 +417,7 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await
         .map_err(|e| already_exists("pool", &pool.name, e))?;
+        self.group_commit.durable().await?;
         Ok(())
     }
 
@@ -442,6 +459,7 @@ impl Store for SqliteStore {
         .bind(session.expires_at.unix_millis())
         .execute(&self.writer)
         .await?;
+        self.group_commit.durable().await?;
         Ok(())
     }
 
@@ -477,6 +495,7 @@ impl Store for SqliteStore {
             .bind(token_hash)
             .execute(&self.writer)
             .await?;
+        self.group_commit.durable().await?;
         Ok(())
     }
 
@@ -485,6 +504,7 @@ impl Store for SqliteStore {
             .bind(now.unix_millis())
             .execute(&self.writer)
             .await?;
+        self.group_commit.durable().await?;
         Ok(done.rows_affected())
     }
 
@@ -539,7 +559,7 @@ impl Store for SqliteStore {
             .bind(worker.id.to_string())
             .fetch_one(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         worker_from_row(&row)
     }
 
@@ -645,35 +665,28 @@ impl Store for SqliteStore {
         worker_ids: &[WorkerId],
         now: Timestamp,
     ) -> Result<Vec<WorkerId>> {
-        let mut tx = self.begin().await?;
-        let mut unknown = Vec::new();
-        for worker_id in worker_ids {
-            let done = sqlx::query(
-                "UPDATE workers SET last_seen_at = $3 WHERE id = $1 AND launcher_id = $2",
-            )
-            .bind(worker_id.to_string())
-            .bind(launcher_id.to_string())
-            .bind(now.unix_millis())
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
-                unknown.push(*worker_id);
-            }
-        }
-        tx.commit().await?;
-        Ok(unknown)
+        let rows = sqlx::query(
+            "UPDATE workers SET last_seen_at = $3
+             WHERE launcher_id = $2 AND id IN (SELECT value FROM json_each($1))
+             RETURNING id",
+        )
+        .bind(id_list(worker_ids))
+        .bind(launcher_id.to_string())
+        .bind(now.unix_millis())
+        .fetch_all(&self.writer)
+        .await?;
+        self.group_commit.durable().await?;
+        let touched: Vec<WorkerId> =
+            rows.iter().map(|row| parsed(row, "id")).collect::<Result<_>>()?;
+        Ok(worker_ids.iter().filter(|id| !touched.contains(id)).copied().collect())
     }
 
     async fn delete_workers(&self, worker_ids: &[WorkerId]) -> Result<()> {
-        let mut tx = self.begin().await?;
-        for worker_id in worker_ids {
-            sqlx::query("DELETE FROM workers WHERE id = $1")
-                .bind(worker_id.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        sqlx::query("DELETE FROM workers WHERE id IN (SELECT value FROM json_each($1))")
+            .bind(id_list(worker_ids))
+            .execute(&self.writer)
+            .await?;
+        self.group_commit.durable().await
     }
 
     async fn insert_stack(&self, stack: &StackRecord) -> Result<()> {
@@ -708,6 +721,7 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await
         .map_err(|e| already_exists("stack", &stack.name, e))?;
+        self.group_commit.durable().await?;
         Ok(())
     }
 
@@ -735,7 +749,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_run(&self, run: &RunRecord) -> Result<()> {
-        let mut tx = self.begin().await?;
+        // One statement: the `runs_history_on_insert` trigger records the first state.
         sqlx::query(
             "INSERT INTO runs (id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, prioritized, has_changes, failure, triggered_by, command, stop_requested_at, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
@@ -758,11 +772,9 @@ impl Store for SqliteStore {
         .bind(run.stop_requested_at.map(Timestamp::unix_millis))
         .bind(run.created_at.unix_millis())
         .bind(run.updated_at.unix_millis())
-        .execute(&mut *tx)
+        .execute(&self.writer)
         .await?;
-        insert_state(&mut tx, run.id, run.state, run.created_at).await?;
-        tx.commit().await?;
-        Ok(())
+        self.group_commit.durable().await
     }
 
     async fn get_run(&self, id: RunId) -> Result<Option<RunRecord>> {
@@ -771,6 +783,23 @@ impl Store for SqliteStore {
             .fetch_optional(&self.reader)
             .await?;
         row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn get_run_with_launcher(
+        &self,
+        id: RunId,
+    ) -> Result<Option<(RunRecord, Option<LauncherId>)>> {
+        let columns: Vec<String> =
+            RUN_COLUMNS.split(", ").map(|column| format!("r.{column}")).collect();
+        let row = sqlx::query(select(
+            &format!("{}, w.launcher_id AS worker_launcher_id", columns.join(", ")),
+            "FROM runs r LEFT JOIN workers w ON w.id = r.worker_id WHERE r.id = $1",
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|row| Ok((run_from_row(&row)?, optional_parsed(&row, "worker_launcher_id")?)))
+            .transpose()
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
@@ -823,8 +852,8 @@ impl Store for SqliteStore {
     }
 
     async fn change_run(&self, change: &RunChange) -> Result<RunRecord> {
-        let mut tx = self.begin().await?;
-        // Compare and set in one statement; the error path looks at what is there.
+        // Compare and set in one statement: the `runs_history_on_change` trigger records
+        // the new state and `runs_release_worker` frees the worker, atomically with it.
         let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE runs SET state = $3, updated_at = $4,
                  worker_id = CASE WHEN $5 = 1 THEN NULL ELSE worker_id END,
@@ -840,12 +869,12 @@ impl Store for SqliteStore {
         .bind(i64::from(change.release_worker))
         .bind(&change.failure)
         .bind(change.has_changes.map(i64::from))
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&self.writer)
         .await?;
         let Some(row) = updated else {
             let found: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1")
                 .bind(change.run_id.to_string())
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&self.writer)
                 .await?;
             let found = found.ok_or_else(|| StoreError::NotFound {
                 kind: "run",
@@ -857,16 +886,7 @@ impl Store for SqliteStore {
                 found: found.parse().map_err(|error| corrupt("runs.state", error))?,
             });
         };
-        if change.release_worker {
-            sqlx::query("UPDATE workers SET current_run_id = NULL WHERE current_run_id = $1")
-                .bind(change.run_id.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        if change.to != change.from {
-            insert_state(&mut tx, change.run_id, change.to, change.at).await?;
-        }
-        tx.commit().await?;
+        self.group_commit.durable().await?;
         run_from_row(&row)
     }
 
@@ -877,35 +897,99 @@ impl Store for SqliteStore {
             .bind(message)
             .execute(&self.writer)
             .await?;
+        self.group_commit.durable().await?;
         Ok(())
     }
 
-    async fn assign_run(&self, run_id: RunId, worker_id: WorkerId, now: Timestamp) -> Result<bool> {
+    async fn assign_runs(
+        &self,
+        assignments: &[(RunId, WorkerId)],
+        now: Timestamp,
+    ) -> Result<Vec<bool>> {
+        // A run or a worker offered again within the batch is refused there.
+        let mut seen_runs = std::collections::HashSet::new();
+        let mut seen_workers = std::collections::HashSet::new();
+        let offered: Vec<bool> = assignments
+            .iter()
+            .map(|(run_id, worker_id)| {
+                let fresh = !seen_runs.contains(run_id) && !seen_workers.contains(worker_id);
+                if fresh {
+                    seen_runs.insert(*run_id);
+                    seen_workers.insert(*worker_id);
+                }
+                fresh
+            })
+            .collect();
+        let pairs: Vec<[String; 2]> = assignments
+            .iter()
+            .zip(&offered)
+            .filter(|(_, offered)| **offered)
+            .map(|((run_id, worker_id), _)| [run_id.to_string(), worker_id.to_string()])
+            .collect();
         let mut tx = self.begin().await?;
-        let run = sqlx::query(
-            "UPDATE runs SET worker_id = $2, updated_at = $3
-             WHERE id = $1 AND worker_id IS NULL AND state IN ('READY', 'CONFIRMED')",
+        // Each worker that is idle, undrained and offered a run waiting for one takes it;
+        // then each run taken points at its worker. Two statements for the whole batch.
+        let taken = sqlx::query(
+            "WITH offered (run_id, worker_id) AS (
+                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
+                 FROM json_each($1)
+             )
+             UPDATE workers SET current_run_id = offered.run_id
+             FROM offered
+             WHERE workers.id = offered.worker_id
+               AND workers.current_run_id IS NULL AND workers.drained = 0
+               AND EXISTS (SELECT 1 FROM runs WHERE runs.id = offered.run_id
+                           AND runs.worker_id IS NULL AND runs.state IN ('READY', 'CONFIRMED'))
+             RETURNING workers.current_run_id AS run_id",
         )
-        .bind(run_id.to_string())
-        .bind(worker_id.to_string())
+        .bind(to_json(&pairs))
+        .fetch_all(&mut *tx)
+        .await?;
+        let taken: Vec<RunId> =
+            taken.iter().map(|row| parsed(row, "run_id")).collect::<Result<_>>()?;
+        if taken.is_empty() {
+            tx.rollback().await?;
+            return Ok(vec![false; assignments.len()]);
+        }
+        sqlx::query(
+            "UPDATE runs SET worker_id = workers.id, updated_at = $2
+             FROM workers
+             WHERE workers.current_run_id = runs.id
+               AND runs.id IN (SELECT value FROM json_each($1))",
+        )
+        .bind(id_list(&taken))
         .bind(now.unix_millis())
         .execute(&mut *tx)
         .await?;
-        let worker = sqlx::query(
-            "UPDATE workers SET current_run_id = $2
-             WHERE id = $1 AND current_run_id IS NULL AND drained = 0",
-        )
-        .bind(worker_id.to_string())
-        .bind(run_id.to_string())
-        .execute(&mut *tx)
+        self.commit(tx).await?;
+        Ok(assignments
+            .iter()
+            .zip(&offered)
+            .map(|((run_id, _), offered)| *offered && taken.contains(run_id))
+            .collect())
+    }
+
+    async fn promote_runs(&self, run_ids: &[RunId], at: Timestamp) -> Result<Vec<RunRecord>> {
+        // The `runs_history_on_change` trigger records READY for each.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE runs SET state = 'READY', updated_at = $2
+             WHERE state = 'QUEUED' AND id IN (SELECT value FROM json_each($1))
+             RETURNING {RUN_COLUMNS}"
+        )))
+        .bind(id_list(run_ids))
+        .bind(at.unix_millis())
+        .fetch_all(&self.writer)
         .await?;
-        if run.rows_affected() == 1 && worker.rows_affected() == 1 {
-            tx.commit().await?;
-            Ok(true)
-        } else {
-            tx.rollback().await?;
-            Ok(false)
+        if rows.is_empty() {
+            return Ok(Vec::new());
         }
+        self.group_commit.durable().await?;
+        let promoted: Vec<RunRecord> = rows.iter().map(run_from_row).collect::<Result<_>>()?;
+        // In the order asked for, as the scheduler decided them.
+        Ok(run_ids
+            .iter()
+            .filter_map(|id| promoted.iter().find(|run| run.id == *id).cloned())
+            .collect())
     }
 
     async fn append_logs(
@@ -922,6 +1006,7 @@ impl Store for SqliteStore {
                 .await?;
         let mut next = next as u64;
         let mut gap = None;
+        let mut fresh: Vec<(u64, &str)> = Vec::new();
         for (seq, text) in chunks {
             if *seq < next {
                 continue;
@@ -930,16 +1015,25 @@ impl Store for SqliteStore {
                 gap = Some(*seq);
                 break;
             }
-            sqlx::query("INSERT INTO run_logs (run_id, seq, text, at) VALUES ($1, $2, $3, $4)")
-                .bind(run_id.to_string())
-                .bind(*seq as i64)
-                .bind(text)
-                .bind(now.unix_millis())
-                .execute(&mut *tx)
-                .await?;
+            fresh.push((*seq, text));
             next += 1;
         }
-        tx.commit().await?;
+        if fresh.is_empty() {
+            tx.rollback().await?;
+        } else {
+            // One statement for the whole batch: the writer is held for one round trip.
+            sqlx::query(
+                "INSERT INTO run_logs (run_id, seq, text, at)
+                 SELECT $1, json_extract(value, '$[0]'), json_extract(value, '$[1]'), $2
+                 FROM json_each($3)",
+            )
+            .bind(run_id.to_string())
+            .bind(now.unix_millis())
+            .bind(to_json(&fresh))
+            .execute(&mut *tx)
+            .await?;
+            self.commit(tx).await?;
+        }
         match gap {
             Some(received) => Err(StoreError::LogGap { expected: next, received }),
             None => Ok(next),
@@ -996,7 +1090,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -1049,7 +1143,7 @@ impl Store for SqliteStore {
             .bind(pool_id.to_string())
             .fetch_one(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         pool_from_row(&row)
     }
 
@@ -1067,6 +1161,7 @@ impl Store for SqliteStore {
         .bind(blob.created_at.unix_millis())
         .execute(&self.writer)
         .await?;
+        self.group_commit.durable().await?;
         Ok(())
     }
 
@@ -1105,7 +1200,7 @@ impl Store for SqliteStore {
         .bind(blob.created_at.unix_millis())
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(StateVersionRecord { stack_id, seq: seq as u64, run_id, blob: blob.clone() })
     }
 
@@ -1144,7 +1239,7 @@ impl Store for SqliteStore {
             .bind(pool_id.to_string())
             .fetch_one(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         pool_from_row(&row)
     }
 
@@ -1199,6 +1294,7 @@ impl Store for SqliteStore {
         .bind(dependency.created_at.unix_millis())
         .execute(&self.writer)
         .await?;
+        self.group_commit.durable().await?;
         Ok(())
     }
 
@@ -1208,6 +1304,7 @@ impl Store for SqliteStore {
             .bind(upstream.to_string())
             .execute(&self.writer)
             .await?;
+        self.group_commit.durable().await?;
         Ok(done.rows_affected() > 0)
     }
 

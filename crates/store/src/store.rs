@@ -100,6 +100,12 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts the run and its first state.
     async fn insert_run(&self, run: &RunRecord) -> Result<()>;
     async fn get_run(&self, id: RunId) -> Result<Option<RunRecord>>;
+    /// The run, with the launcher of the worker it is handed to (if any): what a launcher
+    /// may say about a run is decided from both.
+    async fn get_run_with_launcher(
+        &self,
+        id: RunId,
+    ) -> Result<Option<(RunRecord, Option<LauncherId>)>>;
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
     /// Every run that has not ended, oldest first.
     async fn active_runs(&self) -> Result<Vec<RunRecord>>;
@@ -113,7 +119,22 @@ pub trait Store: Send + Sync + 'static {
     async fn request_run_stop(&self, id: RunId, at: Timestamp) -> Result<RunRecord>;
     /// Hands a run waiting for a worker to an idle, undrained worker: both or neither.
     /// Returns whether it happened.
-    async fn assign_run(&self, run_id: RunId, worker_id: WorkerId, now: Timestamp) -> Result<bool>;
+    async fn assign_run(&self, run_id: RunId, worker_id: WorkerId, now: Timestamp) -> Result<bool> {
+        let made = self.assign_runs(&[(run_id, worker_id)], now).await?;
+        Ok(made.first().copied().unwrap_or(false))
+    }
+    /// Makes each assignment as `assign_run` would, all in one transaction: a scheduling
+    /// pass waits for the disk once. A run or a worker offered again later in the batch is
+    /// refused there (a scheduling decision never does so). Returns, for each, whether it
+    /// happened.
+    async fn assign_runs(
+        &self,
+        assignments: &[(RunId, WorkerId)],
+        now: Timestamp,
+    ) -> Result<Vec<bool>>;
+    /// Moves the runs still `QUEUED` among these to `READY`, in one transaction; returns
+    /// them as they are now.
+    async fn promote_runs(&self, run_ids: &[RunId], at: Timestamp) -> Result<Vec<RunRecord>>;
 
     /// Appends chunks in order; chunks already stored are skipped. Returns the next
     /// sequence number expected, or `LogGap` (after storing what came in order).

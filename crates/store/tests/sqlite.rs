@@ -28,6 +28,28 @@ async fn state_survives_reopening_the_file() {
     assert_eq!(value, again);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_share_syncs_to_disk() {
+    let (store, _dir) = fresh().await;
+    let store = std::sync::Arc::new(store);
+    let before = store.wal_syncs();
+    let writes: Vec<_> = (0..100)
+        .map(|i| {
+            let store = std::sync::Arc::clone(&store);
+            tokio::spawn(async move {
+                let at = gantry_domain::Timestamp::from_unix_millis(i);
+                store.secret_or_insert(&format!("secret-{i}"), b"value", at).await
+            })
+        })
+        .collect();
+    for write in writes {
+        write.await.unwrap().unwrap();
+    }
+    let syncs = store.wal_syncs() - before;
+    assert!(syncs >= 1, "every write waits for a sync");
+    assert!(syncs < 100, "100 overlapping writes made {syncs} syncs: none was shared");
+}
+
 #[tokio::test]
 async fn an_unwritable_location_is_a_clear_error() {
     let error = SqliteStore::open(std::path::Path::new("/proc/gantry/nope.db")).await.unwrap_err();

@@ -55,7 +55,8 @@ pub struct FleetOptions {
     pub throughput_runs: usize,
     /// Stacks the runs are spread over.
     pub stacks: usize,
-    /// Tasks triggering runs concurrently in the throughput phase.
+    /// Tasks triggering runs concurrently in the throughput phase: a closed loop, so
+    /// they must be enough to keep the server busy, or the measure is their latency.
     pub triggering_tasks: usize,
     /// Keep the server's data directory and log afterwards (to read its database or
     /// its statement log).
@@ -70,7 +71,7 @@ impl Default for FleetOptions {
             latency_runs: 500,
             throughput_runs: 2000,
             stacks: 10,
-            triggering_tasks: 8,
+            triggering_tasks: 32,
             keep_server_data: false,
         }
     }

@@ -42,8 +42,8 @@ async fn executing_here(
     session: &AgentSession,
     key: &str,
 ) -> Result<RunRecord, ApiError> {
-    let run = lookup::run(state, key).await?;
-    if run.pool_id != session.pool_id || !session.executes(state, &run).await? {
+    let (run, held_here) = lookup::launcher_run(state, session, key).await?;
+    if !held_here {
         return Err(ApiError::NotAssigned(format!(
             "run {} is not executing on this launcher",
             run.id

@@ -18,8 +18,8 @@ pub(super) async fn heartbeat(
 
     let mut stop_run_ids = Vec::new();
     for run_id in request.running_run_ids {
-        let running_here = match state.store.get_run(run_id).await? {
-            Some(run) => !run.state.is_terminal() && session.executes(&state, &run).await?,
+        let running_here = match state.store.get_run_with_launcher(run_id).await? {
+            Some((run, holder)) => !run.state.is_terminal() && holder == Some(session.launcher_id),
             None => false,
         };
         if !running_here {

@@ -17,29 +17,14 @@ use crate::state::{AppState, now};
 const MAX_CHUNKS: usize = 1000;
 const MAX_OUTPUTS: usize = 1000;
 
-/// The run, if it belongs to the session's pool.
-async fn pool_run(
-    state: &AppState,
-    session: &AgentSession,
-    key: &str,
-) -> Result<RunRecord, ApiError> {
-    let run = lookup::run(state, key).await?;
-    if run.pool_id != session.pool_id {
-        return Err(ApiError::not_found("run", key));
-    }
-    Ok(run)
-}
-
 pub(super) async fn acknowledge(
     State(state): State<AppState>,
     session: AgentSession,
     PathParam(key): PathParam<String>,
     Json(request): Json<Acknowledge>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let run = pool_run(&state, &session, &key).await?;
-    let worker = state.store.get_worker(request.worker_id).await?;
-    let mine = worker.is_some_and(|worker| worker.launcher_id == session.launcher_id);
-    if !mine || run.worker_id != Some(request.worker_id) {
+    let (run, held_here) = lookup::launcher_run(&state, &session, &key).await?;
+    if !held_here || run.worker_id != Some(request.worker_id) {
         return Err(ApiError::NotAssigned(format!(
             "run {} is no longer assigned to worker {} (it is {})",
             run.id, request.worker_id, run.state
@@ -61,13 +46,13 @@ pub(super) async fn report(
     PathParam(key): PathParam<String>,
     Json(request): Json<ReportRequest>,
 ) -> ApiResult<Json<ReportResponse>> {
-    let run = pool_run(&state, &session, &key).await?;
+    let (run, held_here) = lookup::launcher_run(&state, &session, &key).await?;
     let directive = if let Some(directive) = already_reported(&run, &request.report) {
         directive
     } else if run.state.is_terminal() {
         // Stopped, discarded or failed meanwhile: whatever the worker does, it must stop.
         Directive::Finish
-    } else if !session.executes(&state, &run).await? {
+    } else if !held_here {
         return Err(ApiError::NotAssigned(format!(
             "run {} is not executing on this launcher",
             run.id
@@ -190,7 +175,7 @@ pub(super) async fn upload_logs(
     PathParam(key): PathParam<String>,
     Json(request): Json<UploadLogs>,
 ) -> ApiResult<Json<LogsAccepted>> {
-    let run = pool_run(&state, &session, &key).await?;
+    let (run, _) = lookup::launcher_run(&state, &session, &key).await?;
     if request.chunks.len() > MAX_CHUNKS {
         return Err(ApiError::invalid(format!("upload at most {MAX_CHUNKS} chunks at a time")));
     }

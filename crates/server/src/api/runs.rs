@@ -43,7 +43,7 @@ pub(super) async fn trigger(
     let run =
         lifecycle::trigger(&state, &stack, request.run_type, request.commit, command, "admin")
             .await?;
-    Ok((StatusCode::CREATED, Json(views::run(&state, &run).await?)))
+    Ok((StatusCode::CREATED, Json(views::queued_run(&state, &run, stack).await?)))
 }
 
 #[derive(Debug, Deserialize)]
