@@ -49,6 +49,7 @@ pub(crate) struct AgentSession {
     pub opened_at: gantry_domain::Timestamp,
     /// When the pool was last asked to cycle, as of this request.
     pub pool_cycle_requested_at: Option<gantry_domain::Timestamp>,
+    pub expires_at: gantry_domain::Timestamp,
 }
 
 impl FromRequestParts<AppState> for AgentSession {
@@ -62,8 +63,19 @@ impl FromRequestParts<AppState> for AgentSession {
 
 impl AgentSession {
     /// The session of this token hash, if it is still good: not expired, and opened with
-    /// the pool's current certificate.
+    /// the pool's current certificate. Read from the database at most once a second per
+    /// session (see `session_cache`).
     async fn validate(state: &AppState, token_hash: String) -> Result<Self, ApiError> {
+        if let Some(session) = state.sessions.get(&token_hash) {
+            return Ok(session);
+        }
+        let generation = state.sessions.generation();
+        let session = Self::read(state, token_hash).await?;
+        state.sessions.put(&session, generation);
+        Ok(session)
+    }
+
+    async fn read(state: &AppState, token_hash: String) -> Result<Self, ApiError> {
         let found = state.store.find_session(&token_hash).await?.ok_or(ApiError::SessionExpired)?;
         let session = found.session;
         if session.expires_at < now() {
@@ -82,6 +94,7 @@ impl AgentSession {
             token_hash,
             opened_at: session.created_at,
             pool_cycle_requested_at: found.pool_cycle_requested_at,
+            expires_at: session.expires_at,
         })
     }
 

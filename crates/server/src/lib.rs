@@ -18,6 +18,7 @@ mod metrics;
 mod pki;
 mod scheduling;
 mod server;
+mod session_cache;
 mod shared_pool;
 mod state;
 mod views;

@@ -146,6 +146,7 @@ impl Server {
             events: Events::default(),
             dispatch_metrics: crate::metrics::DispatchMetrics::default(),
             waiting: crate::state::WaitingRuns::default(),
+            sessions: crate::session_cache::SessionCache::default(),
             timings: config.timings.clone(),
             shutdown: CancellationToken::new(),
         });

@@ -107,7 +107,7 @@ mod tests {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_commits_share_syncs_and_every_one_waits_for_one() {
+    async fn commits_made_during_a_sync_share_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
         let database = dir.path().join("test.db");
         std::fs::write(&database, b"db").unwrap();
@@ -117,18 +117,26 @@ mod tests {
         group.durable().await.unwrap();
         assert_eq!(group.syncs(), 1, "a lone commit syncs by itself");
 
-        let tasks: Vec<_> = (0..200)
+        // A sync is in progress: the 50 commits made meanwhile all wait for the next.
+        let in_progress = group.syncing.lock().await;
+        let tasks: Vec<_> = (0..50)
             .map(|_| {
                 let group = Arc::clone(&group);
                 tokio::spawn(async move { group.durable().await })
             })
             .collect();
+        while group.committed.load(Ordering::SeqCst) < 51 {
+            tokio::task::yield_now().await;
+        }
+        drop(in_progress);
+        group.synced.send_modify(|_| {});
         for task in tasks {
             task.await.unwrap().unwrap();
         }
-        let syncs = group.syncs();
-        assert!((2..=201).contains(&syncs), "{syncs} syncs");
-        assert_eq!(*group.synced.borrow(), 201, "every commit is covered");
+        // One sync covers all 50; a waiter that looks between the leader releasing the
+        // sync and announcing it may make a second.
+        assert!((2..=3).contains(&group.syncs()), "{} syncs for 50 commits", group.syncs() - 1);
+        assert_eq!(*group.synced.borrow(), 51);
     }
 
     #[tokio::test]

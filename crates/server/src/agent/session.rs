@@ -121,6 +121,7 @@ pub(super) async fn close(
     let ids: Vec<_> = own.iter().map(|worker| worker.id).collect();
     state.store.delete_workers(&ids).await?;
     state.store.delete_session(&session.token_hash).await?;
+    state.sessions.forget(&session.token_hash);
     state.events.request_scheduling();
     tracing::info!(launcher = %session.launcher_id, host = %session.hostname, workers = ids.len(), "launcher left");
     Ok(Json(serde_json::json!({})))

@@ -90,6 +90,8 @@ pub(super) async fn reset(
             now(),
         )
         .await?;
+    // The old certificate's sessions end now, not when a cached validation goes stale.
+    state.sessions.forget_pool(pool.id);
     let workers = state.store.list_workers(Some(pool.id)).await?;
     for worker in &workers {
         let Some(run) = worker.current_run_id else { continue };
@@ -197,6 +199,7 @@ pub(super) async fn cycle(
         )));
     }
     let record = state.store.request_pool_cycle(pool.id, now()).await?;
+    state.sessions.forget_pool(pool.id);
     let workers = state.store.set_pool_drained(pool.id, true).await?;
     for worker in &workers {
         state.events.wake_launcher(worker.launcher_id);
