@@ -14,6 +14,7 @@ require() { # command, Debian package ("" when not packaged)
   case "$1" in
     terraform) echo "  Install Terraform from https://developer.hashicorp.com/terraform/install (1.5 or newer)." >&2 ;;
     cargo) echo "  Install Rust with rustup: https://rustup.rs" >&2 ;;
+    docker) echo "  Install Docker Engine (Debian: apt-get install docker.io) and start it." >&2 ;;
   esac
   exit 1
 }
@@ -21,10 +22,19 @@ require cargo ""
 require git git
 require openssl openssl
 require terraform ""
+require docker ""
+require busybox busybox-static
 if [ ${#missing_packages[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${missing_packages[*]}"
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing_packages[@]}"
+fi
+
+# The docker executor's tests run containers on the local daemon.
+if ! docker info >/dev/null 2>&1; then
+  echo "error: the Docker daemon is not reachable (docker info failed)." >&2
+  echo "  Start it: sudo systemctl start docker (or: sudo dockerd &), and make sure this user may use it." >&2
+  exit 1
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -16,6 +16,16 @@ use crate::archive::ArchiveLimits;
 pub const SHUTDOWN_GRACE: &str = "GANTRY_LAUNCHER_SHUTDOWN_GRACE";
 pub const METRICS_LISTEN: &str = "GANTRY_LAUNCHER_METRICS_LISTEN";
 pub const SENSITIVE_OUTPUT_UPLOAD_ENABLED: &str = "GANTRY_SENSITIVE_OUTPUT_UPLOAD_ENABLED";
+pub const EXECUTOR: &str = "GANTRY_LAUNCHER_EXECUTOR";
+
+/// How runs are executed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecutorKind {
+    /// The worker as a child process of the launcher (local setups).
+    Process,
+    /// Each run in a container (production).
+    Docker(crate::executor::DockerSettings),
+}
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10 * 60);
 
 /// The exit code for a configuration the launcher cannot work with (EX_USAGE).
@@ -66,6 +76,8 @@ pub struct LauncherConfig {
     /// `GANTRY_WHITELIST_ENVS` and `GANTRY_MASK_ENVS`: variables of this environment
     /// added to the runs' own.
     pub passed_env: Vec<crate::passed_env::PassedVariable>,
+    /// `GANTRY_LAUNCHER_EXECUTOR`: `process` or `docker`.
+    pub executor: ExecutorKind,
     /// Where Prometheus scrapes `/metrics` over plain HTTP; none when unset.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Seal the sensitive outputs of stacks that share them and upload them, for the
@@ -117,7 +129,15 @@ impl LauncherConfig {
                 })
             })
             .transpose()?;
+        let executor = match options::get(env, EXECUTOR).unwrap_or("process") {
+            "process" => ExecutorKind::Process,
+            "docker" => ExecutorKind::Docker(crate::executor::DockerSettings::from_env(env)?),
+            other => {
+                return Err(OptionError::invalid(EXECUTOR, other, "process or docker").into());
+            }
+        };
         Ok(Self {
+            executor,
             passed_env: crate::passed_env::from_env(env)?,
             metrics_listen,
             sensitive_output_upload: options::boolean(env, SENSITIVE_OUTPUT_UPLOAD_ENABLED, false)?,

@@ -20,5 +20,5 @@ mod workspace;
 
 pub use client::{AgentClient, ClientError};
 pub use config::{ConfigError, LauncherConfig};
-pub use executor::{Executor, ProcessExecutor};
+pub use executor::{DockerExecutor, DockerSettings, Executor, ProcessExecutor, docker};
 pub use launcher::{FatalError, Shutdown, run};

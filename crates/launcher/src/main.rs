@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use gantry_launcher::config::EXIT_USAGE;
-use gantry_launcher::{LauncherConfig, ProcessExecutor, Shutdown};
+use gantry_launcher::config::{EXIT_USAGE, ExecutorKind};
+use gantry_launcher::{DockerExecutor, Executor, LauncherConfig, ProcessExecutor, Shutdown};
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -40,10 +40,28 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let shutdown = Shutdown::default();
         tokio::spawn(watch_signals(shutdown.clone()));
-        let executor = Arc::new(ProcessExecutor::new(
-            config.worker_binary.clone(),
-            config.passthrough_env.clone(),
-        ));
+        let executor: Arc<dyn Executor> = match &config.executor {
+            ExecutorKind::Process => Arc::new(ProcessExecutor::new(
+                config.worker_binary.clone(),
+                config.passthrough_env.clone(),
+            )),
+            ExecutorKind::Docker(settings) => {
+                let connected = DockerExecutor::connect(
+                    settings.clone(),
+                    config.worker_binary.clone(),
+                    config.pool_id,
+                    &config.work_dir,
+                )
+                .await;
+                match connected {
+                    Ok(executor) => Arc::new(executor),
+                    Err(error) => {
+                        eprintln!("gantry-launcher: {error}");
+                        return ExitCode::from(EXIT_USAGE as u8);
+                    }
+                }
+            }
+        };
         match gantry_launcher::run(config, executor, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

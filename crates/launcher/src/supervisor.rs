@@ -313,6 +313,8 @@ async fn execute(
 
     let launch = WorkerLaunch {
         run_id,
+        worker_id: assignment.worker_id,
+        run_type: assignment.run_type,
         workspace: workspace.to_path_buf(),
         socket_path: socket_path.clone(),
         capability,
@@ -328,8 +330,9 @@ async fn execute(
             Some(outcome)
         }
         Err(error) => {
-            conclude_failed(context, logs, run_id, format!("Cannot start the worker: {error}"))
-                .await;
+            let message = format!("Cannot start the worker: {error}");
+            logs.append(&format!("\n{message}\n"));
+            conclude_failed(context, logs, run_id, message).await;
             None
         }
     };

@@ -5,12 +5,14 @@
 mod git;
 mod openssl;
 mod proxy;
+mod runner_image;
 mod server;
 mod terraform;
 
 pub use git::{GitRepository, git};
 pub use openssl::{KeyKind, OpensslKey, openssl};
 pub use proxy::FlakyProxy;
+pub use runner_image::{RUNNER_IMAGE, runner_image};
 pub use server::TestServer;
 pub use terraform::{MARKER_OUTPUT, NO_CHANGES_CONFIG, SIMPLE_CONFIG};
 

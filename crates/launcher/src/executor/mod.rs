@@ -1,7 +1,8 @@
 //! Executors start the worker for a run and stop it: `process` runs it as a child
-//! process (local use), `docker` (a later addition) in a container of the stack's runner
-//! image. The run supervisor is the same whatever the executor.
+//! process (local use), `docker` in a container of the stack's runner image. The run
+//! supervisor is the same whatever the executor.
 
+pub mod docker;
 mod process;
 
 use std::fmt;
@@ -9,15 +10,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gantry_domain::RunId;
+use gantry_domain::{RunId, RunType, WorkerId};
 use tokio::sync::mpsc;
 
+pub use docker::{DockerExecutor, DockerSettings};
 pub use process::ProcessExecutor;
 
 /// What an executor needs to start one run's worker.
 #[derive(Debug, Clone)]
 pub struct WorkerLaunch {
     pub run_id: RunId,
+    pub worker_id: WorkerId,
+    /// Read-only (proposed) or write: some mounts reach only one kind.
+    pub run_type: RunType,
     pub workspace: PathBuf,
     /// The per-run unix socket of the launcher's local API.
     pub socket_path: PathBuf,
@@ -56,6 +61,8 @@ pub enum ExecutorError {
     Spawn { binary: String, source: std::io::Error },
     #[error("cannot watch the worker: {0}")]
     Wait(std::io::Error),
+    #[error("{0}")]
+    Docker(String),
 }
 
 /// Starts workers.

@@ -1,0 +1,220 @@
+//! End-to-end tests of the `docker` executor against the real Docker daemon, with a
+//! runner image assembled and imported by the test (no registry is reachable).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use gantry_testkit::{GitRepository, runner_image};
+use serde_json::Value;
+
+use crate::harness::{Cluster, Launcher, PoolAccess, bin, id, state_has_resource};
+
+const CONFIG: &str = r#"
+terraform {
+  backend "local" {}
+}
+
+resource "terraform_data" "example" {
+  input = "created in a container"
+}
+"#;
+
+/// A resource whose creation takes a minute: a run that is still applying.
+const SLOW_CONFIG: &str = r#"
+terraform {
+  backend "local" {}
+}
+
+resource "terraform_data" "slow" {
+  provisioner "local-exec" {
+    command = "sleep 60"
+  }
+}
+"#;
+
+/// The containers labelled with this run, running or not.
+fn containers_of(run: &Value) -> Vec<String> {
+    let listed = Command::new("docker")
+        .args(["ps", "-a", "-q", "--filter", &format!("label=dev.gantry.run={}", id(run))])
+        .output()
+        .expect("docker runs");
+    String::from_utf8_lossy(&listed.stdout).lines().map(str::to_owned).collect()
+}
+
+/// A server, a pool, the runner image, and a directory the run user (UID 1983) may
+/// write that is mounted into run containers at the same path (it holds the state).
+struct DockerSetup {
+    cluster: Cluster,
+    work: tempfile::TempDir,
+    shared: PathBuf,
+    pool: PoolAccess,
+    image: &'static str,
+}
+
+impl DockerSetup {
+    fn new() -> Self {
+        let image = runner_image(&bin("gantry-worker"));
+        let cluster = Cluster::start();
+        let work = tempfile::tempdir().unwrap();
+        let shared = work.path().join("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let pool = cluster.private_pool(work.path(), "p");
+        Self { cluster, work, shared, pool, image }
+    }
+
+    /// The settings of a docker launcher of the pool, with `extra` ones.
+    fn settings<'a>(
+        &'a self,
+        mount: &'a str,
+        extra: &[(&'a str, &'a str)],
+    ) -> Vec<(&'a str, &'a str)> {
+        let mut settings = vec![
+            ("GANTRY_LAUNCHER_EXECUTOR", "docker"),
+            ("GANTRY_DEFAULT_RUNNER_IMAGE", self.image),
+            ("GANTRY_WORKER_EXTRA_MOUNTS", mount),
+        ];
+        settings.extend_from_slice(extra);
+        settings
+    }
+
+    fn shared_mount(&self) -> String {
+        format!("{}:{}", self.shared.display(), self.shared.display())
+    }
+
+    fn launcher(&self, extra: &[(&str, &str)]) -> Launcher {
+        let mount = self.shared_mount();
+        Launcher::of(&self.cluster, &self.pool, &self.settings(&mount, extra))
+    }
+
+    /// A stack named `name` of `config`, its state in the shared directory.
+    fn stack(&self, name: &str, config: &str, extra: &[&str]) -> PathBuf {
+        let repository =
+            GitRepository::create(&self.work.path().join(name), &[("infra/main.tf", config)]);
+        let state = self.shared.join(format!("{name}.tfstate"));
+        self.cluster.gantry.create_stack(name, &repository, "p", &state, extra);
+        state
+    }
+
+    fn run_to_end(&self, extra: &[&str], stack: &str) -> Value {
+        let run = self.cluster.gantry.trigger(stack, extra);
+        self.cluster.gantry.wait_for_state(&run, &["FINISHED", "FAILED"])
+    }
+
+    fn task_to_end(&self, stack: &str, command: &str) -> Value {
+        let task = self.cluster.gantry.json(&["run", "task", stack, "--", command]);
+        self.cluster.gantry.wait_for_state(&task, &["FINISHED", "FAILED"])
+    }
+
+    /// Waits for the run's containers to be gone: the run ends when the worker reports
+    /// it, its container a moment later.
+    fn wait_until_removed(&self, run: &Value) {
+        let gone = || containers_of(run).is_empty().then_some(());
+        self.cluster.gantry.wait_for(Duration::from_secs(20), gone);
+    }
+}
+
+#[test]
+fn a_tracked_run_and_a_task_execute_in_containers_as_the_run_user() {
+    let setup = DockerSetup::new();
+    let _launcher = setup.launcher(&[]);
+    let state = setup.stack("app", CONFIG, &["--autodeploy"]);
+
+    let run = setup.run_to_end(&[], "app");
+    assert_eq!(run["state"], "FINISHED", "{run}\n{}", setup.cluster.gantry.log(&run));
+    assert!(state_has_resource(&state), "the apply in the container wrote the state");
+    setup.wait_until_removed(&run);
+
+    let task = setup.task_to_end("app", "echo uid=$(id -u) home=$HOME");
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    let log = setup.cluster.gantry.log(&task);
+    assert!(log.contains("uid=1983 home=/tmp"), "{log}");
+}
+
+#[test]
+fn a_runner_image_that_cannot_be_had_fails_the_run_with_the_reason() {
+    let setup = DockerSetup::new();
+    let _launcher = setup.launcher(&[]);
+    setup.stack("app", CONFIG, &["--runner-image", "registry.invalid/gantry/absent:1"]);
+    let run = setup.run_to_end(&[], "app");
+    assert_eq!(run["state"], "FAILED", "{run}");
+    let reason = "cannot pull the runner image registry.invalid/gantry/absent:1";
+    assert!(run["failure"].as_str().unwrap().contains(reason), "{run}");
+    let log = setup.cluster.gantry.log(&run);
+    assert!(log.contains(reason), "{log}");
+    setup.wait_until_removed(&run);
+}
+
+#[test]
+fn a_launcher_started_again_removes_the_container_its_killed_instance_left() {
+    let setup = DockerSetup::new();
+    let launcher_dir = setup.work.path().join("launcher");
+    let mount = setup.shared_mount();
+    let settings = setup.settings(&mount, &[]);
+    let start = || {
+        let mut launcher =
+            Launcher::spawn_for(&setup.pool.token, &setup.pool.key, &launcher_dir, &settings);
+        launcher.wait_for_stderr("launcher connected", Duration::from_secs(30));
+        launcher
+    };
+    let first = start();
+    setup.stack("slow", SLOW_CONFIG, &["--autodeploy"]);
+    let run = setup.cluster.gantry.trigger("slow", &[]);
+    setup.cluster.gantry.wait_for_state(&run, &["APPLYING"]);
+    assert_eq!(containers_of(&run).len(), 1, "the run executes in a container");
+
+    first.kill();
+    let _second = start();
+    assert!(containers_of(&run).is_empty(), "the leftover container is removed at start");
+}
+
+/// Reads which extra mounts a run sees: Terraform's `fileexists` needs no provider.
+const MOUNTS_CONFIG: &str = r#"
+terraform {
+  backend "local" {}
+}
+
+output "sees_ro" {
+  value = fileexists("/mnt/ro/marker")
+}
+
+output "sees_wo" {
+  value = fileexists("/mnt/wo/marker")
+}
+"#;
+
+#[test]
+fn mounts_network_and_runtime_options_reach_the_containers() {
+    let setup = DockerSetup::new();
+    let (read_only, write) = (setup.work.path().join("ro"), setup.work.path().join("wo"));
+    for dir in [&read_only, &write] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("marker"), "here").unwrap();
+    }
+    let ro_mounts = format!("{}:/mnt/ro", read_only.display());
+    let wo_mounts = format!("{}:/mnt/wo", write.display());
+    let _launcher = setup.launcher(&[
+        ("GANTRY_WORKER_RO_EXTRA_MOUNTS", &ro_mounts),
+        ("GANTRY_WORKER_WO_EXTRA_MOUNTS", &wo_mounts),
+        ("GANTRY_WORKER_NETWORK", "none"),
+        ("GANTRY_WORKER_RUNTIME", "runc"),
+    ]);
+    setup.stack("app", MOUNTS_CONFIG, &[]);
+
+    // A proposed run reads: the _RO_ mount only.
+    let proposed = setup.run_to_end(&["--proposed"], "app");
+    assert_eq!(proposed["state"], "FINISHED", "{proposed}");
+    let log = setup.cluster.gantry.log(&proposed);
+    assert!(log.contains("sees_ro = true") && log.contains("sees_wo = false"), "{log}");
+
+    // A task writes: the _WO_ mount only, and no network but loopback.
+    let task = setup.task_to_end(
+        "app",
+        "echo net=$(ls /sys/class/net) ro=$(ls /mnt/ro 2>/dev/null) wo=$(ls /mnt/wo)",
+    );
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    let log = setup.cluster.gantry.log(&task);
+    assert!(log.contains("net=lo ro= wo=marker"), "{log}");
+}
