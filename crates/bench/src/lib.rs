@@ -1,6 +1,6 @@
 //! Benchmarks of Gantry through its real components. `dispatch` starts a server on
-//! loopback and a launcher with the process executor (both in this process, talking
-//! HTTPS), runs proposed runs one after another, and reads each run's latencies from the
+//! loopback and a launcher with the process or the docker executor (both in this
+//! process, talking HTTPS), runs proposed runs one after another, and reads each run's latencies from the
 //! server's own timestamps: when it was created, when a launcher acknowledged it, when
 //! its first log chunk and the worker's first line arrived, when it finished.
 //! `envelope` (in `envelope.rs`) measures sealing and opening run state. `fleet` (in
@@ -21,7 +21,9 @@ use anyhow::Context as _;
 use gantry_cli::client::ApiClient;
 use gantry_crypto::{PoolToken, generate_pool_key};
 use gantry_domain::{RunState, RunType};
-use gantry_launcher::{LauncherConfig, ProcessExecutor, Shutdown};
+use gantry_launcher::{
+    DockerExecutor, DockerSettings, Executor, LauncherConfig, ProcessExecutor, Shutdown,
+};
 use gantry_proto::api::{CreatePool, CreateStack, Run, TriggerRun};
 use gantry_server::{Server, ServerConfig};
 use gantry_testkit::{GitRepository, NO_CHANGES_CONFIG};
@@ -66,8 +68,21 @@ fn worker_binary() -> anyhow::Result<PathBuf> {
         .context("gantry-worker not found next to the benchmark: run cargo build --release --workspace --bins first")
 }
 
+/// Where the dispatch benchmark's launcher runs workers.
+#[derive(Debug, Clone)]
+pub enum DispatchExecutor {
+    Process,
+    /// In containers of `image`, or of the test runner image assembled here.
+    Docker {
+        image: Option<String>,
+    },
+}
+
 /// Runs `runs` proposed runs one after another through a fresh server and launcher.
-pub async fn dispatch(runs: usize) -> anyhow::Result<Vec<RunLatencies>> {
+pub async fn dispatch(
+    runs: usize,
+    executor: &DispatchExecutor,
+) -> anyhow::Result<Vec<RunLatencies>> {
     gantry_testkit::install_crypto_provider();
     let dir = tempfile::tempdir()?;
     let env = [
@@ -106,10 +121,29 @@ pub async fn dispatch(runs: usize) -> anyhow::Result<Vec<RunLatencies>> {
     .map(|(name, value)| (name.to_owned(), value))
     .collect();
     let config = LauncherConfig::from_env(&launcher_env)?;
-    let executor = Arc::new(ProcessExecutor::new(
-        config.worker_binary.clone(),
-        config.passthrough_env.clone(),
-    ));
+    let executor: Arc<dyn Executor> = match executor {
+        DispatchExecutor::Process => Arc::new(ProcessExecutor::new(
+            config.worker_binary.clone(),
+            config.passthrough_env.clone(),
+        )),
+        DispatchExecutor::Docker { image } => {
+            let image = match image {
+                Some(image) => image.clone(),
+                None => gantry_testkit::runner_image(&config.worker_binary).to_owned(),
+            };
+            let settings =
+                DockerSettings { default_image: Some(image), ..DockerSettings::default() };
+            Arc::new(
+                DockerExecutor::connect(
+                    settings,
+                    config.worker_binary.clone(),
+                    config.pool_id,
+                    &config.work_dir,
+                )
+                .await?,
+            )
+        }
+    };
     let shutdown = Shutdown::default();
     let launcher = tokio::spawn(gantry_launcher::run(config, executor, shutdown.clone()));
 

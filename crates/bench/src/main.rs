@@ -21,6 +21,13 @@ enum Benchmark {
         /// How many runs to time, one after another
         #[arg(long, default_value_t = 20)]
         runs: usize,
+        /// Run each worker in a container (the docker executor) instead of a child process
+        #[arg(long)]
+        docker: bool,
+        /// The runner image with --docker; by default one assembled and imported here
+        /// from busybox-static, the host's terraform and the worker's libraries
+        #[arg(long, requires = "docker")]
+        image: Option<String>,
     },
     /// Envelope sealing and opening throughput on one thread, and the per-blob key
     /// operations (wrap and sign, verify and unwrap), for RSA-4096 and P-256 pool keys
@@ -62,12 +69,16 @@ enum Benchmark {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().benchmark {
-        Benchmark::Dispatch { runs } => {
+        Benchmark::Dispatch { runs, docker, image } => {
             anyhow::ensure!(runs > 0, "--runs must be at least 1");
+            let executor = match docker {
+                true => gantry_bench::DispatchExecutor::Docker { image },
+                false => gantry_bench::DispatchExecutor::Process,
+            };
             // Only the dispatch benchmark needs a runtime; the envelope one runs on this
             // thread alone.
             let runtime = tokio::runtime::Runtime::new()?;
-            let latencies = runtime.block_on(gantry_bench::dispatch(runs))?;
+            let latencies = runtime.block_on(gantry_bench::dispatch(runs, &executor))?;
             print!("{}", gantry_bench::report(&latencies));
         }
         Benchmark::Envelope { size_mib, samples } => {

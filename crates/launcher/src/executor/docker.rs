@@ -53,7 +53,7 @@ pub struct ExtraMount {
 }
 
 /// The docker executor's settings, from the launcher's environment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DockerSettings {
     /// For stacks that name no runner image.
     pub default_image: Option<String>,
