@@ -44,6 +44,8 @@ pub enum ConfigError {
     File { variable: &'static str, path: String, problem: String },
     #[error(transparent)]
     PassedEnv(#[from] crate::passed_env::PassedEnvError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// Everything the launcher needs, checked.
@@ -78,6 +80,8 @@ pub struct LauncherConfig {
     pub passed_env: Vec<crate::passed_env::PassedVariable>,
     /// `GANTRY_LAUNCHER_EXECUTOR`: `process` or `docker`.
     pub executor: ExecutorKind,
+    /// `GANTRY_LAUNCHER_RUN_INITIALIZATION_POLICY`, parsed.
+    pub initialization_policy: Option<crate::policy::InitializationPolicy>,
     /// Where Prometheus scrapes `/metrics` over plain HTTP; none when unset.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Seal the sensitive outputs of stacks that share them and upload them, for the
@@ -136,7 +140,13 @@ impl LauncherConfig {
                 return Err(OptionError::invalid(EXECUTOR, other, "process or docker").into());
             }
         };
+        let initialization_policy =
+            match options::get(env, crate::policy::RUN_INITIALIZATION_POLICY) {
+                Some(path) => Some(crate::policy::InitializationPolicy::load(Path::new(path))?),
+                None => None,
+            };
         Ok(Self {
+            initialization_policy,
             executor,
             passed_env: crate::passed_env::from_env(env)?,
             metrics_listen,

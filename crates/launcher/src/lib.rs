@@ -15,6 +15,7 @@ mod logs;
 mod mask;
 mod metrics;
 pub mod passed_env;
+pub mod policy;
 mod supervisor;
 mod workspace;
 

@@ -91,6 +91,12 @@ pub(crate) async fn supervise(
         assignment.log_next_seq,
         masker(&context.config, &assignment),
     );
+    if let Some(refusal) = refused_by_policy(&context.config, &assignment) {
+        logs.append(&format!("{refusal}\n"));
+        conclude_failed(&context, &logs, run_id, refusal).await;
+        logs.finish(upload_task).await;
+        return Ending::Ended;
+    }
     let workspace = context.workspace(run_id);
     // The run timeout counts from the acknowledgement: a checkout that hangs on an
     // unresponsive git host is part of the run.
@@ -257,6 +263,24 @@ async fn prepare(
         debug: context.config.debug,
     };
     Ok(Prepared { job, managed_state })
+}
+
+/// Why the run initialization policy refuses the run, if it does: every `deny` message,
+/// or why it could not be evaluated. Only a run's first job is judged.
+fn refused_by_policy(config: &LauncherConfig, assignment: &Assignment) -> Option<String> {
+    let policy = config.initialization_policy.as_ref().filter(|_| assignment.job == Job::Plan)?;
+    let default_image = match &config.executor {
+        crate::config::ExecutorKind::Docker(settings) => settings.default_image.as_deref(),
+        crate::config::ExecutorKind::Process => None,
+    };
+    let image = assignment.stack.runner_image.as_deref().or(default_image);
+    match policy.denials(&crate::policy::input(assignment, image)) {
+        Ok(denials) if denials.is_empty() => None,
+        Ok(denials) => {
+            Some(format!("The run initialization policy denied the run: {}", denials.join("; ")))
+        }
+        Err(error) => Some(format!("{error}: the run is not started")),
+    }
 }
 
 /// What the run's log must never show: the values of `GANTRY_MASK_ENVS` and the stack's

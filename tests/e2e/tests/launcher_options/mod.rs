@@ -103,3 +103,65 @@ fn a_launcher_refuses_a_variable_list_naming_an_unset_variable() {
         exited.stderr
     );
 }
+
+/// Written for the reference: its package and the syntax before Rego v1.
+const POLICY: &str = r#"package spacelift
+
+deny[sprintf("stack %s is frozen: runs are not started", [input.static_run_environment.stack_slug])] {
+  startswith(input.static_run_environment.stack_slug, "frozen")
+}
+"#;
+
+#[test]
+fn the_initialization_policy_denies_runs_with_its_messages() {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let policy = work.path().join("policy.rego");
+    std::fs::write(&policy, POLICY).unwrap();
+    let pool = cluster.private_pool(work.path(), "p");
+    let _launcher = Launcher::of(
+        &cluster,
+        &pool,
+        &[("GANTRY_LAUNCHER_RUN_INITIALIZATION_POLICY", policy.to_str().unwrap())],
+    );
+    let repository =
+        GitRepository::create(&work.path().join("repo"), &[("infra/main.tf", VARIABLES_CONFIG)]);
+    for name in ["frozen-db", "app"] {
+        let state = work.path().join(format!("{name}.tfstate"));
+        cluster.gantry.create_stack(name, &repository, "p", &state, &[]);
+    }
+
+    let denied = cluster.gantry.trigger("frozen-db", &["--proposed"]);
+    let denied = cluster.gantry.wait_for_state(&denied, &["FINISHED", "FAILED"]);
+    assert_eq!(denied["state"], "FAILED", "{denied}");
+    let message = "stack frozen-db is frozen: runs are not started";
+    assert!(denied["failure"].as_str().unwrap().contains(message), "{denied}");
+    let log = cluster.gantry.log(&denied);
+    assert!(log.contains(message), "{log}");
+    assert!(!log.contains("Checked out"), "nothing was checked out:\n{log}");
+
+    let allowed = cluster.gantry.trigger("app", &["--proposed"]);
+    let allowed = cluster.gantry.wait_for_state(&allowed, &["FINISHED", "FAILED"]);
+    assert_eq!(allowed["state"], "FINISHED", "{allowed}");
+}
+
+#[test]
+fn a_launcher_with_a_policy_that_does_not_parse_stops_at_start() {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let policy = work.path().join("policy.rego");
+    std::fs::write(&policy, "package gantry\n\ndeny contains msg if {\n").unwrap();
+    let pool = cluster.private_pool(work.path(), "p");
+    let exited = Launcher::run_to_exit_with(
+        &cluster,
+        &pool.token,
+        &pool.key,
+        &[("GANTRY_LAUNCHER_RUN_INITIALIZATION_POLICY", policy.to_str().unwrap())],
+    );
+    assert!(matches!(exited.status, Some(code) if code != 0), "{:?}", exited.status);
+    let expected = format!(
+        "GANTRY_LAUNCHER_RUN_INITIALIZATION_POLICY={}: the policy does not parse",
+        policy.display()
+    );
+    assert!(exited.stderr.contains(&expected), "{}", exited.stderr);
+}
