@@ -58,6 +58,11 @@ impl OptionError {
     }
 }
 
+/// An environment of these pairs (tests, and programs that embed a launcher).
+pub fn env_of(pairs: &[(&str, &str)]) -> Env {
+    pairs.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect()
+}
+
 /// The value of `variable`, treating an empty value as unset.
 pub fn get<'a>(env: &'a Env, variable: &str) -> Option<&'a str> {
     env.get(variable).map(|value| value.trim()).filter(|value| !value.is_empty())

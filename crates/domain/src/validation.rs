@@ -57,9 +57,11 @@ pub fn validate_environment_name(value: &str) -> Result<(), InvalidInput> {
 }
 
 /// A repository address git can clone: a URL (`https://`, `ssh://`, `git://`, `file://`),
-/// scp-like `user@host:path`, or an absolute path.
+/// scp-like `user@host:path`, or an absolute path; or `private://<name>/<path>`, a
+/// repository on a private VCS that each launcher maps to an address it can reach
+/// (`GANTRY_PRIVATEVCS_MAPPING_*`).
 pub fn validate_repository(value: &str) -> Result<(), InvalidInput> {
-    let has_scheme = ["https://", "http://", "ssh://", "git://", "file://"]
+    let has_scheme = ["https://", "http://", "ssh://", "git://", "file://", "private://"]
         .iter()
         .any(|scheme| value.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()));
     let scp_like =
@@ -71,7 +73,7 @@ pub fn validate_repository(value: &str) -> Result<(), InvalidInput> {
         "repository",
         value,
         ok,
-        "a git URL (https://, ssh://, git://, file://), user@host:path, or an absolute path",
+        "a git URL (https://, ssh://, git://, file://, private://), user@host:path, or an absolute path",
     )
 }
 

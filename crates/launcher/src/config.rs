@@ -17,6 +17,7 @@ pub const SHUTDOWN_GRACE: &str = "GANTRY_LAUNCHER_SHUTDOWN_GRACE";
 pub const METRICS_LISTEN: &str = "GANTRY_LAUNCHER_METRICS_LISTEN";
 pub const SENSITIVE_OUTPUT_UPLOAD_ENABLED: &str = "GANTRY_SENSITIVE_OUTPUT_UPLOAD_ENABLED";
 pub const EXECUTOR: &str = "GANTRY_LAUNCHER_EXECUTOR";
+pub const RUN_LOGS_ON_STANDARD_OUTPUT: &str = "GANTRY_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED";
 
 /// How runs are executed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,8 @@ pub enum ConfigError {
     PassedEnv(#[from] crate::passed_env::PassedEnvError),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    PrivateVcs(#[from] crate::private_vcs::MappingError),
 }
 
 /// Everything the launcher needs, checked.
@@ -80,6 +83,10 @@ pub struct LauncherConfig {
     pub passed_env: Vec<crate::passed_env::PassedVariable>,
     /// `GANTRY_LAUNCHER_EXECUTOR`: `process` or `docker`.
     pub executor: ExecutorKind,
+    /// Where `private://` repositories are cloned from.
+    pub private_vcs: crate::private_vcs::PrivateVcs,
+    /// Print run logs as JSON lines on standard output too.
+    pub run_logs_on_stdout: bool,
     /// `GANTRY_LAUNCHER_RUN_INITIALIZATION_POLICY`, parsed.
     pub initialization_policy: Option<crate::policy::InitializationPolicy>,
     /// Where Prometheus scrapes `/metrics` over plain HTTP; none when unset.
@@ -146,6 +153,8 @@ impl LauncherConfig {
                 None => None,
             };
         Ok(Self {
+            private_vcs: crate::private_vcs::PrivateVcs::from_env(env)?,
+            run_logs_on_stdout: options::boolean(env, RUN_LOGS_ON_STANDARD_OUTPUT, false)?,
             initialization_policy,
             executor,
             passed_env: crate::passed_env::from_env(env)?,

@@ -16,6 +16,7 @@ mod mask;
 mod metrics;
 pub mod passed_env;
 pub mod policy;
+pub mod private_vcs;
 mod supervisor;
 mod workspace;
 

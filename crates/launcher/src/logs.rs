@@ -23,6 +23,8 @@ const MAX_BATCH_CHUNKS: usize = 256;
 #[derive(Debug)]
 struct Buffer {
     masker: Masker,
+    /// Also print each chunk on standard output (`GANTRY_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED`).
+    echo: Option<RunId>,
     next_seq: u64,
     pending: VecDeque<LogUpload>,
     last_activity: Instant,
@@ -46,16 +48,18 @@ pub(crate) struct LogRelay {
 
 impl LogRelay {
     /// Starts relaying a run's log whose next chunk is `first_seq`; nothing `masker`
-    /// masks is uploaded.
+    /// masks is uploaded (or printed, with `echo`).
     pub(crate) fn start(
         client: Arc<AgentClient>,
         run_id: RunId,
         first_seq: u64,
         masker: Masker,
+        echo: bool,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer {
                 masker,
+                echo: echo.then_some(run_id),
                 next_seq: first_seq,
                 pending: VecDeque::new(),
                 last_activity: Instant::now(),
@@ -124,9 +128,21 @@ impl Buffer {
         for piece in split_at_char_boundaries(text, MAX_CHUNK_BYTES) {
             let seq = self.next_seq;
             self.next_seq += 1;
+            if let Some(run_id) = self.echo {
+                print_chunk(run_id, seq, piece);
+            }
             self.pending.push_back(LogUpload { seq, text: piece.to_owned() });
         }
     }
+}
+
+/// One log chunk as a JSON line on standard output, for log collectors on the host.
+fn print_chunk(run_id: RunId, seq: u64, text: &str) {
+    use std::io::Write;
+    let line = serde_json::json!({ "run_id": run_id.to_string(), "seq": seq, "text": text });
+    let mut stdout = std::io::stdout().lock();
+    // A closed standard output must not stop the run.
+    let _ = writeln!(stdout, "{line}");
 }
 
 async fn upload(client: Arc<AgentClient>, run_id: RunId, shared: Arc<Shared>) {

@@ -135,9 +135,7 @@ pub fn for_run(passed: &[PassedVariable], run_type: RunType) -> Vec<(String, Str
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Env {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-    }
+    use gantry_domain::options::env_of as env;
 
     #[test]
     fn prefixes_limit_variables_to_read_only_or_write_runs() {

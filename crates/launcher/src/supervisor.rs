@@ -90,6 +90,7 @@ pub(crate) async fn supervise(
         run_id,
         assignment.log_next_seq,
         masker(&context.config, &assignment),
+        context.config.run_logs_on_stdout,
     );
     if let Some(refusal) = refused_by_policy(&context.config, &assignment) {
         logs.append(&format!("{refusal}\n"));
@@ -177,9 +178,10 @@ async fn prepare(
                 "Preparing the workspace on {}: checking out {} ({target})\n",
                 context.config.hostname, stack.repository
             ));
+            let address = context.config.private_vcs.resolve(&stack.repository)?;
             let checkout = workspace::checkout(
                 workspace,
-                &stack.repository,
+                &address,
                 &stack.branch,
                 assignment.commit.as_deref(),
             )

@@ -411,9 +411,7 @@ fn docker_error(what: &str, error: &DockerError) -> ExecutorError {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Env {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-    }
+    use gantry_domain::options::env_of as env;
 
     #[test]
     fn mounts_are_checked_and_scoped_to_run_types() {

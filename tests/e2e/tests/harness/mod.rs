@@ -462,6 +462,7 @@ pub(crate) struct PoolAccess {
 pub(crate) struct Launcher {
     child: Child,
     stderr: Transcript,
+    stdout: Transcript,
     _work: Option<tempfile::TempDir>,
 }
 
@@ -479,7 +480,7 @@ fn launcher_command(token: &str, key: &str, work_dir: &Path, extra: &[(&str, &st
         .env("GANTRY_WORKER_BINARY", bin("gantry-worker"))
         .env("GANTRY_LAUNCHER_WORK_DIR", work_dir)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (name, value) in extra {
         command.env(name, value);
@@ -521,7 +522,8 @@ impl Launcher {
         let mut child =
             launcher_command(token, key, work_dir, extra).spawn().expect("gantry-launcher starts");
         let (stderr, _) = Transcript::follow(child.stderr.take().unwrap());
-        Self { child, stderr, _work: None }
+        let (stdout, _) = Transcript::follow(child.stdout.take().unwrap());
+        Self { child, stderr, stdout, _work: None }
     }
 
     /// Runs a launcher expected to stop by itself quickly.
@@ -545,6 +547,11 @@ impl Launcher {
 
     pub(crate) fn wait_for_stderr(&mut self, pattern: &str, timeout: Duration) -> String {
         self.stderr.wait_for(pattern, timeout, "gantry-launcher")
+    }
+
+    /// What the launcher printed on its standard output so far.
+    pub(crate) fn stdout(&self) -> String {
+        self.stdout.text()
     }
 
     /// SIGTERM, and waits for a clean exit (status 0).

@@ -4,6 +4,8 @@
 use base64::Engine;
 use gantry_testkit::GitRepository;
 
+use serde_json::Value;
+
 use crate::harness::{Cluster, Launcher};
 
 /// Plans show both variables among the outputs to add.
@@ -36,7 +38,7 @@ fn passed_variables_reach_only_their_runs_and_masked_values_never_reach_the_serv
     let cluster = Cluster::start();
     let work = tempfile::tempdir().unwrap();
     let pool = cluster.private_pool(work.path(), "p");
-    let _launcher = Launcher::of(
+    let launcher = Launcher::of(
         &cluster,
         &pool,
         &[
@@ -45,6 +47,7 @@ fn passed_variables_reach_only_their_runs_and_masked_values_never_reach_the_serv
             ("TF_VAR_writer", "seen-by-write-runs"),
             ("GANTRY_MASK_ENVS", "DEPLOY_TOKEN"),
             ("DEPLOY_TOKEN", SECRET),
+            ("GANTRY_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED", "true"),
         ],
     );
     let repository =
@@ -81,6 +84,19 @@ echo done"#;
         assert!(!log.contains(form), "{form:?} in the log:\n{log}");
     }
     cluster.server.assert_nothing_contains(SECRET);
+
+    // The same log, masked, as JSON lines on the launcher's standard output.
+    let printed: Vec<Value> = launcher
+        .stdout()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .filter(|chunk: &Value| chunk["run_id"] == task["id"])
+        .collect();
+    let text: String = printed.iter().map(|chunk| chunk["text"].as_str().unwrap()).collect();
+    assert!(text.contains("token=***") && text.contains("done"), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+    let seqs: Vec<u64> = printed.iter().map(|chunk| chunk["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "in order: {seqs:?}");
 }
 
 #[test]
@@ -164,4 +180,61 @@ fn a_launcher_with_a_policy_that_does_not_parse_stops_at_start() {
         policy.display()
     );
     assert!(exited.stderr.contains(&expected), "{}", exited.stderr);
+}
+
+#[test]
+fn a_private_vcs_mapping_rewrites_the_clone_address() {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let repositories = work.path().join("vcs");
+    GitRepository::create(&repositories.join("infra"), &[("infra/main.tf", VARIABLES_CONFIG)]);
+    let endpoint = format!("file://{}", repositories.display());
+    let pool = cluster.private_pool(work.path(), "p");
+    let _launcher = Launcher::of(
+        &cluster,
+        &pool,
+        &[
+            ("GANTRY_PRIVATEVCS_MAPPING_NAME_0", "corp"),
+            ("GANTRY_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0", &endpoint),
+        ],
+    );
+    let backend = format!(
+        "TF_CLI_ARGS_init=-backend-config=path={}",
+        work.path().join("state.tfstate").display()
+    );
+    for (name, repository) in
+        [("mapped", "private://corp/infra"), ("unmapped", "private://lab/infra")]
+    {
+        cluster.gantry.ok(&[
+            "stack",
+            "create",
+            "--name",
+            name,
+            "--repository",
+            repository,
+            "--project-root",
+            "infra",
+            "--pool",
+            "p",
+            "--env",
+            &backend,
+        ]);
+    }
+
+    let mapped = cluster.gantry.trigger("mapped", &["--proposed"]);
+    let mapped = cluster.gantry.wait_for_state(&mapped, &["FINISHED", "FAILED"]);
+    assert_eq!(mapped["state"], "FINISHED", "{mapped}\n{}", cluster.gantry.log(&mapped));
+    let log = cluster.gantry.log(&mapped);
+    assert!(log.contains("checking out private://corp/infra"), "{log}");
+
+    let unmapped = cluster.gantry.trigger("unmapped", &["--proposed"]);
+    let unmapped = cluster.gantry.wait_for_state(&unmapped, &["FINISHED", "FAILED"]);
+    assert_eq!(unmapped["state"], "FAILED", "{unmapped}");
+    assert!(
+        unmapped["failure"]
+            .as_str()
+            .unwrap()
+            .contains("private VCS lab, which this launcher has no mapping for"),
+        "{unmapped}"
+    );
 }
