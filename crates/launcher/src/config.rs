@@ -49,6 +49,8 @@ pub enum ConfigError {
     Policy(#[from] crate::policy::PolicyError),
     #[error(transparent)]
     PrivateVcs(#[from] crate::private_vcs::MappingError),
+    #[error(transparent)]
+    RegistryAuth(#[from] crate::executor::registry_auth::RegistryAuthError),
 }
 
 /// Everything the launcher needs, checked.
@@ -142,7 +144,14 @@ impl LauncherConfig {
             .transpose()?;
         let executor = match options::get(env, EXECUTOR).unwrap_or("process") {
             "process" => ExecutorKind::Process,
-            "docker" => ExecutorKind::Docker(crate::executor::DockerSettings::from_env(env)?),
+            "docker" => {
+                use crate::executor::registry_auth::{DOCKER_CONFIG_DIR, RegistryAuth};
+                let mut settings = crate::executor::DockerSettings::from_env(env)?;
+                if let Some(dir) = options::get(env, DOCKER_CONFIG_DIR) {
+                    settings.registry_auth = RegistryAuth::load(Path::new(dir))?;
+                }
+                ExecutorKind::Docker(settings)
+            }
             other => {
                 return Err(OptionError::invalid(EXECUTOR, other, "process or docker").into());
             }

@@ -22,5 +22,7 @@ mod workspace;
 
 pub use client::{AgentClient, ClientError};
 pub use config::{ConfigError, LauncherConfig};
-pub use executor::{DockerExecutor, DockerSettings, Executor, ProcessExecutor, docker};
+pub use executor::{
+    DockerExecutor, DockerSettings, Executor, ProcessExecutor, docker, registry_auth,
+};
 pub use launcher::{FatalError, Shutdown, run};

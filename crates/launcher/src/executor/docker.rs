@@ -67,6 +67,8 @@ pub struct DockerSettings {
     pub read_only_mounts: Vec<ExtraMount>,
     /// Mounted into write runs (tracked runs and tasks) only.
     pub write_mounts: Vec<ExtraMount>,
+    /// Credentials for pulling runner images (`GANTRY_DOCKER_CONFIG_DIR`).
+    pub registry_auth: super::registry_auth::RegistryAuth,
 }
 
 impl DockerSettings {
@@ -78,6 +80,7 @@ impl DockerSettings {
             mounts: mounts(env, WORKER_EXTRA_MOUNTS)?,
             read_only_mounts: mounts(env, WORKER_RO_EXTRA_MOUNTS)?,
             write_mounts: mounts(env, WORKER_WO_EXTRA_MOUNTS)?,
+            registry_auth: super::registry_auth::RegistryAuth::default(),
         })
     }
 
@@ -228,7 +231,8 @@ impl DockerExecutor {
     ) -> Result<(), DockerError> {
         let _ = output.send(format!("Pulling the runner image {image}\n"));
         let options = CreateImageOptionsBuilder::default().from_image(image).build();
-        let mut progress = self.docker.create_image(Some(options), None, None);
+        let credentials = self.settings.registry_auth.for_image(image);
+        let mut progress = self.docker.create_image(Some(options), None, credentials);
         while let Some(step) = progress.next().await {
             step?;
         }

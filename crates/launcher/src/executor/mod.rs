@@ -4,6 +4,7 @@
 
 pub mod docker;
 mod process;
+pub mod registry_auth;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -218,3 +218,17 @@ fn mounts_network_and_runtime_options_reach_the_containers() {
     let log = setup.cluster.gantry.log(&task);
     assert!(log.contains("net=lo ro= wo=marker"), "{log}");
 }
+
+#[test]
+fn a_silent_run_in_a_container_is_stopped_after_the_logs_timeout() {
+    let setup = DockerSetup::new();
+    let _launcher = setup.launcher(&[("GANTRY_LAUNCHER_LOGS_TIMEOUT", "3s")]);
+    setup.stack("app", CONFIG, &[]);
+    let started = std::time::Instant::now();
+    let task = setup.task_to_end("app", "sleep 120");
+    let took = started.elapsed();
+    assert_eq!(task["state"], "FAILED", "{task}");
+    assert!(task["failure"].as_str().unwrap().contains("printed nothing for 3s"), "{task}");
+    assert!(took < Duration::from_secs(3 + 5 + 5), "stopped after {took:?}");
+    setup.wait_until_removed(&task);
+}
