@@ -48,5 +48,8 @@ echo "==> lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> building the binaries the end-to-end tests start"
 cargo build --workspace --bins --locked
+echo "==> building the static worker the container tests run in an image without a C library"
+RUSTFLAGS='-C target-feature=+crt-static' \
+  cargo build --locked -p gantry-worker --target "$(uname -m)-unknown-linux-gnu"
 echo "==> tests"
 cargo nextest run --workspace --locked --no-fail-fast "$@"

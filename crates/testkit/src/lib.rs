@@ -12,7 +12,7 @@ mod terraform;
 pub use git::{GitRepository, git};
 pub use openssl::{KeyKind, OpensslKey, openssl};
 pub use proxy::FlakyProxy;
-pub use runner_image::{RUNNER_IMAGE, runner_image};
+pub use runner_image::{BUSYBOX_RUNNER_IMAGE, RUNNER_IMAGE, runner_image};
 pub use server::TestServer;
 pub use terraform::{MARKER_OUTPUT, NO_CHANGES_CONFIG, SIMPLE_CONFIG};
 

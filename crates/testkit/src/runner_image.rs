@@ -1,23 +1,32 @@
-//! A runner image for tests, assembled here since no registry can be reached: busybox
-//! for a shell and its tools, the host's `terraform`, and the C libraries a
-//! dynamically linked worker binary needs, imported into the local Docker daemon.
+//! Runner images for tests, assembled here since no registry can be reached: busybox
+//! for a shell and its tools, the host's `terraform`, and the C libraries the worker
+//! binary links (none for a static one), imported into the local Docker daemon.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
-/// The image's name in the local daemon.
-pub const RUNNER_IMAGE: &str = "gantry-test-runner:latest";
+/// The image for a dynamically linked worker: with the host's C library.
+pub const RUNNER_IMAGE: &str = "gantry-test-runner:glibc";
+/// The image for a static worker: busybox and terraform, no C library at all.
+pub const BUSYBOX_RUNNER_IMAGE: &str = "gantry-test-runner:busybox";
 
-/// Imports [`RUNNER_IMAGE`] (once per process) able to run `worker_binary`, and returns
-/// its name. Panics with what is missing (Docker, busybox, terraform) otherwise.
+/// Imports (once per process) an image able to run `worker_binary`, and returns its
+/// name: [`BUSYBOX_RUNNER_IMAGE`] for a static binary, [`RUNNER_IMAGE`] otherwise.
+/// Panics with what is missing (Docker, busybox, terraform).
 pub fn runner_image(worker_binary: &Path) -> &'static str {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| build(worker_binary));
-    RUNNER_IMAGE
+    static BUILT: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let libraries = shared_libraries(worker_binary);
+    let image = if libraries.is_empty() { BUSYBOX_RUNNER_IMAGE } else { RUNNER_IMAGE };
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if built.get_or_insert_with(HashSet::new).insert(image) {
+        build(image, &libraries);
+    }
+    image
 }
 
-fn build(worker_binary: &Path) {
+fn build(image: &str, libraries: &[PathBuf]) {
     let rootfs = tempfile::tempdir().expect("a temporary directory");
     let root = rootfs.path();
     for dir in ["bin", "usr/local/bin", "etc"] {
@@ -32,10 +41,10 @@ fn build(worker_binary: &Path) {
         }
     }
     std::fs::copy(on_path("terraform"), root.join("usr/local/bin/terraform")).unwrap();
-    for library in shared_libraries(worker_binary) {
+    for library in libraries {
         let target = root.join(library.strip_prefix("/").unwrap());
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(&library, &target).unwrap();
+        std::fs::copy(library, &target).unwrap();
     }
     // A user database for tools that look themselves up; the run user has no entry, as
     // in an image made without it.
@@ -49,7 +58,7 @@ fn build(worker_binary: &Path) {
         .spawn()
         .expect("tar runs");
     let imported = Command::new("docker")
-        .args(["import", "-c", "ENV PATH=/usr/local/bin:/bin", "-", RUNNER_IMAGE])
+        .args(["import", "-c", "ENV PATH=/usr/local/bin:/bin", "-", image])
         .stdin(tar.stdout.take().unwrap())
         .output()
         .expect("docker runs: these tests need a Docker daemon");

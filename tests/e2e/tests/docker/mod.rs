@@ -2,7 +2,7 @@
 //! runner image assembled and imported by the test (no registry is reachable).
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -51,18 +51,24 @@ struct DockerSetup {
     shared: PathBuf,
     pool: PoolAccess,
     image: &'static str,
+    worker: String,
 }
 
 impl DockerSetup {
     fn new() -> Self {
-        let image = runner_image(&bin("gantry-worker"));
+        Self::with_worker(&bin("gantry-worker"))
+    }
+
+    /// Runs `worker` in an image made for it: one without a C library for a static one.
+    fn with_worker(worker: &Path) -> Self {
+        let image = runner_image(worker);
         let cluster = Cluster::start();
         let work = tempfile::tempdir().unwrap();
         let shared = work.path().join("shared");
         std::fs::create_dir_all(&shared).unwrap();
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
         let pool = cluster.private_pool(work.path(), "p");
-        Self { cluster, work, shared, pool, image }
+        Self { cluster, work, shared, pool, image, worker: worker.display().to_string() }
     }
 
     /// The settings of a docker launcher of the pool, with `extra` ones.
@@ -73,6 +79,7 @@ impl DockerSetup {
     ) -> Vec<(&'a str, &'a str)> {
         let mut settings = vec![
             ("GANTRY_LAUNCHER_EXECUTOR", "docker"),
+            ("GANTRY_WORKER_BINARY", self.worker.as_str()),
             ("GANTRY_DEFAULT_RUNNER_IMAGE", self.image),
             ("GANTRY_WORKER_EXTRA_MOUNTS", mount),
         ];
@@ -231,4 +238,35 @@ fn a_silent_run_in_a_container_is_stopped_after_the_logs_timeout() {
     assert!(task["failure"].as_str().unwrap().contains("printed nothing for 3s"), "{task}");
     assert!(took < Duration::from_secs(3 + 5 + 5), "stopped after {took:?}");
     setup.wait_until_removed(&task);
+}
+
+/// The worker built as a static binary: `scripts/test.sh` builds it before the tests.
+fn static_worker() -> PathBuf {
+    let profile_dir = bin("gantry-worker").parent().unwrap().to_path_buf();
+    let profile = profile_dir.file_name().unwrap();
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let path = profile_dir.parent().unwrap().join(triple).join(profile).join("gantry-worker");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with RUSTFLAGS='-C target-feature=+crt-static' cargo build -p gantry-worker --target {}-unknown-linux-gnu",
+        path.display(),
+        std::env::consts::ARCH
+    );
+    path
+}
+
+#[test]
+fn the_static_worker_runs_in_an_image_without_a_c_library() {
+    let setup = DockerSetup::with_worker(&static_worker());
+    let libc = Command::new("docker")
+        .args(["run", "--rm", setup.image, "sh", "-c", "find / -xdev -name 'libc.so*' | wc -l"])
+        .output()
+        .expect("docker runs");
+    assert_eq!(String::from_utf8_lossy(&libc.stdout).trim(), "0", "the image has no C library");
+
+    let _launcher = setup.launcher(&[]);
+    let state = setup.stack("app", CONFIG, &["--autodeploy"]);
+    let run = setup.run_to_end(&[], "app");
+    assert_eq!(run["state"], "FINISHED", "{run}\n{}", setup.cluster.gantry.log(&run));
+    assert!(state_has_resource(&state));
 }
