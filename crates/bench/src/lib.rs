@@ -122,26 +122,15 @@ pub async fn dispatch(
     .collect();
     let config = LauncherConfig::from_env(&launcher_env)?;
     let executor: Arc<dyn Executor> = match executor {
-        DispatchExecutor::Process => Arc::new(ProcessExecutor::new(
-            config.worker_binary.clone(),
-            config.passthrough_env.clone(),
-        )),
+        DispatchExecutor::Process => Arc::new(ProcessExecutor::new(config.passthrough_env.clone())),
         DispatchExecutor::Docker { image } => {
             let image = match image {
                 Some(image) => image.clone(),
-                None => gantry_testkit::runner_image(&config.worker_binary).to_owned(),
+                None => gantry_testkit::runner_image(&worker_binary()?).to_owned(),
             };
             let settings =
                 DockerSettings { default_image: Some(image), ..DockerSettings::default() };
-            Arc::new(
-                DockerExecutor::connect(
-                    settings,
-                    config.worker_binary.clone(),
-                    config.pool_id,
-                    &config.work_dir,
-                )
-                .await?,
-            )
+            Arc::new(DockerExecutor::connect(settings, config.pool_id, &config.work_dir).await?)
         }
     };
     let shutdown = Shutdown::default();

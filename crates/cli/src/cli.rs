@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{keygen, pool, run, server, stack, up, worker};
+use crate::commands::{keygen, pool, release, run, server, stack, up, worker};
 use crate::config::ConfigFlags;
 use crate::output::OutputFormat;
 
@@ -90,6 +90,9 @@ pub enum Command {
     Run(run::RunCommand),
     /// Run the Gantry server (the control plane)
     Server(server::ServerArgs),
+    /// Sign worker binaries for launchers that download them
+    #[command(subcommand, name = "worker-binary")]
+    WorkerBinary(release::ReleaseCommand),
     /// Run everything on this machine: the server, a local pool and its launcher, and an
     /// example stack
     Up(up::UpArgs),

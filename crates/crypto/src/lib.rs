@@ -9,6 +9,7 @@ mod certificate;
 mod envelope;
 mod error;
 mod keys;
+mod release;
 mod secrets;
 mod session;
 mod token;
@@ -24,6 +25,9 @@ pub use envelope::{
 pub use envelope::{open_chunks_with_key, seal_chunks_with_key};
 pub use error::Error;
 pub use keys::{GeneratedPoolKey, PoolPrivateKey, generate_pool_key};
+pub use release::{
+    ReleaseError, ReleasePublicKey, binary_digest, generate_release_key, sign_binary_digest,
+};
 pub use secrets::{ChallengeSigner, hash_secret, random_secret};
 pub use session::{session_message, verify_session_signature};
 pub use token::PoolToken;

@@ -14,8 +14,8 @@ use gantry_proto::agent::{
     Acknowledge, BlobRef, ChallengeRequest, ChallengeResponse, Directive, Heartbeat,
     HeartbeatResponse, HeldAssignment, LauncherInfo, LogUpload, LogsAccepted, OpenSession,
     PROTOCOL_VERSION, Poll, PollResponse, RegisterWorkers, ReportRequest, ReportResponse,
-    RunReport, SHA256_HEADER, STATE_RUN_HEADER, SessionOpened, UploadLogs, WorkerRegistration,
-    WorkersRegistered,
+    RunReport, SHA256_HEADER, STATE_RUN_HEADER, SessionOpened, UploadLogs, WorkerBinary,
+    WorkerRegistration, WorkersRegistered,
 };
 use gantry_proto::api::ErrorResponse;
 use serde::Serialize;
@@ -246,9 +246,77 @@ impl AgentClient {
         destination: &Path,
         expected: Option<&str>,
     ) -> Result<Option<Downloaded>, ClientError> {
+        let url = format!("{}/agent/v1/runs/{run_id}/{what}", self.endpoint);
+        self.download(url, what, destination, expected).await
+    }
+
+    /// An authenticated GET: the response when successful or 404 (the server has no such
+    /// thing), the refusal otherwise.
+    async fn get(
+        &self,
+        url: &str,
+        token: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(token)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(response);
+        }
+        let bytes = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+        Err(self.refusal(status, &bytes))
+    }
+
+    /// The worker binary the server distributes for `arch`: digest, size, signature.
+    pub async fn describe_worker_binary(&self, arch: &str) -> Result<WorkerBinary, ClientError> {
+        let url = format!("{}/agent/v1/worker-binary?arch={arch}", self.endpoint);
+        self.with_session(|token| {
+            let url = url.clone();
+            async move {
+                let response = self.get(&url, &token, REQUEST_TIMEOUT).await?;
+                let status = response.status();
+                let bytes = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+                if !status.is_success() {
+                    // The server says why it has none.
+                    return Err(self.refusal(status, &bytes));
+                }
+                serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+                    path: "/worker-binary".to_owned(),
+                    cause: e.to_string(),
+                })
+            }
+        })
+        .await
+    }
+
+    /// Downloads the worker binary for `arch` to `destination`, checking it has the
+    /// `expected` digest. `None`: the server has none.
+    pub async fn download_worker_binary(
+        &self,
+        arch: &str,
+        destination: &Path,
+        expected: &str,
+    ) -> Result<Option<Downloaded>, ClientError> {
+        let url = format!("{}/agent/v1/worker-binary/content?arch={arch}", self.endpoint);
+        self.download(url, "worker binary", destination, Some(expected)).await
+    }
+
+    async fn download(
+        &self,
+        url: String,
+        what: &str,
+        destination: &Path,
+        expected: Option<&str>,
+    ) -> Result<Option<Downloaded>, ClientError> {
         use futures_util::StreamExt;
         use tokio::io::AsyncWriteExt;
-        let url = format!("{}/agent/v1/runs/{run_id}/{what}", self.endpoint);
         let local = |e: std::io::Error| ClientError::Protocol {
             path: destination.display().to_string(),
             cause: e.to_string(),
@@ -256,21 +324,9 @@ impl AgentClient {
         self.with_session(|token| {
             let url = url.clone();
             async move {
-                let response = self
-                    .http
-                    .get(&url)
-                    .bearer_auth(&token)
-                    .timeout(BLOB_TIMEOUT)
-                    .send()
-                    .await
-                    .map_err(|e| self.unreachable(&e))?;
-                let status = response.status();
-                if status == reqwest::StatusCode::NOT_FOUND {
+                let response = self.get(&url, &token, BLOB_TIMEOUT).await?;
+                if response.status() == reqwest::StatusCode::NOT_FOUND {
                     return Ok(None);
-                }
-                if !status.is_success() {
-                    let bytes = response.bytes().await.map_err(|e| self.unreachable(&e))?;
-                    return Err(self.refusal(status, &bytes));
                 }
                 let header = |name: &str| {
                     response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)

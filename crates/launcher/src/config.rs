@@ -4,6 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use gantry_crypto::ReleasePublicKey;
+
+use crate::worker_binary::WorkerSource;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +74,8 @@ pub struct LauncherConfig {
     pub worker_slots: u32,
     /// Holds run workspaces and the worker sockets.
     pub work_dir: PathBuf,
-    pub worker_binary: PathBuf,
+    /// Where each run's worker binary comes from.
+    pub worker: WorkerSource,
     /// `GANTRY_DEBUG`: workers print the exact commands they run.
     pub debug: bool,
     /// How long a graceful shutdown waits for running runs before stopping them.
@@ -134,7 +139,24 @@ impl LauncherConfig {
                 PathBuf::from(options::get(env, "TMPDIR").unwrap_or("/tmp")).join("gantry-launcher")
             }
         };
-        let worker_binary = worker_binary(env)?;
+        let worker = match options::get(env, crate::worker_binary::WORKER_BINARY_PUBLIC_KEY) {
+            Some(_) if options::get(env, options::WORKER_BINARY).is_some() => {
+                return Err(OptionError::invalid(
+                    crate::worker_binary::WORKER_BINARY_PUBLIC_KEY,
+                    "(set)",
+                    "either GANTRY_WORKER_BINARY (a local worker) or GANTRY_WORKER_BINARY_PUBLIC_KEY (download it from the server), not both",
+                )
+                .into());
+            }
+            Some(key) => WorkerSource::Download(ReleasePublicKey::parse(key).map_err(|_| {
+                OptionError::invalid(
+                    crate::worker_binary::WORKER_BINARY_PUBLIC_KEY,
+                    key,
+                    "the release public key: base64 of 32 bytes, as gantry worker-binary keygen prints it",
+                )
+            })?),
+            None => WorkerSource::Local(worker_binary(env)?),
+        };
         let metrics_listen = options::get(env, METRICS_LISTEN)
             .map(|text| {
                 text.parse().map_err(|_| {
@@ -184,7 +206,7 @@ impl LauncherConfig {
                 "a number of worker slots from 1 to 64",
             )?,
             work_dir,
-            worker_binary,
+            worker,
             debug: options::boolean(env, options::DEBUG, false)?,
             shutdown_grace: options::duration(env, SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE)?,
             hostname: hostname(env),

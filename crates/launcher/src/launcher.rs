@@ -42,6 +42,9 @@ pub enum FatalError {
     WorkDir { path: String, source: std::io::Error },
     #[error("cannot serve metrics on {address} (GANTRY_LAUNCHER_METRICS_LISTEN): {source}")]
     MetricsListen { address: std::net::SocketAddr, source: std::io::Error },
+    /// The server's worker binary cannot be had or does not verify with the pinned key.
+    #[error("{0}")]
+    WorkerBinary(String),
 }
 
 /// What the loop and the heartbeat share.
@@ -88,6 +91,10 @@ pub async fn run(
         scratch_dir: instance_dir.join("scratch"),
         metrics,
         executor,
+        worker_binaries: crate::worker_binary::WorkerBinaries::new(
+            config.worker.clone(),
+            &config.work_dir,
+        ),
         config,
     });
     prepare_dirs(&context, &instance_dir)?;
@@ -105,6 +112,10 @@ async fn serve(context: Arc<RunContext>, shutdown: &Shutdown) -> Result<(), Fata
     let client = Arc::clone(&context.client);
     if !connect(&client, shutdown).await? {
         return Ok(());
+    }
+    if matches!(context.config.worker, crate::worker_binary::WorkerSource::Download(_)) {
+        // Before taking work: a worker that will not verify stops the launcher now.
+        context.worker_binaries.current(&client).await.map_err(FatalError::WorkerBinary)?;
     }
     let slots: SharedSlots = Arc::default();
     register(&context, &slots, &[]).await?;

@@ -18,6 +18,7 @@ pub mod passed_env;
 pub mod policy;
 pub mod private_vcs;
 mod supervisor;
+mod worker_binary;
 mod workspace;
 
 pub use client::{AgentClient, ClientError};
@@ -26,3 +27,4 @@ pub use executor::{
     DockerExecutor, DockerSettings, Executor, ProcessExecutor, docker, registry_auth,
 };
 pub use launcher::{FatalError, Shutdown, run};
+pub use worker_binary::{WORKER_BINARY_PUBLIC_KEY, WorkerSource};

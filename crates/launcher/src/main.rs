@@ -41,18 +41,11 @@ fn main() -> ExitCode {
         let shutdown = Shutdown::default();
         tokio::spawn(watch_signals(shutdown.clone()));
         let executor: Arc<dyn Executor> = match &config.executor {
-            ExecutorKind::Process => Arc::new(ProcessExecutor::new(
-                config.worker_binary.clone(),
-                config.passthrough_env.clone(),
-            )),
+            ExecutorKind::Process => Arc::new(ProcessExecutor::new(config.passthrough_env.clone())),
             ExecutorKind::Docker(settings) => {
-                let connected = DockerExecutor::connect(
-                    settings.clone(),
-                    config.worker_binary.clone(),
-                    config.pool_id,
-                    &config.work_dir,
-                )
-                .await;
+                let connected =
+                    DockerExecutor::connect(settings.clone(), config.pool_id, &config.work_dir)
+                        .await;
                 match connected {
                     Ok(executor) => Arc::new(executor),
                     Err(error) => {

@@ -41,6 +41,7 @@ pub(crate) struct RunContext {
     /// Sealed blobs on their way to or from the server.
     pub(crate) scratch_dir: PathBuf,
     pub(crate) metrics: Arc<LauncherMetrics>,
+    pub(crate) worker_binaries: crate::worker_binary::WorkerBinaries,
 }
 
 impl RunContext {
@@ -307,6 +308,14 @@ async fn execute(
     deadline: Instant,
 ) -> Ending {
     let run_id = assignment.run_id;
+    let worker_binary = match context.worker_binaries.current(&context.client).await {
+        Ok(binary) => binary,
+        Err(message) => {
+            logs.append(&format!("\n{message}\n"));
+            conclude_failed(context, logs, run_id, message).await;
+            return Ending::Ended;
+        }
+    };
     let capability = gantry_crypto::random_secret("gwc_");
     let socket_path = context.sockets_dir.join(format!("{run_id}.sock"));
     let _ = tokio::fs::remove_file(&socket_path).await;
@@ -338,6 +347,7 @@ async fn execute(
     };
 
     let launch = WorkerLaunch {
+        worker_binary,
         run_id,
         worker_id: assignment.worker_id,
         run_type: assignment.run_type,

@@ -407,3 +407,16 @@ mod tests {
         assert!(registration.previous_id.is_none());
     }
 }
+
+/// `GET /agent/v1/worker-binary?arch=…`: the worker binary the server distributes, to be
+/// downloaded from `/agent/v1/worker-binary/content?arch=…` and run only if `signature`
+/// (base64 Ed25519 over a fixed label and the SHA-256 digest) verifies with the key the
+/// launcher pins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerBinary {
+    pub arch: String,
+    /// Hex.
+    pub sha256: String,
+    pub size: u64,
+    pub signature: String,
+}

@@ -24,6 +24,9 @@ pub(crate) enum ApiError {
     InvalidProof(String),
     #[error("{kind} {key:?} does not exist")]
     NotFound { kind: &'static str, key: String },
+    /// Something the server does not have, said in a sentence.
+    #[error("{0}")]
+    Missing(String),
     #[error("{0}")]
     InvalidRequest(String),
     #[error("{0}")]
@@ -60,7 +63,7 @@ impl ApiError {
             Self::SessionExpired => (StatusCode::UNAUTHORIZED, "session_expired"),
             Self::PoolReset(_) => (StatusCode::FORBIDDEN, "pool_reset"),
             Self::InvalidProof(_) => (StatusCode::UNAUTHORIZED, "invalid_proof"),
-            Self::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            Self::NotFound { .. } | Self::Missing(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Self::NotAssigned(_) => (StatusCode::CONFLICT, "not_assigned"),
             Self::InvalidTransition(_) => (StatusCode::CONFLICT, "invalid_state"),

@@ -39,6 +39,8 @@ const BODY_LIMIT: usize = 8 * 1024 * 1024;
 pub enum StartError {
     #[error("cannot create the data directory {path}: {source}")]
     DataDir { path: String, source: std::io::Error },
+    #[error("cannot read the worker binary {path} or its signature: {source}")]
+    WorkerBinary { path: String, source: std::io::Error },
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {address}: {source}")]
@@ -135,6 +137,13 @@ impl Server {
         };
         let initial_admin_key = bootstrap::initial_admin_key(store.as_ref()).await?;
         let shared_pool = crate::shared_pool::ensure(store.as_ref(), &pki.ca, now()).await?;
+        let worker_release =
+            match crate::shared_pool::worker_binary(config.worker_binary.as_deref()) {
+                Some(binary) => crate::agent::WorkerRelease::load(&binary).map_err(|source| {
+                    StartError::WorkerBinary { path: binary.display().to_string(), source }
+                })?,
+                None => None,
+            };
         let state = AppState::new(Shared {
             store,
             blobs,
@@ -147,6 +156,7 @@ impl Server {
             dispatch_metrics: crate::metrics::DispatchMetrics::default(),
             waiting: crate::state::WaitingRuns::default(),
             sessions: crate::session_cache::SessionCache::default(),
+            worker_release,
             timings: config.timings.clone(),
             shutdown: CancellationToken::new(),
         });
@@ -289,7 +299,6 @@ impl Server {
             }
         };
         let executor = std::sync::Arc::new(gantry_launcher::ProcessExecutor::new(
-            config.worker_binary.clone(),
             config.passthrough_env.clone(),
         ));
         let shutdown = gantry_launcher::Shutdown {

@@ -33,6 +33,8 @@ pub struct Shared {
     pub challenges: ChallengeSigner,
     pub events: Events,
     pub dispatch_metrics: DispatchMetrics,
+    /// The signed worker binary launchers may download, if there is one.
+    pub(crate) worker_release: Option<crate::agent::WorkerRelease>,
     /// Launcher sessions validated in the last second.
     pub sessions: crate::session_cache::SessionCache,
     /// Why each run the last scheduling pass left waiting waits.

@@ -4,6 +4,7 @@
 mod context;
 pub mod keygen;
 pub mod pool;
+pub mod release;
 pub mod run;
 pub mod server;
 mod signals;

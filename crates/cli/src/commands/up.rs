@@ -93,10 +93,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<Outcome> {
     let launcher_config = launcher_config(&token, &pool.private_key_pem, &args.data_dir)?;
     let shutdown =
         Shutdown { graceful: stop.graceful.child_token(), immediate: stop.immediate.child_token() };
-    let executor = Arc::new(ProcessExecutor::new(
-        launcher_config.worker_binary.clone(),
-        launcher_config.passthrough_env.clone(),
-    ));
+    let executor = Arc::new(ProcessExecutor::new(launcher_config.passthrough_env.clone()));
     let launcher_task = tokio::spawn(gantry_launcher::run(launcher_config, executor, shutdown));
     println!("Local pool {POOL_NAME:?} started: its launcher runs in this process");
 

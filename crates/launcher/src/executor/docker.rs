@@ -122,7 +122,6 @@ fn mounts(env: &Env, variable: &str) -> Result<Vec<ExtraMount>, OptionError> {
 pub struct DockerExecutor {
     docker: Docker,
     settings: DockerSettings,
-    worker_binary: PathBuf,
     pool_id: PoolId,
     work_dir: String,
 }
@@ -132,7 +131,6 @@ impl DockerExecutor {
     /// containers an earlier launcher with the same work directory left behind.
     pub async fn connect(
         settings: DockerSettings,
-        worker_binary: PathBuf,
         pool_id: PoolId,
         work_dir: &Path,
     ) -> Result<Self, ExecutorError> {
@@ -141,13 +139,7 @@ impl DockerExecutor {
             .negotiate_version()
             .await
             .map_err(|error| docker_error("cannot reach the Docker daemon", &error))?;
-        let executor = Self {
-            docker,
-            settings,
-            worker_binary,
-            pool_id,
-            work_dir: work_dir.display().to_string(),
-        };
+        let executor = Self { docker, settings, pool_id, work_dir: work_dir.display().to_string() };
         executor.remove_leftovers().await?;
         Ok(executor)
     }
@@ -181,7 +173,7 @@ impl DockerExecutor {
         let workspace = launch.workspace.display().to_string();
         let socket = launch.socket_path.display().to_string();
         let mut binds = vec![
-            format!("{}:{WORKER_PATH}:ro", self.worker_binary.display()),
+            format!("{}:{WORKER_PATH}:ro", launch.worker_binary.display()),
             format!("{workspace}:{workspace}"),
             format!("{socket}:{socket}"),
         ];

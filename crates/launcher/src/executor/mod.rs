@@ -20,6 +20,8 @@ pub use process::ProcessExecutor;
 /// What an executor needs to start one run's worker.
 #[derive(Debug, Clone)]
 pub struct WorkerLaunch {
+    /// The worker executable: local, or downloaded and verified for this run.
+    pub worker_binary: PathBuf,
     pub run_id: RunId,
     pub worker_id: WorkerId,
     /// Read-only (proposed) or write: some mounts reach only one kind.

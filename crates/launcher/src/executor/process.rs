@@ -2,7 +2,6 @@
 //! an environment cleared down to what tools need. It does not isolate the run from the
 //! launcher's user account: use it for local setups, the `docker` executor elsewhere.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -19,15 +18,14 @@ use super::{Executor, ExecutorError, RunningWorker, WorkerExit, WorkerLaunch};
 /// Runs `gantry-worker` as a child process.
 #[derive(Debug, Clone)]
 pub struct ProcessExecutor {
-    binary: PathBuf,
     /// Passed to the worker (PATH, HOME, ...); nothing else of the launcher's environment
     /// is, least of all the token and the key.
     environment: Vec<(String, String)>,
 }
 
 impl ProcessExecutor {
-    pub fn new(binary: PathBuf, environment: Vec<(String, String)>) -> Self {
-        Self { binary, environment }
+    pub fn new(environment: Vec<(String, String)>) -> Self {
+        Self { environment }
     }
 }
 
@@ -38,7 +36,7 @@ impl Executor for ProcessExecutor {
         launch: &WorkerLaunch,
         output: mpsc::UnboundedSender<String>,
     ) -> Result<Box<dyn RunningWorker>, ExecutorError> {
-        let mut child = Command::new(&self.binary)
+        let mut child = Command::new(&launch.worker_binary)
             .env_clear()
             .envs(self.environment.iter().map(|(name, value)| (name, value)))
             .env(SOCKET_ENV, &launch.socket_path)
@@ -53,7 +51,7 @@ impl Executor for ProcessExecutor {
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| ExecutorError::Spawn {
-                binary: self.binary.display().to_string(),
+                binary: launch.worker_binary.display().to_string(),
                 source,
             })?;
         if let Some(stdout) = child.stdout.take() {

@@ -7,6 +7,7 @@ mod heartbeat;
 mod poll;
 mod runs;
 mod session;
+mod worker_binary;
 mod workers;
 
 use axum::Router;
@@ -36,6 +37,9 @@ pub(crate) fn router() -> Router<AppState> {
         )
         .route("/runs/{run}/sensitive-outputs", put(blobs::put_sensitive_outputs))
         .route("/runs/{run}/inputs/{upstream_run}", get(blobs::get_sealed_input))
+        .route("/worker-binary", get(worker_binary::describe))
+        .route("/worker-binary/content", get(worker_binary::content))
 }
 
 pub(crate) use blobs::{SENSITIVE_OUTPUTS, WORKSPACE, workspace_key};
+pub(crate) use worker_binary::WorkerRelease;

@@ -238,3 +238,75 @@ fn a_private_vcs_mapping_rewrites_the_clone_address() {
         "{unmapped}"
     );
 }
+
+/// Runs `gantry` without a server: the release commands need none.
+fn gantry_offline(args: &[&str]) -> String {
+    let done = std::process::Command::new(crate::harness::bin("gantry"))
+        .args(args)
+        .output()
+        .expect("gantry runs");
+    assert!(done.status.success(), "gantry {args:?}: {}", String::from_utf8_lossy(&done.stderr));
+    String::from_utf8(done.stdout).unwrap()
+}
+
+#[test]
+fn a_launcher_runs_the_servers_worker_binary_only_when_its_signature_verifies() {
+    let work = tempfile::tempdir().unwrap();
+    // A release: a copy of the worker binary, signed with a release key.
+    let release = work.path().join("release");
+    std::fs::create_dir_all(&release).unwrap();
+    let worker = release.join("gantry-worker");
+    std::fs::copy(crate::harness::bin("gantry-worker"), &worker).unwrap();
+    let keys = work.path().join("keys");
+    gantry_offline(&["worker-binary", "keygen", "--out-dir", keys.to_str().unwrap()]);
+    let key_file = keys.join("release.key");
+    gantry_offline(&[
+        "worker-binary",
+        "sign",
+        "--key",
+        key_file.to_str().unwrap(),
+        worker.to_str().unwrap(),
+    ]);
+    let public = std::fs::read_to_string(keys.join("release.pub")).unwrap();
+    let sha256 = {
+        let listed = std::process::Command::new("sha256sum").arg(&worker).output().unwrap();
+        String::from_utf8(listed.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
+    };
+
+    let cluster = Cluster::start_with(&[("GANTRY_SERVER_WORKER_BINARY", worker.to_str().unwrap())]);
+    let pool = cluster.private_pool(work.path(), "p");
+    let launcher_dir = work.path().join("launcher");
+    let downloading =
+        [("GANTRY_WORKER_BINARY", ""), ("GANTRY_WORKER_BINARY_PUBLIC_KEY", public.trim())];
+    let mut launcher = Launcher::spawn_for(&pool.token, &pool.key, &launcher_dir, &downloading);
+    launcher.wait_for_stderr("launcher connected", std::time::Duration::from_secs(30));
+    assert!(
+        launcher_dir.join("worker-binaries").join(&sha256).is_file(),
+        "the verified binary is kept by its digest"
+    );
+    let repository =
+        GitRepository::create(&work.path().join("repo"), &[("infra/main.tf", VARIABLES_CONFIG)]);
+    cluster.gantry.create_stack("app", &repository, "p", &work.path().join("state.tfstate"), &[]);
+    let run = cluster.gantry.trigger("app", &["--proposed"]);
+    let run = cluster.gantry.wait_for_state(&run, &["FINISHED", "FAILED"]);
+    assert_eq!(run["state"], "FINISHED", "{run}\n{}", cluster.gantry.log(&run));
+    launcher.stop();
+
+    // A launcher pinning another key refuses the binary and stops before taking work.
+    let (_, stranger) = release_key(&work.path().join("other-keys"));
+    let exited = Launcher::run_to_exit_with(
+        &cluster,
+        &pool.token,
+        &pool.key,
+        &[("GANTRY_WORKER_BINARY", ""), ("GANTRY_WORKER_BINARY_PUBLIC_KEY", &stranger)],
+    );
+    assert!(matches!(exited.status, Some(code) if code != 0), "{:?}", exited.status);
+    assert!(exited.stderr.contains("does not verify with the pinned key"), "{}", exited.stderr);
+}
+
+/// A fresh release key pair made by `gantry worker-binary keygen` in `dir`.
+fn release_key(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    gantry_offline(&["worker-binary", "keygen", "--out-dir", dir.to_str().unwrap()]);
+    let public = std::fs::read_to_string(dir.join("release.pub")).unwrap();
+    (dir.join("release.key"), public.trim().to_owned())
+}
