@@ -270,3 +270,53 @@ fn the_static_worker_runs_in_an_image_without_a_c_library() {
     assert_eq!(run["state"], "FINISHED", "{run}\n{}", setup.cluster.gantry.log(&run));
     assert!(state_has_resource(&state));
 }
+
+#[test]
+fn sigterm_lets_the_running_run_finish_and_a_second_one_stops_it() {
+    let setup = DockerSetup::new();
+    setup.stack("app", CONFIG, &[]);
+
+    // One SIGTERM: no new work, the run in progress finishes, the launcher leaves.
+    let launcher = setup.launcher(&[]);
+    let task = setup.cluster.gantry.json(&[
+        "run",
+        "task",
+        "app",
+        "--",
+        "sleep 3; echo finished after the signal",
+    ]);
+    setup.cluster.gantry.wait_for_state(&task, &["PERFORMING"]);
+    launcher.terminate();
+    let exited = launcher.wait_for_exit(Duration::from_secs(60));
+    assert_eq!(exited.status, Some(0), "{}", exited.stderr);
+    let task = setup.cluster.gantry.wait_for_state(&task, &["FINISHED", "FAILED"]);
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    assert!(setup.cluster.gantry.log(&task).contains("finished after the signal"));
+    let workers = setup.cluster.gantry.json(&["worker", "list", "--pool", "p"]);
+    assert_eq!(workers["workers"].as_array().unwrap().len(), 0, "it deregistered: {workers}");
+    setup.wait_until_removed(&task);
+
+    // Two: the run is stopped now, and the launcher still exits cleanly.
+    let launcher = setup.launcher(&[]);
+    let task = setup.cluster.gantry.json(&["run", "task", "app", "--", "sleep 120"]);
+    setup.cluster.gantry.wait_for_state(&task, &["PERFORMING"]);
+    launcher.terminate();
+    std::thread::sleep(Duration::from_millis(500));
+    launcher.terminate();
+    let exited = launcher.wait_for_exit(Duration::from_secs(60));
+    assert_eq!(exited.status, Some(0), "{}", exited.stderr);
+    let task = setup.cluster.gantry.wait_for_state(&task, &["STOPPED", "FAILED", "FINISHED"]);
+    assert_ne!(task["state"], "FINISHED", "{task}");
+    setup.wait_until_removed(&task);
+}
+
+#[test]
+fn the_runtime_option_reaches_the_daemon() {
+    let setup = DockerSetup::new();
+    let _launcher = setup.launcher(&[("GANTRY_WORKER_RUNTIME", "gantry-no-such-runtime")]);
+    setup.stack("app", CONFIG, &[]);
+    let run = setup.run_to_end(&["--proposed"], "app");
+    assert_eq!(run["state"], "FAILED", "{run}");
+    let failure = run["failure"].as_str().unwrap();
+    assert!(failure.contains("gantry-no-such-runtime"), "the daemon was asked for it: {failure}");
+}

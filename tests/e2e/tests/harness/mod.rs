@@ -549,6 +549,11 @@ impl Launcher {
         self.stderr.wait_for(pattern, timeout, "gantry-launcher")
     }
 
+    /// Sends SIGTERM and returns at once.
+    pub(crate) fn terminate(&self) {
+        signal(&self.child, "TERM");
+    }
+
     /// What the launcher printed on its standard output so far.
     pub(crate) fn stdout(&self) -> String {
         self.stdout.text()
