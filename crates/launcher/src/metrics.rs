@@ -223,34 +223,17 @@ mod tests {
         in_progress.truncate(1);
 
         let text = metrics.render();
-        assert_eq!(
-            line_of(&text, "gantry_launcher_runs_started_total"),
-            "gantry_launcher_runs_started_total 4"
-        );
-        assert_eq!(
-            line_of(&text, "gantry_launcher_runs_finished_total"),
-            "gantry_launcher_runs_finished_total 2"
-        );
-        assert_eq!(
-            line_of(&text, "gantry_launcher_runs_failed_total"),
-            "gantry_launcher_runs_failed_total 1"
-        );
-        assert_eq!(
-            line_of(&text, "gantry_launcher_runs_stopped_total"),
-            "gantry_launcher_runs_stopped_total 1"
-        );
-        assert_eq!(
-            line_of(&text, "gantry_launcher_plans_awaiting_confirmation_total"),
-            "gantry_launcher_plans_awaiting_confirmation_total 1"
-        );
-        assert_eq!(
-            line_of(&text, "gantry_launcher_runs_in_progress"),
-            "gantry_launcher_runs_in_progress 1"
-        );
-        assert_eq!(
-            line_of(&text, "gantry_launcher_worker_slots"),
-            "gantry_launcher_worker_slots 3"
-        );
+        for (metric, value) in [
+            ("gantry_launcher_runs_started_total", 4),
+            ("gantry_launcher_runs_finished_total", 2),
+            ("gantry_launcher_runs_failed_total", 1),
+            ("gantry_launcher_runs_stopped_total", 1),
+            ("gantry_launcher_plans_awaiting_confirmation_total", 1),
+            ("gantry_launcher_runs_in_progress", 1),
+            ("gantry_launcher_worker_slots", 3),
+        ] {
+            assert_eq!(line_of(&text, metric), format!("{metric} {value}"));
+        }
     }
 
     #[test]

@@ -53,40 +53,34 @@ impl SqliteStore {
         value: &str,
         drained: bool,
     ) -> Result<Vec<WorkerRecord>> {
-        let mut tx = self.begin().await?;
         // `column` is one of two literals, never input.
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE workers SET drained = $2 WHERE {column} = $1"
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE workers SET drained = $2 WHERE {column} = $1 RETURNING {WORKER_COLUMNS}"
         )))
         .bind(value)
         .bind(i64::from(drained))
-        .execute(&mut *tx)
+        .fetch_all(&self.writer)
         .await?;
-        let filter = format!("FROM workers WHERE {column} = $1 ORDER BY created_at, id");
-        let rows =
-            sqlx::query(select(WORKER_COLUMNS, &filter)).bind(value).fetch_all(&mut *tx).await?;
-        self.commit(tx).await?;
-        rows.iter().map(worker_from_row).collect()
+        self.group_commit.durable().await?;
+        let mut workers: Vec<WorkerRecord> =
+            rows.iter().map(worker_from_row).collect::<Result<_>>()?;
+        workers.sort_by_key(|worker| (worker.created_at, worker.id.to_string()));
+        Ok(workers)
     }
-    /// Runs `sql` (which sets something on the run with id `$1` at time `$2`) and returns
-    /// the run.
-    async fn update_run_flag(
-        &self,
-        id: RunId,
-        sql: &'static str,
-        at: Timestamp,
-    ) -> Result<RunRecord> {
-        let mut tx = self.begin().await?;
-        let updated =
-            sqlx::query(sql).bind(id.to_string()).bind(at.unix_millis()).execute(&mut *tx).await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound { kind: "run", id: id.to_string() });
-        }
-        let row = sqlx::query(select(RUN_COLUMNS, "FROM runs WHERE id = $1"))
-            .bind(id.to_string())
-            .fetch_one(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
+
+    /// Runs `set` (an assignment list over the run's columns, with the time as `$2`) on
+    /// the run with id `$1`, and returns the run.
+    async fn update_run(&self, id: RunId, set: &'static str, at: Timestamp) -> Result<RunRecord> {
+        // `set` is one of the literals below, never input.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE runs SET {set}, updated_at = $2 WHERE id = $1 RETURNING {RUN_COLUMNS}"
+        )))
+        .bind(id.to_string())
+        .bind(at.unix_millis())
+        .fetch_optional(&self.writer)
+        .await?
+        .ok_or_else(|| StoreError::NotFound { kind: "run", id: id.to_string() })?;
+        self.group_commit.durable().await?;
         run_from_row(&row)
     }
 
@@ -1225,21 +1219,16 @@ impl Store for SqliteStore {
     }
 
     async fn request_pool_cycle(&self, pool_id: PoolId, at: Timestamp) -> Result<PoolRecord> {
-        let mut tx = self.begin().await?;
-        let updated =
-            sqlx::query("UPDATE pools SET cycle_requested_at = $2, updated_at = $2 WHERE id = $1")
-                .bind(pool_id.to_string())
-                .bind(at.unix_millis())
-                .execute(&mut *tx)
-                .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound { kind: "pool", id: pool_id.to_string() });
-        }
-        let row = sqlx::query(select(POOL_COLUMNS, "FROM pools WHERE id = $1"))
-            .bind(pool_id.to_string())
-            .fetch_one(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE pools SET cycle_requested_at = $2, updated_at = $2 WHERE id = $1
+             RETURNING {POOL_COLUMNS}"
+        )))
+        .bind(pool_id.to_string())
+        .bind(at.unix_millis())
+        .fetch_optional(&self.writer)
+        .await?
+        .ok_or_else(|| StoreError::NotFound { kind: "pool", id: pool_id.to_string() })?;
+        self.group_commit.durable().await?;
         pool_from_row(&row)
     }
 
@@ -1256,21 +1245,11 @@ impl Store for SqliteStore {
     }
 
     async fn prioritize_run(&self, id: RunId, at: Timestamp) -> Result<RunRecord> {
-        self.update_run_flag(
-            id,
-            "UPDATE runs SET prioritized = 1, updated_at = $2 WHERE id = $1",
-            at,
-        )
-        .await
+        self.update_run(id, "prioritized = 1", at).await
     }
 
     async fn request_run_stop(&self, id: RunId, at: Timestamp) -> Result<RunRecord> {
-        self.update_run_flag(
-            id,
-            "UPDATE runs SET stop_requested_at = COALESCE(stop_requested_at, $2), updated_at = $2 WHERE id = $1",
-            at,
-        )
-        .await
+        self.update_run(id, "stop_requested_at = COALESCE(stop_requested_at, $2)", at).await
     }
 
     async fn put_dependency(&self, dependency: &DependencyRecord) -> Result<()> {
