@@ -1,6 +1,5 @@
 //! Crypto against real `openssl` output: every key and CSR format users will bring.
 
-use std::path::Path;
 use std::process::Command;
 
 use base64::Engine;
@@ -9,22 +8,9 @@ use gantry_crypto::{
     session_message, verify_session_signature,
 };
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is installed (Debian package openssl)");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+mod support;
 
-fn read(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(name)).unwrap()
-}
+use support::{openssl, read};
 
 fn ca() -> CertificateAuthority {
     CertificateAuthority::generate("test CA").unwrap()
