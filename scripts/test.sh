@@ -24,6 +24,7 @@ require openssl openssl
 require terraform ""
 require docker ""
 require busybox busybox-static
+require systemd-analyze systemd   # verifies deploy/systemd
 if [ ${#missing_packages[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${missing_packages[*]}"
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
@@ -35,6 +36,11 @@ if ! docker info >/dev/null 2>&1; then
   echo "error: the Docker daemon is not reachable (docker info failed)." >&2
   echo "  Start it: sudo systemctl start docker (or: sudo dockerd &), and make sure this user may use it." >&2
   exit 1
+fi
+
+# helm lints and renders deploy/helm in the chart tests; Debian does not package it.
+if ! command -v helm >/dev/null 2>&1; then
+  scripts/install-helm.sh
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
