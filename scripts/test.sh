@@ -24,6 +24,7 @@ require openssl openssl
 require terraform ""
 require docker ""
 require busybox busybox-static
+require python3 python3
 require systemd-analyze systemd   # verifies deploy/systemd
 if [ ${#missing_packages[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${missing_packages[*]}"
@@ -41,6 +42,13 @@ fi
 # helm lints and renders deploy/helm in the chart tests; Debian does not package it.
 if ! command -v helm >/dev/null 2>&1; then
   scripts/install-helm.sh
+fi
+
+# The S3 blob store's tests run against moto's S3 server (PyPI only, not packaged by Debian).
+if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
+  echo "==> installing moto's S3 server"
+  python3 -m pip install --quiet 'moto[server]' \
+    || python3 -m pip install --quiet --break-system-packages 'moto[server]'
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gantry_domain::options::{self, Env, OptionError};
+use gantry_store::{BlobLocation, S3Credentials, S3Settings};
 use serde::Deserialize;
 
 /// Where the server's TLS certificate comes from.
@@ -35,6 +36,8 @@ pub struct AgentTimings {
     pub session_ttl: Duration,
     /// How often liveness and cleanup run.
     pub sweep_interval: Duration,
+    /// How long after a run ended its log moves from the database to the blob store.
+    pub log_archive_after: Duration,
 }
 
 impl Default for AgentTimings {
@@ -45,6 +48,7 @@ impl Default for AgentTimings {
             poll_timeout: Duration::from_secs(30),
             session_ttl: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(5),
+            log_archive_after: Duration::from_secs(60),
         }
     }
 }
@@ -52,8 +56,11 @@ impl Default for AgentTimings {
 /// Everything `gantry server` needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
-    /// Holds `gantry.db`.
+    /// Holds `gantry.db`, and the blobs unless `blob_store` says otherwise.
     pub data_dir: PathBuf,
+    /// Where encrypted workspaces and state versions are kept: `<data_dir>/blobs` unless
+    /// set.
+    pub blob_store: BlobLocation,
     pub listen: SocketAddr,
     /// The address launchers and users reach the server at, written into pool tokens;
     /// `https://<bound address>` when unset.
@@ -80,10 +87,17 @@ pub const TLS_CA_FILE: &str = "GANTRY_SERVER_TLS_CA_FILE";
 pub const TLS_HOSTNAMES: &str = "GANTRY_SERVER_TLS_HOSTNAMES";
 pub const WORKER_TIMEOUT: &str = "GANTRY_SERVER_WORKER_TIMEOUT";
 pub const HEARTBEAT_INTERVAL: &str = "GANTRY_SERVER_HEARTBEAT_INTERVAL";
+pub const LOG_ARCHIVE_AFTER: &str = "GANTRY_SERVER_LOG_ARCHIVE_AFTER";
 pub const MAX_BLOB_SIZE: &str = "GANTRY_SERVER_MAX_BLOB_SIZE";
 pub const SHARED_WORKERS: &str = "GANTRY_SERVER_SHARED_WORKERS";
 pub const WORKER_BINARY: &str = "GANTRY_SERVER_WORKER_BINARY";
 pub const METRICS_LISTEN: &str = "GANTRY_SERVER_METRICS_LISTEN";
+pub const BLOB_STORE: &str = "GANTRY_SERVER_BLOB_STORE";
+pub const S3_ENDPOINT: &str = "GANTRY_SERVER_S3_ENDPOINT";
+pub const S3_REGION: &str = "GANTRY_SERVER_S3_REGION";
+pub const S3_ALLOW_HTTP: &str = "GANTRY_SERVER_S3_ALLOW_HTTP";
+const DEFAULT_S3_REGION: &str = "us-east-1";
+const EXPECTED_BLOB_STORE: &str = "a directory, file:///absolute/dir or s3://bucket[/prefix] (a bucket name of 3 to 63 characters a-z 0-9 . -; prefix segments of a-z 0-9 . _ -)";
 const DEFAULT_MAX_BLOB_SIZE: u64 = 16 * 1024 * 1024 * 1024;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -114,6 +128,28 @@ struct ConfigFile {
     shared_workers: Option<String>,
     worker_binary: Option<String>,
     metrics_listen: Option<String>,
+    blob_store: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    #[serde(default, deserialize_with = "string_or_bool")]
+    s3_allow_http: Option<String>,
+}
+
+/// A flag written `true` or `"true"`: the file's other values are strings, but a bare
+/// TOML boolean is what anyone writes for a flag.
+fn string_or_bool<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Text(String),
+    }
+    Ok(Option::<Flag>::deserialize(deserializer)?.map(|flag| match flag {
+        Flag::Bool(value) => value.to_string(),
+        Flag::Text(text) => text,
+    }))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +167,7 @@ struct TlsFile {
 struct AgentFile {
     worker_timeout: Option<String>,
     heartbeat_interval: Option<String>,
+    log_archive_after: Option<String>,
 }
 
 impl ServerConfig {
@@ -156,10 +193,15 @@ impl ServerConfig {
             set(TLS_CA_FILE, parsed.tls.ca_file);
             set(WORKER_TIMEOUT, parsed.agent.worker_timeout);
             set(HEARTBEAT_INTERVAL, parsed.agent.heartbeat_interval);
+            set(LOG_ARCHIVE_AFTER, parsed.agent.log_archive_after);
             set(MAX_BLOB_SIZE, parsed.max_blob_size);
             set(SHARED_WORKERS, parsed.shared_workers);
             set(WORKER_BINARY, parsed.worker_binary);
             set(METRICS_LISTEN, parsed.metrics_listen);
+            set(BLOB_STORE, parsed.blob_store);
+            set(S3_ENDPOINT, parsed.s3_endpoint);
+            set(S3_REGION, parsed.s3_region);
+            set(S3_ALLOW_HTTP, parsed.s3_allow_http);
             if !parsed.tls.hostnames.is_empty() {
                 merged.insert(TLS_HOSTNAMES.to_owned(), parsed.tls.hostnames.join(","));
             }
@@ -169,10 +211,12 @@ impl ServerConfig {
                 merged.insert(name.clone(), value.clone());
             }
         }
-        Self::from_settings(&merged)
+        Self::from_settings(&merged, env)
     }
 
-    fn from_settings(settings: &Env) -> Result<Self, ConfigError> {
+    /// `settings` are the merged `GANTRY_SERVER_*` values; `env` is the whole environment,
+    /// where S3 credentials come from.
+    fn from_settings(settings: &Env, env: &Env) -> Result<Self, ConfigError> {
         let data_dir = PathBuf::from(options::get(settings, DATA_DIR).unwrap_or(".gantry"));
         let listen_text = options::get(settings, LISTEN).unwrap_or(DEFAULT_LISTEN);
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
@@ -229,6 +273,11 @@ impl ServerConfig {
                 HEARTBEAT_INTERVAL,
                 defaults.heartbeat_interval,
             )?,
+            log_archive_after: options::duration(
+                settings,
+                LOG_ARCHIVE_AFTER,
+                defaults.log_archive_after,
+            )?,
             ..defaults
         };
         if timings.worker_timeout < timings.heartbeat_interval * 2 {
@@ -255,8 +304,10 @@ impl ServerConfig {
                 })
             })
             .transpose()?;
+        let blob_store = blob_location(settings, env, &data_dir)?;
         Ok(Self {
             data_dir,
+            blob_store,
             listen,
             public_url,
             tls,
@@ -267,6 +318,109 @@ impl ServerConfig {
             metrics_listen,
         })
     }
+}
+
+/// `GANTRY_SERVER_BLOB_STORE` and, for a bucket, the `GANTRY_SERVER_S3_*` settings and
+/// the `AWS_*` credentials of `env`.
+fn blob_location(settings: &Env, env: &Env, data_dir: &Path) -> Result<BlobLocation, ConfigError> {
+    let text = options::get(settings, BLOB_STORE);
+    let Some(bucket_and_prefix) = text.and_then(|text| text.strip_prefix("s3://")) else {
+        if let Some(name) = [S3_ENDPOINT, S3_REGION, S3_ALLOW_HTTP]
+            .into_iter()
+            .find(|n| options::get(settings, n).is_some())
+        {
+            return Err(ConfigError::Inconsistent(format!(
+                "{name} applies only to a bucket, but {BLOB_STORE} is {}: set it to s3://bucket[/prefix], or unset {name}",
+                text.map_or_else(|| "unset (a directory)".to_owned(), |text| format!("{text:?}"))
+            )));
+        }
+        let directory = match text {
+            None => data_dir.join("blobs"),
+            Some(text) => match text.strip_prefix("file://") {
+                Some(path) if path.starts_with('/') => PathBuf::from(path),
+                Some(_) => {
+                    return Err(OptionError::invalid(BLOB_STORE, text, EXPECTED_BLOB_STORE).into());
+                }
+                None if text.contains("://") => {
+                    return Err(OptionError::invalid(BLOB_STORE, text, EXPECTED_BLOB_STORE).into());
+                }
+                None => PathBuf::from(text),
+            },
+        };
+        return Ok(BlobLocation::Directory(directory));
+    };
+    let text = text.unwrap_or_default();
+    let (bucket, prefix) = match bucket_and_prefix.split_once('/') {
+        Some((bucket, prefix)) => {
+            (bucket, Some(prefix.trim_end_matches('/')).filter(|p| !p.is_empty()))
+        }
+        None => (bucket_and_prefix, None),
+    };
+    if !is_bucket_name(bucket) || prefix.is_some_and(|p| !gantry_store::is_valid_blob_key(p)) {
+        return Err(OptionError::invalid(BLOB_STORE, text, EXPECTED_BLOB_STORE).into());
+    }
+    let allow_http = options::boolean(settings, S3_ALLOW_HTTP, false)?;
+    let endpoint = match options::get(settings, S3_ENDPOINT) {
+        Some(endpoint) => {
+            let trimmed = endpoint.trim_end_matches('/');
+            let authority = trimmed
+                .strip_prefix("https://")
+                .or_else(|| trimmed.strip_prefix("http://"))
+                .map(|rest| rest.split('/').next().unwrap_or_default());
+            // Credentials in the address would show in every error and log line naming it.
+            if authority.is_some_and(|a| a.contains('@')) {
+                return Err(OptionError::invalid_secret(
+                    S3_ENDPOINT,
+                    "an address without credentials: they come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                )
+                .into());
+            }
+            let valid = authority.is_some_and(|a| !a.is_empty()) && !trimmed.contains(['?', '#']);
+            if !valid {
+                return Err(OptionError::invalid(
+                    S3_ENDPOINT,
+                    endpoint,
+                    "an http(s):// address without credentials or query, like https://minio.example.com:9000",
+                )
+                .into());
+            }
+            if trimmed.starts_with("http://") && !allow_http {
+                return Err(ConfigError::Inconsistent(format!(
+                    "{S3_ENDPOINT}={endpoint:?} is plain HTTP: set {S3_ALLOW_HTTP}=true to allow it (requests and blobs then cross the network unencrypted, the blobs as ciphertext)"
+                )));
+            }
+            Some(trimmed.to_owned())
+        }
+        None => None,
+    };
+    let region = options::get(settings, S3_REGION).unwrap_or(DEFAULT_S3_REGION);
+    let region_valid =
+        region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !region_valid {
+        return Err(OptionError::invalid(S3_REGION, region, "an S3 region like eu-west-1").into());
+    }
+    let credentials =
+        S3Credentials::from_variables(|name| env.get(name).cloned()).map_err(|missing| {
+            ConfigError::Inconsistent(format!("{BLOB_STORE}={text:?}: {missing}"))
+        })?;
+    Ok(BlobLocation::S3(S3Settings {
+        bucket: bucket.to_owned(),
+        prefix: prefix.map(str::to_owned),
+        endpoint,
+        region: region.to_owned(),
+        allow_http,
+        credentials,
+    }))
+}
+
+/// S3's bucket naming rules, which compatible stores share: 3 to 63 of `a-z 0-9 . -`,
+/// starting and ending with a letter or digit.
+fn is_bucket_name(name: &str) -> bool {
+    let alphanumeric = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    (3..=63).contains(&name.len())
+        && name.bytes().all(|b| alphanumeric(b) || b == b'.' || b == b'-')
+        && name.bytes().next().is_some_and(alphanumeric)
+        && name.bytes().last().is_some_and(alphanumeric)
 }
 
 impl ServerConfig {
@@ -356,5 +510,129 @@ mod tests {
         let error =
             ServerConfig::resolve(Some(("gantry.toml", "lisen = 1")), &env(&[])).unwrap_err();
         assert!(error.to_string().starts_with("gantry.toml: unknown field `lisen`"), "{error}");
+    }
+
+    const CREDENTIALS: [(&str, &str); 2] =
+        [("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"), ("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI-secret")];
+
+    #[test]
+    fn blobs_live_in_the_data_directory_unless_told_otherwise() {
+        let blobs =
+            |pairs: &[(&str, &str)]| ServerConfig::resolve(None, &env(pairs)).unwrap().blob_store;
+        assert_eq!(
+            blobs(&[(DATA_DIR, "/var/lib/gantry")]),
+            BlobLocation::Directory("/var/lib/gantry/blobs".into())
+        );
+        assert_eq!(
+            blobs(&[(BLOB_STORE, "/srv/blobs")]),
+            BlobLocation::Directory("/srv/blobs".into())
+        );
+        assert_eq!(
+            blobs(&[(BLOB_STORE, "file:///srv/blobs")]),
+            BlobLocation::Directory("/srv/blobs".into())
+        );
+        assert_eq!(blobs(&[(BLOB_STORE, "blobs")]), BlobLocation::Directory("blobs".into()));
+    }
+
+    #[test]
+    fn a_bucket_comes_from_the_file_and_its_credentials_from_the_environment() {
+        let file = r#"
+            blob_store = "s3://gantry-blobs/prod/"
+            s3_endpoint = "http://minio.internal:9000/"
+            s3_allow_http = true
+        "#;
+        let mut variables = env(&CREDENTIALS);
+        variables.insert("AWS_SESSION_TOKEN".into(), "FwoGZXIvYXdz-token".into());
+        let config = ServerConfig::resolve(Some(("gantry.toml", file)), &variables).unwrap();
+        let expected = S3Settings {
+            bucket: "gantry-blobs".into(),
+            prefix: Some("prod".into()),
+            endpoint: Some("http://minio.internal:9000".into()),
+            region: "us-east-1".into(),
+            allow_http: true,
+            credentials: S3Credentials::new(
+                "AKIDEXAMPLE",
+                "wJalrXUtnFEMI-secret",
+                Some("FwoGZXIvYXdz-token".into()),
+            ),
+        };
+        assert_eq!(config.blob_store, BlobLocation::S3(expected));
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("wJalrXUtnFEMI") && !shown.contains("FwoGZXIvYXdz"), "{shown}");
+
+        let mut variables = env(&CREDENTIALS);
+        variables.insert(BLOB_STORE.into(), "s3://gantry-blobs".into());
+        variables.insert(S3_REGION.into(), "eu-west-1".into());
+        variables.insert(S3_ALLOW_HTTP.into(), "false".into());
+        variables.insert(S3_ENDPOINT.into(), "https://ceph.internal".into());
+        let config = ServerConfig::resolve(Some(("gantry.toml", file)), &variables).unwrap();
+        let BlobLocation::S3(settings) = config.blob_store else { panic!("a bucket") };
+        assert_eq!(
+            (settings.prefix, settings.region, settings.allow_http),
+            (None, "eu-west-1".into(), false)
+        );
+        assert_eq!(settings.endpoint.as_deref(), Some("https://ceph.internal"));
+    }
+
+    #[test]
+    fn blob_store_errors_name_the_setting_and_hide_secrets() {
+        let bucket = |extra: &[(&str, &str)]| {
+            let mut pairs = CREDENTIALS.to_vec();
+            pairs.push((BLOB_STORE, "s3://gantry"));
+            pairs.extend_from_slice(extra);
+            env(&pairs)
+        };
+        let expected_form = "expected a directory, file:///absolute/dir or s3://bucket[/prefix]";
+        for value in ["s3://", "s3://Gantry_Blobs", "s3://gantry/../up", "gs://x", "file://blobs"] {
+            let error = ServerConfig::resolve(None, &env(&[(BLOB_STORE, value)])).unwrap_err();
+            let expected = format!("{BLOB_STORE}={value:?}: {expected_form}");
+            assert!(error.to_string().starts_with(&expected), "{error}");
+        }
+        let cases = [
+            (
+                env(&[(S3_ENDPOINT, "https://s3.example.com")]),
+                format!("{S3_ENDPOINT} applies only to a bucket, but {BLOB_STORE} is unset"),
+            ),
+            (
+                env(&[(BLOB_STORE, "/srv/blobs"), (S3_REGION, "eu-west-1")]),
+                format!("{S3_REGION} applies only to a bucket, but {BLOB_STORE} is \"/srv/blobs\""),
+            ),
+            (
+                bucket(&[(S3_ENDPOINT, "http://minio:9000")]),
+                format!(
+                    "{S3_ENDPOINT}=\"http://minio:9000\" is plain HTTP: set {S3_ALLOW_HTTP}=true"
+                ),
+            ),
+            (
+                bucket(&[(S3_ENDPOINT, "minio:9000")]),
+                format!("{S3_ENDPOINT}=\"minio:9000\": expected an http(s):// address"),
+            ),
+            (
+                bucket(&[(S3_ALLOW_HTTP, "sure")]),
+                format!("{S3_ALLOW_HTTP}=\"sure\": expected true or false"),
+            ),
+            (
+                bucket(&[(S3_REGION, "EU West")]),
+                format!("{S3_REGION}=\"EU West\": expected an S3 region"),
+            ),
+            (
+                env(&[(BLOB_STORE, "s3://gantry"), ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")]),
+                format!(
+                    "{BLOB_STORE}=\"s3://gantry\": AWS_SECRET_ACCESS_KEY not set: S3 credentials come from"
+                ),
+            ),
+        ];
+        for (settings, expected) in cases {
+            let error = ServerConfig::resolve(None, &settings).unwrap_err().to_string();
+            assert!(error.starts_with(&expected), "{error}\nexpected: {expected}");
+        }
+        let error = ServerConfig::resolve(
+            None,
+            &bucket(&[(S3_ENDPOINT, "https://AKID:hunter2@s3.example.com")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with(&format!("{S3_ENDPOINT} (value hidden)")), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
     }
 }

@@ -15,7 +15,7 @@ use axum::response::IntoResponse;
 use axum_server::accept::{TcpConfigAcceptor, TcpKeepaliveConfig, TcpSocketConfig};
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use gantry_crypto::ChallengeSigner;
-use gantry_store::{BlobStore, LocalBlobStore, SqliteStore, Store, StoreError};
+use gantry_store::{BlobStore, ObjectBlobStore, SqliteStore, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
@@ -43,6 +43,9 @@ pub enum StartError {
     WorkerBinary { path: String, source: std::io::Error },
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
+    /// The message names the directory or the bucket and its endpoint.
+    #[error("{0}")]
+    Blobs(StoreError),
     #[error("cannot listen on {address}: {source}")]
     Listen { address: SocketAddr, source: std::io::Error },
     #[error("TLS: {0}")]
@@ -97,7 +100,7 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<Self, StartError> {
         create_private_dir(&config.data_dir)?;
         let store = SqliteStore::open(&config.data_dir.join("gantry.db")).await?;
-        let blobs = LocalBlobStore::open(&config.data_dir.join("blobs")).await?;
+        let blobs = ObjectBlobStore::open(&config.blob_store).await.map_err(StartError::Blobs)?;
         let server =
             Self::start_with_store(config.clone(), Arc::new(store), Arc::new(blobs)).await?;
         // Public: what API clients must trust when the server issued its own certificate.

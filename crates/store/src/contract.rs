@@ -583,17 +583,29 @@ pub async fn state_versions_are_numbered_per_stack<S: Store>(store: Arc<S>) {
 
 /// Generates one `#[tokio::test]` per blob-store contract case. `$make` is an async
 /// expression producing a fresh, empty blob store (and anything that must outlive it).
+///
+/// `blob_store_contract_tests!(one_test NAME, SETUP, MAKE)` runs every case in one test
+/// instead, for stores whose setup is costly (a server process): `SETUP` is an async
+/// expression giving `Option<T>` (`None` skips the test), and `MAKE` a function from
+/// `&T` to a future of a fresh store and its guard.
 #[macro_export]
 macro_rules! blob_store_contract_tests {
     ($make:expr) => {
-        $crate::blob_store_contract_tests!(@cases $make;
+        $crate::blob_store_contract_tests!(@cases [each $make]);
+    };
+    (one_test $name:ident, $setup:expr, $make:path) => {
+        $crate::blob_store_contract_tests!(@cases [one $name $setup, $make]);
+    };
+    (@cases [$($how:tt)*]) => {
+        $crate::blob_store_contract_tests!(@run [$($how)*]
             blobs_round_trip_and_report_their_digest,
             a_new_blob_replaces_the_old_one_only_when_complete,
             oversized_or_broken_uploads_leave_nothing,
+            large_blobs_stream_in_parts_and_replace_only_when_complete,
             blob_keys_cannot_escape
         );
     };
-    (@cases $make:expr; $($case:ident),* $(,)?) => {
+    (@run [each $make:expr] $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
@@ -601,6 +613,17 @@ macro_rules! blob_store_contract_tests {
                 $crate::contract::$case(std::sync::Arc::new(blobs)).await;
             }
         )*
+    };
+    (@run [one $name:ident $setup:expr, $make:path] $($case:ident),* $(,)?) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(shared) = $setup.await else { return };
+            $(
+                eprintln!("blob store contract: {}", stringify!($case));
+                let (blobs, _guard) = $make(&shared).await;
+                $crate::contract::$case(std::sync::Arc::new(blobs)).await;
+            )*
+        }
     };
 }
 
@@ -651,6 +674,41 @@ pub async fn oversized_or_broken_uploads_leave_nothing<B: BlobStore>(blobs: Arc<
     let error = blobs.put("big", body(vec![b"0123456789", b"0123456789"]), 15).await.unwrap_err();
     assert!(matches!(error, StoreError::TooLarge { limit: 15 }), "{error}");
     assert!(read_all(&*blobs, "big").await.is_none());
+}
+
+/// A body of `len` bytes in 64 KiB chunks, and its SHA-256 (hex).
+fn large_body(len: usize, seed: u8) -> (crate::BlobStream, Vec<u8>, String) {
+    use futures_util::StreamExt;
+    let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ seed).collect();
+    let sha256 = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes));
+    let chunks: Vec<std::io::Result<bytes::Bytes>> =
+        bytes.chunks(64 * 1024).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+    (futures_util::stream::iter(chunks).boxed(), bytes, sha256)
+}
+
+/// Bodies longer than one upload part (8 MiB) go up in parts: they arrive whole, and one
+/// refused after several parts were sent replaces nothing.
+pub async fn large_blobs_stream_in_parts_and_replace_only_when_complete<B: BlobStore>(
+    blobs: Arc<B>,
+) {
+    const MIB: usize = 1024 * 1024;
+    let (long, bytes, sha256) = large_body(19 * MIB + 7, 1);
+    let written = blobs.put("states/s1/v1", long, 64 << 20).await.unwrap();
+    assert_eq!((written.size, written.sha256), (bytes.len() as u64, sha256));
+    assert!(read_all(&*blobs, "states/s1/v1").await.unwrap() == bytes, "the bytes came back");
+
+    let (too_big, _, _) = large_body(19 * MIB + 7, 2);
+    let error = blobs.put("states/s1/v1", too_big, (17 * MIB) as u64).await.unwrap_err();
+    assert!(matches!(error, StoreError::TooLarge { .. }), "{error}");
+    assert!(read_all(&*blobs, "states/s1/v1").await.unwrap() == bytes, "the old blob stays");
+
+    let (exactly_one_part, bytes, sha256) = large_body(8 * MIB, 3);
+    let written = blobs.put("states/s1/v1", exactly_one_part, 8 * MIB as u64).await.unwrap();
+    assert_eq!(written.sha256, sha256);
+    assert!(read_all(&*blobs, "states/s1/v1").await.unwrap() == bytes);
+    let written = blobs.put("empty", body(vec![]), 0).await.unwrap();
+    assert_eq!(written.size, 0);
+    assert_eq!(read_all(&*blobs, "empty").await.unwrap(), b"");
 }
 
 pub async fn blob_keys_cannot_escape<B: BlobStore>(blobs: Arc<B>) {

@@ -8,6 +8,7 @@
 mod blobs;
 mod error;
 mod group_commit;
+mod object_blobs;
 mod records;
 mod sqlite;
 mod store;
@@ -15,8 +16,9 @@ mod store;
 #[cfg(feature = "contract")]
 pub mod contract;
 
-pub use blobs::{BlobStore, BlobStream, BlobWritten, LocalBlobStore};
+pub use blobs::{BlobStore, BlobStream, BlobWritten, is_valid_blob_key};
 pub use error::StoreError;
+pub use object_blobs::{BlobLocation, ObjectBlobStore, S3Credentials, S3Settings};
 pub use records::{
     ApiKeyRecord, BlobRecord, DependencyRecord, FoundSession, LogChunkRecord, OutputRecord,
     OutputReferenceRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord,

@@ -56,14 +56,3 @@ async fn an_unwritable_location_is_a_clear_error() {
     let error = SqliteStore::open(std::path::Path::new("/proc/gantry/nope.db")).await.unwrap_err();
     assert!(error.to_string().starts_with("the database is unavailable"), "{error}");
 }
-
-async fn fresh_blobs() -> (gantry_store::LocalBlobStore, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let blobs = gantry_store::LocalBlobStore::open(&dir.path().join("blobs")).await.unwrap();
-    (blobs, dir)
-}
-
-mod local_blobs {
-    use super::fresh_blobs;
-    gantry_store::blob_store_contract_tests!(fresh_blobs());
-}

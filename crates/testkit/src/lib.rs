@@ -1,18 +1,23 @@
 //! Fixtures shared by Gantry's tests. Everything here is real: a server listening on a
 //! loopback port with its own CA, keys and CSRs made by the `openssl` command, git
-//! repositories made by `git`, Terraform configurations that need no provider download.
+//! repositories made by `git`, Terraform configurations that need no provider download,
+//! an S3-compatible server (moto).
 
 mod git;
+mod moto;
 mod openssl;
 mod proxy;
 mod runner_image;
+#[cfg(feature = "server")]
 mod server;
 mod terraform;
 
 pub use git::{GitRepository, git};
+pub use moto::MotoServer;
 pub use openssl::{KeyKind, OpensslKey, openssl};
 pub use proxy::FlakyProxy;
 pub use runner_image::{BUSYBOX_RUNNER_IMAGE, RUNNER_IMAGE, runner_image};
+#[cfg(feature = "server")]
 pub use server::TestServer;
 pub use terraform::{MARKER_OUTPUT, NO_CHANGES_CONFIG, SIMPLE_CONFIG};
 

@@ -537,7 +537,12 @@ struct ManagedStack {
 
 impl ManagedStack {
     fn start() -> Self {
-        let cluster = Cluster::start();
+        Self::start_with(&[])
+    }
+
+    /// With extra server settings.
+    fn start_with(server_env: &[(&str, &str)]) -> Self {
+        let cluster = Cluster::start_with(server_env);
         let work = tempfile::tempdir().unwrap();
         let key = OpensslKey::generate(work.path(), "pool", KeyKind::P256);
         let token = cluster.gantry.create_pool("p", &key);
@@ -629,6 +634,46 @@ fn a_plan_made_on_one_launcher_is_applied_on_another_and_the_server_sees_only_ci
     // Neither the database nor any blob holds the secret, in clear or in base64.
     stack.cluster.server.assert_nothing_contains(gantry_testkit::MARKER_OUTPUT);
     let _ = &stack.work;
+}
+
+#[test]
+fn a_server_with_an_s3_blob_store_keeps_workspaces_and_state_in_the_bucket() {
+    let Some(moto) = gantry_testkit::MotoServer::start() else { return };
+    let bucket = moto.create_bucket();
+    let (location, endpoint) = (format!("s3://{bucket}/gantry"), moto.endpoint());
+    let stack = ManagedStack::start_with(&[
+        ("GANTRY_SERVER_BLOB_STORE", &location),
+        ("GANTRY_SERVER_S3_ENDPOINT", &endpoint),
+        ("GANTRY_SERVER_S3_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", gantry_testkit::MotoServer::ACCESS_KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", gantry_testkit::MotoServer::SECRET_ACCESS_KEY),
+    ]);
+    let _launcher = stack.launcher();
+    let run = stack.plan();
+    let workspace = format!("gantry/runs/{}/workspace", id(&run).to_ascii_lowercase());
+    assert!(moto.object(&bucket, &workspace).is_some(), "{:?}", moto.keys(&bucket));
+    assert!(!stack.cluster.server.data_dir.join("blobs").exists(), "nothing in the data directory");
+
+    let applied = stack.confirm_and_wait(&run);
+    assert_eq!(applied["state"], "FINISHED", "{applied}");
+    let keys = moto.keys(&bucket);
+    let state_suffix = format!("/state/{}", id(&run).to_ascii_lowercase());
+    assert!(
+        keys.iter().any(|key| key.starts_with("gantry/stacks/") && key.ends_with(&state_suffix)),
+        "the new state version is in the bucket: {keys:?}"
+    );
+    assert!(!keys.contains(&workspace), "the workspace goes once the run ends: {keys:?}");
+
+    // The next run starts from the state kept in the bucket.
+    let again = stack.cluster.gantry.trigger("db", &[]);
+    let again = stack.cluster.gantry.wait_for_state(&again, &["FINISHED", "FAILED", "UNCONFIRMED"]);
+    assert_eq!(again["state"], "FINISHED", "{again}");
+    assert_eq!(again["has_changes"], false, "the managed state was brought back in");
+    for key in moto.keys(&bucket) {
+        let bytes = moto.object(&bucket, &key).unwrap();
+        let marker = gantry_testkit::MARKER_OUTPUT.as_bytes();
+        assert!(!bytes.windows(marker.len()).any(|w| w == marker), "{key} holds the secret");
+    }
 }
 
 #[test]

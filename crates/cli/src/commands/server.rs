@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use gantry_server::config::{DATA_DIR, LISTEN, METRICS_LISTEN, PUBLIC_URL};
+use gantry_server::config::{
+    BLOB_STORE, DATA_DIR, LISTEN, METRICS_LISTEN, PUBLIC_URL, S3_ALLOW_HTTP, S3_ENDPOINT, S3_REGION,
+};
 use gantry_server::{CA_FILE, Server, ServerConfig};
 
 use super::signals::{StopSignals, init_tracing};
@@ -20,6 +22,8 @@ Examples:
                 --public-url https://gantry.example.com:8443
   GANTRY_SERVER_LISTEN=0.0.0.0:8443 gantry server --config /etc/gantry/gantry.toml
   gantry server --metrics-listen 127.0.0.1:9464
+  AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... \\
+    gantry server --blob-store s3://gantry-blobs/prod --s3-region eu-west-1
 
 Stop with SIGTERM or Ctrl-C: requests in flight may finish; a second signal exits now.";
 
@@ -43,6 +47,21 @@ pub struct ServerArgs {
     /// [env: GANTRY_SERVER_METRICS_LISTEN] [default: no metrics listener]
     #[arg(long, value_name = "ADDRESS")]
     pub metrics_listen: Option<String>,
+    /// Where encrypted workspaces and state are kept: a directory, file:///dir or
+    /// s3://bucket[/prefix] (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)
+    /// [env: GANTRY_SERVER_BLOB_STORE] [default: <data dir>/blobs]
+    #[arg(long, value_name = "LOCATION")]
+    pub blob_store: Option<String>,
+    /// An S3-compatible service's address (MinIO, Ceph, ...)
+    /// [env: GANTRY_SERVER_S3_ENDPOINT] [default: AWS S3]
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// The bucket's region [env: GANTRY_SERVER_S3_REGION] [default: us-east-1]
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// Accept a plain http:// S3 endpoint [env: GANTRY_SERVER_S3_ALLOW_HTTP]
+    #[arg(long)]
+    pub s3_allow_http: bool,
 }
 
 /// The server configuration from the file, the environment and the flags.
@@ -53,6 +72,10 @@ fn resolve_config(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
         (LISTEN, args.listen.clone()),
         (PUBLIC_URL, args.public_url.clone()),
         (METRICS_LISTEN, args.metrics_listen.clone()),
+        (BLOB_STORE, args.blob_store.clone()),
+        (S3_ENDPOINT, args.s3_endpoint.clone()),
+        (S3_REGION, args.s3_region.clone()),
+        (S3_ALLOW_HTTP, args.s3_allow_http.then(|| "true".to_owned())),
     ] {
         if let Some(value) = value {
             env.insert(name.to_owned(), value);

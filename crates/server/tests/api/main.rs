@@ -5,7 +5,7 @@ mod queue;
 
 use base64::Engine;
 use gantry_crypto::{PoolPrivateKey, PoolToken, session_message};
-use gantry_testkit::{KeyKind, OpensslKey, TestServer};
+use gantry_testkit::{KeyKind, MotoServer, OpensslKey, TestServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -499,4 +499,47 @@ async fn an_unreadable_certificate_file_stops_the_server_before_it_serves() {
         error.contains("GANTRY_SERVER_TLS_CERT_FILE=/nonexistent/tls.pem: cannot read the file"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_a_missing_bucket_stops_before_it_serves_and_starts_once_it_exists() {
+    let Some(moto) = tokio::task::spawn_blocking(MotoServer::start).await.unwrap() else {
+        return;
+    };
+    gantry_testkit::install_crypto_provider();
+    let data = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let endpoint = moto.endpoint();
+    let settings = |bucket: &str| -> Vec<(String, String)> {
+        [
+            ("GANTRY_SERVER_DATA_DIR", data.path().display().to_string()),
+            ("GANTRY_SERVER_LISTEN", "127.0.0.1:0".to_owned()),
+            ("GANTRY_SERVER_BLOB_STORE", format!("s3://{bucket}/gantry")),
+            ("GANTRY_SERVER_S3_ENDPOINT", endpoint.clone()),
+            ("GANTRY_SERVER_S3_ALLOW_HTTP", "true".to_owned()),
+            ("AWS_ACCESS_KEY_ID", MotoServer::ACCESS_KEY_ID.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", MotoServer::SECRET_ACCESS_KEY.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    };
+    let env: gantry_domain::options::Env = settings("missing-bucket").into_iter().collect();
+    let config = gantry_server::ServerConfig::resolve(None, &env).unwrap();
+    let error = gantry_server::Server::start(config).await.unwrap_err().to_string();
+    assert!(
+        error.contains(&format!(
+            "bucket s3://missing-bucket/gantry at {endpoint} cannot be used, the bucket does not exist"
+        )),
+        "{error}"
+    );
+    assert!(!error.contains(MotoServer::SECRET_ACCESS_KEY), "{error}");
+
+    let bucket = moto.create_bucket();
+    let settings = settings(&bucket);
+    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = TestServer::start_in(std::sync::Arc::clone(&data), &pairs).await;
+    let health = server.http().get(format!("{}/api/v1/health", server.url)).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert!(!data.path().join("blobs").exists(), "no blob lands in the data directory");
+    assert_eq!(moto.keys(&bucket), Vec::<String>::new(), "the write check cleaned up after itself");
 }
