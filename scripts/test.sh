@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Gantry test on a fresh machine: formatting, lints, then unit, contract and
-# end-to-end tests against real components (git, openssl, terraform, SQLite files).
+# end-to-end tests against real components (git, openssl, terraform, SQLite files, a
+# PostgreSQL cluster it starts in a temporary directory).
 # Installs the Debian packages it needs when they are missing and it can; under CI
 # (CI=true) a missing tool fails the run instead of skipping anything.
 set -euo pipefail
@@ -65,5 +66,27 @@ cargo build --workspace --bins --locked
 echo "==> building the static worker the container tests run in an image without a C library"
 RUSTFLAGS='-C target-feature=+crt-static' \
   cargo build --locked -p gantry-worker --target "$(uname -m)-unknown-linux-gnu"
+echo "==> starting a throwaway PostgreSQL cluster for the PostgreSQL tests"
+require_postgres() {
+  for tool in initdb pg_ctl postgres; do
+    command -v "$tool" >/dev/null 2>&1 && continue
+    # Debian installs the server binaries outside PATH.
+    found=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    if [ -n "$found" ] && [ -x "$found/$tool" ]; then PATH="$found:$PATH"; continue; fi
+    echo "==> installing Debian package: postgresql"
+    if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq postgresql
+    found=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    PATH="$found:$PATH"
+  done
+  export PATH
+}
+require_postgres
+postgres_dir=$(mktemp -d)
+chmod 755 "$postgres_dir"  # the cluster runs as the postgres user when this runs as root
+GANTRY_TEST_POSTGRES_URL=$(target/debug/gantry-test-postgres start "$postgres_dir/cluster")
+export GANTRY_TEST_POSTGRES_URL
+trap 'target/debug/gantry-test-postgres stop "$postgres_dir/cluster" >/dev/null 2>&1 || true; rm -rf "$postgres_dir"' EXIT
+
 echo "==> tests"
 cargo nextest run --workspace --locked --no-fail-fast "$@"

@@ -74,7 +74,9 @@ impl ApiError {
                 StoreError::StateConflict { .. } | StoreError::LogGap { .. } => {
                     (StatusCode::CONFLICT, "conflict")
                 }
-                StoreError::Database(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                StoreError::Database(_) | StoreError::Config(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+                }
                 StoreError::InvalidKey(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
                 StoreError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
                 StoreError::Blob(_) | StoreError::Durability(_) => {

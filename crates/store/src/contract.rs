@@ -20,7 +20,15 @@ use crate::{
 #[macro_export]
 macro_rules! store_contract_tests {
     ($make:expr) => {
-        $crate::store_contract_tests!(@cases $make;
+        $crate::store_contract_tests!(@each required $make);
+    };
+    // For engines a test may not have (a server it did not start): `$make` yields `None`
+    // when the engine is unavailable and the test may be skipped.
+    (optional $make:expr) => {
+        $crate::store_contract_tests!(@each optional $make);
+    };
+    (@each $mode:ident $make:expr) => {
+        $crate::store_contract_tests!(@cases $mode $make;
             secrets_are_created_once,
             api_keys_are_found_by_hash_only,
             pool_names_are_unique,
@@ -43,14 +51,27 @@ macro_rules! store_contract_tests {
             workers_and_pools_drain_and_undrain,
             workers_are_counted_and_idle_ones_listed_oldest_first,
             runs_are_prioritized_and_stop_requests_kept,
-            dependencies_are_kept_with_their_references
+            dependencies_are_kept_with_their_references,
+            overlapping_batches_never_give_a_run_or_worker_twice,
+            periodic_work_is_claimed_once_per_interval,
+            signals_reach_every_listener,
+            ended_runs_logs_are_offered_for_archiving
         );
     };
-    (@cases $make:expr; $($case:ident),* $(,)?) => {
+    (@cases required $make:expr; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let (store, _guard) = $make.await;
+                $crate::contract::$case(std::sync::Arc::new(store)).await;
+            }
+        )*
+    };
+    (@cases optional $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some((store, _guard)) = $make.await else { return };
                 $crate::contract::$case(std::sync::Arc::new(store)).await;
             }
         )*
@@ -431,6 +452,133 @@ pub async fn concurrent_assignments_give_a_worker_one_run<S: Store>(store: Arc<S
     for run_id in runs {
         let run = store.get_run(run_id).await.unwrap().unwrap();
         assert_eq!(run.worker_id.is_some(), run_id == holder);
+    }
+}
+
+pub async fn overlapping_batches_never_give_a_run_or_worker_twice<S: Store>(store: Arc<S>) {
+    overlapping_batches_through(vec![store]).await;
+}
+
+/// The case above, with the passes sent through each of `replicas` in turn: handles on
+/// one database, as several server processes hold.
+pub async fn overlapping_batches_through<S: Store>(replicas: Vec<Arc<S>>) {
+    let store = Arc::clone(&replicas[0]);
+    let (pool, stack, first_worker) = world(&*store).await;
+    let mut workers = vec![first_worker.id];
+    for _ in 0..5 {
+        let worker = worker_record(pool.id, LauncherId::generate());
+        workers.push(store.register_worker(&worker).await.unwrap().id);
+    }
+    let mut runs = Vec::new();
+    for i in 0..6 {
+        let run = run_record(&stack, RunState::Ready, 10 + i);
+        store.insert_run(&run).await.unwrap();
+        runs.push(run.id);
+    }
+    // Sixteen passes at once, each pairing every run with a different rotation of the
+    // workers, as replicas deciding from the same snapshot would.
+    let passes: Vec<_> = (0..16)
+        .map(|pass| {
+            let store = Arc::clone(&replicas[pass % replicas.len()]);
+            let pairs: Vec<(RunId, WorkerId)> = runs
+                .iter()
+                .enumerate()
+                .map(|(i, run)| (*run, workers[(i + pass) % workers.len()]))
+                .collect();
+            tokio::spawn(async move { store.assign_runs(&pairs, at(20)).await.unwrap() })
+        })
+        .collect();
+    for pass in passes {
+        pass.await.unwrap();
+    }
+    let mut holders = std::collections::HashSet::new();
+    for run_id in &runs {
+        let run = store.get_run(*run_id).await.unwrap().unwrap();
+        let Some(worker_id) = run.worker_id else { continue };
+        assert!(holders.insert(worker_id), "worker {worker_id} was given two runs");
+        let worker = store.get_worker(worker_id).await.unwrap().unwrap();
+        assert_eq!(worker.current_run_id, Some(*run_id), "both sides agree");
+    }
+    for worker_id in &workers {
+        let worker = store.get_worker(*worker_id).await.unwrap().unwrap();
+        if let Some(run_id) = worker.current_run_id {
+            let run = store.get_run(run_id).await.unwrap().unwrap();
+            assert_eq!(
+                run.worker_id,
+                Some(*worker_id),
+                "worker {worker_id} holds a run not its own"
+            );
+        }
+    }
+    assert!(!holders.is_empty(), "some pass must have assigned");
+}
+
+pub async fn ended_runs_logs_are_offered_for_archiving<S: Store>(store: Arc<S>) {
+    let (_, stack, _) = world(&*store).await;
+    let mut ended = run_record(&stack, RunState::Finished, 10);
+    ended.updated_at = at(100);
+    let mut later = run_record(&stack, RunState::Failed, 11);
+    later.updated_at = at(300);
+    let live = run_record(&stack, RunState::Performing, 12);
+    let silent = run_record(&stack, RunState::Finished, 13);
+    for run in [&ended, &later, &live, &silent] {
+        store.insert_run(run).await.unwrap();
+    }
+    for run in [&ended, &later, &live] {
+        store.append_logs(run.id, &[(0, "line\n".to_owned())], at(50)).await.unwrap();
+    }
+    assert_eq!(store.runs_with_logs_to_archive(at(200), 10).await.unwrap(), [ended.id]);
+    assert_eq!(store.runs_with_logs_to_archive(at(400), 10).await.unwrap(), [ended.id, later.id]);
+    assert_eq!(store.runs_with_logs_to_archive(at(400), 1).await.unwrap(), [ended.id]);
+    store.delete_logs(ended.id).await.unwrap();
+    assert_eq!(store.read_logs(ended.id, 0, 10).await.unwrap(), []);
+    assert_eq!(store.runs_with_logs_to_archive(at(400), 10).await.unwrap(), [later.id]);
+    assert_eq!(store.read_logs(live.id, 0, 10).await.unwrap().len(), 1, "others keep theirs");
+}
+
+pub async fn periodic_work_is_claimed_once_per_interval<S: Store>(store: Arc<S>) {
+    let every = std::time::Duration::from_secs(5);
+    let claims = |now: i64| {
+        let attempts: Vec<_> = (0..12)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move { store.claim_periodic("sweep", every, at(now)).await })
+            })
+            .collect();
+        async move {
+            let mut won = 0;
+            for attempt in attempts {
+                won += usize::from(attempt.await.unwrap().unwrap());
+            }
+            won
+        }
+    };
+    assert_eq!(claims(100_000).await, 1, "the first interval is claimed once");
+    assert_eq!(claims(104_999).await, 0, "not again within the interval");
+    assert_eq!(claims(105_000).await, 1, "once in the next");
+    assert!(store.claim_periodic("other", every, at(105_000)).await.unwrap(), "jobs are separate");
+}
+
+pub async fn signals_reach_every_listener<S: Store>(store: Arc<S>) {
+    let Some(mut first) = store.signals().await.unwrap() else {
+        assert!(!store.shared(), "a shared store must carry signals");
+        store.publish_signal("nobody listens").await.unwrap();
+        return;
+    };
+    let mut second = store.signals().await.unwrap().expect("every listener gets a stream");
+    store.publish_signal("wake launcher 42").await.unwrap();
+    for listener in [&mut first, &mut second] {
+        let signal = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match futures_util::StreamExt::next(listener).await {
+                    Some(crate::Signal::Gap) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("the signal arrives");
+        assert_eq!(signal, Some(crate::Signal::Message("wake launcher 42".to_owned())));
     }
 }
 

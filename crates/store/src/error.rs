@@ -13,6 +13,9 @@ pub enum StoreError {
     StateConflict { run_id: RunId, expected: RunState, found: RunState },
     #[error("log chunk {received} arrived before chunk {expected}")]
     LogGap { expected: u64, received: u64 },
+    /// The database setting is unusable; the message never holds a password.
+    #[error("{0}")]
+    Config(String),
     #[error("the database is unavailable or refused the query: {0}")]
     Database(#[from] sqlx::Error),
     #[error("the database schema could not be migrated: {0}")]

@@ -9,7 +9,10 @@ mod blobs;
 mod error;
 mod group_commit;
 mod object_blobs;
+mod postgres;
 mod records;
+mod sql_rows;
+mod sql_store;
 mod sqlite;
 mod store;
 
@@ -19,10 +22,11 @@ pub mod contract;
 pub use blobs::{BlobStore, BlobStream, BlobWritten, is_valid_blob_key};
 pub use error::StoreError;
 pub use object_blobs::{BlobLocation, ObjectBlobStore, S3Credentials, S3Settings};
+pub use postgres::{PostgresStore, redact_url};
 pub use records::{
     ApiKeyRecord, BlobRecord, DependencyRecord, FoundSession, LogChunkRecord, OutputRecord,
     OutputReferenceRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord,
     StateChangeRecord, StateVersionRecord, WorkerCountsRecord, WorkerRecord,
 };
 pub use sqlite::SqliteStore;
-pub use store::Store;
+pub use store::{Signal, SignalStream, Store};

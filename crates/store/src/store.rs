@@ -11,6 +11,18 @@ use crate::{
 
 pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 
+/// What a server process hears from the others sharing its store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// A message some process published (this one included).
+    Message(String),
+    /// The channel was interrupted: messages sent meanwhile are lost.
+    Gap,
+}
+
+/// Signals, for as long as the process listens.
+pub type SignalStream = futures_util::stream::BoxStream<'static, Signal>;
+
 /// Gantry's persistent state. Implementations must be safe to share between tasks and,
 /// for engines that allow it, between server replicas.
 #[async_trait]
@@ -152,6 +164,15 @@ pub trait Store: Send + Sync + 'static {
         from_seq: u64,
         limit: u32,
     ) -> Result<Vec<LogChunkRecord>>;
+    /// Runs that ended before `ended_before` and still have log chunks here: what may
+    /// move to the blob store. Oldest first.
+    async fn runs_with_logs_to_archive(
+        &self,
+        ended_before: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<RunId>>;
+    /// Removes the run's log chunks (once they are archived elsewhere).
+    async fn delete_logs(&self, run_id: RunId) -> Result<()>;
 
     async fn replace_outputs(&self, run_id: RunId, outputs: &[OutputRecord]) -> Result<()>;
     async fn outputs(&self, run_id: RunId) -> Result<Vec<OutputRecord>>;
@@ -175,4 +196,28 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a dependency; returns whether there was one.
     async fn delete_dependency(&self, downstream: StackId, upstream: StackId) -> Result<bool>;
     async fn list_dependencies(&self) -> Result<Vec<DependencyRecord>>;
+
+    /// Claims this interval's turn of the periodic job `name`: true for exactly one
+    /// caller per `every`, however many processes share the store.
+    async fn claim_periodic(
+        &self,
+        name: &str,
+        every: std::time::Duration,
+        now: Timestamp,
+    ) -> Result<bool>;
+
+    /// Whether several server processes may share this store (and hear each other's
+    /// signals). An embedded engine belongs to one process.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Sends `message` to every process sharing the store, this one included.
+    async fn publish_signal(&self, _message: &str) -> Result<()> {
+        Ok(())
+    }
+    /// What the processes sharing the store publish; `None` when the store has only this
+    /// process.
+    async fn signals(&self) -> Result<Option<SignalStream>> {
+        Ok(None)
+    }
 }

@@ -1,0 +1,243 @@
+//! The PostgreSQL adapter: for several server replicas on one database. Statements are
+//! shared with SQLite (`sql_store!`); what differs is here: JSON list fragments, row locks
+//! that make assignment atomic across replicas (`FOR UPDATE SKIP LOCKED`), and the
+//! `LISTEN`/`NOTIFY` channel replicas wake each other through.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use gantry_domain::{LauncherId, PoolId, RunId, StackId, Timestamp, WorkerId};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+
+use crate::sql_rows::*;
+use crate::sql_store::sql_store;
+use crate::store::{Result, Signal, SignalStream};
+use crate::{
+    ApiKeyRecord, BlobRecord, DependencyRecord, FoundSession, LogChunkRecord, OutputRecord,
+    OutputReferenceRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord,
+    StateChangeRecord, StateVersionRecord, StoreError, WorkerCountsRecord, WorkerRecord,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The channel replicas notify each other on.
+const SIGNAL_CHANNEL: &str = "gantry_signals";
+/// How long to wait before listening again after the connection could not be restored.
+const RELISTEN_DELAY: Duration = Duration::from_secs(1);
+
+/// Gantry's state in a PostgreSQL database, shareable by several server processes.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    // One pool serves both: PostgreSQL has no single-writer rule to work around. Two
+    // names keep the shared statements engine-neutral.
+    writer: PgPool,
+    reader: PgPool,
+    options: PgConnectOptions,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user[:password]@host[:port]/db`),
+    /// and brings its schema up to date. Replicas starting together migrate one at a
+    /// time: the migrator holds an advisory lock.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url).map_err(|error| {
+            StoreError::Config(format!(
+                "the database URL {} is not a valid postgres:// URL: {}",
+                redact_url(url),
+                error.to_string().replace(url, &redact_url(url))
+            ))
+        })?;
+        let options = options.application_name("gantry-server");
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            // A ping before each use would double the round trips; a connection that
+            // broke is dropped when its query fails.
+            .test_before_acquire(false)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .map_err(|error| {
+                StoreError::Config(format!(
+                    "cannot connect to the database at {}: {error}",
+                    redact_url(url)
+                ))
+            })?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { writer: pool.clone(), reader: pool, options })
+    }
+
+    /// The ids in the JSON array bound as `$1`, as a one-column table.
+    const IDS: &'static str = "SELECT value FROM json_array_elements_text($1::json) AS ids(value)";
+    /// The `[seq, text]` pairs in the JSON array bound as `$1`, as a table.
+    const LOG_CHUNKS: &'static str = "SELECT (value->>0)::bigint AS seq, value->>1 AS text
+         FROM json_array_elements($1::json) AS chunks(value)";
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
+        Ok(self.writer.begin().await?)
+    }
+
+    async fn commit(&self, tx: Transaction<'static, Postgres>) -> Result<()> {
+        Ok(tx.commit().await?)
+    }
+
+    /// A commit returns once PostgreSQL flushed it (`synchronous_commit`): nothing to wait for.
+    async fn durable(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Makes the offered `[run, worker]` assignments that still hold; returns the runs
+    /// assigned. Runs and workers are locked first, skipping rows another replica holds:
+    /// a run or worker in another replica's batch is refused here, never given twice,
+    /// and no replica waits for another.
+    async fn take_offered(&self, pairs: &[[String; 2]], now: Timestamp) -> Result<Vec<RunId>> {
+        let mut tx = self.begin().await?;
+        let free_runs: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM runs
+             WHERE id IN (SELECT value->>0 FROM json_array_elements($1::json) AS pairs(value))
+               AND worker_id IS NULL AND state IN ('READY', 'CONFIRMED')
+             FOR NO KEY UPDATE SKIP LOCKED",
+        )
+        .bind(to_json(&pairs))
+        .fetch_all(&mut *tx)
+        .await?;
+        let free_workers: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM workers
+             WHERE id IN (SELECT value->>1 FROM json_array_elements($1::json) AS pairs(value))
+               AND current_run_id IS NULL AND drained = 0
+             FOR NO KEY UPDATE SKIP LOCKED",
+        )
+        .bind(to_json(&pairs))
+        .fetch_all(&mut *tx)
+        .await?;
+        let made: Vec<&[String; 2]> = pairs
+            .iter()
+            .filter(|[run, worker]| free_runs.contains(run) && free_workers.contains(worker))
+            .collect();
+        if made.is_empty() {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        sqlx::query(
+            "WITH made AS (
+                 SELECT value->>0 AS run_id, value->>1 AS worker_id
+                 FROM json_array_elements($1::json) AS made(value)
+             ), taken AS (
+                 UPDATE workers SET current_run_id = made.run_id
+                 FROM made WHERE workers.id = made.worker_id
+             )
+             UPDATE runs SET worker_id = made.worker_id, updated_at = $2
+             FROM made WHERE runs.id = made.run_id",
+        )
+        .bind(to_json(&made))
+        .bind(now.unix_millis())
+        .execute(&mut *tx)
+        .await?;
+        self.commit(tx).await?;
+        made.iter().map(|[run, _]| run.parse().map_err(|error| corrupt("runs.id", error))).collect()
+    }
+
+    async fn notify_replicas(&self, message: &str) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(SIGNAL_CHANNEL)
+            .bind(message)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn listen_to_replicas(&self) -> Result<SignalStream> {
+        // Its own connection, outside the pool: a listener holds it for good.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_with(self.options.clone())
+            .await?;
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(SIGNAL_CHANNEL).await?;
+        let signals = futures_util::stream::unfold(listener, |mut listener| async move {
+            let signal = match listener.try_recv().await {
+                Ok(Some(notification)) => Signal::Message(notification.payload().to_owned()),
+                // The connection dropped; the listener reconnects and listens again on
+                // the next call. Whatever was sent meanwhile is lost.
+                Ok(None) => Signal::Gap,
+                Err(error) => {
+                    tracing::warn!(%error, "lost the database's notification channel; retrying");
+                    tokio::time::sleep(RELISTEN_DELAY).await;
+                    Signal::Gap
+                }
+            };
+            Some((signal, listener))
+        });
+        Ok(signals.boxed())
+    }
+}
+
+/// The URL with its password replaced, fit for errors and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "<not a URL>".to_owned() };
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split_once(':').map_or(user_info, |(user, _)| user);
+            if user_info.contains(':') {
+                format!("{user}:***@{host}")
+            } else {
+                format!("{user}@{host}")
+            }
+        }
+        None => authority.to_owned(),
+    };
+    match path {
+        Some(path) => format!("{scheme}://{authority}/{}", redact_query(path)),
+        None => format!("{scheme}://{authority}"),
+    }
+}
+
+/// Drops a `password=` query parameter's value.
+fn redact_query(path: &str) -> String {
+    let Some((db, query)) = path.split_once('?') else { return path.to_owned() };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{db}?{}", query.join("&"))
+}
+
+sql_store!(PostgresStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn publish_signal(&self, message: &str) -> Result<()> {
+        self.notify_replicas(message).await
+    }
+
+    async fn signals(&self) -> Result<Option<SignalStream>> {
+        Ok(Some(self.listen_to_replicas().await?))
+    }
+});
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(
+            redact_url("postgres://gantry:s3cret@db:5432/gantry"),
+            "postgres://gantry:***@db:5432/gantry"
+        );
+        assert_eq!(
+            redact_url("postgres://gantry@db/gantry?password=s3cret&sslmode=require"),
+            "postgres://gantry@db/gantry?password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://db"), "postgres://db");
+        assert_eq!(redact_url("s3cret"), "<not a URL>");
+    }
+}

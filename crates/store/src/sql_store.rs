@@ -1,0 +1,1063 @@
+//! The `Store` operations written once for both SQL engines: the statements are the same
+//! on SQLite and PostgreSQL, apart from the few fragments and steps each adapter supplies
+//! (`IDS`, `LOG_CHUNKS`, `begin`, `commit`, `durable`, `take_offered`). A macro rather than
+//! generic code: each expansion sees one concrete engine, so no trait bounds spell out
+//! which Rust types each engine can bind.
+
+/// Implements `Store` for an adapter with `writer` and `reader` pools and the steps above,
+/// plus the engine's own methods given in braces.
+macro_rules! sql_store {
+    ($store:ty $({ $($engine_methods:tt)* })?) => {
+        impl $store {
+            /// Sets `drained` on the workers whose `column` (`id` or `pool_id`) is `value`;
+            /// returns them as they are now.
+            async fn set_drained_where(
+                &self,
+                column: &'static str,
+                value: &str,
+                drained: bool,
+            ) -> Result<Vec<WorkerRecord>> {
+                // `column` is one of two literals, never input.
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE workers SET drained = $2 WHERE {column} = $1 RETURNING {WORKER_COLUMNS}"
+                )))
+                .bind(value)
+                .bind(i64::from(drained))
+                .fetch_all(&self.writer)
+                .await?;
+                self.durable().await?;
+                let mut workers: Vec<WorkerRecord> =
+                    rows.iter().map(worker_from_row).collect::<Result<_>>()?;
+                workers.sort_by_key(|worker| (worker.created_at, worker.id.to_string()));
+                Ok(workers)
+            }
+
+            /// Runs `set` (an assignment list over the run's columns, with the time as `$2`) on
+            /// the run with id `$1`, and returns the run.
+            async fn update_run(&self, id: RunId, set: &'static str, at: Timestamp) -> Result<RunRecord> {
+                // `set` is one of the literals below, never input.
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE runs SET {set}, updated_at = $2 WHERE id = $1 RETURNING {RUN_COLUMNS}"
+                )))
+                .bind(id.to_string())
+                .bind(at.unix_millis())
+                .fetch_optional(&self.writer)
+                .await?
+                .ok_or_else(|| StoreError::NotFound { kind: "run", id: id.to_string() })?;
+                self.durable().await?;
+                run_from_row(&row)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::Store for $store {
+            $($($engine_methods)*)?
+
+            async fn claim_periodic(
+                &self,
+                name: &str,
+                every: std::time::Duration,
+                now: Timestamp,
+            ) -> Result<bool> {
+                // One statement: the row's lock (PostgreSQL) or the single writer (SQLite)
+                // lets exactly one claimant through per interval.
+                let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+                let claimed = sqlx::query(
+                    "INSERT INTO periodic_work (name, last_run_at) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET last_run_at = excluded.last_run_at
+                     WHERE periodic_work.last_run_at <= $2 - $3
+                     RETURNING name",
+                )
+                .bind(name)
+                .bind(now.unix_millis())
+                .bind(every)
+                .fetch_optional(&self.writer)
+                .await?;
+                if claimed.is_some() {
+                    self.durable().await?;
+                }
+                Ok(claimed.is_some())
+            }
+
+            async fn secret_or_insert(
+                &self,
+                name: &str,
+                candidate: &[u8],
+                now: Timestamp,
+            ) -> Result<Vec<u8>> {
+                let mut tx = self.begin().await?;
+                sqlx::query(
+                    "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(name)
+                .bind(candidate)
+                .bind(now.unix_millis())
+                .execute(&mut *tx)
+                .await?;
+                let value: Vec<u8> = sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+                    .bind(name)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                self.commit(tx).await?;
+                Ok(value)
+            }
+
+            async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO api_keys (id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&key.id)
+                .bind(&key.name)
+                .bind(&key.secret_hash)
+                .bind(key.created_at.unix_millis())
+                .execute(&self.writer)
+                .await
+                .map_err(|e| already_exists("API key", &key.name, e))?;
+                self.durable().await?;
+                Ok(())
+            }
+
+            async fn find_api_key(&self, secret_hash: &str) -> Result<Option<ApiKeyRecord>> {
+                let row = sqlx::query(
+                    "SELECT id, name, secret_hash, created_at FROM api_keys WHERE secret_hash = $1",
+                )
+                .bind(secret_hash)
+                .fetch_optional(&self.reader)
+                .await?;
+                row.map(|row| {
+                    Ok(ApiKeyRecord {
+                        id: text(&row, "id")?,
+                        name: text(&row, "name")?,
+                        secret_hash: text(&row, "secret_hash")?,
+                        created_at: timestamp(&row, "created_at")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn count_api_keys(&self) -> Result<u64> {
+                let count: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM api_keys").fetch_one(&self.reader).await?;
+                Ok(count as u64)
+            }
+
+            async fn insert_pool(&self, pool: &PoolRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO pools (id, name, kind, description, labels, certificate_pem, certificate_fingerprint, key_algorithm, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(pool.id.to_string())
+                .bind(&pool.name)
+                .bind(pool.kind.as_str())
+                .bind(&pool.description)
+                .bind(to_json(&pool.labels))
+                .bind(&pool.certificate_pem)
+                .bind(&pool.certificate_fingerprint)
+                .bind(&pool.key_algorithm)
+                .bind(pool.created_at.unix_millis())
+                .bind(pool.updated_at.unix_millis())
+                .execute(&self.writer)
+                .await
+                .map_err(|e| already_exists("pool", &pool.name, e))?;
+                self.durable().await?;
+                Ok(())
+            }
+
+            async fn get_pool(&self, id: PoolId) -> Result<Option<PoolRecord>> {
+                let row = sqlx::query(select(POOL_COLUMNS, "FROM pools WHERE id = $1"))
+                    .bind(id.to_string())
+                    .fetch_optional(&self.reader)
+                    .await?;
+                row.as_ref().map(pool_from_row).transpose()
+            }
+
+            async fn find_pool_by_name(&self, name: &str) -> Result<Option<PoolRecord>> {
+                let row = sqlx::query(select(POOL_COLUMNS, "FROM pools WHERE name = $1"))
+                    .bind(name)
+                    .fetch_optional(&self.reader)
+                    .await?;
+                row.as_ref().map(pool_from_row).transpose()
+            }
+
+            async fn list_pools(&self) -> Result<Vec<PoolRecord>> {
+                let rows = sqlx::query(select(POOL_COLUMNS, "FROM pools ORDER BY name"))
+                    .fetch_all(&self.reader)
+                    .await?;
+                rows.iter().map(pool_from_row).collect()
+            }
+
+            async fn insert_session(&self, session: &SessionRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO sessions (token_hash, pool_id, launcher_id, certificate_fingerprint, hostname, launcher_version, created_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&session.token_hash)
+                .bind(session.pool_id.to_string())
+                .bind(session.launcher_id.to_string())
+                .bind(&session.certificate_fingerprint)
+                .bind(&session.hostname)
+                .bind(&session.launcher_version)
+                .bind(session.created_at.unix_millis())
+                .bind(session.expires_at.unix_millis())
+                .execute(&self.writer)
+                .await?;
+                self.durable().await?;
+                Ok(())
+            }
+
+            async fn find_session(&self, token_hash: &str) -> Result<Option<FoundSession>> {
+                // One query per authenticated agent request: the session and its pool together.
+                let row = sqlx::query(
+                    "SELECT s.token_hash, s.pool_id, s.launcher_id, s.certificate_fingerprint,
+                            s.hostname, s.launcher_version, s.created_at, s.expires_at,
+                            p.certificate_fingerprint AS pool_certificate_fingerprint,
+                            p.cycle_requested_at AS pool_cycle_requested_at
+                     FROM sessions s JOIN pools p ON p.id = s.pool_id
+                     WHERE s.token_hash = $1",
+                )
+                .bind(token_hash)
+                .fetch_optional(&self.reader)
+                .await?;
+                row.as_ref()
+                    .map(|row| {
+                        Ok(FoundSession {
+                            session: session_from_row(row)?,
+                            pool_certificate_fingerprint: optional_text(
+                                row,
+                                "pool_certificate_fingerprint",
+                            )?,
+                            pool_cycle_requested_at: optional_timestamp(row, "pool_cycle_requested_at")?,
+                        })
+                    })
+                    .transpose()
+            }
+
+            async fn delete_session(&self, token_hash: &str) -> Result<()> {
+                sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+                    .bind(token_hash)
+                    .execute(&self.writer)
+                    .await?;
+                self.durable().await?;
+                Ok(())
+            }
+
+            async fn delete_expired_sessions(&self, now: Timestamp) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+                    .bind(now.unix_millis())
+                    .execute(&self.writer)
+                    .await?;
+                self.durable().await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn register_worker(&self, worker: &WorkerRecord) -> Result<WorkerRecord> {
+                let mut tx = self.begin().await?;
+                let existing_pool: Option<String> =
+                    sqlx::query_scalar("SELECT pool_id FROM workers WHERE id = $1")
+                        .bind(worker.id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                match existing_pool {
+                    Some(pool) if pool != worker.pool_id.to_string() => {
+                        return Err(StoreError::AlreadyExists {
+                            kind: "worker",
+                            name: worker.id.to_string(),
+                        });
+                    }
+                    Some(_) => {
+                        sqlx::query(
+                            "UPDATE workers SET launcher_id = $2, metadata = $3, launcher_version = $4, hostname = $5, last_seen_at = $6
+                             WHERE id = $1",
+                        )
+                        .bind(worker.id.to_string())
+                        .bind(worker.launcher_id.to_string())
+                        .bind(to_json(&worker.metadata))
+                        .bind(&worker.launcher_version)
+                        .bind(&worker.hostname)
+                        .bind(worker.last_seen_at.unix_millis())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    None => {
+                        sqlx::query(
+                            "INSERT INTO workers (id, pool_id, launcher_id, metadata, launcher_version, hostname, drained, current_run_id, created_at, last_seen_at)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                        )
+                        .bind(worker.id.to_string())
+                        .bind(worker.pool_id.to_string())
+                        .bind(worker.launcher_id.to_string())
+                        .bind(to_json(&worker.metadata))
+                        .bind(&worker.launcher_version)
+                        .bind(&worker.hostname)
+                        .bind(i64::from(worker.drained))
+                        .bind(worker.current_run_id.map(|id| id.to_string()))
+                        .bind(worker.created_at.unix_millis())
+                        .bind(worker.last_seen_at.unix_millis())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                let row = sqlx::query(select(WORKER_COLUMNS, "FROM workers WHERE id = $1"))
+                    .bind(worker.id.to_string())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                self.commit(tx).await?;
+                worker_from_row(&row)
+            }
+
+            async fn get_worker(&self, id: WorkerId) -> Result<Option<WorkerRecord>> {
+                let row = sqlx::query(select(WORKER_COLUMNS, "FROM workers WHERE id = $1"))
+                    .bind(id.to_string())
+                    .fetch_optional(&self.reader)
+                    .await?;
+                row.as_ref().map(worker_from_row).transpose()
+            }
+
+            async fn list_workers(&self, pool_id: Option<PoolId>) -> Result<Vec<WorkerRecord>> {
+                let rows = match pool_id {
+                    Some(pool_id) => {
+                        sqlx::query(select(
+                            WORKER_COLUMNS,
+                            "FROM workers WHERE pool_id = $1 ORDER BY created_at, id",
+                        ))
+                        .bind(pool_id.to_string())
+                        .fetch_all(&self.reader)
+                        .await?
+                    }
+                    None => {
+                        sqlx::query(select(WORKER_COLUMNS, "FROM workers ORDER BY created_at, id"))
+                            .fetch_all(&self.reader)
+                            .await?
+                    }
+                };
+                rows.iter().map(worker_from_row).collect()
+            }
+
+            async fn launcher_workers(&self, launcher_id: LauncherId) -> Result<Vec<WorkerRecord>> {
+                let rows = sqlx::query(select(
+                    WORKER_COLUMNS,
+                    "FROM workers WHERE launcher_id = $1 ORDER BY created_at, id",
+                ))
+                .bind(launcher_id.to_string())
+                .fetch_all(&self.reader)
+                .await?;
+                rows.iter().map(worker_from_row).collect()
+            }
+
+            async fn launcher_runs(
+                &self,
+                launcher_id: LauncherId,
+                pool_id: PoolId,
+            ) -> Result<Vec<RunRecord>> {
+                let columns: Vec<String> =
+                    RUN_COLUMNS.split(", ").map(|column| format!("r.{column}")).collect();
+                let rows = sqlx::query(select(
+                    &columns.join(", "),
+                    "FROM workers w JOIN runs r ON r.id = w.current_run_id AND r.worker_id = w.id
+                     WHERE w.launcher_id = $1 AND w.pool_id = $2
+                     ORDER BY w.created_at, w.id",
+                ))
+                .bind(launcher_id.to_string())
+                .bind(pool_id.to_string())
+                .fetch_all(&self.reader)
+                .await?;
+                rows.iter().map(run_from_row).collect()
+            }
+
+            async fn worker_counts(&self) -> Result<Vec<WorkerCountsRecord>> {
+                let rows = sqlx::query(
+                    "SELECT pool_id, COUNT(*) AS connected,
+                            COUNT(current_run_id) AS busy, SUM(CASE WHEN drained != 0 THEN 1 ELSE 0 END) AS drained
+                     FROM workers GROUP BY pool_id ORDER BY pool_id",
+                )
+                .fetch_all(&self.reader)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(WorkerCountsRecord {
+                            pool_id: parsed(row, "pool_id")?,
+                            connected: count(row, "connected")?,
+                            busy: count(row, "busy")?,
+                            drained: count(row, "drained")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn idle_workers(&self, pool_id: PoolId, limit: u32) -> Result<Vec<WorkerRecord>> {
+                let rows = sqlx::query(select(
+                    WORKER_COLUMNS,
+                    "FROM workers WHERE pool_id = $1 AND current_run_id IS NULL AND drained = 0
+                     ORDER BY created_at, id LIMIT $2",
+                ))
+                .bind(pool_id.to_string())
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?;
+                rows.iter().map(worker_from_row).collect()
+            }
+
+            async fn touch_workers(
+                &self,
+                launcher_id: LauncherId,
+                worker_ids: &[WorkerId],
+                now: Timestamp,
+            ) -> Result<Vec<WorkerId>> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE workers SET last_seen_at = $3
+                     WHERE launcher_id = $2 AND id IN ({ids})
+                     RETURNING id",
+                    ids = Self::IDS
+                )))
+                .bind(id_list(worker_ids))
+                .bind(launcher_id.to_string())
+                .bind(now.unix_millis())
+                .fetch_all(&self.writer)
+                .await?;
+                self.durable().await?;
+                let touched: Vec<WorkerId> =
+                    rows.iter().map(|row| parsed(row, "id")).collect::<Result<_>>()?;
+                Ok(worker_ids.iter().filter(|id| !touched.contains(id)).copied().collect())
+            }
+
+            async fn delete_workers(&self, worker_ids: &[WorkerId]) -> Result<()> {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM workers WHERE id IN ({ids})",
+                    ids = Self::IDS
+                )))
+                    .bind(id_list(worker_ids))
+                    .execute(&self.writer)
+                    .await?;
+                self.durable().await
+            }
+
+            async fn insert_stack(&self, stack: &StackRecord) -> Result<()> {
+                let environment: Vec<StoredVariable> = stack
+                    .environment
+                    .iter()
+                    .map(|v| StoredVariable {
+                        name: v.name.clone(),
+                        value: v.value.clone(),
+                        secret: v.secret,
+                    })
+                    .collect();
+                sqlx::query(
+                    "INSERT INTO stacks (id, name, repository, branch, project_root, pool_id, tool, runner_image, autodeploy, managed_state, share_sensitive_outputs, environment, description, labels, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                )
+                .bind(stack.id.to_string())
+                .bind(&stack.name)
+                .bind(&stack.repository)
+                .bind(&stack.branch)
+                .bind(&stack.project_root)
+                .bind(stack.pool_id.to_string())
+                .bind(stack.tool.as_str())
+                .bind(&stack.runner_image)
+                .bind(i64::from(stack.autodeploy))
+                .bind(i64::from(stack.managed_state))
+                .bind(i64::from(stack.share_sensitive_outputs))
+                .bind(to_json(&environment))
+                .bind(&stack.description)
+                .bind(to_json(&stack.labels))
+                .bind(stack.created_at.unix_millis())
+                .execute(&self.writer)
+                .await
+                .map_err(|e| already_exists("stack", &stack.name, e))?;
+                self.durable().await?;
+                Ok(())
+            }
+
+            async fn get_stack(&self, id: StackId) -> Result<Option<StackRecord>> {
+                let row = sqlx::query(select(STACK_COLUMNS, "FROM stacks WHERE id = $1"))
+                    .bind(id.to_string())
+                    .fetch_optional(&self.reader)
+                    .await?;
+                row.as_ref().map(stack_from_row).transpose()
+            }
+
+            async fn find_stack_by_name(&self, name: &str) -> Result<Option<StackRecord>> {
+                let row = sqlx::query(select(STACK_COLUMNS, "FROM stacks WHERE name = $1"))
+                    .bind(name)
+                    .fetch_optional(&self.reader)
+                    .await?;
+                row.as_ref().map(stack_from_row).transpose()
+            }
+
+            async fn list_stacks(&self) -> Result<Vec<StackRecord>> {
+                let rows = sqlx::query(select(STACK_COLUMNS, "FROM stacks ORDER BY name"))
+                    .fetch_all(&self.reader)
+                    .await?;
+                rows.iter().map(stack_from_row).collect()
+            }
+
+            async fn insert_run(&self, run: &RunRecord) -> Result<()> {
+                // One statement: the `runs_history_on_insert` trigger records the first state.
+                sqlx::query(
+                    "INSERT INTO runs (id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, prioritized, has_changes, failure, triggered_by, command, stop_requested_at, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+                )
+                .bind(run.id.to_string())
+                .bind(run.stack_id.to_string())
+                .bind(run.pool_id.to_string())
+                .bind(run.run_type.as_str())
+                .bind(run.state.as_str())
+                .bind(&run.branch)
+                .bind(&run.commit_sha)
+                .bind(&run.commit_message)
+                .bind(i64::from(run.autodeploy))
+                .bind(run.worker_id.map(|id| id.to_string()))
+                .bind(i64::from(run.prioritized))
+                .bind(run.has_changes.map(i64::from))
+                .bind(&run.failure)
+                .bind(&run.triggered_by)
+                .bind(&run.command)
+                .bind(run.stop_requested_at.map(Timestamp::unix_millis))
+                .bind(run.created_at.unix_millis())
+                .bind(run.updated_at.unix_millis())
+                .execute(&self.writer)
+                .await?;
+                self.durable().await
+            }
+
+            async fn get_run(&self, id: RunId) -> Result<Option<RunRecord>> {
+                let row = sqlx::query(select(RUN_COLUMNS, "FROM runs WHERE id = $1"))
+                    .bind(id.to_string())
+                    .fetch_optional(&self.reader)
+                    .await?;
+                row.as_ref().map(run_from_row).transpose()
+            }
+
+            async fn get_run_with_launcher(
+                &self,
+                id: RunId,
+            ) -> Result<Option<(RunRecord, Option<LauncherId>)>> {
+                let columns: Vec<String> =
+                    RUN_COLUMNS.split(", ").map(|column| format!("r.{column}")).collect();
+                let row = sqlx::query(select(
+                    &format!("{}, w.launcher_id AS worker_launcher_id", columns.join(", ")),
+                    "FROM runs r LEFT JOIN workers w ON w.id = r.worker_id WHERE r.id = $1",
+                ))
+                .bind(id.to_string())
+                .fetch_optional(&self.reader)
+                .await?;
+                row.map(|row| Ok((run_from_row(&row)?, optional_parsed(&row, "worker_launcher_id")?)))
+                    .transpose()
+            }
+
+            async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+                let limit = i64::from(if filter.limit == 0 { 50 } else { filter.limit });
+                let rows = match filter.stack_id {
+                    Some(stack_id) => {
+                        sqlx::query(select(
+                            RUN_COLUMNS,
+                            "FROM runs WHERE stack_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+                        ))
+                        .bind(stack_id.to_string())
+                        .bind(limit)
+                        .fetch_all(&self.reader)
+                        .await?
+                    }
+                    None => {
+                        sqlx::query(select(
+                            RUN_COLUMNS,
+                            "FROM runs ORDER BY created_at DESC, id DESC LIMIT $1",
+                        ))
+                        .bind(limit)
+                        .fetch_all(&self.reader)
+                        .await?
+                    }
+                };
+                rows.iter().map(run_from_row).collect()
+            }
+
+            async fn active_runs(&self) -> Result<Vec<RunRecord>> {
+                let rows = sqlx::query(select(
+                    RUN_COLUMNS,
+                    "FROM runs WHERE state NOT IN ('FINISHED', 'FAILED', 'STOPPED', 'DISCARDED', 'CANCELED', 'SKIPPED')
+                     ORDER BY created_at, id",
+                ))
+                .fetch_all(&self.reader)
+                .await?;
+                rows.iter().map(run_from_row).collect()
+            }
+
+            async fn run_history(&self, id: RunId) -> Result<Vec<StateChangeRecord>> {
+                let rows = sqlx::query("SELECT state, at FROM run_states WHERE run_id = $1 ORDER BY seq")
+                    .bind(id.to_string())
+                    .fetch_all(&self.reader)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(StateChangeRecord { state: parsed(row, "state")?, at: timestamp(row, "at")? })
+                    })
+                    .collect()
+            }
+
+            async fn change_run(&self, change: &RunChange) -> Result<RunRecord> {
+                // Compare and set in one statement: the `runs_history_on_change` trigger records
+                // the new state and `runs_release_worker` frees the worker, atomically with it.
+                let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE runs SET state = $3, updated_at = $4,
+                         worker_id = CASE WHEN $5 = 1 THEN NULL ELSE worker_id END,
+                         failure = COALESCE($6, failure),
+                         has_changes = COALESCE($7, has_changes)
+                     WHERE id = $1 AND state = $2
+                     RETURNING {RUN_COLUMNS}"
+                )))
+                .bind(change.run_id.to_string())
+                .bind(change.from.as_str())
+                .bind(change.to.as_str())
+                .bind(change.at.unix_millis())
+                .bind(i64::from(change.release_worker))
+                .bind(&change.failure)
+                .bind(change.has_changes.map(i64::from))
+                .fetch_optional(&self.writer)
+                .await?;
+                let Some(row) = updated else {
+                    let found: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1")
+                        .bind(change.run_id.to_string())
+                        .fetch_optional(&self.writer)
+                        .await?;
+                    let found = found.ok_or_else(|| StoreError::NotFound {
+                        kind: "run",
+                        id: change.run_id.to_string(),
+                    })?;
+                    return Err(StoreError::StateConflict {
+                        run_id: change.run_id,
+                        expected: change.from,
+                        found: found.parse().map_err(|error| corrupt("runs.state", error))?,
+                    });
+                };
+                self.durable().await?;
+                run_from_row(&row)
+            }
+
+            async fn set_run_commit(&self, id: RunId, sha: &str, message: &str) -> Result<()> {
+                sqlx::query("UPDATE runs SET commit_sha = $2, commit_message = $3 WHERE id = $1")
+                    .bind(id.to_string())
+                    .bind(sha)
+                    .bind(message)
+                    .execute(&self.writer)
+                    .await?;
+                self.durable().await?;
+                Ok(())
+            }
+
+            async fn assign_runs(
+                &self,
+                assignments: &[(RunId, WorkerId)],
+                now: Timestamp,
+            ) -> Result<Vec<bool>> {
+                // A run or a worker offered again within the batch is refused there.
+                let mut seen_runs = std::collections::HashSet::new();
+                let mut seen_workers = std::collections::HashSet::new();
+                let offered: Vec<bool> = assignments
+                    .iter()
+                    .map(|(run_id, worker_id)| {
+                        let fresh = !seen_runs.contains(run_id) && !seen_workers.contains(worker_id);
+                        if fresh {
+                            seen_runs.insert(*run_id);
+                            seen_workers.insert(*worker_id);
+                        }
+                        fresh
+                    })
+                    .collect();
+                let pairs: Vec<[String; 2]> = assignments
+                    .iter()
+                    .zip(&offered)
+                    .filter(|(_, offered)| **offered)
+                    .map(|((run_id, worker_id), _)| [run_id.to_string(), worker_id.to_string()])
+                    .collect();
+                let taken = self.take_offered(&pairs, now).await?;
+                Ok(assignments
+                    .iter()
+                    .zip(&offered)
+                    .map(|((run_id, _), offered)| *offered && taken.contains(run_id))
+                    .collect())
+            }
+
+            async fn promote_runs(&self, run_ids: &[RunId], at: Timestamp) -> Result<Vec<RunRecord>> {
+                // The `runs_history_on_change` trigger records READY for each.
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE runs SET state = 'READY', updated_at = $2
+                     WHERE state = 'QUEUED' AND id IN ({ids})
+                     RETURNING {RUN_COLUMNS}",
+                    ids = Self::IDS
+                )))
+                .bind(id_list(run_ids))
+                .bind(at.unix_millis())
+                .fetch_all(&self.writer)
+                .await?;
+                if rows.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.durable().await?;
+                let promoted: Vec<RunRecord> = rows.iter().map(run_from_row).collect::<Result<_>>()?;
+                // In the order asked for, as the scheduler decided them.
+                Ok(run_ids
+                    .iter()
+                    .filter_map(|id| promoted.iter().find(|run| run.id == *id).cloned())
+                    .collect())
+            }
+
+            async fn append_logs(
+                &self,
+                run_id: RunId,
+                chunks: &[(u64, String)],
+                now: Timestamp,
+            ) -> Result<u64> {
+                let mut tx = self.begin().await?;
+                let next: i64 =
+                    sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM run_logs WHERE run_id = $1")
+                        .bind(run_id.to_string())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let mut next = next as u64;
+                let mut gap = None;
+                let mut fresh: Vec<(u64, &str)> = Vec::new();
+                for (seq, text) in chunks {
+                    if *seq < next {
+                        continue;
+                    }
+                    if *seq > next {
+                        gap = Some(*seq);
+                        break;
+                    }
+                    fresh.push((*seq, text));
+                    next += 1;
+                }
+                if fresh.is_empty() {
+                    tx.rollback().await?;
+                } else {
+                    // One statement for the whole batch: the writer is held for one round trip.
+                    // A chunk another replica stored meanwhile is skipped, not an error.
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "INSERT INTO run_logs (run_id, seq, text, at)
+                         SELECT $2, chunk.seq, chunk.text, $3 FROM ({chunks}) AS chunk WHERE true
+                         ON CONFLICT (run_id, seq) DO NOTHING",
+                        chunks = Self::LOG_CHUNKS
+                    )))
+                    .bind(to_json(&fresh))
+                    .bind(run_id.to_string())
+                    .bind(now.unix_millis())
+                    .execute(&mut *tx)
+                    .await?;
+                    self.commit(tx).await?;
+                }
+                match gap {
+                    Some(received) => Err(StoreError::LogGap { expected: next, received }),
+                    None => Ok(next),
+                }
+            }
+
+            async fn next_log_seq(&self, run_id: RunId) -> Result<u64> {
+                let next: i64 =
+                    sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM run_logs WHERE run_id = $1")
+                        .bind(run_id.to_string())
+                        .fetch_one(&self.reader)
+                        .await?;
+                u64::try_from(next).map_err(|error| corrupt("run_logs.seq", error))
+            }
+
+            async fn read_logs(
+                &self,
+                run_id: RunId,
+                from_seq: u64,
+                limit: u32,
+            ) -> Result<Vec<LogChunkRecord>> {
+                let rows = sqlx::query("SELECT seq, text, at FROM run_logs WHERE run_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3")
+                    .bind(run_id.to_string())
+                    .bind(from_seq as i64)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.reader)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(LogChunkRecord {
+                            seq: count(row, "seq")?,
+                            text: text(row, "text")?,
+                            at: timestamp(row, "at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn runs_with_logs_to_archive(
+                &self,
+                ended_before: Timestamp,
+                limit: u32,
+            ) -> Result<Vec<RunId>> {
+                let rows = sqlx::query(
+                    "SELECT r.id FROM runs r
+                     WHERE r.state IN ('FINISHED', 'FAILED', 'STOPPED', 'DISCARDED', 'CANCELED', 'SKIPPED')
+                       AND r.updated_at < $1
+                       AND EXISTS (SELECT 1 FROM run_logs l WHERE l.run_id = r.id)
+                     ORDER BY r.updated_at, r.id LIMIT $2",
+                )
+                .bind(ended_before.unix_millis())
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?;
+                rows.iter().map(|row| parsed(row, "id")).collect()
+            }
+
+            async fn delete_logs(&self, run_id: RunId) -> Result<()> {
+                sqlx::query("DELETE FROM run_logs WHERE run_id = $1")
+                    .bind(run_id.to_string())
+                    .execute(&self.writer)
+                    .await?;
+                self.durable().await
+            }
+
+            async fn replace_outputs(&self, run_id: RunId, outputs: &[OutputRecord]) -> Result<()> {
+                let mut tx = self.begin().await?;
+                sqlx::query("DELETE FROM run_outputs WHERE run_id = $1")
+                    .bind(run_id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                for output in outputs {
+                    sqlx::query(
+                        "INSERT INTO run_outputs (run_id, name, value, sensitive) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(run_id.to_string())
+                    .bind(&output.name)
+                    .bind(&output.value_json)
+                    .bind(i64::from(output.sensitive))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                self.commit(tx).await?;
+                Ok(())
+            }
+
+            async fn outputs(&self, run_id: RunId) -> Result<Vec<OutputRecord>> {
+                let rows = sqlx::query(
+                    "SELECT name, value, sensitive FROM run_outputs WHERE run_id = $1 ORDER BY name",
+                )
+                .bind(run_id.to_string())
+                .fetch_all(&self.reader)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(OutputRecord {
+                            name: text(row, "name")?,
+                            value_json: optional_text(row, "value")?,
+                            sensitive: flag(row, "sensitive")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn reset_pool_certificate(
+                &self,
+                pool_id: PoolId,
+                certificate_pem: &str,
+                fingerprint: &str,
+                key_algorithm: &str,
+                at: Timestamp,
+            ) -> Result<PoolRecord> {
+                let mut tx = self.begin().await?;
+                let updated = sqlx::query(
+                    "UPDATE pools SET certificate_pem = $2, certificate_fingerprint = $3, key_algorithm = $4, updated_at = $5
+                     WHERE id = $1",
+                )
+                .bind(pool_id.to_string())
+                .bind(certificate_pem)
+                .bind(fingerprint)
+                .bind(key_algorithm)
+                .bind(at.unix_millis())
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() == 0 {
+                    return Err(StoreError::NotFound { kind: "pool", id: pool_id.to_string() });
+                }
+                sqlx::query("DELETE FROM sessions WHERE pool_id = $1")
+                    .bind(pool_id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                let row = sqlx::query(select(POOL_COLUMNS, "FROM pools WHERE id = $1"))
+                    .bind(pool_id.to_string())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                self.commit(tx).await?;
+                pool_from_row(&row)
+            }
+
+            async fn put_run_blob(&self, run_id: RunId, purpose: &str, blob: &BlobRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO run_blobs (run_id, purpose, blob_key, sha256, size, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (run_id, purpose) DO UPDATE SET blob_key = excluded.blob_key, sha256 = excluded.sha256,
+                         size = excluded.size, created_at = excluded.created_at",
+                )
+                .bind(run_id.to_string())
+                .bind(purpose)
+                .bind(&blob.key)
+                .bind(&blob.sha256)
+                .bind(blob.size as i64)
+                .bind(blob.created_at.unix_millis())
+                .execute(&self.writer)
+                .await?;
+                self.durable().await?;
+                Ok(())
+            }
+
+            async fn run_blob(&self, run_id: RunId, purpose: &str) -> Result<Option<BlobRecord>> {
+                let row = sqlx::query("SELECT blob_key, sha256, size, created_at FROM run_blobs WHERE run_id = $1 AND purpose = $2")
+                    .bind(run_id.to_string())
+                    .bind(purpose)
+                    .fetch_optional(&self.reader)
+                    .await?;
+                row.as_ref().map(blob_from_row).transpose()
+            }
+
+            async fn add_state_version(
+                &self,
+                stack_id: StackId,
+                run_id: RunId,
+                blob: &BlobRecord,
+            ) -> Result<StateVersionRecord> {
+                let mut tx = self.begin().await?;
+                let seq: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM state_versions WHERE stack_id = $1",
+                )
+                .bind(stack_id.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO state_versions (stack_id, seq, run_id, blob_key, sha256, size, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(stack_id.to_string())
+                .bind(seq)
+                .bind(run_id.to_string())
+                .bind(&blob.key)
+                .bind(&blob.sha256)
+                .bind(blob.size as i64)
+                .bind(blob.created_at.unix_millis())
+                .execute(&mut *tx)
+                .await?;
+                self.commit(tx).await?;
+                Ok(StateVersionRecord { stack_id, seq: seq as u64, run_id, blob: blob.clone() })
+            }
+
+            async fn current_state_version(&self, stack_id: StackId) -> Result<Option<StateVersionRecord>> {
+                let row = sqlx::query(
+                    "SELECT stack_id, seq, run_id, blob_key, sha256, size, created_at FROM state_versions
+                     WHERE stack_id = $1 ORDER BY seq DESC LIMIT 1",
+                )
+                .bind(stack_id.to_string())
+                .fetch_optional(&self.reader)
+                .await?;
+                row.map(|row| {
+                    Ok(StateVersionRecord {
+                        stack_id: parsed(&row, "stack_id")?,
+                        seq: count(&row, "seq")?,
+                        run_id: parsed(&row, "run_id")?,
+                        blob: blob_from_row(&row)?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn request_pool_cycle(&self, pool_id: PoolId, at: Timestamp) -> Result<PoolRecord> {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE pools SET cycle_requested_at = $2, updated_at = $2 WHERE id = $1
+                     RETURNING {POOL_COLUMNS}"
+                )))
+                .bind(pool_id.to_string())
+                .bind(at.unix_millis())
+                .fetch_optional(&self.writer)
+                .await?
+                .ok_or_else(|| StoreError::NotFound { kind: "pool", id: pool_id.to_string() })?;
+                self.durable().await?;
+                pool_from_row(&row)
+            }
+
+            async fn set_worker_drained(
+                &self,
+                worker_id: WorkerId,
+                drained: bool,
+            ) -> Result<Option<WorkerRecord>> {
+                Ok(self.set_drained_where("id", &worker_id.to_string(), drained).await?.pop())
+            }
+
+            async fn set_pool_drained(&self, pool_id: PoolId, drained: bool) -> Result<Vec<WorkerRecord>> {
+                self.set_drained_where("pool_id", &pool_id.to_string(), drained).await
+            }
+
+            async fn prioritize_run(&self, id: RunId, at: Timestamp) -> Result<RunRecord> {
+                self.update_run(id, "prioritized = 1", at).await
+            }
+
+            async fn request_run_stop(&self, id: RunId, at: Timestamp) -> Result<RunRecord> {
+                self.update_run(id, "stop_requested_at = COALESCE(stop_requested_at, $2)", at).await
+            }
+
+            async fn put_dependency(&self, dependency: &DependencyRecord) -> Result<()> {
+                let references: Vec<StoredReference> = dependency
+                    .references
+                    .iter()
+                    .map(|r| StoredReference {
+                        output: r.output.clone(),
+                        variable: r.variable.clone(),
+                        trigger_always: r.trigger_always,
+                    })
+                    .collect();
+                sqlx::query(
+                    "INSERT INTO stack_dependencies (downstream_stack_id, upstream_stack_id, output_references, created_at)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (downstream_stack_id, upstream_stack_id) DO UPDATE SET output_references = excluded.output_references",
+                )
+                .bind(dependency.downstream.to_string())
+                .bind(dependency.upstream.to_string())
+                .bind(to_json(&references))
+                .bind(dependency.created_at.unix_millis())
+                .execute(&self.writer)
+                .await?;
+                self.durable().await?;
+                Ok(())
+            }
+
+            async fn delete_dependency(&self, downstream: StackId, upstream: StackId) -> Result<bool> {
+                let done = sqlx::query("DELETE FROM stack_dependencies WHERE downstream_stack_id = $1 AND upstream_stack_id = $2")
+                    .bind(downstream.to_string())
+                    .bind(upstream.to_string())
+                    .execute(&self.writer)
+                    .await?;
+                self.durable().await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn list_dependencies(&self) -> Result<Vec<DependencyRecord>> {
+                let rows = sqlx::query(
+                    "SELECT downstream_stack_id, upstream_stack_id, output_references, created_at FROM stack_dependencies
+                     ORDER BY created_at, downstream_stack_id, upstream_stack_id",
+                )
+                .fetch_all(&self.reader)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        let references: Vec<StoredReference> = json(row, "output_references")?;
+                        Ok(DependencyRecord {
+                            downstream: parsed(row, "downstream_stack_id")?,
+                            upstream: parsed(row, "upstream_stack_id")?,
+                            references: references
+                                .into_iter()
+                                .map(|r| OutputReferenceRecord {
+                                    output: r.output,
+                                    variable: r.variable,
+                                    trigger_always: r.trigger_always,
+                                })
+                                .collect(),
+                            created_at: timestamp(row, "created_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+        }
+    };
+}
+
+pub(crate) use sql_store;
