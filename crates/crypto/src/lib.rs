@@ -15,7 +15,7 @@ mod session;
 mod token;
 
 pub use ca::{CertificateAuthority, IssuedCertificate, ServerTlsIdentity};
-pub use certificate::{Certificate, KeyAlgorithm};
+pub use certificate::{Certificate, KeyAlgorithm, sha256_hex};
 pub use envelope::{
     DEFAULT_CHUNK_SIZE, EnvelopeContext, EnvelopeError, EnvelopeHeader, MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE, OpeningReader, Purpose, SealingWriter, UnknownPurpose, WrapAlgorithm, open,

@@ -3,7 +3,6 @@
 //! server it downloads it from. The signed message is a fixed label and the digest, so a
 //! signature made for anything else never verifies as a binary's.
 
-use aws_lc_rs::digest;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use base64::Engine;
@@ -36,7 +35,7 @@ pub fn generate_release_key() -> Result<(String, String), ReleaseError> {
 
 /// The SHA-256 digest of a binary, hex.
 pub fn binary_digest(binary: &[u8]) -> String {
-    hex::encode(digest::digest(&digest::SHA256, binary))
+    crate::sha256_hex(binary)
 }
 
 fn message(sha256_hex: &str) -> Vec<u8> {

@@ -12,6 +12,51 @@ use gantry_domain::options::{self, Env, OptionError};
 use gantry_store::{BlobLocation, S3Credentials, S3Settings};
 use serde::Deserialize;
 
+/// The database the server keeps its state in.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file: one server process.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL: any number of server processes may share it.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        match self {
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(url) => {
+                f.debug_tuple("Postgres").field(&gantry_store::redact_url(url)).finish()
+            }
+        }
+    }
+}
+
+const EXPECTED_DATABASE: &str = "postgres://user[:password]@host[:port]/database (or postgresql://), or sqlite:///absolute/path/gantry.db";
+
+impl Database {
+    /// `GANTRY_SERVER_DATABASE`, or `<data_dir>/gantry.db` when unset.
+    fn from_setting(text: Option<&str>, data_dir: &std::path::Path) -> Result<Self, ConfigError> {
+        let Some(text) = text else { return Ok(Self::Sqlite(data_dir.join("gantry.db"))) };
+        let redacted = gantry_store::redact_url(text);
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            let valid = text
+                .split_once("://")
+                .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or(""))
+                .is_some_and(|authority| !authority.rsplit('@').next().unwrap_or("").is_empty());
+            if !valid {
+                return Err(OptionError::invalid(DATABASE, &redacted, EXPECTED_DATABASE).into());
+            }
+            return Ok(Self::Postgres(text.to_owned()));
+        }
+        match text.strip_prefix("sqlite://") {
+            Some(path) if path.starts_with('/') => Ok(Self::Sqlite(PathBuf::from(path))),
+            _ => Err(OptionError::invalid(DATABASE, &redacted, EXPECTED_DATABASE).into()),
+        }
+    }
+}
+
 /// Where the server's TLS certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsSource {
@@ -61,6 +106,8 @@ pub struct ServerConfig {
     /// Where encrypted workspaces and state versions are kept: `<data_dir>/blobs` unless
     /// set.
     pub blob_store: BlobLocation,
+    /// Where the state is kept.
+    pub database: Database,
     pub listen: SocketAddr,
     /// The address launchers and users reach the server at, written into pool tokens;
     /// `https://<bound address>` when unset.
@@ -93,6 +140,7 @@ pub const SHARED_WORKERS: &str = "GANTRY_SERVER_SHARED_WORKERS";
 pub const WORKER_BINARY: &str = "GANTRY_SERVER_WORKER_BINARY";
 pub const METRICS_LISTEN: &str = "GANTRY_SERVER_METRICS_LISTEN";
 pub const BLOB_STORE: &str = "GANTRY_SERVER_BLOB_STORE";
+pub const DATABASE: &str = "GANTRY_SERVER_DATABASE";
 pub const S3_ENDPOINT: &str = "GANTRY_SERVER_S3_ENDPOINT";
 pub const S3_REGION: &str = "GANTRY_SERVER_S3_REGION";
 pub const S3_ALLOW_HTTP: &str = "GANTRY_SERVER_S3_ALLOW_HTTP";
@@ -129,6 +177,7 @@ struct ConfigFile {
     worker_binary: Option<String>,
     metrics_listen: Option<String>,
     blob_store: Option<String>,
+    database: Option<String>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
     #[serde(default, deserialize_with = "string_or_bool")]
@@ -199,6 +248,7 @@ impl ServerConfig {
             set(WORKER_BINARY, parsed.worker_binary);
             set(METRICS_LISTEN, parsed.metrics_listen);
             set(BLOB_STORE, parsed.blob_store);
+            set(DATABASE, parsed.database);
             set(S3_ENDPOINT, parsed.s3_endpoint);
             set(S3_REGION, parsed.s3_region);
             set(S3_ALLOW_HTTP, parsed.s3_allow_http);
@@ -305,9 +355,11 @@ impl ServerConfig {
             })
             .transpose()?;
         let blob_store = blob_location(settings, env, &data_dir)?;
+        let database = Database::from_setting(options::get(settings, DATABASE), &data_dir)?;
         Ok(Self {
             data_dir,
             blob_store,
+            database,
             listen,
             public_url,
             tls,

@@ -1,13 +1,30 @@
-//! In-process wake-ups: the scheduler when something may have become schedulable, a
-//! launcher's long-poll when one of its workers got an assignment, and log and state
-//! followers when a run changed. No polling interval sits on the dispatch path.
+//! Wake-ups: the scheduler when something may have become schedulable, a launcher's
+//! long-poll when one of its workers got an assignment, and log and state followers when
+//! a run changed. No polling interval sits on the dispatch path. When several server
+//! processes share the store, launcher and run wake-ups (and session invalidations) are
+//! also handed to the cluster channel (`crate::cluster`), which replays them in the other
+//! processes; scheduling requests stay local: the process that saw the change runs the
+//! pass, and assignment is atomic in the store.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
-use gantry_domain::{LauncherId, RunId};
-use tokio::sync::{Notify, broadcast};
+use gantry_domain::{LauncherId, PoolId, RunId};
+use tokio::sync::{Notify, broadcast, mpsc};
+
+/// What the other server processes sharing the store must hear.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClusterSignal {
+    /// Wake this launcher's long-poll, wherever it waits.
+    Launcher(LauncherId),
+    /// The run changed: its followers look again.
+    Run(RunId),
+    /// The pool's sessions changed (reset, cycle): cached ones are stale.
+    PoolSessions(PoolId),
+    /// This session ended (by its token's hash).
+    Session(String),
+}
 
 /// The server's wake-up signals.
 #[derive(Debug)]
@@ -19,6 +36,8 @@ pub struct Events {
     // A std mutex: held only to look up an entry, never across an await.
     launchers: Mutex<HashMap<LauncherId, Arc<Notify>>>,
     runs: broadcast::Sender<RunId>,
+    /// Where signals for the other processes go; unset while this process is alone.
+    cluster: OnceLock<mpsc::UnboundedSender<ClusterSignal>>,
 }
 
 impl Default for Events {
@@ -28,6 +47,7 @@ impl Default for Events {
             scheduling_requested_at: Mutex::new(None),
             launchers: Mutex::new(HashMap::new()),
             runs: broadcast::channel(1024).0,
+            cluster: OnceLock::new(),
         }
     }
 }
@@ -63,9 +83,24 @@ impl Events {
         Arc::clone(launchers.entry(launcher_id).or_default())
     }
 
+    /// Wakes the launcher's long-poll, in whichever process it waits.
     pub fn wake_launcher(&self, launcher_id: LauncherId) {
+        self.wake_launcher_here(launcher_id);
+        self.tell_cluster(ClusterSignal::Launcher(launcher_id));
+    }
+
+    pub(crate) fn wake_launcher_here(&self, launcher_id: LauncherId) {
         let launchers = self.launchers.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(notify) = launchers.get(&launcher_id) {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Wakes every long-poll of this process: after the cluster channel lost messages,
+    /// each launcher asks again for what it may have missed.
+    pub(crate) fn wake_all_launchers_here(&self) {
+        let launchers = self.launchers.lock().unwrap_or_else(PoisonError::into_inner);
+        for notify in launchers.values() {
             notify.notify_waiters();
         }
     }
@@ -76,9 +111,28 @@ impl Events {
         launchers.retain(|_, notify| Arc::strong_count(notify) > 1);
     }
 
+    /// Tells the run's followers, in every process, that it changed.
     pub fn run_changed(&self, run_id: RunId) {
+        self.run_changed_here(run_id);
+        self.tell_cluster(ClusterSignal::Run(run_id));
+    }
+
+    pub(crate) fn run_changed_here(&self, run_id: RunId) {
         // No receiver is fine: nobody follows that run.
         let _ = self.runs.send(run_id);
+    }
+
+    /// Hands `signal` to the other processes sharing the store, if there are any.
+    pub fn tell_cluster(&self, signal: ClusterSignal) {
+        if let Some(cluster) = self.cluster.get() {
+            // Closed only at shutdown, when nobody needs the signal any more.
+            let _ = cluster.send(signal);
+        }
+    }
+
+    /// From now on, signals for the other processes go to `cluster`.
+    pub(crate) fn connect_cluster(&self, cluster: mpsc::UnboundedSender<ClusterSignal>) {
+        let _ = self.cluster.set(cluster);
     }
 
     pub fn subscribe_runs(&self) -> broadcast::Receiver<RunId> {

@@ -1,6 +1,7 @@
 //! Liveness: workers whose launcher stopped heart-beating are removed and their runs
 //! failed ("worker lost") or handed back to the queue, so no worker stays BUSY forever;
-//! expired sessions are deleted.
+//! expired sessions are deleted. Once per interval across every server process sharing
+//! the store.
 
 use gantry_domain::WorkerId;
 
@@ -20,9 +21,15 @@ pub(crate) async fn run_sweeper(state: AppState) {
     }
 }
 
-/// One sweep.
+/// One sweep, unless another server process sharing the store swept this interval.
 pub(crate) async fn sweep_once(state: &AppState) -> Result<(), ApiError> {
     let now = now();
+    // Claimed a little short of the interval, so that timer drift never skips one.
+    let every = state.timings.sweep_interval.mul_f64(0.9);
+    if !state.store.claim_periodic("liveness-sweep", every, now).await? {
+        state.events.forget_idle_launchers();
+        return Ok(());
+    }
     let workers = state.store.list_workers(None).await?;
     let stale: Vec<_> = workers
         .iter()

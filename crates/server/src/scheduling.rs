@@ -56,10 +56,13 @@ pub(crate) async fn schedule_once(state: &AppState) -> Result<(), ApiError> {
             .map(|assignment| (assignment.run_id, assignment.worker_id))
             .collect();
         let made = state.store.assign_runs(&pairs, now()).await?;
+        if made.contains(&false) {
+            // Lost a race (the run was stopped, the worker drained, another server
+            // process assigned it): decide again from what the store says now.
+            state.events.request_scheduling();
+        }
         for ((run_id, worker_id), made) in pairs.into_iter().zip(made) {
             if !made {
-                // Lost a race (the run was stopped, the worker drained): the next pass
-                // decides again.
                 continue;
             }
             tracing::info!(run = %run_id, worker = %worker_id, "run assigned");

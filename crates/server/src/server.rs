@@ -15,16 +15,16 @@ use axum::response::IntoResponse;
 use axum_server::accept::{TcpConfigAcceptor, TcpKeepaliveConfig, TcpSocketConfig};
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use gantry_crypto::ChallengeSigner;
-use gantry_store::{BlobStore, ObjectBlobStore, SqliteStore, Store, StoreError};
+use gantry_store::{BlobStore, ObjectBlobStore, PostgresStore, SqliteStore, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::config::{ServerConfig, TlsSource};
+use crate::config::{Database, ServerConfig, TlsSource};
 use crate::error::ApiError;
 use crate::events::Events;
 use crate::state::{AppState, Shared, now};
-use crate::{agent, api, bootstrap, liveness, pki, scheduling};
+use crate::{agent, api, bootstrap, cluster, liveness, log_archive, pki, scheduling};
 
 const CHALLENGE_KEY_SECRET: &str = "session-challenge-key";
 /// The server's CA certificate, written into the data directory at every start.
@@ -99,10 +99,12 @@ pub struct Server {
 impl Server {
     pub async fn start(config: ServerConfig) -> Result<Self, StartError> {
         create_private_dir(&config.data_dir)?;
-        let store = SqliteStore::open(&config.data_dir.join("gantry.db")).await?;
+        let store: Arc<dyn Store> = match &config.database {
+            Database::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
+            Database::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
+        };
         let blobs = ObjectBlobStore::open(&config.blob_store).await.map_err(StartError::Blobs)?;
-        let server =
-            Self::start_with_store(config.clone(), Arc::new(store), Arc::new(blobs)).await?;
+        let server = Self::start_with_store(config.clone(), store, Arc::new(blobs)).await?;
         // Public: what API clients must trust when the server issued its own certificate.
         let ca_path = config.data_dir.join(CA_FILE);
         std::fs::write(&ca_path, server.ca_certificate_pem()).map_err(|source| {
@@ -210,8 +212,10 @@ impl Server {
     /// lets in-flight requests finish for a bounded time.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
         let state = self.state.clone();
+        let cluster = cluster::join(&state).await?;
         let scheduler = tokio::spawn(scheduling::run_scheduler(state.clone()));
         let sweeper = tokio::spawn(liveness::run_sweeper(state.clone()));
+        let archiver = tokio::spawn(log_archive::run_archiver(state.clone()));
         let shared_launcher = self.start_shared_launcher();
         state.events.request_scheduling();
         let metrics = self.metrics_listener.map(|listener| {
@@ -253,7 +257,10 @@ impl Server {
         };
         let (served, ()) = tokio::join!(server, stopper);
         state.shutdown.cancel();
-        let _ = tokio::join!(scheduler, sweeper);
+        let _ = tokio::join!(scheduler, sweeper, archiver);
+        for task in cluster {
+            let _ = task.await;
+        }
         if let Some(metrics) = metrics {
             let _ = metrics.await;
         }

@@ -6,6 +6,7 @@
 mod docker;
 mod harness;
 mod launcher_options;
+mod replicas;
 mod scheduling;
 
 use std::time::Duration;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use gantry_server::config::{
-    BLOB_STORE, DATA_DIR, LISTEN, METRICS_LISTEN, PUBLIC_URL, S3_ALLOW_HTTP, S3_ENDPOINT, S3_REGION,
+    BLOB_STORE, DATA_DIR, DATABASE, LISTEN, METRICS_LISTEN, PUBLIC_URL, S3_ALLOW_HTTP, S3_ENDPOINT,
+    S3_REGION,
 };
 use gantry_server::{CA_FILE, Server, ServerConfig};
 
@@ -22,6 +23,8 @@ Examples:
                 --public-url https://gantry.example.com:8443
   GANTRY_SERVER_LISTEN=0.0.0.0:8443 gantry server --config /etc/gantry/gantry.toml
   gantry server --metrics-listen 127.0.0.1:9464
+  PGPASSWORD=... gantry server --database postgres://gantry@db.internal/gantry \
+                --blob-store s3://gantry-blobs/prod   # one of several replicas
   AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... \\
     gantry server --blob-store s3://gantry-blobs/prod --s3-region eu-west-1
 
@@ -36,6 +39,11 @@ pub struct ServerArgs {
     /// Where the server keeps its database [env: GANTRY_SERVER_DATA_DIR] [default: .gantry]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The database: postgres://user@host[:port]/db for several replicas (put a password
+    /// in PGPASSWORD or GANTRY_SERVER_DATABASE, not on the command line), or
+    /// sqlite:///path/gantry.db [env: GANTRY_SERVER_DATABASE] [default: <data dir>/gantry.db]
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
     /// Address and port to listen on [env: GANTRY_SERVER_LISTEN] [default: 127.0.0.1:8443]
     #[arg(long, value_name = "ADDRESS")]
     pub listen: Option<String>,
@@ -69,6 +77,7 @@ fn resolve_config(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
     let mut env: gantry_domain::options::Env = std::env::vars().collect();
     for (name, value) in [
         (DATA_DIR, args.data_dir.as_ref().map(|dir| dir.display().to_string())),
+        (DATABASE, args.database.clone()),
         (LISTEN, args.listen.clone()),
         (PUBLIC_URL, args.public_url.clone()),
         (METRICS_LISTEN, args.metrics_listen.clone()),

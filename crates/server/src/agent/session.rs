@@ -10,6 +10,7 @@ use gantry_store::{PoolRecord, SessionRecord};
 
 use crate::auth::AgentSession;
 use crate::error::{ApiError, ApiResult, Json};
+use crate::events::ClusterSignal;
 use crate::lifecycle;
 use crate::state::{AppState, now};
 
@@ -122,6 +123,7 @@ pub(super) async fn close(
     state.store.delete_workers(&ids).await?;
     state.store.delete_session(&session.token_hash).await?;
     state.sessions.forget(&session.token_hash);
+    state.events.tell_cluster(ClusterSignal::Session(session.token_hash.clone()));
     state.events.request_scheduling();
     tracing::info!(launcher = %session.launcher_id, host = %session.hostname, workers = ids.len(), "launcher left");
     Ok(Json(serde_json::json!({})))

@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ApiResult, Json, PathParam, QueryParams};
 use crate::state::AppState;
-use crate::{lookup, views};
+use crate::{log_archive, lookup, views};
 
 const PAGE: u32 = 500;
 
@@ -41,7 +41,7 @@ pub(super) async fn page(
 ) -> ApiResult<Json<LogPage>> {
     let run = lookup::run(&state, &key).await?;
     let limit = query.limit.unwrap_or(PAGE).clamp(1, 5000);
-    let records = state.store.read_logs(run.id, query.from, limit).await?;
+    let records = log_archive::read(&state, run.id, query.from, limit).await?;
     let next_seq = records.last().map_or(query.from, |last| last.seq + 1);
     let complete = run.state.is_terminal() && (records.len() as u32) < limit;
     Ok(Json(LogPage { chunks: records.into_iter().map(chunk).collect(), next_seq, complete }))
@@ -78,7 +78,7 @@ async fn follow(
     let mut changes = state.events.subscribe_runs();
     let mut last_state: Option<RunState> = None;
     loop {
-        let Ok(records) = state.store.read_logs(run_id, next, PAGE).await else { return };
+        let Ok(records) = log_archive::read(&state, run_id, next, PAGE).await else { return };
         let drained = (records.len() as u32) < PAGE;
         for record in records {
             next = record.seq + 1;

@@ -11,6 +11,7 @@ use gantry_proto::api::{
 use gantry_store::PoolRecord;
 
 use crate::error::{ApiError, ApiResult, Json, PathParam};
+use crate::events::ClusterSignal;
 use crate::state::{AppState, now};
 use crate::views::RunViews;
 use crate::{lifecycle, lookup, views};
@@ -92,6 +93,7 @@ pub(super) async fn reset(
         .await?;
     // The old certificate's sessions end now, not when a cached validation goes stale.
     state.sessions.forget_pool(pool.id);
+    state.events.tell_cluster(ClusterSignal::PoolSessions(pool.id));
     let workers = state.store.list_workers(Some(pool.id)).await?;
     for worker in &workers {
         let Some(run) = worker.current_run_id else { continue };
@@ -200,6 +202,7 @@ pub(super) async fn cycle(
     }
     let record = state.store.request_pool_cycle(pool.id, now()).await?;
     state.sessions.forget_pool(pool.id);
+    state.events.tell_cluster(ClusterSignal::PoolSessions(pool.id));
     let workers = state.store.set_pool_drained(pool.id, true).await?;
     for worker in &workers {
         state.events.wake_launcher(worker.launcher_id);

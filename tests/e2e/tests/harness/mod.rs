@@ -212,6 +212,12 @@ impl ServerProcess {
         }
     }
 
+    /// Kills the server at once (SIGKILL), as a crash or an OOM kill does.
+    pub(crate) fn kill(mut self) {
+        signal(&self.child, "KILL");
+        let _ = self.child.wait();
+    }
+
     /// Fails if any file of the server's data directory holds `marker`, in clear or in
     /// base64 (at any of the three alignments).
     pub(crate) fn assert_nothing_contains(&self, marker: &str) {
@@ -284,6 +290,12 @@ impl Gantry {
             server,
             server.admin_key.as_deref().expect("a first start prints the admin key"),
         )
+    }
+
+    /// The same CLI, talking to `url` (one replica of several) instead.
+    pub(crate) fn at(mut self, url: &str) -> Self {
+        url.clone_into(&mut self.url);
+        self
     }
 
     pub(crate) fn for_server_with_key(server: &ServerProcess, key: &str) -> Self {
@@ -407,8 +419,17 @@ impl Gantry {
 
     /// Waits until the run is in one of `states`; returns it.
     pub(crate) fn wait_for_state(&self, run: &Value, states: &[&str]) -> Value {
+        self.wait_for_state_within(run, states, Duration::from_secs(120))
+    }
+
+    pub(crate) fn wait_for_state_within(
+        &self,
+        run: &Value,
+        states: &[&str],
+        timeout: Duration,
+    ) -> Value {
         let id = run["id"].as_str().unwrap().to_owned();
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + timeout;
         loop {
             let last = self.json(&["run", "show", &id]);
             if states.iter().any(|state| last["state"] == *state) {
@@ -495,11 +516,20 @@ impl Launcher {
         key: &str,
         extra: &[(&str, &str)],
     ) -> Self {
+        Self::connected(token, key, extra)
+    }
+
+    fn connected(token: &str, key: &str, extra: &[(&str, &str)]) -> Self {
         let work = tempfile::tempdir().unwrap();
         let mut launcher = Self::spawn_for(token, key, work.path(), extra);
         launcher._work = Some(work);
         launcher.wait_for_stderr("launcher connected", Duration::from_secs(30));
         launcher
+    }
+
+    /// A connected launcher of `pool` with its own work directory.
+    pub(crate) fn connect(pool: &PoolAccess, extra: &[(&str, &str)]) -> Self {
+        Self::connected(&pool.token, &pool.key, extra)
     }
 
     /// A launcher of `pool` with its own work directory.
