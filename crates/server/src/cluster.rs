@@ -100,6 +100,7 @@ fn apply(state: &AppState, signal: ClusterSignal) {
         ClusterSignal::Run(run_id) => state.events.run_changed_here(run_id),
         ClusterSignal::PoolSessions(pool_id) => state.sessions.forget_pool(pool_id),
         ClusterSignal::Session(token_hash) => state.sessions.forget(&token_hash),
+        ClusterSignal::PoolWorkers(pool_id) => state.events.pool_workers_changed_here(pool_id),
     }
 }
 
@@ -118,6 +119,7 @@ fn encode(origin: &str, signals: &[ClusterSignal]) -> Vec<String> {
             ClusterSignal::Run(id) => format!("R {id}"),
             ClusterSignal::PoolSessions(id) => format!("P {id}"),
             ClusterSignal::Session(hash) => format!("S {hash}"),
+            ClusterSignal::PoolWorkers(id) => format!("W {id}"),
         };
         if !message.is_empty() && message.len() + line.len() + 1 > MAX_MESSAGE {
             messages.push(std::mem::take(&mut message));
@@ -149,6 +151,7 @@ fn decode(origin: &str, message: &str) -> Option<Vec<ClusterSignal>> {
                 "R" => value.parse::<RunId>().ok().map(ClusterSignal::Run),
                 "P" => value.parse::<PoolId>().ok().map(ClusterSignal::PoolSessions),
                 "S" => Some(ClusterSignal::Session(value.to_owned())),
+                "W" => value.parse::<PoolId>().ok().map(ClusterSignal::PoolWorkers),
                 _ => None,
             }
         })
@@ -171,6 +174,7 @@ mod tests {
             ClusterSignal::Run(run),
             ClusterSignal::PoolSessions(pool),
             ClusterSignal::Session("ab12".to_owned()),
+            ClusterSignal::PoolWorkers(pool),
         ];
         let messages = encode("me", &signals);
         assert_eq!(messages.len(), 1);
@@ -183,6 +187,7 @@ mod tests {
                 ClusterSignal::Run(run),
                 ClusterSignal::PoolSessions(pool),
                 ClusterSignal::Session("ab12".to_owned()),
+                ClusterSignal::PoolWorkers(pool),
             ]
         );
     }

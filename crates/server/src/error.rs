@@ -54,6 +54,10 @@ impl ApiError {
         Self::InvalidRequest(message.into())
     }
 
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
     /// The one mapping from errors to HTTP statuses and stable codes.
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {

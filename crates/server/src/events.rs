@@ -24,6 +24,8 @@ pub enum ClusterSignal {
     PoolSessions(PoolId),
     /// This session ended (by its token's hash).
     Session(String),
+    /// The pool's workers changed (joined, drained, removed): its pages look again.
+    PoolWorkers(PoolId),
 }
 
 /// The server's wake-up signals.
@@ -36,6 +38,7 @@ pub struct Events {
     // A std mutex: held only to look up an entry, never across an await.
     launchers: Mutex<HashMap<LauncherId, Arc<Notify>>>,
     runs: broadcast::Sender<RunId>,
+    pools: broadcast::Sender<PoolId>,
     /// Where signals for the other processes go; unset while this process is alone.
     cluster: OnceLock<mpsc::UnboundedSender<ClusterSignal>>,
 }
@@ -47,6 +50,7 @@ impl Default for Events {
             scheduling_requested_at: Mutex::new(None),
             launchers: Mutex::new(HashMap::new()),
             runs: broadcast::channel(1024).0,
+            pools: broadcast::channel(256).0,
             cluster: OnceLock::new(),
         }
     }
@@ -120,6 +124,22 @@ impl Events {
     pub(crate) fn run_changed_here(&self, run_id: RunId) {
         // No receiver is fine: nobody follows that run.
         let _ = self.runs.send(run_id);
+    }
+
+    /// Tells whoever watches the pool's workers, in every process, that they changed.
+    /// A worker turning busy or idle is a run's change, told by `run_changed`.
+    pub fn pool_workers_changed(&self, pool_id: PoolId) {
+        self.pool_workers_changed_here(pool_id);
+        self.tell_cluster(ClusterSignal::PoolWorkers(pool_id));
+    }
+
+    pub(crate) fn pool_workers_changed_here(&self, pool_id: PoolId) {
+        // No receiver is fine: nobody watches that pool.
+        let _ = self.pools.send(pool_id);
+    }
+
+    pub fn subscribe_pool_workers(&self) -> broadcast::Receiver<PoolId> {
+        self.pools.subscribe()
     }
 
     /// Hands `signal` to the other processes sharing the store, if there are any.

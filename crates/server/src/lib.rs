@@ -23,6 +23,7 @@ mod server;
 mod session_cache;
 mod shared_pool;
 mod state;
+mod ui;
 mod views;
 
 pub use bootstrap::API_KEY_PREFIX;

@@ -65,6 +65,10 @@ pub(crate) async fn sweep_once(state: &AppState) -> Result<(), ApiError> {
         );
         state.store.delete_workers(&stale_ids).await?;
         state.events.request_scheduling();
+        let pools: std::collections::HashSet<_> = stale.iter().map(|w| w.pool_id).collect();
+        for pool_id in pools {
+            state.events.pool_workers_changed(pool_id);
+        }
     }
 
     state.store.delete_expired_sessions(now).await?;

@@ -10,23 +10,27 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
 use axum::response::IntoResponse;
 use axum_server::accept::{TcpConfigAcceptor, TcpKeepaliveConfig, TcpSocketConfig};
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use gantry_crypto::ChallengeSigner;
 use gantry_store::{BlobStore, ObjectBlobStore, PostgresStore, SqliteStore, Store, StoreError};
 use tokio_util::sync::CancellationToken;
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::sensitive_headers::{
+    SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
+};
 use tower_http::trace::TraceLayer;
 
 use crate::config::{Database, ServerConfig, TlsSource};
 use crate::error::ApiError;
 use crate::events::Events;
 use crate::state::{AppState, Shared, now};
-use crate::{agent, api, bootstrap, cluster, liveness, log_archive, pki, scheduling};
+use crate::{agent, api, bootstrap, cluster, liveness, log_archive, pki, scheduling, ui};
 
 const CHALLENGE_KEY_SECRET: &str = "session-challenge-key";
+/// Its own key, so that a UI cookie can never pass for a launcher challenge.
+const UI_SESSION_KEY_SECRET: &str = "ui-session-key";
 /// The server's CA certificate, written into the data directory at every start.
 pub const CA_FILE: &str = "server-ca.pem";
 /// How long in-flight requests may finish after the shutdown signal.
@@ -56,16 +60,19 @@ pub enum StartError {
     Internal(String),
 }
 
-/// The REST API and the agent plane, with their shared layers.
+/// The REST API, the agent plane and the web UI, with their shared layers.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api::router(state.clone()))
         .nest("/agent/v1", agent::router())
+        .nest("/ui", ui::router())
+        .route("/", axum::routing::get(|| async { axum::response::Redirect::to("/ui") }))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TraceLayer::new_for_http())
-        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
+        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, COOKIE]))
+        .layer(SetSensitiveResponseHeadersLayer::new([SET_COOKIE]))
         .with_state(state)
 }
 
@@ -132,6 +139,9 @@ impl Server {
         let challenge_key = store
             .secret_or_insert(CHALLENGE_KEY_SECRET, &ChallengeSigner::generate_key(), now())
             .await?;
+        let ui_session_key = store
+            .secret_or_insert(UI_SESSION_KEY_SECRET, &ChallengeSigner::generate_key(), now())
+            .await?;
         let metrics_listener = match config.metrics_listen {
             Some(address) => Some(
                 gantry_metrics::MetricsListener::bind(address)
@@ -157,6 +167,7 @@ impl Server {
             token_server_ca: pki.token_server_ca,
             public_url,
             challenges: ChallengeSigner::new(&challenge_key),
+            ui_sessions: ChallengeSigner::new(&ui_session_key),
             events: Events::default(),
             dispatch_metrics: crate::metrics::DispatchMetrics::default(),
             waiting: crate::state::WaitingRuns::default(),

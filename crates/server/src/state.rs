@@ -31,6 +31,8 @@ pub struct Shared {
     /// Written into pool tokens.
     pub public_url: String,
     pub challenges: ChallengeSigner,
+    /// Signs the web UI's session cookies, with a key every replica reads from the store.
+    pub ui_sessions: ChallengeSigner,
     pub events: Events,
     pub dispatch_metrics: DispatchMetrics,
     /// The signed worker binary launchers may download, if there is one.

@@ -55,5 +55,6 @@ pub(super) async fn register(
     }
     tracing::info!(launcher = %session.launcher_id, workers = worker_ids.len(), "workers registered");
     state.events.request_scheduling();
+    state.events.pool_workers_changed(session.pool_id);
     Ok(Json(WorkersRegistered { worker_ids }))
 }

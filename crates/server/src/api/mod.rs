@@ -2,10 +2,10 @@
 
 mod dependencies;
 mod logs;
-mod pools;
-mod runs;
+pub(crate) mod pools;
+pub(crate) mod runs;
 mod stacks;
-mod workers;
+pub(crate) mod workers;
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;

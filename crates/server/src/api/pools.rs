@@ -119,6 +119,7 @@ pub(super) async fn reset(
     }
     let ids: Vec<_> = workers.iter().map(|worker| worker.id).collect();
     state.store.delete_workers(&ids).await?;
+    state.events.pool_workers_changed(pool.id);
     // Their long-polls wake, find their sessions gone, and the launchers learn of the reset.
     for worker in &workers {
         state.events.wake_launcher(worker.launcher_id);
@@ -136,17 +137,21 @@ pub(super) async fn reset(
 }
 
 pub(super) async fn list(State(state): State<AppState>) -> ApiResult<Json<PoolList>> {
+    Ok(Json(PoolList { pools: all_pools(&state).await? }))
+}
+
+/// Every pool with its counts: the API's list and the UI's.
+pub(crate) async fn all_pools(state: &AppState) -> Result<Vec<Pool>, ApiError> {
     let workers = state.store.list_workers(None).await?;
     let runs = state.store.active_runs().await?;
     let stacks = state.store.list_stacks().await?;
-    let pools = state
+    Ok(state
         .store
         .list_pools()
         .await?
         .iter()
         .map(|pool| views::pool(pool, &workers, &runs, &stacks))
-        .collect();
-    Ok(Json(PoolList { pools }))
+        .collect())
 }
 
 pub(super) async fn show(
@@ -154,10 +159,15 @@ pub(super) async fn show(
     PathParam(key): PathParam<String>,
 ) -> ApiResult<Json<Pool>> {
     let pool = lookup::pool(&state, &key).await?;
+    Ok(Json(one_pool(&state, &pool).await?))
+}
+
+/// One pool with its counts.
+pub(crate) async fn one_pool(state: &AppState, pool: &PoolRecord) -> Result<Pool, ApiError> {
     let workers = state.store.list_workers(Some(pool.id)).await?;
     let runs = state.store.active_runs().await?;
     let stacks = state.store.list_stacks().await?;
-    Ok(Json(views::pool(&pool, &workers, &runs, &stacks)))
+    Ok(views::pool(pool, &workers, &runs, &stacks))
 }
 
 /// Drains every worker of the pool: they finish their runs and take no new one.
@@ -165,7 +175,7 @@ pub(super) async fn drain(
     State(state): State<AppState>,
     PathParam(key): PathParam<String>,
 ) -> ApiResult<Json<Drained>> {
-    set_drained(&state, &key, true).await
+    Ok(Json(set_drained(&state, &key, true).await?))
 }
 
 /// Undrains every worker of the pool; waiting runs are scheduled at once.
@@ -173,17 +183,23 @@ pub(super) async fn undrain(
     State(state): State<AppState>,
     PathParam(key): PathParam<String>,
 ) -> ApiResult<Json<Drained>> {
-    set_drained(&state, &key, false).await
+    Ok(Json(set_drained(&state, &key, false).await?))
 }
 
-async fn set_drained(state: &AppState, key: &str, drained: bool) -> ApiResult<Json<Drained>> {
+/// Drains or undrains every worker of the pool (the API's and the UI's "drain all").
+pub(crate) async fn set_drained(
+    state: &AppState,
+    key: &str,
+    drained: bool,
+) -> Result<Drained, ApiError> {
     let pool = lookup::pool(state, key).await?;
     let workers = state.store.set_pool_drained(pool.id, drained).await?;
     tracing::info!(pool = %pool.name, drained, workers = workers.len(), "pool drain changed");
     if !drained {
         state.events.request_scheduling();
     }
-    Ok(Json(Drained { workers: views::visible_workers(&pool, &workers) }))
+    state.events.pool_workers_changed(pool.id);
+    Ok(Drained { workers: views::visible_workers(&pool, &workers) })
 }
 
 /// Asks every launcher connected now to take no new run and exit after its current
@@ -207,6 +223,7 @@ pub(super) async fn cycle(
     for worker in &workers {
         state.events.wake_launcher(worker.launcher_id);
     }
+    state.events.pool_workers_changed(pool.id);
     tracing::info!(pool = %pool.name, workers = workers.len(), "pool cycle requested");
     let runs = state.store.active_runs().await?;
     let stacks = state.store.list_stacks().await?;
@@ -220,22 +237,27 @@ pub(super) async fn queue(
     PathParam(key): PathParam<String>,
 ) -> ApiResult<Json<Queue>> {
     let pool = lookup::pool(&state, &key).await?;
+    Ok(Json(pool_queue(&state, &pool).await?))
+}
+
+/// The queue of one pool, as the API and the UI show it.
+pub(crate) async fn pool_queue(state: &AppState, pool: &PoolRecord) -> Result<Queue, ApiError> {
     let runs: Vec<_> =
         state.store.active_runs().await?.into_iter().filter(|run| run.pool_id == pool.id).collect();
-    let views = RunViews::load(&state).await?;
+    let views = RunViews::load(state).await?;
     let mut entries = Vec::new();
     let (mut in_progress, waiting): (Vec<_>, Vec<_>) = runs.iter().partition(|run| {
         run.worker_id.is_some() || run.state.occupies_worker() || run.state == RunState::Unconfirmed
     });
     in_progress.sort_by_key(|run| (run.updated_at, run.id));
     for run in in_progress {
-        entries.push(QueueEntry { run: views.run(&state, run).await?, in_progress: true });
+        entries.push(QueueEntry { run: views.run(state, run).await?, in_progress: true });
     }
     let by_id: std::collections::HashMap<_, _> = waiting.iter().map(|run| (run.id, *run)).collect();
     for (run_id, _) in &views.waiting {
         if let Some(run) = by_id.get(run_id) {
-            entries.push(QueueEntry { run: views.run(&state, run).await?, in_progress: false });
+            entries.push(QueueEntry { run: views.run(state, run).await?, in_progress: false });
         }
     }
-    Ok(Json(Queue { pool: pool.name, entries }))
+    Ok(Queue { pool: pool.name.clone(), entries })
 }

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use gantry_domain::RunEvent;
 use gantry_proto::api::{Run, RunList, TriggerRun};
-use gantry_store::RunFilter;
+use gantry_store::{RunFilter, RunRecord};
 use serde::Deserialize;
 
 use crate::error::{ApiError, ApiResult, Json, PathParam, QueryParams};
@@ -114,7 +114,13 @@ pub(super) async fn prioritize(
     State(state): State<AppState>,
     PathParam(key): PathParam<String>,
 ) -> ApiResult<Json<Run>> {
-    let run = lookup::run(&state, &key).await?;
+    let run = prioritize_run(&state, &key).await?;
+    Ok(Json(views::run(&state, &run).await?))
+}
+
+/// Moves a waiting run to the front of its class, for the API and the UI.
+pub(crate) async fn prioritize_run(state: &AppState, key: &str) -> Result<RunRecord, ApiError> {
+    let run = lookup::run(state, key).await?;
     if run.state.is_terminal() || run.state.occupies_worker() {
         return Err(ApiError::invalid(format!(
             "run {} is {}: only a waiting run can be prioritized",
@@ -124,5 +130,5 @@ pub(super) async fn prioritize(
     let run = state.store.prioritize_run(run.id, crate::state::now()).await?;
     state.events.request_scheduling();
     state.events.run_changed(run.id);
-    Ok(Json(views::run(&state, &run).await?))
+    Ok(run)
 }

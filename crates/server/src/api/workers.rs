@@ -39,7 +39,7 @@ pub(super) async fn drain(
     State(state): State<AppState>,
     PathParam(key): PathParam<String>,
 ) -> ApiResult<Json<Drained>> {
-    set_drained(&state, &key, true).await
+    Ok(Json(set_drained(&state, &key, true).await?))
 }
 
 /// Undrains one worker; waiting runs are scheduled at once.
@@ -47,10 +47,15 @@ pub(super) async fn undrain(
     State(state): State<AppState>,
     PathParam(key): PathParam<String>,
 ) -> ApiResult<Json<Drained>> {
-    set_drained(&state, &key, false).await
+    Ok(Json(set_drained(&state, &key, false).await?))
 }
 
-async fn set_drained(state: &AppState, key: &str, drained: bool) -> ApiResult<Json<Drained>> {
+/// Drains or undrains one worker, for the API and the UI.
+pub(crate) async fn set_drained(
+    state: &AppState,
+    key: &str,
+    drained: bool,
+) -> Result<Drained, ApiError> {
     let id: WorkerId = key.parse().map_err(|_| ApiError::not_found("worker", key))?;
     let existing =
         state.store.get_worker(id).await?.ok_or_else(|| ApiError::not_found("worker", key))?;
@@ -67,5 +72,6 @@ async fn set_drained(state: &AppState, key: &str, drained: bool) -> ApiResult<Js
     if !drained {
         state.events.request_scheduling();
     }
-    Ok(Json(Drained { workers: vec![views::worker(&worker)] }))
+    state.events.pool_workers_changed(worker.pool_id);
+    Ok(Drained { workers: vec![views::worker(&worker)] })
 }

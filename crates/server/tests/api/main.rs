@@ -2,6 +2,7 @@
 //! session proof, and every kind of bad input leaving the store unchanged.
 
 mod queue;
+mod ui;
 
 use base64::Engine;
 use gantry_crypto::{PoolPrivateKey, PoolToken, session_message};
@@ -69,6 +70,31 @@ impl Api {
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let token = PoolToken::decode(body["token"].as_str().unwrap()).unwrap();
         (key, token)
+    }
+}
+
+impl Api {
+    /// Opens a launcher session with the pool's key and registers one worker carrying
+    /// `metadata`, as a launcher would.
+    async fn register_worker(&self, key: &OpensslKey, token: &PoolToken, metadata: Value) {
+        let key = PoolPrivateKey::from_pem(&key.key_pem).unwrap();
+        let (_, challenge) =
+            self.agent("/session/challenge", json!({"pool_id": token.pool_id}), None).await;
+        let challenge = challenge["challenge"].as_str().unwrap();
+        let signature = base64::engine::general_purpose::STANDARD
+            .encode(key.sign(&session_message(challenge)).unwrap());
+        let open = json!({
+            "pool_id": token.pool_id,
+            "challenge": challenge,
+            "signature": signature,
+            "launcher": {"id": "01ARZ3NDEKTSV4RRFFQ69G5FAV", "version": "test", "hostname": "h", "protocol_version": 1}
+        });
+        let (status, session) = self.agent("/session", open, None).await;
+        assert_eq!(status, StatusCode::OK, "{session}");
+        let session_token = session["session_token"].as_str().unwrap();
+        let workers = json!({"workers": [{"metadata": metadata}]});
+        let (status, body) = self.agent("/workers", workers, Some(session_token)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
 }
 

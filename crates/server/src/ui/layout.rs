@@ -1,0 +1,102 @@
+//! The page shell every UI page shares (landmarks, navigation, sign-out form), the error
+//! page, and small formatting helpers.
+
+use axum::response::{IntoResponse, Response};
+use gantry_domain::Timestamp;
+use maud::{DOCTYPE, Markup, html};
+
+use super::session::{UiSession, token_field};
+use crate::error::ApiError;
+
+pub(super) fn page(title: &str, session: Option<&UiSession>, main: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="color-scheme" content="light dark";
+                title { (title) " · Gantry" }
+                link rel="stylesheet" href="/ui/assets/gantry.css";
+                script src="/ui/assets/gantry.js" defer {}
+            }
+            body {
+                a.skip href="#main" { "Skip to content" }
+                header.top {
+                    a.brand href="/ui/pools" { "Gantry" }
+                    @if let Some(session) = session {
+                        nav aria-label="Main" {
+                            ul {
+                                li { a href="/ui/pools" { "Worker pools" } }
+                            }
+                        }
+                        form.sign-out method="post" action="/ui/sign-out" {
+                            (token_field(session))
+                            span.who { "Key " code { (session.key_id) } }
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main #main { (main) }
+            }
+        }
+    }
+}
+
+/// A failed request as a page: the status and message users would get from the API.
+pub(super) fn error_page(error: ApiError) -> Response {
+    let status = error.status();
+    if status.is_server_error() {
+        tracing::error!(%error, "UI request failed");
+    }
+    let message = match status.is_server_error() {
+        true => "The server could not complete this request; its log says why.".to_owned(),
+        false => error.to_string(),
+    };
+    let body = html! {
+        h1 { (status.canonical_reason().unwrap_or("Error")) }
+        p role="alert" { (message) }
+        p { a href="/ui/pools" { "Back to the pools" } }
+    };
+    (status, page("Error", None, body)).into_response()
+}
+
+/// UI handlers' errors become pages, not JSON.
+pub(super) struct UiError(ApiError);
+
+impl From<ApiError> for UiError {
+    fn from(error: ApiError) -> Self {
+        Self(error)
+    }
+}
+
+impl From<gantry_store::StoreError> for UiError {
+    fn from(error: gantry_store::StoreError) -> Self {
+        Self(error.into())
+    }
+}
+
+impl IntoResponse for UiError {
+    fn into_response(self) -> Response {
+        error_page(self.0)
+    }
+}
+
+pub(super) type UiResult<T = Response> = Result<T, UiError>;
+
+/// A point in time, readable by people and machines.
+pub(super) fn time(at: Timestamp) -> Markup {
+    let text = rfc3339(at);
+    html! { time datetime=(text) { (text.replace('T', " ").trim_end_matches('Z')) " UTC" } }
+}
+
+fn rfc3339(at: Timestamp) -> String {
+    let millis = u64::try_from(at.unix_millis()).unwrap_or(0);
+    let system = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis);
+    humantime::format_rfc3339_seconds(system).to_string()
+}
+
+/// A status word as a badge; the word itself carries the meaning, colour only helps.
+pub(super) fn badge(word: &str) -> Markup {
+    html! { span class={ "badge badge-" (word.to_ascii_lowercase()) } { (word) } }
+}
