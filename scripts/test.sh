@@ -25,6 +25,8 @@ require openssl openssl
 require terraform ""
 require docker ""
 require busybox busybox-static
+require chromium chromium              # the web UI's browser test
+require chromedriver chromium-driver
 require python3 python3
 require systemd-analyze systemd   # verifies deploy/systemd
 if [ ${#missing_packages[@]} -gt 0 ]; then

@@ -3,6 +3,7 @@
 //! The binaries come from the workspace's target directory: `cargo build --workspace
 //! --bins` first (the README's test command does).
 
+mod browser;
 mod docker;
 mod harness;
 mod launcher_options;
