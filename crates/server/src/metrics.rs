@@ -42,11 +42,17 @@ impl Default for DispatchMetrics {
 }
 
 impl DispatchMetrics {
-    /// The run was assigned by a pass that served requests made since `schedulable_since`.
+    /// The run is being assigned by a pass that served requests made since
+    /// `schedulable_since`.
     pub(crate) fn assigned(&self, run: RunId, schedulable_since: Instant) {
         let mut undelivered = self.undelivered.lock().unwrap_or_else(PoisonError::into_inner);
         undelivered.retain(|_, since| since.elapsed() < UNDELIVERED_AFTER);
         undelivered.insert(run, schedulable_since);
+    }
+
+    /// The pass that was about to assign the run did not.
+    pub(crate) fn not_assigned(&self, run: RunId) {
+        self.undelivered.lock().unwrap_or_else(PoisonError::into_inner).remove(&run);
     }
 
     /// A long-poll answer carried the run's assignment; only the first delivery counts.

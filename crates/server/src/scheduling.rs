@@ -55,7 +55,21 @@ pub(crate) async fn schedule_once(state: &AppState) -> Result<(), ApiError> {
             .iter()
             .map(|assignment| (assignment.run_id, assignment.worker_id))
             .collect();
-        let made = state.store.assign_runs(&pairs, now()).await?;
+        // Noted before the commit: a launcher polling at that moment may receive its
+        // assignment before this pass gets to note it.
+        for (run_id, _) in &pairs {
+            state.dispatch_metrics.assigned(*run_id, requested_at);
+        }
+        let made = state.store.assign_runs(&pairs, now()).await;
+        let made = match made {
+            Ok(made) => made,
+            Err(error) => {
+                for (run_id, _) in &pairs {
+                    state.dispatch_metrics.not_assigned(*run_id);
+                }
+                return Err(error.into());
+            }
+        };
         if made.contains(&false) {
             // Lost a race (the run was stopped, the worker drained, another server
             // process assigned it): decide again from what the store says now.
@@ -63,10 +77,10 @@ pub(crate) async fn schedule_once(state: &AppState) -> Result<(), ApiError> {
         }
         for ((run_id, worker_id), made) in pairs.into_iter().zip(made) {
             if !made {
+                state.dispatch_metrics.not_assigned(run_id);
                 continue;
             }
             tracing::info!(run = %run_id, worker = %worker_id, "run assigned");
-            state.dispatch_metrics.assigned(run_id, requested_at);
             state.events.run_changed(run_id);
             if let Some(launcher_id) = launchers.get(&worker_id) {
                 state.events.wake_launcher(*launcher_id);
