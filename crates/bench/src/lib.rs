@@ -5,13 +5,16 @@
 //! its first log chunk and the worker's first line arrived, when it finished.
 //! `envelope` (in `envelope.rs`) measures sealing and opening run state. `fleet` (in
 //! `fleet/`) measures dispatch with a thousand simulated idle workers against a server
-//! process.
+//! process on SQLite, or against one or several replicas on PostgreSQL.
 
 mod envelope;
 mod fleet;
 
 pub use envelope::{EnvelopeMeasures, envelope, envelope_report};
-pub use fleet::{FleetMeasures, FleetOptions, LatencySummary, PhaseCpu, fleet, fleet_report};
+pub use fleet::{
+    DatabaseStats, FleetDatabase, FleetMeasures, FleetOptions, LatencySummary, PhaseCpu,
+    ReplicaPaths, StatementStats, WalStats, fleet, fleet_report,
+};
 
 use std::path::PathBuf;
 use std::sync::Arc;

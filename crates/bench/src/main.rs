@@ -39,9 +39,18 @@ enum Benchmark {
         #[arg(long, default_value_t = 50)]
         samples: usize,
     },
-    /// Dispatch at scale: a `gantry server` process (next to this binary) on SQLite, a
-    /// fleet of simulated launchers in long-poll, no-op runs; latency, throughput, memory
+    /// Dispatch at scale: `gantry server` processes (next to this binary) on SQLite or
+    /// PostgreSQL, a fleet of simulated launchers in long-poll, no-op runs; latency,
+    /// throughput, CPU, memory
     Fleet {
+        /// The servers' store: SQLite in the server's data directory, or a durable
+        /// PostgreSQL cluster started for the benchmark (initdb and pg_ctl on PATH)
+        #[arg(long, value_enum, default_value_t = gantry_bench::FleetDatabase::Sqlite)]
+        database: gantry_bench::FleetDatabase,
+        /// Server replicas on the one database (more than one needs --database
+        /// postgres): launchers are spread over them in turn, and so are triggers
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
         /// Simulated launchers, each with its own session and HTTPS connection
         #[arg(long, default_value_t = 100)]
         launchers: usize,
@@ -64,6 +73,10 @@ enum Benchmark {
         /// Keep the server's data directory and log (set GANTRY_LOG for its log filter)
         #[arg(long)]
         keep_server_data: bool,
+        /// Load pg_stat_statements into the PostgreSQL cluster and time its WAL flushes:
+        /// list each phase's statements by execution time (--database postgres)
+        #[arg(long)]
+        database_stats: bool,
     },
 }
 
@@ -88,6 +101,8 @@ fn main() -> anyhow::Result<()> {
             print!("{}", gantry_bench::envelope_report(size_mib, samples, &measures));
         }
         Benchmark::Fleet {
+            database,
+            replicas,
             launchers,
             slots,
             latency_runs,
@@ -95,8 +110,11 @@ fn main() -> anyhow::Result<()> {
             stacks,
             triggering_tasks,
             keep_server_data,
+            database_stats,
         } => {
             let options = gantry_bench::FleetOptions {
+                database,
+                replicas,
                 launchers,
                 slots,
                 latency_runs,
@@ -104,6 +122,7 @@ fn main() -> anyhow::Result<()> {
                 stacks,
                 triggering_tasks,
                 keep_server_data,
+                database_stats,
             };
             options.validate()?;
             let runtime = tokio::runtime::Runtime::new()?;

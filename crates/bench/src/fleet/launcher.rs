@@ -6,6 +6,10 @@
 //!
 //! Every delivery, execution and finish goes into a shared [`Ledger`], from which the
 //! benchmark reads its latencies and checks that every run ran exactly once.
+//!
+//! Each simulated launcher talks to one server replica, named explicitly rather than
+//! read from the pool token (which carries one URL): the benchmark spreads the fleet
+//! over the replicas, as a load balancer would.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +57,8 @@ pub(crate) struct Ledger {
 pub(crate) struct Records {
     /// When a launcher first received each run.
     pub(crate) received: HashMap<RunId, Instant>,
+    /// The replica whose long-poll first delivered each run.
+    pub(crate) received_from: HashMap<RunId, usize>,
     /// Every worker each run was delivered to: more than one is a double dispatch.
     pub(crate) delivered_to: HashMap<RunId, HashSet<WorkerId>>,
     /// How many times each run was executed: its acknowledgement accepted, then reported
@@ -107,13 +113,23 @@ impl Ledger {
 pub(crate) struct SimulatedLauncher {
     client: Arc<AgentClient>,
     worker_ids: Vec<WorkerId>,
+    /// The index of the replica at `server_url`.
+    replica: usize,
 }
 
 impl SimulatedLauncher {
-    /// Opens a session (challenge, signature with the pool key) and registers `slots`
-    /// workers. `config` carries this launcher's own id.
-    pub(crate) async fn connect(config: &LauncherConfig, slots: usize) -> anyhow::Result<Self> {
-        let client = Arc::new(AgentClient::new(config)?);
+    /// Opens a session with the server at `server_url` (challenge, signature with the
+    /// pool key) and registers `slots` workers. `config` carries this launcher's own id;
+    /// `replica` names the server in the ledger.
+    pub(crate) async fn connect(
+        config: &LauncherConfig,
+        server_url: &str,
+        replica: usize,
+        slots: usize,
+    ) -> anyhow::Result<Self> {
+        let mut config = config.clone();
+        config.token.endpoint = server_url.to_owned();
+        let client = Arc::new(AgentClient::new(&config)?);
         client.connect().await?;
         let registrations = (0..slots)
             .map(|_| WorkerRegistration { previous_id: None, metadata: config.metadata.clone() })
@@ -124,7 +140,7 @@ impl SimulatedLauncher {
             "registering {slots} workers returned {} ids",
             registered.worker_ids.len()
         );
-        Ok(Self { client, worker_ids: registered.worker_ids })
+        Ok(Self { client, worker_ids: registered.worker_ids, replica })
     }
 
     /// Heart-beats and long-polls until `stop`, then closes the session (the server
@@ -144,7 +160,7 @@ impl SimulatedLauncher {
                 Arc::clone(&ledger),
                 stop.clone(),
             ));
-            poll_loop(&self.client, &running, &ledger, &stop, &polling).await;
+            poll_loop(&self.client, self.replica, &running, &ledger, &stop, &polling).await;
             let _ = heartbeat.await;
             if let Err(error) = self.client.close().await {
                 ledger.error(format!("closing the session failed: {error}"));
@@ -161,6 +177,7 @@ fn lock(running: &Mutex<HashSet<RunId>>) -> MutexGuard<'_, HashSet<RunId>> {
 /// at once on their own task, and the next poll goes out immediately.
 async fn poll_loop(
     client: &Arc<AgentClient>,
+    replica: usize,
     running: &Arc<Mutex<HashSet<RunId>>>,
     ledger: &Arc<Ledger>,
     stop: &CancellationToken,
@@ -177,7 +194,7 @@ async fn poll_loop(
             polled = client.poll(POLL_WAIT, holding) => polled,
             () = stop.cancelled() => return,
         };
-        if !handle_poll(client, running, ledger, polled) {
+        if !handle_poll(client, replica, running, ledger, polled) {
             tokio::select! {
                 () = tokio::time::sleep(POLL_RETRY) => {}
                 () = stop.cancelled() => return,
@@ -189,6 +206,7 @@ async fn poll_loop(
 /// Starts the new assignments of a poll's answer. `false`: the poll failed.
 fn handle_poll(
     client: &Arc<AgentClient>,
+    replica: usize,
     running: &Arc<Mutex<HashSet<RunId>>>,
     ledger: &Arc<Ledger>,
     polled: Result<PollResponse, ClientError>,
@@ -211,6 +229,7 @@ fn handle_poll(
         let mut records = ledger.records();
         for assignment in response.assignments {
             records.received.entry(assignment.run_id).or_insert(received_at);
+            records.received_from.entry(assignment.run_id).or_insert(replica);
             records.delivered_to.entry(assignment.run_id).or_default().insert(assignment.worker_id);
             // A poll answers with the same assignment until its ack lands: a real
             // launcher skips the runs it already executes, so does this one.

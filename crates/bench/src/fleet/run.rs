@@ -1,10 +1,11 @@
-//! The fleet benchmark, phase by phase: start the server process, create a pool and its
-//! stacks, connect the fleet and read the server's memory once it idles in long-poll,
-//! time dispatch one run at a time, then push many runs through at once, and finally
-//! check that every run ran exactly once and ended FINISHED.
+//! The fleet benchmark, phase by phase: start the database and the server processes,
+//! create a pool and its stacks, connect the fleet and read the servers' memory once it
+//! idles in long-poll, time dispatch one run at a time, then push many runs through at
+//! once, and finally check that every run ran exactly once and ended FINISHED.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -21,10 +22,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::cpu::{own_cpu_time, process_cpu_time};
+use super::database::{DatabaseStats, FleetDatabase, PostgresCluster};
 use super::launcher::{Ledger, Records, SimulatedLauncher};
 use super::limits::raise_open_file_limit;
-use super::server_process::{ServerProcess, gantry_binary};
-use super::summary::{FleetMeasures, LatencySummary, PhaseCpu};
+use super::server_process::{ServerProcess, Storage, gantry_binary};
+use super::summary::{FleetMeasures, LatencySummary, PhaseCpu, ReplicaPaths};
 
 const POOL: &str = "fleet";
 /// Sessions opened at once while the fleet connects: a thousand TLS handshakes and
@@ -40,12 +42,23 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const CHECK_CONCURRENCY: usize = 8;
 
-/// Runs triggered, each with the instant just before its trigger request was sent.
-type Triggered = Vec<(RunId, Instant)>;
+/// A triggered run.
+#[derive(Debug, Clone, Copy)]
+struct Trigger {
+    run_id: RunId,
+    /// Just before its trigger request was sent.
+    sent: Instant,
+    /// The replica the trigger was sent to.
+    replica: usize,
+}
 
 /// The fleet's shape and the work to push through it.
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
+    /// The servers' store.
+    pub database: FleetDatabase,
+    /// Server processes sharing the database (more than one needs PostgreSQL).
+    pub replicas: usize,
     pub launchers: usize,
     /// Worker slots per launcher.
     pub slots: usize,
@@ -61,11 +74,16 @@ pub struct FleetOptions {
     /// Keep the server's data directory and log afterwards (to read its database or
     /// its statement log).
     pub keep_server_data: bool,
+    /// Load `pg_stat_statements` into the PostgreSQL cluster and time its WAL flushes,
+    /// to report each phase's statements and flush times (PostgreSQL only).
+    pub database_stats: bool,
 }
 
 impl Default for FleetOptions {
     fn default() -> Self {
         Self {
+            database: FleetDatabase::Sqlite,
+            replicas: 1,
             launchers: 100,
             slots: 10,
             latency_runs: 500,
@@ -73,13 +91,26 @@ impl Default for FleetOptions {
             stacks: 10,
             triggering_tasks: 32,
             keep_server_data: false,
+            database_stats: false,
         }
     }
 }
 
 impl FleetOptions {
-    /// A real launcher has 1 to 64 slots; every count must be at least one.
+    /// A real launcher has 1 to 64 slots; every count must be at least one; replicas
+    /// share a database only on PostgreSQL.
     pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.replicas >= 1, "--replicas must be at least 1");
+        anyhow::ensure!(
+            self.replicas == 1 || self.database == FleetDatabase::Postgres,
+            "--replicas {} needs --database postgres: replicas share one database, and an \
+             SQLite database belongs to one server process",
+            self.replicas
+        );
+        anyhow::ensure!(
+            !self.database_stats || self.database == FleetDatabase::Postgres,
+            "--database-stats reads PostgreSQL's statistics: it needs --database postgres"
+        );
         anyhow::ensure!(self.launchers >= 1, "--launchers must be at least 1");
         anyhow::ensure!(
             (1..=64).contains(&self.slots),
@@ -93,59 +124,151 @@ impl FleetOptions {
     }
 }
 
-/// Runs the fleet benchmark against a fresh `gantry server` process. The server's data
-/// directory and log are kept (and named on stderr) when it fails or when asked.
+/// Runs the fleet benchmark against fresh `gantry server` processes (and a fresh
+/// PostgreSQL cluster when asked). Their data directories and logs are kept (and named
+/// on stderr) when it fails or when asked.
 pub async fn fleet(options: &FleetOptions) -> anyhow::Result<FleetMeasures> {
     options.validate()?;
     raise_open_file_limit(options.launchers)?;
     gantry_testkit::install_crypto_provider();
     let binary = gantry_binary()?;
     let dir = tempfile::tempdir()?;
-    let server = ServerProcess::start(&binary, &dir.path().join("server")).await?;
-    let log = server.log.clone();
-    progress(format_args!("server pid {} listening on {}", server.pid(), server.url));
-    let measured = measure(options, &binary, dir.path(), &server).await;
-    let stopped = server.stop().await;
+    let postgres = match options.database {
+        FleetDatabase::Sqlite => None,
+        FleetDatabase::Postgres => Some(start_postgres(dir.path(), options.database_stats).await?),
+    };
+    let mut logs = Vec::new();
+    let measured = match start_servers(options, &binary, dir.path(), postgres.as_ref(), &mut logs)
+        .await
+    {
+        Ok(servers) => {
+            let measured = measure(options, &binary, dir.path(), &servers, postgres.as_ref()).await;
+            let mut stopped = Ok(());
+            for server in servers {
+                stopped = stopped.and(server.stop().await);
+            }
+            measured.and_then(|measures| stopped.map(|()| measures))
+        }
+        Err(error) => Err(error),
+    };
+    let cluster_stopped = postgres.map_or(Ok(()), PostgresCluster::stop);
     if measured.is_err() || options.keep_server_data {
         let kept = dir.keep();
         progress(format_args!(
-            "the server's data is kept in {}, its log in {}",
+            "the servers' data is kept in {}, their logs in {}",
             kept.display(),
-            log.display()
+            logs.iter().map(|log| log.display().to_string()).collect::<Vec<_>>().join(", ")
         ));
     }
     let measures = measured?;
-    stopped?;
+    cluster_stopped?;
     Ok(measures)
+}
+
+/// A durable PostgreSQL cluster in `dir/postgres`, and a database on it.
+async fn start_postgres(dir: &Path, detailed: bool) -> anyhow::Result<PostgresCluster> {
+    // Running as root, the cluster runs as `postgres`, which must reach its directory
+    // through this one (a temporary directory is private to its owner).
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let cluster_dir = dir.join("postgres");
+    progress(format_args!(
+        "starting a durable PostgreSQL cluster in {}{}",
+        cluster_dir.display(),
+        if detailed { ", with pg_stat_statements and timed WAL flushes" } else { "" }
+    ));
+    let started = Instant::now();
+    let cluster = PostgresCluster::start(&cluster_dir, detailed).await?;
+    progress(format_args!(
+        "PostgreSQL ready in {:.1} s: postmaster pid {}, database {}",
+        started.elapsed().as_secs_f64(),
+        cluster.postmaster,
+        cluster.database_url
+    ));
+    Ok(cluster)
+}
+
+/// The replicas, one after the other: the first creates the schema and the admin key,
+/// the others find them. Their logs are named in `logs` as they start.
+async fn start_servers(
+    options: &FleetOptions,
+    binary: &Path,
+    dir: &Path,
+    postgres: Option<&PostgresCluster>,
+    logs: &mut Vec<PathBuf>,
+) -> anyhow::Result<Vec<ServerProcess>> {
+    let blob_dir = dir.join("blobs");
+    let storage = match postgres {
+        None => Storage::Sqlite,
+        Some(cluster) => {
+            Storage::Postgres { database_url: &cluster.database_url, blob_dir: &blob_dir }
+        }
+    };
+    let mut servers = Vec::with_capacity(options.replicas);
+    for replica in 0..options.replicas {
+        let data_dir = match options.replicas {
+            1 => dir.join("server"),
+            _ => dir.join(format!("server-{replica}")),
+        };
+        logs.push(data_dir.with_extension("log"));
+        let server = ServerProcess::start(binary, &data_dir, storage, replica == 0).await?;
+        progress(format_args!(
+            "server{} pid {} listening on {} ({})",
+            match options.replicas {
+                1 => String::new(),
+                _ => format!(" replica {replica}"),
+            },
+            server.pid(),
+            server.url,
+            options.database
+        ));
+        servers.push(server);
+    }
+    Ok(servers)
 }
 
 async fn measure(
     options: &FleetOptions,
     binary: &Path,
     dir: &Path,
-    server: &ServerProcess,
+    servers: &[ServerProcess],
+    postgres: Option<&PostgresCluster>,
 ) -> anyhow::Result<FleetMeasures> {
-    let client = ApiClient::builder(server.url.clone())
-        .api_key(server.admin_key.clone())
-        .trust_ca_pem(server.ca_pem.clone())
-        .build()?;
-    let config = create_pool(&client, server, binary, dir).await?;
-    let stacks = create_stacks(&client, dir, options.stacks).await?;
+    let first = &servers[0];
+    let admin_key = first.admin_key.clone().context("the first server printed no admin key")?;
+    // An API client for each replica, for the triggers to alternate over them.
+    let clients = servers
+        .iter()
+        .map(|server| {
+            ApiClient::builder(server.url.clone())
+                .api_key(admin_key.clone())
+                .trust_ca_pem(server.ca_pem.clone())
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = &clients[0];
+    let config = create_pool(client, first, binary, dir).await?;
+    let stacks = create_stacks(client, dir, options.stacks).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before_kib = server.rss_kib()?;
+    let rss = || servers.iter().map(ServerProcess::rss_kib).collect::<anyhow::Result<Vec<_>>>();
+    let rss_before_kib = rss()?;
 
     let ledger = Arc::new(Ledger::default());
     let stop = CancellationToken::new();
     // Whatever fails from here on, the launchers stop with it rather than poll a server
     // that is being shut down.
     let _stop_launchers = stop.clone().drop_guard();
-    let launchers = connect_fleet(options, &config, &ledger, &stop).await?;
+    let urls: Vec<&str> = servers.iter().map(|server| server.url.as_str()).collect();
+    let launchers = connect_fleet(options, &config, &urls, &ledger, &stop).await?;
     tokio::time::sleep(SETTLE).await;
-    let rss_idle_fleet_kib = server.rss_kib()?;
-    check_fleet_idle(&client, options).await?;
+    let rss_idle_fleet_kib = rss()?;
+    // Every replica sees the whole fleet, wherever each launcher polls.
+    for client in &clients {
+        check_fleet_idle(client, options).await?;
+    }
 
-    let result = run_phases(options, &client, &stacks, &ledger, server.pid()).await;
-    let rss_end_kib = server.rss_kib()?;
+    let probes = Probes { server_pids: servers.iter().map(ServerProcess::pid).collect(), postgres };
+    let result = run_phases(options, &clients, &stacks, &ledger, &probes).await;
+    let rss_end_kib = rss()?;
     stop.cancel();
     for launcher in launchers {
         let _ = launcher.await;
@@ -159,12 +282,16 @@ async fn measure(
         errors.join("; ").chars().take(2000).collect::<String>()
     );
     Ok(FleetMeasures {
+        database: options.database,
+        replicas: options.replicas,
         launchers: options.launchers,
         slots: options.slots,
         stacks: options.stacks,
         triggering_tasks: options.triggering_tasks,
         idle_latency: phases.idle_latency,
         loaded_latency: phases.throughput.loaded_latency,
+        idle_paths: phases.idle_paths,
+        loaded_paths: phases.throughput.loaded_paths,
         throughput_runs: options.throughput_runs,
         throughput_elapsed: phases.throughput.elapsed,
         triggering_elapsed: phases.throughput.triggering_elapsed,
@@ -179,6 +306,8 @@ async fn measure(
         stale_deliveries: ledger.stale_deliveries.load(Ordering::Relaxed),
         heartbeats: ledger.heartbeats.load(Ordering::Relaxed),
         total_runs: phases.total_runs,
+        latency_database: phases.latency_database,
+        throughput_database: phases.throughput_database,
     })
 }
 
@@ -186,34 +315,59 @@ async fn measure(
 #[derive(Debug)]
 struct Phases {
     idle_latency: LatencySummary,
+    idle_paths: ReplicaPaths,
     latency_cpu: PhaseCpu,
     throughput: Throughput,
     throughput_cpu: PhaseCpu,
     /// Every run triggered, warm-up included.
     total_runs: usize,
+    latency_database: Option<DatabaseStats>,
+    throughput_database: Option<DatabaseStats>,
 }
 
-/// CPU time of the server and of this process, and the clock, at one instant.
-#[derive(Debug, Clone, Copy)]
+/// The processes whose CPU time the benchmark reads.
+struct Probes<'a> {
+    server_pids: Vec<i32>,
+    postgres: Option<&'a PostgresCluster>,
+}
+
+/// CPU time of the servers, the database and this process, and the clock, at one
+/// instant.
+#[derive(Debug, Clone)]
 struct CpuSample {
     at: Instant,
-    server: Duration,
+    servers: Vec<Duration>,
+    database: Option<Duration>,
     load_generator: Duration,
 }
 
 impl CpuSample {
-    fn now(server_pid: i32) -> anyhow::Result<Self> {
+    fn now(probes: &Probes<'_>) -> anyhow::Result<Self> {
         Ok(Self {
             at: Instant::now(),
-            server: process_cpu_time(server_pid)?,
+            servers: probes
+                .server_pids
+                .iter()
+                .map(|pid| process_cpu_time(*pid))
+                .collect::<anyhow::Result<_>>()?,
+            database: probes.postgres.map(PostgresCluster::cpu_time).transpose()?,
             load_generator: own_cpu_time()?,
         })
     }
 
-    fn since(self, earlier: Self) -> PhaseCpu {
+    fn since(self, earlier: &Self) -> PhaseCpu {
         PhaseCpu {
             wall: self.at.saturating_duration_since(earlier.at),
-            server: self.server.saturating_sub(earlier.server),
+            servers: self
+                .servers
+                .iter()
+                .zip(&earlier.servers)
+                .map(|(now, before)| now.saturating_sub(*before))
+                .collect(),
+            database: self
+                .database
+                .zip(earlier.database)
+                .map(|(now, before)| now.saturating_sub(before)),
             load_generator: self.load_generator.saturating_sub(earlier.load_generator),
         }
     }
@@ -221,43 +375,65 @@ impl CpuSample {
 
 async fn run_phases(
     options: &FleetOptions,
-    client: &ApiClient,
+    clients: &[ApiClient],
     stacks: &[String],
     ledger: &Arc<Ledger>,
-    server_pid: i32,
+    probes: &Probes<'_>,
 ) -> anyhow::Result<Phases> {
     let mut triggered = Vec::new();
-    let warm_up = latency_phase(client, stacks, ledger, WARM_UP_RUNS).await?;
-    triggered.extend(warm_up.iter().map(|(run_id, _)| *run_id));
+    let warm_up = latency_phase(clients, stacks, ledger, WARM_UP_RUNS).await?;
+    triggered.extend(warm_up.iter().map(|trigger| trigger.run_id));
 
-    let before = CpuSample::now(server_pid)?;
-    let timed = latency_phase(client, stacks, ledger, options.latency_runs).await?;
-    let latency_cpu = CpuSample::now(server_pid)?.since(before);
-    triggered.extend(timed.iter().map(|(run_id, _)| *run_id));
+    reset_statistics(probes).await?;
+    let before = CpuSample::now(probes)?;
+    let timed = latency_phase(clients, stacks, ledger, options.latency_runs).await?;
+    let latency_cpu = CpuSample::now(probes)?.since(&before);
+    let latency_database = statistics(probes).await?;
+    triggered.extend(timed.iter().map(|trigger| trigger.run_id));
     let idle_latency = latencies(ledger, &timed)?;
+    let idle_paths = replica_paths(ledger, &timed)?;
     progress(format_args!(
         "latency phase: {} runs one at a time in {:.1} s",
         timed.len(),
         latency_cpu.wall.as_secs_f64()
     ));
 
-    let before = CpuSample::now(server_pid)?;
-    let throughput = throughput_phase(options, client, stacks, ledger).await?;
-    let throughput_cpu = CpuSample::now(server_pid)?.since(before);
+    reset_statistics(probes).await?;
+    let before = CpuSample::now(probes)?;
+    let throughput = throughput_phase(options, clients, stacks, ledger).await?;
+    let throughput_cpu = CpuSample::now(probes)?.since(&before);
+    let throughput_database = statistics(probes).await?;
     progress(format_args!(
         "throughput phase: {} runs in {:.1} s",
         throughput.runs.len(),
         throughput.elapsed.as_secs_f64()
     ));
-    triggered.extend(throughput.runs.iter().map(|(run_id, _)| *run_id));
-    verify(client, ledger, &triggered).await?;
+    triggered.extend(throughput.runs.iter().map(|trigger| trigger.run_id));
+    verify(&clients[0], ledger, &triggered).await?;
     Ok(Phases {
         idle_latency,
+        idle_paths,
         latency_cpu,
         throughput,
         throughput_cpu,
         total_runs: triggered.len(),
+        latency_database,
+        throughput_database,
     })
+}
+
+async fn reset_statistics(probes: &Probes<'_>) -> anyhow::Result<()> {
+    match probes.postgres {
+        Some(postgres) => postgres.reset_statistics().await,
+        None => Ok(()),
+    }
+}
+
+async fn statistics(probes: &Probes<'_>) -> anyhow::Result<Option<DatabaseStats>> {
+    match probes.postgres {
+        Some(postgres) => Ok(Some(postgres.statistics().await?)),
+        None => Ok(None),
+    }
 }
 
 /// A line on stderr: the benchmark takes minutes, and says where it is.
@@ -330,11 +506,13 @@ async fn create_stacks(
     Ok(names)
 }
 
-/// Connects every launcher (a bounded number at a time) and starts its heartbeat and
-/// long-poll; returns once every launcher has started polling.
+/// Connects every launcher (a bounded number at a time; launcher i to the replica at
+/// `urls[i % urls.len()]`) and starts its heartbeat and long-poll; returns once every
+/// launcher has started polling.
 async fn connect_fleet(
     options: &FleetOptions,
     config: &LauncherConfig,
+    urls: &[&str],
     ledger: &Arc<Ledger>,
     stop: &CancellationToken,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
@@ -348,10 +526,12 @@ async fn connect_fleet(
             let ledger = Arc::clone(ledger);
             let stop = stop.clone();
             let polling = Arc::clone(&polling);
+            let replica = index % urls.len();
+            let url = urls[replica];
             async move {
-                let launcher = SimulatedLauncher::connect(&config, options.slots)
+                let launcher = SimulatedLauncher::connect(&config, url, replica, options.slots)
                     .await
-                    .with_context(|| format!("launcher {index} could not connect"))?;
+                    .with_context(|| format!("launcher {index} could not connect to {url}"))?;
                 anyhow::Ok(launcher.spawn(ledger, stop, polling))
             }
         })
@@ -399,19 +579,20 @@ fn proposed() -> anyhow::Result<TriggerRun> {
 }
 
 /// `runs` proposed runs one after another, each triggered once the previous one
-/// finished: (run, the instant just before its trigger request was sent).
+/// finished, on the replicas in turn.
 async fn latency_phase(
-    client: &ApiClient,
+    clients: &[ApiClient],
     stacks: &[String],
     ledger: &Ledger,
     runs: usize,
-) -> anyhow::Result<Triggered> {
+) -> anyhow::Result<Vec<Trigger>> {
     let request = proposed()?;
     let mut triggered = Vec::with_capacity(runs);
     for index in 0..runs {
+        let replica = index % clients.len();
         let sent = Instant::now();
-        let run_id = trigger(client, &stacks[index % stacks.len()], &request).await?;
-        triggered.push((run_id, sent));
+        let run_id = trigger(&clients[replica], &stacks[index % stacks.len()], &request).await?;
+        triggered.push(Trigger { run_id, sent, replica });
         let finished = ledger
             .wait_until(RUN_TIMEOUT, Duration::from_millis(100), |records| {
                 records.finished.contains_key(&run_id)
@@ -423,34 +604,53 @@ async fn latency_phase(
 }
 
 /// Trigger sent → assignment received, for each run.
-fn latencies(ledger: &Ledger, runs: &[(RunId, Instant)]) -> anyhow::Result<LatencySummary> {
+fn latencies(ledger: &Ledger, runs: &[Trigger]) -> anyhow::Result<LatencySummary> {
+    LatencySummary::of(samples(&ledger.records(), runs.iter())?).context("no runs were timed")
+}
+
+fn samples<'a>(
+    records: &Records,
+    runs: impl Iterator<Item = &'a Trigger>,
+) -> anyhow::Result<Vec<Duration>> {
+    runs.map(|trigger| {
+        let received = records
+            .received
+            .get(&trigger.run_id)
+            .with_context(|| format!("run {} was never received", trigger.run_id))?;
+        Ok(received.saturating_duration_since(trigger.sent))
+    })
+    .collect()
+}
+
+/// The latencies of the runs delivered by the replica they were triggered on, and of
+/// those delivered by another (the cross-replica path: a notification through the
+/// database woke the other replica's long-poll).
+fn replica_paths(ledger: &Ledger, runs: &[Trigger]) -> anyhow::Result<ReplicaPaths> {
     let records = ledger.records();
-    let samples = runs
-        .iter()
-        .map(|(run_id, sent)| {
-            let received = records
-                .received
-                .get(run_id)
-                .with_context(|| format!("run {run_id} was never received"))?;
-            Ok(received.saturating_duration_since(*sent))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    LatencySummary::of(samples).context("no runs were timed")
+    let on_trigger_replica =
+        |trigger: &Trigger| records.received_from.get(&trigger.run_id) == Some(&trigger.replica);
+    let (same, cross): (Vec<&Trigger>, Vec<&Trigger>) =
+        runs.iter().partition(|trigger| on_trigger_replica(trigger));
+    Ok(ReplicaPaths {
+        same_replica: LatencySummary::of(samples(&records, same.into_iter())?),
+        cross_replica: LatencySummary::of(samples(&records, cross.into_iter())?),
+    })
 }
 
 #[derive(Debug)]
 struct Throughput {
-    runs: Triggered,
+    runs: Vec<Trigger>,
     elapsed: Duration,
     triggering_elapsed: Duration,
     loaded_latency: LatencySummary,
+    loaded_paths: ReplicaPaths,
 }
 
-/// `throughput_runs` runs triggered by concurrent tasks over all stacks, timed from the
-/// first trigger to the last `finish` a launcher received.
+/// `throughput_runs` runs triggered by concurrent tasks over all stacks and, in turn,
+/// all replicas, timed from the first trigger to the last `finish` a launcher received.
 async fn throughput_phase(
     options: &FleetOptions,
-    client: &ApiClient,
+    clients: &[ApiClient],
     stacks: &[String],
     ledger: &Ledger,
 ) -> anyhow::Result<Throughput> {
@@ -458,9 +658,9 @@ async fn throughput_phase(
     let next = Arc::new(AtomicUsize::new(0));
     let stacks: Arc<[String]> = stacks.into();
     let start = Instant::now();
-    let tasks: Vec<JoinHandle<anyhow::Result<Triggered>>> = (0..options.triggering_tasks)
+    let tasks: Vec<JoinHandle<anyhow::Result<Vec<Trigger>>>> = (0..options.triggering_tasks)
         .map(|_| {
-            let client = client.clone();
+            let clients = clients.to_vec();
             let next = Arc::clone(&next);
             let stacks = Arc::clone(&stacks);
             let request = Arc::clone(&request);
@@ -472,9 +672,11 @@ async fn throughput_phase(
                     if index >= total {
                         return Ok(triggered);
                     }
+                    let replica = index % clients.len();
                     let sent = Instant::now();
                     let stack = &stacks[index % stacks.len()];
-                    triggered.push((trigger(&client, stack, &request).await?, sent));
+                    let run_id = trigger(&clients[replica], stack, &request).await?;
+                    triggered.push(Trigger { run_id, sent, replica });
                 }
             })
         })
@@ -490,7 +692,7 @@ async fn throughput_phase(
         triggering_elapsed.as_secs_f64()
     ));
 
-    let ids: HashSet<RunId> = runs.iter().map(|(run_id, _)| *run_id).collect();
+    let ids: HashSet<RunId> = runs.iter().map(|trigger| trigger.run_id).collect();
     let count_finished =
         |records: &Records| ids.iter().filter(|id| records.finished.contains_key(id)).count();
     let mut finished = 0;
@@ -519,6 +721,7 @@ async fn throughput_phase(
     .context("no run finished")?;
     Ok(Throughput {
         loaded_latency: latencies(ledger, &runs)?,
+        loaded_paths: replica_paths(ledger, &runs)?,
         elapsed: last_finish.saturating_duration_since(start),
         triggering_elapsed,
         runs,

@@ -1,6 +1,7 @@
 //! The server under test as a separate process: the release `gantry server`, so that its
 //! memory can be read from `/proc/<pid>/status` apart from the load generator's, and so
-//! that it competes for the CPUs as a deployed server would.
+//! that it competes for the CPUs as a deployed server would. On PostgreSQL several of
+//! them run as replicas of one deployment: one database, one blob directory.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,6 +16,7 @@ use tokio::process::{Child, ChildStdout, Command};
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const LISTENING: &str = "Gantry server listening on ";
+const TRUST_CA: &str = "Clients trust the CA in ";
 const ADMIN_KEY: &str = "Admin API key (shown only this once; store it now): ";
 
 /// A running `gantry server`.
@@ -23,9 +25,9 @@ pub(crate) struct ServerProcess {
     child: Child,
     pid: Pid,
     pub(crate) url: String,
-    pub(crate) admin_key: String,
+    /// Printed by the first start on a fresh database only: later replicas share it.
+    pub(crate) admin_key: Option<String>,
     pub(crate) ca_pem: String,
-    pub(crate) log: PathBuf,
 }
 
 /// The release `gantry` binary next to this executable (`target/release/gantry-bench`)
@@ -48,10 +50,25 @@ pub(crate) fn gantry_binary() -> anyhow::Result<PathBuf> {
     })
 }
 
+/// Where a server keeps its state.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Storage<'a> {
+    /// SQLite and blobs in the server's data directory.
+    Sqlite,
+    /// A database and a blob directory that every replica shares.
+    Postgres { database_url: &'a str, blob_dir: &'a Path },
+}
+
 impl ServerProcess {
     /// Starts `gantry server` on a free loopback port with a fresh data directory, and
-    /// waits until it prints its address and its first admin key.
-    pub(crate) async fn start(binary: &Path, data_dir: &Path) -> anyhow::Result<Self> {
+    /// waits until it prints its address, and its first admin key when `first` (the
+    /// first start on its database).
+    pub(crate) async fn start(
+        binary: &Path,
+        data_dir: &Path,
+        storage: Storage<'_>,
+        first: bool,
+    ) -> anyhow::Result<Self> {
         let log = data_dir.with_extension("log");
         let stderr = std::fs::File::create(&log)
             .with_context(|| format!("cannot create the server log {}", log.display()))?;
@@ -67,6 +84,9 @@ impl ServerProcess {
             // the file explains a failure.
             .stderr(stderr)
             .kill_on_drop(true);
+        if let Storage::Postgres { database_url, blob_dir } = storage {
+            command.arg("--database").arg(database_url).arg("--blob-store").arg(blob_dir);
+        }
         // The benchmark measures the defaults, whatever this shell configures; only the
         // log filter passes (`GANTRY_LOG=info,sqlx::query=debug` logs every statement).
         for (name, _) in std::env::vars_os() {
@@ -84,7 +104,7 @@ impl ServerProcess {
             .context("the server exited at once")?;
         let stdout = child.stdout.take().context("the server's stdout is piped")?;
         let (url, admin_key, rest) =
-            tokio::time::timeout(STARTUP_TIMEOUT, read_banner(stdout)).await.with_context(
+            tokio::time::timeout(STARTUP_TIMEOUT, read_banner(stdout, first)).await.with_context(
                 || format!("the server did not start within 60 s; see {}", log.display()),
             )??;
         // Keep reading what it prints: a closed pipe would make its next println fail.
@@ -95,7 +115,7 @@ impl ServerProcess {
         let ca_file = data_dir.join(gantry_server::CA_FILE);
         let ca_pem = std::fs::read_to_string(&ca_file)
             .with_context(|| format!("cannot read the server CA {}", ca_file.display()))?;
-        Ok(Self { child, pid, url, admin_key, ca_pem, log })
+        Ok(Self { child, pid, url, admin_key, ca_pem })
     }
 
     /// For attaching a profiler while the benchmark runs.
@@ -124,25 +144,39 @@ impl ServerProcess {
     }
 }
 
-/// Reads stdout up to the admin key line: (URL, admin key, the rest of stdout).
+/// Reads stdout up to the CA line, and the admin key line that follows it at the first
+/// start on a database (`with_admin_key`): (URL, admin key, the rest of stdout).
 async fn read_banner(
     stdout: ChildStdout,
-) -> anyhow::Result<(String, String, BufReader<ChildStdout>)> {
+    with_admin_key: bool,
+) -> anyhow::Result<(String, Option<String>, BufReader<ChildStdout>)> {
     let mut reader = BufReader::new(stdout);
     let mut url = None;
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).await? == 0 {
-            anyhow::bail!("the server exited before printing its admin API key");
-        }
-        let line = line.trim();
+        let line = next_line(&mut reader).await?;
         if let Some(address) = line.strip_prefix(LISTENING) {
             url = Some(address.to_owned());
-        } else if let Some(key) = line.strip_prefix(ADMIN_KEY) {
-            let url = url.context("the server printed its admin key before its address")?;
-            return Ok((url, key.to_owned(), reader));
+        } else if line.starts_with(TRUST_CA) {
+            break;
         }
     }
+    let url = url.context("the server printed its CA before its address")?;
+    if !with_admin_key {
+        return Ok((url, None, reader));
+    }
+    let line = next_line(&mut reader).await?;
+    let key = line.strip_prefix(ADMIN_KEY).with_context(|| {
+        format!("expected the admin API key after the CA line of a first start, got {line:?}")
+    })?;
+    Ok((url, Some(key.to_owned()), reader))
+}
+
+async fn next_line(reader: &mut BufReader<ChildStdout>) -> anyhow::Result<String> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).await? == 0 {
+        anyhow::bail!("the server exited before it was ready");
+    }
+    Ok(line.trim().to_owned())
 }
 
 /// `VmRSS:     12345 kB` → 12345.

@@ -3,6 +3,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use super::database::{DatabaseStats, FleetDatabase};
+
 /// Nearest-rank percentiles of a set of latencies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LatencySummary {
@@ -39,35 +41,77 @@ fn nearest_rank(sorted: &[Duration], percent: usize) -> Duration {
 }
 
 /// Where a phase's time went: the clock, and the CPU time of each process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PhaseCpu {
     pub wall: Duration,
-    pub server: Duration,
+    /// Each server replica's, in replica order.
+    pub servers: Vec<Duration>,
+    /// The PostgreSQL postmaster and all its backends; none on SQLite.
+    pub database: Option<Duration>,
     pub load_generator: Duration,
 }
 
 impl PhaseCpu {
     /// Cores kept busy on average.
-    fn cores(cpu: Duration, wall: Duration) -> f64 {
-        cpu.as_secs_f64() / wall.as_secs_f64().max(f64::MIN_POSITIVE)
+    fn cores(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() / self.wall.as_secs_f64().max(f64::MIN_POSITIVE)
     }
 
-    /// "server 1.2 cores (4.1 ms/run), load generator 0.6 cores (2.0 ms/run)"
+    /// All replicas together.
+    pub fn server_total(&self) -> Duration {
+        self.servers.iter().sum()
+    }
+
+    /// "server 1.20 cores (4.1 ms CPU per run), PostgreSQL 0.40 cores (1.0 ms per run),
+    /// load generator 0.60 cores (2.0 ms per run)"; with several replicas the server
+    /// part reads "servers 0.60 + 0.58 = 1.18 cores (…)".
     fn describe(&self, runs: usize) -> String {
         let per_run = |cpu: Duration| cpu.as_secs_f64() * 1000.0 / runs.max(1) as f64;
-        format!(
-            "server {:.2} cores ({:.1} ms CPU per run), load generator {:.2} cores ({:.1} ms per run)",
-            Self::cores(self.server, self.wall),
-            per_run(self.server),
-            Self::cores(self.load_generator, self.wall),
-            per_run(self.load_generator),
-        )
+        let total = self.server_total();
+        let mut text = match self.servers.len() {
+            1 => format!("server {:.2} cores", self.cores(total)),
+            _ => format!(
+                "servers {} = {:.2} cores",
+                self.servers
+                    .iter()
+                    .map(|cpu| format!("{:.2}", self.cores(*cpu)))
+                    .collect::<Vec<_>>()
+                    .join(" + "),
+                self.cores(total)
+            ),
+        };
+        let _ = write!(text, " ({:.1} ms CPU per run)", per_run(total));
+        if let Some(database) = self.database {
+            let _ = write!(
+                text,
+                ", PostgreSQL {:.2} cores ({:.1} ms per run)",
+                self.cores(database),
+                per_run(database)
+            );
+        }
+        let _ = write!(
+            text,
+            ", load generator {:.2} cores ({:.1} ms per run)",
+            self.cores(self.load_generator),
+            per_run(self.load_generator)
+        );
+        text
     }
+}
+
+/// With several replicas, the latencies of the runs dispatched by the long-poll of the
+/// replica they were triggered on, and of those that crossed to another replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaPaths {
+    pub same_replica: Option<LatencySummary>,
+    pub cross_replica: Option<LatencySummary>,
 }
 
 /// Everything one fleet measurement found.
 #[derive(Debug, Clone)]
 pub struct FleetMeasures {
+    pub database: FleetDatabase,
+    pub replicas: usize,
     pub launchers: usize,
     pub slots: usize,
     pub stacks: usize,
@@ -76,6 +120,8 @@ pub struct FleetMeasures {
     pub idle_latency: LatencySummary,
     /// The same while the throughput phase keeps the server busy.
     pub loaded_latency: LatencySummary,
+    pub idle_paths: ReplicaPaths,
+    pub loaded_paths: ReplicaPaths,
     pub throughput_runs: usize,
     /// First trigger sent → last run's `finish` received.
     pub throughput_elapsed: Duration,
@@ -83,9 +129,11 @@ pub struct FleetMeasures {
     pub triggering_elapsed: Duration,
     pub latency_cpu: PhaseCpu,
     pub throughput_cpu: PhaseCpu,
-    pub rss_before_kib: u64,
-    pub rss_idle_fleet_kib: u64,
-    pub rss_end_kib: u64,
+    /// Each replica's resident memory (VmRSS) before the fleet connected, once it idled
+    /// in long-poll, and at the end.
+    pub rss_before_kib: Vec<u64>,
+    pub rss_idle_fleet_kib: Vec<u64>,
+    pub rss_end_kib: Vec<u64>,
     /// Poll answers over the whole benchmark, and those that carried assignments.
     pub polls: u64,
     pub polls_with_assignments: u64,
@@ -97,6 +145,9 @@ pub struct FleetMeasures {
     pub heartbeats: u64,
     /// Every run the benchmark triggered, warm-up included.
     pub total_runs: usize,
+    /// What PostgreSQL did in each phase; none on SQLite.
+    pub latency_database: Option<DatabaseStats>,
+    pub throughput_database: Option<DatabaseStats>,
 }
 
 impl FleetMeasures {
@@ -108,11 +159,37 @@ impl FleetMeasures {
         self.throughput_runs as f64 / self.throughput_elapsed.as_secs_f64()
     }
 
-    /// Growth of the server's resident memory from before the fleet connected to when it
-    /// idled in long-poll, per worker.
+    /// Growth of the servers' resident memory (all replicas) from before the fleet
+    /// connected to when it idled in long-poll, per worker.
     pub fn kib_per_worker(&self) -> f64 {
-        self.rss_idle_fleet_kib.saturating_sub(self.rss_before_kib) as f64 / self.workers() as f64
+        let growth: u64 = self
+            .rss_idle_fleet_kib
+            .iter()
+            .zip(&self.rss_before_kib)
+            .map(|(idle, before)| idle.saturating_sub(*before))
+            .sum();
+        growth as f64 / self.workers() as f64
     }
+
+    /// "one `gantry server` (SQLite)", "2 `gantry server` replicas on one PostgreSQL
+    /// database"…
+    fn deployment(&self) -> String {
+        match (self.database, self.replicas) {
+            (FleetDatabase::Sqlite, _) => "one `gantry server` (SQLite)".to_owned(),
+            (FleetDatabase::Postgres, 1) => {
+                "one `gantry server` on PostgreSQL (a durable cluster on this machine)".to_owned()
+            }
+            (FleetDatabase::Postgres, replicas) => format!(
+                "{replicas} `gantry server` replicas on one PostgreSQL database (a durable \
+                 cluster on this machine) and one blob directory; launcher i polls replica \
+                 i mod {replicas}, triggers alternate over the replicas"
+            ),
+        }
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
 }
 
 /// Goals of the fleet benchmark (docs/benchmarks.md).
@@ -137,11 +214,11 @@ pub fn fleet_report(measures: &FleetMeasures) -> String {
     // Writing to a String cannot fail.
     let _ = writeln!(
         text,
-        "{} launchers × {} slots = {} idle workers in long-poll, one `gantry server` (SQLite) \
-         on loopback\n",
+        "{} launchers × {} slots = {} idle workers in long-poll, {}, on loopback\n",
         measures.launchers,
         measures.slots,
-        measures.workers()
+        measures.workers(),
+        measures.deployment()
     );
     let _ = writeln!(text, "| measure | result | goal | met |\n|---|---|---|---|");
     let _ = writeln!(
@@ -168,9 +245,13 @@ pub fn fleet_report(measures: &FleetMeasures) -> String {
     );
     let _ = writeln!(
         text,
-        "| server memory per idle worker (VmRSS {:.1} → {:.1} MiB) | {:.1} KiB | ≤ 100 KiB | {} |",
-        measures.rss_before_kib as f64 / 1024.0,
-        measures.rss_idle_fleet_kib as f64 / 1024.0,
+        "| server memory per idle worker (VmRSS{} {} → {} MiB) | {:.1} KiB | ≤ 100 KiB | {} |",
+        match measures.replicas {
+            1 => String::new(),
+            replicas => format!(" of {replicas} replicas together"),
+        },
+        mib(measures.rss_before_kib.iter().sum()),
+        mib(measures.rss_idle_fleet_kib.iter().sum()),
         measures.kib_per_worker(),
         met(measures.kib_per_worker() <= GOAL_KIB_PER_WORKER)
     );
@@ -179,9 +260,27 @@ pub fn fleet_report(measures: &FleetMeasures) -> String {
         "\nTrigger sent → assignment received at the simulated launcher, milliseconds\n\n\
          | fleet | runs | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|"
     );
-    for (name, summary) in
-        [("idle, one run at a time", idle), ("during the throughput phase", loaded)]
-    {
+    let mut rows = vec![("idle, one run at a time", Some(*idle))];
+    if measures.replicas > 1 {
+        rows.push((
+            "— launcher on the replica the run was triggered on",
+            measures.idle_paths.same_replica,
+        ));
+        rows.push(("— launcher on another replica", measures.idle_paths.cross_replica));
+    }
+    rows.push(("during the throughput phase", Some(*loaded)));
+    if measures.replicas > 1 {
+        rows.push((
+            "— launcher on the replica the run was triggered on",
+            measures.loaded_paths.same_replica,
+        ));
+        rows.push(("— launcher on another replica", measures.loaded_paths.cross_replica));
+    }
+    for (name, summary) in rows {
+        let Some(summary) = summary else {
+            let _ = writeln!(text, "| {name} | 0 | | | | |");
+            continue;
+        };
         let _ = writeln!(
             text,
             "| {name} | {} | {} | {} | {} | {} |",
@@ -194,11 +293,12 @@ pub fn fleet_report(measures: &FleetMeasures) -> String {
     }
     let _ = writeln!(
         text,
-        "\nCPU (2 cores shared by server and load generator): latency phase {}; throughput \
+        "\nCPU (the machine's cores shared by everything): latency phase {}; throughput \
          phase {}.",
         measures.latency_cpu.describe(idle.samples),
         measures.throughput_cpu.describe(measures.throughput_runs)
     );
+    write_processes(&mut text, measures);
     let _ = writeln!(
         text,
         "\nThroughput phase: {} runs triggered in {:.2} s ({:.0} triggers/s), all FINISHED after \
@@ -216,9 +316,105 @@ pub fn fleet_report(measures: &FleetMeasures) -> String {
         measures.repeated_deliveries,
         measures.stale_deliveries,
         measures.heartbeats,
-        measures.rss_end_kib as f64 / 1024.0,
+        measures.rss_end_kib.iter().sum::<u64>() as f64 / 1024.0,
     );
+    for (phase, stats, runs) in [
+        ("latency", &measures.latency_database, idle.samples),
+        ("throughput", &measures.throughput_database, measures.throughput_runs),
+    ] {
+        if let Some(stats) = stats {
+            write_database_stats(&mut text, phase, stats, runs);
+        }
+    }
     text
+}
+
+/// Each process's CPU in each phase, and each replica's memory.
+fn write_processes(text: &mut String, measures: &FleetMeasures) {
+    let (latency, throughput) = (&measures.latency_cpu, &measures.throughput_cpu);
+    let _ = writeln!(
+        text,
+        "\n| process | CPU, latency phase | CPU, throughput phase | VmRSS before fleet → idle \
+         fleet → end, MiB |\n|---|---|---|---|"
+    );
+    for replica in 0..measures.replicas {
+        let cpu =
+            |phase: &PhaseCpu| phase.servers.get(replica).map_or(0.0, |cpu| phase.cores(*cpu));
+        let rss = |list: &[u64]| list.get(replica).map_or_else(|| "?".to_owned(), |kib| mib(*kib));
+        let _ = writeln!(
+            text,
+            "| server replica {replica} | {:.2} cores | {:.2} cores | {} → {} → {} |",
+            cpu(latency),
+            cpu(throughput),
+            rss(&measures.rss_before_kib),
+            rss(&measures.rss_idle_fleet_kib),
+            rss(&measures.rss_end_kib)
+        );
+    }
+    if let (Some(in_latency), Some(in_throughput)) = (latency.database, throughput.database) {
+        let _ = writeln!(
+            text,
+            "| PostgreSQL (postmaster and backends) | {:.2} cores | {:.2} cores | |",
+            latency.cores(in_latency),
+            throughput.cores(in_throughput)
+        );
+    }
+    let _ = writeln!(
+        text,
+        "| load generator (this process) | {:.2} cores | {:.2} cores | |",
+        latency.cores(latency.load_generator),
+        throughput.cores(throughput.load_generator)
+    );
+}
+
+/// Where PostgreSQL's time went in a phase: WAL flushes, and statement by statement
+/// when they were tracked.
+fn write_database_stats(text: &mut String, phase: &str, stats: &DatabaseStats, runs: usize) {
+    let wal = &stats.wal;
+    let per_run = |count: i64| count as f64 / runs.max(1) as f64;
+    let _ = write!(
+        text,
+        "\nPostgreSQL, {phase} phase: {} WAL records ({:.1} per run), {:.1} KiB of WAL ({:.1} \
+         per run), {} WAL flushes ({:.2} per run)",
+        wal.records,
+        per_run(wal.records),
+        wal.bytes as f64 / 1024.0,
+        per_run(wal.bytes) / 1024.0,
+        wal.syncs,
+        per_run(wal.syncs),
+    );
+    match wal.sync_time {
+        Some(time) => {
+            let _ = writeln!(
+                text,
+                " taking {:.0} ms in all, {:.2} ms each.",
+                time.as_secs_f64() * 1000.0,
+                time.as_secs_f64() * 1000.0 / wal.syncs.max(1) as f64
+            );
+        }
+        None => text.push_str(".\n"),
+    }
+    if stats.statements.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        text,
+        "\nStatements of the {phase} phase by execution time (pg_stat_statements; a \
+         commit's WAL flush is not in it)\n\n| total ms | calls | mean µs | rows | statement \
+         |\n|---|---|---|---|---|"
+    );
+    for statement in &stats.statements {
+        let query: String = statement.query.chars().take(200).collect();
+        let _ = writeln!(
+            text,
+            "| {:.0} | {} | {:.0} | {} | `{}` |",
+            statement.total.as_secs_f64() * 1000.0,
+            statement.calls,
+            statement.total.as_secs_f64() * 1e6 / statement.calls.max(1) as f64,
+            statement.rows,
+            query.replace('|', "\\|").replace('`', "'")
+        );
+    }
 }
 
 #[cfg(test)]
@@ -264,30 +460,38 @@ mod tests {
         let summary = LatencySummary::of(vec![Duration::from_millis(1)]).unwrap();
         let cpu = PhaseCpu {
             wall: Duration::from_secs(2),
-            server: Duration::from_secs(3),
+            servers: vec![Duration::from_secs(3)],
+            database: None,
             load_generator: Duration::from_secs(1),
         };
+        let paths = ReplicaPaths { same_replica: None, cross_replica: None };
         let measures = FleetMeasures {
+            database: FleetDatabase::Sqlite,
+            replicas: 1,
             launchers: 100,
             slots: 10,
             stacks: 10,
             triggering_tasks: 8,
             idle_latency: summary,
             loaded_latency: summary,
+            idle_paths: paths,
+            loaded_paths: paths,
             throughput_runs: 1000,
             throughput_elapsed: Duration::from_secs(2),
             triggering_elapsed: Duration::from_secs(1),
-            latency_cpu: cpu,
+            latency_cpu: cpu.clone(),
             throughput_cpu: cpu,
-            rss_before_kib: 20_000,
-            rss_idle_fleet_kib: 70_000,
-            rss_end_kib: 90_000,
+            rss_before_kib: vec![20_000],
+            rss_idle_fleet_kib: vec![70_000],
+            rss_end_kib: vec![90_000],
             polls: 0,
             polls_with_assignments: 0,
             repeated_deliveries: 0,
             stale_deliveries: 0,
             heartbeats: 0,
             total_runs: 1000,
+            latency_database: None,
+            throughput_database: None,
         };
         assert_eq!(measures.kib_per_worker(), 50.0);
         assert_eq!(measures.runs_per_second(), 500.0);
@@ -297,6 +501,23 @@ mod tests {
         assert!(
             report.contains("throughput phase server 1.50 cores (3.0 ms CPU per run)"),
             "{report}"
+        );
+        assert!(report.contains("| server replica 0 | 1.50 cores | 1.50 cores |"), "{report}");
+        assert!(!report.contains("PostgreSQL"), "{report}");
+    }
+
+    #[test]
+    fn replicas_are_reported_each_and_together() {
+        let cpu = PhaseCpu {
+            wall: Duration::from_secs(2),
+            servers: vec![Duration::from_secs(1), Duration::from_millis(1400)],
+            database: Some(Duration::from_millis(600)),
+            load_generator: Duration::from_secs(1),
+        };
+        assert_eq!(
+            cpu.describe(1000),
+            "servers 0.50 + 0.70 = 1.20 cores (2.4 ms CPU per run), PostgreSQL 0.30 cores \
+             (0.6 ms per run), load generator 0.50 cores (1.0 ms per run)"
         );
     }
 }
