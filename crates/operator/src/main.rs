@@ -1,0 +1,3 @@
+//! The `gantry-operator` binary.
+
+fn main() {}
