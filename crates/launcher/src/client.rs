@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
-use gantry_crypto::{PoolPrivateKey, session_message};
-use gantry_domain::{PoolId, RunId};
+use gantry_crypto::{PoolPrivateKey, PoolToken, session_message};
+use gantry_domain::{PoolId, RunId, WorkerId};
 use gantry_proto::agent::{
     Acknowledge, BlobRef, ChallengeRequest, ChallengeResponse, Directive, Heartbeat,
-    HeartbeatResponse, HeldAssignment, LauncherInfo, LogUpload, LogsAccepted, OpenSession,
-    PROTOCOL_VERSION, Poll, PollResponse, RegisterWorkers, ReportRequest, ReportResponse,
-    RunReport, SHA256_HEADER, STATE_RUN_HEADER, SessionOpened, UploadLogs, WorkerBinary,
-    WorkerRegistration, WorkersRegistered,
+    HeartbeatResponse, HeldAssignment, LauncherInfo, LeaveWorkers, LogUpload, LogsAccepted,
+    OpenSession, PROTOCOL_VERSION, Poll, PollResponse, RegisterWorkers, ReportRequest,
+    ReportResponse, RunReport, SHA256_HEADER, STATE_RUN_HEADER, SessionOpened, UploadLogs,
+    WorkerBinary, WorkerRegistration, WorkersLeft, WorkersRegistered,
 };
 use gantry_proto::api::ErrorResponse;
 use serde::Serialize;
@@ -98,10 +98,37 @@ const DEFAULT_HEARTBEAT_INTERVAL_SECONDS: u64 = 10;
 
 impl AgentClient {
     pub fn new(config: &LauncherConfig) -> Result<Self, ClientError> {
+        Self::for_pool(
+            &config.token,
+            Arc::clone(&config.key),
+            LauncherInfo {
+                id: config.launcher_id,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                hostname: config.hostname.clone(),
+                protocol_version: PROTOCOL_VERSION,
+            },
+        )
+    }
+
+    /// A client for a pool's token and key, outside a launcher process (the Kubernetes
+    /// operator holds one per WorkerPool). The key must match the token's certificate.
+    pub fn for_pool(
+        token: &PoolToken,
+        key: Arc<PoolPrivateKey>,
+        info: LauncherInfo,
+    ) -> Result<Self, ClientError> {
+        let certificate = token.pool_certificate().map_err(|e| ClientError::Protocol {
+            path: "GANTRY_TOKEN".to_owned(),
+            cause: format!("its pool certificate does not load: {e}"),
+        })?;
+        let pool_id = token.pool_id.parse().map_err(|_| ClientError::Protocol {
+            path: "GANTRY_TOKEN".to_owned(),
+            cause: "its pool id is not valid".to_owned(),
+        })?;
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("gantry-launcher/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &config.token.server_ca {
+        if let Some(ca) = &token.server_ca {
             let certificate = reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| {
                 ClientError::Protocol {
                     path: "GANTRY_TOKEN".to_owned(),
@@ -116,16 +143,11 @@ impl AgentClient {
         })?;
         Ok(Self {
             http,
-            endpoint: config.token.endpoint.trim_end_matches('/').to_owned(),
-            pool_id: config.pool_id,
-            key: Arc::clone(&config.key),
-            certificate_fingerprint: config.certificate.fingerprint().to_owned(),
-            info: LauncherInfo {
-                id: config.launcher_id,
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                hostname: config.hostname.clone(),
-                protocol_version: PROTOCOL_VERSION,
-            },
+            endpoint: token.endpoint.trim_end_matches('/').to_owned(),
+            pool_id,
+            key,
+            certificate_fingerprint: certificate.fingerprint().to_owned(),
+            info,
             session: Mutex::new(None),
             heartbeat_interval_seconds: AtomicU64::new(DEFAULT_HEARTBEAT_INTERVAL_SECONDS),
         })
@@ -449,6 +471,14 @@ impl AgentClient {
         workers: Vec<WorkerRegistration>,
     ) -> Result<WorkersRegistered, ClientError> {
         self.call("/workers", &RegisterWorkers { workers }, REQUEST_TIMEOUT).await
+    }
+
+    /// Drains the workers and removes those that hold no run (`busy` lists the others).
+    pub async fn leave_workers(
+        &self,
+        worker_ids: Vec<WorkerId>,
+    ) -> Result<WorkersLeft, ClientError> {
+        self.call("/workers/leave", &LeaveWorkers { worker_ids }, REQUEST_TIMEOUT).await
     }
 
     /// Waits up to `wait` for work; `holding` lists the assignments executing here.

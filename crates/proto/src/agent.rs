@@ -95,6 +95,27 @@ pub struct WorkersRegistered {
     pub worker_ids: Vec<WorkerId>,
 }
 
+/// `POST /agent/v1/workers/leave`: the launcher shrinks. Each worker is drained at once
+/// (it gets no new run); an idle one is removed, a busy one stays until its run ends and
+/// the launcher asks again.
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaveWorkers {
+    #[serde_as(as = "Vec<DisplayFromStr>")]
+    pub worker_ids: Vec<WorkerId>,
+}
+
+#[serde_as]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkersLeft {
+    /// Removed from the pool (or already gone).
+    #[serde_as(as = "Vec<DisplayFromStr>")]
+    pub left: Vec<WorkerId>,
+    /// Drained, still executing a run: ask again once it ended.
+    #[serde_as(as = "Vec<DisplayFromStr>")]
+    pub busy: Vec<WorkerId>,
+}
+
 /// `POST /agent/v1/poll`: blocks until an assignment exists for one of the launcher's
 /// workers, or `wait_seconds` pass.
 #[derive(Debug, Clone, Serialize, Deserialize)]

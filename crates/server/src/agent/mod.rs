@@ -22,6 +22,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/session", post(session::open))
         .route("/session/close", post(session::close))
         .route("/workers", post(workers::register))
+        .route("/workers/leave", post(workers::leave))
         .route("/poll", post(poll::poll))
         .route("/heartbeat", post(heartbeat::heartbeat))
         .route("/runs/{run}/ack", post(runs::acknowledge))

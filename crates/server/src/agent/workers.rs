@@ -1,9 +1,10 @@
 //! Worker registration: a launcher's slots join its pool, keeping their identity (and a
-//! run they hold) across the launcher's sessions.
+//! run they hold) across the launcher's sessions; and leave it again, drained first so
+//! that a shrinking launcher never loses a run.
 
 use axum::extract::State;
 use gantry_domain::WorkerId;
-use gantry_proto::agent::{RegisterWorkers, WorkersRegistered};
+use gantry_proto::agent::{LeaveWorkers, RegisterWorkers, WorkersLeft, WorkersRegistered};
 use gantry_store::WorkerRecord;
 
 use crate::auth::AgentSession;
@@ -57,4 +58,39 @@ pub(super) async fn register(
     state.events.request_scheduling();
     state.events.pool_workers_changed(session.pool_id);
     Ok(Json(WorkersRegistered { worker_ids }))
+}
+
+/// Drains each of the launcher's workers named, then removes those that hold no run.
+/// The drain comes first and is what the scheduler checks when it assigns, so a worker
+/// seen idle here cannot be handed a run before it is removed.
+pub(super) async fn leave(
+    State(state): State<AppState>,
+    session: AgentSession,
+    Json(request): Json<LeaveWorkers>,
+) -> ApiResult<Json<WorkersLeft>> {
+    if request.worker_ids.len() > MAX_SLOTS {
+        return Err(ApiError::invalid(format!("remove at most {MAX_SLOTS} workers at a time")));
+    }
+    let mut answer = WorkersLeft::default();
+    for worker_id in request.worker_ids {
+        let Some(worker) = state.store.get_worker(worker_id).await? else {
+            answer.left.push(worker_id);
+            continue;
+        };
+        if worker.launcher_id != session.launcher_id || worker.pool_id != session.pool_id {
+            return Err(ApiError::invalid(format!(
+                "worker {worker_id} does not belong to this launcher"
+            )));
+        }
+        match state.store.set_worker_drained(worker_id, true).await? {
+            Some(drained) if drained.current_run_id.is_some() => answer.busy.push(worker_id),
+            _ => answer.left.push(worker_id),
+        }
+    }
+    state.store.delete_workers(&answer.left).await?;
+    if !answer.left.is_empty() || !answer.busy.is_empty() {
+        state.events.pool_workers_changed(session.pool_id);
+    }
+    tracing::info!(launcher = %session.launcher_id, left = answer.left.len(), busy = answer.busy.len(), "workers leaving");
+    Ok(Json(answer))
 }
