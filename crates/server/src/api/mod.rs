@@ -1,10 +1,10 @@
 //! The REST API under `/api/v1`, for people and scripts holding an admin API key.
 
 mod dependencies;
-mod logs;
+pub(crate) mod logs;
 pub(crate) mod pools;
 pub(crate) mod runs;
-mod stacks;
+pub(crate) mod stacks;
 pub(crate) mod workers;
 
 use axum::Router;

@@ -20,6 +20,15 @@ pub(super) async fn create(
     State(state): State<AppState>,
     Json(request): Json<CreatePool>,
 ) -> ApiResult<(StatusCode, Json<PoolCreated>)> {
+    Ok((StatusCode::CREATED, Json(create_pool(&state, request).await?)))
+}
+
+/// Creates a private pool from its owner's CSR, for the API and the UI: the answer holds
+/// the token, which is shown this once and never stored.
+pub(crate) async fn create_pool(
+    state: &AppState,
+    request: CreatePool,
+) -> Result<PoolCreated, ApiError> {
     validate_name("pool", &request.name).map_err(|e| ApiError::invalid(e.to_string()))?;
     if request.name == crate::shared_pool::NAME {
         return Err(ApiError::invalid(format!(
@@ -59,7 +68,7 @@ pub(super) async fn create(
         issued.certificate.pem().to_owned(),
     );
     let pool = views::pool(&record, &[], &[], &[]);
-    Ok((StatusCode::CREATED, Json(PoolCreated { pool, token: token.encode() })))
+    Ok(PoolCreated { pool, token: token.encode() })
 }
 
 /// A new certificate from a new CSR: every launcher of the pool must restart with the

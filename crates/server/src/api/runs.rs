@@ -1,10 +1,10 @@
-//! Runs: trigger, list, details, confirm, discard.
+//! Runs: trigger, list, details, confirm, discard, stop, prioritize.
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use gantry_domain::RunEvent;
-use gantry_proto::api::{Run, RunList, TriggerRun};
-use gantry_store::{RunFilter, RunRecord};
+use gantry_domain::{RunContext, RunEvent, RunState, transition};
+use gantry_proto::api::{self, Run, RunList, TriggerRun};
+use gantry_store::{RunFilter, RunRecord, StackRecord};
 use serde::Deserialize;
 
 use crate::error::{ApiError, ApiResult, Json, PathParam, QueryParams};
@@ -19,6 +19,16 @@ pub(super) async fn trigger(
     Json(request): Json<TriggerRun>,
 ) -> ApiResult<(StatusCode, Json<Run>)> {
     let stack = lookup::stack(&state, &key).await?;
+    let run = trigger_run(&state, &stack, request).await?;
+    Ok((StatusCode::CREATED, Json(views::queued_run(&state, &run, stack).await?)))
+}
+
+/// Queues a run of the stack after checking the request, for the API and the UI.
+pub(crate) async fn trigger_run(
+    state: &AppState,
+    stack: &StackRecord,
+    request: TriggerRun,
+) -> Result<RunRecord, ApiError> {
     if let Some(commit) = &request.commit
         && !(commit.len() >= 7
             && commit.len() <= 64
@@ -40,10 +50,7 @@ pub(super) async fn trigger(
         (_, Some(_)) => return Err(ApiError::invalid("only a TASK takes a command")),
         (_, None) => None,
     };
-    let run =
-        lifecycle::trigger(&state, &stack, request.run_type, request.commit, command, "admin")
-            .await?;
-    Ok((StatusCode::CREATED, Json(views::queued_run(&state, &run, stack).await?)))
+    lifecycle::trigger(state, stack, request.run_type, request.commit, command, "admin").await
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,13 +69,18 @@ pub(super) async fn list(
         None => None,
     };
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
-    let records = state.store.list_runs(&RunFilter { stack_id, limit }).await?;
-    let views = RunViews::load(&state).await?;
+    Ok(Json(RunList { runs: recent_runs(&state, RunFilter { stack_id, limit }).await? }))
+}
+
+/// The newest runs, of one stack or all, for the API and the UI.
+pub(crate) async fn recent_runs(state: &AppState, filter: RunFilter) -> Result<Vec<Run>, ApiError> {
+    let records = state.store.list_runs(&filter).await?;
+    let views = RunViews::load(state).await?;
     let mut runs = Vec::with_capacity(records.len());
     for record in &records {
-        runs.push(views.run(&state, record).await?);
+        runs.push(views.run(state, record).await?);
     }
-    Ok(Json(RunList { runs }))
+    Ok(runs)
 }
 
 pub(super) async fn show(
@@ -83,8 +95,7 @@ pub(super) async fn confirm(
     State(state): State<AppState>,
     PathParam(key): PathParam<String>,
 ) -> ApiResult<Json<Run>> {
-    let run = lookup::run(&state, &key).await?;
-    let run = lifecycle::apply(&state, &run, &RunEvent::Confirm, Details::default()).await?;
+    let run = act_on_run(&state, &key, RunAction::Confirm).await?;
     Ok(Json(views::run(&state, &run).await?))
 }
 
@@ -92,21 +103,64 @@ pub(super) async fn discard(
     State(state): State<AppState>,
     PathParam(key): PathParam<String>,
 ) -> ApiResult<Json<Run>> {
-    // A run already handed to a worker but not yet started is taken back: its launcher's
-    // acknowledgement will be refused.
-    let run = lookup::run(&state, &key).await?;
-    let run = lifecycle::apply(&state, &run, &RunEvent::Discard, Details::default()).await?;
+    let run = act_on_run(&state, &key, RunAction::Discard).await?;
     Ok(Json(views::run(&state, &run).await?))
 }
 
-/// Stops a run: canceled if it has not started, otherwise its launcher stops it.
 pub(super) async fn stop(
     State(state): State<AppState>,
     PathParam(key): PathParam<String>,
 ) -> ApiResult<Json<Run>> {
-    let run = lookup::run(&state, &key).await?;
-    let run = lifecycle::stop(&state, &run).await?;
+    let run = act_on_run(&state, &key, RunAction::Stop).await?;
     Ok(Json(views::run(&state, &run).await?))
+}
+
+/// What a user may do to a run once it exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunAction {
+    /// Apply the plan it waits with.
+    Confirm,
+    /// Drop it before it executes, or drop its plan. A run already handed to a worker but
+    /// not yet started is taken back: its launcher's acknowledgement will be refused.
+    Discard,
+    /// Canceled if it has not started, otherwise its launcher stops it.
+    Stop,
+}
+
+impl RunAction {
+    /// Whether the action is allowed on the run now: the domain's answer, so that the UI
+    /// offers exactly the buttons that would succeed.
+    pub(crate) fn allowed(self, run: &api::Run) -> bool {
+        let context = RunContext { run_type: run.run_type, autodeploy: run.autodeploy };
+        let allows = |event: &RunEvent| transition(run.state, context, event).is_ok();
+        match self {
+            Self::Confirm => allows(&RunEvent::Confirm),
+            Self::Discard => allows(&RunEvent::Discard),
+            Self::Stop => {
+                !run.stop_requested
+                    && run.state != RunState::Unconfirmed
+                    && (run.state.occupies_worker() || allows(&RunEvent::Cancel))
+            }
+        }
+    }
+}
+
+/// Confirms, discards or stops a run, for the API and the UI.
+pub(crate) async fn act_on_run(
+    state: &AppState,
+    key: &str,
+    action: RunAction,
+) -> Result<RunRecord, ApiError> {
+    let run = lookup::run(state, key).await?;
+    match action {
+        RunAction::Confirm => {
+            lifecycle::apply(state, &run, &RunEvent::Confirm, Details::default()).await
+        }
+        RunAction::Discard => {
+            lifecycle::apply(state, &run, &RunEvent::Discard, Details::default()).await
+        }
+        RunAction::Stop => lifecycle::stop(state, &run).await,
+    }
 }
 
 /// Moves a run that waits for a worker to the front of its pool's queue.

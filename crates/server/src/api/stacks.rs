@@ -75,9 +75,14 @@ pub(super) async fn create(
 }
 
 pub(super) async fn list(State(state): State<AppState>) -> ApiResult<Json<StackList>> {
+    Ok(Json(StackList { stacks: all_stacks(&state).await? }))
+}
+
+/// Every stack with its pool's name: the API's list and the UI's.
+pub(crate) async fn all_stacks(state: &AppState) -> Result<Vec<Stack>, ApiError> {
     let pools: std::collections::HashMap<_, _> =
         state.store.list_pools().await?.into_iter().map(|pool| (pool.id, pool.name)).collect();
-    let stacks = state
+    Ok(state
         .store
         .list_stacks()
         .await?
@@ -85,8 +90,7 @@ pub(super) async fn list(State(state): State<AppState>) -> ApiResult<Json<StackL
         .map(|stack| {
             views::stack(stack, pools.get(&stack.pool_id).map(String::as_str).unwrap_or("?"))
         })
-        .collect();
-    Ok(Json(StackList { stacks }))
+        .collect())
 }
 
 pub(super) async fn show(
@@ -94,7 +98,12 @@ pub(super) async fn show(
     PathParam(key): PathParam<String>,
 ) -> ApiResult<Json<Stack>> {
     let stack = lookup::stack(&state, &key).await?;
+    Ok(Json(one_stack(&state, &stack).await?))
+}
+
+/// One stack with its pool's name.
+pub(crate) async fn one_stack(state: &AppState, stack: &StackRecord) -> Result<Stack, ApiError> {
     let pool_name =
         state.store.get_pool(stack.pool_id).await?.map(|pool| pool.name).unwrap_or_default();
-    Ok(Json(views::stack(&stack, &pool_name)))
+    Ok(views::stack(stack, &pool_name))
 }

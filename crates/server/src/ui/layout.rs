@@ -28,6 +28,7 @@ pub(super) fn page(title: &str, session: Option<&UiSession>, main: Markup) -> Ma
                         nav aria-label="Main" {
                             ul {
                                 li { a href="/ui/pools" { "Worker pools" } }
+                                li { a href="/ui/stacks" { "Stacks" } }
                             }
                         }
                         form.sign-out method="post" action="/ui/sign-out" {
@@ -99,4 +100,30 @@ fn rfc3339(at: Timestamp) -> String {
 /// A status word as a badge; the word itself carries the meaning, colour only helps.
 pub(super) fn badge(word: &str) -> Markup {
     html! { span class={ "badge badge-" (word.to_ascii_lowercase()) } { (word) } }
+}
+
+/// A table's column headings.
+pub(super) fn header_row(columns: &[&str]) -> Markup {
+    html! { tr { @for column in columns { th scope="col" { (column) } } } }
+}
+
+pub(super) fn labels(labels: &[String]) -> Markup {
+    html! {
+        @if labels.is_empty() { span.muted { "none" } }
+        @else { ul.labels { @for label in labels { li { (label) } } } }
+    }
+}
+
+/// How long something took, to the precision people read: `850 ms`, `4.2 s`, `3 min 5 s`,
+/// `2 h 7 min`.
+pub(super) fn duration(from: Timestamp, to: Timestamp) -> Markup {
+    let millis = u64::try_from(to.unix_millis() - from.unix_millis()).unwrap_or(0);
+    let seconds = millis / 1000;
+    let text = match millis {
+        0..1_000 => format!("{millis} ms"),
+        1_000..60_000 => format!("{}.{} s", seconds, (millis % 1000) / 100),
+        60_000..3_600_000 => format!("{} min {} s", seconds / 60, seconds % 60),
+        _ => format!("{} h {} min", seconds / 3600, (seconds % 3600) / 60),
+    };
+    html! { span.duration { (text) } }
 }

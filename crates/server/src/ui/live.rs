@@ -1,5 +1,5 @@
-//! Live panels over server-sent events: the panel is rendered again whenever its pool's
-//! workers or any run change (in this process or, through `cluster`, in another one),
+//! Live panels over server-sent events (a pool's workers or queue, a stack's runs): the
+//! panel is rendered again whenever its pool's workers or any run change (in this process or, through `cluster`, in another one),
 //! and sent only when the HTML differs from what the browser has. A slow tick refreshes
 //! what changes without an event (a worker's last heartbeat).
 
@@ -11,12 +11,14 @@ use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream;
 use gantry_domain::PoolId;
-use gantry_store::PoolRecord;
+use gantry_store::{PoolRecord, StackRecord};
+use maud::Markup;
 use tokio::sync::broadcast::{self, error::TryRecvError};
 
 use super::layout::UiResult;
 use super::pools::{Tab, panel};
 use super::session::UiSession;
+use super::stacks::history_panel;
 use crate::error::{ApiError, PathParam};
 use crate::events::Events;
 use crate::lookup;
@@ -33,10 +35,46 @@ pub(super) async fn pool_panel(
         .filter(|tab| *tab != Tab::Stacks)
         .ok_or_else(|| ApiError::not_found("live panel", tab))?;
     let pool = lookup::pool(&state, &key).await?;
-    let watch = Watch::new(&state.events, pool.id);
+    Ok(follow(state, session, Subject::Pool(pool, tab)))
+}
+
+pub(super) async fn stack_panel(
+    State(state): State<AppState>,
+    session: UiSession,
+    PathParam(key): PathParam<String>,
+) -> UiResult {
+    let stack = lookup::stack(&state, &key).await?;
+    Ok(follow(state, session, Subject::Stack(stack)))
+}
+
+fn follow(state: AppState, session: UiSession, subject: Subject) -> axum::response::Response {
+    let watch = Watch::new(&state.events, subject.pool_id());
     let stream =
-        stream::unfold(Follower { state, pool, tab, session, watch, sent: None }, Follower::next);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+        stream::unfold(Follower { state, subject, session, watch, sent: None }, Follower::next);
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// What a live panel shows.
+enum Subject {
+    Pool(PoolRecord, Tab),
+    /// A stack's run history.
+    Stack(StackRecord),
+}
+
+impl Subject {
+    fn pool_id(&self) -> PoolId {
+        match self {
+            Self::Pool(pool, _) => pool.id,
+            Self::Stack(stack) => stack.pool_id,
+        }
+    }
+
+    async fn render(&self, state: &AppState, session: &UiSession) -> UiResult<Markup> {
+        match self {
+            Self::Pool(pool, tab) => panel(state, pool, *tab, session).await,
+            Self::Stack(stack) => history_panel(state, stack).await,
+        }
+    }
 }
 
 /// What wakes a panel: its pool's workers changing, or any run changing (a worker turns
@@ -75,8 +113,7 @@ impl Watch {
 
 struct Follower {
     state: AppState,
-    pool: PoolRecord,
-    tab: Tab,
+    subject: Subject,
     session: UiSession,
     watch: Watch,
     /// The HTML last sent; `None` before the first event.
@@ -94,7 +131,7 @@ impl Follower {
             }
             // A failed render (the pool was deleted, the store is away) ends the stream;
             // the browser reconnects and gets the page's own answer.
-            let html = panel(&self.state, &self.pool, self.tab, &self.session).await.ok()?;
+            let html = self.subject.render(&self.state, &self.session).await.ok()?;
             let html = html.into_string();
             if self.sent.as_deref() != Some(html.as_str()) {
                 let event = Event::default().event("panel").data(&html);

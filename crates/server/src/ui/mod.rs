@@ -3,11 +3,15 @@
 //! to ship or parse at run time), a hand-written stylesheet and script, and live panels
 //! fed by server-sent events.
 
+mod ansi;
 mod assets;
 mod layout;
 mod live;
+mod pool_form;
 mod pools;
+mod runs;
 mod session;
+mod stacks;
 
 use axum::Router;
 use axum::middleware::from_fn;
@@ -23,7 +27,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/sign-out", post(session::sign_out))
         .route("/assets/gantry.css", get(assets::stylesheet))
         .route("/assets/gantry.js", get(assets::script))
-        .route("/pools", get(pools::list))
+        .route("/pools", get(pools::list).post(pool_form::create))
+        .route("/pools/new", get(pool_form::new_pool))
         .route("/pools/{pool}", get(pools::workers_tab))
         .route("/pools/{pool}/queue", get(pools::queue_tab))
         .route("/pools/{pool}/stacks", get(pools::stacks_tab))
@@ -33,5 +38,14 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/workers/{worker}/drain", post(pools::drain_worker))
         .route("/workers/{worker}/undrain", post(pools::undrain_worker))
         .route("/runs/{run}/prioritize", post(pools::prioritize))
+        .route("/stacks", get(stacks::list))
+        .route("/stacks/{stack}", get(stacks::show))
+        .route("/stacks/{stack}/live", get(live::stack_panel))
+        .route("/stacks/{stack}/runs", post(stacks::trigger))
+        .route("/runs/{run}", get(runs::show))
+        .route("/runs/{run}/live", get(runs::live))
+        .route("/runs/{run}/confirm", post(runs::confirm))
+        .route("/runs/{run}/discard", post(runs::discard))
+        .route("/runs/{run}/stop", post(runs::stop))
         .layer(from_fn(assets::security_headers))
 }

@@ -9,7 +9,7 @@ use gantry_proto::api;
 use gantry_store::PoolRecord;
 use maud::{Markup, html};
 
-use super::layout::{UiResult, badge, page, time};
+use super::layout::{UiResult, badge, header_row, labels, page, time};
 use super::session::{CheckedForm, UiSession, token_field};
 use crate::api::{pools as pool_ops, runs as run_ops, workers as worker_ops};
 use crate::error::PathParam;
@@ -58,7 +58,10 @@ impl Tab {
 pub(super) async fn list(State(state): State<AppState>, session: UiSession) -> UiResult {
     let pools = pool_ops::all_pools(&state).await?;
     let body = html! {
-        h1 { "Worker pools" }
+        div.heading {
+            h1 { "Worker pools" }
+            a.button #new-pool-link href="/ui/pools/new" { "New pool" }
+        }
         div.table-scroll {
             table {
                 caption.visually-hidden { "Worker pools" }
@@ -86,22 +89,10 @@ pub(super) async fn list(State(state): State<AppState>, session: UiSession) -> U
     Ok(page("Worker pools", Some(&session), body).into_response())
 }
 
-/// A table's column headings.
-fn header_row(columns: &[&str]) -> Markup {
-    html! { tr { @for column in columns { th scope="col" { (column) } } } }
-}
-
 fn kind_word(kind: api::PoolKind) -> &'static str {
     match kind {
         api::PoolKind::Private => "private",
         api::PoolKind::Shared => "shared",
-    }
-}
-
-fn labels(labels: &[String]) -> Markup {
-    html! {
-        @if labels.is_empty() { span.muted { "none" } }
-        @else { ul.labels { @for label in labels { li { (label) } } } }
     }
 }
 
@@ -187,7 +178,9 @@ pub(super) async fn panel(
             let pool = pool_ops::one_pool(state, pool).await?;
             html! {
                 @if pool.used_by.is_empty() { p { "No stack runs on this pool." } }
-                @else { ul.stacks { @for stack in &pool.used_by { li { (stack) } } } }
+                @else { ul.stacks { @for stack in &pool.used_by {
+                    li { a href={ "/ui/stacks/" (stack) } { (stack) } }
+                } } }
             }
         }
     })
@@ -225,7 +218,7 @@ fn workers_panel(pool: &PoolRecord, workers: &[api::Worker], session: &UiSession
                                 th scope="row" { code { (worker.id) } }
                                 td.status { (badge(&worker.status.to_string())) }
                                 td { @match worker.current_run_id {
-                                    Some(run) => code { (run) },
+                                    Some(run) => a href={ "/ui/runs/" (run) } { code { (run) } },
                                     None => span.muted { "none" },
                                 } }
                                 td { @if worker.metadata.is_empty() { span.muted { "none" } }
@@ -272,8 +265,8 @@ fn queue_panel(queue: &api::Queue, session: &UiSession) -> Markup {
                             @let run = &entry.run;
                             tr {
                                 td.number { (position + 1) }
-                                th scope="row" { code { (run.id) } }
-                                td { (run.stack_name) }
+                                th scope="row" { a href={ "/ui/runs/" (run.id) } { code { (run.id) } } }
+                                td { a href={ "/ui/stacks/" (run.stack_id) } { (run.stack_name) } }
                                 td { (run.run_type.to_string()) }
                                 td { (badge(&run.state.to_string()))
                                     @if run.prioritized { " " span.badge { "prioritized" } } }

@@ -117,16 +117,25 @@ impl FromRequestParts<AppState> for UiSession {
 }
 
 /// A form posted by a signed-in browser from one of this server's pages, with its
-/// session's token; its other fields are not needed by any action yet.
+/// session's token, and its other fields (`T`; none by default).
 #[derive(Debug)]
-pub(super) struct CheckedForm;
-
-#[derive(Deserialize)]
-struct TokenField {
-    csrf: String,
+pub(super) struct CheckedForm<T = NoFields> {
+    pub(super) session: UiSession,
+    pub(super) fields: T,
 }
 
-impl FromRequest<AppState> for CheckedForm {
+/// A form whose button is all it says.
+#[derive(Debug, Deserialize)]
+pub(super) struct NoFields {}
+
+#[derive(Deserialize)]
+struct WithToken<T> {
+    csrf: String,
+    #[serde(flatten)]
+    fields: T,
+}
+
+impl<T: serde::de::DeserializeOwned + Send> FromRequest<AppState> for CheckedForm<T> {
     type Rejection = Refusal;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Refusal> {
@@ -135,13 +144,13 @@ impl FromRequest<AppState> for CheckedForm {
         if !same_origin(&parts.headers, &parts.uri) {
             return Err(Refusal::Forbidden("This form was not sent from a page of this server."));
         }
-        let Form(fields) = Form::<TokenField>::from_request(Request::from_parts(parts, body), &())
+        let Form(form) = Form::<WithToken<T>>::from_request(Request::from_parts(parts, body), &())
             .await
             .map_err(|_| Refusal::Forbidden("This form has no valid token: reload the page."))?;
-        if !same(&fields.csrf, &session.csrf) {
+        if !same(&form.csrf, &session.csrf) {
             return Err(Refusal::Forbidden("This form's token has expired: reload the page."));
         }
-        Ok(Self)
+        Ok(Self { session, fields: form.fields })
     }
 }
 

@@ -75,8 +75,13 @@ impl Api {
 
 impl Api {
     /// Opens a launcher session with the pool's key and registers one worker carrying
-    /// `metadata`, as a launcher would.
-    async fn register_worker(&self, key: &OpensslKey, token: &PoolToken, metadata: Value) {
+    /// `metadata`, as a launcher would; returns the session token and the worker's id.
+    async fn register_worker(
+        &self,
+        key: &OpensslKey,
+        token: &PoolToken,
+        metadata: Value,
+    ) -> (String, String) {
         let key = PoolPrivateKey::from_pem(&key.key_pem).unwrap();
         let (_, challenge) =
             self.agent("/session/challenge", json!({"pool_id": token.pool_id}), None).await;
@@ -95,6 +100,7 @@ impl Api {
         let workers = json!({"workers": [{"metadata": metadata}]});
         let (status, body) = self.agent("/workers", workers, Some(session_token)).await;
         assert_eq!(status, StatusCode::OK, "{body}");
+        (session_token.to_owned(), body["worker_ids"][0].as_str().unwrap().to_owned())
     }
 }
 

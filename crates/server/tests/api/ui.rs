@@ -1,10 +1,11 @@
 //! The web UI over real HTTPS: signing in, CSRF and origin checks, each page's HTML
-//! (snapshots with ids, times and tokens made stable) and the live panel's events.
+//! (snapshots with ids, times, durations and tokens made stable), creating a pool, a run
+//! driven through the agent plane as a launcher would, and the live streams' events.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use gantry_testkit::{GitRepository, KeyKind};
+use gantry_testkit::{GitRepository, KeyKind, OpensslKey};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, ORIGIN, SET_COOKIE};
 use serde_json::json;
@@ -42,6 +43,11 @@ impl Browser {
     }
 
     async fn get(&mut self, path: &str) -> (StatusCode, String) {
+        let response = self.get_response(path).await;
+        (response.status(), response.text().await.unwrap())
+    }
+
+    async fn get_response(&mut self, path: &str) -> reqwest::Response {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
@@ -50,7 +56,15 @@ impl Browser {
             .await
             .unwrap();
         self.keep_cookies(&response);
-        (response.status(), response.text().await.unwrap())
+        response
+    }
+
+    /// Follows the server-sent events at `path`; each must come within `patience`.
+    async fn events(&mut self, path: &str, patience: Duration) -> Events {
+        let response = self.get_response(path).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let stream = response.bytes_stream().map(|chunk| chunk.map(|bytes| bytes.to_vec()));
+        Events { stream: stream.boxed(), received: String::new(), patience }
     }
 
     /// Posts a form from one of the server's pages (or from `origin`).
@@ -65,8 +79,13 @@ impl Browser {
             .post(format!("{}{path}", self.base))
             .header(COOKIE, self.cookies.join("; "))
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            // Every value a test sends is URL-safe already (tokens, keys, base64url).
-            .body(fields.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&"));
+            .body(
+                fields
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", encode(v)))
+                    .collect::<Vec<_>>()
+                    .join("&"),
+            );
         if let Some(origin) = origin {
             request = request.header(ORIGIN, origin);
         }
@@ -80,6 +99,19 @@ impl Browser {
         let origin = self.base.clone();
         self.post("/ui/sign-in", &[("csrf", &csrf(&page)), ("api_key", key)], Some(&origin)).await
     }
+}
+
+/// `application/x-www-form-urlencoded`, as a browser encodes a field's value.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
 }
 
 fn csrf(page: &str) -> String {
@@ -100,6 +132,12 @@ macro_rules! assert_page {
                 (r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\dZ?", "[TIME]"),
                 (r"[0-9a-f]{64}", "[TOKEN]"),
                 (r"\b[0-9a-f]{16}\b", "[KEY ID]"),
+                (r"[A-Za-z0-9_-]{200,}", "[POOL TOKEN]"),
+                (r"\b[0-9a-f]{40}\b", "[COMMIT]"),
+                (r#"file://[^<"]*"#, "[REPOSITORY]"),
+                (r"(?m)^[0-9a-f]{8}</code>", "[SHORT COMMIT]</code>"),
+                (r#"class="duration">[^<]*"#, r#"class="duration">[DURATION]"#),
+                (r"(?s)-----BEGIN CERTIFICATE REQUEST-----.*?-----END CERTIFICATE REQUEST-----", "[CSR]"),
             ],
             prepend_module_to_snapshot => false,
         }, {
@@ -232,35 +270,13 @@ async fn the_live_workers_panel_shows_a_drain_within_a_second() {
     let (key, token) = api.create_pool("live", KeyKind::P256).await;
     let mut browser = Browser::new(&api);
     browser.sign_in(&api.server.admin_key).await;
-    let response = browser
-        .http
-        .get(format!("{}/ui/pools/{}/live/workers", browser.base, token.pool_id))
-        .header(COOKIE, browser.cookies.join("; "))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut events = response.bytes_stream();
-    let mut received = String::new();
-    let mut next_event = async || loop {
-        let chunk = tokio::time::timeout(Duration::from_secs(1), events.next())
-            .await
-            .expect("an event within a second")
-            .unwrap()
-            .unwrap();
-        received.push_str(std::str::from_utf8(&chunk).unwrap());
-        if let Some(end) = received.find("\n\n") {
-            let event: String = received.drain(..end + 2).collect();
-            if event.starts_with("event: panel") {
-                return event;
-            }
-        }
-    };
-    assert!(next_event().await.contains("No worker is connected"));
+    let path = format!("/ui/pools/{}/live/workers", token.pool_id);
+    let mut events = browser.events(&path, Duration::from_secs(1)).await;
+    assert!(events.next_named("panel").await.contains("No worker is connected"));
     api.register_worker(&key, &token, json!({})).await;
-    assert!(next_event().await.contains(">IDLE<"));
+    assert!(events.next_named("panel").await.contains(">IDLE<"));
     api.post("/pools/live/drain", json!({})).await;
-    assert!(next_event().await.contains(">DRAINED<"));
+    assert!(events.next_named("panel").await.contains(">DRAINED<"));
 }
 
 async fn wait_until<F: Future<Output = bool>>(mut probe: impl FnMut() -> F) {
@@ -271,4 +287,257 @@ async fn wait_until<F: Future<Output = bool>>(mut probe: impl FnMut() -> F) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the condition never held");
+}
+
+#[tokio::test]
+async fn a_new_pool_shows_its_token_once_and_a_refused_form_keeps_its_values() {
+    let api = Api::start().await;
+    let mut browser = Browser::new(&api);
+    browser.sign_in(&api.server.admin_key).await;
+    let origin = browser.base.clone();
+    let (status, page) = browser.get("/ui/pools/new").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_page!("pool_new", page);
+
+    let bad = [
+        ("csrf", csrf(&page)),
+        ("name", "edge".to_owned()),
+        ("description", "Edge <machines>".to_owned()),
+        ("labels", "team=net, region=eu".to_owned()),
+        ("csr", "not a csr".to_owned()),
+    ];
+    let fields: Vec<(&str, &str)> = bad.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let response = browser.post("/ui/pools", &fields, Some(&origin)).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let page = response.text().await.unwrap();
+    assert_page!("pool_new_bad_csr", page);
+    let reason = "not a certificate signing request: expected PEM text starting with \
+                  -----BEGIN CERTIFICATE REQUEST-----";
+    assert!(page.contains(reason), "{page}");
+    assert!(page.contains(r#"id="csr-error""#) && page.contains(r#"aria-invalid="true""#));
+    assert!(page.contains(r#"value="Edge &lt;machines&gt;""#), "typed values are kept");
+    assert_eq!(api.get("/pools/edge").await.0, StatusCode::NOT_FOUND);
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = OpensslKey::generate(dir.path(), "edge", KeyKind::P256);
+    let mut good = bad.clone();
+    good[1].1 = "bad name!".to_owned();
+    good[4].1 = key.csr_pem.clone();
+    let fields: Vec<(&str, &str)> = good.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let response = browser.post("/ui/pools", &fields, Some(&origin)).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = response.text().await.unwrap();
+    assert!(page.contains(r#"id="name-error""#), "the name is named as the problem: {page}");
+    assert!(page.contains("-----BEGIN CERTIFICATE REQUEST-----"), "the CSR is kept");
+
+    good[1].1 = "edge".to_owned();
+    let fields: Vec<(&str, &str)> = good.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let response = browser.post("/ui/pools", &fields, Some(&origin)).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["cache-control"], "no-store", "the token page is never cached");
+    let page = response.text().await.unwrap();
+    assert_page!("pool_created", page);
+    let start = page.find("GANTRY_TOKEN='").unwrap() + 14;
+    let token = &page[start..start + page[start..].find('\'').unwrap()];
+    let token = gantry_crypto::PoolToken::decode(token).expect("the page shows a working token");
+    let (status, pool) = api.get("/pools/edge").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(pool["id"].as_str(), Some(token.pool_id.as_str()));
+    assert_eq!(pool["labels"], json!(["team=net", "region=eu"]));
+    assert_eq!(pool["description"], "Edge <machines>");
+
+    let (_, page) = browser.get(&format!("/ui/pools/{}", token.pool_id)).await;
+    assert!(!page.contains(&token.encode()), "the token is shown only once");
+    let response = browser.post("/ui/pools", &fields, Some(&origin)).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "the name is taken now");
+    assert!(response.text().await.unwrap().contains("already exists"));
+}
+
+/// A launcher's side of a run, spoken over the agent plane.
+struct ScriptedLauncher<'a> {
+    api: &'a Api,
+    session: String,
+    worker: String,
+}
+
+impl ScriptedLauncher<'_> {
+    async fn call(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let (status, body) = self.api.agent(path, body, Some(&self.session)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        body
+    }
+
+    /// Takes the next assignment, which must be `run`'s `job`.
+    async fn take(&self, run: &str, job: &str) {
+        let polled = self.call("/poll", json!({"wait_seconds": 5})).await;
+        assert_eq!(polled["assignments"][0]["run_id"], run, "{polled}");
+        self.call(&format!("/runs/{run}/ack"), json!({"worker_id": self.worker, "job": job})).await;
+    }
+
+    async fn report(&self, run: &str, report: serde_json::Value) -> serde_json::Value {
+        self.call(&format!("/runs/{run}/reports"), json!({"report": report})).await
+    }
+
+    async fn log(&self, run: &str, seq: u64, text: &str) {
+        let chunks = json!({"chunks": [{"seq": seq, "text": text}]});
+        self.call(&format!("/runs/{run}/logs"), chunks).await;
+    }
+
+    /// Uploads a stand-in for the sealed workspace; the server only stores ciphertext.
+    async fn store_workspace(&self, run: &str) -> serde_json::Value {
+        let bytes = b"sealed workspace stand-in".to_vec();
+        let response = self
+            .api
+            .http
+            .put(format!("{}/agent/v1/runs/{run}/workspace", self.api.server.url))
+            .bearer_auth(&self.session)
+            .header("x-gantry-sha256", gantry_crypto::sha256_hex(&bytes))
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let blob: serde_json::Value = response.json().await.unwrap();
+        json!({"kind": "workspace_stored", "sha256": blob["sha256"], "size": blob["size"]})
+    }
+}
+
+#[tokio::test]
+async fn stack_and_run_pages_follow_a_run_from_trigger_to_confirmation_to_its_end() {
+    let api = Api::start().await;
+    let (key, token) = api.create_pool("builders", KeyKind::P256).await;
+    let (session, worker) = api.register_worker(&key, &token, json!({})).await;
+    let launcher = ScriptedLauncher { api: &api, session, worker };
+    let dir = tempfile::tempdir().unwrap();
+    let repository = GitRepository::create(&dir.path().join("net"), &[("main.tf", "")]);
+    let body = json!({
+        "name": "network", "repository": repository.url(), "pool": "builders",
+        "labels": ["team=net"],
+        "environment": [
+            {"name": "TF_VAR_region", "value": "eu-1"},
+            {"name": "TF_VAR_password", "value": "hunter2-never-shown", "secret": true}
+        ]
+    });
+    let (status, stack) = api.post("/stacks", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{stack}");
+    let stack_id = stack["id"].as_str().unwrap().to_owned();
+
+    let mut browser = Browser::new(&api);
+    browser.sign_in(&api.server.admin_key).await;
+    let (_, page) = browser.get(&format!("/ui/stacks/{stack_id}")).await;
+    assert!(page.contains("No run yet."), "{page}");
+    assert!(!page.contains("hunter2"), "secret values never reach the page");
+    let origin = browser.base.clone();
+    let fields = [("csrf", csrf(&page)), ("type", "TRACKED".to_owned())];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let trigger = format!("/ui/stacks/{stack_id}/runs");
+    let response = browser.post(&trigger, &fields, Some(&origin)).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let run_page = location(&response).to_owned();
+    let run = run_page.trim_start_matches("/ui/runs/").to_owned();
+    let bad_type = [("csrf", fields[0].1), ("type", "TASK")];
+    let response = browser.post(&trigger, &bad_type, Some(&origin)).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST, "a task needs a command: not here");
+
+    launcher.take(&run, "plan").await;
+    launcher.report(&run, json!({"kind": "commit_resolved", "sha": repository.head(), "message": "Add the network\n\nbody"})).await;
+    launcher.report(&run, json!({"kind": "phase_started", "phase": "INITIALIZING"})).await;
+    launcher.log(&run, 0, "\u{1b}[0m\u{1b}[1mInitializing the backend...\u{1b}[0m\n").await;
+    let mut live = browser.events(&format!("{run_page}/live?from=0"), Duration::from_secs(5)).await;
+    let first = live.next_named("log").await;
+    assert!(
+        first.contains(r#"<span class="ansi-bold">Initializing the backend...</span>"#),
+        "{first}"
+    );
+    launcher.report(&run, json!({"kind": "phase_started", "phase": "PLANNING"})).await;
+    launcher.log(&run, 1, "  \u{1b}[32m+\u{1b}[0m resource \"terraform_data\" \"x\" <new>\n").await;
+    let next = live.next_named("log").await;
+    assert!(next.contains(r#"<span class="ansi-fg-2">+</span> resource &quot;terraform_data&quot; &quot;x&quot; &lt;new&gt;"#), "{next}");
+    let directive = launcher.report(&run, json!({"kind": "planned", "has_changes": true})).await;
+    assert_eq!(directive["directive"], "upload_workspace");
+    let stored = launcher.store_workspace(&run).await;
+    launcher.report(&run, stored).await;
+    let panel = live.next_containing("UNCONFIRMED").await;
+    assert!(panel.contains(r#"id="confirm""#) && !panel.contains(r#"id="stop""#), "{panel}");
+
+    let (_, page) = browser.get(&run_page).await;
+    assert_page!("run_unconfirmed", page);
+    let (_, page) = browser.get(&format!("/ui/stacks/{stack_id}")).await;
+    assert_page!("stack", page);
+    let (_, page) = browser.get("/ui/stacks").await;
+    assert_page!("stacks", page);
+
+    let (_, page) = browser.get(&run_page).await;
+    let response =
+        browser.post(&format!("{run_page}/stop"), &[("csrf", &csrf(&page))], Some(&origin)).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST, "an unconfirmed run is not stopped");
+    let response = browser
+        .post(&format!("{run_page}/confirm"), &[("csrf", &csrf(&page))], Some(&origin))
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), run_page);
+
+    launcher.take(&run, "apply").await;
+    launcher.report(&run, json!({"kind": "phase_started", "phase": "APPLYING"})).await;
+    let panel = live.next_containing("APPLYING").await;
+    assert!(panel.contains(r#"id="stop""#) && !panel.contains(r#"id="confirm""#), "{panel}");
+    launcher
+        .log(&run, 2, "\u{1b}[1m\u{1b}[32mApply complete!\u{1b}[0m Resources: 1 added.\n")
+        .await;
+    let outputs = json!({"kind": "outputs", "outputs": [
+        {"name": "message", "value": "hello from gantry", "sensitive": false},
+        {"name": "secret", "value": gantry_testkit::MARKER_OUTPUT, "sensitive": true}
+    ]});
+    launcher.report(&run, outputs).await;
+    launcher.report(&run, json!({"kind": "applied"})).await;
+    let panel = live.next_containing("FINISHED").await;
+    assert!(!panel.contains("<button"), "an ended run offers no action: {panel}");
+    live.next_named("end").await;
+
+    let (_, page) = browser.get(&run_page).await;
+    assert!(!page.contains(gantry_testkit::MARKER_OUTPUT), "sensitive outputs stay hidden");
+    assert_page!("run_finished", page);
+}
+
+/// A server-sent event stream, read event by event.
+struct Events {
+    stream: futures_util::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
+    received: String,
+    patience: Duration,
+}
+
+impl Events {
+    async fn next_event(&mut self) -> String {
+        loop {
+            if let Some(end) = self.received.find("\n\n") {
+                return self.received.drain(..end + 2).collect();
+            }
+            let chunk = tokio::time::timeout(self.patience, self.stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("no event within {:?}", self.patience))
+                .expect("the stream goes on")
+                .unwrap();
+            self.received.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// The data of the next event named `name`, skipping others.
+    async fn next_named(&mut self, name: &str) -> String {
+        loop {
+            let event = self.next_event().await;
+            if event.lines().any(|line| line == format!("event: {name}")) {
+                return event;
+            }
+        }
+    }
+
+    /// The next event whose data contains `text`.
+    async fn next_containing(&mut self, text: &str) -> String {
+        loop {
+            let event = self.next_event().await;
+            if event.contains(text) {
+                return event;
+            }
+        }
+    }
 }

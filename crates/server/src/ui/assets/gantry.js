@@ -3,18 +3,52 @@
 // and takes the HTML the server rendered, so there is no client-side template.
 "use strict";
 
-function followPanel(panel) {
-  const source = new EventSource(panel.dataset.live);
-  source.addEventListener("panel", (event) => {
-    // Keep keyboard focus on the same control across the swap.
-    const focused = document.activeElement && panel.contains(document.activeElement)
-      ? document.activeElement.id : "";
-    panel.innerHTML = event.data;
-    panel.dataset.updatedAt = String(Date.now());
-    if (focused) {
-      const again = document.getElementById(focused);
-      if (again) again.focus();
+// An element marked data-live follows the server-sent events at that address: "panel"
+// replaces the panel (the element marked data-panel inside it, or the element itself),
+// "log" appends the next piece of a log the server rendered and escaped, "end" closes
+// the stream (the browser would otherwise reconnect to a finished run).
+function follow(root) {
+  const source = new EventSource(root.dataset.live);
+  const panel = root.querySelector("[data-panel]") || root;
+  source.addEventListener("panel", (event) => swapPanel(panel, event.data));
+  const log = root.querySelector("[data-log]");
+  if (log) source.addEventListener("log", (event) => appendLog(log, event.data));
+  source.addEventListener("end", () => source.close());
+}
+
+function swapPanel(panel, html) {
+  // Keep keyboard focus on the same control across the swap.
+  const focused = document.activeElement && panel.contains(document.activeElement)
+    ? document.activeElement.id : "";
+  panel.innerHTML = html;
+  panel.dataset.updatedAt = String(Date.now());
+  if (focused) {
+    const again = document.getElementById(focused);
+    if (again) again.focus();
+  }
+}
+
+function appendLog(log, html) {
+  // Follow the end of the log only when the reader is already there.
+  const atEnd = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  log.insertAdjacentHTML("beforeend", html);
+  if (atEnd) log.scrollTop = log.scrollHeight;
+}
+
+// Copy buttons (hidden without this script) copy the text of the element they name.
+function enableCopy(button) {
+  button.hidden = false;
+  button.addEventListener("click", async () => {
+    const target = document.getElementById(button.dataset.copy);
+    const label = button.textContent;
+    try {
+      await navigator.clipboard.writeText(target.textContent);
+      button.textContent = "Copied";
+    } catch (_) {
+      window.getSelection().selectAllChildren(target);
+      button.textContent = "Selected: press Ctrl+C";
     }
+    setTimeout(() => { button.textContent = label; }, 2000);
   });
 }
 
@@ -44,4 +78,5 @@ async function postInBackground(event) {
 }
 
 document.addEventListener("submit", postInBackground);
-document.querySelectorAll("[data-live]").forEach(followPanel);
+document.querySelectorAll("[data-live]").forEach(follow);
+document.querySelectorAll("button[data-copy]").forEach(enableCopy);
