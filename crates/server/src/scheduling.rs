@@ -1,7 +1,6 @@
 //! The scheduling loop: on every wake-up it takes a snapshot of the world, asks the pure
-//! scheduler what to do, and commits the promotions and the assignments, each batch in
-//! one transaction (an assignment that lost a race is dropped and retried on the next
-//! pass).
+//! scheduler what to do, and commits the promotions and the assignments together in one
+//! transaction (an assignment that lost a race is dropped and retried on the next pass).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -41,50 +40,45 @@ pub(crate) async fn schedule_once(state: &AppState) -> Result<(), ApiError> {
     state
         .waiting
         .replace(decision.waiting.iter().map(|waiting| (waiting.run_id, waiting.reason)).collect());
-    // Promotions and assignments are each one transaction: a pass waits for the disk
-    // twice, however many runs it moves.
-    if !decision.promotions.is_empty() {
-        for run in state.store.promote_runs(&decision.promotions, now()).await? {
-            tracing::info!(run = %run.id, from = %RunState::Queued, to = %run.state, "run state changed");
-            state.events.run_changed(run.id);
-        }
+    let pairs: Vec<(RunId, WorkerId)> = decision
+        .assignments
+        .iter()
+        .map(|assignment| (assignment.run_id, assignment.worker_id))
+        .collect();
+    // Noted before the commit: a launcher polling at that moment may receive its
+    // assignment before this pass gets to note it.
+    for (run_id, _) in &pairs {
+        state.dispatch_metrics.assigned(*run_id, requested_at);
     }
-    if !decision.assignments.is_empty() {
-        let pairs: Vec<(RunId, WorkerId)> = decision
-            .assignments
-            .iter()
-            .map(|assignment| (assignment.run_id, assignment.worker_id))
-            .collect();
-        // Noted before the commit: a launcher polling at that moment may receive its
-        // assignment before this pass gets to note it.
-        for (run_id, _) in &pairs {
-            state.dispatch_metrics.assigned(*run_id, requested_at);
+    // Promotions and assignments in one transaction: a pass commits once, however many
+    // runs it moves (and not at all when it moves none).
+    let committed = match state.store.commit_pass(&decision.promotions, &pairs, now()).await {
+        Ok(committed) => committed,
+        Err(error) => {
+            for (run_id, _) in &pairs {
+                state.dispatch_metrics.not_assigned(*run_id);
+            }
+            return Err(error.into());
         }
-        let made = state.store.assign_runs(&pairs, now()).await;
-        let made = match made {
-            Ok(made) => made,
-            Err(error) => {
-                for (run_id, _) in &pairs {
-                    state.dispatch_metrics.not_assigned(*run_id);
-                }
-                return Err(error.into());
-            }
-        };
-        if made.contains(&false) {
-            // Lost a race (the run was stopped, the worker drained, another server
-            // process assigned it): decide again from what the store says now.
-            state.events.request_scheduling();
+    };
+    for run in committed.promoted {
+        tracing::info!(run = %run.id, from = %RunState::Queued, to = %run.state, "run state changed");
+        state.events.run_changed(run.id);
+    }
+    if committed.assigned.contains(&false) {
+        // Lost a race (the run was stopped, the worker drained, another server
+        // process assigned it): decide again from what the store says now.
+        state.events.request_scheduling();
+    }
+    for ((run_id, worker_id), made) in pairs.into_iter().zip(committed.assigned) {
+        if !made {
+            state.dispatch_metrics.not_assigned(run_id);
+            continue;
         }
-        for ((run_id, worker_id), made) in pairs.into_iter().zip(made) {
-            if !made {
-                state.dispatch_metrics.not_assigned(run_id);
-                continue;
-            }
-            tracing::info!(run = %run_id, worker = %worker_id, "run assigned");
-            state.events.run_changed(run_id);
-            if let Some(launcher_id) = launchers.get(&worker_id) {
-                state.events.wake_launcher(*launcher_id);
-            }
+        tracing::info!(run = %run_id, worker = %worker_id, "run assigned");
+        state.events.run_changed(run_id);
+        if let Some(launcher_id) = launchers.get(&worker_id) {
+            state.events.wake_launcher(*launcher_id);
         }
     }
     tracing::debug!(

@@ -40,6 +40,7 @@ macro_rules! store_contract_tests {
             releasing_a_worker_clears_both_sides,
             assignment_is_all_or_nothing,
             a_pass_promotes_and_assigns_in_batches,
+            a_pass_assigns_the_runs_it_promotes_in_one_commit,
             concurrent_assignments_give_a_worker_one_run,
             runs_are_listed_newest_first_and_active_oldest_first,
             log_uploads_are_ordered_and_idempotent,
@@ -425,6 +426,56 @@ pub async fn a_pass_promotes_and_assigns_in_batches<S: Store>(store: Arc<S>) {
     let again = store.assign_runs(&[(first.id, other.id)], at(10)).await.unwrap();
     assert_eq!(again, [false]);
     assert_eq!(store.get_worker(other.id).await.unwrap().unwrap().current_run_id, Some(ready.id));
+}
+
+pub async fn a_pass_assigns_the_runs_it_promotes_in_one_commit<S: Store>(store: Arc<S>) {
+    let (pool, stack, worker) = world(&*store).await;
+    let other =
+        store.register_worker(&worker_record(pool.id, LauncherId::generate())).await.unwrap();
+    let promoted_and_assigned = run_record(&stack, RunState::Queued, 5);
+    let only_promoted = run_record(&stack, RunState::Queued, 6);
+    let not_promoted = run_record(&stack, RunState::Queued, 7);
+    for run in [&promoted_and_assigned, &only_promoted, &not_promoted] {
+        store.insert_run(run).await.unwrap();
+    }
+    let committed = store
+        .commit_pass(
+            &[promoted_and_assigned.id, only_promoted.id],
+            &[(promoted_and_assigned.id, worker.id), (not_promoted.id, other.id)],
+            at(8),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        committed.promoted.iter().map(|run| run.id).collect::<Vec<_>>(),
+        [promoted_and_assigned.id, only_promoted.id]
+    );
+    assert_eq!(committed.assigned, [true, false], "a run still QUEUED is not assigned");
+    let assigned = store.get_run(promoted_and_assigned.id).await.unwrap().unwrap();
+    assert_eq!((assigned.state, assigned.worker_id), (RunState::Ready, Some(worker.id)));
+    assert_eq!(
+        store.get_worker(worker.id).await.unwrap().unwrap().current_run_id,
+        Some(promoted_and_assigned.id)
+    );
+    let history: Vec<_> = store
+        .run_history(promoted_and_assigned.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.state, c.at))
+        .collect();
+    assert_eq!(history, [(RunState::Queued, at(5)), (RunState::Ready, at(8))]);
+    assert_eq!(store.get_run(not_promoted.id).await.unwrap().unwrap().state, RunState::Queued);
+    assert_eq!(store.get_worker(other.id).await.unwrap().unwrap().current_run_id, None);
+
+    let nothing = store.commit_pass(&[], &[], at(9)).await.unwrap();
+    assert_eq!(nothing, crate::CommittedPass::default());
+    let again = store
+        .commit_pass(&[promoted_and_assigned.id], &[(only_promoted.id, worker.id)], at(9))
+        .await
+        .unwrap();
+    assert!(again.promoted.is_empty(), "promoted once");
+    assert_eq!(again.assigned, [false], "the worker is busy");
 }
 
 pub async fn concurrent_assignments_give_a_worker_one_run<S: Store>(store: Arc<S>) {

@@ -15,9 +15,10 @@ use crate::sql_rows::*;
 use crate::sql_store::sql_store;
 use crate::store::{Result, Signal, SignalStream};
 use crate::{
-    ApiKeyRecord, BlobRecord, DependencyRecord, FoundSession, LogChunkRecord, OutputRecord,
-    OutputReferenceRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord,
-    StateChangeRecord, StateVersionRecord, StoreError, WorkerCountsRecord, WorkerRecord,
+    ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, LogChunkRecord,
+    OutputRecord, OutputReferenceRecord, PoolRecord, RunChange, RunFilter, RunRecord,
+    SessionRecord, StackRecord, StateChangeRecord, StateVersionRecord, StoreError,
+    WorkerCountsRecord, WorkerRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -89,12 +90,15 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Makes the offered `[run, worker]` assignments that still hold; returns the runs
-    /// assigned. Runs and workers are locked first, skipping rows another replica holds:
-    /// a run or worker in another replica's batch is refused here, never given twice,
-    /// and no replica waits for another.
-    async fn take_offered(&self, pairs: &[[String; 2]], now: Timestamp) -> Result<Vec<RunId>> {
-        let mut tx = self.begin().await?;
+    /// Makes the offered `[run, worker]` assignments that still hold, in `tx`; returns the
+    /// runs assigned. Runs and workers are locked first, skipping rows another replica
+    /// holds: a run or worker in another replica's batch is refused here, never given
+    /// twice, and no replica waits for another.
+    async fn take_offered(
+        tx: &mut Transaction<'static, Postgres>,
+        pairs: &[[String; 2]],
+        now: Timestamp,
+    ) -> Result<Vec<RunId>> {
         let free_runs: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM runs
              WHERE id IN (SELECT unnest(ARRAY(
@@ -103,7 +107,7 @@ impl PostgresStore {
              FOR NO KEY UPDATE SKIP LOCKED",
         )
         .bind(to_json(&pairs))
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
         let free_workers: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM workers
@@ -113,14 +117,13 @@ impl PostgresStore {
              FOR NO KEY UPDATE SKIP LOCKED",
         )
         .bind(to_json(&pairs))
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
         let made: Vec<&[String; 2]> = pairs
             .iter()
             .filter(|[run, worker]| free_runs.contains(run) && free_workers.contains(worker))
             .collect();
         if made.is_empty() {
-            tx.rollback().await?;
             return Ok(Vec::new());
         }
         sqlx::query(
@@ -136,9 +139,8 @@ impl PostgresStore {
         )
         .bind(to_json(&made))
         .bind(now.unix_millis())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        self.commit(tx).await?;
         made.iter().map(|[run, _]| run.parse().map_err(|error| corrupt("runs.id", error))).collect()
     }
 

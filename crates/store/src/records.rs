@@ -172,6 +172,15 @@ impl RunChange {
     }
 }
 
+/// What a scheduling pass's commit did (`Store::commit_pass`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommittedPass {
+    /// The runs promoted to `READY`, as they are now, in the order asked for.
+    pub promoted: Vec<RunRecord>,
+    /// For each assignment offered, whether it was made.
+    pub assigned: Vec<bool>,
+}
+
 /// Which runs to list, newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunFilter {

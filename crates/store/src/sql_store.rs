@@ -644,11 +644,12 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn assign_runs(
+            async fn commit_pass(
                 &self,
+                promotions: &[RunId],
                 assignments: &[(RunId, WorkerId)],
-                now: Timestamp,
-            ) -> Result<Vec<bool>> {
+                at: Timestamp,
+            ) -> Result<CommittedPass> {
                 // A run or a worker offered again within the batch is refused there.
                 let mut seen_runs = std::collections::HashSet::new();
                 let mut seen_workers = std::collections::HashSet::new();
@@ -669,36 +670,50 @@ macro_rules! sql_store {
                     .filter(|(_, offered)| **offered)
                     .map(|((run_id, worker_id), _)| [run_id.to_string(), worker_id.to_string()])
                     .collect();
-                let taken = self.take_offered(&pairs, now).await?;
-                Ok(assignments
-                    .iter()
-                    .zip(&offered)
-                    .map(|((run_id, _), offered)| *offered && taken.contains(run_id))
-                    .collect())
-            }
-
-            async fn promote_runs(&self, run_ids: &[RunId], at: Timestamp) -> Result<Vec<RunRecord>> {
-                // The `runs_history_on_change` trigger records READY for each.
-                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE runs SET state = 'READY', updated_at = $2
-                     WHERE state = 'QUEUED' AND id IN ({ids})
-                     RETURNING {RUN_COLUMNS}",
-                    ids = Self::IDS
-                )))
-                .bind(id_list(run_ids))
-                .bind(at.unix_millis())
-                .fetch_all(&self.writer)
-                .await?;
-                if rows.is_empty() {
-                    return Ok(Vec::new());
+                if promotions.is_empty() && pairs.is_empty() {
+                    return Ok(CommittedPass { promoted: Vec::new(), assigned: offered });
                 }
-                self.durable().await?;
+                // One transaction, so the pass commits once: the runs it promotes are READY
+                // by the time its assignments look for runs waiting for a worker.
+                let mut tx = self.begin().await?;
+                let rows = match promotions {
+                    [] => Vec::new(),
+                    // The `runs_history_on_change` trigger records READY for each.
+                    ids => {
+                        sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "UPDATE runs SET state = 'READY', updated_at = $2
+                             WHERE state = 'QUEUED' AND id IN ({ids})
+                             RETURNING {RUN_COLUMNS}",
+                            ids = Self::IDS
+                        )))
+                        .bind(id_list(ids))
+                        .bind(at.unix_millis())
+                        .fetch_all(&mut *tx)
+                        .await?
+                    }
+                };
+                let taken = match pairs.as_slice() {
+                    [] => Vec::new(),
+                    pairs => Self::take_offered(&mut tx, pairs, at).await?,
+                };
+                if rows.is_empty() && taken.is_empty() {
+                    tx.rollback().await?;
+                } else {
+                    self.commit(tx).await?;
+                }
                 let promoted: Vec<RunRecord> = rows.iter().map(run_from_row).collect::<Result<_>>()?;
-                // In the order asked for, as the scheduler decided them.
-                Ok(run_ids
-                    .iter()
-                    .filter_map(|id| promoted.iter().find(|run| run.id == *id).cloned())
-                    .collect())
+                Ok(CommittedPass {
+                    // In the order asked for, as the scheduler decided them.
+                    promoted: promotions
+                        .iter()
+                        .filter_map(|id| promoted.iter().find(|run| run.id == *id).cloned())
+                        .collect(),
+                    assigned: assignments
+                        .iter()
+                        .zip(&offered)
+                        .map(|((run_id, _), offered)| *offered && taken.contains(run_id))
+                        .collect(),
+                })
             }
 
             async fn append_logs(

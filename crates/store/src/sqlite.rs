@@ -17,9 +17,10 @@ use crate::sql_rows::*;
 use crate::sql_store::sql_store;
 use crate::store::Result;
 use crate::{
-    ApiKeyRecord, BlobRecord, DependencyRecord, FoundSession, LogChunkRecord, OutputRecord,
-    OutputReferenceRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord,
-    StateChangeRecord, StateVersionRecord, StoreError, WorkerCountsRecord, WorkerRecord,
+    ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, LogChunkRecord,
+    OutputRecord, OutputReferenceRecord, PoolRecord, RunChange, RunFilter, RunRecord,
+    SessionRecord, StackRecord, StateChangeRecord, StateVersionRecord, StoreError,
+    WorkerCountsRecord, WorkerRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -93,10 +94,13 @@ impl SqliteStore {
         self.group_commit.durable().await
     }
 
-    /// Makes the offered `[run, worker]` assignments that still hold; returns the runs
-    /// assigned. The single writer connection makes the batch atomic.
-    async fn take_offered(&self, pairs: &[[String; 2]], now: Timestamp) -> Result<Vec<RunId>> {
-        let mut tx = self.begin().await?;
+    /// Makes the offered `[run, worker]` assignments that still hold, in `tx`; returns the
+    /// runs assigned. The single writer connection makes the batch atomic.
+    async fn take_offered(
+        tx: &mut Transaction<'static, Sqlite>,
+        pairs: &[[String; 2]],
+        now: Timestamp,
+    ) -> Result<Vec<RunId>> {
         // Each worker that is idle, undrained and offered a run waiting for one takes it;
         // then each run taken points at its worker. Two statements for the whole batch.
         let rows = sqlx::query(
@@ -113,12 +117,11 @@ impl SqliteStore {
              RETURNING workers.current_run_id AS run_id",
         )
         .bind(to_json(&pairs))
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
         let taken: Vec<RunId> =
             rows.iter().map(|row| parsed(row, "run_id")).collect::<Result<_>>()?;
         if taken.is_empty() {
-            tx.rollback().await?;
             return Ok(taken);
         }
         sqlx::query(
@@ -129,9 +132,8 @@ impl SqliteStore {
         )
         .bind(id_list(&taken))
         .bind(now.unix_millis())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        self.commit(tx).await?;
         Ok(taken)
     }
 }

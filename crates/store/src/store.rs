@@ -4,9 +4,9 @@ use async_trait::async_trait;
 use gantry_domain::{LauncherId, PoolId, RunId, StackId, Timestamp, WorkerId};
 
 use crate::{
-    ApiKeyRecord, BlobRecord, DependencyRecord, FoundSession, LogChunkRecord, OutputRecord,
-    PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord, StateChangeRecord,
-    StateVersionRecord, StoreError, WorkerCountsRecord, WorkerRecord,
+    ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, LogChunkRecord,
+    OutputRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord,
+    StateChangeRecord, StateVersionRecord, StoreError, WorkerCountsRecord, WorkerRecord,
 };
 
 pub(crate) type Result<T> = std::result::Result<T, StoreError>;
@@ -135,18 +135,30 @@ pub trait Store: Send + Sync + 'static {
         let made = self.assign_runs(&[(run_id, worker_id)], now).await?;
         Ok(made.first().copied().unwrap_or(false))
     }
-    /// Makes each assignment as `assign_run` would, all in one transaction: a scheduling
-    /// pass waits for the disk once. A run or a worker offered again later in the batch is
-    /// refused there (a scheduling decision never does so). Returns, for each, whether it
-    /// happened.
+    /// Makes each assignment as `assign_run` would, all in one transaction (`commit_pass`
+    /// without promotions).
     async fn assign_runs(
         &self,
         assignments: &[(RunId, WorkerId)],
         now: Timestamp,
-    ) -> Result<Vec<bool>>;
+    ) -> Result<Vec<bool>> {
+        Ok(self.commit_pass(&[], assignments, now).await?.assigned)
+    }
     /// Moves the runs still `QUEUED` among these to `READY`, in one transaction; returns
-    /// them as they are now.
-    async fn promote_runs(&self, run_ids: &[RunId], at: Timestamp) -> Result<Vec<RunRecord>>;
+    /// them as they are now (`commit_pass` without assignments).
+    async fn promote_runs(&self, run_ids: &[RunId], at: Timestamp) -> Result<Vec<RunRecord>> {
+        Ok(self.commit_pass(run_ids, &[], at).await?.promoted)
+    }
+    /// A scheduling pass's decision, in one transaction: moves the runs still `QUEUED`
+    /// among `promotions` to `READY`, then makes each assignment as `assign_run` would (a
+    /// run promoted here may be assigned here). A run or a worker offered again later in
+    /// the batch is refused there (a scheduling decision never does so).
+    async fn commit_pass(
+        &self,
+        promotions: &[RunId],
+        assignments: &[(RunId, WorkerId)],
+        at: Timestamp,
+    ) -> Result<CommittedPass>;
 
     /// Appends chunks in order; chunks already stored are skipped. Returns the next
     /// sequence number expected, or `LogGap` (after storing what came in order).
