@@ -91,6 +91,14 @@ pub(super) fn time(at: Timestamp) -> Markup {
     html! { time datetime=(text) { (text.replace('T', " ").trim_end_matches('Z')) " UTC" } }
 }
 
+/// A point in time of today's work, as a clock reads it; the full time is in the markup
+/// and shown on hover.
+pub(super) fn clock(at: Timestamp) -> Markup {
+    let text = rfc3339(at);
+    let clock = text.get(11..19).unwrap_or(&text).to_owned();
+    html! { time datetime=(text) title=(text) { (clock) } }
+}
+
 fn rfc3339(at: Timestamp) -> String {
     let millis = u64::try_from(at.unix_millis()).unwrap_or(0);
     let system = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis);

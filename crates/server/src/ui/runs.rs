@@ -12,7 +12,7 @@ use gantry_store::{LogChunkRecord, RunRecord};
 use maud::{Markup, PreEscaped, html};
 
 use super::ansi::AnsiHtml;
-use super::layout::{UiResult, badge, duration, error_page, page, time};
+use super::layout::{UiResult, badge, clock, duration, error_page, page, time};
 use super::session::{CheckedForm, UiSession, token_field};
 use super::stacks::commit;
 use crate::api::logs::{RunEvents, follow_run};
@@ -141,7 +141,7 @@ fn timeline(run: &api::Run) -> Markup {
             @for (index, change) in run.history.iter().enumerate() {
                 li {
                     (badge(&change.state.to_string())) " "
-                    (time(change.at))
+                    (clock(change.at))
                     @match run.history.get(index + 1) {
                         Some(next) => { " " (duration(change.at, next.at)) }
                         None if change.state.is_terminal() => {}

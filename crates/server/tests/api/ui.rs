@@ -134,6 +134,7 @@ macro_rules! assert_page {
                 (r"\b[0-9a-f]{16}\b", "[KEY ID]"),
                 (r"[A-Za-z0-9_-]{200,}", "[POOL TOKEN]"),
                 (r"\b[0-9a-f]{40}\b", "[COMMIT]"),
+                (r"(?m)^\d\d:\d\d:\d\d</time>", "[CLOCK]</time>"),
                 (r#"file://[^<"]*"#, "[REPOSITORY]"),
                 (r"(?m)^[0-9a-f]{8}</code>", "[SHORT COMMIT]</code>"),
                 (r#"class="duration">[^<]*"#, r#"class="duration">[DURATION]"#),
