@@ -440,6 +440,10 @@ async fn stack_and_run_pages_follow_a_run_from_trigger_to_confirmation_to_its_en
     let response = browser.post(&trigger, &bad_type, Some(&origin)).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST, "a task needs a command: not here");
 
+    let stack_live = format!("/ui/stacks/{stack_id}/live");
+    let mut history = browser.events(&stack_live, Duration::from_secs(5)).await;
+    assert!(history.next_named("panel").await.contains(&run), "the stack's runs are live");
+
     launcher.take(&run, "plan").await;
     launcher.report(&run, json!({"kind": "commit_resolved", "sha": repository.head(), "message": "Add the network\n\nbody"})).await;
     launcher.report(&run, json!({"kind": "phase_started", "phase": "INITIALIZING"})).await;
@@ -494,6 +498,7 @@ async fn stack_and_run_pages_follow_a_run_from_trigger_to_confirmation_to_its_en
     let panel = live.next_containing("FINISHED").await;
     assert!(!panel.contains("<button"), "an ended run offers no action: {panel}");
     live.next_named("end").await;
+    history.next_containing(">FINISHED<").await;
 
     let (_, page) = browser.get(&run_page).await;
     assert!(!page.contains(gantry_testkit::MARKER_OUTPUT), "sensitive outputs stay hidden");
