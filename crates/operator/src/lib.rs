@@ -2,4 +2,11 @@
 //! server and runs each assignment in a Pod of three containers (`init`,
 //! `launcher-sidecar`, `worker`).
 
+pub mod agent;
+pub mod config;
 pub mod crd;
+pub mod credentials;
+pub mod identity;
+mod loops;
+pub mod pod;
+pub mod reconcile;
