@@ -8,5 +8,6 @@ pub mod crd;
 pub mod credentials;
 pub mod identity;
 mod loops;
+pub mod metrics;
 pub mod pod;
 pub mod reconcile;

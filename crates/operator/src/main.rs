@@ -67,8 +67,28 @@ async fn run(client: Client, config: OperatorConfig) {
         None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
     };
     tracing::info!(namespace = ?config.watch_namespace, "gantry-operator started");
+    let metrics_listen = config.metrics_listen;
     let ours = watcher::Config::default().labels(LABEL_WORKER_POOL);
     let context = Arc::new(Context::new(client, config, true));
+    let metrics_stop = tokio_util::sync::CancellationToken::new();
+    let _stop_metrics = metrics_stop.clone().drop_guard();
+    if let Some(address) = metrics_listen {
+        match gantry_metrics::MetricsListener::bind(address).await {
+            Ok(listener) => {
+                tracing::info!(address = %listener.local_addr(), "metrics served at /metrics");
+                let metrics = Arc::clone(&context.metrics);
+                let render = move || {
+                    let text = metrics.render();
+                    async move { Ok(text) }
+                };
+                tokio::spawn(listener.serve(render, metrics_stop));
+            }
+            Err(error) => {
+                eprintln!("gantry-operator: cannot listen for metrics on {address}: {error}");
+                std::process::exit(i32::from(EXIT_USAGE));
+            }
+        }
+    }
     Controller::new(pools, watcher::Config::default())
         .owns(workers, ours.clone())
         .owns(pods, ours)
@@ -96,5 +116,6 @@ environment:
   GANTRY_DEFAULT_RUNNER_IMAGE      worker image for stacks that name none
   GANTRY_LAUNCHER_RUN_TIMEOUT      run timeout (70m); the pods' deadline follows it
   GANTRY_OPERATOR_WATCH_NAMESPACE  watch this namespace only (default: all)
+  GANTRY_OPERATOR_METRICS_LISTEN   serve Prometheus /metrics here, like 0.0.0.0:9466
   GANTRY_LOG                       log filter (info)
 The Kubernetes API is found in-cluster, or through KUBECONFIG.";

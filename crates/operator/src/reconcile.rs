@@ -46,6 +46,7 @@ pub struct Context {
     pub config: OperatorConfig,
     agents: Mutex<HashMap<String, Arc<PoolAgent>>>,
     recorder: Recorder,
+    pub metrics: Arc<crate::metrics::OperatorMetrics>,
     /// Off in scenario tests, which drive assignments themselves.
     pub background_loops: bool,
 }
@@ -65,6 +66,7 @@ impl Context {
             kube,
             config,
             agents: Mutex::new(HashMap::new()),
+            metrics: Arc::default(),
             background_loops,
         }
     }
@@ -78,6 +80,13 @@ impl Context {
         if let Some(agent) = self.agents.lock().await.remove(&key(pool)) {
             agent.stop.cancel();
         }
+    }
+}
+
+fn metrics_label(pool: &WorkerPool) -> crate::metrics::PoolLabel {
+    crate::metrics::PoolLabel {
+        namespace: pool.namespace().unwrap_or_default(),
+        workerpool: pool.name_any(),
     }
 }
 
@@ -132,6 +141,12 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
         )],
     };
     patch_pool_status(&ctx, &pool, &status).await?;
+    ctx.metrics.pool_sizes(
+        &metrics_label(&pool),
+        status.desired_pool_size,
+        status.actual_pool_size,
+        status.busy_workers,
+    );
     Ok(Action::requeue(RESYNC))
 }
 
@@ -158,6 +173,7 @@ async fn report_problem(
         conditions: vec![condition(pool, "False", problem.reason, &problem.message)],
     };
     patch_pool_status(ctx, pool, &status).await?;
+    ctx.metrics.pool_sizes(&metrics_label(pool), pool.spec.pool_size, 0, 0);
     let event = Event {
         type_: EventType::Warning,
         reason: problem.reason.to_owned(),
@@ -295,6 +311,7 @@ async fn observe_pods(
                     // The assignment (capability, run spec) is not needed once the Pod ended.
                     delete_ignoring_absent(&secrets_api, &pod.name_any()).await?;
                     if !succeeded {
+                        ctx.metrics.pod_died(&metrics_label(pool));
                         let message =
                             format!("The run pod {} failed: {}", pod.name_any(), pod_failure(pod));
                         report_ended(agent, run_id, message).await;
@@ -305,6 +322,7 @@ async fn observe_pods(
             _ => {
                 remember(agent, pod, run_id).await;
                 if pending_too_long(pool, agent, pod, run_id).await? {
+                    ctx.metrics.pod_never_started(&metrics_label(pool));
                     pods_api.delete(&pod.name_any(), &DeleteParams::default()).await?;
                     continue;
                 }
@@ -790,6 +808,7 @@ pub async fn start_run(
         report_ended(agent, run_id, message).await;
         return Ok(());
     }
+    ctx.metrics.pod_created(&metrics_label(&pool));
     tracing::info!(run = %run_id, pod = %pod_name, worker = %worker_name, "run pod created");
     Ok(())
 }
