@@ -56,19 +56,31 @@ pub(super) async fn show(
 /// The log so far as HTML, and the sequence number of the chunk that comes next.
 async fn whole_log(state: &AppState, run: &RunRecord) -> Result<(String, u64), ApiError> {
     let mut converter = AnsiHtml::new();
+    log_until(state, run, &mut converter, u64::MAX).await
+}
+
+/// The log before chunk `until` through `converter`, as HTML, and the sequence number of
+/// the chunk that comes next.
+async fn log_until(
+    state: &AppState,
+    run: &RunRecord,
+    converter: &mut AnsiHtml,
+    until: u64,
+) -> Result<(String, u64), ApiError> {
     let mut html = String::new();
     let mut next = 0;
-    loop {
+    while next < until {
         let chunks = log_archive::read(state, run.id, next, LOG_PAGE).await?;
         let full = chunks.len() as u32 == LOG_PAGE;
-        for chunk in chunks {
+        for chunk in chunks.into_iter().take_while(|chunk| chunk.seq < until) {
             next = chunk.seq + 1;
             html.push_str(&converter.push(&chunk.text));
         }
         if !full {
-            return Ok((html, next));
+            break;
         }
     }
+    Ok((html, next))
 }
 
 /// Everything about the run but its log: what the live stream replaces when it changes.
@@ -196,7 +208,11 @@ pub(super) async fn live(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse().ok());
     let from = resumed.unwrap_or(query.from);
-    let events = HtmlEvents { session, converter: AnsiHtml::new(), sent: None };
+    // The colours in effect where the browser's log ends: a style may run on across
+    // the chunk the page (or the last connection) ended with.
+    let mut converter = AnsiHtml::new();
+    log_until(&state, &run, &mut converter, from).await?;
+    let events = HtmlEvents { session, converter, sent: None };
     Ok(follow_run(state, run.id, from, events).into_response())
 }
 

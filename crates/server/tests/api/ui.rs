@@ -489,6 +489,9 @@ async fn stack_and_run_pages_follow_a_run_from_trigger_to_confirmation_to_its_en
     launcher
         .log(&run, 2, "\u{1b}[1m\u{1b}[32mApply complete!\u{1b}[0m Resources: 1 added.\n")
         .await;
+    // A colour that runs on from one chunk into the next.
+    launcher.log(&run, 3, "\u{1b}[33mWarning: ").await;
+    launcher.log(&run, 4, "deprecated\u{1b}[0m\n").await;
     let outputs = json!({"kind": "outputs", "outputs": [
         {"name": "message", "value": "hello from gantry", "sensitive": false},
         {"name": "secret", "value": gantry_testkit::MARKER_OUTPUT, "sensitive": true}
@@ -499,6 +502,12 @@ async fn stack_and_run_pages_follow_a_run_from_trigger_to_confirmation_to_its_en
     assert!(!panel.contains("<button"), "an ended run offers no action: {panel}");
     live.next_named("end").await;
     history.next_containing(">FINISHED<").await;
+
+    let mut resumed =
+        browser.events(&format!("{run_page}/live?from=4"), Duration::from_secs(5)).await;
+    let rest = resumed.next_named("log").await;
+    assert!(rest.contains(r#"<span class="ansi-fg-3">deprecated</span>"#), "{rest}");
+    assert!(rest.contains("id: 5"), "a reconnecting browser resumes after it: {rest}");
 
     let (_, page) = browser.get(&run_page).await;
     assert!(!page.contains(gantry_testkit::MARKER_OUTPUT), "sensitive outputs stay hidden");
