@@ -14,157 +14,10 @@ use gantry_proto::agent::Assignment;
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 /// A WorkerPool that sets every `spec.pod` option, as a user would write it.
-const EVERY_OPTION: &str = r#"
-apiVersion: workers.gantry.dev/v1beta1
-kind: WorkerPool
-metadata:
-  name: production
-  namespace: gantry-workers
-  uid: 6f1c2a9e-4b7d-4c1e-9a53-2d8f0e7b1c44
-spec:
-  poolSize: 3
-  token:
-    name: production-pool
-    key: token
-  privateKey:
-    name: production-pool
-    key: private-key.pem
-  pod:
-    activeDeadlineSeconds: 9000
-    terminationGracePeriodSeconds: 120
-    volumes:
-      - name: terraform-plugins
-        persistentVolumeClaim:
-          claimName: terraform-plugins
-      - name: init-policy
-        configMap:
-          name: gantry-init-policy
-    workspaceVolume:
-      name: ignored-name
-      ephemeral:
-        volumeClaimTemplate:
-          spec:
-            accessModes: ["ReadWriteOnce"]
-            storageClassName: fast
-            resources:
-              requests:
-                storage: 10Gi
-    binariesCacheVolume:
-      name: also-ignored
-      persistentVolumeClaim:
-        claimName: gantry-binaries
-    serviceAccountName: terraform-runner
-    securityContext:
-      runAsNonRoot: true
-      runAsUser: 1983
-      fsGroup: 1983
-      seccompProfile:
-        type: RuntimeDefault
-    nodeSelector:
-      kubernetes.io/os: linux
-      node-pool: runners
-    affinity:
-      nodeAffinity:
-        requiredDuringSchedulingIgnoredDuringExecution:
-          nodeSelectorTerms:
-            - matchExpressions:
-                - key: kubernetes.io/arch
-                  operator: In
-                  values: ["amd64"]
-    tolerations:
-      - key: dedicated
-        operator: Equal
-        value: runners
-        effect: NoSchedule
-    runtimeClassName: gvisor
-    labels:
-      team: platform
-      workers.gantry.dev/run-id: forged
-    annotations:
-      example.com/cost-center: infra
-      cluster-autoscaler.kubernetes.io/safe-to-evict: "true"
-    imagePullSecrets:
-      - name: registry-credentials
-    launcherImage: registry.internal/gantry/gantry-operator:0.1.0-patched
-    customInitContainers:
-      - name: fetch-ca
-        image: busybox:1.37
-        command: ["sh", "-c", "cp /ca/* /gantry/workspace/"]
-    additionalSidecarContainers:
-      - name: egress-proxy
-        image: envoyproxy/envoy:v1.33
-    initContainer:
-      env:
-        - name: GANTRY_LAUNCHER_RUN_INITIALIZATION_POLICY
-          value: /policy/init.rego
-        - name: GANTRY_PRIVATEVCS_MAPPING_NAME_0
-          value: internal-git
-      envFrom:
-        - configMapRef:
-            name: init-settings
-      resources:
-        requests:
-          cpu: 100m
-          memory: 128Mi
-      securityContext:
-        allowPrivilegeEscalation: false
-      volumeMounts:
-        - name: init-policy
-          mountPath: /policy
-          readOnly: true
-    launcherSidecarContainer:
-      env:
-        - name: GANTRY_LAUNCHER_LOGS_TIMEOUT
-          value: 15m
-      envFrom:
-        - secretRef:
-            name: sidecar-extra
-      resources:
-        limits:
-          memory: 256Mi
-      securityContext:
-        readOnlyRootFilesystem: true
-      volumeMounts:
-        - name: terraform-plugins
-          mountPath: /plugins-cache
-    workerContainer:
-      env:
-        - name: TF_PLUGIN_CACHE_DIR
-          value: /plugins
-      envFrom:
-        - configMapRef:
-            name: runner-settings
-      resources:
-        requests:
-          cpu: "1"
-          memory: 1Gi
-        limits:
-          memory: 4Gi
-      securityContext:
-        capabilities:
-          drop: ["ALL"]
-      volumeMounts:
-        - name: terraform-plugins
-          mountPath: /plugins
-"#;
+const EVERY_OPTION: &str = include_str!("fixtures/workerpool-every-option.yaml");
 
 /// The least a WorkerPool says: its size and credentials.
-const MINIMAL: &str = r#"
-apiVersion: workers.gantry.dev/v1beta1
-kind: WorkerPool
-metadata:
-  name: staging
-  namespace: gantry-workers
-  uid: 0b8f3c52-77aa-4e2d-8d0e-5a9c1f3e6b21
-spec:
-  poolSize: 1
-  token:
-    name: staging-pool
-    key: token
-  privateKey:
-    name: staging-pool
-    key: privateKey
-"#;
+const MINIMAL: &str = include_str!("fixtures/workerpool-minimal.yaml");
 
 const WORKER: &str = "production-01jd8z6x4m2q7r9s3t5v6w8y0a";
 const CAPABILITY: &str = "capability-for-tests-only";
@@ -174,25 +27,10 @@ fn pool(yaml: &str) -> WorkerPool {
     yaml_serde::from_str(yaml).expect("a valid WorkerPool")
 }
 
-/// An assignment as the server sends it; `changes` are merged over a tracked plan.
+/// An assignment as the server sends it (a tracked run's plan), with `changes` merged in.
 fn assignment(changes: serde_json::Value) -> Assignment {
-    let mut value = serde_json::json!({
-        "run_id": "01JD9A7B3C5D7E9F1G3H5J7K9M",
-        "worker_id": "01JD8Z6X4M2Q7R9S3T5V6W8Y0A",
-        "run_type": "TRACKED",
-        "job": "plan",
-        "stack": {
-            "id": "01JD8Y1A2B3C4D5E6F7G8H9J0K",
-            "name": "network",
-            "repository": "https://git.example.com/infra/network.git",
-            "branch": "main",
-            "project_root": "envs/production",
-            "tool": "terraform",
-            "runner_image": "ghcr.io/example/runner:1.9",
-            "environment": [{ "name": "TF_VAR_region", "value": "eu-west-1" }],
-        },
-        "commit": "4f2c1d0e9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e",
-    });
+    let mut value: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/assignment.json")).unwrap();
     if let serde_json::Value::Object(changes) = changes {
         for (key, change) in changes {
             match (value.get_mut(&key), change) {
