@@ -379,13 +379,7 @@ async fn an_assignment_becomes_one_pod_and_scale_down_keeps_the_busy_worker_unti
     // Assignment → Secret and Pod, exactly as built, owned so they go away together.
     let run_id = queue_run(&world).await;
     let agent = ctx.agent(&pool).await.expect("the pool has a session");
-    let assignment = loop {
-        let answer =
-            agent.client.poll(std::time::Duration::from_secs(5), Vec::new()).await.unwrap();
-        if let Some(assignment) = answer.assignments.into_iter().next() {
-            break assignment;
-        }
-    };
+    let assignment = next_assignment(&agent).await;
     assert_eq!(assignment.run_id.to_string(), run_id);
     let ctx_for_run = Arc::clone(&ctx);
     let agent_for_run = Arc::clone(&agent);
@@ -515,6 +509,137 @@ async fn an_assignment_becomes_one_pod_and_scale_down_keeps_the_busy_worker_unti
     reply(respond, StatusCode::OK, &pool_object());
     pass.await.unwrap().unwrap();
     assert!(world.server_workers().await.is_empty());
+}
+
+async fn next_assignment(
+    agent: &gantry_operator::agent::PoolAgent,
+) -> gantry_proto::agent::Assignment {
+    loop {
+        let answer =
+            agent.client.poll(std::time::Duration::from_secs(5), Vec::new()).await.unwrap();
+        if let Some(assignment) = answer.assignments.into_iter().next() {
+            return assignment;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_pod_that_cannot_be_scheduled_says_why_in_the_run_log_then_fails_the_run() {
+    let world = World::start().await;
+    let (kube, mut handle) = mock();
+    let ctx = context(kube);
+    let mut spec = worker_pool(1);
+    spec.spec.pending_pod_timeout_seconds = Some(1);
+    let pool = Arc::new(spec);
+    let pass = tokio::spawn(reconcile(Arc::clone(&pool), Arc::clone(&ctx)));
+    let workers = scale_up(&mut handle, &world, 1).await;
+    pass.await.unwrap().unwrap();
+    let run_id = queue_run(&world).await;
+    let agent = ctx.agent(&pool).await.unwrap();
+    let assignment = next_assignment(&agent).await;
+    let acknowledge =
+        gantry_proto::agent::Acknowledge { worker_id: assignment.worker_id, job: assignment.job };
+    agent.client.acknowledge(assignment.run_id, &acknowledge).await.unwrap();
+    let worker_name = workers[0]["metadata"]["name"].as_str().unwrap();
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": "stuck", "namespace": NS,
+            "labels": {
+                "workers.gantry.dev/workerpool": POOL,
+                "workers.gantry.dev/worker": worker_name,
+                "workers.gantry.dev/run-id": run_id,
+            },
+            "annotations": { "workers.gantry.dev/job": "plan" },
+        },
+        "status": {
+            "phase": "Pending",
+            "conditions": [{ "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                             "message": "0/3 nodes are available: 3 Insufficient memory." }],
+        },
+    });
+    let mut listed = workers.clone();
+    listed[0]["status"]["state"] = json!("BUSY");
+    listed[0]["status"]["currentRunId"] = json!(run_id);
+    listed[0]["status"]["podName"] = json!("stuck");
+
+    // First pass: the reason goes into the run log, the worker is busy.
+    let pass = tokio::spawn(reconcile(Arc::clone(&pool), Arc::clone(&ctx)));
+    serve_credentials(&mut handle, &world).await;
+    serve_listings(&mut handle, &listed, std::slice::from_ref(&pod)).await;
+    let (patch, respond) = expect(&mut handle, Method::PATCH, POOL_STATUS).await;
+    assert_eq!(patch["status"]["busyWorkers"], 1);
+    reply(respond, StatusCode::OK, &pool_object());
+    pass.await.unwrap().unwrap();
+    let log = world.api(Method::GET, &format!("runs/{run_id}/logs"), None).await.to_string();
+    assert!(log.contains("The run pod cannot be scheduled (Unschedulable): 0/3 nodes are available: 3 Insufficient memory."), "{log}");
+
+    // After the pool's pending timeout: the run fails with the reason, the Pod goes.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let pass = tokio::spawn(reconcile(Arc::clone(&pool), Arc::clone(&ctx)));
+    serve_credentials(&mut handle, &world).await;
+    serve_listings(&mut handle, &listed, std::slice::from_ref(&pod)).await;
+    let (_, respond) = expect(&mut handle, Method::DELETE, &format!("{PODS}/stuck")).await;
+    reply(respond, StatusCode::OK, &pod);
+    let (patch, respond) =
+        expect(&mut handle, Method::PATCH, &format!("{WORKERS}/{worker_name}/status")).await;
+    assert_eq!(patch["status"]["state"], "IDLE");
+    reply(respond, StatusCode::OK, &worker_object(worker_name));
+    let (patch, respond) = expect(&mut handle, Method::PATCH, POOL_STATUS).await;
+    assert_eq!(patch["status"]["busyWorkers"], 0);
+    reply(respond, StatusCode::OK, &pool_object());
+    pass.await.unwrap().unwrap();
+    let run = world.api(Method::GET, &format!("runs/{run_id}"), None).await;
+    assert_eq!(run["state"], "FAILED", "{run}");
+    assert!(run.to_string().contains("did not start within 1s"), "{run}");
+}
+
+#[tokio::test]
+async fn without_credentials_the_operator_registers_the_pool_and_keeps_its_key() {
+    let world = World::start().await;
+    let (kube, mut handle) = mock();
+    let ctx = context(kube);
+    let mut pool = worker_pool(0);
+    pool.spec.token = None;
+    pool.spec.private_key = None;
+    pool.spec.registration = Some(
+        serde_json::from_value(json!({
+            "endpoint": world.server.url,
+            "apiKey": { "name": "admin", "key": "key" },
+            "serverCa": { "name": "admin", "key": "ca.crt" },
+        }))
+        .unwrap(),
+    );
+    let pass = tokio::spawn(reconcile(Arc::new(pool), Arc::clone(&ctx)));
+    let (_, respond) = expect(&mut handle, Method::GET, &format!("{SECRETS}/wp-credentials")).await;
+    not_found(respond);
+    let admin = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "admin" },
+        "data": { "key": base64(&world.server.admin_key), "ca.crt": base64(&world.server.ca_pem) },
+    });
+    for _ in 0..2 {
+        let (_, respond) = expect(&mut handle, Method::GET, &format!("{SECRETS}/admin")).await;
+        reply(respond, StatusCode::OK, &admin);
+    }
+    let (stored, respond) = expect(&mut handle, Method::POST, SECRETS).await;
+    assert_eq!(stored["metadata"]["name"], "wp-credentials");
+    assert!(stored["data"]["token"].is_string() && stored["data"]["privateKey"].is_string());
+    let stored = created(respond, stored);
+    for _ in 0..2 {
+        let (_, respond) =
+            expect(&mut handle, Method::GET, &format!("{SECRETS}/wp-credentials")).await;
+        reply(respond, StatusCode::OK, &stored);
+    }
+    serve_listings(&mut handle, &[], &[]).await;
+    let (patch, respond) = expect(&mut handle, Method::PATCH, POOL_STATUS).await;
+    assert_eq!(patch["status"]["conditions"][0]["status"], "True");
+    let pool_id = patch["status"]["poolId"].as_str().unwrap().to_owned();
+    reply(respond, StatusCode::OK, &pool_object());
+    pass.await.unwrap().unwrap();
+
+    let on_server = world.api(Method::GET, "pools/runners-wp", None).await;
+    assert_eq!(on_server["id"], pool_id.as_str());
+    assert!(on_server.to_string().contains("kubernetes"), "{on_server}");
 }
 
 async fn expect_any_worker_patch(
