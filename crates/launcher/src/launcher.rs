@@ -90,7 +90,6 @@ pub async fn run(
         sockets_dir: socket_dir(&instance_dir),
         scratch_dir: instance_dir.join("scratch"),
         metrics,
-        executor,
         worker_binaries: crate::worker_binary::WorkerBinaries::new(
             config.worker.clone(),
             &config.work_dir,
@@ -98,7 +97,7 @@ pub async fn run(
         config,
     });
     prepare_dirs(&context, &instance_dir)?;
-    let result = serve(Arc::clone(&context), &shutdown).await;
+    let result = serve(Arc::clone(&context), executor, &shutdown).await;
     workspace::remove(&instance_dir).await;
     if context.sockets_dir.starts_with(std::env::temp_dir())
         && !context.sockets_dir.starts_with(&instance_dir)
@@ -108,7 +107,11 @@ pub async fn run(
     result
 }
 
-async fn serve(context: Arc<RunContext>, shutdown: &Shutdown) -> Result<(), FatalError> {
+async fn serve(
+    context: Arc<RunContext>,
+    executor: Arc<dyn Executor>,
+    shutdown: &Shutdown,
+) -> Result<(), FatalError> {
     let client = Arc::clone(&context.client);
     if !connect(&client, shutdown).await? {
         return Ok(());
@@ -136,7 +139,7 @@ async fn serve(context: Arc<RunContext>, shutdown: &Shutdown) -> Result<(), Fata
         cycle.clone(),
     ));
     let mut runs = JoinSet::new();
-    let polled = poll_loop(&context, &slots, &mut runs, shutdown, &cycle).await;
+    let polled = poll_loop(&context, &executor, &slots, &mut runs, shutdown, &cycle).await;
 
     // Runs that ended while the last poll waited are still in the set: reap them first.
     while runs.try_join_next().is_some() {}
@@ -219,6 +222,7 @@ async fn register(
 
 async fn poll_loop(
     context: &Arc<RunContext>,
+    executor: &Arc<dyn Executor>,
     slots: &SharedSlots,
     runs: &mut JoinSet<()>,
     shutdown: &Shutdown,
@@ -243,7 +247,7 @@ async fn poll_loop(
                 backoff.reset();
                 stop_runs(slots, &response.stop_run_ids, "a user asked to stop it");
                 for assignment in response.assignments {
-                    start_run(context, slots, runs, assignment, shutdown);
+                    start_run(context, executor, slots, runs, assignment, shutdown);
                 }
                 if response.cycle {
                     cycle.cancel();
@@ -270,6 +274,7 @@ async fn poll_loop(
 
 fn start_run(
     context: &Arc<RunContext>,
+    executor: &Arc<dyn Executor>,
     slots: &SharedSlots,
     runs: &mut JoinSet<()>,
     assignment: Assignment,
@@ -286,9 +291,10 @@ fn start_run(
         slots.running.insert(key, stop.clone());
     }
     let context = Arc::clone(context);
+    let executor = Arc::clone(executor);
     let slots = Arc::clone(slots);
     runs.spawn(async move {
-        supervisor::supervise(context, assignment, stop).await;
+        supervisor::supervise(context, executor, assignment, stop).await;
         lock(&slots).running.remove(&key);
     });
 }

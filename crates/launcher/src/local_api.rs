@@ -54,6 +54,26 @@ pub(crate) struct ManagedState {
 }
 
 impl ManagedState {
+    /// The managed state of a run that may change it (tracked runs and tasks); `None`
+    /// for runs that only read it. `before` is the SHA-256 of the state it starts from.
+    pub(crate) fn for_run(
+        context: &Arc<RunContext>,
+        assignment: &Assignment,
+        project: std::path::PathBuf,
+        before: Option<String>,
+    ) -> Option<Self> {
+        assignment.run_type.takes_stack_lock().then(|| Self {
+            context: Arc::clone(context),
+            assignment: assignment.clone(),
+            project,
+            before,
+            applying: std::sync::atomic::AtomicBool::new(
+                assignment.job == gantry_proto::agent::Job::Apply,
+            ),
+            stored: tokio::sync::Mutex::new(None),
+        })
+    }
+
     /// Stores the state the apply left, once; later calls return the first result.
     pub(crate) async fn store_after_apply(&self) -> Option<Result<bool, String>> {
         if !self.applying.load(std::sync::atomic::Ordering::SeqCst) {

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use gantry_proto::agent::{Acknowledge, Assignment, Job, RunReport};
@@ -35,7 +34,6 @@ const PLAN_FILE: &str = "gantry.tfplan";
 pub(crate) struct RunContext {
     pub(crate) config: LauncherConfig,
     pub(crate) client: Arc<AgentClient>,
-    pub(crate) executor: Arc<dyn Executor>,
     pub(crate) runs_dir: PathBuf,
     pub(crate) sockets_dir: PathBuf,
     /// Sealed blobs on their way to or from the server.
@@ -60,18 +58,27 @@ pub(crate) enum Ending {
     Ended,
 }
 
-/// Why a supervisor stopped a worker itself.
+/// Why the worker stopped before it reported how the run ended, when the launcher knows.
 #[derive(Debug, Clone, Copy)]
-enum Interruption {
+pub(crate) enum Interruption {
     RunTimeout,
     LogsTimeout,
     /// The server or the launcher's shutdown asked for it.
     Stopped,
 }
 
+/// How the worker's side of a run ended, as its host saw it.
+#[derive(Debug)]
+pub(crate) struct WorkerEnd {
+    pub(crate) interruption: Option<Interruption>,
+    /// The failure to report when the worker ended without a report or an interruption.
+    pub(crate) unexplained: String,
+}
+
 /// Supervises one assignment to its end. `stop` asks for the run to be stopped.
 pub(crate) async fn supervise(
     context: Arc<RunContext>,
+    executor: Arc<dyn Executor>,
     assignment: Assignment,
     stop: CancellationToken,
 ) -> Ending {
@@ -86,49 +93,78 @@ pub(crate) async fn supervise(
     }
     tracing::info!(run = %run_id, job = ?assignment.job, stack = %assignment.stack.name, "run started");
     let _in_progress = context.metrics.run_started();
-    let (logs, upload_task) = LogRelay::start(
-        Arc::clone(&context.client),
-        run_id,
-        assignment.log_next_seq,
-        masker(&context.config, &assignment),
-        context.config.run_logs_on_stdout,
-    );
-    if let Some(refusal) = refused_by_policy(&context.config, &assignment) {
-        logs.append(&format!("{refusal}\n"));
-        conclude_failed(&context, &logs, run_id, refusal).await;
-        logs.finish(upload_task).await;
-        return Ending::Ended;
-    }
+    let (logs, upload_task) = start_log(&context, &assignment, assignment.log_next_seq);
     let workspace = context.workspace(run_id);
     // The run timeout counts from the acknowledgement: a checkout that hangs on an
     // unresponsive git host is part of the run.
     let deadline = Instant::now() + context.config.limits.run_timeout;
-    // A checkout prints nothing while it waits: the silence limit bounds it too.
-    let silence_deadline = Instant::now() + context.config.limits.logs_timeout;
-    let preparing_since = std::time::Instant::now();
-    let prepared = tokio::select! {
-        prepared = tokio::time::timeout_at(deadline.min(silence_deadline), prepare(&context, &assignment, &workspace, &logs)) => {
-            prepared.unwrap_or_else(|_| {
-                Err(if deadline <= silence_deadline { timeout_message(&context) } else { silence_message(&context) })
-            })
+    let ending = match prepare_run(&context, &assignment, &workspace, &logs, &stop, deadline).await
+    {
+        Some(prepared) => {
+            execute(&context, &*executor, &assignment, &workspace, prepared, &logs, &stop, deadline)
+                .await
         }
-        () = stop.cancelled() => Err("The run was stopped while its workspace was prepared".to_owned()),
-    };
-    context.metrics.stage_took(Stage::Preparing, preparing_since);
-    let ending = match prepared {
-        Ok(prepared) => {
-            execute(&context, &assignment, &workspace, prepared, &logs, &stop, deadline).await
-        }
-        Err(message) => {
-            logs.append(&format!("\n{message}\n"));
-            conclude_failed(&context, &logs, run_id, message).await;
-            Ending::Ended
-        }
+        None => Ending::Ended,
     };
     logs.finish(upload_task).await;
     workspace::remove(&workspace).await;
     tracing::info!(run = %run_id, ?ending, "run left this launcher");
     ending
+}
+
+/// Starts relaying the run's log from `first_seq`, masked as this launcher masks it.
+pub(crate) fn start_log(
+    context: &RunContext,
+    assignment: &Assignment,
+    first_seq: u64,
+) -> (LogRelay, tokio::task::JoinHandle<()>) {
+    LogRelay::start(
+        Arc::clone(&context.client),
+        assignment.run_id,
+        first_seq,
+        masker(&context.config, assignment),
+        context.config.run_logs_on_stdout,
+    )
+}
+
+/// Everything before the worker starts: the initialization policy, then the workspace
+/// (a checkout, or the planned workspace decrypted), the managed state and the sealed
+/// inputs, bounded by the run's `deadline`, the silence limit and `stop`. `None`: the
+/// run failed here, and the server was told why after the log that says it.
+pub(crate) async fn prepare_run(
+    context: &Arc<RunContext>,
+    assignment: &Assignment,
+    workspace: &Path,
+    logs: &LogRelay,
+    stop: &CancellationToken,
+    deadline: Instant,
+) -> Option<Prepared> {
+    let run_id = assignment.run_id;
+    if let Some(refusal) = refused_by_policy(&context.config, assignment) {
+        logs.append(&format!("{refusal}\n"));
+        conclude_failed(context, logs, run_id, refusal).await;
+        return None;
+    }
+    // A checkout prints nothing while it waits: the silence limit bounds it too.
+    let silence_deadline = Instant::now() + context.config.limits.logs_timeout;
+    let preparing_since = std::time::Instant::now();
+    let prepared = tokio::select! {
+        prepared = tokio::time::timeout_at(deadline.min(silence_deadline), prepare(context, assignment, workspace, logs)) => {
+            prepared.unwrap_or_else(|_| {
+                Err(if deadline <= silence_deadline { timeout_message(context) } else { silence_message(context) })
+            })
+        }
+        () = stop.cancelled() => Err("The run was stopped while its workspace was prepared".to_owned()),
+    };
+    context.metrics.stage_took(Stage::Preparing, preparing_since);
+    match prepared {
+        Ok(prepared) => Some(prepared),
+        Err(message) => {
+            logs.append(&format!("\n{message}\n"));
+            conclude_failed(context, logs, run_id, message).await;
+            None
+        }
+    }
 }
 
 /// Acknowledges, retrying while the server is unreachable. `Ok(false)`: the run is no
@@ -156,9 +192,9 @@ async fn acknowledge(
 }
 
 /// What the worker gets, and what the launcher keeps track of for the run.
-struct Prepared {
-    job: WorkerJob,
-    managed_state: Option<ManagedState>,
+pub(crate) struct Prepared {
+    pub(crate) job: WorkerJob,
+    pub(crate) managed_state: Option<ManagedState>,
 }
 
 /// Readies the workspace and the worker's job; an error is the failure to report.
@@ -223,14 +259,7 @@ async fn prepare(
             Job::Apply => handoff::state_digest(&project).await,
         };
         // Only runs that may apply change the state.
-        assignment.run_type.takes_stack_lock().then(|| ManagedState {
-            context: Arc::clone(context),
-            assignment: assignment.clone(),
-            project: project.clone(),
-            before,
-            applying: AtomicBool::new(assignment.job == Job::Apply),
-            stored: tokio::sync::Mutex::new(None),
-        })
+        ManagedState::for_run(context, assignment, project.clone(), before)
     } else {
         None
     };
@@ -298,8 +327,11 @@ fn masker(config: &LauncherConfig, assignment: &Assignment) -> Masker {
     )
 }
 
+/// The worker as a process or a container of this launcher, through its executor.
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     context: &Arc<RunContext>,
+    executor: &dyn Executor,
     assignment: &Assignment,
     workspace: &Path,
     prepared: Prepared,
@@ -319,10 +351,75 @@ async fn execute(
     let capability = gantry_crypto::random_secret("gwc_");
     let socket_path = context.sockets_dir.join(format!("{run_id}.sock"));
     let _ = tokio::fs::remove_file(&socket_path).await;
+    let launch = WorkerLaunch {
+        worker_binary,
+        run_id,
+        worker_id: assignment.worker_id,
+        run_type: assignment.run_type,
+        workspace: workspace.to_path_buf(),
+        socket_path: socket_path.clone(),
+        capability: capability.clone(),
+        runner_image: assignment.stack.runner_image.clone(),
+    };
+    let run_worker = async |_: &RunEndpoint| {
+        let (output_sender, mut output) = mpsc::unbounded_channel();
+        match executor.start(&launch, output_sender).await {
+            Ok(mut worker) => {
+                let (exit, interruption) =
+                    watch(context, worker.as_mut(), logs, &mut output, stop, deadline).await;
+                while let Ok(line) = output.try_recv() {
+                    logs.append(&line);
+                }
+                let unexplained = match exit {
+                    Ok(exit) => {
+                        format!("The worker exited with {exit} before reporting how the run ended")
+                    }
+                    Err(error) => format!("The worker was lost: {error}"),
+                };
+                Some(WorkerEnd { interruption, unexplained })
+            }
+            Err(error) => {
+                let message = format!("Cannot start the worker: {error}");
+                logs.append(&format!("\n{message}\n"));
+                conclude_failed(context, logs, run_id, message).await;
+                None
+            }
+        }
+    };
+    serve_worker(
+        context,
+        assignment,
+        workspace,
+        prepared,
+        logs,
+        &socket_path,
+        &capability,
+        run_worker,
+    )
+    .await
+}
+
+/// The worker-facing part of a run, whoever hosts the worker: serves its local API on
+/// `socket_path` while `run_worker` lets it run, then makes sure the server learns how
+/// the run ended (storing the planned workspace, or the state an interrupted apply left,
+/// first). `run_worker` returns `None` when the worker could not start and that failure
+/// was reported.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_worker(
+    context: &Arc<RunContext>,
+    assignment: &Assignment,
+    workspace: &Path,
+    prepared: Prepared,
+    logs: &LogRelay,
+    socket_path: &Path,
+    capability: &str,
+    run_worker: impl AsyncFnOnce(&RunEndpoint) -> Option<WorkerEnd>,
+) -> Ending {
+    let run_id = assignment.run_id;
     let shares_outputs = prepared.job.collect_sensitive_outputs;
     let mut endpoint = RunEndpoint::new(
         prepared.job,
-        &capability,
+        capability,
         Arc::clone(&context.client),
         logs.clone(),
         prepared.managed_state,
@@ -336,7 +433,7 @@ async fn execute(
     }
     let endpoint = Arc::new(endpoint);
     let api_stop = CancellationToken::new();
-    let api = match local_api::serve(&socket_path, Arc::clone(&endpoint), api_stop.clone()).await {
+    let api = match local_api::serve(socket_path, Arc::clone(&endpoint), api_stop.clone()).await {
         Ok(api) => api,
         Err(error) => {
             let message =
@@ -345,47 +442,36 @@ async fn execute(
             return Ending::Ended;
         }
     };
-
-    let launch = WorkerLaunch {
-        worker_binary,
-        run_id,
-        worker_id: assignment.worker_id,
-        run_type: assignment.run_type,
-        workspace: workspace.to_path_buf(),
-        socket_path: socket_path.clone(),
-        capability,
-        runner_image: assignment.stack.runner_image.clone(),
-    };
-    let (output_sender, mut output) = mpsc::unbounded_channel();
-    let outcome = match context.executor.start(&launch, output_sender).await {
-        Ok(mut worker) => {
-            let outcome = watch(context, worker.as_mut(), logs, &mut output, stop, deadline).await;
-            while let Ok(line) = output.try_recv() {
-                logs.append(&line);
-            }
-            Some(outcome)
-        }
-        Err(error) => {
-            let message = format!("Cannot start the worker: {error}");
-            logs.append(&format!("\n{message}\n"));
-            conclude_failed(context, logs, run_id, message).await;
-            None
-        }
-    };
+    let ended = run_worker(&endpoint).await;
     api_stop.cancel();
     let _ = api.await;
     endpoint.end_phase();
-    let _ = tokio::fs::remove_file(&socket_path).await;
+    let _ = tokio::fs::remove_file(socket_path).await;
+    match ended {
+        Some(end) => conclude_run(context, assignment, workspace, &endpoint, logs, end).await,
+        None => Ending::Ended,
+    }
+}
 
-    let Some((exit, interruption)) = outcome else { return Ending::Ended };
-    let message = match (endpoint.conclusion(), interruption) {
+/// Once the worker is gone: what its reports concluded, or what stopped it, decides what
+/// the server hears.
+async fn conclude_run(
+    context: &Arc<RunContext>,
+    assignment: &Assignment,
+    workspace: &Path,
+    endpoint: &RunEndpoint,
+    logs: &LogRelay,
+    end: WorkerEnd,
+) -> Ending {
+    let run_id = assignment.run_id;
+    let message = match (endpoint.conclusion(), end.interruption) {
         (Some(Conclusion::UploadWorkspace), None) => {
-            return store_planned_workspace(context, assignment, workspace, &endpoint, logs).await;
+            return store_planned_workspace(context, assignment, workspace, endpoint, logs).await;
         }
         (Some(Conclusion::Ended), None) => return Ending::Ended,
         (_, Some(Interruption::Stopped)) => {
             logs.append("\nThe run was stopped.\n");
-            if let Some(Some(Err(problem))) = secure_state(&endpoint).await {
+            if let Some(Some(Err(problem))) = secure_state(endpoint).await {
                 logs.append(&format!("{problem}\n"));
             }
             conclude(context, logs, run_id, RunReport::Stopped).await;
@@ -393,12 +479,9 @@ async fn execute(
         }
         (_, Some(Interruption::RunTimeout)) => timeout_message(context),
         (_, Some(Interruption::LogsTimeout)) => silence_message(context),
-        (None, None) => match exit {
-            Ok(exit) => format!("The worker exited with {exit} before reporting how the run ended"),
-            Err(error) => format!("The worker was lost: {error}"),
-        },
+        (None, None) => end.unexplained,
     };
-    let message = match secure_state(&endpoint).await {
+    let message = match secure_state(endpoint).await {
         Some(Some(Err(problem))) => format!("{message}; besides, {problem}"),
         _ => message,
     };
@@ -480,7 +563,7 @@ async fn watch(
 }
 
 /// Reports a failure the worker could not report itself, after the log before it.
-async fn conclude_failed(
+pub(crate) async fn conclude_failed(
     context: &RunContext,
     logs: &LogRelay,
     run_id: gantry_domain::RunId,
@@ -514,14 +597,14 @@ async fn conclude(
     tracing::warn!(run = %run_id, "gave up reporting how the run ended: the server will time the run out");
 }
 
-fn timeout_message(context: &RunContext) -> String {
+pub(crate) fn timeout_message(context: &RunContext) -> String {
     let limit = humantime::format_duration(context.config.limits.run_timeout);
     format!(
         "The run exceeded its time limit of {limit} (GANTRY_LAUNCHER_RUN_TIMEOUT) and was stopped"
     )
 }
 
-fn silence_message(context: &RunContext) -> String {
+pub(crate) fn silence_message(context: &RunContext) -> String {
     let limit = humantime::format_duration(context.config.limits.logs_timeout);
     format!("The run printed nothing for {limit} (GANTRY_LAUNCHER_LOGS_TIMEOUT) and was stopped")
 }

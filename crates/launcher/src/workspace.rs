@@ -116,6 +116,27 @@ pub(crate) async fn remove(dir: &Path) {
     }
 }
 
+/// Hands a tree to the user a run executes as: each entry is given to `owner` when this
+/// process may change owners, and otherwise opened to everyone (directories `rwx`, files
+/// `rw`, execute bits kept). Symbolic links are left alone. Only for trees in places no
+/// one but the run's own parties can reach (a run container's mount, a run Pod's volume).
+pub(crate) fn hand_over_tree(path: &Path, owner: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::symlink_metadata(path)?;
+    let owned =
+        owner.is_some_and(|uid| std::os::unix::fs::lchown(path, Some(uid), Some(uid)).is_ok());
+    if !owned && !metadata.is_symlink() {
+        let mode = metadata.permissions().mode() | if metadata.is_dir() { 0o777 } else { 0o666 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    if metadata.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            hand_over_tree(&entry?.path(), owner)?;
+        }
+    }
+    Ok(())
+}
+
 /// The directory the tool runs in: the project root inside the checkout, which must
 /// exist and stay inside it.
 pub(crate) fn project_directory(workspace: &Path, project_root: &str) -> Result<PathBuf, String> {

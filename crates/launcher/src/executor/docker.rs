@@ -283,7 +283,7 @@ async fn give_to_run_user(workspace: &Path, socket: &Path) -> Result<(), Executo
     let workspace = workspace.to_path_buf();
     let socket = socket.to_path_buf();
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        chown_tree(&workspace)?;
+        crate::workspace::hand_over_tree(&workspace, Some(RUN_UID))?;
         std::os::unix::fs::lchown(&socket, Some(RUN_UID), Some(RUN_UID)).or_else(|_| {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
@@ -294,23 +294,6 @@ async fn give_to_run_user(workspace: &Path, socket: &Path) -> Result<(), Executo
     .map_err(|error| {
         ExecutorError::Docker(format!("cannot give the workspace to UID {RUN_UID}: {error}"))
     })
-}
-
-fn chown_tree(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let metadata = std::fs::symlink_metadata(path)?;
-    if std::os::unix::fs::lchown(path, Some(RUN_UID), Some(RUN_UID)).is_err()
-        && !metadata.is_symlink()
-    {
-        let mode = metadata.permissions().mode() | if metadata.is_dir() { 0o777 } else { 0o666 };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    }
-    if metadata.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            chown_tree(&entry?.path())?;
-        }
-    }
-    Ok(())
 }
 
 /// What the container prints on its own (a crash, a missing library), line by line.
