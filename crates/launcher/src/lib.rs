@@ -1,7 +1,8 @@
 //! The Gantry launcher: runs on the pool owner's machine, holds the pool private key,
 //! proves possession of it to open agent-plane sessions, keeps its worker slots
 //! registered, long-polls for assignments, and supervises each run: workspace, worker
-//! process, log relay, timeouts. The worker it starts never sees the key.
+//! process, log relay, timeouts. The worker it starts never sees the key. In a Kubernetes
+//! run Pod the same run code is hosted as two containers (`pod`: `init` and `sidecar`).
 
 mod archive;
 mod backoff;
@@ -15,6 +16,7 @@ mod logs;
 mod mask;
 mod metrics;
 pub mod passed_env;
+pub mod pod;
 pub mod policy;
 pub mod private_vcs;
 mod supervisor;

@@ -4,7 +4,7 @@
 //! run's capability; the socket's directory is private to the launcher's user.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -20,6 +20,7 @@ use gantry_proto::agent::{Assignment, Directive, RunReport};
 use gantry_proto::api::{ErrorBody, ErrorResponse};
 use gantry_proto::local::{SensitiveOutput, WorkerDirective, WorkerJob, WorkerLog, WorkerReport};
 use tokio::net::UnixListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, shown};
@@ -102,7 +103,8 @@ pub(crate) struct RunEndpoint {
     capability_hash: String,
     client: Arc<AgentClient>,
     logs: LogRelay,
-    conclusion: Mutex<Option<Conclusion>>,
+    /// Watched: a sidecar learns from it that the worker has nothing left to say.
+    conclusion: watch::Sender<Option<Conclusion>>,
     pub(crate) managed_state: Option<ManagedState>,
     metrics: Arc<LauncherMetrics>,
     phases: PhaseClock,
@@ -132,7 +134,7 @@ impl RunEndpoint {
             capability_hash: hash_secret(capability),
             client,
             logs,
-            conclusion: Mutex::new(None),
+            conclusion: watch::channel(None).0,
             managed_state,
             metrics,
             phases: PhaseClock::default(),
@@ -165,7 +167,14 @@ impl RunEndpoint {
     }
 
     pub(crate) fn conclusion(&self) -> Option<Conclusion> {
-        *self.conclusion.lock().unwrap_or_else(PoisonError::into_inner)
+        *self.conclusion.borrow()
+    }
+
+    /// Returns once a report has concluded the run.
+    pub(crate) async fn concluded(&self) {
+        let mut conclusion = self.conclusion.subscribe();
+        // The sender lives as long as `self`: waiting cannot fail.
+        let _ = conclusion.wait_for(Option::is_some).await;
     }
 
     /// Relays a report once the log before it is uploaded, retrying while the server is
@@ -199,7 +208,7 @@ impl RunEndpoint {
             Directive::Apply | Directive::Continue => None,
         };
         if let Some(conclusion) = conclusion {
-            *self.conclusion.lock().unwrap_or_else(PoisonError::into_inner) = Some(conclusion);
+            self.conclusion.send_replace(Some(conclusion));
         }
         directive
     }

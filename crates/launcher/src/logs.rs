@@ -89,6 +89,12 @@ impl LogRelay {
         self.shared.wake.notify_one();
     }
 
+    /// The sequence number of the next chunk: after a flush, the first one the server
+    /// does not have, from which another process may go on with the log.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.buffer().next_seq
+    }
+
     /// When the run last produced output.
     pub(crate) fn last_activity(&self) -> Instant {
         self.buffer().last_activity

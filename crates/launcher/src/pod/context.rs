@@ -1,0 +1,174 @@
+//! What both Pod modes share: the run context over the Pod's volumes, the first session,
+//! the hand-off file, and the one error type whose variants map to exit codes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use gantry_proto::agent::Assignment;
+use gantry_proto::pod::{HANDOFF_FILE, HANDOFF_VERSION, PodHandoff};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::{Backoff, shown};
+use crate::client::{AgentClient, ClientError};
+use crate::config::{EXIT_USAGE, LauncherConfig};
+use crate::metrics::LauncherMetrics;
+use crate::supervisor::RunContext;
+
+/// Sealed blobs on their way, in the workspace volume: the Pod's only shared disk that
+/// is sure to be writable, whatever the containers' root filesystems allow.
+const SCRATCH_DIR: &str = ".gantry-scratch";
+
+/// Why a Pod mode ended without doing its part.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("stopped before a session with the server was open")]
+    Stopped,
+    #[error("cannot prepare {path}: {source}")]
+    Directory { path: String, source: std::io::Error },
+    /// The run failed here; the server was told why, and its log says it.
+    #[error("the run failed: {0}")]
+    RunFailed(String),
+    #[error("the init container's hand-off {path} is unusable: {problem}")]
+    Handoff { path: String, problem: String },
+}
+
+impl PodError {
+    /// The process exit code: a configuration problem (a key the server refuses, a reset
+    /// pool) is a usage error like any bad setting; anything else is a failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Client(error) if error.is_fatal() => EXIT_USAGE as u8,
+            Self::Client(_)
+            | Self::Stopped
+            | Self::Directory { .. }
+            | Self::RunFailed(_)
+            | Self::Handoff { .. } => 1,
+        }
+    }
+}
+
+/// The run context of a Pod: the run's workspace lives in the workspace volume, the
+/// worker binaries are cached in `binaries_dir`.
+pub(super) fn run_context(
+    config: LauncherConfig,
+    workspace_dir: &Path,
+    binaries_dir: &Path,
+) -> Result<Arc<RunContext>, PodError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let scratch_dir = workspace_dir.join(SCRATCH_DIR);
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&scratch_dir).map_err(
+        |source| PodError::Directory { path: scratch_dir.display().to_string(), source },
+    )?;
+    Ok(Arc::new(RunContext {
+        client: Arc::new(AgentClient::new(&config)?),
+        runs_dir: workspace_dir.to_path_buf(),
+        sockets_dir: workspace_dir.to_path_buf(),
+        scratch_dir,
+        metrics: Arc::new(LauncherMetrics::new(1)),
+        worker_binaries: crate::worker_binary::WorkerBinaries::new(
+            config.worker.clone(),
+            binaries_dir,
+        ),
+        config,
+    }))
+}
+
+/// Opens the first session, retrying while the server is unreachable, until `stop` or
+/// the run's `deadline`.
+pub(super) async fn connect(
+    client: &AgentClient,
+    stop: &CancellationToken,
+    deadline: Instant,
+) -> Result<(), PodError> {
+    let mut backoff = Backoff::new(Duration::from_secs(30));
+    loop {
+        match client.connect().await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.is_transient() && Instant::now() < deadline => {
+                let delay = backoff.delay();
+                tracing::warn!("{error}; retrying in {}", shown(delay));
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop.cancelled() => return Err(PodError::Stopped),
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+pub(super) fn handoff_path(workspace_dir: &Path) -> PathBuf {
+    workspace_dir.join(HANDOFF_FILE)
+}
+
+/// Writes the hand-off whole or not at all (a temporary file renamed), readable only by
+/// the user init and the sidecar run as.
+pub(super) async fn write_handoff(
+    workspace_dir: &Path,
+    handoff: &PodHandoff,
+) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = handoff_path(workspace_dir);
+    let partial = path.with_extension("partial");
+    let text =
+        serde_json::to_vec(handoff).map_err(|e| format!("cannot encode the hand-off: {e}"))?;
+    let written = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&partial)?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+        std::fs::rename(&partial, &path)
+    })();
+    written.map_err(|e| format!("cannot write the hand-off {}: {e}", path.display()))
+}
+
+/// Reads init's hand-off and checks it is for this run.
+pub(super) fn read_handoff(
+    workspace_dir: &Path,
+    assignment: &Assignment,
+) -> Result<PodHandoff, PodError> {
+    let path = handoff_path(workspace_dir);
+    let unusable =
+        |problem: String| PodError::Handoff { path: path.display().to_string(), problem };
+    let text = std::fs::read(&path).map_err(|e| {
+        unusable(format!("{e} (did the init container succeed in this Pod's volume?)"))
+    })?;
+    let handoff: PodHandoff = serde_json::from_slice(&text).map_err(|e| {
+        unusable(format!("not a hand-off (JSON error at line {}, column {})", e.line(), e.column()))
+    })?;
+    if handoff.version != HANDOFF_VERSION {
+        return Err(unusable(format!(
+            "format version {}, this launcher reads {HANDOFF_VERSION}: init and sidecar must come from the same launcher image",
+            handoff.version
+        )));
+    }
+    if handoff.run_id != assignment.run_id || handoff.job.job != assignment.job {
+        return Err(unusable(format!(
+            "it is for run {} ({:?}), the assignment for run {} ({:?})",
+            handoff.run_id, handoff.job.job, assignment.run_id, assignment.job
+        )));
+    }
+    Ok(handoff)
+}
+
+/// A wall-clock instant as milliseconds since the Unix epoch.
+pub(super) fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The monotonic instant of a wall-clock time in milliseconds since the Unix epoch: the
+/// deadline init computed, in the sidecar's clock.
+pub(super) fn instant_of(unix_ms_then: u64) -> Instant {
+    let now = unix_ms(SystemTime::now());
+    Instant::now() + Duration::from_millis(unix_ms_then.saturating_sub(now))
+}

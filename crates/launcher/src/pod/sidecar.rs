@@ -1,0 +1,178 @@
+//! `gantry-launcher sidecar`: the run Pod's native sidecar. It serves the worker
+//! container's local API on the socket volume with the run supervisor's worker-facing
+//! half (log relay with masking, reports after the log, sealed uploads), enforces the
+//! run's time limits, and when kubelet terminates it (after the worker container exited,
+//! or when the operator deletes the Pod) makes sure the server knows how the run ended.
+//!
+//! It cannot signal the worker container: a time limit fails the run at once, and the
+//! operator deletes the Pod because the run ended (the heartbeat names it among the runs
+//! to stop). Whether a user stopped the run, the sidecar asks the server when it is
+//! terminated before the worker reported an ending.
+
+use std::time::Duration;
+
+use gantry_domain::RunId;
+use gantry_proto::agent::{Heartbeat, RunReport};
+use gantry_proto::local::WorkerJob;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::config::SidecarConfig;
+use super::context::{PodError, instant_of, read_handoff, run_context};
+use crate::backoff::Backoff;
+use crate::client::AgentClient;
+use crate::config::LauncherConfig;
+use crate::local_api::{ManagedState, RunEndpoint};
+use crate::logs::LogRelay;
+use crate::supervisor::{self, Interruption, Prepared, RunContext, WorkerEnd};
+
+/// Why the run failed when the worker container ended without a report and no one asked
+/// for it to stop.
+const WORKER_VANISHED: &str = "The worker container exited without reporting how the run ended";
+
+/// Serves the run's worker until `terminated` (SIGTERM), then returns once the server
+/// knows how the run ended.
+pub async fn sidecar(
+    config: LauncherConfig,
+    sidecar: SidecarConfig,
+    terminated: CancellationToken,
+) -> Result<(), PodError> {
+    let assignment = &sidecar.pod.assignment;
+    let workspace_dir = &sidecar.pod.workspace_dir;
+    let context = run_context(sidecar.pod.adopt(config), workspace_dir, workspace_dir)?;
+    let handoff = match read_handoff(workspace_dir, assignment) {
+        Ok(handoff) => handoff,
+        Err(error) => {
+            // No log position to go on from: the failure itself says why.
+            report_failed(&context.client, assignment.run_id, error.to_string()).await;
+            return Err(error);
+        }
+    };
+    let workspace = context.workspace(assignment.run_id);
+    let project =
+        crate::workspace::project_directory(&workspace, &assignment.stack.project_root).map_err(
+            |problem| PodError::Handoff { path: workspace.display().to_string(), problem },
+        )?;
+    // What the sidecar acts on comes from the assignment and its own configuration; the
+    // hand-off only adds what init worked out (the environment with opened inputs).
+    let job = WorkerJob {
+        run_id: assignment.run_id,
+        run_type: assignment.run_type,
+        job: assignment.job,
+        tool_executable: assignment.stack.tool.executable().to_owned(),
+        working_directory: project.display().to_string(),
+        command: assignment.command.clone(),
+        collect_sensitive_outputs: context.config.sensitive_output_upload
+            && assignment.stack.share_sensitive_outputs,
+        debug: context.config.debug,
+        ..handoff.job
+    };
+    let managed_state = match handoff.managed_state {
+        true => ManagedState::for_run(&context, assignment, project, handoff.state_before),
+        false => None,
+    };
+    let deadline = instant_of(handoff.deadline_unix_ms);
+    let (logs, upload) = supervisor::start_log(&context, assignment, handoff.log_next_seq);
+    // A sidecar restarted by kubelet finds its predecessor's socket.
+    let _ = tokio::fs::remove_file(&sidecar.socket_path).await;
+    let socket_path = sidecar.socket_path.clone();
+    let watch = async |endpoint: &RunEndpoint| {
+        // The worker container runs as the runner image's user.
+        if let Err(error) = open_socket(&socket_path) {
+            tracing::warn!(%error, "cannot open the socket to the worker container's user");
+        }
+        watch_worker(&context, endpoint, &logs, &terminated, deadline).await
+    };
+    let prepared = Prepared { job, managed_state };
+    let ending = supervisor::serve_worker(
+        &context,
+        assignment,
+        &workspace,
+        prepared,
+        &logs,
+        &sidecar.socket_path,
+        &sidecar.capability,
+        watch,
+    )
+    .await;
+    logs.finish(upload).await;
+    tracing::info!(run = %assignment.run_id, ?ending, "the run is over in this Pod");
+    // Kubelet ends a native sidecar after the worker container: until then, stay.
+    terminated.cancelled().await;
+    // A workspace volume may outlive the Pod (`spec.pod.workspaceVolume`).
+    crate::workspace::remove(&workspace).await;
+    let _ = tokio::fs::remove_file(super::context::handoff_path(workspace_dir)).await;
+    Ok(())
+}
+
+fn open_socket(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+}
+
+/// Waits until the worker reported how the run ended, a time limit passed, or kubelet
+/// terminates the sidecar.
+async fn watch_worker(
+    context: &RunContext,
+    endpoint: &RunEndpoint,
+    logs: &LogRelay,
+    terminated: &CancellationToken,
+    deadline: Instant,
+) -> Option<WorkerEnd> {
+    let limits = &context.config.limits;
+    let interruption = loop {
+        let silence_deadline = logs.last_activity() + limits.logs_timeout;
+        tokio::select! {
+            () = endpoint.concluded() => break None,
+            () = terminated.cancelled() => {
+                if endpoint.conclusion().is_some() {
+                    break None;
+                }
+                let stopped = stop_requested(&context.client, endpoint.run_id).await;
+                break stopped.then_some(Interruption::Stopped);
+            }
+            () = tokio::time::sleep_until(deadline) => break Some(Interruption::RunTimeout),
+            () = tokio::time::sleep_until(silence_deadline) => {
+                if logs.last_activity() + limits.logs_timeout > Instant::now() {
+                    continue;
+                }
+                break Some(Interruption::LogsTimeout);
+            }
+        }
+    };
+    Some(WorkerEnd { interruption, unexplained: WORKER_VANISHED.to_owned() })
+}
+
+/// Whether the server wants the run stopped: a user asked to, or it ended already. The
+/// heartbeat's answer says it for the runs named; it names no worker, since the operator
+/// heartbeats for those.
+async fn stop_requested(client: &AgentClient, run_id: RunId) -> bool {
+    let heartbeat = Heartbeat { worker_ids: Vec::new(), running_run_ids: vec![run_id] };
+    let mut backoff = Backoff::new(Duration::from_secs(5));
+    for _ in 0..5 {
+        match client.heartbeat(&heartbeat).await {
+            Ok(answer) => return answer.stop_run_ids.contains(&run_id),
+            Err(error) if error.is_transient() => tokio::time::sleep(backoff.delay()).await,
+            Err(error) => {
+                tracing::warn!(run = %run_id, %error, "cannot ask whether the run was stopped");
+                return false;
+            }
+        }
+    }
+    false
+}
+
+/// Reports a failure that no log line can precede.
+async fn report_failed(client: &AgentClient, run_id: RunId, message: String) {
+    let mut backoff = Backoff::new(Duration::from_secs(5));
+    for _ in 0..5 {
+        match client.report(run_id, RunReport::Failed { message: message.clone() }).await {
+            Ok(_) => return,
+            Err(error) if error.is_transient() => tokio::time::sleep(backoff.delay()).await,
+            Err(error) => {
+                tracing::warn!(run = %run_id, %error, "cannot report how the run ended");
+                return;
+            }
+        }
+    }
+}
