@@ -7,6 +7,7 @@ mod browser;
 mod docker;
 mod harness;
 mod launcher_options;
+mod pod_protocol;
 mod replicas;
 mod scheduling;
 

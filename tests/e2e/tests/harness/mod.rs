@@ -106,12 +106,12 @@ impl Transcript {
     }
 }
 
-fn signal(child: &Child, name: &str) {
+pub(crate) fn signal(child: &Child, name: &str) {
     let _ = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status();
 }
 
 /// Waits for a child to exit, killing it after `timeout`.
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<i32> {
+pub(crate) fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<i32> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {

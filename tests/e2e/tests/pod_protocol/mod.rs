@@ -1,0 +1,547 @@
+//! The Kubernetes run Pod's protocol (`docs/operator.md`) without Kubernetes. The test
+//! plays the operator — a session with the pool key under a launcher id it chose, one
+//! registered worker, polls, acknowledgements, heartbeats in the background — and
+//! kubelet: the Pod's volumes are directories, `gantry-launcher init` runs to completion,
+//! then `gantry-launcher sidecar` and the worker binary init placed run as processes
+//! sharing those directories, and the sidecar gets SIGTERM once the worker exited, as a
+//! native sidecar does.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gantry_domain::{LauncherId, RunId, WorkerId};
+use gantry_launcher::{AgentClient, LauncherConfig};
+use gantry_proto::agent::{Acknowledge, Assignment, Heartbeat, Job, WorkerRegistration};
+use gantry_testkit::{GitRepository, MARKER_OUTPUT};
+use serde_json::Value;
+
+use crate::harness::{
+    Cluster, PoolAccess, bin, id, processes_running, signal, states, wait_with_timeout,
+};
+
+/// A managed-state stack whose apply writes the tool's environment to `$ENV_DUMP` (a
+/// variable of the stack), so the test sees what the worker's children received.
+const POD_CONFIG: &str = r#"
+resource "terraform_data" "example" {
+  input = "created in a pod"
+
+  provisioner "local-exec" {
+    command = "env > \"$ENV_DUMP\""
+  }
+}
+
+output "message" {
+  value = terraform_data.example.output
+}
+
+output "secret" {
+  value     = "s3cr3t-marker-7f3a9c"
+  sensitive = true
+}
+"#;
+
+/// The operator's side of the agent plane, through the launcher's own client.
+struct Operator {
+    runtime: tokio::runtime::Runtime,
+    client: Arc<AgentClient>,
+    launcher_id: LauncherId,
+    worker_id: WorkerId,
+    /// The runs the heartbeat says this launcher executes.
+    running: Arc<Mutex<Vec<RunId>>>,
+    pool: PoolAccess,
+    _work: tempfile::TempDir,
+}
+
+impl Operator {
+    fn start(pool: &PoolAccess) -> Self {
+        gantry_testkit::install_crypto_provider();
+        let work = tempfile::tempdir().unwrap();
+        let env = gantry_domain::options::env_of(&[
+            ("GANTRY_TOKEN", &pool.token),
+            ("GANTRY_POOL_PRIVATE_KEY", &pool.key),
+            ("GANTRY_WORKER_BINARY", bin("gantry-worker").to_str().unwrap()),
+            ("GANTRY_LAUNCHER_WORK_DIR", work.path().to_str().unwrap()),
+        ]);
+        let mut config = LauncherConfig::from_env(&env).unwrap();
+        let launcher_id = LauncherId::generate();
+        config.launcher_id = launcher_id;
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let client = Arc::new(AgentClient::new(&config).unwrap());
+        let registered = runtime
+            .block_on(client.register_workers(vec![WorkerRegistration {
+                previous_id: None,
+                metadata: BTreeMap::from([("kind".to_owned(), "pod".to_owned())]),
+            }]))
+            .unwrap();
+        let worker_id = registered.worker_ids[0];
+        let running: Arc<Mutex<Vec<RunId>>> = Arc::default();
+        let (beating, held) = (Arc::clone(&client), Arc::clone(&running));
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let heartbeat = Heartbeat {
+                    worker_ids: vec![worker_id],
+                    running_run_ids: held.lock().unwrap().clone(),
+                };
+                let _ = beating.heartbeat(&heartbeat).await;
+            }
+        });
+        Self {
+            runtime,
+            client,
+            launcher_id,
+            worker_id,
+            running,
+            pool: PoolAccess { token: pool.token.clone(), key: pool.key.clone() },
+            _work: work,
+        }
+    }
+
+    /// Long-polls until an assignment comes, and acknowledges it, as the operator does
+    /// before it creates the Pod.
+    fn take_assignment(&self, job: Job) -> Assignment {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let assignment = loop {
+            let polled = self
+                .runtime
+                .block_on(self.client.poll(Duration::from_secs(5), Vec::new()))
+                .unwrap();
+            if let Some(assignment) = polled.assignments.into_iter().next() {
+                break assignment;
+            }
+            assert!(Instant::now() < deadline, "no assignment came");
+        };
+        assert_eq!(assignment.job, job);
+        assert_eq!(assignment.worker_id, self.worker_id);
+        let acknowledge = Acknowledge { worker_id: self.worker_id, job };
+        self.runtime.block_on(self.client.acknowledge(assignment.run_id, &acknowledge)).unwrap();
+        self.running.lock().unwrap().push(assignment.run_id);
+        assignment
+    }
+
+    /// Whether the server wants the run stopped: what the operator learns before it
+    /// deletes a Pod.
+    fn told_to_stop(&self, run_id: RunId) -> bool {
+        let polled =
+            self.runtime.block_on(self.client.poll(Duration::from_secs(0), Vec::new())).unwrap();
+        polled.stop_run_ids.contains(&run_id)
+    }
+}
+
+/// One run Pod: its volumes as directories, its containers as processes.
+struct Pod {
+    dir: tempfile::TempDir,
+    launcher_env: Vec<(String, String)>,
+    capability: String,
+}
+
+/// The Pod's containers while they run.
+struct Running {
+    sidecar: Child,
+    worker: Child,
+    worker_environment: String,
+}
+
+impl Pod {
+    fn new(operator: &Operator, assignment: &Assignment) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for volume in ["workspace", "bin", "socket", "assignment", "logs"] {
+            std::fs::create_dir(dir.path().join(volume)).unwrap();
+        }
+        let assignment_file = dir.path().join("assignment/assignment.json");
+        std::fs::write(&assignment_file, serde_json::to_vec(assignment).unwrap()).unwrap();
+        let capability = format!("gwc_pod-{}", assignment.run_id);
+        let path = |volume: &str| dir.path().join(volume).display().to_string();
+        let launcher_env = [
+            ("GANTRY_TOKEN", operator.pool.token.clone()),
+            ("GANTRY_POOL_PRIVATE_KEY", operator.pool.key.clone()),
+            ("GANTRY_LAUNCHER_ID", operator.launcher_id.to_string()),
+            ("GANTRY_ASSIGNMENT_FILE", assignment_file.display().to_string()),
+            ("GANTRY_WORKSPACE_DIR", path("workspace")),
+            ("GANTRY_BINARIES_DIR", path("bin")),
+            ("GANTRY_SOCKET_DIR", path("socket")),
+            // The launcher image carries the worker binary next to the launcher.
+            ("GANTRY_WORKER_BINARY", bin("gantry-worker").display().to_string()),
+            ("GANTRY_LOG", "info".to_owned()),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+        Self { dir, launcher_env, capability }
+    }
+
+    fn volume(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn log_file(&self, container: &str) -> PathBuf {
+        self.volume("logs").join(container)
+    }
+
+    /// A container's process: a clean environment, its output in the Pod's logs.
+    fn container(&self, name: &str, program: &Path) -> Command {
+        let mut command = Command::new(program);
+        command.env_clear();
+        for name in ["PATH", "HOME", "LANG", "TMPDIR"] {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
+        let log = std::fs::File::create(self.log_file(name)).unwrap();
+        command.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        command
+    }
+
+    fn launcher(&self, mode: &str) -> Command {
+        let mut command = self.container(mode, &bin("gantry-launcher"));
+        command.arg(mode).envs(self.launcher_env.iter().map(|(n, v)| (n, v)));
+        if mode == "sidecar" {
+            command.env("GANTRY_WORKER_CAPABILITY", &self.capability);
+        }
+        command
+    }
+
+    fn output_of(&self, container: &str) -> String {
+        std::fs::read_to_string(self.log_file(container)).unwrap_or_default()
+    }
+
+    /// Runs `gantry-launcher init` to its end; returns its exit code.
+    fn init(&self) -> Option<i32> {
+        let mut init = self.launcher("init").spawn().unwrap();
+        wait_with_timeout(&mut init, Duration::from_secs(120))
+    }
+
+    /// Starts the sidecar, waits until it serves the socket (what a startup probe does),
+    /// then starts the worker binary init placed, as the worker container's command.
+    fn start(&self) -> Running {
+        let sidecar = self.launcher("sidecar").spawn().unwrap();
+        let socket = self.volume("socket/worker.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the sidecar never opened its socket: {}",
+                self.output_of("sidecar")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let worker_binary = self.volume("bin/gantry-worker");
+        let worker = self
+            .container("worker", &worker_binary)
+            .env("GANTRY_WORKER_SOCKET", &socket)
+            .env("GANTRY_WORKER_CAPABILITY", &self.capability)
+            .current_dir(self.volume("workspace"))
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let worker_environment = environment_of(worker.id());
+        Running { sidecar, worker, worker_environment }
+    }
+
+    /// The whole Pod of a run that ends by itself: init, then sidecar and worker; the
+    /// sidecar is terminated once the worker exited. Returns the worker's environment.
+    /// While the worker's volumes are still there, none may hold any of `forbidden`.
+    fn run_to_end(&self, forbidden: &[&str]) -> String {
+        assert_eq!(self.init(), Some(0), "init failed:\n{}", self.output_of("init"));
+        let mut running = self.start();
+        let worker = wait_with_timeout(&mut running.worker, Duration::from_secs(120));
+        assert_eq!(worker, Some(0), "worker:\n{}", self.output_of("worker"));
+        for needle in forbidden {
+            self.assert_worker_volumes_lack(needle);
+        }
+        self.terminate_sidecar(running.sidecar);
+        assert!(
+            std::fs::read_dir(self.volume("workspace")).unwrap().all(|entry| {
+                entry.unwrap().file_name().to_string_lossy().starts_with(".gantry-scratch")
+            }),
+            "the sidecar leaves no workspace behind"
+        );
+        running.worker_environment
+    }
+
+    /// SIGTERM, as kubelet ends a native sidecar; it must exit 0 soon.
+    fn terminate_sidecar(&self, mut sidecar: Child) {
+        signal(&sidecar, "TERM");
+        let status = wait_with_timeout(&mut sidecar, Duration::from_secs(60));
+        assert_eq!(status, Some(0), "sidecar:\n{}", self.output_of("sidecar"));
+    }
+
+    /// Fails when any file of the volumes the worker container mounts holds `needle`.
+    fn assert_worker_volumes_lack(&self, needle: &str) {
+        for volume in ["workspace", "bin", "socket"] {
+            let mut stack = vec![self.volume(volume)];
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(&dir).unwrap() {
+                    let path = entry.unwrap().path();
+                    if path.is_dir() && !path.is_symlink() {
+                        stack.push(path);
+                    } else if let Ok(bytes) = std::fs::read(&path) {
+                        assert!(
+                            !bytes.windows(needle.len()).any(|window| window == needle.as_bytes()),
+                            "{} holds pool key material",
+                            path.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A process's environment, as the kernel keeps it. The parent of a vfork-style spawn
+/// resumes while the child's exec is still setting up its memory, when the environment
+/// reads empty: read again until it is there.
+fn environment_of(pid: u32) -> String {
+    let path = format!("/proc/{pid}/environ");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+        if !bytes.is_empty() || Instant::now() > deadline {
+            return String::from_utf8_lossy(&bytes).replace('\0', "\n");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Asserts `needles` appear in `log` in this order.
+fn assert_in_order(log: &str, needles: &[&str]) {
+    let mut from = 0;
+    for needle in needles {
+        match log[from..].find(needle) {
+            Some(at) => from += at + needle.len(),
+            None => panic!("{needle:?} is missing or out of order in the log:\n{log}"),
+        }
+    }
+}
+
+/// A cluster with a private pool, a repository holding `files`, and the operator of the
+/// pool.
+struct Setup {
+    cluster: Cluster,
+    operator: Operator,
+    work: tempfile::TempDir,
+    pool: PoolAccess,
+}
+
+impl Setup {
+    fn start() -> Self {
+        let cluster = Cluster::start();
+        let work = tempfile::tempdir().unwrap();
+        let pool = cluster.private_pool(work.path(), "pods");
+        let operator = Operator::start(&pool);
+        Self { cluster, operator, work, pool }
+    }
+
+    fn stack(&self, name: &str, repository: &str, extra: &[&str]) {
+        let mut args = vec![
+            "stack",
+            "create",
+            "--name",
+            name,
+            "--repository",
+            repository,
+            "--pool",
+            "pods",
+            "--project-root",
+            "infra",
+        ];
+        args.extend(extra);
+        self.cluster.gantry.ok(&args);
+    }
+
+    fn repository(&self, config: &str) -> String {
+        GitRepository::create(&self.work.path().join("repo"), &[("infra/main.tf", config)]).url()
+    }
+
+    fn wait_for(&self, run: &Value, states: &[&str]) -> Value {
+        self.cluster.gantry.wait_for_state(run, states)
+    }
+}
+
+#[test]
+fn a_tracked_run_plans_in_one_pod_and_applies_in_another_with_only_ciphertext_on_the_server() {
+    let setup = Setup::start();
+    let env_dump = setup.work.path().join("tool-environment");
+    let dump_variable = format!("ENV_DUMP={}", env_dump.display());
+    let repository = setup.repository(POD_CONFIG);
+    setup.stack("app", &repository, &["--managed-state", "--env", &dump_variable]);
+    let key_pem = String::from_utf8(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &setup.pool.key)
+            .unwrap(),
+    )
+    .unwrap();
+    let key_line = key_pem.lines().nth(1).expect("a PEM body").to_owned();
+    let forbidden = [key_line.as_str(), &setup.pool.key[100..160]];
+    let run = setup.cluster.gantry.trigger("app", &[]);
+
+    let plan = setup.operator.take_assignment(Job::Plan);
+    assert_eq!(plan.run_id.to_string(), id(&run));
+    let plan_pod = Pod::new(&setup.operator, &plan);
+    let plan_worker_environment = plan_pod.run_to_end(&forbidden);
+    let waiting = setup.wait_for(&run, &["UNCONFIRMED", "FAILED", "FINISHED"]);
+    assert_eq!(waiting["state"], "UNCONFIRMED", "{waiting}");
+    assert!(setup.cluster.server.workspace_blob(id(&run)).is_file(), "the workspace is stored");
+
+    setup.cluster.gantry.ok(&["run", "confirm", id(&run)]);
+    let apply = setup.operator.take_assignment(Job::Apply);
+    assert_eq!(apply.run_id, plan.run_id);
+    assert!(apply.workspace.is_some(), "the apply receives the stored workspace");
+    // A fresh Pod: nothing of the plan's volumes, only what the server hands over.
+    let apply_pod = Pod::new(&setup.operator, &apply);
+    let apply_worker_environment = apply_pod.run_to_end(&forbidden);
+    let finished = setup.wait_for(&run, &["FINISHED", "FAILED"]);
+    assert_eq!(finished["state"], "FINISHED", "{finished}");
+    assert_eq!(
+        states(&finished),
+        [
+            "QUEUED",
+            "READY",
+            "PREPARING",
+            "INITIALIZING",
+            "PLANNING",
+            "UNCONFIRMED",
+            "CONFIRMED",
+            "APPLYING",
+            "FINISHED"
+        ]
+    );
+
+    // The log is whole and in order: each init's lines, then its worker's.
+    let log = setup.cluster.gantry.log(&finished);
+    assert_in_order(
+        &log,
+        &[
+            "Preparing the workspace on",
+            "Checked out",
+            "The stack has no state yet",
+            "▶ Initializing",
+            "▶ Planning",
+            "Plan: 1 to add",
+            "Storing the planned workspace, encrypted to the pool key",
+            "The plan waits for confirmation",
+            "Applying the confirmed plan on",
+            "▶ Applying",
+            "Apply complete! Resources: 1 added",
+            "The new state is stored, encrypted to the pool key",
+        ],
+    );
+    assert_eq!(log.matches("▶ Planning").count(), 1, "nothing is relayed twice:\n{log}");
+    let message = finished["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "message");
+    assert_eq!(message.unwrap()["value"], "created in a pod");
+
+    // The pool key reached neither the worker, nor the tool it ran, nor (checked while
+    // each Pod ran) the volumes the worker container mounts.
+    let tool_environment = std::fs::read_to_string(&env_dump).expect("the apply ran the tool");
+    assert!(tool_environment.contains("ENV_DUMP="), "{tool_environment}");
+    for environment in [&plan_worker_environment, &apply_worker_environment, &tool_environment] {
+        for secret in ["GANTRY_POOL_PRIVATE_KEY", "GANTRY_TOKEN", &setup.pool.key, &key_line] {
+            assert!(!environment.contains(secret), "the worker's side saw {secret}");
+        }
+    }
+    assert!(plan_worker_environment.contains("GANTRY_WORKER_SOCKET="), "{plan_worker_environment}");
+    // The server holds the workspace and the state as ciphertext only.
+    setup.cluster.server.assert_nothing_contains(MARKER_OUTPUT);
+}
+
+#[test]
+fn init_that_cannot_check_out_fails_the_run_with_the_reason_in_its_log() {
+    let setup = Setup::start();
+    let missing = format!("file://{}/no-such-repository", setup.work.path().display());
+    setup.stack("broken", &missing, &[]);
+    let run = setup.cluster.gantry.trigger("broken", &[]);
+    let assignment = setup.operator.take_assignment(Job::Plan);
+    let pod = Pod::new(&setup.operator, &assignment);
+
+    let status = pod.init();
+    assert_eq!(status, Some(1), "init:\n{}", pod.output_of("init"));
+    let failed = setup.wait_for(&run, &["FAILED", "FINISHED"]);
+    assert_eq!(failed["state"], "FAILED", "{failed}");
+    let log = setup.cluster.gantry.log(&failed);
+    assert_in_order(&log, &["Preparing the workspace on", "Cannot check out"]);
+    assert!(log.contains("no-such-repository"), "{log}");
+    assert!(
+        !pod.volume("workspace/gantry-handoff.json").exists(),
+        "a failed init leaves no hand-off for a sidecar"
+    );
+    assert!(!pod.volume(&format!("workspace/{}", assignment.run_id)).exists(), "nor a workspace");
+}
+
+/// A task that sleeps for an odd, recognizable time, so that its process can be found.
+fn sleeping_task(setup: &Setup, seconds: &str) -> (Value, Pod, Running) {
+    let repository = setup.repository("# nothing to manage\n");
+    setup.stack("sleeper", &repository, &[]);
+    let task =
+        setup.cluster.gantry.json(&["run", "task", "sleeper", "--", &format!("sleep {seconds}")]);
+    let assignment = setup.operator.take_assignment(Job::Plan);
+    let pod = Pod::new(&setup.operator, &assignment);
+    assert_eq!(pod.init(), Some(0), "init:\n{}", pod.output_of("init"));
+    let running = pod.start();
+    setup.wait_for(&task, &["PERFORMING"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes_running(&format!("sleep {seconds}")).is_empty() {
+        assert!(Instant::now() < deadline, "the task's command never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (task, pod, running)
+}
+
+/// Kills the processes of the task's command, as a container's end kills all of its
+/// processes.
+fn kill_command(seconds: &str) {
+    let output = Command::new("ps").args(["-eo", "pid=,args="]).output().unwrap();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let (pid, args) = line.trim().split_once(' ').unwrap_or((line, ""));
+        if args.trim() == format!("sleep {seconds}") {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+    }
+}
+
+#[test]
+fn a_worker_killed_before_it_reported_fails_the_run_when_the_sidecar_is_terminated() {
+    let setup = Setup::start();
+    let (task, pod, mut running) = sleeping_task(&setup, "41.3");
+
+    // The worker container dies (OOM-killed, say) without a word.
+    running.worker.kill().unwrap();
+    let _ = running.worker.wait();
+    kill_command("41.3");
+    pod.terminate_sidecar(running.sidecar);
+
+    let failed = setup.wait_for(&task, &["FAILED", "STOPPED", "FINISHED"]);
+    assert_eq!(failed["state"], "FAILED", "{failed}");
+    let log = setup.cluster.gantry.log(&failed);
+    assert_in_order(
+        &log,
+        &["▶ Performing", "The worker container exited without reporting how the run ended"],
+    );
+}
+
+#[test]
+fn a_user_s_stop_deletes_the_pod_and_the_run_ends_stopped() {
+    let setup = Setup::start();
+    let (task, pod, mut running) = sleeping_task(&setup, "42.7");
+    let run_id: RunId = id(&task).parse().unwrap();
+
+    setup.cluster.gantry.ok(&["run", "stop", id(&task)]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !setup.operator.told_to_stop(run_id) {
+        assert!(Instant::now() < deadline, "the operator was never told to stop the run");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Deleting the Pod: kubelet terminates the worker container, then the sidecar.
+    signal(&running.worker, "TERM");
+    let worker = wait_with_timeout(&mut running.worker, Duration::from_secs(30));
+    assert_eq!(worker, Some(143), "worker:\n{}", pod.output_of("worker"));
+    pod.terminate_sidecar(running.sidecar);
+
+    let stopped = setup.wait_for(&task, &["STOPPED", "FAILED", "FINISHED"]);
+    assert_eq!(stopped["state"], "STOPPED", "{stopped}");
+    let log = setup.cluster.gantry.log(&stopped);
+    assert_in_order(&log, &["▶ Performing", "The run was stopped."]);
+    assert!(processes_running("sleep 42.7").is_empty(), "the command was stopped with the worker");
+}
