@@ -172,3 +172,90 @@ pub(super) fn instant_of(unix_ms_then: u64) -> Instant {
     let now = unix_ms(SystemTime::now());
     Instant::now() + Duration::from_millis(unix_ms_then.saturating_sub(now))
 }
+
+#[cfg(test)]
+mod tests {
+    use gantry_domain::{RunId, RunType};
+    use gantry_proto::agent::Job;
+    use gantry_proto::local::WorkerJob;
+
+    use super::*;
+
+    fn handoff(run_id: RunId, job: Job) -> PodHandoff {
+        PodHandoff {
+            version: HANDOFF_VERSION,
+            run_id,
+            job: WorkerJob {
+                run_id,
+                run_type: RunType::Tracked,
+                job,
+                tool_executable: "terraform".to_owned(),
+                working_directory: "/gantry/workspace/run/infra".to_owned(),
+                environment: vec![("TF_VAR_region".to_owned(), "eu-1".to_owned())],
+                plan_file: "gantry.tfplan".to_owned(),
+                command: None,
+                collect_sensitive_outputs: false,
+                debug: false,
+            },
+            log_next_seq: 7,
+            deadline_unix_ms: 1_700_000_000_000,
+            managed_state: true,
+            state_before: Some("ab".repeat(32)),
+        }
+    }
+
+    fn assignment(run_id: RunId, job: Job) -> Assignment {
+        let mut assignment: Assignment = serde_json::from_value(serde_json::json!({
+            "run_id": run_id.to_string(),
+            "worker_id": gantry_domain::WorkerId::generate().to_string(),
+            "run_type": "TRACKED",
+            "job": "plan",
+            "stack": {
+                "id": gantry_domain::StackId::generate().to_string(),
+                "name": "app", "repository": "file:///repo", "branch": "main",
+                "project_root": "infra", "tool": "terraform", "runner_image": null,
+                "environment": [],
+            },
+            "commit": null,
+        }))
+        .unwrap();
+        assignment.job = job;
+        assignment
+    }
+
+    #[tokio::test]
+    async fn the_hand_off_reaches_the_sidecar_of_the_same_run_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_id = RunId::generate();
+        write_handoff(dir.path(), &handoff(run_id, Job::Plan)).await.unwrap();
+        let read = read_handoff(dir.path(), &assignment(run_id, Job::Plan)).unwrap();
+        assert_eq!((read.log_next_seq, read.state_before.as_deref()), (7, Some(&*"ab".repeat(32))));
+        assert!(!dir.path().join("gantry-handoff.partial").exists());
+
+        for (other, job, expected) in [
+            (RunId::generate(), Job::Plan, "the assignment for run"),
+            (run_id, Job::Apply, "the assignment for run"),
+        ] {
+            let error = read_handoff(dir.path(), &assignment(other, job)).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+        let mut newer = handoff(run_id, Job::Plan);
+        newer.version = HANDOFF_VERSION + 1;
+        write_handoff(dir.path(), &newer).await.unwrap();
+        let error = read_handoff(dir.path(), &assignment(run_id, Job::Plan)).unwrap_err();
+        assert!(error.to_string().contains("the same launcher image"), "{error}");
+
+        let empty = tempfile::tempdir().unwrap();
+        let error = read_handoff(empty.path(), &assignment(run_id, Job::Plan)).unwrap_err();
+        assert!(error.to_string().contains("did the init container succeed"), "{error}");
+    }
+
+    #[test]
+    fn a_deadline_crosses_processes_as_wall_clock_time() {
+        let in_a_minute = unix_ms(SystemTime::now() + Duration::from_secs(60));
+        let left = instant_of(in_a_minute) - Instant::now();
+        assert!(left > Duration::from_secs(58) && left <= Duration::from_secs(60), "{left:?}");
+        let past = instant_of(unix_ms(SystemTime::now()) - 5_000);
+        assert!(past <= Instant::now() + Duration::from_millis(5));
+    }
+}
