@@ -478,6 +478,15 @@ pub async fn a_pass_assigns_the_runs_it_promotes_in_one_commit<S: Store>(store: 
     assert_eq!(again.assigned, [false], "the worker is busy");
 }
 
+/// A pass for engine-specific tests to commit: one queued run to promote, and to assign
+/// to an idle worker.
+pub async fn a_pass_to_commit<S: Store>(store: &S) -> (Vec<RunId>, Vec<(RunId, WorkerId)>) {
+    let (_, stack, worker) = world(store).await;
+    let run = run_record(&stack, RunState::Queued, 5);
+    store.insert_run(&run).await.unwrap();
+    (vec![run.id], vec![(run.id, worker.id)])
+}
+
 pub async fn concurrent_assignments_give_a_worker_one_run<S: Store>(store: Arc<S>) {
     let (_, stack, worker) = world(&*store).await;
     let mut runs = Vec::new();

@@ -85,6 +85,21 @@ impl PostgresStore {
         Ok(tx.commit().await?)
     }
 
+    /// A transaction for what is recomputed if a crash loses it (a scheduling pass's
+    /// promotions and assignments): its commit does not wait for the WAL flush
+    /// (`synchronous_commit = off` for this transaction only). It is visible at once, and
+    /// reaches the disk with the next durable commit, since the WAL is flushed in order;
+    /// why losing it is harmless: `docs/ARCHITECTURE.md`, "A scheduling pass's commit is
+    /// not waited for".
+    async fn begin_recomputable(&self) -> Result<Transaction<'static, Postgres>> {
+        // One round trip: both statements in one simple query.
+        Ok(self.writer.begin_with("BEGIN; SET LOCAL synchronous_commit = off").await?)
+    }
+
+    async fn commit_recomputable(&self, tx: Transaction<'static, Postgres>) -> Result<()> {
+        Ok(tx.commit().await?)
+    }
+
     /// A commit returns once PostgreSQL flushed it (`synchronous_commit`): nothing to wait for.
     async fn durable(&self) -> Result<()> {
         Ok(())
@@ -231,7 +246,31 @@ sql_store!(PostgresStore {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_recomputable_transaction_commits_without_waiting_for_the_flush() {
+        let Some(url) = gantry_test_postgres::fresh_database().await else { return };
+        // One connection, so that whatever a transaction set would stay on the one the
+        // next statement gets; durable commits by default, whatever the test cluster's
+        // default is.
+        let options =
+            PgConnectOptions::from_str(&url).unwrap().options([("synchronous_commit", "on")]);
+        let pool = PgPoolOptions::new().max_connections(1).connect_with(options.clone()).await;
+        let pool = pool.unwrap();
+        let store = PostgresStore { writer: pool.clone(), reader: pool.clone(), options };
+        let setting = "SELECT current_setting('synchronous_commit')";
+        let mut tx = store.begin_recomputable().await.unwrap();
+        let inside: String = sqlx::query_scalar(setting).fetch_one(&mut *tx).await.unwrap();
+        assert_eq!(inside, "off");
+        store.commit_recomputable(tx).await.unwrap();
+        let after: String = sqlx::query_scalar(setting).fetch_one(&pool).await.unwrap();
+        assert_eq!(after, "on", "the setting ends with the transaction");
+        let mut tx = store.begin().await.unwrap();
+        let durable: String = sqlx::query_scalar(setting).fetch_one(&mut *tx).await.unwrap();
+        assert_eq!(durable, "on");
+        store.commit(tx).await.unwrap();
+    }
 
     #[test]
     fn urls_lose_their_passwords() {

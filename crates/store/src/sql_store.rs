@@ -1,6 +1,7 @@
 //! The `Store` operations written once for both SQL engines: the statements are the same
 //! on SQLite and PostgreSQL, apart from the few fragments and steps each adapter supplies
-//! (`IDS`, `LOG_CHUNKS`, `begin`, `commit`, `durable`, `take_offered`). A macro rather than
+//! (`IDS`, `LOG_CHUNKS`, `begin`, `commit`, `begin_recomputable`,
+//! `commit_recomputable`, `durable`, `take_offered`). A macro rather than
 //! generic code: each expansion sees one concrete engine, so no trait bounds spell out
 //! which Rust types each engine can bind.
 
@@ -674,8 +675,9 @@ macro_rules! sql_store {
                     return Ok(CommittedPass { promoted: Vec::new(), assigned: offered });
                 }
                 // One transaction, so the pass commits once: the runs it promotes are READY
-                // by the time its assignments look for runs waiting for a worker.
-                let mut tx = self.begin().await?;
+                // by the time its assignments look for runs waiting for a worker. Its commit
+                // is not waited for: see `begin_recomputable`.
+                let mut tx = self.begin_recomputable().await?;
                 let rows = match promotions {
                     [] => Vec::new(),
                     // The `runs_history_on_change` trigger records READY for each.
@@ -699,7 +701,7 @@ macro_rules! sql_store {
                 if rows.is_empty() && taken.is_empty() {
                     tx.rollback().await?;
                 } else {
-                    self.commit(tx).await?;
+                    self.commit_recomputable(tx).await?;
                 }
                 let promoted: Vec<RunRecord> = rows.iter().map(run_from_row).collect::<Result<_>>()?;
                 Ok(CommittedPass {

@@ -78,6 +78,19 @@ impl SqliteStore {
         self.group_commit.durable().await
     }
 
+    /// A transaction for what is recomputed if a crash loses it (a scheduling pass's
+    /// promotions and assignments): committed without waiting for a sync of the WAL. It
+    /// is visible at once, and reaches the disk with the next sync, which covers every
+    /// transaction before it; why losing it is harmless: `docs/ARCHITECTURE.md`, "A
+    /// scheduling pass's commit is not waited for".
+    async fn begin_recomputable(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.begin().await
+    }
+
+    async fn commit_recomputable(&self, tx: Transaction<'static, Sqlite>) -> Result<()> {
+        Ok(tx.commit().await?)
+    }
+
     /// How many times the WAL was synced to disk: fewer than the transactions committed
     /// when writers overlap.
     pub fn wal_syncs(&self) -> u64 {

@@ -52,6 +52,20 @@ async fn every_write_waits_for_a_sync_to_disk() {
 }
 
 #[tokio::test]
+async fn a_pass_commits_without_waiting_for_a_sync_and_the_next_write_syncs_it() {
+    let (store, _dir) = fresh().await;
+    let (promotions, assignments) = gantry_store::contract::a_pass_to_commit(&store).await;
+    let at = gantry_domain::Timestamp::from_unix_millis(50);
+    let before = store.wal_syncs();
+    let committed = store.commit_pass(&promotions, &assignments, at).await.unwrap();
+    assert_eq!(committed.assigned, [true]);
+    assert_eq!(store.wal_syncs(), before, "a pass does not wait for the disk");
+    // A durable write waits for a sync that starts after it, which covers the pass too.
+    store.secret_or_insert("after-the-pass", b"value", at).await.unwrap();
+    assert_eq!(store.wal_syncs(), before + 1);
+}
+
+#[tokio::test]
 async fn an_unwritable_location_is_a_clear_error() {
     let error = SqliteStore::open(std::path::Path::new("/proc/gantry/nope.db")).await.unwrap_err();
     assert!(error.to_string().starts_with("the database is unavailable"), "{error}");
