@@ -9,8 +9,8 @@ use gantry_domain::dependencies::DependencyGraph;
 use gantry_domain::scheduler::{
     self, Decision, PoolWorkers, RunSnapshot, WaitReason, WorkerAvailability,
 };
-use gantry_domain::{LauncherId, RunId, RunState, WorkerId};
-use gantry_store::RunRecord;
+use gantry_domain::{LauncherId, PoolId, RunId, RunState, WorkerId};
+use gantry_store::{RunRecord, WorkerCountsRecord};
 
 use crate::error::ApiError;
 use crate::state::{AppState, now};
@@ -99,34 +99,52 @@ pub(crate) struct Pass {
     launchers: HashMap<WorkerId, LauncherId>,
 }
 
-/// Decides a pass. Its cost does not grow with the number of idle workers: it loads
-/// per-pool counts and, for each pool, only as many idle workers as it has runs to place.
+/// Decides a pass. Its cost does not grow with the number of idle workers: for each pool
+/// with runs to place it loads only as many idle workers as it has runs, and the per-pool
+/// counts only when some pool has too few (they only explain why a run waits). A pass with
+/// nothing to place reads the active runs and nothing else; the dependencies are read only
+/// when a run that takes its stack's lock waits in the queue.
 pub(crate) async fn pass(state: &AppState) -> Result<Pass, ApiError> {
     let runs = state.store.active_runs().await?;
     let snapshots: Vec<RunSnapshot> = runs.iter().map(snapshot).collect();
     let mut workers = WorkerAvailability::default();
     let mut launchers = HashMap::new();
-    let demand = scheduler::worker_demand(&snapshots);
-    for counts in state.store.worker_counts().await? {
-        let wanted = demand.get(&counts.pool_id).copied().unwrap_or(0);
-        let idle = match wanted {
-            0 => Vec::new(),
-            wanted => {
-                let limit = u32::try_from(wanted).unwrap_or(u32::MAX);
-                state.store.idle_workers(counts.pool_id, limit).await?
-            }
-        };
+    let mut short = false;
+    let mut demand: Vec<(PoolId, usize)> =
+        scheduler::worker_demand(&snapshots).into_iter().collect();
+    demand.sort();
+    let mut idle_by_pool = Vec::with_capacity(demand.len());
+    for (pool_id, wanted) in demand {
+        let limit = u32::try_from(wanted).unwrap_or(u32::MAX);
+        let idle = state.store.idle_workers(pool_id, limit).await?;
         launchers.extend(idle.iter().map(|worker| (worker.id, worker.launcher_id)));
-        workers.insert(
-            counts.pool_id,
-            PoolWorkers {
-                idle: idle.iter().map(|worker| worker.id).collect(),
-                connected: usize::try_from(counts.connected).unwrap_or(usize::MAX),
-                drained: usize::try_from(counts.drained).unwrap_or(usize::MAX),
-            },
-        );
+        short |= idle.len() < wanted;
+        idle_by_pool.push((pool_id, idle.iter().map(|worker| worker.id).collect::<Vec<_>>()));
     }
-    let graph = dependency_graph(state).await?;
+    let counts: HashMap<PoolId, WorkerCountsRecord> = match short {
+        true => state.store.worker_counts().await?.into_iter().map(|c| (c.pool_id, c)).collect(),
+        false => HashMap::new(),
+    };
+    for (pool_id, idle) in idle_by_pool {
+        // Without counts (no pool is short, or this pool's workers left since they were
+        // listed), the idle workers are the ones known to be connected: with enough of
+        // them, no run waits for a reason the counts would give.
+        let (connected, drained) = match counts.get(&pool_id) {
+            Some(counts) => (
+                usize::try_from(counts.connected).unwrap_or(usize::MAX),
+                usize::try_from(counts.drained).unwrap_or(usize::MAX),
+            ),
+            None => (idle.len(), 0),
+        };
+        workers.insert(pool_id, PoolWorkers { idle, connected, drained });
+    }
+    let queued_lock_takers = snapshots
+        .iter()
+        .any(|run| run.state == RunState::Queued && run.run_type.takes_stack_lock());
+    let graph = match queued_lock_takers {
+        true => dependency_graph(state).await?,
+        false => DependencyGraph::default(),
+    };
     let decision = scheduler::schedule(&snapshots, &workers, &graph);
     Ok(Pass { decision, launchers })
 }
