@@ -106,57 +106,46 @@ impl PostgresStore {
     }
 
     /// Makes the offered `[run, worker]` assignments that still hold, in `tx`; returns the
-    /// runs assigned. Runs and workers are locked first, skipping rows another replica
-    /// holds: a run or worker in another replica's batch is refused here, never given
-    /// twice, and no replica waits for another.
+    /// runs assigned. One statement: runs and workers are locked first, skipping rows
+    /// another replica holds, so a run or worker in another replica's batch is refused
+    /// here, never given twice, and no replica waits for another; then both sides of each
+    /// pair that still holds are linked.
     async fn take_offered(
         tx: &mut Transaction<'static, Postgres>,
         pairs: &[[String; 2]],
         now: Timestamp,
     ) -> Result<Vec<RunId>> {
-        let free_runs: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM runs
-             WHERE id IN (SELECT unnest(ARRAY(
-                     SELECT value->>0 FROM json_array_elements($1::json) AS pairs(value))))
-               AND worker_id IS NULL AND state IN ('READY', 'CONFIRMED')
-             FOR NO KEY UPDATE SKIP LOCKED",
-        )
-        .bind(to_json(&pairs))
-        .fetch_all(&mut **tx)
-        .await?;
-        let free_workers: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM workers
-             WHERE id IN (SELECT unnest(ARRAY(
-                     SELECT value->>1 FROM json_array_elements($1::json) AS pairs(value))))
-               AND current_run_id IS NULL AND drained = 0
-             FOR NO KEY UPDATE SKIP LOCKED",
-        )
-        .bind(to_json(&pairs))
-        .fetch_all(&mut **tx)
-        .await?;
-        let made: Vec<&[String; 2]> = pairs
-            .iter()
-            .filter(|[run, worker]| free_runs.contains(run) && free_workers.contains(worker))
-            .collect();
-        if made.is_empty() {
-            return Ok(Vec::new());
-        }
-        sqlx::query(
-            "WITH made AS (
+        let taken: Vec<String> = sqlx::query_scalar(
+            "WITH offered AS (
                  SELECT value->>0 AS run_id, value->>1 AS worker_id
-                 FROM json_array_elements($1::json) AS made(value)
+                 FROM json_array_elements($1::json) AS offered(value)
+             ), free_runs AS (
+                 SELECT id FROM runs
+                 WHERE id IN (SELECT unnest(ARRAY(SELECT run_id FROM offered)))
+                   AND worker_id IS NULL AND state IN ('READY', 'CONFIRMED')
+                 FOR NO KEY UPDATE SKIP LOCKED
+             ), free_workers AS (
+                 SELECT id FROM workers
+                 WHERE id IN (SELECT unnest(ARRAY(SELECT worker_id FROM offered)))
+                   AND current_run_id IS NULL AND drained = 0
+                 FOR NO KEY UPDATE SKIP LOCKED
+             ), made AS (
+                 SELECT offered.run_id, offered.worker_id FROM offered
+                 JOIN free_runs ON free_runs.id = offered.run_id
+                 JOIN free_workers ON free_workers.id = offered.worker_id
              ), taken AS (
                  UPDATE workers SET current_run_id = made.run_id
                  FROM made WHERE workers.id = made.worker_id
              )
              UPDATE runs SET worker_id = made.worker_id, updated_at = $2
-             FROM made WHERE runs.id = made.run_id",
+             FROM made WHERE runs.id = made.run_id
+             RETURNING runs.id",
         )
-        .bind(to_json(&made))
+        .bind(to_json(&pairs))
         .bind(now.unix_millis())
-        .execute(&mut **tx)
+        .fetch_all(&mut **tx)
         .await?;
-        made.iter().map(|[run, _]| run.parse().map_err(|error| corrupt("runs.id", error))).collect()
+        taken.iter().map(|run| run.parse().map_err(|error| corrupt("runs.id", error))).collect()
     }
 
     async fn notify_replicas(&self, message: &str) -> Result<()> {
