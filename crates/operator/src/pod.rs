@@ -9,6 +9,13 @@ use std::time::Duration;
 use gantry_domain::RunType;
 use gantry_domain::options::{self, Env, OptionError};
 use gantry_proto::agent::{Assignment, Job};
+// The protocol's variables and file names, shared with the launcher's `init` and
+// `sidecar` modes, which read them.
+use gantry_proto::local::{CAPABILITY_ENV, SOCKET_ENV};
+use gantry_proto::pod::{
+    ASSIGNMENT_FILE_ENV, BINARIES_DIR_ENV, LAUNCHER_ID_ENV, SOCKET_DIR_ENV, SOCKET_FILE,
+    WORKER_BINARY_FILE, WORKSPACE_DIR_ENV,
+};
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, Pod, PodSpec, Secret,
     SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
@@ -30,17 +37,6 @@ pub const DEFAULT_RUNNER_IMAGE: &str = "GANTRY_DEFAULT_RUNNER_IMAGE";
 /// The run timeout: the launcher's own variable, passed on to the run Pods' launcher
 /// containers so that their limit and the Pod's deadline agree.
 pub const RUN_TIMEOUT: &str = options::RUN_TIMEOUT;
-
-/// Launcher-container variables of the protocol (the launcher's `init` and `sidecar`
-/// modes read them).
-pub const LAUNCHER_ID: &str = "GANTRY_LAUNCHER_ID";
-pub const ASSIGNMENT_FILE: &str = "GANTRY_ASSIGNMENT_FILE";
-pub const WORKSPACE_DIR: &str = "GANTRY_WORKSPACE_DIR";
-pub const BINARIES_DIR: &str = "GANTRY_BINARIES_DIR";
-pub const SOCKET_DIR: &str = "GANTRY_SOCKET_DIR";
-/// Read by the worker, and by the sidecar (which checks what the worker presents).
-pub const WORKER_CAPABILITY: &str = "GANTRY_WORKER_CAPABILITY";
-pub const WORKER_SOCKET: &str = "GANTRY_WORKER_SOCKET";
 
 /// Container names.
 pub const INIT_CONTAINER: &str = "init";
@@ -301,12 +297,12 @@ pub fn build_run_pod(
         let mut env = vec![
             from_secret(options::TOKEN, &credentials.token),
             from_secret(options::POOL_PRIVATE_KEY, &credentials.private_key),
-            value(LAUNCHER_ID, request.launcher_id),
+            value(LAUNCHER_ID_ENV, request.launcher_id),
             value(RUN_TIMEOUT, &humantime::format_duration(settings.run_timeout).to_string()),
-            value(ASSIGNMENT_FILE, &format!("{ASSIGNMENT_PATH}/{ASSIGNMENT_KEY}")),
-            value(WORKSPACE_DIR, WORKSPACE_PATH),
-            value(BINARIES_DIR, BINARIES_PATH),
-            value(SOCKET_DIR, SOCKET_PATH),
+            value(ASSIGNMENT_FILE_ENV, &format!("{ASSIGNMENT_PATH}/{ASSIGNMENT_KEY}")),
+            value(WORKSPACE_DIR_ENV, WORKSPACE_PATH),
+            value(BINARIES_DIR_ENV, BINARIES_PATH),
+            value(SOCKET_DIR_ENV, SOCKET_PATH),
         ];
         if sidecar {
             env.push(capability(&name));
@@ -345,9 +341,9 @@ pub fn build_run_pod(
     let worker = container(
         WORKER_CONTAINER,
         &runner_image,
-        Command::Program(&format!("{BINARIES_PATH}/gantry-worker")),
+        Command::Program(&format!("{BINARIES_PATH}/{WORKER_BINARY_FILE}")),
         vec![
-            value(WORKER_SOCKET, &format!("{SOCKET_PATH}/worker.sock")),
+            value(SOCKET_ENV, &format!("{SOCKET_PATH}/{SOCKET_FILE}")),
             capability(&name),
             value("PATH", WORKER_PATH),
         ],
@@ -552,7 +548,7 @@ fn from_secret(name: &str, selector: &SecretKeySelector) -> EnvVar {
 /// The capability, from the run's Secret.
 fn capability(secret_name: &str) -> EnvVar {
     from_secret(
-        WORKER_CAPABILITY,
+        CAPABILITY_ENV,
         &SecretKeySelector {
             name: secret_name.to_owned(),
             key: CAPABILITY_KEY.to_owned(),
