@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::InitConfig;
 use super::context::{PodError, connect, run_context, unix_ms, write_handoff};
+use crate::client::AgentClient;
 use crate::config::LauncherConfig;
 use crate::logs::LogRelay;
 use crate::supervisor::{self, Prepared, RunContext};
@@ -36,7 +37,8 @@ pub async fn init(
     connect(&context.client, &stop, deadline).await?;
     let assignment = &init.pod.assignment;
     tracing::info!(run = %assignment.run_id, job = ?assignment.job, "preparing the run");
-    let (logs, upload) = supervisor::start_log(&context, assignment, assignment.log_next_seq);
+    let first_seq = log_position(&context.client, assignment).await;
+    let (logs, upload) = supervisor::start_log(&context, assignment, first_seq);
     let workspace = context.workspace(assignment.run_id);
     let prepared =
         match supervisor::prepare_run(&context, assignment, &workspace, &logs, &stop, deadline)
@@ -61,6 +63,19 @@ pub async fn init(
         crate::workspace::remove(&workspace).await;
     }
     handed_over.map_err(PodError::RunFailed)
+}
+
+/// Where init's lines go in the run log. The operator may have written there after its
+/// poll (why the Pod was pending), so the assignment's position can be behind the
+/// server's: chunks below the server's position would be taken for ones it has.
+async fn log_position(client: &AgentClient, assignment: &Assignment) -> u64 {
+    match client.upload_logs(assignment.run_id, Vec::new()).await {
+        Ok(next_seq) => next_seq.max(assignment.log_next_seq),
+        Err(error) => {
+            tracing::warn!(run = %assignment.run_id, %error, "cannot learn where the run log ends; going on from the assignment's position");
+            assignment.log_next_seq
+        }
+    }
 }
 
 /// Everything the worker and the sidecar need from init, after the preparation.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use gantry_domain::{LauncherId, RunId, WorkerId};
 use gantry_launcher::{AgentClient, LauncherConfig};
-use gantry_proto::agent::{Acknowledge, Assignment, Heartbeat, Job, WorkerRegistration};
+use gantry_proto::agent::{Acknowledge, Assignment, Heartbeat, Job, LogUpload, WorkerRegistration};
 use gantry_testkit::{GitRepository, MARKER_OUTPUT};
 use serde_json::Value;
 
@@ -121,6 +121,14 @@ impl Operator {
         self.runtime.block_on(self.client.acknowledge(assignment.run_id, &acknowledge)).unwrap();
         self.running.lock().unwrap().push(assignment.run_id);
         assignment
+    }
+
+    /// Writes a line into the run log where the server's log ends, as the operator says
+    /// why a run's Pod is pending before the Pod's containers write.
+    fn note(&self, run_id: RunId, line: &str) {
+        let next = self.runtime.block_on(self.client.upload_logs(run_id, Vec::new())).unwrap();
+        let chunk = LogUpload { seq: next, text: format!("{line}\n") };
+        self.runtime.block_on(self.client.upload_logs(run_id, vec![chunk])).unwrap();
     }
 
     /// Whether the server wants the run stopped: what the operator learns before it
@@ -380,6 +388,8 @@ fn a_tracked_run_plans_in_one_pod_and_applies_in_another_with_only_ciphertext_on
 
     let plan = setup.operator.take_assignment(Job::Plan);
     assert_eq!(plan.run_id.to_string(), id(&run));
+    // Written after the poll: the assignment's log position is behind it.
+    setup.operator.note(plan.run_id, "The run's Pod waits for a node");
     let plan_pod = Pod::new(&setup.operator, &plan);
     let plan_worker_environment = plan_pod.run_to_end(&forbidden);
     let waiting = setup.wait_for(&run, &["UNCONFIRMED", "FAILED", "FINISHED"]);
@@ -415,6 +425,7 @@ fn a_tracked_run_plans_in_one_pod_and_applies_in_another_with_only_ciphertext_on
     assert_in_order(
         &log,
         &[
+            "The run's Pod waits for a node",
             "Preparing the workspace on",
             "Checked out",
             "The stack has no state yet",
