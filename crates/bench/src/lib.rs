@@ -5,12 +5,15 @@
 //! its first log chunk and the worker's first line arrived, when it finished.
 //! `envelope` (in `envelope.rs`) measures sealing and opening run state. `fleet` (in
 //! `fleet/`) measures dispatch with a thousand simulated idle workers against a server
-//! process on SQLite, or against one or several replicas on PostgreSQL.
+//! process on SQLite, or against one or several replicas on PostgreSQL. `pod` (in `pod.rs`)
+//! times building a run's Pod and Secret as the operator does.
 
 mod envelope;
 mod fleet;
+mod pod;
 
 pub use envelope::{EnvelopeMeasures, envelope, envelope_report};
+pub use pod::{PodSpecMeasures, pod_spec, pod_spec_report};
 pub use fleet::{
     DatabaseStats, FleetDatabase, FleetMeasures, FleetOptions, LatencySummary, PhaseCpu,
     ReplicaPaths, StatementStats, WalStats, fleet, fleet_report,

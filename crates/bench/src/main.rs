@@ -1,6 +1,6 @@
 //! `gantry-bench`: Gantry's benchmarks through real components. Build in release mode:
 //! `cargo build --release --workspace --bins && target/release/gantry-bench dispatch`
-//! (or `envelope`, or `fleet`).
+//! (or `envelope`, `fleet`, `pod-spec`).
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +38,16 @@ enum Benchmark {
         /// How many of each key operation to time (the table shows the median)
         #[arg(long, default_value_t = 50)]
         samples: usize,
+    },
+    /// Building a run pod as the Kubernetes operator does: the Pod and Secret from an
+    /// assignment and a WorkerPool, alone and serialized to JSON, on one thread
+    PodSpec {
+        /// Batches to time (the table shows the batches' per-pod means)
+        #[arg(long, default_value_t = 200)]
+        batches: usize,
+        /// Pods built per batch
+        #[arg(long, default_value_t = 100)]
+        batch_size: usize,
     },
     /// Dispatch at scale: `gantry server` processes (next to this binary) on SQLite or
     /// PostgreSQL, a fleet of simulated launchers in long-poll, no-op runs; latency,
@@ -128,6 +138,14 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new()?;
             let measures = runtime.block_on(gantry_bench::fleet(&options))?;
             print!("{}", gantry_bench::fleet_report(&measures));
+        }
+        Benchmark::PodSpec { batches, batch_size } => {
+            anyhow::ensure!(
+                batches > 0 && batch_size > 0,
+                "--batches and --batch-size must be at least 1"
+            );
+            let measures = gantry_bench::pod_spec(batches, batch_size)?;
+            print!("{}", gantry_bench::pod_spec_report(batches, batch_size, &measures));
         }
     }
     Ok(())
