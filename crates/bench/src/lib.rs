@@ -13,11 +13,11 @@ mod fleet;
 mod pod;
 
 pub use envelope::{EnvelopeMeasures, envelope, envelope_report};
-pub use pod::{PodSpecMeasures, pod_spec, pod_spec_report};
 pub use fleet::{
     DatabaseStats, FleetDatabase, FleetMeasures, FleetOptions, LatencySummary, PhaseCpu,
     ReplicaPaths, StatementStats, WalStats, fleet, fleet_report,
 };
+pub use pod::{PodSpecMeasures, pod_spec, pod_spec_report};
 
 use std::path::PathBuf;
 use std::sync::Arc;
