@@ -150,18 +150,25 @@ pub(crate) async fn prepare_run(
     let preparing_since = std::time::Instant::now();
     let prepared = tokio::select! {
         prepared = tokio::time::timeout_at(deadline.min(silence_deadline), prepare(context, assignment, workspace, logs)) => {
-            prepared.unwrap_or_else(|_| {
+            Some(prepared.unwrap_or_else(|_| {
                 Err(if deadline <= silence_deadline { timeout_message(context) } else { silence_message(context) })
-            })
+            }))
         }
-        () = stop.cancelled() => Err("The run was stopped while its workspace was prepared".to_owned()),
+        () = stop.cancelled() => None,
     };
     context.metrics.stage_took(Stage::Preparing, preparing_since);
     match prepared {
-        Ok(prepared) => Some(prepared),
-        Err(message) => {
+        Some(Ok(prepared)) => Some(prepared),
+        Some(Err(message)) => {
             logs.append(&format!("\n{message}\n"));
             conclude_failed(context, logs, run_id, message).await;
+            None
+        }
+        None => {
+            // As for a running worker: the server ends the run STOPPED when a user asked
+            // for it, FAILED when the launcher (or the Pod) is going away.
+            logs.append("\nThe run was stopped while its workspace was prepared.\n");
+            conclude(context, logs, run_id, RunReport::Stopped).await;
             None
         }
     }

@@ -49,7 +49,7 @@ pub async fn init(
                 logs.finish(upload).await;
                 // A workspace volume may outlive the Pod: no sidecar comes to clean up.
                 crate::workspace::remove(&workspace).await;
-                return Err(PodError::RunFailed("the preparation failed".to_owned()));
+                return Err(PodError::RunFailed("it did not start; its log says why".to_owned()));
             }
         };
     let handed_over =

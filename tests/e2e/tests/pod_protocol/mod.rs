@@ -556,3 +556,42 @@ fn a_user_s_stop_deletes_the_pod_and_the_run_ends_stopped() {
     assert_in_order(&log, &["▶ Performing", "The run was stopped."]);
     assert!(processes_running("sleep 42.7").is_empty(), "the command was stopped with the worker");
 }
+
+#[test]
+fn a_user_s_stop_while_init_prepares_ends_the_run_stopped() {
+    let setup = Setup::start();
+    // A git server that accepts connections and never answers: the checkout hangs.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().collect();
+        drop(held);
+    });
+    setup.stack("hanging", &format!("http://127.0.0.1:{port}/infra.git"), &[]);
+    let run = setup.cluster.gantry.trigger("hanging", &[]);
+    let assignment = setup.operator.take_assignment(Job::Plan);
+    let pod = Pod::new(&setup.operator, &assignment);
+    let mut init = pod.launcher("init").spawn().unwrap();
+    setup.cluster.gantry.wait_for(Duration::from_secs(60), || {
+        setup.cluster.gantry.log(&run).contains("Preparing the workspace on").then_some(())
+    });
+
+    setup.cluster.gantry.ok(&["run", "stop", id(&run)]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !setup.operator.told_to_stop(assignment.run_id) {
+        assert!(Instant::now() < deadline, "the operator was never told to stop the run");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Deleting the Pod while its init container runs.
+    signal(&init, "TERM");
+    let status = wait_with_timeout(&mut init, Duration::from_secs(60));
+    assert_eq!(status, Some(1), "init:\n{}", pod.output_of("init"));
+
+    let stopped = setup.wait_for(&run, &["STOPPED", "FAILED", "FINISHED"]);
+    assert_eq!(stopped["state"], "STOPPED", "{stopped}");
+    let log = setup.cluster.gantry.log(&stopped);
+    assert_in_order(
+        &log,
+        &["Preparing the workspace on", "The run was stopped while its workspace was prepared."],
+    );
+}
