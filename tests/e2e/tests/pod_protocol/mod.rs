@@ -131,12 +131,18 @@ impl Operator {
         self.runtime.block_on(self.client.upload_logs(run_id, vec![chunk])).unwrap();
     }
 
-    /// Whether the server wants the run stopped: what the operator learns before it
-    /// deletes a Pod.
-    fn told_to_stop(&self, run_id: RunId) -> bool {
-        let polled =
-            self.runtime.block_on(self.client.poll(Duration::from_secs(0), Vec::new())).unwrap();
-        polled.stop_run_ids.contains(&run_id)
+    /// Waits until the server tells the operator to stop the run, which is when the
+    /// operator deletes the run's Pod.
+    fn wait_until_told_to_stop(&self, run_id: RunId) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let polled = self.runtime.block_on(self.client.poll(Duration::ZERO, Vec::new()));
+            if polled.unwrap().stop_run_ids.contains(&run_id) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the operator was never told to stop the run");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -539,11 +545,7 @@ fn a_user_s_stop_deletes_the_pod_and_the_run_ends_stopped() {
     let run_id: RunId = id(&task).parse().unwrap();
 
     setup.cluster.gantry.ok(&["run", "stop", id(&task)]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !setup.operator.told_to_stop(run_id) {
-        assert!(Instant::now() < deadline, "the operator was never told to stop the run");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    setup.operator.wait_until_told_to_stop(run_id);
     // Deleting the Pod: kubelet terminates the worker container, then the sidecar.
     signal(&running.worker, "TERM");
     let worker = wait_with_timeout(&mut running.worker, Duration::from_secs(30));
@@ -577,11 +579,7 @@ fn a_user_s_stop_while_init_prepares_ends_the_run_stopped() {
     });
 
     setup.cluster.gantry.ok(&["run", "stop", id(&run)]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !setup.operator.told_to_stop(assignment.run_id) {
-        assert!(Instant::now() < deadline, "the operator was never told to stop the run");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    setup.operator.wait_until_told_to_stop(assignment.run_id);
     // Deleting the Pod while its init container runs.
     signal(&init, "TERM");
     let status = wait_with_timeout(&mut init, Duration::from_secs(60));
