@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use gantry_operator::pod::RunPodSettings;
+use gantry_operator::config::OperatorConfig;
 use gantry_testkit::helm::{
     at, check_values_references, helm, lint_chart, named, of_kind, only, parse_yaml, read,
     render_chart, text,
@@ -57,6 +57,12 @@ fn environment(documents: &[Value]) -> BTreeMap<String, String> {
             (text(variable, "name").to_owned(), value.to_owned())
         })
         .collect()
+}
+
+/// The operator's configuration from the rendered env, through its own parser.
+fn operator_config(documents: &[Value]) -> OperatorConfig {
+    OperatorConfig::from_env(&environment(documents))
+        .unwrap_or_else(|e| panic!("the operator refuses the rendered settings: {e}"))
 }
 
 fn kinds(documents: &[Value]) -> BTreeSet<String> {
@@ -110,10 +116,9 @@ fn by_default_the_operator_serves_its_own_namespace_with_a_role() {
     assert_eq!(text(binding, "roleRef.kind"), "Role");
     check_binding(&documents, binding, role);
 
-    let env = environment(&documents);
-    assert_eq!(env["GANTRY_OPERATOR_WATCH_NAMESPACE"], "gantry");
-    let settings = RunPodSettings::from_env(&env)
-        .unwrap_or_else(|e| panic!("the operator refuses the rendered settings: {e}"));
+    let config = operator_config(&documents);
+    assert_eq!(config.watch_namespace.as_deref(), Some("gantry"));
+    let settings = config.pod;
     let image = text(operator_container(&documents), "image");
     assert_eq!(image, "ghcr.io/gantry-dev/gantry-operator:0.1.0");
     assert_eq!(settings.launcher_image, image, "run pods' launcher containers use this image");
@@ -131,7 +136,7 @@ fn another_namespace_is_served_with_a_role_there() {
     assert_eq!(text(binding, "metadata.namespace"), "runs");
     // The account stays in the release's namespace.
     assert_eq!(text(binding, "subjects.0.namespace"), "gantry");
-    assert_eq!(environment(&documents)["GANTRY_OPERATOR_WATCH_NAMESPACE"], "runs");
+    assert_eq!(operator_config(&documents).watch_namespace.as_deref(), Some("runs"));
 }
 
 #[test]
@@ -144,9 +149,9 @@ fn cluster_scope_serves_every_namespace_with_a_cluster_role() {
     assert!(role.get("metadata").unwrap().get("namespace").is_none());
     check_binding(&documents, only(&documents, "ClusterRoleBinding"), role);
 
-    let env = environment(&documents);
-    assert!(!env.contains_key("GANTRY_OPERATOR_WATCH_NAMESPACE"), "{env:?}");
-    let settings = RunPodSettings::from_env(&env).unwrap();
+    let config = operator_config(&documents);
+    assert_eq!(config.watch_namespace, None, "every namespace");
+    let settings = config.pod;
     assert_eq!(
         settings.launcher_image,
         "registry.example.com/mirror/gantry-dev/gantry-operator:0.1.0-patched"
@@ -156,6 +161,7 @@ fn cluster_scope_serves_every_namespace_with_a_cluster_role() {
         Some("registry.example.com/mirror/gantry-dev/runner:1.9")
     );
     assert_eq!(settings.run_timeout, std::time::Duration::from_secs(7200));
+    let env = environment(&documents);
     assert_eq!(env["GANTRY_LOG"], "debug");
     assert_eq!(env["TZ"], "UTC");
     check_common(&documents);
@@ -182,8 +188,7 @@ fn check_common(documents: &[Value]) {
     assert_eq!(at(security, "allowPrivilegeEscalation").as_bool(), Some(false));
 
     // Metrics: the listener, the container's port and the Service agree.
-    let env = environment(documents);
-    let listen: std::net::SocketAddr = env["GANTRY_OPERATOR_METRICS_LISTEN"].parse().unwrap();
+    let listen = operator_config(documents).metrics_listen.expect("metrics are on");
     assert!(listen.ip().is_unspecified(), "metrics must listen on the pod's address");
     let port = at(named(container, "ports", "metrics"), "containerPort").as_u64().unwrap();
     assert_eq!(u64::from(listen.port()), port);
