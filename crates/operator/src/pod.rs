@@ -11,7 +11,7 @@ use gantry_domain::options::{self, Env, OptionError};
 use gantry_proto::agent::{Assignment, Job};
 // The protocol's variables and file names, shared with the launcher's `init` and
 // `sidecar` modes, which read them.
-use gantry_proto::local::{CAPABILITY_ENV, SOCKET_ENV};
+use gantry_proto::local::{CAPABILITY_ENV, SOCKET_ENV, SOCKET_WAIT_ENV};
 use gantry_proto::pod::{
     ASSIGNMENT_FILE_ENV, BINARIES_DIR_ENV, LAUNCHER_ID_ENV, SOCKET_DIR_ENV, SOCKET_FILE,
     WORKER_BINARY_FILE, WORKSPACE_DIR_ENV,
@@ -69,6 +69,14 @@ pub const DEADLINE_MARGIN: Duration = Duration::from_secs(5 * 60);
 /// The longest Pod name (and label value) produced: a Pod's hostname is its name, and a
 /// hostname label holds at most 63 characters.
 pub const MAX_NAME_LENGTH: usize = 63;
+
+/// How long the worker waits for the sidecar's socket.
+pub const SOCKET_WAIT: Duration = Duration::from_secs(120);
+
+/// The Pod's grace after a deletion (a stop) unless the pool sets one: the worker
+/// stops terraform, then the sidecar stores the state and uploads the last logs, which
+/// Kubernetes' default 30 s may not cover for a large state.
+pub const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 300;
 
 /// PATH of the worker container: the binaries the `init` container fetched come first.
 const WORKER_PATH: &str =
@@ -345,6 +353,9 @@ pub fn build_run_pod(
         vec![
             value(SOCKET_ENV, &format!("{SOCKET_PATH}/{SOCKET_FILE}")),
             capability(&name),
+            // A native sidecar counts as started once its process runs, maybe before
+            // its socket is bound: the worker waits for it.
+            value(SOCKET_WAIT_ENV, &SOCKET_WAIT.as_secs().to_string()),
             value("PATH", WORKER_PATH),
         ],
         vec![
@@ -386,7 +397,11 @@ pub fn build_run_pod(
         spec: Some(PodSpec {
             restart_policy: Some("Never".to_owned()),
             active_deadline_seconds: Some(active_deadline_seconds(options, settings.run_timeout)),
-            termination_grace_period_seconds: options.termination_grace_period_seconds,
+            termination_grace_period_seconds: Some(
+                options
+                    .termination_grace_period_seconds
+                    .unwrap_or(DEFAULT_TERMINATION_GRACE_SECONDS),
+            ),
             init_containers: Some(init_containers),
             containers,
             volumes: Some(volumes),

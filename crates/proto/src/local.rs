@@ -12,6 +12,9 @@ use crate::agent::{Directive, Job, RunReport};
 pub const SOCKET_ENV: &str = "GANTRY_WORKER_SOCKET";
 /// Environment variable holding the run's capability.
 pub const CAPABILITY_ENV: &str = "GANTRY_WORKER_CAPABILITY";
+/// Environment variable: how many seconds the worker waits for the launcher's socket to
+/// appear (a Kubernetes run Pod's sidecar may still be binding it); 0 when unset.
+pub const SOCKET_WAIT_ENV: &str = "GANTRY_WORKER_SOCKET_WAIT_SECONDS";
 /// Environment variable holding the process id of a launcher that started the worker as
 /// its child: the worker then ends when that launcher dies.
 pub const LAUNCHER_PID_ENV: &str = "GANTRY_LAUNCHER_PID";

@@ -31,6 +31,10 @@ const LOGS: Endpoint =
 const REPORTS: Endpoint =
     Endpoint { method: Method::POST, path: "/v1/reports", request: "POST /v1/reports" };
 
+fn socket_not_ready(error: &std::io::Error) -> bool {
+    matches!(error.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused)
+}
+
 /// The longest piece of a non-JSON error body quoted in an error message.
 const MAX_QUOTED_BODY: usize = 200;
 
@@ -46,6 +50,7 @@ struct Endpoint {
 pub(crate) struct LauncherClient {
     socket_path: Arc<Path>,
     authorization: HeaderValue,
+    socket_wait: std::time::Duration,
 }
 
 impl LauncherClient {
@@ -53,11 +58,24 @@ impl LauncherClient {
         Self {
             socket_path: Arc::from(config.socket_path.as_path()),
             authorization: config.authorization.clone(),
+            socket_wait: config.socket_wait,
         }
     }
 
+    /// The first request waits up to `socket_wait` for the socket: in a Kubernetes run
+    /// Pod the worker container may start while the launcher sidecar still binds it.
     pub(crate) async fn job(&self) -> Result<WorkerJob, WorkerError> {
-        let answer = self.exchange(&JOB, None).await?;
+        let started = std::time::Instant::now();
+        let answer = loop {
+            match self.exchange(&JOB, None).await {
+                Err(WorkerError::Connect { source, .. })
+                    if socket_not_ready(&source) && started.elapsed() < self.socket_wait =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                answer => break answer?,
+            }
+        };
         parse(&JOB, &answer)
     }
 
@@ -148,6 +166,33 @@ fn error_message(status: StatusCode, answer: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_first_request_waits_for_a_socket_that_appears_late() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket_path = dir.path().join("worker.sock");
+        let client = LauncherClient {
+            socket_path: Arc::from(socket_path.as_path()),
+            authorization: HeaderValue::from_static("Bearer capability"),
+            socket_wait: std::time::Duration::from_secs(30),
+        };
+        let job = tokio::spawn(async move { client.job().await });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let listener = tokio::net::UnixListener::bind(&socket_path).unwrap();
+        let (mut stream, _) = listener.accept().await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut request = vec![0u8; 4096];
+        let read = stream.read(&mut request).await.unwrap();
+        assert!(String::from_utf8_lossy(&request[..read]).starts_with("GET /v1/job"));
+        let body = r#"{"error":{"code":"unauthorized","message":"bad capability"}}"#;
+        let answer = format!(
+            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(answer.as_bytes()).await.unwrap();
+        let error = job.await.unwrap().unwrap_err().to_string();
+        assert!(error.contains("bad capability"), "the request reached the late socket: {error}");
+    }
 
     fn check(answer: &str, expect: &str) {
         assert_eq!(error_message(StatusCode::UNAUTHORIZED, answer.as_bytes()), expect);

@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use gantry_proto::local::{CAPABILITY_ENV, SOCKET_ENV};
+use gantry_proto::local::{CAPABILITY_ENV, SOCKET_ENV, SOCKET_WAIT_ENV};
 use hyper::header::HeaderValue;
 
 use crate::WorkerError;
@@ -15,6 +15,8 @@ pub struct Config {
     pub socket_path: PathBuf,
     /// `Bearer <capability>`, marked sensitive so that `Debug` never shows it.
     pub(crate) authorization: HeaderValue,
+    /// How long the first request waits for the socket to appear ([`SOCKET_WAIT_ENV`]).
+    pub socket_wait: std::time::Duration,
 }
 
 impl Config {
@@ -43,7 +45,21 @@ impl Config {
         let mut authorization =
             HeaderValue::from_str(&format!("Bearer {capability}")).map_err(|_| invalid())?;
         authorization.set_sensitive(true);
-        Ok(Self { socket_path: PathBuf::from(socket_path), authorization })
+        let socket_wait = match lookup(SOCKET_WAIT_ENV).filter(|value| !value.is_empty()) {
+            None => 0,
+            Some(value) => {
+                let text = value.to_string_lossy().into_owned();
+                text.trim().parse::<u64>().map_err(|_| WorkerError::InvalidSeconds {
+                    variable: SOCKET_WAIT_ENV,
+                    value: text,
+                })?
+            }
+        };
+        Ok(Self {
+            socket_path: PathBuf::from(socket_path),
+            authorization,
+            socket_wait: std::time::Duration::from_secs(socket_wait),
+        })
     }
 }
 
@@ -66,6 +82,25 @@ mod tests {
             (Err(error), Err(message)) => assert_eq!(error.to_string(), message),
             (result, expect) => panic!("got {result:?}, expected {expect:?}"),
         }
+    }
+
+    #[test]
+    fn the_socket_wait_is_seconds_and_zero_unless_set() {
+        let base = [(SOCKET_ENV, "/s"), (CAPABILITY_ENV, "c")];
+        let read = |extra: &[(&str, &str)]| {
+            let variables: HashMap<String, OsString> = base
+                .iter()
+                .chain(extra)
+                .map(|(name, value)| (name.to_string(), value.into()))
+                .collect();
+            Config::from_lookup(|name| variables.get(name).cloned())
+        };
+        assert_eq!(read(&[]).unwrap().socket_wait, std::time::Duration::ZERO);
+        assert_eq!(read(&[(SOCKET_WAIT_ENV, "90")]).unwrap().socket_wait.as_secs(), 90);
+        assert_eq!(
+            read(&[(SOCKET_WAIT_ENV, "soon")]).unwrap_err().to_string(),
+            "GANTRY_WORKER_SOCKET_WAIT_SECONDS is \"soon\": expected a number of seconds"
+        );
     }
 
     #[test]

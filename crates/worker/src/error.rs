@@ -39,6 +39,9 @@ pub enum WorkerError {
     #[error("{variable} is not a valid bearer token: expected visible ASCII characters")]
     InvalidCapability { variable: &'static str },
 
+    #[error("{variable} is {value:?}: expected a number of seconds")]
+    InvalidSeconds { variable: &'static str, value: String },
+
     #[error("GANTRY_LAUNCHER_PID is {value:?}: expected a process id")]
     InvalidLauncherPid { value: String },
 
@@ -70,6 +73,7 @@ impl WorkerError {
             // EX_USAGE from sysexits.h.
             Self::MissingVariable { .. }
             | Self::InvalidCapability { .. }
+            | Self::InvalidSeconds { .. }
             | Self::InvalidLauncherPid { .. } => 64,
             // EX_SOFTWARE: without its launcher the worker can do nothing useful.
             Self::Signals(_)
