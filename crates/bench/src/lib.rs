@@ -5,12 +5,14 @@
 //! its first log chunk and the worker's first line arrived, when it finished.
 //! `envelope` (in `envelope.rs`) measures sealing and opening run state. `fleet` (in
 //! `fleet/`) measures dispatch with a thousand simulated idle workers against a server
-//! process on SQLite, or against one or several replicas on PostgreSQL. `pod` (in `pod.rs`)
-//! times building a run's Pod and Secret as the operator does.
+//! process on SQLite, or against one or several replicas on PostgreSQL. `workers` (in
+//! `workers.rs`) measures the operator's worker scale-out: identities and registration.
+//! `pod` (in `pod.rs`) times building a run's Pod and Secret as the operator does.
 
 mod envelope;
 mod fleet;
 mod pod;
+mod workers;
 
 pub use envelope::{EnvelopeMeasures, envelope, envelope_report};
 pub use fleet::{
@@ -18,6 +20,7 @@ pub use fleet::{
     ReplicaPaths, StatementStats, WalStats, fleet, fleet_report,
 };
 pub use pod::{PodSpecMeasures, pod_spec, pod_spec_report};
+pub use workers::{ScaleOut, workers, workers_report};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -88,6 +88,16 @@ enum Benchmark {
         #[arg(long)]
         database_stats: bool,
     },
+    /// Worker scale-out as the Kubernetes operator does it: an Ed25519 identity per
+    /// worker and registration with a server on loopback (goal: 1,000 workers a second)
+    Workers {
+        /// Workers per scale-out
+        #[arg(long, default_value_t = 1000)]
+        workers: usize,
+        /// Scale-outs to time (all on one pool)
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -109,6 +119,12 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(samples > 0, "--samples must be at least 1");
             let measures = gantry_bench::envelope(size_mib, samples)?;
             print!("{}", gantry_bench::envelope_report(size_mib, samples, &measures));
+        }
+        Benchmark::Workers { workers, rounds } => {
+            anyhow::ensure!(workers > 0 && rounds > 0, "--workers and --rounds must be at least 1");
+            let runtime = tokio::runtime::Runtime::new()?;
+            let measures = runtime.block_on(gantry_bench::workers(workers, rounds))?;
+            print!("{}", gantry_bench::workers_report(workers, &measures));
         }
         Benchmark::Fleet {
             database,
