@@ -11,7 +11,7 @@ fn committed_crds_match_the_rust_types() {
     assert!(
         COMMITTED == generated,
         "deploy/crds/workers.gantry.dev.yaml is out of date: run \
-         `cargo run -p gantry-operator --bin gantry-crdgen deploy/crds/workers.gantry.dev.yaml`"
+         `cargo run -p gantry-operator --bin gantry-crdgen deploy/crds/workers.gantry.dev.yaml deploy/helm/gantry-operator/files/workers.gantry.dev.yaml`"
     );
 }
 
