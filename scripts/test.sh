@@ -86,9 +86,10 @@ require_postgres() {
 require_postgres
 postgres_dir=$(mktemp -d)
 chmod 755 "$postgres_dir"  # the cluster runs as the postgres user when this runs as root
-GANTRY_TEST_POSTGRES_URL=$(target/debug/gantry-test-postgres start "$postgres_dir/cluster")
+test_postgres="${CARGO_TARGET_DIR:-target}/debug/gantry-test-postgres"
+GANTRY_TEST_POSTGRES_URL=$("$test_postgres" start "$postgres_dir/cluster")
 export GANTRY_TEST_POSTGRES_URL
-trap 'target/debug/gantry-test-postgres stop "$postgres_dir/cluster" >/dev/null 2>&1 || true; rm -rf "$postgres_dir"' EXIT
+trap '"$test_postgres" stop "$postgres_dir/cluster" >/dev/null 2>&1 || true; rm -rf "$postgres_dir"' EXIT
 
 echo "==> tests"
 cargo nextest run --workspace --locked --no-fail-fast "$@"
