@@ -381,49 +381,8 @@ async fn an_assignment_becomes_one_pod_and_scale_down_keeps_the_busy_worker_unti
     let agent = ctx.agent(&pool).await.expect("the pool has a session");
     let assignment = next_assignment(&agent).await;
     assert_eq!(assignment.run_id.to_string(), run_id);
-    let ctx_for_run = Arc::clone(&ctx);
-    let agent_for_run = Arc::clone(&agent);
-    let starting =
-        tokio::spawn(async move { start_run(&ctx_for_run, &agent_for_run, assignment).await });
-    let (secret, respond) = expect(&mut handle, Method::POST, SECRETS).await;
-    let pod_name = secret["metadata"]["name"].as_str().unwrap().to_owned();
-    let run_spec: Value =
-        serde_json::from_str(secret["stringData"]["assignment.json"].as_str().unwrap()).unwrap();
-    assert_eq!(run_spec["run_id"], run_id.as_str());
-    created(respond, secret);
-    let (pod, respond) = expect(&mut handle, Method::POST, PODS).await;
-    assert_eq!(pod["metadata"]["name"], pod_name.as_str());
-    assert_eq!(pod["metadata"]["labels"]["workers.gantry.dev/run-id"], run_id.as_str());
-    assert_eq!(pod["metadata"]["annotations"]["workers.gantry.dev/job"], "plan");
-    assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "WorkerPool");
-    assert_eq!(pod["spec"]["restartPolicy"], "Never");
-    let containers: Vec<&str> = pod["spec"]["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(containers, ["worker"]);
-    let init: Vec<&str> = pod["spec"]["initContainers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(init, ["init", "launcher-sidecar"]);
-    assert_eq!(pod["spec"]["containers"][0]["image"], "registry.example.com/runner:1");
-    let worker_env = pod["spec"]["containers"][0]["env"].to_string();
-    assert!(!worker_env.contains("GANTRY_POOL_PRIVATE_KEY"), "{worker_env}");
-    let pod = created(respond, pod);
-    let (owner_patch, respond) =
-        expect(&mut handle, Method::PATCH, &format!("{SECRETS}/{pod_name}")).await;
-    assert_eq!(owner_patch["metadata"]["ownerReferences"][0]["kind"], "Pod");
-    reply(
-        respond,
-        StatusCode::OK,
-        &json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": pod_name } }),
-    );
-    starting.await.unwrap().unwrap();
+    let pod = serve_start_run(&mut handle, &ctx, &pool, &agent, assignment).await;
+    let pod_name = pod["metadata"]["name"].as_str().unwrap().to_owned();
     let busy_worker =
         pod["metadata"]["labels"]["workers.gantry.dev/worker"].as_str().unwrap().to_owned();
 
@@ -509,6 +468,110 @@ async fn an_assignment_becomes_one_pod_and_scale_down_keeps_the_busy_worker_unti
     reply(respond, StatusCode::OK, &pool_object());
     pass.await.unwrap().unwrap();
     assert!(world.server_workers().await.is_empty());
+}
+
+/// Serves `start_run` of the assignment: the Secret, then the Pod, which must be exactly
+/// what the builder makes (plus its owner and job annotation), then the Secret's owner.
+async fn serve_start_run(
+    handle: &mut ApiHandle,
+    ctx: &Arc<Context>,
+    pool: &WorkerPool,
+    agent: &Arc<gantry_operator::agent::PoolAgent>,
+    assignment: gantry_proto::agent::Assignment,
+) -> Value {
+    let run_id = assignment.run_id.to_string();
+    let worker_name = agent.state.lock().await.workers[&assignment.worker_id].clone();
+    let launcher_id = agent.launcher_id.to_string();
+    let built = gantry_operator::pod::build_run_pod(
+        &ctx.config.pod,
+        &gantry_operator::pod::RunPodRequest {
+            pool,
+            worker_name: &worker_name,
+            assignment: &assignment,
+            launcher_id: &launcher_id,
+            capability: "not part of the pod",
+        },
+    )
+    .unwrap();
+    let mut expected = serde_json::to_value(&built.pod).unwrap();
+    expected["metadata"]["ownerReferences"] =
+        json!([kube::Resource::controller_owner_ref(pool, &()).unwrap()]);
+    expected["metadata"]["annotations"]["workers.gantry.dev/job"] = json!("plan");
+    let ctx_for_run = Arc::clone(ctx);
+    let agent_for_run = Arc::clone(agent);
+    let starting =
+        tokio::spawn(async move { start_run(&ctx_for_run, &agent_for_run, assignment).await });
+    let (secret, respond) = expect(handle, Method::POST, SECRETS).await;
+    let pod_name = secret["metadata"]["name"].as_str().unwrap().to_owned();
+    let run_spec: Value =
+        serde_json::from_str(secret["stringData"]["assignment.json"].as_str().unwrap()).unwrap();
+    assert_eq!(run_spec["run_id"], run_id.as_str());
+    created(respond, secret);
+    let (pod, respond) = expect(handle, Method::POST, PODS).await;
+    assert_eq!(pod, expected, "the Pod created is exactly the one built");
+    assert_eq!(pod["metadata"]["name"], pod_name.as_str());
+    assert_eq!(pod["metadata"]["labels"]["workers.gantry.dev/run-id"], run_id.as_str());
+    assert_eq!(pod["metadata"]["annotations"]["workers.gantry.dev/job"], "plan");
+    assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "WorkerPool");
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+    let containers: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(containers, ["worker"]);
+    let init: Vec<&str> = pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(init, ["init", "launcher-sidecar"]);
+    assert_eq!(pod["spec"]["containers"][0]["image"], "registry.example.com/runner:1");
+    let worker_env = pod["spec"]["containers"][0]["env"].to_string();
+    assert!(!worker_env.contains("GANTRY_POOL_PRIVATE_KEY"), "{worker_env}");
+    let pod = created(respond, pod);
+    let (owner_patch, respond) =
+        expect(handle, Method::PATCH, &format!("{SECRETS}/{pod_name}")).await;
+    assert_eq!(owner_patch["metadata"]["ownerReferences"][0]["kind"], "Pod");
+    reply(
+        respond,
+        StatusCode::OK,
+        &json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": pod_name } }),
+    );
+    starting.await.unwrap().unwrap();
+    pod
+}
+
+#[tokio::test]
+async fn a_stop_requested_by_a_user_deletes_the_run_pod() {
+    let world = World::start().await;
+    let (kube, mut handle) = mock();
+    let ctx = context(kube);
+    let pool = Arc::new(worker_pool(1));
+    let pass = tokio::spawn(reconcile(Arc::clone(&pool), Arc::clone(&ctx)));
+    scale_up(&mut handle, &world, 1).await;
+    pass.await.unwrap().unwrap();
+    let run_id = queue_run(&world).await;
+    let agent = ctx.agent(&pool).await.unwrap();
+    let assignment = next_assignment(&agent).await;
+    let pod = serve_start_run(&mut handle, &ctx, &pool, &agent, assignment).await;
+    let pod_name = pod["metadata"]["name"].as_str().unwrap().to_owned();
+
+    world.api(Method::POST, &format!("runs/{run_id}/stop"), Some(json!({}))).await;
+    let held = agent.holding().await;
+    assert_eq!(held.len(), 1, "the run is held while its pod runs");
+    let answer = agent.client.poll(std::time::Duration::from_secs(5), held).await.unwrap();
+    assert_eq!(answer.stop_run_ids.iter().map(ToString::to_string).collect::<Vec<_>>(), [run_id]);
+    let stopping = {
+        let (ctx, agent) = (Arc::clone(&ctx), Arc::clone(&agent));
+        let run = answer.stop_run_ids[0];
+        tokio::spawn(async move { gantry_operator::reconcile::stop_run(&ctx, &agent, run).await })
+    };
+    let (_, respond) = expect(&mut handle, Method::DELETE, &format!("{PODS}/{pod_name}")).await;
+    reply(respond, StatusCode::OK, &pod);
+    stopping.await.unwrap().unwrap();
 }
 
 async fn next_assignment(
