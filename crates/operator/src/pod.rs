@@ -13,8 +13,8 @@ use gantry_proto::agent::{Assignment, Job};
 // `sidecar` modes, which read them.
 use gantry_proto::local::{CAPABILITY_ENV, SOCKET_ENV, SOCKET_WAIT_ENV};
 use gantry_proto::pod::{
-    ASSIGNMENT_FILE_ENV, BINARIES_DIR_ENV, LAUNCHER_ID_ENV, SOCKET_DIR_ENV, SOCKET_FILE,
-    WORKER_BINARY_FILE, WORKSPACE_DIR_ENV,
+    ASSIGNMENT_FILE_ENV, BINARIES_DIR_ENV, LAUNCHER_ID_ENV, NOTES_FILE, SOCKET_DIR_ENV,
+    SOCKET_FILE, WORKER_BINARY_FILE, WORKSPACE_DIR_ENV,
 };
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, Pod, PodSpec, Secret,
@@ -290,6 +290,8 @@ pub fn build_run_pod(
         string_data: Some(BTreeMap::from([
             (ASSIGNMENT_KEY.to_owned(), assignment_json),
             (CAPABILITY_KEY.to_owned(), request.capability.to_owned()),
+            // Filled in by the operator while the Pod waits (see NOTES_FILE).
+            (NOTES_FILE.to_owned(), String::new()),
         ])),
         ..Secret::default()
     };
@@ -380,11 +382,16 @@ pub fn build_run_pod(
             secret: Some(SecretVolumeSource {
                 secret_name: Some(name.clone()),
                 // The capability reaches the containers as a variable, not as a file.
-                items: Some(vec![KeyToPath {
-                    key: ASSIGNMENT_KEY.to_owned(),
-                    path: ASSIGNMENT_KEY.to_owned(),
-                    ..KeyToPath::default()
-                }]),
+                items: Some(
+                    [ASSIGNMENT_KEY, NOTES_FILE]
+                        .into_iter()
+                        .map(|key| KeyToPath {
+                            key: key.to_owned(),
+                            path: key.to_owned(),
+                            ..KeyToPath::default()
+                        })
+                        .collect(),
+                ),
                 ..SecretVolumeSource::default()
             }),
             ..Volume::default()

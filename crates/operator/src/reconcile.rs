@@ -321,7 +321,7 @@ async fn observe_pods(
             }
             _ => {
                 remember(agent, pod, run_id).await;
-                if pending_too_long(pool, agent, pod, run_id).await? {
+                if pending_too_long(ctx, pool, agent, pod, run_id).await? {
                     ctx.metrics.pod_never_started(&metrics_label(pool));
                     pods_api.delete(&pod.name_any(), &DeleteParams::default()).await?;
                     continue;
@@ -475,6 +475,7 @@ fn init_started(pod: &Pod) -> bool {
 /// Writes a new pending reason into the run log; once the Pod has waited longer than
 /// the pool allows, fails the run with that reason. `true`: the Pod is to be deleted.
 async fn pending_too_long(
+    ctx: &Context,
     pool: &WorkerPool,
     agent: &PoolAgent,
     pod: &Pod,
@@ -493,11 +494,25 @@ async fn pending_too_long(
         }
         (fresh, held.since.elapsed())
     };
-    if first_note
-        && !init_started(pod)
-        && let Err(error) = agent.note(run_id, &reason).await
-    {
-        tracing::warn!(run = %run_id, %error, "cannot write the pending reason into the run log");
+    if first_note {
+        // Before init starts the operator may write the log itself; from then on the
+        // Pod's sidecar is its only writer, and takes the note from the run's Secret.
+        let written = if init_started(pod) {
+            let secrets: Api<Secret> =
+                Api::namespaced(ctx.kube.clone(), &pool.namespace().unwrap_or_default());
+            let patch =
+                serde_json::json!({ "stringData": { gantry_proto::pod::NOTES_FILE: reason } });
+            secrets
+                .patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(drop)
+                .map_err(|error| error.to_string())
+        } else {
+            agent.note(run_id, &reason).await.map_err(|error| error.to_string())
+        };
+        if let Err(error) = written {
+            tracing::warn!(run = %run_id, %error, "cannot write the pending reason into the run log");
+        }
     }
     if waited < pool.spec.pending_pod_timeout() {
         return Ok(false);

@@ -353,7 +353,8 @@ fn the_pools_volumes_take_gantrys_names() {
     assert_eq!(secret.secret_name, built.secret.metadata.name);
     assert_eq!(
         secret.items.as_ref().unwrap().iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
-        ["assignment.json"]
+        ["assignment.json", "notes"],
+        "the capability is not a file"
     );
 
     let minimal = build(&pool(MINIMAL), &assignment(serde_json::json!({}))).unwrap();

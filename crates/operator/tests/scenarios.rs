@@ -658,6 +658,58 @@ async fn a_pod_that_cannot_be_scheduled_says_why_in_the_run_log_then_fails_the_r
 }
 
 #[tokio::test]
+async fn a_worker_image_that_cannot_be_pulled_is_told_to_the_sidecar_through_the_secret() {
+    let world = World::start().await;
+    let (kube, mut handle) = mock();
+    let ctx = context(kube);
+    let pool = Arc::new(worker_pool(1));
+    let pass = tokio::spawn(reconcile(Arc::clone(&pool), Arc::clone(&ctx)));
+    let workers = scale_up(&mut handle, &world, 1).await;
+    pass.await.unwrap().unwrap();
+    let run_id = queue_run(&world).await;
+    let agent = ctx.agent(&pool).await.unwrap();
+    let assignment = next_assignment(&agent).await;
+    let mut pod = serve_start_run(&mut handle, &ctx, &pool, &agent, assignment).await;
+    let pod_name = pod["metadata"]["name"].as_str().unwrap().to_owned();
+    pod["status"] = json!({
+        "phase": "Pending",
+        "conditions": [{ "type": "PodScheduled", "status": "True" }],
+        "initContainerStatuses": [
+            { "name": "init", "ready": false, "restartCount": 0, "image": "l", "imageID": "",
+              "state": { "terminated": { "exitCode": 0 } } },
+            { "name": "launcher-sidecar", "ready": true, "restartCount": 0, "image": "l", "imageID": "",
+              "state": { "running": {} } },
+        ],
+        "containerStatuses": [{ "name": "worker", "ready": false, "restartCount": 0, "image": "r", "imageID": "",
+            "state": { "waiting": { "reason": "ImagePullBackOff", "message": "Back-off pulling image \"registry.example.com/runner:1\"" } } }],
+    });
+    let mut listed = workers.clone();
+    listed[0]["status"]["state"] = json!("BUSY");
+    listed[0]["status"]["currentRunId"] = json!(run_id);
+    listed[0]["status"]["podName"] = json!(pod_name);
+
+    let pass = tokio::spawn(reconcile(Arc::clone(&pool), Arc::clone(&ctx)));
+    serve_credentials(&mut handle, &world).await;
+    serve_listings(&mut handle, &listed, std::slice::from_ref(&pod)).await;
+    let (patch, respond) =
+        expect(&mut handle, Method::PATCH, &format!("{SECRETS}/{pod_name}")).await;
+    assert_eq!(
+        patch["stringData"]["notes"],
+        "The run pod's container worker cannot start (ImagePullBackOff): Back-off pulling image \"registry.example.com/runner:1\""
+    );
+    reply(
+        respond,
+        StatusCode::OK,
+        &json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": pod_name } }),
+    );
+    let (_, respond) = expect(&mut handle, Method::PATCH, POOL_STATUS).await;
+    reply(respond, StatusCode::OK, &pool_object());
+    pass.await.unwrap().unwrap();
+    let log = world.api(Method::GET, &format!("runs/{run_id}/logs"), None).await.to_string();
+    assert!(!log.contains("ImagePullBackOff"), "the operator leaves the log to the sidecar: {log}");
+}
+
+#[tokio::test]
 async fn without_credentials_the_operator_registers_the_pool_and_keeps_its_key() {
     let world = World::start().await;
     let (kube, mut handle) = mock();

@@ -25,6 +25,11 @@ pub const SOCKET_DIR_ENV: &str = "GANTRY_SOCKET_DIR";
 pub const WORKER_BINARY_FILE: &str = "gantry-worker";
 /// The local API socket's name in the socket volume.
 pub const SOCKET_FILE: &str = "worker.sock";
+/// Beside the assignment file (both from the run's Secret): what the operator sees of
+/// the Pod and its containers cannot, such as a worker image that cannot be pulled. The
+/// sidecar writes each new text into the run log, since it alone writes the log once
+/// init has started.
+pub const NOTES_FILE: &str = "notes";
 /// The hand-off file's name in the workspace volume.
 pub const HANDOFF_FILE: &str = "gantry-handoff.json";
 

@@ -28,6 +28,8 @@ pub struct PodConfig {
     pub assignment: Assignment,
     /// The workspace volume.
     pub workspace_dir: PathBuf,
+    /// The operator's notes on the Pod, beside the assignment file.
+    pub notes_path: PathBuf,
 }
 
 /// `gantry-launcher init`.
@@ -105,7 +107,11 @@ impl PodConfig {
         })?;
         let workspace_dir = directory(env, WORKSPACE_DIR_ENV, "the workspace volume's directory")?;
         let assignment = read_assignment(env)?;
-        Ok(Self { launcher_id, assignment, workspace_dir })
+        let notes_path = options::get(env, ASSIGNMENT_FILE_ENV)
+            .and_then(|file| std::path::Path::new(file).parent())
+            .unwrap_or(std::path::Path::new("."))
+            .join(gantry_proto::pod::NOTES_FILE);
+        Ok(Self { launcher_id, assignment, workspace_dir, notes_path })
     }
 
     /// The launcher's configuration as this Pod uses it: the operator's launcher id, and

@@ -81,7 +81,8 @@ pub async fn sidecar(
         if let Err(error) = open_socket(&socket_path) {
             tracing::warn!(%error, "cannot open the socket to the worker container's user");
         }
-        watch_worker(&context, endpoint, &logs, &terminated, deadline).await
+        watch_worker(&context, endpoint, &logs, &terminated, deadline, &sidecar.pod.notes_path)
+            .await
     };
     let prepared = Prepared { job, managed_state };
     let ending = supervisor::serve_worker(
@@ -118,8 +119,12 @@ async fn watch_worker(
     logs: &LogRelay,
     terminated: &CancellationToken,
     deadline: Instant,
+    notes_path: &std::path::Path,
 ) -> Option<WorkerEnd> {
     let limits = &context.config.limits;
+    let mut notes = OperatorNotes::default();
+    // The first tick is at once: a note left before the sidecar started is logged first.
+    let mut notes_ticks = tokio::time::interval(NOTES_INTERVAL);
     let interruption = loop {
         let silence_deadline = logs.last_activity() + limits.logs_timeout;
         tokio::select! {
@@ -132,6 +137,11 @@ async fn watch_worker(
                 break stopped.then_some(Interruption::Stopped);
             }
             () = tokio::time::sleep_until(deadline) => break Some(Interruption::RunTimeout),
+            _ = notes_ticks.tick() => {
+                if let Some(note) = notes.fresh(notes_path).await {
+                    logs.append(&format!("{note}\n"));
+                }
+            }
             () = tokio::time::sleep_until(silence_deadline) => {
                 if logs.last_activity() + limits.logs_timeout > Instant::now() {
                     continue;
@@ -141,6 +151,28 @@ async fn watch_worker(
         }
     };
     Some(WorkerEnd { interruption, unexplained: WORKER_VANISHED.to_owned() })
+}
+
+/// How often the sidecar looks for a new note from the operator.
+const NOTES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The operator's notes file as last read (kubelet updates a Secret's files in place).
+#[derive(Debug, Default)]
+struct OperatorNotes {
+    last: String,
+}
+
+impl OperatorNotes {
+    /// The file's text when it changed and is not empty.
+    async fn fresh(&mut self, path: &std::path::Path) -> Option<String> {
+        let text = tokio::fs::read_to_string(path).await.ok()?;
+        let text = text.trim();
+        if text.is_empty() || text == self.last {
+            return None;
+        }
+        self.last = text.to_owned();
+        Some(self.last.clone())
+    }
 }
 
 /// Whether the server wants the run stopped: a user asked to, or it ended already. The

@@ -408,6 +408,10 @@ fn a_tracked_run_plans_in_one_pod_and_applies_in_another_with_only_ciphertext_on
     assert!(apply.workspace.is_some(), "the apply receives the stored workspace");
     // A fresh Pod: nothing of the plan's volumes, only what the server hands over.
     let apply_pod = Pod::new(&setup.operator, &apply);
+    // What the operator saw of the Pod after init started reaches the log through the
+    // sidecar, the log's only writer by then (the operator updates the run's Secret).
+    std::fs::write(apply_pod.volume("assignment/notes"), "The runner image is pulled slowly\n")
+        .unwrap();
     let apply_worker_environment = apply_pod.run_to_end(&forbidden);
     let finished = setup.wait_for(&run, &["FINISHED", "FAILED"]);
     assert_eq!(finished["state"], "FINISHED", "{finished}");
@@ -447,6 +451,8 @@ fn a_tracked_run_plans_in_one_pod_and_applies_in_another_with_only_ciphertext_on
         ],
     );
     assert_eq!(log.matches("▶ Planning").count(), 1, "nothing is relayed twice:\n{log}");
+    assert_eq!(log.matches("The runner image is pulled slowly").count(), 1, "{log}");
+    assert_in_order(&log, &["Applying the confirmed plan on", "The runner image is pulled slowly"]);
     let message = finished["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "message");
     assert_eq!(message.unwrap()["value"], "created in a pod");
 
