@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use gantry_crypto::{PoolPrivateKey, PoolToken, generate_pool_key};
+use gantry_crypto::{PoolPrivateKey, PoolToken};
 use gantry_domain::LauncherId;
 use gantry_launcher::AgentClient;
 use gantry_operator::identity::{IDENTITY_METADATA, WorkerIdentity};
 use gantry_proto::agent::{LauncherInfo, PROTOCOL_VERSION, WorkerRegistration};
-use serde_json::json;
 
 /// The operator registers at most this many workers per request (the server's limit).
 const BATCH: usize = 256;
@@ -33,19 +32,9 @@ impl ScaleOut {
 /// `rounds` scale-outs of `workers` each, on one pool of a fresh server.
 pub async fn workers(workers: usize, rounds: usize) -> anyhow::Result<Vec<ScaleOut>> {
     let server = gantry_testkit::TestServer::start().await;
-    let key = generate_pool_key("bench").context("generating the pool key")?;
-    let created: serde_json::Value = server
-        .http()
-        .post(format!("{}/api/v1/pools", server.url))
-        .bearer_auth(&server.admin_key)
-        .json(&json!({ "name": "bench", "csr": key.csr_pem }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let token = PoolToken::decode(created["token"].as_str().context("no token")?)?;
-    let private_key = Arc::new(PoolPrivateKey::from_pem(&key.private_key_pem)?);
+    let created = server.create_pool("bench").await;
+    let token = PoolToken::decode(&created.token).context("the pool's token")?;
+    let private_key = Arc::new(PoolPrivateKey::from_pem(&created.private_key_pem)?);
     let info = LauncherInfo {
         id: LauncherId::generate(),
         version: env!("CARGO_PKG_VERSION").to_owned(),

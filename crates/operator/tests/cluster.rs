@@ -47,22 +47,11 @@ async fn a_worker_pool_scales_up_and_down_on_a_real_cluster() {
         .unwrap();
 
     let server = TestServer::start().await;
-    let key = gantry_crypto::generate_pool_key("cluster").unwrap();
-    let created: serde_json::Value = server
-        .http()
-        .post(format!("{}/api/v1/pools", server.url))
-        .bearer_auth(&server.admin_key)
-        .json(&json!({ "name": "cluster", "csr": key.csr_pem }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = server.create_pool("cluster").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let secret = json!({
         "metadata": { "name": "pool" },
-        "stringData": { "token": created["token"], "key": key.private_key_pem },
+        "stringData": { "token": created.token, "key": created.private_key_pem },
     });
     secrets.create(&PostParams::default(), &serde_json::from_value(secret).unwrap()).await.unwrap();
     let pools: Api<WorkerPool> = Api::namespaced(client.clone(), &namespace);

@@ -31,23 +31,10 @@ struct World {
 impl World {
     async fn start() -> Self {
         let server = TestServer::start().await;
-        let key = gantry_crypto::generate_pool_key("k8s").unwrap();
-        let created: Value = server
-            .http()
-            .post(format!("{}/api/v1/pools", server.url))
-            .bearer_auth(&server.admin_key)
-            .json(&json!({ "name": "k8s", "csr": key.csr_pem }))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let created = server.create_pool("k8s").await;
         Self {
-            token: created["token"].as_str().unwrap().to_owned(),
-            private_key_pem: key.private_key_pem,
+            token: created.token,
+            private_key_pem: created.private_key_pem,
             pool_name: "k8s".to_owned(),
             server,
         }
@@ -236,6 +223,30 @@ async fn serve_listings(handle: &mut ApiHandle, workers: &[Value], pods: &[Value
     );
 }
 
+/// A pool on a real server whose WorkerPool has had its first pass: `spec.poolSize`
+/// workers registered, their Worker objects as the API server holds them.
+struct Scene {
+    world: World,
+    handle: ApiHandle,
+    ctx: Arc<Context>,
+    pool: Arc<WorkerPool>,
+    workers: Vec<Value>,
+}
+
+impl Scene {
+    async fn start(pool: WorkerPool) -> Self {
+        let world = World::start().await;
+        let (kube, mut handle) = mock();
+        let ctx = context(kube);
+        let pool = Arc::new(pool);
+        let size = usize::try_from(pool.spec.pool_size).unwrap();
+        let pass = tokio::spawn(reconcile(Arc::clone(&pool), Arc::clone(&ctx)));
+        let workers = scale_up(&mut handle, &world, size).await;
+        pass.await.unwrap().unwrap();
+        Self { world, handle, ctx, pool, workers }
+    }
+}
+
 /// One pass that registers `count` workers from none; returns their Worker objects.
 async fn scale_up(handle: &mut ApiHandle, world: &World, count: usize) -> Vec<Value> {
     serve_credentials(handle, world).await;
@@ -276,12 +287,7 @@ async fn scale_up(handle: &mut ApiHandle, world: &World, count: usize) -> Vec<Va
 
 #[tokio::test]
 async fn scale_up_registers_workers_with_identities_and_reports_the_size() {
-    let world = World::start().await;
-    let (kube, mut handle) = mock();
-    let ctx = context(kube);
-    let pass = tokio::spawn(reconcile(Arc::new(worker_pool(2)), Arc::clone(&ctx)));
-    let workers = scale_up(&mut handle, &world, 2).await;
-    pass.await.unwrap().unwrap();
+    let Scene { world, handle: _, ctx: _, pool: _, workers } = Scene::start(worker_pool(2)).await;
     let names: Vec<String> = workers
         .iter()
         .map(|worker| worker["metadata"]["name"].as_str().unwrap().to_owned())
@@ -368,13 +374,7 @@ async fn queue_run(world: &World) -> String {
 
 #[tokio::test]
 async fn an_assignment_becomes_one_pod_and_scale_down_keeps_the_busy_worker_until_idle() {
-    let world = World::start().await;
-    let (kube, mut handle) = mock();
-    let ctx = context(kube);
-    let pool = Arc::new(worker_pool(3));
-    let pass = tokio::spawn(reconcile(Arc::clone(&pool), Arc::clone(&ctx)));
-    let workers = scale_up(&mut handle, &world, 3).await;
-    pass.await.unwrap().unwrap();
+    let Scene { world, mut handle, ctx, pool, workers } = Scene::start(worker_pool(3)).await;
 
     // Assignment → Secret and Pod, exactly as built, owned so they go away together.
     let run_id = queue_run(&world).await;
@@ -546,13 +546,7 @@ async fn serve_start_run(
 
 #[tokio::test]
 async fn a_stop_requested_by_a_user_deletes_the_run_pod() {
-    let world = World::start().await;
-    let (kube, mut handle) = mock();
-    let ctx = context(kube);
-    let pool = Arc::new(worker_pool(1));
-    let pass = tokio::spawn(reconcile(Arc::clone(&pool), Arc::clone(&ctx)));
-    scale_up(&mut handle, &world, 1).await;
-    pass.await.unwrap().unwrap();
+    let Scene { world, mut handle, ctx, pool, workers: _ } = Scene::start(worker_pool(1)).await;
     let run_id = queue_run(&world).await;
     let agent = ctx.agent(&pool).await.unwrap();
     let assignment = next_assignment(&agent).await;
@@ -588,15 +582,9 @@ async fn next_assignment(
 
 #[tokio::test]
 async fn a_pod_that_cannot_be_scheduled_says_why_in_the_run_log_then_fails_the_run() {
-    let world = World::start().await;
-    let (kube, mut handle) = mock();
-    let ctx = context(kube);
     let mut spec = worker_pool(1);
     spec.spec.pending_pod_timeout_seconds = Some(1);
-    let pool = Arc::new(spec);
-    let pass = tokio::spawn(reconcile(Arc::clone(&pool), Arc::clone(&ctx)));
-    let workers = scale_up(&mut handle, &world, 1).await;
-    pass.await.unwrap().unwrap();
+    let Scene { world, mut handle, ctx, pool, workers } = Scene::start(spec).await;
     let run_id = queue_run(&world).await;
     let agent = ctx.agent(&pool).await.unwrap();
     let assignment = next_assignment(&agent).await;
@@ -659,13 +647,7 @@ async fn a_pod_that_cannot_be_scheduled_says_why_in_the_run_log_then_fails_the_r
 
 #[tokio::test]
 async fn a_worker_image_that_cannot_be_pulled_is_told_to_the_sidecar_through_the_secret() {
-    let world = World::start().await;
-    let (kube, mut handle) = mock();
-    let ctx = context(kube);
-    let pool = Arc::new(worker_pool(1));
-    let pass = tokio::spawn(reconcile(Arc::clone(&pool), Arc::clone(&ctx)));
-    let workers = scale_up(&mut handle, &world, 1).await;
-    pass.await.unwrap().unwrap();
+    let Scene { world, mut handle, ctx, pool, workers } = Scene::start(worker_pool(1)).await;
     let run_id = queue_run(&world).await;
     let agent = ctx.agent(&pool).await.unwrap();
     let assignment = next_assignment(&agent).await;

@@ -19,7 +19,7 @@ pub use openssl::{KeyKind, OpensslKey, openssl};
 pub use proxy::FlakyProxy;
 pub use runner_image::{BUSYBOX_RUNNER_IMAGE, RUNNER_IMAGE, runner_image};
 #[cfg(feature = "server")]
-pub use server::TestServer;
+pub use server::{CreatedPool, TestServer};
 pub use terraform::{MARKER_OUTPUT, NO_CHANGES_CONFIG, SIMPLE_CONFIG};
 
 /// Installs the process-wide TLS provider once (kube, reqwest and axum-server all use

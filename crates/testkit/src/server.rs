@@ -7,6 +7,13 @@ use gantry_server::{Server, ServerConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// A pool [`TestServer::create_pool`] made: its token and its private key (PEM).
+#[derive(Debug, Clone)]
+pub struct CreatedPool {
+    pub token: String,
+    pub private_key_pem: String,
+}
+
 /// A running server; dropping it stops the server.
 #[derive(Debug)]
 pub struct TestServer {
@@ -49,6 +56,29 @@ impl TestServer {
         let ca =
             reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("the server CA parses");
         reqwest::Client::builder().tls_certs_only([ca]).build().expect("the client builds")
+    }
+
+    /// Creates a private pool named `name` from a freshly generated P-256 key, through
+    /// the REST API as an admin would.
+    pub async fn create_pool(&self, name: &str) -> CreatedPool {
+        let key = gantry_crypto::generate_pool_key(name).expect("a pool key");
+        let created: serde_json::Value = self
+            .http()
+            .post(format!("{}/api/v1/pools", self.url))
+            .bearer_auth(&self.admin_key)
+            .json(&serde_json::json!({ "name": name, "csr": key.csr_pem }))
+            .send()
+            .await
+            .expect("the server answers")
+            .error_for_status()
+            .expect("the pool is created")
+            .json()
+            .await
+            .expect("the answer is JSON");
+        CreatedPool {
+            token: created["token"].as_str().expect("a token").to_owned(),
+            private_key_pem: key.private_key_pem,
+        }
     }
 
     /// Stops the server and waits for it.
