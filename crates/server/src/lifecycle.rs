@@ -66,10 +66,14 @@ pub(crate) async fn trigger(
             }
         }
     }
-    state.store.insert_run(&run).await?;
+    // The pass starts as soon as the run can be read; the caller hears back once it is
+    // on disk.
+    let queued = || {
+        state.events.run_changed(run.id);
+        state.events.request_scheduling();
+    };
+    state.store.insert_run_visible_first(&run, &queued).await?;
     tracing::info!(run = %run.id, stack = %stack.name, run_type = %run_type, "run queued");
-    state.events.run_changed(run.id);
-    state.events.request_scheduling();
     Ok(run)
 }
 

@@ -61,13 +61,15 @@ pub(crate) async fn schedule_once(state: &AppState) -> Result<(), ApiError> {
             return Err(error.into());
         }
     };
+    let lost_race =
+        committed.assigned.contains(&false) || committed.promoted.len() < decision.promotions.len();
     for run in committed.promoted {
         tracing::info!(run = %run.id, from = %RunState::Queued, to = %run.state, "run state changed");
         state.events.run_changed(run.id);
     }
-    if committed.assigned.contains(&false) {
-        // Lost a race (the run was stopped, the worker drained, another server
-        // process assigned it): decide again from what the store says now.
+    if lost_race {
+        // The run was stopped, the worker drained, another server process held or
+        // assigned it: decide again from what the store says now.
         state.events.request_scheduling();
     }
     for ((run_id, worker_id), made) in pairs.into_iter().zip(committed.assigned) {

@@ -37,6 +37,7 @@ macro_rules! store_contract_tests {
             touching_reports_workers_the_launcher_does_not_own,
             stacks_round_trip_with_their_environment,
             run_changes_are_compare_and_set,
+            a_run_is_readable_before_its_insert_returns,
             releasing_a_worker_clears_both_sides,
             assignment_is_all_or_nothing,
             a_pass_promotes_and_assigns_in_batches,
@@ -290,6 +291,23 @@ pub async fn stacks_round_trip_with_their_environment<S: Store>(store: Arc<S>) {
     let error = store.insert_stack(&stack_record(pool.id, "stack")).await.unwrap_err();
     assert!(matches!(error, StoreError::AlreadyExists { kind: "stack", .. }), "{error}");
     assert_eq!(store.list_stacks().await.unwrap(), vec![stack]);
+}
+
+pub async fn a_run_is_readable_before_its_insert_returns<S: Store>(store: Arc<S>) {
+    let (_, stack, _) = world(&*store).await;
+    let run = run_record(&stack, RunState::Queued, 5);
+    // What another connection read each time the insert said the run was visible.
+    let seen = std::sync::Mutex::new(Vec::new());
+    let runtime = tokio::runtime::Handle::current();
+    let visible = || {
+        let found = tokio::task::block_in_place(|| runtime.block_on(store.get_run(run.id)));
+        seen.lock().unwrap().push(found.unwrap().map(|found| found.state));
+    };
+    store.insert_run_visible_first(&run, &visible).await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), [Some(RunState::Queued)], "told once, and readable then");
+    assert_eq!(store.get_run(run.id).await.unwrap().unwrap(), run);
+    let history = store.run_history(run.id).await.unwrap();
+    assert_eq!(history.iter().map(|c| c.state).collect::<Vec<_>>(), [RunState::Queued]);
 }
 
 pub async fn run_changes_are_compare_and_set<S: Store>(store: Arc<S>) {

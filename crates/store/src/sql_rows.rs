@@ -207,6 +207,11 @@ pub(crate) fn stack_from_row(row: &impl Columns) -> Result<StackRecord> {
     })
 }
 
+/// `columns` (a list as above), each prefixed with `table.`: for a join naming them twice.
+pub(crate) fn qualified(table: &str, columns: &str) -> String {
+    columns.split(", ").map(|column| format!("{table}.{column}")).collect::<Vec<_>>().join(", ")
+}
+
 pub(crate) const RUN_COLUMNS: &str = "id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, prioritized, has_changes, failure, triggered_by, command, stop_requested_at, created_at, updated_at";
 
 pub(crate) fn run_from_row(row: &impl Columns) -> Result<RunRecord> {

@@ -1,7 +1,7 @@
 //! The `Store` operations written once for both SQL engines: the statements are the same
 //! on SQLite and PostgreSQL, apart from the few fragments and steps each adapter supplies
-//! (`IDS`, `LOG_CHUNKS`, `begin`, `commit`, `begin_recomputable`,
-//! `commit_recomputable`, `durable`, `take_offered`). A macro rather than
+//! (`IDS`, `LOG_CHUNKS`, `begin`, `commit`, `durable`, `unsynced`, `flush`,
+//! `commit_offered`). A macro rather than
 //! generic code: each expansion sees one concrete engine, so no trait bounds spell out
 //! which Rust types each engine can bind.
 
@@ -351,10 +351,8 @@ macro_rules! sql_store {
                 launcher_id: LauncherId,
                 pool_id: PoolId,
             ) -> Result<Vec<RunRecord>> {
-                let columns: Vec<String> =
-                    RUN_COLUMNS.split(", ").map(|column| format!("r.{column}")).collect();
                 let rows = sqlx::query(select(
-                    &columns.join(", "),
+                    &qualified("r", RUN_COLUMNS),
                     "FROM workers w JOIN runs r ON r.id = w.current_run_id AND r.worker_id = w.id
                      WHERE w.launcher_id = $1 AND w.pool_id = $2
                      ORDER BY w.created_at, w.id",
@@ -492,8 +490,13 @@ macro_rules! sql_store {
                 rows.iter().map(stack_from_row).collect()
             }
 
-            async fn insert_run(&self, run: &RunRecord) -> Result<()> {
+            async fn insert_run_visible_first(
+                &self,
+                run: &RunRecord,
+                visible: &(dyn Fn() + Send + Sync),
+            ) -> Result<()> {
                 // One statement: the `runs_history_on_insert` trigger records the first state.
+                // Committed without waiting for the disk, then flushed: see `unsynced`.
                 sqlx::query(
                     "INSERT INTO runs (id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, prioritized, has_changes, failure, triggered_by, command, stop_requested_at, created_at, updated_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
@@ -516,9 +519,10 @@ macro_rules! sql_store {
                 .bind(run.stop_requested_at.map(Timestamp::unix_millis))
                 .bind(run.created_at.unix_millis())
                 .bind(run.updated_at.unix_millis())
-                .execute(&self.writer)
+                .execute(self.unsynced())
                 .await?;
-                self.durable().await
+                visible();
+                self.flush().await
             }
 
             async fn get_run(&self, id: RunId) -> Result<Option<RunRecord>> {
@@ -533,10 +537,8 @@ macro_rules! sql_store {
                 &self,
                 id: RunId,
             ) -> Result<Option<(RunRecord, Option<LauncherId>)>> {
-                let columns: Vec<String> =
-                    RUN_COLUMNS.split(", ").map(|column| format!("r.{column}")).collect();
                 let row = sqlx::query(select(
-                    &format!("{}, w.launcher_id AS worker_launcher_id", columns.join(", ")),
+                    &format!("{}, w.launcher_id AS worker_launcher_id", qualified("r", RUN_COLUMNS)),
                     "FROM runs r LEFT JOIN workers w ON w.id = r.worker_id WHERE r.id = $1",
                 ))
                 .bind(id.to_string())
@@ -674,36 +676,7 @@ macro_rules! sql_store {
                 if promotions.is_empty() && pairs.is_empty() {
                     return Ok(CommittedPass { promoted: Vec::new(), assigned: offered });
                 }
-                // One transaction, so the pass commits once: the runs it promotes are READY
-                // by the time its assignments look for runs waiting for a worker. Its commit
-                // is not waited for: see `begin_recomputable`.
-                let mut tx = self.begin_recomputable().await?;
-                let rows = match promotions {
-                    [] => Vec::new(),
-                    // The `runs_history_on_change` trigger records READY for each.
-                    ids => {
-                        sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "UPDATE runs SET state = 'READY', updated_at = $2
-                             WHERE state = 'QUEUED' AND id IN ({ids})
-                             RETURNING {RUN_COLUMNS}",
-                            ids = Self::IDS
-                        )))
-                        .bind(id_list(ids))
-                        .bind(at.unix_millis())
-                        .fetch_all(&mut *tx)
-                        .await?
-                    }
-                };
-                let taken = match pairs.as_slice() {
-                    [] => Vec::new(),
-                    pairs => Self::take_offered(&mut tx, pairs, at).await?,
-                };
-                if rows.is_empty() && taken.is_empty() {
-                    tx.rollback().await?;
-                } else {
-                    self.commit_recomputable(tx).await?;
-                }
-                let promoted: Vec<RunRecord> = rows.iter().map(run_from_row).collect::<Result<_>>()?;
+                let (promoted, taken) = self.commit_offered(promotions, &pairs, at).await?;
                 Ok(CommittedPass {
                     // In the order asked for, as the scheduler decided them.
                     promoted: promotions

@@ -107,6 +107,58 @@ impl SqliteStore {
         self.group_commit.durable().await
     }
 
+    /// Where a write commits without waiting for the disk: the writer, whose commits
+    /// never sync by themselves.
+    fn unsynced(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// Returns once every write committed so far is on disk.
+    async fn flush(&self) -> Result<()> {
+        self.group_commit.durable().await
+    }
+
+    /// A scheduling pass's writes: moves the runs still `QUEUED` among `promotions` to
+    /// `READY`, then makes the offered `[run, worker]` assignments that still hold;
+    /// returns the runs promoted, as they are now, and the runs assigned. One transaction,
+    /// so the pass commits once, and the runs it promotes are READY by the time its
+    /// assignments look for runs waiting for a worker. Its commit is not waited for: see
+    /// `begin_recomputable`.
+    async fn commit_offered(
+        &self,
+        promotions: &[RunId],
+        pairs: &[[String; 2]],
+        at: Timestamp,
+    ) -> Result<(Vec<RunRecord>, Vec<RunId>)> {
+        let mut tx = self.begin_recomputable().await?;
+        let rows = match promotions {
+            [] => Vec::new(),
+            // The `runs_history_on_change` trigger records READY for each.
+            ids => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE runs SET state = 'READY', updated_at = $2
+                     WHERE state = 'QUEUED' AND id IN ({ids})
+                     RETURNING {RUN_COLUMNS}",
+                    ids = Self::IDS
+                )))
+                .bind(id_list(ids))
+                .bind(at.unix_millis())
+                .fetch_all(&mut *tx)
+                .await?
+            }
+        };
+        let taken = match pairs {
+            [] => Vec::new(),
+            pairs => Self::take_offered(&mut tx, pairs, at).await?,
+        };
+        if rows.is_empty() && taken.is_empty() {
+            tx.rollback().await?;
+        } else {
+            self.commit_recomputable(tx).await?;
+        }
+        Ok((rows.iter().map(run_from_row).collect::<Result<_>>()?, taken))
+    }
+
     /// Makes the offered `[run, worker]` assignments that still hold, in `tx`; returns the
     /// runs assigned. The single writer connection makes the batch atomic.
     async fn take_offered(

@@ -109,8 +109,20 @@ pub trait Store: Send + Sync + 'static {
     async fn find_stack_by_name(&self, name: &str) -> Result<Option<StackRecord>>;
     async fn list_stacks(&self) -> Result<Vec<StackRecord>>;
 
-    /// Inserts the run and its first state.
-    async fn insert_run(&self, run: &RunRecord) -> Result<()>;
+    /// Inserts the run and its first state; returns once they are on disk.
+    async fn insert_run(&self, run: &RunRecord) -> Result<()> {
+        self.insert_run_visible_first(run, &|| {}).await
+    }
+    /// Inserts the run and its first state, and calls `visible` as soon as every reader
+    /// sees them, before they reach the disk; returns once they are on disk. For a
+    /// trigger: the scheduling pass starts while the insert is being flushed, instead of
+    /// after (see `docs/ARCHITECTURE.md`, "A run is scheduled before its insert is on
+    /// disk").
+    async fn insert_run_visible_first(
+        &self,
+        run: &RunRecord,
+        visible: &(dyn Fn() + Send + Sync),
+    ) -> Result<()>;
     async fn get_run(&self, id: RunId) -> Result<Option<RunRecord>>;
     /// The run, with the launcher of the worker it is handed to (if any): what a launcher
     /// may say about a run is decided from both.
