@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use gantry_domain::{RunEvent, RunState, RunType, StackId};
 use gantry_proto::agent::{BlobRef, SealedInput};
-use gantry_store::{OutputRecord, RunFilter, RunRecord, StackRecord};
+use gantry_store::{DependencyRecord, OutputRecord, RunFilter, RunRecord, StackRecord};
 
 use crate::agent::SENSITIVE_OUTPUTS;
 
@@ -143,15 +143,16 @@ pub(crate) struct Inputs {
 }
 
 /// The inputs of a run of `stack`, or the first reference that cannot be resolved,
-/// named with why.
+/// named with why; `dependencies` are all the stacks' (`Store::list_dependencies`), read
+/// by the caller alongside the stack itself. Reads nothing more when the stack
+/// references no output.
 pub(crate) async fn inputs(
     state: &AppState,
     stack: &StackRecord,
+    dependencies: &[DependencyRecord],
 ) -> Result<Result<Inputs, String>, ApiError> {
     let mut inputs = Inputs::default();
-    for dependency in
-        state.store.list_dependencies().await?.into_iter().filter(|d| d.downstream == stack.id)
-    {
+    for dependency in dependencies.iter().filter(|d| d.downstream == stack.id) {
         if dependency.references.is_empty() {
             continue;
         }

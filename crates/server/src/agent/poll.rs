@@ -23,12 +23,26 @@ pub(super) async fn poll(
     let wait = Duration::from_secs(u64::from(request.wait_seconds)).min(state.timings.poll_timeout);
     let deadline = tokio::time::Instant::now() + wait;
     let signal = state.events.launcher(session.launcher_id);
+    let mut woken = false;
     loop {
         // Register interest before looking, so that an assignment made in between wakes us.
         let notified = signal.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let response = pending(&state, &session, &request.holding).await?;
+        let mut response = match woken {
+            // A wake-up may also mean the session ended (a pool reset) or the pool cycles:
+            // the session is read again alongside what is pending, not before it.
+            true => {
+                let (refreshed, response) = tokio::try_join!(
+                    session.refreshed(&state),
+                    pending(&state, &session, &request.holding)
+                )?;
+                session = refreshed;
+                response
+            }
+            false => pending(&state, &session, &request.holding).await?,
+        };
+        response.cycle = session.cycling();
         if !response.assignments.is_empty() || !response.stop_run_ids.is_empty() || response.cycle {
             for assignment in &response.assignments {
                 state.dispatch_metrics.delivered(assignment.run_id);
@@ -37,7 +51,7 @@ pub(super) async fn poll(
         }
         tokio::select! {
             // A wake-up may also mean the session ended (a pool reset) or the pool cycles.
-            () = notified => session = session.refreshed(&state).await?,
+            () = notified => woken = true,
             () = tokio::time::sleep_until(deadline) => return Ok(Json(PollResponse::default())),
             () = state.shutdown.cancelled() => return Ok(Json(PollResponse::default())),
         }
@@ -63,7 +77,10 @@ pub(super) async fn own_workers(
 }
 
 /// What the launcher must learn now: runs handed to its workers that it does not hold
-/// yet, stop requests, a cycle.
+/// yet, and stop requests. The reads an assignment needs are made concurrently, in one
+/// round (and a second, needing the stack, only for a stack that references outputs or
+/// has its state managed): each round is a round trip to the store on the way from a
+/// wake-up to the launcher.
 async fn pending(
     state: &AppState,
     session: &AgentSession,
@@ -81,10 +98,33 @@ async fn pending(
         if holding.contains(&HeldAssignment { run_id: run.id, job }) {
             continue;
         }
-        let stack = state.store.get_stack(run.stack_id).await?.ok_or_else(|| {
-            ApiError::Internal(format!("run {} belongs to a stack that does not exist", run.id))
-        })?;
-        let inputs = match crate::cascade::inputs(state, &stack).await? {
+        let (stack, log_next_seq, workspace, dependencies) = tokio::try_join!(
+            async {
+                state.store.get_stack(run.stack_id).await?.ok_or_else(|| {
+                    ApiError::Internal(format!(
+                        "run {} belongs to a stack that does not exist",
+                        run.id
+                    ))
+                })
+            },
+            async { Ok(state.store.next_log_seq(run.id).await?) },
+            async {
+                Ok(match job {
+                    Job::Apply => state.store.run_blob(run.id, crate::agent::WORKSPACE).await?,
+                    Job::Plan => None,
+                })
+            },
+            async { Ok(state.store.list_dependencies().await?) },
+        )?;
+        // Reads here only for a stack that references outputs or has its state managed.
+        let (inputs, state_version) =
+            tokio::try_join!(crate::cascade::inputs(state, &stack, &dependencies), async {
+                Ok(match stack.managed_state {
+                    true => state.store.current_state_version(stack.id).await?,
+                    false => None,
+                })
+            },)?;
+        let inputs = match inputs {
             Ok(inputs) => inputs,
             Err(missing) => {
                 // The run cannot start without its inputs: it fails, naming what is missing.
@@ -124,26 +164,15 @@ async fn pending(
             command: run.command.clone(),
             inputs: inputs.plain,
             sealed_inputs: inputs.sealed,
-            log_next_seq: state.store.next_log_seq(run.id).await?,
+            log_next_seq,
             managed_state: stack.managed_state,
-            state: match stack.managed_state {
-                true => {
-                    state.store.current_state_version(stack.id).await?.map(|version| StateVersion {
-                        run_id: version.run_id,
-                        blob: BlobRef { sha256: version.blob.sha256, size: version.blob.size },
-                    })
-                }
-                false => None,
-            },
-            workspace: match job {
-                Job::Apply => state
-                    .store
-                    .run_blob(run.id, crate::agent::WORKSPACE)
-                    .await?
-                    .map(|blob| BlobRef { sha256: blob.sha256, size: blob.size }),
-                Job::Plan => None,
-            },
+            state: state_version.map(|version| StateVersion {
+                run_id: version.run_id,
+                blob: BlobRef { sha256: version.blob.sha256, size: version.blob.size },
+            }),
+            workspace: workspace.map(|blob| BlobRef { sha256: blob.sha256, size: blob.size }),
         });
     }
-    Ok(PollResponse { assignments, stop_run_ids: stop_requested(&held), cycle: session.cycling() })
+    // Whether the pool cycles comes from the session, which the caller may read anew.
+    Ok(PollResponse { assignments, stop_run_ids: stop_requested(&held), cycle: false })
 }
