@@ -514,20 +514,11 @@ async fn serve_start_run(
     assert_eq!(pod["metadata"]["annotations"]["workers.gantry.dev/job"], "plan");
     assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "WorkerPool");
     assert_eq!(pod["spec"]["restartPolicy"], "Never");
-    let containers: Vec<&str> = pod["spec"]["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(containers, ["worker"]);
-    let init: Vec<&str> = pod["spec"]["initContainers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(init, ["init", "launcher-sidecar"]);
+    let names = |containers: &Value| -> Vec<String> {
+        containers.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().into()).collect()
+    };
+    assert_eq!(names(&pod["spec"]["containers"]), ["worker"]);
+    assert_eq!(names(&pod["spec"]["initContainers"]), ["init", "launcher-sidecar"]);
     assert_eq!(pod["spec"]["containers"][0]["image"], "registry.example.com/runner:1");
     let worker_env = pod["spec"]["containers"][0]["env"].to_string();
     assert!(!worker_env.contains("GANTRY_POOL_PRIVATE_KEY"), "{worker_env}");

@@ -113,9 +113,10 @@ impl SqliteStore {
         &self.writer
     }
 
-    /// Returns once every write committed so far is on disk.
+    /// Returns once every write committed so far, on `unsynced` too, is on disk: the one
+    /// writer's group sync covers them all, so this is `durable`.
     async fn flush(&self) -> Result<()> {
-        self.group_commit.durable().await
+        self.durable().await
     }
 
     /// A scheduling pass's writes: moves the runs still `QUEUED` among `promotions` to
