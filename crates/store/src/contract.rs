@@ -11,8 +11,8 @@ use gantry_domain::{
 
 use crate::{
     ApiKeyRecord, BlobRecord, BlobStore, DependencyRecord, OutputRecord, OutputReferenceRecord,
-    PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord, Store, StoreError,
-    WorkerCountsRecord, WorkerRecord,
+    PickupRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord, Store,
+    StoreError, WorkerCountsRecord, WorkerRecord,
 };
 
 /// Generates one `#[tokio::test]` per contract case. `$make` is an async expression
@@ -52,6 +52,7 @@ macro_rules! store_contract_tests {
             state_versions_are_numbered_per_stack,
             workers_and_pools_drain_and_undrain,
             workers_are_counted_and_idle_ones_listed_oldest_first,
+            held_runs_come_with_what_their_pickup_needs,
             runs_are_prioritized_and_stop_requests_kept,
             dependencies_are_kept_with_their_references,
             overlapping_batches_never_give_a_run_or_worker_twice,
@@ -1024,6 +1025,66 @@ pub async fn workers_are_counted_and_idle_ones_listed_oldest_first<S: Store>(sto
     assert_eq!(owned.len(), 4);
     assert!(owned.iter().all(|w| w.launcher_id == launcher));
     assert!(store.launcher_workers(LauncherId::generate()).await.unwrap().is_empty());
+}
+
+pub async fn held_runs_come_with_what_their_pickup_needs<S: Store>(store: Arc<S>) {
+    let (pool, stack, _) = world(&*store).await;
+    let downstream = stack_record(pool.id, "downstream");
+    store.insert_stack(&downstream).await.unwrap();
+    let dependency = DependencyRecord {
+        downstream: downstream.id,
+        upstream: stack.id,
+        references: Vec::new(),
+        created_at: at(3),
+    };
+    store.put_dependency(&dependency).await.unwrap();
+    let launcher = LauncherId::generate();
+    let mut workers = Vec::new();
+    for created in 4..7 {
+        let mut worker = worker_record(pool.id, launcher);
+        worker.created_at = at(created);
+        workers.push(store.register_worker(&worker).await.unwrap());
+    }
+    // A plan to pick up whose first log chunks are in (its launcher asks again after a
+    // lost answer), an apply of a stack with an upstream, and a run executing.
+    let plan = run_record(&stack, RunState::Ready, 10);
+    let apply = run_record(&downstream, RunState::Confirmed, 11);
+    let executing = run_record(&stack, RunState::Ready, 12);
+    for (run, worker) in [&plan, &apply, &executing].into_iter().zip(&workers) {
+        store.insert_run(run).await.unwrap();
+        assert!(store.assign_run(run.id, worker.id, at(13)).await.unwrap());
+    }
+    store
+        .change_run(&RunChange::new(executing.id, RunState::Ready, RunState::Planning, at(14)))
+        .await
+        .unwrap();
+    let chunks = [(0, "a".to_owned()), (1, "b".to_owned())];
+    store.append_logs(plan.id, &chunks, at(15)).await.unwrap();
+
+    let held = store.held_runs(launcher, pool.id).await.unwrap();
+    let runs: Vec<RunId> = held.iter().map(|held| held.run.id).collect();
+    assert_eq!(runs, [plan.id, apply.id, executing.id], "in the order of their workers");
+    assert_eq!(held[2].run.state, RunState::Planning);
+    let stored = |id| {
+        let store = Arc::clone(&store);
+        async move { store.get_stack(id).await.unwrap() }
+    };
+    assert_eq!(
+        held[0].pickup,
+        Some(PickupRecord { stack: stored(stack.id).await, next_log_seq: 2, has_upstreams: false })
+    );
+    assert_eq!(
+        held[1].pickup,
+        Some(PickupRecord {
+            stack: stored(downstream.id).await,
+            next_log_seq: 0,
+            has_upstreams: true
+        })
+    );
+    assert!(held[1].pickup.as_ref().unwrap().stack.is_some());
+    assert_eq!(held[2].pickup, None, "an executing run is not picked up");
+    assert!(store.held_runs(launcher, PoolId::generate()).await.unwrap().is_empty());
+    assert!(store.held_runs(LauncherId::generate(), pool.id).await.unwrap().is_empty());
 }
 
 pub async fn runs_are_prioritized_and_stop_requests_kept<S: Store>(store: Arc<S>) {

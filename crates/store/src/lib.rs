@@ -24,10 +24,10 @@ pub use error::StoreError;
 pub use object_blobs::{BlobLocation, ObjectBlobStore, S3Credentials, S3Settings};
 pub use postgres::{PostgresStore, redact_url};
 pub use records::{
-    ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, LogChunkRecord,
-    OutputRecord, OutputReferenceRecord, PoolRecord, RunChange, RunFilter, RunRecord,
-    SessionRecord, StackRecord, StateChangeRecord, StateVersionRecord, WorkerCountsRecord,
-    WorkerRecord,
+    ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, HeldRunRecord,
+    LogChunkRecord, OutputRecord, OutputReferenceRecord, PickupRecord, PoolRecord, RunChange,
+    RunFilter, RunRecord, SessionRecord, StackRecord, StateChangeRecord, StateVersionRecord,
+    WorkerCountsRecord, WorkerRecord,
 };
 pub use sqlite::SqliteStore;
 pub use store::{Signal, SignalStream, Store};

@@ -15,9 +15,9 @@ use crate::sql_rows::*;
 use crate::sql_store::sql_store;
 use crate::store::{Result, Signal, SignalStream};
 use crate::{
-    ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, LogChunkRecord,
-    OutputRecord, OutputReferenceRecord, PoolRecord, RunChange, RunFilter, RunRecord,
-    SessionRecord, StackRecord, StateChangeRecord, StateVersionRecord, StoreError,
+    ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, HeldRunRecord,
+    LogChunkRecord, OutputRecord, OutputReferenceRecord, PoolRecord, RunChange, RunFilter,
+    RunRecord, SessionRecord, StackRecord, StateChangeRecord, StateVersionRecord, StoreError,
     WorkerCountsRecord, WorkerRecord,
 };
 

@@ -146,6 +146,26 @@ pub struct RunRecord {
     pub updated_at: Timestamp,
 }
 
+/// A run one of a launcher's workers holds, with what its assignment is made of while it
+/// waits for the worker to pick it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldRunRecord {
+    pub run: RunRecord,
+    /// Only for a run waiting to be picked up: `READY` (a plan) or `CONFIRMED` (an apply).
+    pub pickup: Option<PickupRecord>,
+}
+
+/// What an assignment is made of, read together with the run it hands out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PickupRecord {
+    /// `None`: the run's stack does not exist.
+    pub stack: Option<StackRecord>,
+    /// The sequence number the run's next log chunk takes.
+    pub next_log_seq: u64,
+    /// Whether the stack depends on other stacks, whose outputs may be its inputs.
+    pub has_upstreams: bool,
+}
+
 /// One state a run entered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateChangeRecord {

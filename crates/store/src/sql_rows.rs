@@ -11,7 +11,8 @@ use sqlx::Row;
 
 use crate::store::Result;
 use crate::{
-    BlobRecord, PoolRecord, RunRecord, SessionRecord, StackRecord, StoreError, WorkerRecord,
+    BlobRecord, HeldRunRecord, PickupRecord, PoolRecord, RunRecord, SessionRecord, StackRecord,
+    StoreError, WorkerRecord,
 };
 
 /// The typed reads a row offers; both engines keep text, 64-bit integers and nothing else
@@ -44,6 +45,34 @@ macro_rules! columns_of {
 
 columns_of!(sqlx::sqlite::SqliteRow);
 columns_of!(sqlx::postgres::PgRow);
+
+/// The columns of a record read out of a join beside another record, each under a
+/// prefix (`prefixed` names them so in the statement).
+pub(crate) struct Prefixed<'a, R> {
+    row: &'a R,
+    prefix: &'static str,
+}
+
+impl<R: Columns> Prefixed<'_, R> {
+    fn name(&self, column: &str) -> String {
+        format!("{}{column}", self.prefix)
+    }
+}
+
+impl<R: Columns> Columns for Prefixed<'_, R> {
+    fn text(&self, column: &str) -> Result<String> {
+        self.row.text(&self.name(column))
+    }
+    fn optional_text(&self, column: &str) -> Result<Option<String>> {
+        self.row.optional_text(&self.name(column))
+    }
+    fn integer(&self, column: &str) -> Result<i64> {
+        self.row.integer(&self.name(column))
+    }
+    fn optional_integer(&self, column: &str) -> Result<Option<i64>> {
+        self.row.optional_integer(&self.name(column))
+    }
+}
 
 /// How output references are kept in `stack_dependencies.output_references`.
 #[derive(Serialize, Deserialize)]
@@ -210,6 +239,40 @@ pub(crate) fn stack_from_row(row: &impl Columns) -> Result<StackRecord> {
 /// `columns` (a list as above), each prefixed with `table.`: for a join naming them twice.
 pub(crate) fn qualified(table: &str, columns: &str) -> String {
     columns.split(", ").map(|column| format!("{table}.{column}")).collect::<Vec<_>>().join(", ")
+}
+
+/// `columns` of `table`, each named with `prefix` before it.
+pub(crate) fn prefixed(table: &str, columns: &str, prefix: &str) -> String {
+    columns
+        .split(", ")
+        .map(|column| format!("{table}.{column} AS {prefix}{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The prefix of a held run's stack columns (`held_run_from_row`).
+pub(crate) const PICKUP_STACK: &str = "pickup_stack_";
+
+/// A held run, its stack's columns under `PICKUP_STACK`, and `pickup_next_log_seq` (NULL
+/// unless it waits for pickup) and `pickup_upstreams` (a count).
+pub(crate) fn held_run_from_row(row: &impl Columns) -> Result<HeldRunRecord> {
+    let run = run_from_row(row)?;
+    let pickup = match row.optional_integer("pickup_next_log_seq")? {
+        None => None,
+        Some(next) => {
+            let stack = Prefixed { row, prefix: PICKUP_STACK };
+            Some(PickupRecord {
+                stack: match stack.optional_text("id")? {
+                    Some(_) => Some(stack_from_row(&stack)?),
+                    None => None,
+                },
+                next_log_seq: u64::try_from(next)
+                    .map_err(|error| corrupt("pickup_next_log_seq", error))?,
+                has_upstreams: flag(row, "pickup_upstreams")?,
+            })
+        }
+    };
+    Ok(HeldRunRecord { run, pickup })
 }
 
 pub(crate) const RUN_COLUMNS: &str = "id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, prioritized, has_changes, failure, triggered_by, command, stop_requested_at, created_at, updated_at";

@@ -346,14 +346,25 @@ macro_rules! sql_store {
                 rows.iter().map(worker_from_row).collect()
             }
 
-            async fn launcher_runs(
+            async fn held_runs(
                 &self,
                 launcher_id: LauncherId,
                 pool_id: PoolId,
-            ) -> Result<Vec<RunRecord>> {
+            ) -> Result<Vec<HeldRunRecord>> {
+                // The stack's columns carry a prefix so as not to shadow the run's.
                 let rows = sqlx::query(select(
-                    &qualified("r", RUN_COLUMNS),
+                    &format!(
+                        "{runs}, {stacks},
+                         CASE WHEN r.state IN ('READY', 'CONFIRMED') THEN
+                             (SELECT COALESCE(MAX(l.seq) + 1, 0) FROM run_logs l WHERE l.run_id = r.id)
+                         END AS pickup_next_log_seq,
+                         (SELECT COUNT(*) FROM stack_dependencies d WHERE d.downstream_stack_id = r.stack_id)
+                             AS pickup_upstreams",
+                        runs = qualified("r", RUN_COLUMNS),
+                        stacks = prefixed("s", STACK_COLUMNS, PICKUP_STACK),
+                    ),
                     "FROM workers w JOIN runs r ON r.id = w.current_run_id AND r.worker_id = w.id
+                     LEFT JOIN stacks s ON s.id = r.stack_id
                      WHERE w.launcher_id = $1 AND w.pool_id = $2
                      ORDER BY w.created_at, w.id",
                 ))
@@ -361,7 +372,7 @@ macro_rules! sql_store {
                 .bind(pool_id.to_string())
                 .fetch_all(&self.reader)
                 .await?;
-                rows.iter().map(run_from_row).collect()
+                rows.iter().map(held_run_from_row).collect()
             }
 
             async fn worker_counts(&self) -> Result<Vec<WorkerCountsRecord>> {

@@ -4,9 +4,10 @@ use async_trait::async_trait;
 use gantry_domain::{LauncherId, PoolId, RunId, StackId, Timestamp, WorkerId};
 
 use crate::{
-    ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, LogChunkRecord,
-    OutputRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord,
-    StateChangeRecord, StateVersionRecord, StoreError, WorkerCountsRecord, WorkerRecord,
+    ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, HeldRunRecord,
+    LogChunkRecord, OutputRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord,
+    StackRecord, StateChangeRecord, StateVersionRecord, StoreError, WorkerCountsRecord,
+    WorkerRecord,
 };
 
 pub(crate) type Result<T> = std::result::Result<T, StoreError>;
@@ -80,7 +81,18 @@ pub trait Store: Send + Sync + 'static {
         &self,
         launcher_id: LauncherId,
         pool_id: PoolId,
-    ) -> Result<Vec<RunRecord>>;
+    ) -> Result<Vec<RunRecord>> {
+        let held = self.held_runs(launcher_id, pool_id).await?;
+        Ok(held.into_iter().map(|held| held.run).collect())
+    }
+    /// `launcher_runs`, each waiting to be picked up with its stack, its next log sequence
+    /// number and whether the stack has upstream dependencies: a launcher woken for an
+    /// assignment gets it after one read.
+    async fn held_runs(
+        &self,
+        launcher_id: LauncherId,
+        pool_id: PoolId,
+    ) -> Result<Vec<HeldRunRecord>>;
     /// For every pool that has workers: how many, how many busy, how many drained.
     async fn worker_counts(&self) -> Result<Vec<WorkerCountsRecord>>;
     /// Up to `limit` idle, undrained workers of the pool, oldest first: the order in which

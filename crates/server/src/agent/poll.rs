@@ -9,7 +9,7 @@ use gantry_domain::RunState;
 use gantry_proto::agent::{
     Assignment, BlobRef, HeldAssignment, Job, Poll, PollResponse, StackSpec, StateVersion,
 };
-use gantry_store::{RunRecord, WorkerRecord};
+use gantry_store::{HeldRunRecord, RunRecord, WorkerRecord};
 
 use crate::auth::AgentSession;
 use crate::error::{ApiError, ApiResult, Json};
@@ -59,8 +59,10 @@ pub(super) async fn poll(
 }
 
 /// Runs this launcher executes that a user asked to stop, among the runs it holds.
-pub(super) fn stop_requested(held: &[RunRecord]) -> Vec<gantry_domain::RunId> {
-    held.iter()
+pub(super) fn stop_requested<'a>(
+    held: impl IntoIterator<Item = &'a RunRecord>,
+) -> Vec<gantry_domain::RunId> {
+    held.into_iter()
         .filter(|run| run.stop_requested_at.is_some() && run.state.occupies_worker())
         .map(|run| run.id)
         .collect()
@@ -77,19 +79,19 @@ pub(super) async fn own_workers(
 }
 
 /// What the launcher must learn now: runs handed to its workers that it does not hold
-/// yet, and stop requests. The reads an assignment needs are made concurrently, in one
-/// round (and a second, needing the stack, only for a stack that references outputs or
-/// has its state managed): each round is a round trip to the store on the way from a
-/// wake-up to the launcher.
+/// yet, and stop requests. The launcher's runs are read with each assignment's stack and
+/// log sequence number: one round trip to the store on the way from a wake-up to the
+/// launcher. A second, its reads made concurrently, only for an apply (its workspace), a
+/// stack with upstream stacks (its inputs) or managed state (its current version).
 async fn pending(
     state: &AppState,
     session: &AgentSession,
     holding: &[HeldAssignment],
 ) -> Result<PollResponse, ApiError> {
-    let held = state.store.launcher_runs(session.launcher_id, session.pool_id).await?;
+    let held = state.store.held_runs(session.launcher_id, session.pool_id).await?;
     let mut assignments = Vec::new();
-    for run in &held {
-        let Some(worker_id) = run.worker_id else { continue };
+    for HeldRunRecord { run, pickup } in &held {
+        let (Some(worker_id), Some(pickup)) = (run.worker_id, pickup) else { continue };
         let job = match run.state {
             RunState::Ready => Job::Plan,
             RunState::Confirmed => Job::Apply,
@@ -98,33 +100,34 @@ async fn pending(
         if holding.contains(&HeldAssignment { run_id: run.id, job }) {
             continue;
         }
-        let (stack, log_next_seq, workspace, dependencies) = tokio::try_join!(
+        let Some(stack) = &pickup.stack else {
+            return Err(ApiError::Internal(format!(
+                "run {} belongs to a stack that does not exist",
+                run.id
+            )));
+        };
+        let (workspace, dependencies, state_version) = tokio::try_join!(
             async {
-                state.store.get_stack(run.stack_id).await?.ok_or_else(|| {
-                    ApiError::Internal(format!(
-                        "run {} belongs to a stack that does not exist",
-                        run.id
-                    ))
-                })
-            },
-            async { Ok(state.store.next_log_seq(run.id).await?) },
-            async {
-                Ok(match job {
+                Ok::<_, ApiError>(match job {
                     Job::Apply => state.store.run_blob(run.id, crate::agent::WORKSPACE).await?,
                     Job::Plan => None,
                 })
             },
-            async { Ok(state.store.list_dependencies().await?) },
-        )?;
-        // Reads here only for a stack that references outputs or has its state managed.
-        let (inputs, state_version) =
-            tokio::try_join!(crate::cascade::inputs(state, &stack, &dependencies), async {
+            async {
+                Ok(match pickup.has_upstreams {
+                    true => state.store.list_dependencies().await?,
+                    false => Vec::new(),
+                })
+            },
+            async {
                 Ok(match stack.managed_state {
                     true => state.store.current_state_version(stack.id).await?,
                     false => None,
                 })
-            },)?;
-        let inputs = match inputs {
+            },
+        )?;
+        // Reads here only for a stack that references outputs.
+        let inputs = match crate::cascade::inputs(state, stack, &dependencies).await? {
             Ok(inputs) => inputs,
             Err(missing) => {
                 // The run cannot start without its inputs: it fails, naming what is missing.
@@ -136,6 +139,7 @@ async fn pending(
                 continue;
             }
         };
+        let log_next_seq = pickup.next_log_seq;
         assignments.push(Assignment {
             run_id: run.id,
             worker_id,
@@ -174,5 +178,6 @@ async fn pending(
         });
     }
     // Whether the pool cycles comes from the session, which the caller may read anew.
-    Ok(PollResponse { assignments, stop_run_ids: stop_requested(&held), cycle: false })
+    let stop_run_ids = stop_requested(held.iter().map(|held| &held.run));
+    Ok(PollResponse { assignments, stop_run_ids, cycle: false })
 }
