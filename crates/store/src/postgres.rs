@@ -36,7 +36,8 @@ pub struct PostgresStore {
     writer: PgPool,
     reader: PgPool,
     /// Connections whose commits do not wait for the WAL flush (`synchronous_commit =
-    /// off`): for writes that are flushed right after (`flush`) or recomputed if lost.
+    /// off`): for writes that are flushed right after (`flush`), recomputed if lost, or
+    /// worthless after a crash (notifications).
     unsynced: PgPool,
     options: PgConnectOptions,
 }
@@ -202,11 +203,13 @@ impl PostgresStore {
         Ok((promoted, taken))
     }
 
+    /// A notification is a wake-up, worth nothing after a crash: its commit does not wait
+    /// for the WAL flush (listeners hear it at commit either way).
     async fn notify_replicas(&self, message: &str) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(SIGNAL_CHANNEL)
             .bind(message)
-            .execute(&self.writer)
+            .execute(&self.unsynced)
             .await?;
         Ok(())
     }
