@@ -36,8 +36,7 @@ pub struct PostgresStore {
     writer: PgPool,
     reader: PgPool,
     /// Connections whose commits do not wait for the WAL flush (`synchronous_commit =
-    /// off`): for writes that are flushed right after (`flush`), recomputed if lost, or
-    /// worthless after a crash (notifications).
+    /// off`): for writes that are flushed right after (`flush`) or recomputed if lost.
     unsynced: PgPool,
     options: PgConnectOptions,
 }
@@ -203,13 +202,11 @@ impl PostgresStore {
         Ok((promoted, taken))
     }
 
-    /// A notification is a wake-up, worth nothing after a crash: its commit does not wait
-    /// for the WAL flush (listeners hear it at commit either way).
     async fn notify_replicas(&self, message: &str) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(SIGNAL_CHANNEL)
             .bind(message)
-            .execute(&self.unsynced)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
