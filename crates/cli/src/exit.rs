@@ -66,9 +66,26 @@ pub fn report(error: &anyhow::Error) -> Report {
     }
     if error.downcast_ref::<ConfigError>().is_some() || error.downcast_ref::<UsageError>().is_some()
     {
-        return Report { code: USAGE, message: format!("{error:#}") };
+        return Report { code: USAGE, message: said_once(error) };
     }
-    Report { code: FAILURE, message: format!("{error:#}") }
+    Report { code: FAILURE, message: said_once(error) }
+}
+
+/// The error and its causes, each said once: a message that already quotes its cause (as
+/// `"cannot open the database: {0}"` does) is not followed by the cause again.
+fn said_once(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 /// A client error under added context.
@@ -140,5 +157,19 @@ mod tests {
             1,
             "cannot write pool.csr: disk full",
         );
+    }
+
+    /// An error whose message quotes its source, as `thiserror`'s `{0}` with `#[from]`.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open the database: {0}")]
+    struct Quoting(#[from] std::io::Error);
+
+    #[test]
+    fn a_cause_the_message_already_quotes_is_not_repeated() {
+        let quoting = Quoting::from(std::io::Error::other("connection refused"));
+        check(quoting.into(), 1, "cannot open the database: connection refused");
+        let wrapped = anyhow::Error::new(Quoting::from(std::io::Error::other("refused")))
+            .context("the server did not start");
+        check(wrapped, 1, "the server did not start: cannot open the database: refused");
     }
 }
