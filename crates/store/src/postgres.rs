@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use gantry_domain::{LauncherId, PoolId, RunId, StackId, Timestamp, WorkerId};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Row, Transaction};
 
 use crate::sql_rows::*;
 use crate::sql_store::sql_store;
@@ -58,6 +58,18 @@ impl PostgresStore {
 
     /// `connect`, from parsed options; `url` only names the database in errors.
     async fn connect_with(options: PgConnectOptions, url: &str) -> Result<Self> {
+        let unreachable = |error: sqlx::Error| {
+            StoreError::Config(format!(
+                "cannot connect to the database at {}: {error}",
+                redact_url(url)
+            ))
+        };
+        // One connection first, outside the pool: the pool retries a refused connection
+        // until its acquire timeout and then reports only that it timed out, where this
+        // names the cause (refused, unknown host, login rejected) at once.
+        let probe = PgConnection::connect_with(&options).await.map_err(unreachable)?;
+        // Closing is a courtesy to the server; the connection was good.
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             // A ping before each use would double the round trips; a connection that
@@ -66,12 +78,7 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await
-            .map_err(|error| {
-                StoreError::Config(format!(
-                    "cannot connect to the database at {}: {error}",
-                    redact_url(url)
-                ))
-            })?;
+            .map_err(unreachable)?;
         MIGRATOR.run(&pool).await?;
         // Connected lazily: a replica that triggers no run never opens one.
         let unsynced = PgPoolOptions::new()

@@ -55,6 +55,9 @@ async fn a_bad_database_url_is_a_clear_error_without_the_password() {
         "{error}"
     );
     assert!(!error.contains("hunter2"), "{error}");
+    // The cause, not the pool's "timed out" after its acquire timeout.
+    assert!(error.contains("refused"), "{error}");
+    assert!(!error.contains("timed out"), "{error}");
     let error = PostgresStore::connect("postgres://gantry:hunter2@db:notaport/gantry")
         .await
         .unwrap_err()
