@@ -688,7 +688,7 @@ pub async fn log_uploads_are_ordered_and_idempotent<S: Store>(store: Arc<S>) {
     let run = run_record(&stack, RunState::Planning, 5);
     store.insert_run(&run).await.unwrap();
     let chunk = |seq: u64| (seq, format!("line {seq}\n"));
-    assert_eq!(store.next_log_seq(run.id).await.unwrap(), 0);
+    assert_eq!(store.append_logs(run.id, &[], at(5)).await.unwrap(), 0, "nothing yet");
 
     assert_eq!(store.append_logs(run.id, &[chunk(0), chunk(1)], at(6)).await.unwrap(), 2);
     assert_eq!(
@@ -698,7 +698,7 @@ pub async fn log_uploads_are_ordered_and_idempotent<S: Store>(store: Arc<S>) {
     );
     let gap = store.append_logs(run.id, &[chunk(3), chunk(5)], at(8)).await;
     assert!(matches!(gap, Err(StoreError::LogGap { expected: 4, received: 5 })), "{gap:?}");
-    assert_eq!(store.next_log_seq(run.id).await.unwrap(), 4);
+    assert_eq!(store.append_logs(run.id, &[], at(9)).await.unwrap(), 4, "the gap stored nothing");
 
     let all = store.read_logs(run.id, 0, 100).await.unwrap();
     let text: String = all.iter().map(|c| c.text.as_str()).collect();

@@ -752,15 +752,6 @@ macro_rules! sql_store {
                 }
             }
 
-            async fn next_log_seq(&self, run_id: RunId) -> Result<u64> {
-                let next: i64 =
-                    sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM run_logs WHERE run_id = $1")
-                        .bind(run_id.to_string())
-                        .fetch_one(&self.reader)
-                        .await?;
-                u64::try_from(next).map_err(|error| corrupt("run_logs.seq", error))
-            }
-
             async fn read_logs(
                 &self,
                 run_id: RunId,

@@ -192,8 +192,6 @@ pub trait Store: Send + Sync + 'static {
         chunks: &[(u64, String)],
         now: Timestamp,
     ) -> Result<u64>;
-    /// The sequence number of the run's next log chunk.
-    async fn next_log_seq(&self, run_id: RunId) -> Result<u64>;
     async fn read_logs(
         &self,
         run_id: RunId,
