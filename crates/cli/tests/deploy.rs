@@ -4,7 +4,7 @@
 //!
 //! * every `.Values` path a template reads exists in `values.yaml`, and every value is read;
 //! * `helm lint` accepts the chart and `helm template` renders it; the server's own
-//!   configuration parser accepts the settings it renders, the probes' path answers on a
+//!   configuration parser accepts the settings it renders, the probes' paths answer on a
 //!   real server without credentials, and secrets come from Secrets only;
 //! * `systemd-analyze` verifies the unit and rates its exposure;
 //! * both stop deadlines leave the server the time its graceful stop takes.
@@ -155,10 +155,13 @@ fn check_common(documents: &[Value]) -> ServerConfig {
     assert_eq!(at(security, "allowPrivilegeEscalation").as_bool(), Some(false));
     assert_eq!(at(security, "capabilities.drop").as_sequence().unwrap(), &[Value::from("ALL")]);
 
-    // Probes over HTTPS on the server's port.
-    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+    // Probes over HTTPS on the server's port: ready once the database answers; alive
+    // whatever the database does, so that an outage restarts nothing.
+    for (probe, path) in
+        [("startupProbe", READY_PATH), ("readinessProbe", READY_PATH), ("livenessProbe", LIVE_PATH)]
+    {
         let get = at(container, &format!("{probe}.httpGet"));
-        assert_eq!(text(get, "path"), PROBE_PATH, "{probe}");
+        assert_eq!(text(get, "path"), path, "{probe}");
         assert_eq!(text(get, "scheme"), "HTTPS", "{probe}");
         assert_eq!(text(get, "port"), "https", "{probe}");
     }
@@ -357,16 +360,19 @@ fn a_directory_blob_store_gets_no_bucket_settings() {
 // ---------------------------------------------------------------------------------------
 // The server itself
 
-/// The path the chart's probes use.
-const PROBE_PATH: &str = "/api/v1/health";
+/// The paths the chart's probes use: readiness (and startup), and liveness.
+const READY_PATH: &str = "/api/v1/ready";
+const LIVE_PATH: &str = "/api/v1/health";
 
 #[tokio::test]
-async fn the_probe_path_answers_without_credentials() {
+async fn the_probe_paths_answer_without_credentials() {
     let data = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let server =
         gantry_testkit::TestServer::start_in(data, &[("GANTRY_SERVER_SHARED_WORKERS", "0")]).await;
-    let response = server.http().get(format!("{}{PROBE_PATH}", server.url)).send().await.unwrap();
-    assert_eq!(response.status(), 200, "{PROBE_PATH} must answer kubelet's unauthenticated probe");
+    for path in [READY_PATH, LIVE_PATH] {
+        let response = server.http().get(format!("{}{path}", server.url)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path} must answer kubelet's unauthenticated probe");
+    }
     server.stop().await;
 }
 

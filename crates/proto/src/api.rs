@@ -394,7 +394,8 @@ pub struct Drained {
     pub workers: Vec<Worker>,
 }
 
-/// `GET /api/v1/health`
+/// `GET /api/v1/health` (`status`: `ok`, the process is up) and `GET /api/v1/ready`
+/// (`ready`, its database answers; otherwise an error, status 503).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {
     pub status: String,

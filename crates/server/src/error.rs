@@ -39,6 +39,9 @@ pub(crate) enum ApiError {
     Csr(gantry_crypto::Error),
     #[error("{0}")]
     Internal(String),
+    /// Something this process depends on does not answer, said in a sentence.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("no such endpoint: {method} {path}")]
     NoRoute { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
@@ -91,6 +94,7 @@ impl ApiError {
                 }
             },
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route"),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         }

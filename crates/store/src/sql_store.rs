@@ -702,6 +702,11 @@ macro_rules! sql_store {
                 })
             }
 
+            async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1").execute(&self.reader).await?;
+                Ok(())
+            }
+
             async fn append_logs(
                 &self,
                 run_id: RunId,

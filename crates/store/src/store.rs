@@ -184,6 +184,9 @@ pub trait Store: Send + Sync + 'static {
         at: Timestamp,
     ) -> Result<CommittedPass>;
 
+    /// Returns once the database answers a query: whether this process can serve now.
+    async fn ping(&self) -> Result<()>;
+
     /// Appends chunks in order; chunks already stored are skipped. Returns the next
     /// sequence number expected, or `LogGap` (after storing what came in order).
     async fn append_logs(

@@ -7,11 +7,16 @@ pub(crate) mod runs;
 pub(crate) mod stacks;
 pub(crate) mod workers;
 
+use std::time::Duration;
+
 use axum::Router;
+use axum::extract::State;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
+use gantry_proto::api::Health;
 
 use crate::auth::require_admin;
+use crate::error::{ApiError, Json};
 use crate::state::AppState;
 
 pub(crate) fn router(state: AppState) -> Router<AppState> {
@@ -44,12 +49,31 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route("/runs/{run}/logs", get(logs::page))
         .route("/runs/{run}/logs/stream", get(logs::stream))
         .route_layer(from_fn_with_state(state, require_admin));
-    Router::new().route("/health", get(health)).merge(admin)
+    Router::new().route("/health", get(health)).route("/ready", get(ready)).merge(admin)
 }
 
-async fn health() -> crate::error::Json<gantry_proto::api::Health> {
-    crate::error::Json(gantry_proto::api::Health {
-        status: "ok".to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-    })
+/// How long readiness waits for the database: under the kubelet's default probe timeout
+/// (1 s), so that a failing probe gets an answer that names the cause.
+const READY_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// The process is up: for liveness probes, which must not restart a replica because its
+/// database is away.
+async fn health() -> Json<Health> {
+    status("ok")
+}
+
+/// The replica can serve: its database answers. For readiness probes and load balancers,
+/// which then send requests to the replicas that can.
+async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
+        Ok(answered) => answered.map(|()| status("ready")).map_err(ApiError::from),
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "the database did not answer within {} ms",
+            READY_TIMEOUT.as_millis()
+        ))),
+    }
+}
+
+fn status(status: &str) -> Json<Health> {
+    Json(Health { status: status.to_owned(), version: env!("CARGO_PKG_VERSION").to_owned() })
 }

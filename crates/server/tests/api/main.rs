@@ -169,6 +169,63 @@ async fn the_api_requires_a_valid_key_and_answers_errors_in_json() {
 
     let health = api.http.get(format!("{}/api/v1/health", api.server.url)).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK, "health needs no key");
+    let ready = api.http.get(format!("{}/api/v1/ready", api.server.url)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK, "readiness needs no key");
+    assert_eq!(ready.json::<Value>().await.unwrap()["status"], "ready");
+}
+
+#[tokio::test]
+async fn readiness_follows_the_database_and_liveness_does_not() {
+    use sqlx::Connection as _;
+    let Some(url) = gantry_test_postgres::fresh_database().await else { return };
+    let database = url.rsplit_once('/').unwrap().1.to_owned();
+    let data = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let settings =
+        [("GANTRY_SERVER_DATABASE", url.as_str()), ("GANTRY_SERVER_SHARED_WORKERS", "0")];
+    let server = TestServer::start_in(data, &settings).await;
+    let http = server.http();
+    let probe = |path: &str| http.get(format!("{}/api/v1/{path}", server.url)).send();
+    // Polls until `path` answers `status`, for up to 15 s; returns the last answer's body.
+    let answers = |path: &'static str, status: StatusCode| {
+        let probe = &probe;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            loop {
+                let response = probe(path).await.unwrap();
+                let answered = response.status();
+                let body: Value = response.json().await.unwrap();
+                if answered == status {
+                    return body;
+                }
+                assert!(std::time::Instant::now() < deadline, "{path} still answers {body}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    answers("ready", StatusCode::OK).await;
+
+    // The replica loses its database: no new connection is let in, and its own end.
+    let maintenance = std::env::var(gantry_test_postgres::URL_VARIABLE).unwrap();
+    let mut admin = sqlx::PgConnection::connect(&maintenance).await.unwrap();
+    let allow = |allowed: bool| {
+        sqlx::AssertSqlSafe(format!("ALTER DATABASE {database} ALLOW_CONNECTIONS {allowed}"))
+    };
+    sqlx::raw_sql(allow(false)).execute(&mut admin).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&database)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let body = answers("ready", StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("database"), "{body}");
+    let health = probe("health").await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK, "the process is up: no restart");
+
+    // Back: the replica is ready again without a restart.
+    sqlx::raw_sql(allow(true)).execute(&mut admin).await.unwrap();
+    answers("ready", StatusCode::OK).await;
+    server.stop().await;
 }
 
 #[tokio::test]
