@@ -253,14 +253,13 @@ impl RunViews {
     }
 }
 
-/// The view of a run just queued: its history is its first state and it has no outputs,
-/// so only its pool's name is read.
-pub(crate) async fn queued_run(
-    state: &AppState,
+/// The view of a run just queued, with its stack and pool: its history is its first state
+/// and it has no outputs.
+pub(crate) fn queued_run(
     record: &RunRecord,
     stack: StackRecord,
-) -> Result<api::Run, ApiError> {
-    let pool = state.store.get_pool(record.pool_id).await?;
+    pool: Option<PoolRecord>,
+) -> api::Run {
     let views = RunViews {
         stacks: HashMap::from([(stack.id, stack)]),
         pools: pool.into_iter().map(|pool| (pool.id, pool.name)).collect(),
@@ -268,7 +267,7 @@ pub(crate) async fn queued_run(
         reasons: HashMap::new(),
     };
     let first = StateChangeRecord { state: record.state, at: record.created_at };
-    Ok(views.assemble(record, &[first], &[]))
+    views.assemble(record, &[first], &[])
 }
 
 /// One run's full view.

@@ -19,8 +19,11 @@ pub(super) async fn trigger(
     Json(request): Json<TriggerRun>,
 ) -> ApiResult<(StatusCode, Json<Run>)> {
     let stack = lookup::stack(&state, &key).await?;
-    let run = trigger_run(&state, &stack, request).await?;
-    Ok((StatusCode::CREATED, Json(views::queued_run(&state, &run, stack).await?)))
+    // The pool's name for the answer is read while the run is queued, not after it.
+    let (run, pool) = tokio::try_join!(trigger_run(&state, &stack, request), async {
+        Ok(state.store.get_pool(stack.pool_id).await?)
+    })?;
+    Ok((StatusCode::CREATED, Json(views::queued_run(&run, stack, pool))))
 }
 
 /// Queues a run of the stack after checking the request, for the API and the UI.
