@@ -198,9 +198,9 @@ impl RunViews {
         state: &AppState,
         record: &RunRecord,
     ) -> Result<api::Run, ApiError> {
-        let history = state.store.run_history(record.id).await?;
+        let (record, history) = with_history(state, record).await?;
         let outputs = state.store.outputs(record.id).await?;
-        Ok(self.assemble(record, &history, &outputs))
+        Ok(self.assemble(&record, &history, &outputs))
     }
 
     fn assemble(
@@ -251,6 +251,32 @@ impl RunViews {
             updated_at: record.updated_at,
         }
     }
+}
+
+/// How many times a run is read again when its history moved on meanwhile.
+const HISTORY_REREADS: usize = 3;
+
+/// The run with its history, as of one moment. The record comes first and the history
+/// after, so a change between the two shows in the history only: a page would show a run
+/// APPLYING, with its stop button, above a timeline that ends FINISHED. The history moves
+/// in the same statement as the run's state, so when it ends in another state than the
+/// record's, the record is read again, until they agree.
+async fn with_history(
+    state: &AppState,
+    record: &RunRecord,
+) -> Result<(RunRecord, Vec<StateChangeRecord>), ApiError> {
+    let mut record = record.clone();
+    let mut history = state.store.run_history(record.id).await?;
+    for _ in 0..HISTORY_REREADS {
+        let ahead = history.last().is_some_and(|last| last.state != record.state);
+        if !ahead {
+            break;
+        }
+        let Some(newer) = state.store.get_run(record.id).await? else { break };
+        record = newer;
+        history = state.store.run_history(record.id).await?;
+    }
+    Ok((record, history))
 }
 
 /// The view of a run just queued, with its stack and pool: its history is its first state
