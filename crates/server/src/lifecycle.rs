@@ -58,11 +58,7 @@ pub(crate) async fn trigger(
                 && older.commit_sha.as_ref().is_some_and(|sha| sha != commit);
             if superseded {
                 tracing::info!(run = %older.id, newer = %run.id, "a newer commit supersedes this proposed run");
-                match stop(state, &older).await {
-                    Ok(_) => {}
-                    Err(error) if lost_race(&error) => {}
-                    Err(error) => return Err(error),
-                }
+                stop_as_it_is_now(state, older).await?;
             }
         }
     }
@@ -132,6 +128,26 @@ pub(crate) async fn stop(state: &AppState, run: &RunRecord) -> Result<RunRecord,
         return Ok(requested);
     }
     apply(state, run, &RunEvent::Cancel, Details::default()).await
+}
+
+/// How many times a stop is tried again on a run that changed under it.
+const STOP_RETRIES: usize = 3;
+
+/// Stops the run in whatever state it has reached: a scheduling pass may promote or
+/// assign it between the read that found it and the stop, and the stop then applies to
+/// the run as it is now. A run that ended meanwhile is left as it ended.
+async fn stop_as_it_is_now(state: &AppState, mut run: RunRecord) -> Result<(), ApiError> {
+    for _ in 0..STOP_RETRIES {
+        match stop(state, &run).await {
+            Ok(_) => return Ok(()),
+            Err(error) if lost_race(&error) => match state.store.get_run(run.id).await? {
+                Some(now) if !now.state.is_terminal() => run = now,
+                _ => return Ok(()),
+            },
+            Err(error) => return Err(error),
+        }
+    }
+    Err(ApiError::Internal(format!("run {} kept changing while it was being stopped", run.id)))
 }
 
 /// Takes a run that was handed to a worker but never acknowledged back to the queue.
