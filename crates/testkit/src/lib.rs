@@ -1,8 +1,10 @@
 //! Fixtures shared by Gantry's tests. Everything here is real: a server listening on a
 //! loopback port with its own CA, keys and CSRs made by the `openssl` command, git
 //! repositories made by `git`, Terraform configurations that need no provider download,
-//! an S3-compatible server (moto), Helm charts rendered by `helm`.
+//! an S3-compatible server (moto), Helm charts rendered by `helm`; and the bounds of the
+//! fuzz tests (`fuzz`).
 
+pub mod fuzz;
 mod git;
 pub mod helm;
 mod moto;
