@@ -137,15 +137,18 @@ fn escape(text: &str) -> (Escape<'_>, usize) {
             }
         }
         Some(b']') => {
-            // OSC (a window title, a hyperlink): ends with BEL or ESC \.
-            let end = text[2..]
-                .find(['\u{7}', ESC])
-                .map(|offset| 2 + offset)
-                .filter(|end| bytes[*end] == 7 || bytes.get(end + 1).is_some());
-            match end {
-                None => (Escape::Incomplete, 0),
-                Some(end) if bytes[end] == 7 => (Escape::Other, end + 1),
-                Some(end) => (Escape::Other, end + 2),
+            // OSC (a window title, a hyperlink): ends with BEL or ESC \. Any other ESC
+            // cancels it, as in a terminal, and starts a sequence of its own: it is left
+            // to be read next (the byte after it may be the start of a multi-byte
+            // character, where no sequence may be cut).
+            let Some(end) = text[2..].find(['\u{7}', ESC]).map(|offset| 2 + offset) else {
+                return (Escape::Incomplete, 0);
+            };
+            match (bytes[end], bytes.get(end + 1)) {
+                (7, _) => (Escape::Other, end + 1),
+                (_, None) => (Escape::Incomplete, 0),
+                (_, Some(b'\\')) => (Escape::Other, end + 2),
+                (_, Some(_)) => (Escape::Other, end),
             }
         }
         // Two-character escapes (ESC 7, ESC =, ...): the second character is ASCII here;
@@ -234,6 +237,9 @@ fn escape_into(html: &mut String, text: &str) {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -301,6 +307,10 @@ mod tests {
         check(&["\x1b]0;title\x07text"], "text");
         check(&["\x1b]8;;https://x\x1b\\link\x1b]8;;\x1b\\"], "link");
         check(&["\x1b7a\x1b8"], "a");
+        // An ESC inside a title ends it and is read as a sequence of its own, even when a
+        // multi-byte character follows it (this once cut the character and panicked).
+        check(&["\x1b]title\x1bé"], "é");
+        check(&["\x1b]title\x1b[31mred"], "<span class=\"ansi-fg-1\">red</span>");
         check(&["50%\r100%\r\n"], "50%100%\n");
         check(&["bell\x07 back\x08\ttab"], "bell back\ttab");
         check(&["\x1bé"], "é");
