@@ -19,6 +19,7 @@ pub const WORKER_BINARY: &str = "GANTRY_WORKER_BINARY";
 pub const DEBUG: &str = "GANTRY_DEBUG";
 pub const WORKSPACE_MAX_SIZE: &str = "GANTRY_LAUNCHER_WORKSPACE_MAX_SIZE";
 pub const WORKSPACE_MAX_FILES: &str = "GANTRY_LAUNCHER_WORKSPACE_MAX_FILES";
+pub const STATE_MAX_SIZE: &str = "GANTRY_LAUNCHER_STATE_MAX_SIZE";
 pub const METADATA_PREFIX: &str = "GANTRY_METADATA_";
 
 /// The reference model's default maximum run time.
@@ -30,6 +31,9 @@ pub const DEFAULT_LOGS_TIMEOUT: Duration = Duration::from_secs(7 * 60);
 pub const DEFAULT_WORKSPACE_MAX_SIZE: u64 = 10 * GIB;
 /// The most entries (files, directories, links) an unpacked run workspace may hold.
 pub const DEFAULT_WORKSPACE_MAX_FILES: u32 = 1_000_000;
+/// The largest Terraform state a run may store: far above real states (a few MiB for
+/// thousands of resources), yet a bound on what a hostile run can make a launcher seal.
+pub const DEFAULT_STATE_MAX_SIZE: u64 = 512 * MIB;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;

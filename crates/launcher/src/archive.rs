@@ -32,7 +32,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::ops::Bound::{Excluded, Unbounded};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
@@ -43,6 +43,8 @@ use flate2::write::GzEncoder;
 use gantry_domain::options::{self, Env, OptionError};
 use nix::libc;
 use tar::{EntryType, Header};
+
+use crate::confined::{Confined, EntryKind, FileRefusal};
 
 /// The permission bits kept: never setuid, setgid or sticky.
 const PERMISSION_BITS: u32 = 0o777;
@@ -77,6 +79,8 @@ pub(crate) struct ArchiveLimits {
     pub(crate) max_total_bytes: u64,
     /// `GANTRY_LAUNCHER_WORKSPACE_MAX_FILES`: the most entries (files, directories, links).
     pub(crate) max_entries: u64,
+    /// `GANTRY_LAUNCHER_STATE_MAX_SIZE`: the largest managed state a run may store.
+    pub(crate) max_state_bytes: u64,
 }
 
 impl Default for ArchiveLimits {
@@ -84,6 +88,7 @@ impl Default for ArchiveLimits {
         Self {
             max_total_bytes: options::DEFAULT_WORKSPACE_MAX_SIZE,
             max_entries: u64::from(options::DEFAULT_WORKSPACE_MAX_FILES),
+            max_state_bytes: options::DEFAULT_STATE_MAX_SIZE,
         }
     }
 }
@@ -104,6 +109,11 @@ impl ArchiveLimits {
                 u32::MAX,
                 "a number of files and directories like 1000000",
             )?),
+            max_state_bytes: options::size(
+                env,
+                options::STATE_MAX_SIZE,
+                options::DEFAULT_STATE_MAX_SIZE,
+            )?,
         })
     }
 }
@@ -189,8 +199,10 @@ pub(crate) enum ArchiveError {
         "cannot pack {path:?}: its symbolic link target {target:?} is {rule}, which unpacking refuses (a workspace must be self-contained)"
     )]
     UnpackableLink { path: String, target: String, rule: &'static str },
-    #[error("cannot pack {path:?}: the file shrank while it was being packed")]
+    #[error("cannot pack {path:?}: the file shrank or went away while it was being packed")]
     FileChanged { path: String },
+    #[error("cannot pack the workspace: {0}")]
+    Refused(FileRefusal),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }
@@ -218,43 +230,48 @@ fn lossy(path: &Path) -> String {
 /// Sockets, fifos and devices are an error, and so are links that unpacking would refuse:
 /// better to fail at plan time than to store a workspace no apply can use.
 pub(crate) fn pack(dir: &Path, output: impl Write) -> Result<ArchiveStats, ArchiveError> {
+    // The run that wrote the tree may still be changing it (a process left behind):
+    // every step goes through the directory as opened here, never through a link.
+    let root = Confined::open(dir).map_err(refused_for_packing)?;
     let mut builder = tar::Builder::new(GzEncoder::new(output, Compression::fast()));
     let mut stats = ArchiveStats::default();
     let mut links = BTreeMap::new();
     // Depth first, so that a stack of pending paths stays as small as the tree is deep
     // times its widest directory; children are pushed in reverse to pop in order.
-    let mut pending = sorted_children(dir, Path::new(""))?;
+    let mut pending = sorted_children(&root, Path::new(""))?;
     while let Some(relative) = pending.pop() {
-        let source = dir.join(&relative);
-        let metadata = fs::symlink_metadata(&source)
-            .map_err(io_error(format!("cannot read {}", source.display())))?;
         let mut header = Header::new_gnu();
-        header.set_mode(metadata.mode() & PERMISSION_BITS);
-        header.set_mtime(u64::try_from(metadata.mtime()).unwrap_or(0));
         header.set_uid(0);
         header.set_gid(0);
-        let file_type = metadata.file_type();
-        if file_type.is_dir() {
-            header.set_entry_type(EntryType::Directory);
-            header.set_size(0);
-            builder.append_data(&mut header, &relative, io::empty()).map_err(write_error)?;
-            pending.extend(sorted_children(dir, &relative)?);
-        } else if file_type.is_file() {
-            stats.bytes += append_file(&mut builder, &mut header, &source, &relative)?;
-        } else if file_type.is_symlink() {
-            let target = fs::read_link(&source)
-                .map_err(io_error(format!("cannot read the link {}", source.display())))?;
-            check_link_lexically(&relative, &target)
-                .map_err(|problem| problem.packing_refusal(&relative, &target))?;
-            header.set_entry_type(EntryType::Symlink);
-            header.set_size(0);
-            builder.append_link(&mut header, &relative, &target).map_err(write_error)?;
-            links.insert(relative, target);
-        } else {
-            return Err(ArchiveError::CannotPack {
-                path: lossy(&relative),
-                kind: special_file_kind(file_type),
-            });
+        match root.kind(&relative).map_err(refused_for_packing)? {
+            Some(EntryKind::Directory) => {
+                let directory = root.subdirectory(&relative).map_err(refused_for_packing)?;
+                let metadata = directory_metadata(&directory, &relative)?;
+                header.set_mode(metadata.mode() & PERMISSION_BITS);
+                header.set_mtime(u64::try_from(metadata.mtime()).unwrap_or(0));
+                header.set_entry_type(EntryType::Directory);
+                header.set_size(0);
+                builder.append_data(&mut header, &relative, io::empty()).map_err(write_error)?;
+                pending.extend(sorted_children(&root, &relative)?);
+            }
+            Some(EntryKind::File) => {
+                stats.bytes += append_file(&mut builder, &mut header, &root, &relative)?;
+            }
+            Some(EntryKind::Link) => {
+                let target = root.read_link(&relative).map_err(refused_for_packing)?;
+                check_link_lexically(&relative, &target)
+                    .map_err(|problem| problem.packing_refusal(&relative, &target))?;
+                header.set_mode(0o777);
+                header.set_entry_type(EntryType::Symlink);
+                header.set_size(0);
+                builder.append_link(&mut header, &relative, &target).map_err(write_error)?;
+                links.insert(relative, target);
+            }
+            Some(EntryKind::Other(kind)) => {
+                return Err(ArchiveError::CannotPack { path: lossy(&relative), kind });
+            }
+            // Gone since its directory was listed: nothing to pack.
+            None => continue,
         }
         stats.entries += 1;
     }
@@ -271,58 +288,44 @@ pub(crate) fn pack(dir: &Path, output: impl Write) -> Result<ArchiveStats, Archi
     Ok(stats)
 }
 
+fn refused_for_packing(refusal: FileRefusal) -> ArchiveError {
+    ArchiveError::Refused(refusal)
+}
+
+/// The metadata of the directory as opened, not of whatever its path holds now.
+fn directory_metadata(directory: &Confined, relative: &Path) -> Result<fs::Metadata, ArchiveError> {
+    directory.metadata().map_err(io_error(format!("cannot read {}", relative.display())))
+}
+
 fn write_error(source: io::Error) -> ArchiveError {
     ArchiveError::Io { context: "cannot write the archive".to_owned(), source }
 }
 
-/// The entries of `dir/relative`, as paths relative to `dir`, sorted in reverse.
-fn sorted_children(dir: &Path, relative: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
-    let directory = dir.join(relative);
-    let context = || format!("cannot list {}", directory.display());
-    let mut names = fs::read_dir(&directory)
-        .map_err(io_error(context()))?
-        .map(|entry| entry.map(|entry| entry.file_name()))
-        .collect::<Result<Vec<OsString>, _>>()
-        .map_err(io_error(context()))?;
+/// The entries of `relative` in the workspace, as paths relative to it, sorted in reverse.
+fn sorted_children(root: &Confined, relative: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
+    let mut names = root.list(relative).map_err(refused_for_packing)?;
     names.sort_unstable_by(|a, b| b.cmp(a));
     Ok(names.into_iter().map(|name| relative.join(name)).collect())
-}
-
-fn special_file_kind(file_type: fs::FileType) -> &'static str {
-    if file_type.is_socket() {
-        "socket"
-    } else if file_type.is_fifo() {
-        "fifo"
-    } else if file_type.is_char_device() {
-        "character device"
-    } else if file_type.is_block_device() {
-        "block device"
-    } else {
-        "file of an unknown type"
-    }
 }
 
 /// Appends one regular file; returns its size.
 fn append_file<W: Write>(
     builder: &mut tar::Builder<W>,
     header: &mut Header,
-    source: &Path,
+    root: &Confined,
     relative: &Path,
 ) -> Result<u64, ArchiveError> {
-    let context = || format!("cannot read {}", source.display());
-    // The path was a regular file a moment ago. If it has become a link since, fail
-    // rather than pack what it points to; if a fifo, do not wait for a writer.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(source)
-        .map_err(io_error(context()))?;
+    let context = || format!("cannot read {}", relative.display());
+    // The path was a regular file a moment ago. If it has become a link, a fifo or a hard
+    // link since, fail rather than pack what it points to or wait for a writer.
+    let file = root
+        .read(relative, u64::MAX)
+        .map_err(refused_for_packing)?
+        .ok_or_else(|| ArchiveError::FileChanged { path: lossy(relative) })?;
     let metadata = file.metadata().map_err(io_error(context()))?;
-    if !metadata.is_file() {
-        let kind = special_file_kind(metadata.file_type());
-        return Err(ArchiveError::CannotPack { path: lossy(relative), kind });
-    }
     let size = metadata.len();
+    header.set_mode(metadata.mode() & PERMISSION_BITS);
+    header.set_mtime(u64::try_from(metadata.mtime()).unwrap_or(0));
     header.set_entry_type(EntryType::Regular);
     header.set_size(size);
     let mut reader = ExactReader { file, remaining: size, failure: None };
@@ -1154,7 +1157,11 @@ mod tests {
         };
         assert_eq!(
             ArchiveLimits::from_env(&env(&[])),
-            Ok(ArchiveLimits { max_total_bytes: 10 << 30, max_entries: 1_000_000 })
+            Ok(ArchiveLimits {
+                max_total_bytes: 10 << 30,
+                max_entries: 1_000_000,
+                ..ArchiveLimits::default()
+            })
         );
         assert_eq!(ArchiveLimits::default(), ArchiveLimits::from_env(&env(&[])).unwrap());
         assert_eq!(
@@ -1162,7 +1169,17 @@ mod tests {
                 (options::WORKSPACE_MAX_SIZE, "500MB"),
                 (options::WORKSPACE_MAX_FILES, "2000"),
             ])),
-            Ok(ArchiveLimits { max_total_bytes: 500_000_000, max_entries: 2000 })
+            Ok(ArchiveLimits {
+                max_total_bytes: 500_000_000,
+                max_entries: 2000,
+                ..ArchiveLimits::default()
+            })
+        );
+        assert_eq!(ArchiveLimits::default().max_state_bytes, 512 << 20);
+        assert_eq!(
+            ArchiveLimits::from_env(&env(&[(options::STATE_MAX_SIZE, "1MiB")]))
+                .map(|limits| limits.max_state_bytes),
+            Ok(1 << 20)
         );
         let error =
             ArchiveLimits::from_env(&env(&[(options::WORKSPACE_MAX_SIZE, "10")])).unwrap_err();

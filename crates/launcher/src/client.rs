@@ -226,8 +226,12 @@ impl AgentClient {
         self.with_session(|token| {
             let url = url.clone();
             async move {
-                let handle =
-                    tokio::fs::File::open(file).await.map_err(|e| ClientError::Protocol {
+                let handle = tokio::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(file)
+                    .await
+                    .map_err(|e| ClientError::Protocol {
                         path: file.display().to_string(),
                         cause: format!("cannot read the blob to upload: {e}"),
                     })?;
@@ -355,7 +359,22 @@ impl AgentClient {
                 };
                 let announced = header(SHA256_HEADER);
                 let produced_by = header(STATE_RUN_HEADER).and_then(|run| run.parse().ok());
-                let mut file = tokio::fs::File::create(destination).await.map_err(local)?;
+                // Scratch space may be shared with a run (a Pod's workspace volume): replace
+                // whatever is there, never write through a link left in its place.
+                match tokio::fs::remove_file(destination).await {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(local(error));
+                    }
+                    _ => {}
+                }
+                let mut file = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(destination)
+                    .await
+                    .map_err(local)?;
                 let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
                 let mut size = 0u64;
                 let mut body = response.bytes_stream();

@@ -16,9 +16,13 @@ use gantry_domain::RunId;
 use gantry_proto::agent::{Assignment, BlobRef, SealedInput};
 use gantry_proto::local::SensitiveOutput;
 
+use std::sync::Arc;
+
 use crate::archive::{self, ArchiveError};
 use crate::backoff::{Backoff, shown};
 use crate::client::ClientError;
+use crate::confined::{Confined, FileRefusal};
+use crate::state_check::{self, StateIdentity};
 use crate::supervisor::RunContext;
 
 /// The state file a managed-state stack uses, relative to its project root.
@@ -87,8 +91,7 @@ fn seal_into(
     context: &EnvelopeContext,
     produce: impl FnOnce(&mut dyn Write) -> Result<(), String>,
 ) -> Result<BlobRef, String> {
-    let file =
-        std::fs::File::create(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let file = create_scratch(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     let hashing = Hashing {
         inner: std::io::BufWriter::new(file),
         digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
@@ -105,6 +108,23 @@ fn seal_into(
         .sync_all()
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(BlobRef { sha256: hex::encode(hashing.digest.finish()), size: hashing.size })
+}
+
+/// Creates a scratch file anew, private to the launcher's user. Scratch space may be
+/// shared with a run (a Pod's workspace volume): whatever is in its place is replaced,
+/// and nothing is written through a link.
+fn create_scratch(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
 }
 
 /// Uploads a sealed file, retrying while the server is unreachable.
@@ -264,19 +284,69 @@ pub(crate) async fn restore_workspace(
     .map_err(|e| format!("unpacking the workspace crashed: {e}"))?
 }
 
+/// A managed-state run's files: its workspace as the launcher opened it before any of
+/// the run's code ran, and the project root inside it. Every access goes through
+/// [`Confined`]: the run may have left links, fifos or hard links in their place.
+#[derive(Debug)]
+pub(crate) struct ProjectFiles {
+    workspace: Confined,
+    /// The project root, relative to the workspace, with no link in it.
+    project: PathBuf,
+}
+
+impl ProjectFiles {
+    /// Opens the workspace of a run whose checkout (or unpacked plan) is in place.
+    pub(crate) fn open(workspace: &Path, project_root: &str) -> Result<Self, String> {
+        let project = crate::workspace::project_directory(workspace, project_root)?;
+        let root =
+            workspace.canonicalize().map_err(|e| format!("the workspace is unreadable: {e}"))?;
+        let project = project
+            .strip_prefix(&root)
+            .map_err(|_| format!("the project root {project_root:?} leads outside the repository"))?
+            .to_path_buf();
+        let workspace =
+            Confined::open(&root).map_err(|e| format!("cannot open the workspace: {e}"))?;
+        Ok(Self { workspace, project })
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.project.join(STATE_FILE)
+    }
+}
+
+/// The state a run started from: its digest tells whether the run changed it, its
+/// identity what may follow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StateBefore {
+    pub(crate) sha256: String,
+    pub(crate) identity: StateIdentity,
+}
+
 /// Prepares a managed-state stack's project: the backend override, and the stack's
-/// current state decrypted into `STATE_FILE`. Returns the SHA-256 of that plaintext
-/// state (none when the stack has no state yet), to tell later whether an apply
-/// changed it.
+/// current state decrypted into `STATE_FILE` (any state file the repository or an
+/// earlier job left there is replaced: the server's current version is the truth).
+/// Returns what the run starts from (none when the stack has no state yet).
 pub(crate) async fn bring_in_state(
     run_context: &RunContext,
     assignment: &Assignment,
-    project: &Path,
-) -> Result<Option<String>, String> {
-    tokio::fs::write(project.join(BACKEND_OVERRIDE_FILE), BACKEND_OVERRIDE)
-        .await
-        .map_err(|e| format!("cannot write the managed-state backend: {e}"))?;
-    let Some(version) = &assignment.state else { return Ok(None) };
+    files: &Arc<ProjectFiles>,
+) -> Result<Option<StateBefore>, String> {
+    let override_file = files.project.join(BACKEND_OVERRIDE_FILE);
+    let written = files.workspace.replace(&override_file, 0o644).and_then(|mut file| {
+        file.write_all(BACKEND_OVERRIDE.as_bytes()).map_err(|source| FileRefusal::Io {
+            action: "write",
+            path: override_file.display().to_string(),
+            source,
+        })
+    });
+    written.map_err(|e| format!("cannot write the managed-state backend: {e}"))?;
+    let Some(version) = &assignment.state else {
+        files
+            .workspace
+            .remove(&files.state_file())
+            .map_err(|e| format!("cannot clear the state file: {e}"))?;
+        return Ok(None);
+    };
     let scratch = Scratch::new(run_context, &format!("{}.state-in.gantry", assignment.run_id));
     let downloaded = download(run_context, assignment.run_id, "state", &scratch.0, &version.blob)
         .await
@@ -293,14 +363,18 @@ pub(crate) async fn bring_in_state(
     }
     let key = std::sync::Arc::clone(&run_context.config.key);
     let envelope = context(run_context, assignment, version.run_id, Purpose::State);
-    let (path, state_file) = (scratch.0.clone(), project.join(STATE_FILE));
+    let (path, files) = (scratch.0.clone(), Arc::clone(files));
+    let producer = version.run_id;
     tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(&path)
             .map_err(|e| format!("cannot read the downloaded state: {e}"))?;
         let mut reader = OpeningReader::new(&key, &envelope, std::io::BufReader::new(file))
             .map_err(|e| explain("state", &e))?;
+        let state_file = files.state_file();
         let mut output = Hashing {
-            inner: std::fs::File::create(&state_file)
+            inner: files
+                .workspace
+                .replace(&state_file, 0o644)
                 .map_err(|e| format!("cannot write the state file: {e}"))?,
             digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
             size: 0,
@@ -309,47 +383,88 @@ pub(crate) async fn bring_in_state(
             Some(envelope) => explain("state", envelope),
             None => format!("cannot decrypt the state: {e}"),
         })?;
-        Ok(Some(hex::encode(output.digest.finish())))
+        let sha256 = hex::encode(output.digest.finish());
+        // Nothing of the run has run yet: the file is the one just written.
+        let written = files
+            .workspace
+            .read(&state_file, u64::MAX)
+            .map_err(|e| format!("cannot read the state back: {e}"))?
+            .ok_or_else(|| "the state file vanished as it was written".to_owned())?;
+        let identity = state_check::identify(written).map_err(|refusal| {
+            format!(
+                "the stack's current state (stored by run {producer}) is refused: {refusal}; roll the stack back to a good version (gantry stack state rollback)"
+            )
+        })?;
+        Ok(Some(StateBefore { sha256, identity }))
     })
     .await
     .map_err(|e| format!("decrypting the state crashed: {e}"))?
 }
 
-/// The SHA-256 of the project's state file, if there is one.
-pub(crate) async fn state_digest(project: &Path) -> Option<String> {
-    let bytes = tokio::fs::read(project.join(STATE_FILE)).await.ok()?;
-    Some(hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)))
+/// A reader that hashes what passes through it and copies it to a writer: the state is
+/// validated and sealed in one pass, so what is sealed is exactly what was validated.
+struct Tee<'a, R> {
+    input: R,
+    copy: &'a mut dyn Write,
+    digest: aws_lc_rs::digest::Context,
+    failed_copy: Option<std::io::Error>,
+}
+
+impl<R: std::io::Read> std::io::Read for Tee<'_, R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.input.read(buffer)?;
+        self.digest.update(&buffer[..read]);
+        if let Err(error) = self.copy.write_all(&buffer[..read]) {
+            let message = error.to_string();
+            self.failed_copy = Some(error);
+            return Err(std::io::Error::other(message));
+        }
+        Ok(read)
+    }
+}
+
+/// What sealing the state a run left found.
+enum SealedState {
+    /// No state file, or the same bytes the run started from.
+    Unchanged,
+    /// A valid successor, sealed into the scratch file.
+    Sealed(BlobRef),
 }
 
 /// After an apply (successful or not: a failed apply may have created resources), seals
-/// and stores the state it left, if it changed. On failure the sealed state is kept on
-/// this machine and the error says where.
+/// and stores the state it left, if it changed and is a valid successor of the state the
+/// run started from. On an upload failure the sealed state is kept on this machine and
+/// the error says where; a refused state is never sealed, and the stack keeps its
+/// previous version.
 pub(crate) async fn store_state(
     run_context: &RunContext,
     assignment: &Assignment,
-    project: &Path,
-    before: Option<&str>,
+    files: &Arc<ProjectFiles>,
+    before: Option<&StateBefore>,
 ) -> Result<bool, String> {
-    let Some(after) = state_digest(project).await else { return Ok(false) };
-    if before == Some(after.as_str()) {
-        return Ok(false);
-    }
     let name = format!("{}.state-out.gantry", assignment.run_id);
     let path = run_context.scratch_dir.join(&name);
     let key = std::sync::Arc::clone(&run_context.config.key);
     let envelope = context(run_context, assignment, assignment.run_id, Purpose::State);
-    let (sealed, state_file) = (path.clone(), project.join(STATE_FILE));
-    let blob = tokio::task::spawn_blocking(move || {
-        seal_into(&sealed, &key, &envelope, |output| {
-            let mut file = std::fs::File::open(&state_file)
-                .map_err(|e| format!("cannot read the state file: {e}"))?;
-            std::io::copy(&mut file, output)
-                .map(|_| ())
-                .map_err(|e| format!("cannot encrypt the state: {e}"))
-        })
+    let limit = run_context.config.archive_limits.max_state_bytes;
+    let (sealed, files_in_task, before_in_task) =
+        (path.clone(), Arc::clone(files), before.cloned());
+    let outcome = tokio::task::spawn_blocking(move || {
+        seal_state(&sealed, &key, &envelope, &files_in_task, before_in_task.as_ref(), limit)
     })
     .await
-    .map_err(|e| format!("sealing the state crashed: {e}"))??;
+    .map_err(|e| format!("sealing the state crashed: {e}"))?;
+    let blob = match outcome {
+        Ok(SealedState::Unchanged) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Ok(false);
+        }
+        Ok(SealedState::Sealed(blob)) => blob,
+        Err(problem) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(problem);
+        }
+    };
     match upload(run_context, assignment.run_id, "state", &path, &blob).await {
         Ok(()) => {
             let _ = tokio::fs::remove_file(&path).await;
@@ -374,6 +489,63 @@ pub(crate) async fn store_state(
             ))
         }
     }
+}
+
+/// Reads the state file once, through the workspace as the launcher opened it: hashes,
+/// validates and seals the same bytes.
+fn seal_state(
+    sealed: &Path,
+    key: &PoolPrivateKey,
+    envelope: &EnvelopeContext,
+    files: &ProjectFiles,
+    before: Option<&StateBefore>,
+    limit: u64,
+) -> Result<SealedState, String> {
+    let state_file = files.state_file();
+    let refused = |rule: String| {
+        format!(
+            "the state it left in {} is refused ({rule}); the stack keeps its previous state",
+            state_file.display()
+        )
+    };
+    let file = match files.workspace.read(&state_file, limit) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Ok(SealedState::Unchanged),
+        Err(FileRefusal::TooLarge { size, limit, .. }) => {
+            return Err(refused(format!(
+                "it is {size} bytes, over GANTRY_LAUNCHER_STATE_MAX_SIZE of {limit} bytes"
+            )));
+        }
+        Err(refusal) => return Err(refused(refusal.to_string())),
+    };
+    let mut verdict = None;
+    let mut sha256 = String::new();
+    let blob = seal_into(sealed, key, envelope, |output| {
+        let mut tee = Tee {
+            input: std::io::Read::take(file, limit),
+            copy: output,
+            digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
+            failed_copy: None,
+        };
+        let identity = state_check::identify(&mut tee);
+        if let Some(error) = tee.failed_copy.take() {
+            return Err(format!("cannot encrypt the state: {error}"));
+        }
+        sha256 = hex::encode(tee.digest.finish());
+        verdict = Some(identity);
+        Ok(())
+    })?;
+    if before.is_some_and(|before| before.sha256 == sha256) {
+        return Ok(SealedState::Unchanged);
+    }
+    let identity = match verdict {
+        Some(Ok(identity)) => identity,
+        Some(Err(refusal)) => return Err(refused(refusal.to_string())),
+        None => return Err(refused("it could not be read".to_owned())),
+    };
+    state_check::check_successor(before.map(|before| &before.identity), &identity)
+        .map_err(|refusal| refused(refusal.to_string()))?;
+    Ok(SealedState::Sealed(blob))
 }
 
 /// Seals a tracked run's sensitive output values and uploads them, for the runs of the

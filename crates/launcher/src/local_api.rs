@@ -45,9 +45,9 @@ pub(crate) enum Conclusion {
 pub(crate) struct ManagedState {
     pub(crate) context: Arc<RunContext>,
     pub(crate) assignment: Assignment,
-    pub(crate) project: std::path::PathBuf,
-    /// The SHA-256 of the state the run started from.
-    pub(crate) before: Option<String>,
+    pub(crate) files: Arc<handoff::ProjectFiles>,
+    /// The state the run started from.
+    pub(crate) before: Option<handoff::StateBefore>,
     /// The apply has started: from now on the state may change.
     pub(crate) applying: std::sync::atomic::AtomicBool,
     /// The state was stored (or storing it failed): once per run.
@@ -56,17 +56,17 @@ pub(crate) struct ManagedState {
 
 impl ManagedState {
     /// The managed state of a run that may change it (tracked runs and tasks); `None`
-    /// for runs that only read it. `before` is the SHA-256 of the state it starts from.
+    /// for runs that only read it. `before` is the state it starts from.
     pub(crate) fn for_run(
         context: &Arc<RunContext>,
         assignment: &Assignment,
-        project: std::path::PathBuf,
-        before: Option<String>,
+        files: Arc<handoff::ProjectFiles>,
+        before: Option<handoff::StateBefore>,
     ) -> Option<Self> {
         assignment.run_type.takes_stack_lock().then(|| Self {
             context: Arc::clone(context),
             assignment: assignment.clone(),
-            project,
+            files,
             before,
             applying: std::sync::atomic::AtomicBool::new(
                 assignment.job == gantry_proto::agent::Job::Apply,
@@ -85,8 +85,8 @@ impl ManagedState {
             let result = handoff::store_state(
                 &self.context,
                 &self.assignment,
-                &self.project,
-                self.before.as_deref(),
+                &self.files,
+                self.before.as_ref(),
             )
             .await;
             *stored = Some(result);

@@ -251,22 +251,21 @@ async fn prepare(
     }
     let project = workspace::project_directory(workspace, &stack.project_root)?;
     let managed_state = if assignment.managed_state {
-        let before = match assignment.job {
-            Job::Plan => {
-                let before = handoff::bring_in_state(context, assignment, &project).await?;
-                logs.append(match &assignment.state {
-                    Some(_) => "Brought in the stack's state, decrypted with the pool key\n",
-                    None => {
-                        "The stack has no state yet: Gantry will keep the one this run creates\n"
-                    }
-                });
-                before
+        // Opened before any of the run's code runs: what the run later does to the tree
+        // cannot redirect the launcher's reads and writes of its state.
+        let files = Arc::new(handoff::ProjectFiles::open(workspace, &stack.project_root)?);
+        // Both jobs start from the server's current version: a plan's stored workspace
+        // carries whatever its run left in the state file, which is not to be trusted.
+        let before = handoff::bring_in_state(context, assignment, &files).await?;
+        logs.append(match (&assignment.state, assignment.job) {
+            (Some(_), _) => "Brought in the stack's state, decrypted with the pool key\n",
+            (None, Job::Plan) => {
+                "The stack has no state yet: Gantry will keep the one this run creates\n"
             }
-            // The workspace carries the state its plan started from.
-            Job::Apply => handoff::state_digest(&project).await,
-        };
+            (None, Job::Apply) => "",
+        });
         // Only runs that may apply change the state.
-        ManagedState::for_run(context, assignment, project.clone(), before)
+        ManagedState::for_run(context, assignment, files, before)
     } else {
         None
     };

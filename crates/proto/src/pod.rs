@@ -58,4 +58,10 @@ pub struct PodHandoff {
     /// The SHA-256 of the state the run started from, to tell whether it changed.
     #[serde(default)]
     pub state_before: Option<String>,
+    /// The lineage and serial of that state: the next version must keep the lineage and
+    /// may not lower the serial.
+    #[serde(default)]
+    pub state_lineage: Option<String>,
+    #[serde(default)]
+    pub state_serial: Option<u64>,
 }

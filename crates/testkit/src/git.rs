@@ -49,6 +49,20 @@ impl GitRepository {
         self.head()
     }
 
+    /// Commits a symbolic link at `name` to `target` (which need not exist); returns the
+    /// commit SHA. For repositories as hostile authors write them.
+    pub fn commit_link(&self, name: &str, target: &str, message: &str) -> String {
+        let link = self.path.join(name);
+        if let Some(parent) = link.parent() {
+            std::fs::create_dir_all(parent).expect("create parent directories");
+        }
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(target, &link).expect("create a symbolic link");
+        git(&self.path, &["add", "--all"]);
+        git(&self.path, &["commit", "--quiet", "-m", message]);
+        self.head()
+    }
+
     pub fn head(&self) -> String {
         git(&self.path, &["rev-parse", "HEAD"])
     }

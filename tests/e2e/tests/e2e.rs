@@ -6,6 +6,7 @@
 mod browser;
 mod docker;
 mod harness;
+mod hostile;
 mod launcher_options;
 mod pod_protocol;
 mod replicas;

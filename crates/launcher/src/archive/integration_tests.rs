@@ -379,7 +379,7 @@ fn packing_refuses_links_that_unpacking_would_refuse() {
 fn a_missing_workspace_cannot_be_packed() {
     let scene = Scene::new();
     let error = pack(&scene.root.path().join("missing"), io::sink()).unwrap_err();
-    assert!(error.to_string().starts_with("cannot list "), "{error}");
+    assert!(error.to_string().starts_with("cannot pack the workspace: cannot open "), "{error}");
 }
 
 /// Runs terraform offline and returns its standard output.
@@ -831,7 +831,8 @@ fn a_huge_entry_stops_at_the_size_limit() {
         builder.append(&header, io::repeat(0).take(CLAIMED))
     });
     let scene = Scene::new();
-    let limits = ArchiveLimits { max_total_bytes: 4 << 20, max_entries: 10 };
+    let limits =
+        ArchiveLimits { max_total_bytes: 4 << 20, max_entries: 10, ..ArchiveLimits::default() };
     let error = unpack(reader, &scene.destination(), &limits).unwrap_err();
     assert_eq!(
         error.to_string(),
@@ -845,7 +846,8 @@ fn a_huge_entry_stops_at_the_size_limit() {
 #[test]
 fn the_size_limit_counts_the_bytes_of_all_files() {
     let files: Vec<Crafted> = (0..11).map(|i| file(&format!("f{i:02}"), &[b'x'; 1000])).collect();
-    let limits = ArchiveLimits { max_total_bytes: 10_000, max_entries: 100 };
+    let limits =
+        ArchiveLimits { max_total_bytes: 10_000, max_entries: 100, ..ArchiveLimits::default() };
     check_refused_bytes(
         &crafted(&files),
         &limits,
@@ -859,7 +861,7 @@ fn the_size_limit_counts_the_bytes_of_all_files() {
 #[test]
 fn the_entry_limit_counts_every_entry() {
     let entries = || vec![dir("d"), file("d/a", b""), link("l", "d"), dir("e"), file("b", b"")];
-    let limits = ArchiveLimits { max_total_bytes: 100, max_entries: 5 };
+    let limits = ArchiveLimits { max_total_bytes: 100, max_entries: 5, ..ArchiveLimits::default() };
     let scene = Scene::new();
     assert_eq!(scene.unpack(&crafted(&entries()), &limits).unwrap().entries, 5);
     let mut six = entries();
@@ -881,7 +883,8 @@ fn an_endless_stream_of_entries_stops_at_the_entry_limit() {
         Ok(())
     });
     let scene = Scene::new();
-    let limits = ArchiveLimits { max_total_bytes: 100, max_entries: 1000 };
+    let limits =
+        ArchiveLimits { max_total_bytes: 100, max_entries: 1000, ..ArchiveLimits::default() };
     let error = unpack(reader, &scene.destination(), &limits).unwrap_err();
     assert_eq!(
         error.to_string(),

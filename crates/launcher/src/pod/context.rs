@@ -201,6 +201,8 @@ mod tests {
             deadline_unix_ms: 1_700_000_000_000,
             managed_state: true,
             state_before: Some("ab".repeat(32)),
+            state_lineage: Some("1d6c".to_owned()),
+            state_serial: Some(3),
         }
     }
 

@@ -97,6 +97,7 @@ async fn hand_over(
         .map_err(|e| format!("cannot open the workspace to the worker container: {e}"))?;
     // The sidecar goes on with the log where init's last line ended.
     logs.flush().await;
+    let before = prepared.managed_state.as_ref().and_then(|managed| managed.before.as_ref());
     let handoff = PodHandoff {
         version: HANDOFF_VERSION,
         run_id: assignment.run_id,
@@ -104,7 +105,9 @@ async fn hand_over(
         log_next_seq: logs.next_seq(),
         deadline_unix_ms,
         managed_state: prepared.managed_state.is_some(),
-        state_before: prepared.managed_state.as_ref().and_then(|managed| managed.before.clone()),
+        state_before: before.map(|before| before.sha256.clone()),
+        state_lineage: before.map(|before| before.identity.lineage.clone()),
+        state_serial: before.map(|before| before.identity.serial),
     };
     write_handoff(&init.pod.workspace_dir, &handoff).await
 }

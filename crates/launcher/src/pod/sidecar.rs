@@ -68,7 +68,22 @@ pub async fn sidecar(
         ..handoff.job
     };
     let managed_state = match handoff.managed_state {
-        true => ManagedState::for_run(&context, assignment, project, handoff.state_before),
+        true => {
+            let files =
+                crate::handoff::ProjectFiles::open(&workspace, &assignment.stack.project_root)
+                    .map_err(|problem| PodError::Handoff {
+                        path: workspace.display().to_string(),
+                        problem,
+                    })?;
+            let before = match (handoff.state_before, handoff.state_lineage, handoff.state_serial) {
+                (Some(sha256), Some(lineage), Some(serial)) => Some(crate::handoff::StateBefore {
+                    sha256,
+                    identity: crate::state_check::StateIdentity { lineage, serial },
+                }),
+                _ => None,
+            };
+            ManagedState::for_run(&context, assignment, std::sync::Arc::new(files), before)
+        }
         false => None,
     };
     let deadline = instant_of(handoff.deadline_unix_ms);

@@ -495,9 +495,12 @@ pub(crate) struct Exited {
 
 fn launcher_command(token: &str, key: &str, work_dir: &Path, extra: &[(&str, &str)]) -> Command {
     let mut command = base_command(&bin("gantry-launcher"));
+    // An empty key: the caller names a key file in `extra`.
+    if !key.is_empty() {
+        command.env("GANTRY_POOL_PRIVATE_KEY", key);
+    }
     command
         .env("GANTRY_TOKEN", token)
-        .env("GANTRY_POOL_PRIVATE_KEY", key)
         .env("GANTRY_WORKER_BINARY", bin("gantry-worker"))
         .env("GANTRY_LAUNCHER_WORK_DIR", work_dir)
         .stdin(Stdio::null())
@@ -525,6 +528,12 @@ impl Launcher {
         launcher._work = Some(work);
         launcher.wait_for_stderr("launcher connected", Duration::from_secs(30));
         launcher
+    }
+
+    /// A connected launcher that reads its key from the file `GANTRY_POOL_PRIVATE_KEY_FILE`
+    /// in `extra` names.
+    pub(crate) fn with_key_file(_cluster: &Cluster, token: &str, extra: &[(&str, &str)]) -> Self {
+        Self::connected(token, "", extra)
     }
 
     /// A connected launcher of `pool` with its own work directory.

@@ -1,0 +1,319 @@
+//! A run's code is hostile: each test is one attack a stack's author could make on the
+//! launcher through what a run leaves in its workspace or commits in its repository
+//! (links to the launcher's environment, its key file or `/etc/shadow` in place of the
+//! managed state or the backend override, hard links, fifos, forged or oversized state).
+//! Each asserts that the run fails with the named reason (or goes on unharmed), that no
+//! byte of key material or of the launcher's environment reaches the server, and that
+//! the stack's next run works from the state it had.
+
+use std::path::PathBuf;
+
+use gantry_testkit::{GitRepository, KeyKind, OpensslKey};
+use serde_json::Value;
+
+use crate::harness::{Cluster, Launcher};
+
+/// One resource, managed state: the first apply gives the stack a state version.
+const CONFIG: &str = r#"
+resource "terraform_data" "example" {
+  input = "created by gantry"
+}
+
+output "message" {
+  value = terraform_data.example.output
+}
+"#;
+
+/// A value only the launcher's environment holds: if it reaches the server, the
+/// launcher's environment did.
+const CANARY: &str = "launcher-environment-canary-5c1e7a";
+
+/// A pool whose launcher reads its key from a file, and a managed-state stack whose
+/// state holds one applied resource.
+struct Attacked {
+    cluster: Cluster,
+    work: tempfile::TempDir,
+    key: OpensslKey,
+    key_file: PathBuf,
+    _launcher: Launcher,
+}
+
+impl Attacked {
+    /// With `committed` files added to the repository (paths and contents; a content
+    /// starting with `->` makes a symbolic link to the rest).
+    fn start(committed: &[(&str, &str)], launcher_env: &[(&str, &str)]) -> Self {
+        Self::start_with(committed, launcher_env, true)
+    }
+
+    /// [`Self::start`], with or without autodeploy.
+    fn start_with(committed: &[(&str, &str)], launcher_env: &[(&str, &str)], autodeploy: bool) -> Self {
+        let cluster = Cluster::start();
+        let work = tempfile::tempdir().unwrap();
+        let key = OpensslKey::generate(work.path(), "pool", KeyKind::P256);
+        let key_file = work.path().join("pool.key");
+        assert!(key_file.is_file(), "openssl wrote the key to {}", key_file.display());
+        let token = cluster.gantry.create_pool("p", &key);
+        let repository =
+            GitRepository::create(&work.path().join("repo"), &[("infra/main.tf", CONFIG)]);
+        let regular: Vec<(&str, &str)> =
+            committed.iter().copied().filter(|(_, content)| !content.starts_with("->")).collect();
+        if !regular.is_empty() {
+            repository.commit(&regular, "regular files");
+        }
+        for (path, content) in committed {
+            if let Some(target) = content.strip_prefix("->") {
+                repository.commit_link(path, target, "a link");
+            }
+        }
+        let url = repository.url();
+        let mut create = vec![
+            "stack",
+            "create",
+            "--name",
+            "app",
+            "--repository",
+            &url,
+            "--pool",
+            "p",
+            "--project-root",
+            "infra",
+            "--managed-state",
+        ];
+        if autodeploy {
+            create.push("--autodeploy");
+        }
+        cluster.gantry.ok(&create);
+        let key_path = key_file.display().to_string();
+        let mut env = vec![("GANTRY_POOL_PRIVATE_KEY_FILE", key_path.as_str()), ("HOSTILE_CANARY", CANARY)];
+        env.extend_from_slice(launcher_env);
+        let launcher = Launcher::with_key_file(&cluster, &token, &env);
+        Self { cluster, work, key, key_file, _launcher: launcher }
+    }
+
+    /// Applies the configuration once, so that the stack has a state version.
+    fn with_state(committed: &[(&str, &str)], launcher_env: &[(&str, &str)]) -> Self {
+        let attacked = Self::start(committed, launcher_env);
+        let run = attacked.tracked();
+        assert_eq!(run["state"], "FINISHED", "{run}\n{}", attacked.cluster.gantry.log(&run));
+        attacked
+    }
+
+    fn tracked(&self) -> Value {
+        let run = self.cluster.gantry.trigger("app", &[]);
+        self.cluster.gantry.wait_for_state(&run, &["FINISHED", "FAILED", "UNCONFIRMED"])
+    }
+
+    /// Runs a task, the attacker's own command, to its end.
+    fn task(&self, command: &str) -> Value {
+        let run = self.cluster.gantry.json(&["run", "task", "app", "--", command]);
+        self.cluster.gantry.wait_for_state(&run, &["FINISHED", "FAILED"])
+    }
+
+    /// The run failed, saying `reason` in its failure and its log.
+    fn assert_failed_with(&self, run: &Value, reason: &str) {
+        let log = self.cluster.gantry.log(run);
+        assert_eq!(run["state"], "FAILED", "{run}\n{log}");
+        assert!(log.contains(reason), "the log names the reason {reason:?}:\n{log}");
+    }
+
+    /// No byte of the key, its PEM lines or the launcher's environment is on the server,
+    /// and the next run of the stack starts from the state it had: nothing to change.
+    fn assert_unharmed(&self) {
+        self.assert_no_leak();
+        let next = self.tracked();
+        let log = self.cluster.gantry.log(&next);
+        assert_eq!(next["state"], "FINISHED", "{next}\n{log}");
+        assert_eq!(next["has_changes"], false, "the stack kept its state:\n{log}");
+    }
+
+    fn assert_no_leak(&self) {
+        let server = &self.cluster.server;
+        server.assert_nothing_contains(CANARY);
+        server.assert_nothing_contains("GANTRY_POOL_PRIVATE_KEY");
+        for line in key_lines(&self.key.key_pem) {
+            server.assert_nothing_contains(&line);
+        }
+    }
+
+    fn key_path(&self) -> String {
+        self.key_file.display().to_string()
+    }
+}
+
+/// The body lines of a PEM key: any one of them on the server is a leak.
+fn key_lines(pem: &str) -> Vec<String> {
+    pem.lines()
+        .filter(|line| !line.starts_with("-----") && line.len() >= 16)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A Terraform state document of the given lineage and serial, padded to about `size`.
+fn state_document(lineage: &str, serial: u64, padding: usize) -> String {
+    format!(
+        r#"{{"version":4,"terraform_version":"1.11.0","serial":{serial},"lineage":"{lineage}","outputs":{{"pad":{{"value":"{}","type":"string"}}}},"resources":[],"check_results":null}}"#,
+        "x".repeat(padding)
+    )
+}
+
+#[test]
+fn a_link_to_the_launchers_environment_in_place_of_the_state_is_refused() {
+    let attacked = Attacked::with_state(&[], &[]);
+    let run = attacked.task("ln -sf /proc/self/environ gantry.tfstate");
+    attacked.assert_failed_with(&run, "gantry.tfstate is a symbolic link");
+    attacked.assert_unharmed();
+}
+
+#[test]
+fn a_link_to_the_key_file_in_place_of_the_state_is_refused() {
+    let attacked = Attacked::with_state(&[], &[]);
+    let run = attacked.task(&format!("ln -sf {} gantry.tfstate", attacked.key_path()));
+    attacked.assert_failed_with(&run, "gantry.tfstate is a symbolic link");
+    attacked.assert_unharmed();
+}
+
+#[test]
+fn a_link_to_etc_shadow_in_place_of_the_state_is_refused() {
+    let attacked = Attacked::with_state(&[], &[]);
+    let run = attacked.task("ln -sf /etc/shadow gantry.tfstate");
+    attacked.assert_failed_with(&run, "gantry.tfstate is a symbolic link");
+    attacked.assert_unharmed();
+}
+
+#[test]
+fn a_hard_link_to_the_key_file_in_place_of_the_state_is_refused() {
+    let attacked = Attacked::with_state(&[], &[]);
+    // Same user and same file system: the kernel allows it, the launcher must refuse it.
+    let run = attacked.task(&format!("rm -f gantry.tfstate && ln {} gantry.tfstate", attacked.key_path()));
+    attacked.assert_failed_with(&run, "has 2 hard links");
+    attacked.assert_unharmed();
+}
+
+#[test]
+fn a_fifo_in_place_of_the_state_is_refused_without_waiting_for_a_writer() {
+    let attacked = Attacked::with_state(&[], &[]);
+    let run = attacked.task("rm -f gantry.tfstate && mkfifo gantry.tfstate");
+    attacked.assert_failed_with(&run, "gantry.tfstate is a fifo, not a regular file");
+    attacked.assert_unharmed();
+}
+
+#[test]
+fn a_directory_in_place_of_the_state_is_refused() {
+    let attacked = Attacked::with_state(&[], &[]);
+    let run = attacked.task("rm -f gantry.tfstate && mkdir gantry.tfstate");
+    attacked.assert_failed_with(&run, "gantry.tfstate is a directory, not a regular file");
+    attacked.assert_unharmed();
+}
+
+#[test]
+fn a_state_that_is_not_json_is_refused() {
+    let attacked = Attacked::with_state(&[], &[]);
+    let run = attacked.task("printf 'PATH=/usr/bin\\000HOME=/root' > gantry.tfstate");
+    attacked.assert_failed_with(&run, "it is not Terraform or OpenTofu state");
+    attacked.assert_failed_with(&run, "the stack keeps its previous state");
+    attacked.assert_unharmed();
+}
+
+#[test]
+fn a_state_of_another_lineage_is_refused() {
+    let attacked = Attacked::with_state(&[], &[]);
+    let forged = state_document("00000000-forged-lineage", 99, 0);
+    let run = attacked.task(&format!("printf '%s' '{forged}' > gantry.tfstate"));
+    attacked.assert_failed_with(&run, "is not the stack's lineage");
+    attacked.assert_unharmed();
+}
+
+#[test]
+fn a_state_whose_serial_goes_back_is_refused() {
+    let attacked = Attacked::with_state(&[], &[]);
+    // Same lineage, serial lowered below the stored one.
+    let run = attacked.task(
+        r#"sed -i 's/"serial": [0-9]*/"serial": 0/' gantry.tfstate && grep -q '"serial": 0' gantry.tfstate"#,
+    );
+    attacked.assert_failed_with(&run, "its serial went back from");
+    attacked.assert_unharmed();
+}
+
+#[test]
+fn an_oversized_state_is_refused_with_the_option_that_bounds_it() {
+    let attacked = Attacked::with_state(&[], &[("GANTRY_LAUNCHER_STATE_MAX_SIZE", "2KiB")]);
+    // A valid successor in every other respect: same lineage, higher serial.
+    let run = attacked.task(
+        r#"lineage=$(sed -n 's/.*"lineage": "\([^"]*\)".*/\1/p' gantry.tfstate) && printf '{"version":4,"serial":50,"lineage":"%s","pad":"%04096d"}' "$lineage" 0 > gantry.tfstate"#,
+    );
+    attacked.assert_failed_with(&run, "over GANTRY_LAUNCHER_STATE_MAX_SIZE");
+    attacked.assert_unharmed();
+}
+
+#[test]
+fn a_task_that_deletes_the_state_leaves_the_stack_its_state() {
+    let attacked = Attacked::with_state(&[], &[]);
+    let run = attacked.task("rm gantry.tfstate");
+    assert_eq!(run["state"], "FINISHED", "{run}\n{}", attacked.cluster.gantry.log(&run));
+    attacked.assert_unharmed();
+}
+
+#[test]
+fn a_task_that_truncates_the_state_is_refused() {
+    let attacked = Attacked::with_state(&[], &[]);
+    let run = attacked.task(": > gantry.tfstate");
+    attacked.assert_failed_with(&run, "it is not Terraform or OpenTofu state");
+    attacked.assert_unharmed();
+}
+
+#[test]
+fn a_committed_link_in_place_of_the_state_is_replaced_not_followed() {
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    let target = format!("->{}", victim.display());
+    let attacked = Attacked::start(&[("infra/gantry.tfstate", &target)], &[]);
+    // The first run writes no state through the link, and the apply's state replaces it.
+    let first = attacked.tracked();
+    assert_eq!(first["state"], "FINISHED", "{first}\n{}", attacked.cluster.gantry.log(&first));
+    // The second brings the stored state in, again replacing the committed link.
+    attacked.assert_unharmed();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+}
+
+#[test]
+fn a_committed_link_in_place_of_the_backend_override_is_replaced_not_followed() {
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim.tf");
+    std::fs::write(&victim, "# untouched\n").unwrap();
+    let target = format!("->{}", victim.display());
+    let attacked =
+        Attacked::with_state(&[("infra/gantry_managed_state_override.tf", &target)], &[]);
+    attacked.assert_unharmed();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "# untouched\n");
+}
+
+#[test]
+fn a_committed_link_to_the_launchers_environment_fails_the_plan_before_anything_is_stored() {
+    // Without autodeploy the planned workspace is packed for the apply: the link is
+    // refused there, before anything is sealed or uploaded.
+    let attacked =
+        Attacked::start_with(&[("infra/environ", "->/proc/self/environ")], &[], false);
+    let run = attacked.tracked();
+    attacked.assert_failed_with(&run, "is absolute");
+    attacked.assert_no_leak();
+}
+
+#[test]
+fn a_project_root_swapped_for_a_link_during_the_run_is_refused() {
+    let attacked = Attacked::with_state(&[], &[]);
+    let victim_dir = attacked.work.path().join("elsewhere");
+    std::fs::create_dir_all(&victim_dir).unwrap();
+    // The task moves its own project directory away and leaves a link in its place: the
+    // launcher's writes after the run must not land in the link's target.
+    let run = attacked.task(&format!(
+        "cd .. && mv infra infra.moved && ln -s {} infra",
+        victim_dir.display()
+    ));
+    attacked.assert_failed_with(&run, "infra/gantry.tfstate is a symbolic link");
+    assert!(
+        std::fs::read_dir(&victim_dir).unwrap().next().is_none(),
+        "nothing was written through the link"
+    );
+    attacked.assert_unharmed();
+}
