@@ -102,6 +102,9 @@ fn describe(error: &serde_json::Error) -> String {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 

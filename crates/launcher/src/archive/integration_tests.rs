@@ -20,6 +20,9 @@ use tempfile::TempDir;
 
 use super::{ArchiveError, ArchiveLimits, ArchiveStats, pack, unpack};
 
+// Beside these tests, to craft its archives with the same helpers.
+mod fuzz_tests;
+
 // ---------------------------------------------------------------------------------------
 // Crafted archives
 
