@@ -21,6 +21,7 @@ pub const SHUTDOWN_GRACE: &str = "GANTRY_LAUNCHER_SHUTDOWN_GRACE";
 pub const METRICS_LISTEN: &str = "GANTRY_LAUNCHER_METRICS_LISTEN";
 pub const SENSITIVE_OUTPUT_UPLOAD_ENABLED: &str = "GANTRY_SENSITIVE_OUTPUT_UPLOAD_ENABLED";
 pub const EXECUTOR: &str = "GANTRY_LAUNCHER_EXECUTOR";
+pub const RUN_UID_BASE: &str = "GANTRY_LAUNCHER_RUN_UID_BASE";
 pub const RUN_LOGS_ON_STANDARD_OUTPUT: &str = "GANTRY_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED";
 
 /// How runs are executed.
@@ -88,8 +89,11 @@ pub struct LauncherConfig {
     /// `GANTRY_WHITELIST_ENVS` and `GANTRY_MASK_ENVS`: variables of this environment
     /// added to the runs' own.
     pub passed_env: Vec<crate::passed_env::PassedVariable>,
-    /// `GANTRY_LAUNCHER_EXECUTOR`: `process` or `docker`.
+    /// `GANTRY_LAUNCHER_EXECUTOR`: `docker` (the default, as the reference's) or `process`.
     pub executor: ExecutorKind,
+    /// `GANTRY_LAUNCHER_RUN_UID_BASE`: the process executor, run as root, runs each slot's
+    /// runs as the user with this UID plus the slot's number.
+    pub run_uid_base: u32,
     /// Where `private://` repositories are cloned from.
     pub private_vcs: crate::private_vcs::PrivateVcs,
     /// Print run logs as JSON lines on standard output too.
@@ -164,7 +168,7 @@ impl LauncherConfig {
                 })
             })
             .transpose()?;
-        let executor = match options::get(env, EXECUTOR).unwrap_or("process") {
+        let executor = match options::get(env, EXECUTOR).unwrap_or("docker") {
             "process" => ExecutorKind::Process,
             "docker" => {
                 use crate::executor::registry_auth::{DOCKER_CONFIG_DIR, RegistryAuth};
@@ -183,7 +187,16 @@ impl LauncherConfig {
                 Some(path) => Some(crate::policy::InitializationPolicy::load(Path::new(path))?),
                 None => None,
             };
+        let run_uid_base = options::count(
+            env,
+            RUN_UID_BASE,
+            crate::executor::DEFAULT_RUN_UID_BASE,
+            1000,
+            u32::MAX - 64,
+            "a UID from 1000 on, not used by any account of this machine, like 61000",
+        )?;
         Ok(Self {
+            run_uid_base,
             private_vcs: crate::private_vcs::PrivateVcs::from_env(env)?,
             run_logs_on_stdout: options::boolean(env, RUN_LOGS_ON_STANDARD_OUTPUT, false)?,
             initialization_policy,

@@ -352,15 +352,17 @@ async fn heartbeat_loop(
 
 fn prepare_dirs(context: &RunContext, instance_dir: &Path) -> Result<(), FatalError> {
     use std::os::unix::fs::DirBuilderExt;
-    for dir in [
-        instance_dir,
-        context.runs_dir.as_path(),
-        context.sockets_dir.as_path(),
-        context.scratch_dir.as_path(),
+    // Runs of the process executor run as users of their own: they pass through these
+    // (never list them) to their own workspace and socket. Scratch space is the launcher's.
+    for (dir, mode) in [
+        (instance_dir, 0o711),
+        (context.runs_dir.as_path(), 0o711),
+        (context.sockets_dir.as_path(), 0o711),
+        (context.scratch_dir.as_path(), 0o700),
     ] {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(mode)
             .create(dir)
             .map_err(|source| FatalError::WorkDir { path: dir.display().to_string(), source })?;
     }

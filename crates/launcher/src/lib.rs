@@ -28,7 +28,8 @@ mod workspace;
 pub use client::{AgentClient, ClientError};
 pub use config::{ConfigError, LauncherConfig};
 pub use executor::{
-    DockerExecutor, DockerSettings, Executor, ProcessExecutor, docker, registry_auth,
+    DockerExecutor, DockerSettings, Executor, ProcessExecutor, ProcessExecutorError, docker,
+    registry_auth,
 };
 pub use launcher::{FatalError, Shutdown, run};
 pub use worker_binary::{WORKER_BINARY_PUBLIC_KEY, WorkerSource};

@@ -123,7 +123,23 @@ async fn launcher(config: LauncherConfig) -> ExitCode {
     let shutdown = Shutdown::default();
     tokio::spawn(watch_signals(shutdown.clone()));
     let executor: Arc<dyn Executor> = match &config.executor {
-        ExecutorKind::Process => Arc::new(ProcessExecutor::new(config.passthrough_env.clone())),
+        ExecutorKind::Process => {
+            let executor = ProcessExecutor::for_launcher(
+                config.passthrough_env.clone(),
+                config.worker_slots,
+                config.run_uid_base,
+            );
+            match executor {
+                Ok(executor) => {
+                    tracing::info!("process executor: {}", executor.isolation());
+                    Arc::new(executor)
+                }
+                Err(error) => {
+                    eprintln!("gantry-launcher: {error}");
+                    return ExitCode::from(EXIT_USAGE as u8);
+                }
+            }
+        }
         ExecutorKind::Docker(settings) => {
             let connected =
                 DockerExecutor::connect(settings.clone(), config.pool_id, &config.work_dir).await;

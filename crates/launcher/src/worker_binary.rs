@@ -79,9 +79,10 @@ impl WorkerBinaries {
         path: &Path,
     ) -> Result<(), String> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        // Runs of the process executor may run as users of their own: they execute it.
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(0o711)
             .create(&self.cache_dir)
             .map_err(|error| format!("{}: {error}", self.cache_dir.display()))?;
         let partial = path.with_extension("partial");

@@ -304,7 +304,9 @@ impl Server {
             ip => ip.to_string(),
         };
         let url = format!("https://{host}:{}", self.local_addr.port());
-        let work_dir = self.config.data_dir.join("shared-pool");
+        // Outside the data directory (private to the server's user): the shared pool's runs
+        // run as users of their own, who must pass through to their workspaces.
+        let work_dir = std::env::temp_dir().join("gantry-shared-pool");
         let config = match crate::shared_pool::launcher_config(
             &self.shared_pool,
             &url,
@@ -319,9 +321,18 @@ impl Server {
                 return None;
             }
         };
-        let executor = std::sync::Arc::new(gantry_launcher::ProcessExecutor::new(
+        // Never as the server's own user, next to its database and keys.
+        let executor = match gantry_launcher::ProcessExecutor::isolated(
             config.passthrough_env.clone(),
-        ));
+            slots,
+            config.run_uid_base,
+        ) {
+            Ok(executor) => std::sync::Arc::new(executor),
+            Err(error) => {
+                tracing::error!(%error, "the shared pool's launcher cannot start: stacks without a pool wait");
+                return None;
+            }
+        };
         let shutdown = gantry_launcher::Shutdown {
             graceful: self.state.shutdown.child_token(),
             immediate: tokio_util::sync::CancellationToken::new(),

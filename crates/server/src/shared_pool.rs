@@ -120,6 +120,7 @@ pub(crate) fn launcher_config(
         ("GANTRY_WORKER_BINARY", worker_binary.display().to_string()),
         ("GANTRY_LAUNCHER_WORK_DIR", work_dir.display().to_string()),
         ("GANTRY_LAUNCHER_WORKER_SLOTS", slots.to_string()),
+        ("GANTRY_LAUNCHER_EXECUTOR", "process".to_owned()),
         ("GANTRY_LAUNCHER_SHUTDOWN_GRACE", "30s".to_owned()),
         ("GANTRY_METADATA_pool", NAME.to_owned()),
     ] {

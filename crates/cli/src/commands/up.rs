@@ -93,9 +93,15 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<Outcome> {
     let launcher_config = launcher_config(&token, &pool.private_key_pem, &args.data_dir)?;
     let shutdown =
         Shutdown { graceful: stop.graceful.child_token(), immediate: stop.immediate.child_token() };
+    // For local use: runs execute as the user who started `gantry up`, like any program
+    // they run themselves. A pool for code of other people uses the docker executor.
     let executor = Arc::new(ProcessExecutor::new(launcher_config.passthrough_env.clone()));
     let launcher_task = tokio::spawn(gantry_launcher::run(launcher_config, executor, shutdown));
     println!("Local pool {POOL_NAME:?} started: its launcher runs in this process");
+    println!(
+        "Runs execute as processes of your own user (the process executor, for local use): \
+         a pool that runs other people's code should use gantry-launcher with the docker executor"
+    );
 
     if !args.no_example {
         tokio::select! {
@@ -215,6 +221,7 @@ fn launcher_config(
         .collect();
     env.insert("GANTRY_TOKEN".to_owned(), token.encode());
     env.insert("GANTRY_POOL_PRIVATE_KEY".to_owned(), private_key_pem.to_owned());
+    env.insert("GANTRY_LAUNCHER_EXECUTOR".to_owned(), "process".to_owned());
     let work_dir = std::path::absolute(data_dir.join("launcher"))
         .context("failed to resolve the data directory")?;
     env.entry("GANTRY_LAUNCHER_WORK_DIR".to_owned())

@@ -32,6 +32,10 @@ pub const WORKER_EXTRA_MOUNTS: &str = "GANTRY_WORKER_EXTRA_MOUNTS";
 pub const WORKER_RO_EXTRA_MOUNTS: &str = "GANTRY_WORKER_RO_EXTRA_MOUNTS";
 pub const WORKER_WO_EXTRA_MOUNTS: &str = "GANTRY_WORKER_WO_EXTRA_MOUNTS";
 
+/// The image for stacks that name none, unless `GANTRY_DEFAULT_RUNNER_IMAGE` says
+/// otherwise: built from `deploy/docker/runner.Dockerfile` by `scripts/runner-image.sh`.
+pub const DEFAULT_IMAGE: &str = concat!("gantry-runner:", env!("CARGO_PKG_VERSION"));
+
 /// The user runs execute as, as in the reference's runner images.
 pub const RUN_UID: u32 = 1983;
 
@@ -74,7 +78,9 @@ pub struct DockerSettings {
 impl DockerSettings {
     pub fn from_env(env: &Env) -> Result<Self, OptionError> {
         Ok(Self {
-            default_image: options::get(env, DEFAULT_RUNNER_IMAGE).map(str::to_owned),
+            default_image: Some(
+                options::get(env, DEFAULT_RUNNER_IMAGE).unwrap_or(DEFAULT_IMAGE).to_owned(),
+            ),
             network: options::get(env, WORKER_NETWORK).map(str::to_owned),
             runtime: options::get(env, WORKER_RUNTIME).map(str::to_owned),
             mounts: mounts(env, WORKER_EXTRA_MOUNTS)?,
@@ -253,7 +259,11 @@ impl Executor for DockerExecutor {
             Ok(id) => id,
             Err(error) if is_missing_image(&error) => {
                 self.pull(&image, &output).await.map_err(|error| {
-                    docker_error(&format!("cannot pull the runner image {image}"), &error)
+                    let hint = match image.as_str() {
+                        DEFAULT_IMAGE => " (the default runner image: build it on this machine with scripts/runner-image.sh, or set GANTRY_DEFAULT_RUNNER_IMAGE)",
+                        _ => "",
+                    };
+                    docker_error(&format!("cannot pull the runner image {image}{hint}"), &error)
                 })?;
                 self.create(launch, &image).await.map_err(|error| {
                     docker_error(&format!("cannot create a container of {image}"), &error)

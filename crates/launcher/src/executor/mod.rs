@@ -15,7 +15,8 @@ use gantry_domain::{RunId, RunType, WorkerId};
 use tokio::sync::mpsc;
 
 pub use docker::{DockerExecutor, DockerSettings};
-pub use process::ProcessExecutor;
+pub(crate) use process::DEFAULT_RUN_UID_BASE;
+pub use process::{ProcessExecutor, ProcessExecutorError};
 
 /// What an executor needs to start one run's worker.
 #[derive(Debug, Clone)]
@@ -66,6 +67,10 @@ pub enum ExecutorError {
     Wait(std::io::Error),
     #[error("{0}")]
     Docker(String),
+    #[error("every run user of this launcher is taken: more runs than slots")]
+    NoRunUser,
+    #[error("cannot give the run its own user: {0}")]
+    HandOver(std::io::Error),
 }
 
 /// Starts workers.

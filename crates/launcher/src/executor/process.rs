@@ -1,8 +1,14 @@
 //! The `process` executor: the worker as a child process in its own process group, with
-//! an environment cleared down to what tools need. It does not isolate the run from the
-//! launcher's user account: use it for local setups, the `docker` executor elsewhere.
+//! an environment cleared down to what tools need. Run as root, it runs each run as a
+//! user of its own (one UID per slot, taken for the run and given back after it): the
+//! run's workspace, home and socket belong to that user alone, so one run cannot read
+//! another's, nor the launcher's key file or memory. Run as another user, it runs runs
+//! as that same user and therefore allows only one slot: use it for local setups, the
+//! `docker` executor elsewhere.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,12 +27,141 @@ pub struct ProcessExecutor {
     /// Passed to the worker (PATH, HOME, ...); nothing else of the launcher's environment
     /// is, least of all the token and the key.
     environment: Vec<(String, String)>,
+    /// The users runs run as, when the launcher may switch users.
+    run_users: Option<Arc<RunUsers>>,
+}
+
+/// The first UID of the users runs run as, one per slot (`GANTRY_LAUNCHER_RUN_UID_BASE`).
+pub(crate) const DEFAULT_RUN_UID_BASE: u32 = 61_000;
+
+/// Why the process executor cannot serve this launcher's configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessExecutorError {
+    #[error(
+        "GANTRY_LAUNCHER_WORKER_SLOTS={slots} with the process executor needs root: runs of several slots must run as users of their own, or one run could read another's workspace, environment and socket. Run the launcher as root, use GANTRY_LAUNCHER_EXECUTOR=docker, or one slot"
+    )]
+    SharedUser { slots: u32 },
+    #[error("running runs as users of their own needs root, and this process is not")]
+    NotRoot,
 }
 
 impl ProcessExecutor {
+    /// Runs workers as the launcher's own user, whatever it is: for a launcher whose runs
+    /// are trusted (benchmarks, tests of the executor itself).
     pub fn new(environment: Vec<(String, String)>) -> Self {
-        Self { environment }
+        Self { environment, run_users: None }
     }
+
+    /// The executor a launcher with `slots` slots uses: as root, each run as its own
+    /// user from `uid_base` on; otherwise as the launcher's user, one slot only.
+    pub fn for_launcher(
+        environment: Vec<(String, String)>,
+        slots: u32,
+        uid_base: u32,
+    ) -> Result<Self, ProcessExecutorError> {
+        match Self::isolated(environment.clone(), slots, uid_base) {
+            Err(ProcessExecutorError::NotRoot) if slots <= 1 => Ok(Self::new(environment)),
+            Err(ProcessExecutorError::NotRoot) => Err(ProcessExecutorError::SharedUser { slots }),
+            isolated => isolated,
+        }
+    }
+
+    /// Runs each run as a user of its own (UIDs `uid_base` to `uid_base + slots - 1`),
+    /// which only root may do.
+    pub fn isolated(
+        environment: Vec<(String, String)>,
+        slots: u32,
+        uid_base: u32,
+    ) -> Result<Self, ProcessExecutorError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(ProcessExecutorError::NotRoot);
+        }
+        let free = (0..slots).map(|slot| uid_base + slot).rev().collect();
+        let users = RunUsers { free: std::sync::Mutex::new(free) };
+        Ok(Self { environment, run_users: Some(Arc::new(users)) })
+    }
+
+    /// How runs are separated, in words for the launcher's start-up line.
+    pub fn isolation(&self) -> &'static str {
+        match self.run_users {
+            Some(_) => "each run as a user of its own",
+            None => "runs as the launcher's own user, not isolated from it",
+        }
+    }
+}
+
+/// The UIDs not taken by a running run.
+#[derive(Debug)]
+struct RunUsers {
+    free: std::sync::Mutex<Vec<u32>>,
+}
+
+impl RunUsers {
+    fn take(self: &Arc<Self>) -> Option<RunUser> {
+        let uid = self.free.lock().ok()?.pop()?;
+        Some(RunUser { uid, users: Arc::clone(self) })
+    }
+}
+
+/// A UID lent to one run, given back when the run's worker is gone.
+#[derive(Debug)]
+struct RunUser {
+    uid: u32,
+    users: Arc<RunUsers>,
+}
+
+impl Drop for RunUser {
+    fn drop(&mut self) {
+        if let Ok(mut free) = self.users.free.lock() {
+            free.push(self.uid);
+        }
+    }
+}
+
+/// Hands the run's workspace, home and socket to `uid` alone, and opens the launcher's
+/// directories above them to be passed through (never listed) by it. Returns the home.
+fn hand_over(launch: &WorkerLaunch, uid: u32) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let traversable = std::fs::Permissions::from_mode(0o711);
+    for dir in [launch.workspace.parent(), launch.socket_path.parent()].into_iter().flatten() {
+        std::fs::set_permissions(dir, traversable.clone())?;
+    }
+    if let Some(unreachable) = unreachable_ancestor(&launch.workspace)
+        .or_else(|| unreachable_ancestor(&launch.socket_path))
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "the run's user (UID {uid}) cannot pass through {}: make it searchable by others (chmod o+x) or choose another GANTRY_LAUNCHER_WORK_DIR",
+                unreachable.display()
+            ),
+        ));
+    }
+    crate::workspace::hand_over_tree(&launch.workspace, Some(uid))?;
+    std::fs::set_permissions(&launch.workspace, std::fs::Permissions::from_mode(0o700))?;
+    let home = home_of(launch);
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::DirBuilder::new().mode(0o700).create(&home)?;
+    std::os::unix::fs::lchown(&home, Some(uid), Some(uid))?;
+    std::os::unix::fs::lchown(&launch.socket_path, Some(uid), Some(uid))?;
+    std::fs::set_permissions(&launch.socket_path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(home)
+}
+
+/// A run's own home directory, beside its workspace (never packed with it).
+fn home_of(launch: &WorkerLaunch) -> PathBuf {
+    let mut name = launch.workspace.file_name().unwrap_or_default().to_owned();
+    name.push(".home");
+    launch.workspace.with_file_name(name)
+}
+
+/// The first directory above `path` that others may not pass through.
+fn unreachable_ancestor(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    path.ancestors().skip(1).find_map(|dir| {
+        let mode = std::fs::metadata(dir).ok()?.permissions().mode();
+        (mode & 0o001 == 0).then(|| dir.to_path_buf())
+    })
 }
 
 #[async_trait]
@@ -36,9 +171,27 @@ impl Executor for ProcessExecutor {
         launch: &WorkerLaunch,
         output: mpsc::UnboundedSender<String>,
     ) -> Result<Box<dyn RunningWorker>, ExecutorError> {
-        let mut child = Command::new(&launch.worker_binary)
-            .env_clear()
-            .envs(self.environment.iter().map(|(name, value)| (name, value)))
+        let run_user = match &self.run_users {
+            Some(users) => Some(users.take().ok_or(ExecutorError::NoRunUser)?),
+            None => None,
+        };
+        let mut command = Command::new(&launch.worker_binary);
+        command.env_clear().envs(self.environment.iter().map(|(name, value)| (name, value)));
+        let mut home = None;
+        if let Some(user) = &run_user {
+            let (workspace_launch, uid) = (launch.clone(), user.uid);
+            let run_home = tokio::task::spawn_blocking(move || hand_over(&workspace_launch, uid))
+                .await
+                .map_err(|error| ExecutorError::HandOver(std::io::Error::other(error.to_string())))?
+                .map_err(ExecutorError::HandOver)?;
+            command
+                .uid(user.uid)
+                .gid(user.uid)
+                .env("HOME", &run_home)
+                .env("USER", format!("gantry-run-{}", user.uid));
+            home = Some(run_home);
+        }
+        let mut child = command
             .env(SOCKET_ENV, &launch.socket_path)
             .env(CAPABILITY_ENV, &launch.capability)
             // A launcher killed outright must not leave a run applying behind its back.
@@ -61,7 +214,7 @@ impl Executor for ProcessExecutor {
             tokio::spawn(forward_lines(stderr, output));
         }
         let process_group = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
-        Ok(Box::new(ChildWorker { child, process_group, exit: None }))
+        Ok(Box::new(ChildWorker { child, process_group, exit: None, home, _run_user: run_user }))
     }
 }
 
@@ -78,6 +231,20 @@ struct ChildWorker {
     child: Child,
     process_group: Option<Pid>,
     exit: Option<WorkerExit>,
+    /// The run's own home, removed with the worker.
+    home: Option<PathBuf>,
+    /// Given back to the free UIDs once the worker and its group are gone.
+    _run_user: Option<RunUser>,
+}
+
+impl Drop for ChildWorker {
+    fn drop(&mut self) {
+        // Whatever the run left running under its UID goes before the UID is lent again.
+        self.signal(Signal::SIGKILL);
+        if let Some(home) = &self.home {
+            let _ = std::fs::remove_dir_all(home);
+        }
+    }
 }
 
 impl ChildWorker {

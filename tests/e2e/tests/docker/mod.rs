@@ -320,3 +320,53 @@ fn the_runtime_option_reaches_the_daemon() {
     let failure = run["failure"].as_str().unwrap();
     assert!(failure.contains("gantry-no-such-runtime"), "the daemon was asked for it: {failure}");
 }
+
+/// Builds the default runner image from `deploy/docker/runner.Dockerfile` with
+/// `scripts/runner-image.sh`, as a pool owner does, around the static worker build.
+fn default_runner_image() -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/runner-image.sh");
+    let built = Command::new("bash")
+        .arg(script)
+        .env("GANTRY_RUNNER_WORKER", static_worker())
+        .output()
+        .expect("bash runs");
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let tag = String::from_utf8_lossy(&built.stdout).lines().last().unwrap_or_default().to_owned();
+    assert_eq!(tag, gantry_launcher::docker::DEFAULT_IMAGE, "the script builds the default image");
+    tag
+}
+
+#[test]
+fn a_launcher_runs_in_containers_of_the_default_runner_image_unless_told_otherwise() {
+    let image = default_runner_image();
+    let inspect = Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            &image,
+            "--format",
+            "{{.Config.User}} {{index .Config.Labels \"org.opencontainers.image.version\"}}",
+        ])
+        .output()
+        .expect("docker runs");
+    let inspected = String::from_utf8_lossy(&inspect.stdout);
+    assert_eq!(inspected.trim(), format!("1983:1983 {}", env!("CARGO_PKG_VERSION")));
+
+    let setup = DockerSetup::with_worker(&static_worker());
+    // No executor and no image named: the docker executor and the default image.
+    let mount = setup.shared_mount();
+    let _launcher = Launcher::of(
+        &setup.cluster,
+        &setup.pool,
+        &[
+            ("GANTRY_LAUNCHER_EXECUTOR", ""),
+            ("GANTRY_WORKER_BINARY", setup.worker.as_str()),
+            ("GANTRY_WORKER_EXTRA_MOUNTS", &mount),
+        ],
+    );
+    setup.stack("app", CONFIG, &[]);
+    let task = setup.task_to_end("app", "echo uid=$(id -u) && terraform version");
+    let log = setup.cluster.gantry.log(&task);
+    assert_eq!(task["state"], "FINISHED", "{task}\n{log}");
+    assert!(log.contains("uid=1983") && log.contains("Terraform v"), "{log}");
+}

@@ -212,6 +212,10 @@ impl ServerProcess {
         }
     }
 
+    pub(crate) fn wait_for_stderr(&self, pattern: &str, timeout: Duration) -> String {
+        self.stderr.wait_for(pattern, timeout, "gantry server")
+    }
+
     /// Kills the server at once (SIGKILL), as a crash or an OOM kill does.
     pub(crate) fn kill(mut self) {
         signal(&self.child, "KILL");
@@ -379,6 +383,9 @@ impl Gantry {
         state_file: &Path,
         extra: &[&str],
     ) {
+        if let Some(dir) = state_file.parent() {
+            open_to_run_users(dir);
+        }
         let backend = format!("TF_CLI_ARGS_init=-backend-config=path={}", state_file.display());
         let url = repository.url();
         let mut args = vec![
@@ -493,8 +500,34 @@ pub(crate) struct Exited {
     pub(crate) stderr: String,
 }
 
+/// Lets the users runs run as (a root launcher's process executor runs each as a user of
+/// its own) write in `dir`, and pass through the directories above it, as a pool owner
+/// does for a directory runs share on purpose.
+pub(crate) fn open_to_run_users(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    passable_to_run_users(dir);
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+}
+
+/// Lets the users runs run as pass through the directories down to `dir`.
+fn passable_to_run_users(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    for ancestor in dir.ancestors() {
+        let Ok(metadata) = std::fs::metadata(ancestor) else { continue };
+        let mode = metadata.permissions().mode();
+        if mode & 0o001 == 0 {
+            let _ =
+                std::fs::set_permissions(ancestor, std::fs::Permissions::from_mode(mode | 0o011));
+        }
+    }
+}
+
 fn launcher_command(token: &str, key: &str, work_dir: &Path, extra: &[(&str, &str)]) -> Command {
+    passable_to_run_users(work_dir);
     let mut command = base_command(&bin("gantry-launcher"));
+    // Tests of the docker executor say so in `extra`, which comes last.
+    command.env("GANTRY_LAUNCHER_EXECUTOR", "process");
     // An empty key: the caller names a key file in `extra`.
     if !key.is_empty() {
         command.env("GANTRY_POOL_PRIVATE_KEY", key);

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use gantry_testkit::{GitRepository, KeyKind, OpensslKey};
 use serde_json::Value;
 
-use crate::harness::{Cluster, Launcher};
+use crate::harness::{Cluster, Launcher, id};
 
 /// One resource, managed state: the first apply gives the stack a state version.
 const CONFIG: &str = r#"
@@ -46,7 +46,11 @@ impl Attacked {
     }
 
     /// [`Self::start`], with or without autodeploy.
-    fn start_with(committed: &[(&str, &str)], launcher_env: &[(&str, &str)], autodeploy: bool) -> Self {
+    fn start_with(
+        committed: &[(&str, &str)],
+        launcher_env: &[(&str, &str)],
+        autodeploy: bool,
+    ) -> Self {
         let cluster = Cluster::start();
         let work = tempfile::tempdir().unwrap();
         let key = OpensslKey::generate(work.path(), "pool", KeyKind::P256);
@@ -84,7 +88,8 @@ impl Attacked {
         }
         cluster.gantry.ok(&create);
         let key_path = key_file.display().to_string();
-        let mut env = vec![("GANTRY_POOL_PRIVATE_KEY_FILE", key_path.as_str()), ("HOSTILE_CANARY", CANARY)];
+        let mut env =
+            vec![("GANTRY_POOL_PRIVATE_KEY_FILE", key_path.as_str()), ("HOSTILE_CANARY", CANARY)];
         env.extend_from_slice(launcher_env);
         let launcher = Launcher::with_key_file(&cluster, &token, &env);
         Self { cluster, work, key, key_file, _launcher: launcher }
@@ -184,7 +189,8 @@ fn a_link_to_etc_shadow_in_place_of_the_state_is_refused() {
 fn a_hard_link_to_the_key_file_in_place_of_the_state_is_refused() {
     let attacked = Attacked::with_state(&[], &[]);
     // Same user and same file system: the kernel allows it, the launcher must refuse it.
-    let run = attacked.task(&format!("rm -f gantry.tfstate && ln {} gantry.tfstate", attacked.key_path()));
+    let run = attacked
+        .task(&format!("rm -f gantry.tfstate && ln {} gantry.tfstate", attacked.key_path()));
     attacked.assert_failed_with(&run, "has 2 hard links");
     attacked.assert_unharmed();
 }
@@ -292,8 +298,7 @@ fn a_committed_link_in_place_of_the_backend_override_is_replaced_not_followed() 
 fn a_committed_link_to_the_launchers_environment_fails_the_plan_before_anything_is_stored() {
     // Without autodeploy the planned workspace is packed for the apply: the link is
     // refused there, before anything is sealed or uploaded.
-    let attacked =
-        Attacked::start_with(&[("infra/environ", "->/proc/self/environ")], &[], false);
+    let attacked = Attacked::start_with(&[("infra/environ", "->/proc/self/environ")], &[], false);
     let run = attacked.tracked();
     attacked.assert_failed_with(&run, "is absolute");
     attacked.assert_no_leak();
@@ -306,14 +311,126 @@ fn a_project_root_swapped_for_a_link_during_the_run_is_refused() {
     std::fs::create_dir_all(&victim_dir).unwrap();
     // The task moves its own project directory away and leaves a link in its place: the
     // launcher's writes after the run must not land in the link's target.
-    let run = attacked.task(&format!(
-        "cd .. && mv infra infra.moved && ln -s {} infra",
-        victim_dir.display()
-    ));
+    let run = attacked
+        .task(&format!("cd .. && mv infra infra.moved && ln -s {} infra", victim_dir.display()));
     attacked.assert_failed_with(&run, "infra/gantry.tfstate is a symbolic link");
     assert!(
         std::fs::read_dir(&victim_dir).unwrap().next().is_none(),
         "nothing was written through the link"
     );
     attacked.assert_unharmed();
+}
+
+/// Whether the tests run as root, as CI does.
+fn running_as_root() -> bool {
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
+}
+
+#[test]
+fn runs_of_two_slots_run_as_users_of_their_own_and_cannot_reach_each_other() {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let pool = cluster.private_pool(work.path(), "p");
+    let launcher_dir = work.path().join("launcher");
+    let settings = [("GANTRY_LAUNCHER_WORKER_SLOTS", "2")];
+    if !running_as_root() {
+        // Without root the runs of two slots would share one user: refused at start.
+        let exited = Launcher::run_to_exit_with(&cluster, &pool.token, &pool.key, &settings);
+        assert_eq!(exited.status, Some(64), "{}", exited.stderr);
+        assert!(
+            exited
+                .stderr
+                .contains("GANTRY_LAUNCHER_WORKER_SLOTS=2 with the process executor needs root"),
+            "{}",
+            exited.stderr
+        );
+        return;
+    }
+    let mut launcher = Launcher::spawn_for(&pool.token, &pool.key, &launcher_dir, &settings);
+    launcher.wait_for_stderr("launcher connected", std::time::Duration::from_secs(30));
+    let repository = GitRepository::create(&work.path().join("repo"), &[("infra/main.tf", CONFIG)]);
+    let url = repository.url();
+    for (name, secret) in
+        [("victim", "VICTIM_SECRET=victim-secret-4e1d"), ("probe", "OWN=probe-own-9c2b")]
+    {
+        cluster.gantry.ok(&[
+            "stack",
+            "create",
+            "--name",
+            name,
+            "--repository",
+            &url,
+            "--pool",
+            "p",
+            "--project-root",
+            "infra",
+            "--secret-env",
+            secret,
+        ]);
+    }
+    // The victim keeps its workspace, worker and socket alive while the probe looks.
+    let victim = cluster.gantry.json(&[
+        "run",
+        "task",
+        "victim",
+        "--",
+        "id -u > uid && echo victim-file-secret-77aa > marker && sleep 30",
+    ]);
+    let victim_id = id(&victim).to_owned();
+    let marker = cluster
+        .gantry
+        .wait_for(std::time::Duration::from_secs(60), || find_named(&launcher_dir, "marker"));
+    let socket = find_named(&launcher_dir, &format!("{victim_id}.sock"))
+        .or_else(|| find_named(&std::env::temp_dir(), &format!("{victim_id}.sock")))
+        .expect("the victim's socket");
+    let probe_command = format!(
+        "echo probe-uid=$(id -u); \
+         cat {marker} 2>&1; \
+         for process in /proc/[0-9]*; do {{ tr '\\0' '\\n' < $process/environ; }} 2>/dev/null | grep -e 'GANTRY_WORKER_CAP''ABILITY=' -e 'VICTIM_SEC''RET=' | sed \"s|^|$process: |\"; done; \
+         python3 -c \"import socket; s = socket.socket(socket.AF_UNIX); s.connect('{socket}')\" 2>&1 | tail -n 1; \
+         ls {workspace} 2>&1",
+        marker = marker.display(),
+        socket = socket.display(),
+        workspace = marker.parent().unwrap().parent().unwrap().display(),
+    );
+    let probe = cluster.gantry.json(&["run", "task", "probe", "--", &probe_command]);
+    let probe = cluster.gantry.wait_for_state(&probe, &["FINISHED", "FAILED"]);
+    let log = cluster.gantry.log(&probe);
+    let probe_uid = crate::harness::line_after(&log, "probe-uid=").unwrap_or_default();
+    let victim_uid = std::fs::read_to_string(marker.with_file_name("uid")).unwrap();
+    assert!(
+        !probe_uid.trim().is_empty() && probe_uid.trim() != "0",
+        "the probe ran as root:\n{log}"
+    );
+    assert_ne!(probe_uid.trim(), victim_uid.trim(), "both runs ran as one user:\n{log}");
+    assert!(
+        !log.contains("victim-file-secret-77aa"),
+        "the probe read the victim's workspace:\n{log}"
+    );
+    assert!(log.contains("Permission denied"), "{log}");
+    assert!(log.contains("PermissionError"), "the probe connected to the victim's socket:\n{log}");
+    // Its own capability the worker keeps from its tool; the victim's it cannot see.
+    // (The patterns are split in the command, which the log shows, so that only what the
+    // probe found can match.)
+    assert!(!log.contains("GANTRY_WORKER_CAPABILITY="), "a capability reached the probe:\n{log}");
+    assert!(!log.contains("VICTIM_SECRET="), "the victim's environment reached the probe:\n{log}");
+    cluster.gantry.ok(&["run", "stop", &victim_id]);
+}
+
+/// The first file named `name` below `dir`, however deep (as root, who may look).
+fn find_named(dir: &std::path::Path, name: &str) -> Option<PathBuf> {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_name() == name {
+                return Some(path);
+            }
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                pending.push(path);
+            }
+        }
+    }
+    None
 }

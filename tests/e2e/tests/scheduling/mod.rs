@@ -413,7 +413,17 @@ fn runs_start_in_priority_order_and_the_queue_says_why_each_waits() {
 
 #[test]
 fn a_stack_without_a_pool_runs_on_the_servers_shared_pool_whose_workers_stay_hidden() {
-    let cluster = Cluster::start();
+    // The shared pool is off unless asked for, and runs its runs as users of their own,
+    // which needs root; as another user the server says why its stacks wait.
+    let cluster = Cluster::start_with(&[("GANTRY_SERVER_SHARED_WORKERS", "1")]);
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    if !root {
+        cluster.server.wait_for_stderr(
+            "the shared pool's launcher cannot start",
+            std::time::Duration::from_secs(20),
+        );
+        return;
+    }
     let work = tempfile::tempdir().unwrap();
     autodeploy_stack(&cluster, work.path(), "plain", None, QUICK_CONFIG);
     let stack = cluster.gantry.json(&["stack", "show", "plain"]);
