@@ -208,6 +208,13 @@ impl Server {
         self.state.ca.certificate().pem()
     }
 
+    /// The state `router()` serves, for in-crate tests that call the router directly
+    /// (`tower::ServiceExt::oneshot`, no TLS) or run a background task on it.
+    #[cfg(test)]
+    pub(crate) fn app_state(&self) -> AppState {
+        self.state.clone()
+    }
+
     /// The admin API key created at this first start; `None` on later starts.
     pub fn take_initial_admin_key(&mut self) -> Option<String> {
         self.initial_admin_key.take()

@@ -193,6 +193,32 @@ pub fn mutated(original: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
     mutations().prop_map(move |mutations| apply(&original, &mutations))
 }
 
+/// Arbitrary JSON whose object keys and strings are often one of `words` (separated by
+/// white space): a parser's own field names and values, so that a document gets past
+/// the first missing field and deep into the types it is read as.
+pub fn json(words: &'static str) -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let word =
+        prop::sample::select(words.split_whitespace().collect::<Vec<_>>()).prop_map(str::to_owned);
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<u32>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        prop_oneof![3 => word.clone(), 1 => any::<String>()].prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 64, 8, move |inner| {
+        let key = prop_oneof![4 => word.clone(), 1 => any::<String>()];
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+            prop::collection::vec((key, inner), 0..8)
+                .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+        ]
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,3 +44,6 @@ pub(crate) fn router() -> Router<AppState> {
 
 pub(crate) use blobs::{SENSITIVE_OUTPUTS, WORKSPACE, workspace_key};
 pub(crate) use worker_binary::WorkerRelease;
+
+#[cfg(test)]
+mod fuzz_tests;
