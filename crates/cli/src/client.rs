@@ -13,8 +13,8 @@ use futures_util::{Stream, StreamExt};
 use gantry_domain::{RunId, WorkerId};
 use gantry_proto::api::{
     AddDependency, CreatePool, CreateStack, Dependencies, Drained, ErrorResponse, Health, LogChunk,
-    LogPage, Pool, PoolCreated, PoolList, Queue, ResetPool, Run, RunList, Stack, StackList,
-    StreamEnd, TriggerRun, WorkerList,
+    LogPage, Pool, PoolCreated, PoolList, Queue, ResetPool, RollbackState, Run, RunList, Stack,
+    StackList, StateVersion, StateVersionList, StreamEnd, TriggerRun, WorkerList,
 };
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -276,6 +276,19 @@ impl ApiClient {
     /// `GET /api/v1/stacks/{stack}`: `stack` is an id or a name.
     pub async fn get_stack(&self, stack: &str) -> Result<Stack, ClientError> {
         self.call(Method::GET, self.url(&["stacks", stack]), None::<&()>).await
+    }
+
+    /// `GET /api/v1/stacks/{stack}/state/versions`: the kept versions of the stack's
+    /// managed state, newest (current) first.
+    pub async fn state_versions(&self, stack: &str) -> Result<StateVersionList, ClientError> {
+        self.call(Method::GET, self.url(&["stacks", stack, "state", "versions"]), None::<&()>).await
+    }
+
+    /// `POST /api/v1/stacks/{stack}/state/rollback`: makes version `to` current again, as
+    /// a new version; returns it.
+    pub async fn rollback_state(&self, stack: &str, to: u64) -> Result<StateVersion, ClientError> {
+        let url = self.url(&["stacks", stack, "state", "rollback"]);
+        self.call(Method::POST, url, Some(&RollbackState { to })).await
     }
 
     /// `POST /api/v1/stacks/{stack}/runs`

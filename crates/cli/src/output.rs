@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use comfy_table::{ContentArrangement, Table, presets};
 use gantry_domain::{PoolId, RunState, Timestamp};
-use gantry_proto::api::{Dependencies, Output, Pool, PoolKind, Queue, Run, Stack, Worker};
+use gantry_proto::api::{
+    Dependencies, Output, Pool, PoolKind, Queue, Run, Stack, StateVersion, StateVersionList, Worker,
+};
 use gantry_proto::format_timestamp;
 use serde::Serialize;
 
@@ -351,6 +353,64 @@ fn run_duration(run: &Run, now: Timestamp) -> Duration {
         now
     };
     end.since(run.created_at)
+}
+
+/// `2.5 KiB`: a size in the binary units people read, bytes below one KiB.
+fn byte_size(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let exponent = (bytes.max(1).ilog2() / 10).min(4);
+    match exponent {
+        0 => format!("{bytes} B"),
+        _ => format!(
+            "{:.1} {}",
+            bytes as f64 / 1024f64.powi(exponent as i32),
+            units[exponent as usize]
+        ),
+    }
+}
+
+/// The versions of a stack's managed state, newest (current) first.
+pub fn state_versions_table(list: &StateVersionList, now: Timestamp) -> String {
+    if list.versions.is_empty() {
+        return format!("Stack {} has no state yet: its first apply stores one.\n", list.stack);
+    }
+    let mut table = table(&["VERSION", "CURRENT", "RUN", "SIZE", "CREATED", "ROLLBACK OF"]);
+    for version in &list.versions {
+        table.add_row(vec![
+            version.version.to_string(),
+            yes_no(version.current),
+            version.run_id.to_string(),
+            byte_size(version.size),
+            relative_time(version.created_at, now),
+            rollback_of(version),
+        ]);
+    }
+    let mut text = finish(table);
+    text.push_str(&format!(
+        "\nThe server keeps the newest {} versions of each stack. Return to one with: gantry stack state rollback {} --to VERSION\n",
+        list.kept, list.stack
+    ));
+    text
+}
+
+/// `3 (by admin)`: the version a rollback restored and who asked, `-` for others.
+fn rollback_of(version: &StateVersion) -> String {
+    match (version.rollback_of, &version.rolled_back_by) {
+        (Some(of), Some(by)) => format!("{of} (by {by})"),
+        (Some(of), None) => of.to_string(),
+        (None, _) => "-".to_owned(),
+    }
+}
+
+/// What a rollback made: the new current version and what it restores.
+pub fn rollback_text(stack: &str, version: &StateVersion) -> String {
+    format!(
+        "Stack {stack}'s current state is now version {}, a copy of version {} as run {} stored it ({}).\nThe next run starts from it.\n",
+        version.version,
+        version.rollback_of.map_or_else(|| "?".to_owned(), |of| of.to_string()),
+        version.run_id,
+        byte_size(version.size),
+    )
 }
 
 /// What a stack depends on and what depends on it.
@@ -896,6 +956,41 @@ mod tests {
         assert_eq!(
             state_line(&waiting),
             "gantry: run 00000000000000000000000034 is QUEUED (waiting on run 01KDXYZ (holds the stack lock))"
+        );
+    }
+
+    #[test]
+    fn state_versions_table() {
+        let version = |n: u64, run: u128, size: u64, rollback_of: Option<u64>| StateVersion {
+            version: n,
+            current: n == 4,
+            run_id: RunId::from_u128(run),
+            sha256: "ab".repeat(32),
+            size,
+            created_at: at(n as i64 * 100),
+            rollback_of,
+            rolled_back_by: rollback_of.map(|_| "admin".to_owned()),
+        };
+        let list = StateVersionList {
+            stack: "network".to_owned(),
+            kept: 20,
+            versions: vec![
+                version(4, 1, 2_400, Some(1)),
+                version(3, 3, 3 << 20, None),
+                version(2, 2, 1_000, None),
+                version(1, 1, 2_400, None),
+            ],
+        };
+        insta::assert_snapshot!(super::state_versions_table(&list, at(500)));
+        let empty = StateVersionList { versions: Vec::new(), ..list.clone() };
+        assert_eq!(
+            super::state_versions_table(&empty, at(0)),
+            "Stack network has no state yet: its first apply stores one.\n"
+        );
+        assert_eq!(
+            rollback_text("network", &list.versions[0]),
+            "Stack network's current state is now version 4, a copy of version 1 as run \
+             00000000000000000000000001 stored it (2.3 KiB).\nThe next run starts from it.\n"
         );
     }
 

@@ -173,6 +173,8 @@ fn every_command_group_has_help() {
         (&["run", "trigger", "--help"], "UNCONFIRMED"),
         (&["run", "logs", "--help"], "--color"),
         (&["run", "show", "--help"], "Run id"),
+        (&["stack", "state", "--help"], "rollback"),
+        (&["stack", "state", "rollback", "--help"], "--to <VERSION>"),
     ];
     for (args, expect) in cases {
         let ran = run_sync(dir.path(), args);
@@ -621,30 +623,37 @@ async fn client_errors_are_typed() {
 
 // ---- against the real server (no launcher: runs wait for a worker) ----------------
 
+/// The binary against a real server: its URL, its CA (`ca.pem` in `dir`) and its admin
+/// key. The future owns what it needs, so it can be spawned.
+fn gantry_on(
+    server: &gantry_testkit::TestServer,
+    dir: &Path,
+    args: &[&str],
+) -> impl Future<Output = Ran> + use<> {
+    let full: Vec<String> = ["--api-url", server.url.as_str(), "--ca-file", "ca.pem"]
+        .iter()
+        .chain(args)
+        .map(|arg| (*arg).to_owned())
+        .collect();
+    let (dir, key) = (dir.to_owned(), server.admin_key.clone());
+    async move {
+        let mut command = tokio::process::Command::from(gantry(&dir));
+        command.args(&full).env("GANTRY_API_KEY", key).kill_on_drop(true);
+        let ran: Ran = tokio::time::timeout(Duration::from_secs(60), command.output())
+            .await
+            .expect("gantry exits")
+            .unwrap()
+            .into();
+        ran
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_speaks_the_real_servers_api() {
     let server = gantry_testkit::TestServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), &server.ca_pem).unwrap();
-    let gantry = |args: &[&str]| {
-        let full: Vec<String> = ["--api-url", server.url.as_str(), "--ca-file", "ca.pem"]
-            .iter()
-            .chain(args)
-            .map(|arg| (*arg).to_owned())
-            .collect();
-        let dir = dir.path().to_owned();
-        let key = server.admin_key.clone();
-        async move {
-            let mut command = tokio::process::Command::from(gantry(&dir));
-            command.args(&full).env("GANTRY_API_KEY", key).kill_on_drop(true);
-            let ran: Ran = tokio::time::timeout(Duration::from_secs(60), command.output())
-                .await
-                .expect("gantry exits")
-                .unwrap()
-                .into();
-            ran
-        }
-    };
+    let gantry = |args: &[&str]| gantry_on(&server, dir.path(), args);
 
     assert_eq!(run_sync(dir.path(), &["keygen", "--name", "build"]).code, 0);
     let ran =
@@ -708,5 +717,97 @@ async fn the_cli_speaks_the_real_servers_api() {
     assert!(ran.stdout.contains("DISCARDED"), "{ran:?}");
     let ran = gantry(&["run", "logs", &id]).await;
     assert_eq!((ran.code, ran.stdout.as_str()), (0, ""), "{ran:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_versions_are_listed_and_rolled_back_on_the_real_server() {
+    use gantry_proto::api::{StateVersion, StateVersionList, TriggerRun};
+    let server = gantry_testkit::TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &server.ca_pem).unwrap();
+    let gantry = |args: &[&str]| gantry_on(&server, dir.path(), args);
+    let pool = server.create_pool("build").await;
+    let pool_id = gantry_crypto::PoolToken::decode(&pool.token).unwrap().pool_id;
+    let launcher = gantry_testkit::ScriptedLauncher::connect(
+        &server,
+        &pool_id,
+        &pool.private_key_pem,
+        serde_json::json!({}),
+    )
+    .await;
+    let create = ["stack", "create", "--name", "db", "--repository", "file:///srv/git/db.git"];
+    let ran = gantry(&[&create[..], &["--pool", "build", "--managed-state"]].concat()).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let ran = gantry(&["stack", "state", "list", "db"]).await;
+    assert_eq!(ran.stdout, "Stack db has no state yet: its first apply stores one.\n", "{ran:?}");
+
+    // Two tasks store two versions, through the agent plane as a launcher would.
+    let client = ApiClient::builder(&server.url)
+        .api_key(&server.admin_key)
+        .trust_ca_pem(server.ca_pem.clone())
+        .build()
+        .unwrap();
+    let task = || TriggerRun {
+        run_type: gantry_domain::RunType::Task,
+        commit: None,
+        command: Some("terraform apply -auto-approve".to_owned()),
+    };
+    let mut runs = Vec::new();
+    for state in ["sealed state 1", "sealed state 2"] {
+        let run = client.trigger_run("db", &task()).await.unwrap().id.to_string();
+        launcher.perform_storing_state(&run, state.as_bytes()).await;
+        runs.push(run);
+    }
+
+    let ran = gantry(&["stack", "state", "list", "db"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert!(lines[0].starts_with("VERSION  CURRENT  RUN"), "{ran:?}");
+    assert!(lines[1].starts_with(&format!("2        yes      {}  14 B", runs[1])), "{ran:?}");
+    assert!(lines[2].starts_with(&format!("1        no       {}  14 B", runs[0])), "{ran:?}");
+    assert!(ran.stdout.contains("gantry stack state rollback db --to VERSION"), "{ran:?}");
+
+    let ran = gantry(&["stack", "state", "rollback", "db", "--to", "1"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(
+        ran.stdout.starts_with("Stack db's current state is now version 3, a copy of version 1"),
+        "{ran:?}"
+    );
+    assert!(ran.stdout.contains(&runs[0]), "{ran:?}");
+    let ran = gantry(&["stack", "state", "list", "db", "--output", "json"]).await;
+    let list: StateVersionList = serde_json::from_str(&ran.stdout).unwrap();
+    let newest = &list.versions[0];
+    assert_eq!((newest.version, newest.current, newest.rollback_of), (3, true, Some(1)));
+    assert_eq!(
+        (newest.run_id.to_string(), newest.rolled_back_by.as_deref()),
+        (runs[0].clone(), Some("admin"))
+    );
+    let ran = gantry(&["stack", "state", "list", "db"]).await;
+    assert!(ran.stdout.lines().nth(1).unwrap().ends_with("1 (by admin)"), "{ran:?}");
+
+    // Refusals exit 1 with the server's reason; a missing --to is a usage error.
+    let ran = gantry(&["stack", "state", "rollback", "db", "--to", "3"]).await;
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stderr.contains("version 3 is already the current state of stack db"), "{ran:?}");
+    let ran = gantry(&["stack", "state", "rollback", "db", "--to", "9"]).await;
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(
+        ran.stderr.contains("stack db has no state version 9: it keeps versions 1 to 3"),
+        "{ran:?}"
+    );
+    let holder = client.trigger_run("db", &task()).await.unwrap().id.to_string();
+    launcher.take(&holder, "plan").await;
+    let ran = gantry(&["stack", "state", "rollback", "db", "--to", "2"]).await;
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stderr.contains(&format!("while its TASK run {holder} is PREPARING")), "{ran:?}");
+    launcher.report(&holder, serde_json::json!({"kind": "failed", "message": "test"})).await;
+    let ran = gantry(&["--output", "json", "stack", "state", "rollback", "db", "--to", "2"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let version: StateVersion = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!((version.version, version.run_id.to_string()), (4, runs[1].clone()));
+    let ran = gantry(&["stack", "state", "rollback", "db"]).await;
+    assert_eq!(ran.code, 2, "{ran:?}");
+    assert!(ran.stderr.contains("--to <VERSION>"), "{ran:?}");
     server.stop().await;
 }

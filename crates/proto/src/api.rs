@@ -401,3 +401,51 @@ pub struct Health {
     pub status: String,
     pub version: String,
 }
+
+/// One kept version of a stack's managed state. The server holds it as ciphertext only;
+/// this describes it.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateVersion {
+    /// 1, 2, ... per stack; the highest is the current state, the one the next run
+    /// starts from.
+    pub version: u64,
+    pub current: bool,
+    /// The run whose apply (or task) produced the state: for a rollback, the run that
+    /// produced the version it restores.
+    #[serde_as(as = "DisplayFromStr")]
+    pub run_id: RunId,
+    /// SHA-256 of the ciphertext, lowercase hex.
+    pub sha256: String,
+    /// Size of the ciphertext in bytes.
+    pub size: u64,
+    /// When this version was made: stored by its run, or rolled back to.
+    #[serde_as(as = "Rfc3339")]
+    pub created_at: Timestamp,
+    /// For a rollback: the version it restores.
+    #[serde(default)]
+    pub rollback_of: Option<u64>,
+    /// For a rollback: the name of the API key that asked for it.
+    #[serde(default)]
+    pub rolled_back_by: Option<String>,
+}
+
+/// `GET /api/v1/stacks/{stack}/state/versions`: the versions the server keeps, newest
+/// first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateVersionList {
+    pub stack: String,
+    /// How many versions of each stack the server keeps; older ones are deleted.
+    pub kept: u32,
+    pub versions: Vec<StateVersion>,
+}
+
+/// `POST /api/v1/stacks/{stack}/state/rollback`: make an earlier version the current
+/// state again. The answer is the new version (`201 Created`), a copy of `to` with its
+/// producing run: history is only added to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackState {
+    /// The version to return to.
+    pub to: u64,
+}

@@ -23,7 +23,14 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .ok_or(ApiError::MissingCredentials)
 }
 
-/// Middleware for the REST API: only requests with a valid admin API key pass.
+/// The admin key a REST request was made with, for what records who acted.
+#[derive(Debug, Clone)]
+pub(crate) struct AdminKey {
+    pub name: String,
+}
+
+/// Middleware for the REST API: only requests with a valid admin API key pass, carrying
+/// an `AdminKey`.
 pub(crate) async fn require_admin(
     State(state): State<AppState>,
     request: Request,
@@ -31,10 +38,11 @@ pub(crate) async fn require_admin(
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let key = bearer(&parts)?;
-    if state.store.find_api_key(&hash_secret(key)).await?.is_none() {
-        return Err(ApiError::InvalidApiKey);
-    }
-    Ok(next.run(Request::from_parts(parts, body)).await)
+    let found =
+        state.store.find_api_key(&hash_secret(key)).await?.ok_or(ApiError::InvalidApiKey)?;
+    let mut request = Request::from_parts(parts, body);
+    request.extensions_mut().insert(AdminKey { name: found.name });
+    Ok(next.run(request).await)
 }
 
 /// A launcher's session, as proven when it was opened.

@@ -116,6 +116,8 @@ pub struct ServerConfig {
     pub timings: AgentTimings,
     /// The largest encrypted workspace or state version a launcher may upload.
     pub max_blob_size: u64,
+    /// How many versions of each stack's managed state are kept; older ones are deleted.
+    pub kept_state_versions: u32,
     /// Worker slots of the shared pool's launcher, run inside the server; 0 runs none.
     pub shared_workers: u32,
     /// The worker binary for the shared pool; `gantry-worker` next to the server's
@@ -136,6 +138,7 @@ pub const WORKER_TIMEOUT: &str = "GANTRY_SERVER_WORKER_TIMEOUT";
 pub const HEARTBEAT_INTERVAL: &str = "GANTRY_SERVER_HEARTBEAT_INTERVAL";
 pub const LOG_ARCHIVE_AFTER: &str = "GANTRY_SERVER_LOG_ARCHIVE_AFTER";
 pub const MAX_BLOB_SIZE: &str = "GANTRY_SERVER_MAX_BLOB_SIZE";
+pub const STATE_VERSIONS: &str = "GANTRY_SERVER_STATE_VERSIONS";
 pub const SHARED_WORKERS: &str = "GANTRY_SERVER_SHARED_WORKERS";
 pub const WORKER_BINARY: &str = "GANTRY_SERVER_WORKER_BINARY";
 pub const METRICS_LISTEN: &str = "GANTRY_SERVER_METRICS_LISTEN";
@@ -147,6 +150,7 @@ pub const S3_ALLOW_HTTP: &str = "GANTRY_SERVER_S3_ALLOW_HTTP";
 const DEFAULT_S3_REGION: &str = "us-east-1";
 const EXPECTED_BLOB_STORE: &str = "a directory, file:///absolute/dir or s3://bucket[/prefix] (a bucket name of 3 to 63 characters a-z 0-9 . -; prefix segments of a-z 0-9 . _ -)";
 const DEFAULT_MAX_BLOB_SIZE: u64 = 16 * 1024 * 1024 * 1024;
+const DEFAULT_STATE_VERSIONS: u32 = 20;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 
@@ -173,6 +177,9 @@ struct ConfigFile {
     #[serde(default)]
     agent: AgentFile,
     max_blob_size: Option<String>,
+    #[serde(default, deserialize_with = "scalar_text")]
+    state_versions: Option<String>,
+    #[serde(default, deserialize_with = "scalar_text")]
     shared_workers: Option<String>,
     worker_binary: Option<String>,
     metrics_listen: Option<String>,
@@ -180,24 +187,27 @@ struct ConfigFile {
     database: Option<String>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
-    #[serde(default, deserialize_with = "string_or_bool")]
+    #[serde(default, deserialize_with = "scalar_text")]
     s3_allow_http: Option<String>,
 }
 
-/// A flag written `true` or `"true"`: the file's other values are strings, but a bare
-/// TOML boolean is what anyone writes for a flag.
-fn string_or_bool<'de, D: serde::Deserializer<'de>>(
+/// A flag or a count written bare (`true`, `20`) or quoted (`"true"`, `"20"`): the file's
+/// other values are strings, but a bare TOML boolean or integer is what anyone writes
+/// for those. The text is then checked as the variable's would be.
+fn scalar_text<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Flag {
+    enum Scalar {
         Bool(bool),
+        Integer(i64),
         Text(String),
     }
-    Ok(Option::<Flag>::deserialize(deserializer)?.map(|flag| match flag {
-        Flag::Bool(value) => value.to_string(),
-        Flag::Text(text) => text,
+    Ok(Option::<Scalar>::deserialize(deserializer)?.map(|scalar| match scalar {
+        Scalar::Bool(value) => value.to_string(),
+        Scalar::Integer(value) => value.to_string(),
+        Scalar::Text(text) => text,
     }))
 }
 
@@ -244,6 +254,7 @@ impl ServerConfig {
             set(HEARTBEAT_INTERVAL, parsed.agent.heartbeat_interval);
             set(LOG_ARCHIVE_AFTER, parsed.agent.log_archive_after);
             set(MAX_BLOB_SIZE, parsed.max_blob_size);
+            set(STATE_VERSIONS, parsed.state_versions);
             set(SHARED_WORKERS, parsed.shared_workers);
             set(WORKER_BINARY, parsed.worker_binary);
             set(METRICS_LISTEN, parsed.metrics_listen);
@@ -338,10 +349,20 @@ impl ServerConfig {
             )));
         }
         let max_blob_size = options::size(settings, MAX_BLOB_SIZE, DEFAULT_MAX_BLOB_SIZE)?;
+        // At least one: the current version is what the next run starts from.
+        let kept_state_versions = options::count(
+            settings,
+            STATE_VERSIONS,
+            DEFAULT_STATE_VERSIONS,
+            1,
+            1000,
+            "a number of state versions to keep per stack, from 1 to 1000",
+        )?;
         let shared_workers = options::count(
             settings,
             SHARED_WORKERS,
-            1,
+            // Off unless asked for: its runs execute on the server's machine.
+            0,
             0,
             64,
             "a number of shared-pool worker slots from 0 to 64",
@@ -365,6 +386,7 @@ impl ServerConfig {
             tls,
             timings,
             max_blob_size,
+            kept_state_versions,
             shared_workers,
             worker_binary,
             metrics_listen,
@@ -512,6 +534,27 @@ mod tests {
         assert_eq!(config.tls, TlsSource::Generated { extra_hostnames: vec![] });
         assert_eq!(config.data_dir, PathBuf::from(".gantry"));
         assert_eq!(config.max_blob_size, 16 << 30);
+        assert_eq!(config.kept_state_versions, 20);
+    }
+
+    #[test]
+    fn kept_state_versions_come_from_the_file_or_the_environment() {
+        let kept = |file: &str, pairs: &[(&str, &str)]| {
+            ServerConfig::resolve(Some(("gantry.toml", file)), &env(pairs))
+                .map(|config| config.kept_state_versions)
+        };
+        assert_eq!(kept("state_versions = 5", &[]).unwrap(), 5);
+        assert_eq!(kept("state_versions = \"7\"", &[]).unwrap(), 7);
+        assert_eq!(kept("state_versions = 5", &[(STATE_VERSIONS, "1")]).unwrap(), 1);
+        for value in ["0", "1001", "-1", "twenty", "2.5"] {
+            let error = kept("", &[(STATE_VERSIONS, value)]).unwrap_err().to_string();
+            let expected = format!(
+                "{STATE_VERSIONS}={value:?}: expected a number of state versions to keep per stack, from 1 to 1000"
+            );
+            assert!(error.starts_with(&expected), "{error}");
+        }
+        let error = kept("state_versions = 0", &[]).unwrap_err().to_string();
+        assert!(error.starts_with(&format!("{STATE_VERSIONS}=\"0\": expected")), "{error}");
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub(crate) enum ApiError {
     InvalidRequest(String),
     #[error("{0}")]
     NotAssigned(String),
+    /// The request is valid but what it would change is in use, said in a sentence.
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     InvalidTransition(#[from] InvalidTransition),
     #[error(transparent)]
@@ -73,6 +76,7 @@ impl ApiError {
             Self::NotFound { .. } | Self::Missing(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Self::NotAssigned(_) => (StatusCode::CONFLICT, "not_assigned"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::InvalidTransition(_) => (StatusCode::CONFLICT, "invalid_state"),
             Self::Csr(_) => (StatusCode::BAD_REQUEST, "invalid_csr"),
             Self::Store(error) => match error {

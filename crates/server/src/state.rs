@@ -25,6 +25,8 @@ pub struct Shared {
     pub blobs: Arc<dyn BlobStore>,
     /// The largest blob a launcher may upload.
     pub max_blob_size: u64,
+    /// How many versions of each stack's managed state are kept.
+    pub kept_state_versions: u32,
     pub ca: CertificateAuthority,
     /// The CA written into pool tokens for launchers to trust.
     pub token_server_ca: Option<String>,

@@ -6,7 +6,8 @@ use gantry_domain::scheduler::WaitReason;
 use gantry_domain::{PoolId, RunId, WorkerStatus};
 use gantry_proto::api;
 use gantry_store::{
-    OutputRecord, PoolRecord, RunRecord, StackRecord, StateChangeRecord, WorkerRecord,
+    OutputRecord, PoolRecord, RunRecord, StackRecord, StateChangeRecord, StateVersionRecord,
+    WorkerRecord,
 };
 
 use crate::error::ApiError;
@@ -117,6 +118,20 @@ pub(crate) fn output(record: &OutputRecord) -> api::Output {
             record.value_json.as_deref().and_then(|json| serde_json::from_str(json).ok())
         },
         sensitive: record.sensitive,
+    }
+}
+
+/// A kept state version; `current` when it is the one the next run starts from.
+pub(crate) fn state_version(record: &StateVersionRecord, current: bool) -> api::StateVersion {
+    api::StateVersion {
+        version: record.seq,
+        current,
+        run_id: record.run_id,
+        sha256: record.blob.sha256.clone(),
+        size: record.blob.size,
+        created_at: record.blob.created_at,
+        rollback_of: record.rollback.as_ref().map(|rollback| rollback.of_seq),
+        rolled_back_by: record.rollback.as_ref().map(|rollback| rollback.by.clone()),
     }
 }
 

@@ -11,8 +11,8 @@ use gantry_domain::{
 
 use crate::{
     ApiKeyRecord, BlobRecord, BlobStore, DependencyRecord, OutputRecord, OutputReferenceRecord,
-    PickupRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord, Store,
-    StoreError, WorkerCountsRecord, WorkerRecord,
+    PickupRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord,
+    StateRollbackRecord, StateVersionRecord, Store, StoreError, WorkerCountsRecord, WorkerRecord,
 };
 
 /// Generates one `#[tokio::test]` per contract case. `$make` is an async expression
@@ -50,6 +50,11 @@ macro_rules! store_contract_tests {
             a_pool_reset_replaces_the_certificate_and_ends_sessions,
             run_blobs_are_recorded_per_purpose,
             state_versions_are_numbered_per_stack,
+            state_versions_are_listed_newest_first,
+            a_rollback_is_a_new_current_version_with_the_old_blob_and_run,
+            a_rollback_to_a_missing_version_is_a_clear_error,
+            pruning_keeps_the_newest_versions_and_every_blob_still_named,
+            rollbacks_racing_prunes_never_leave_a_version_without_its_blob,
             workers_and_pools_drain_and_undrain,
             workers_are_counted_and_idle_ones_listed_oldest_first,
             held_runs_come_with_what_their_pickup_needs,
@@ -197,8 +202,11 @@ pub async fn api_keys_are_found_by_hash_only<S: Store>(store: Arc<S>) {
         created_at: at(1),
     };
     store.insert_api_key(&key).await.unwrap();
-    assert_eq!(store.find_api_key("h1").await.unwrap(), Some(key));
+    assert_eq!(store.find_api_key("h1").await.unwrap(), Some(key.clone()));
     assert_eq!(store.find_api_key("h2").await.unwrap(), None);
+    // By id too: a UI session names its key by id, and an audit record by its name.
+    assert_eq!(store.get_api_key("k1").await.unwrap(), Some(key));
+    assert_eq!(store.get_api_key("h1").await.unwrap(), None);
     assert_eq!(store.count_api_keys().await.unwrap(), 1);
 }
 
@@ -806,6 +814,176 @@ pub async fn state_versions_are_numbered_per_stack<S: Store>(store: Arc<S>) {
     let current = store.current_state_version(stack.id).await.unwrap().unwrap();
     assert_eq!(current, second);
     assert_eq!(current.run_id, second_run.id);
+}
+
+/// Adds `n` versions of `stack`, each from its own run and blob (`<prefix>/<i>`).
+async fn add_state_versions<S: Store>(
+    store: &S,
+    stack: &StackRecord,
+    prefix: &str,
+    n: u64,
+) -> Vec<StateVersionRecord> {
+    let mut versions = Vec::new();
+    for i in 1..=n {
+        let run = run_record(stack, RunState::Applying, 10 + i as i64);
+        let blob = blob(&format!("{prefix}/{i}"), &format!("{:02x}", i % 256), 10 + i as i64);
+        versions.push(store.add_state_version(stack.id, run.id, &blob).await.unwrap());
+    }
+    versions
+}
+
+pub async fn state_versions_are_listed_newest_first<S: Store>(store: Arc<S>) {
+    let (pool, stack, _) = world(&*store).await;
+    let other = stack_record(pool.id, "other");
+    store.insert_stack(&other).await.unwrap();
+    assert_eq!(store.list_state_versions(stack.id).await.unwrap(), vec![]);
+    let added = add_state_versions(&*store, &stack, "s", 3).await;
+    add_state_versions(&*store, &other, "o", 1).await;
+    let listed = store.list_state_versions(stack.id).await.unwrap();
+    assert_eq!(listed, added.iter().rev().cloned().collect::<Vec<_>>());
+    assert_eq!(listed[0], store.current_state_version(stack.id).await.unwrap().unwrap());
+    assert!(listed.iter().all(|version| version.rollback.is_none()));
+}
+
+pub async fn a_rollback_is_a_new_current_version_with_the_old_blob_and_run<S: Store>(
+    store: Arc<S>,
+) {
+    let (_, stack, _) = world(&*store).await;
+    let added = add_state_versions(&*store, &stack, "s", 3).await;
+    let rolled = store.rollback_state_version(stack.id, 1, "admin", at(100)).await.unwrap();
+    assert_eq!(rolled.seq, 4, "a new version, after every other");
+    assert_eq!(rolled.run_id, added[0].run_id, "the blob's encryption context names that run");
+    assert_eq!(
+        (&rolled.blob.key, &rolled.blob.sha256),
+        (&added[0].blob.key, &added[0].blob.sha256)
+    );
+    assert_eq!((rolled.blob.size, rolled.blob.created_at), (added[0].blob.size, at(100)));
+    assert_eq!(rolled.rollback, Some(StateRollbackRecord { of_seq: 1, by: "admin".to_owned() }));
+    assert_eq!(store.current_state_version(stack.id).await.unwrap(), Some(rolled.clone()));
+    // History is kept as it was: the versions rolled back over are still there.
+    let listed = store.list_state_versions(stack.id).await.unwrap();
+    assert_eq!(listed.iter().map(|version| version.seq).collect::<Vec<_>>(), [4, 3, 2, 1]);
+    assert_eq!(listed[1..], added.iter().rev().cloned().collect::<Vec<_>>());
+    // A rollback of a rollback names the version it restores, and the original run.
+    let again = store.rollback_state_version(stack.id, 4, "ci", at(101)).await.unwrap();
+    assert_eq!((again.seq, again.run_id), (5, added[0].run_id));
+    assert_eq!(again.rollback, Some(StateRollbackRecord { of_seq: 4, by: "ci".to_owned() }));
+    // A run's next version follows on.
+    let next = add_state_versions(&*store, &stack, "t", 1).await;
+    assert_eq!(next[0].seq, 6);
+}
+
+pub async fn a_rollback_to_a_missing_version_is_a_clear_error<S: Store>(store: Arc<S>) {
+    let (_, stack, _) = world(&*store).await;
+    let missing = store.rollback_state_version(stack.id, 1, "admin", at(5)).await.unwrap_err();
+    assert!(matches!(missing, StoreError::NotFound { kind: "state version", .. }), "{missing}");
+    assert_eq!(
+        missing.to_string(),
+        format!("state version 1 of stack {} does not exist", stack.id)
+    );
+    add_state_versions(&*store, &stack, "s", 2).await;
+    let beyond = store.rollback_state_version(stack.id, 3, "admin", at(5)).await.unwrap_err();
+    assert!(matches!(beyond, StoreError::NotFound { kind: "state version", .. }), "{beyond}");
+    let pruned = store.prune_state_versions(stack.id, 1).await.unwrap();
+    assert_eq!(pruned, ["s/1"]);
+    let gone = store.rollback_state_version(stack.id, 1, "admin", at(5)).await.unwrap_err();
+    assert!(matches!(gone, StoreError::NotFound { kind: "state version", .. }), "{gone}");
+    let nowhere =
+        store.rollback_state_version(StackId::generate(), 1, "admin", at(5)).await.unwrap_err();
+    assert!(matches!(nowhere, StoreError::NotFound { kind: "stack", .. }), "{nowhere}");
+    let seqs: Vec<u64> =
+        store.list_state_versions(stack.id).await.unwrap().iter().map(|v| v.seq).collect();
+    assert_eq!(seqs, [2], "refused rollbacks add nothing");
+}
+
+pub async fn pruning_keeps_the_newest_versions_and_every_blob_still_named<S: Store>(store: Arc<S>) {
+    let (pool, stack, _) = world(&*store).await;
+    let other = stack_record(pool.id, "other");
+    store.insert_stack(&other).await.unwrap();
+    add_state_versions(&*store, &other, "o", 3).await;
+    assert_eq!(store.prune_state_versions(stack.id, 2).await.unwrap(), Vec::<String>::new());
+    add_state_versions(&*store, &stack, "s", 4).await;
+    // Versions 5 and 6 restore versions 1 and 2: their blobs are named twice.
+    store.rollback_state_version(stack.id, 1, "admin", at(50)).await.unwrap();
+    store.rollback_state_version(stack.id, 2, "admin", at(51)).await.unwrap();
+    assert_eq!(store.prune_state_versions(stack.id, 6).await.unwrap(), Vec::<String>::new());
+
+    // Keeping 3 deletes versions 1 to 3: the blobs of 1 and 2 are still named by 5 and 6.
+    let unnamed = store.prune_state_versions(stack.id, 3).await.unwrap();
+    assert_eq!(unnamed, ["s/3"]);
+    let kept = store.list_state_versions(stack.id).await.unwrap();
+    let keys: Vec<(u64, &str)> =
+        kept.iter().map(|version| (version.seq, version.blob.key.as_str())).collect();
+    assert_eq!(keys, [(6, "s/2"), (5, "s/1"), (4, "s/4")]);
+    assert_eq!(store.prune_state_versions(stack.id, 3).await.unwrap(), Vec::<String>::new());
+
+    // Keeping 1: versions 4 and 5 go with their blobs; 6 keeps s/2.
+    let mut unnamed = store.prune_state_versions(stack.id, 1).await.unwrap();
+    unnamed.sort();
+    assert_eq!(unnamed, ["s/1", "s/4"]);
+    let current = store.current_state_version(stack.id).await.unwrap().unwrap();
+    assert_eq!((current.seq, current.blob.key.as_str()), (6, "s/2"));
+    assert_eq!(store.list_state_versions(other.id).await.unwrap().len(), 3, "per stack");
+    let next = add_state_versions(&*store, &stack, "t", 1).await;
+    assert_eq!(next[0].seq, 7, "numbers are never reused");
+}
+
+pub async fn rollbacks_racing_prunes_never_leave_a_version_without_its_blob<S: Store>(
+    store: Arc<S>,
+) {
+    let (_, stack, _) = world(&*store).await;
+    add_state_versions(&*store, &stack, "s", 3).await;
+    // One writer adds versions and prunes to 2, as uploads do; another rolls back to
+    // whichever version is oldest, as a user might, while it is being pruned.
+    let adder = {
+        let (store, stack) = (Arc::clone(&store), stack.clone());
+        tokio::spawn(async move {
+            let mut unnamed = Vec::new();
+            for i in 0..30 {
+                let run = run_record(&stack, RunState::Applying, 100 + i);
+                let blob = blob(&format!("a/{i}"), "aa", 100 + i);
+                store.add_state_version(stack.id, run.id, &blob).await.unwrap();
+                unnamed.extend(store.prune_state_versions(stack.id, 2).await.unwrap());
+            }
+            unnamed
+        })
+    };
+    let roller = {
+        let (store, stack) = (Arc::clone(&store), stack.clone());
+        tokio::spawn(async move {
+            let mut unnamed = Vec::new();
+            for _ in 0..30 {
+                let versions = store.list_state_versions(stack.id).await.unwrap();
+                let oldest = versions.last().unwrap().seq;
+                match store.rollback_state_version(stack.id, oldest, "admin", at(200)).await {
+                    Ok(_) => unnamed.extend(store.prune_state_versions(stack.id, 2).await.unwrap()),
+                    Err(StoreError::NotFound { kind: "state version", .. }) => {}
+                    Err(error) => panic!("{error}"),
+                }
+            }
+            unnamed
+        })
+    };
+    let mut unnamed = adder.await.unwrap();
+    unnamed.extend(roller.await.unwrap());
+    // Once no version names a blob, none ever does again (a rollback needs a version that
+    // names it), so handing a key out twice means a version named it after its deletion.
+    let mut distinct = unnamed.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), unnamed.len(), "a blob was handed out twice: {unnamed:?}");
+    let kept = store.list_state_versions(stack.id).await.unwrap();
+    assert_eq!(kept.len(), 2);
+    for version in &kept {
+        assert!(
+            !unnamed.contains(&version.blob.key),
+            "version {} names {}, which a prune handed out for deletion",
+            version.seq,
+            version.blob.key
+        );
+    }
+    let seqs: Vec<u64> = kept.iter().map(|version| version.seq).collect();
+    assert_eq!(seqs[0], seqs[1] + 1);
 }
 
 /// Generates one `#[tokio::test]` per blob-store contract case. `$make` is an async

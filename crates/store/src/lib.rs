@@ -26,8 +26,8 @@ pub use postgres::{PostgresStore, redact_url};
 pub use records::{
     ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, HeldRunRecord,
     LogChunkRecord, OutputRecord, OutputReferenceRecord, PickupRecord, PoolRecord, RunChange,
-    RunFilter, RunRecord, SessionRecord, StackRecord, StateChangeRecord, StateVersionRecord,
-    WorkerCountsRecord, WorkerRecord,
+    RunFilter, RunRecord, SessionRecord, StackRecord, StateChangeRecord, StateRollbackRecord,
+    StateVersionRecord, WorkerCountsRecord, WorkerRecord,
 };
 pub use sqlite::SqliteStore;
 pub use store::{Signal, SignalStream, Store};

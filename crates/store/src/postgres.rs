@@ -17,11 +17,14 @@ use crate::store::{Result, Signal, SignalStream};
 use crate::{
     ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, HeldRunRecord,
     LogChunkRecord, OutputRecord, OutputReferenceRecord, PoolRecord, RunChange, RunFilter,
-    RunRecord, SessionRecord, StackRecord, StateChangeRecord, StateVersionRecord, StoreError,
-    WorkerCountsRecord, WorkerRecord,
+    RunRecord, SessionRecord, StackRecord, StateChangeRecord, StateRollbackRecord,
+    StateVersionRecord, StoreError, WorkerCountsRecord, WorkerRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The transactions the shared statements (`sql_store!`) run in.
+type Tx = Transaction<'static, Postgres>;
 
 /// The channel replicas notify each other on.
 const SIGNAL_CHANNEL: &str = "gantry_signals";
@@ -96,6 +99,11 @@ impl PostgresStore {
     /// The `[seq, text]` pairs in the JSON array bound as `$1`, as a table.
     const LOG_CHUNKS: &'static str = "SELECT (value->>0)::bigint AS seq, value->>1 AS text
          FROM json_array_elements($1::json) AS chunks(value)";
+
+    /// What a `SELECT` adds to lock the rows it reads until its transaction ends. Not
+    /// `FOR UPDATE`: that would also block inserts whose foreign keys name the row (a
+    /// run of the stack, say), which take `FOR KEY SHARE`.
+    const LOCK_ROW: &'static str = " FOR NO KEY UPDATE";
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
         Ok(self.writer.begin().await?)

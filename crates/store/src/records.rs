@@ -21,11 +21,25 @@ pub struct BlobRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateVersionRecord {
     pub stack_id: StackId,
-    /// 1, 2, ... per stack.
+    /// 1, 2, ... per stack; the highest is the current state.
     pub seq: u64,
-    /// The run whose apply produced it (part of the blob's encryption context).
+    /// The run whose apply produced it (part of the blob's encryption context): for a
+    /// rollback, the run that produced the version it restores.
     pub run_id: RunId,
+    /// Its blob; `created_at` is when this version was made (for a rollback: when it was
+    /// rolled back), which for others is when their blob was stored.
     pub blob: BlobRecord,
+    /// Set when a user made this version by rolling back to an earlier one.
+    pub rollback: Option<StateRollbackRecord>,
+}
+
+/// How a version that restores an earlier one came about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRollbackRecord {
+    /// The version whose blob and producing run this one repeats.
+    pub of_seq: u64,
+    /// Who asked: the name of the API key they used.
+    pub by: String,
 }
 
 /// An admin API key; only the hash of its secret is kept.

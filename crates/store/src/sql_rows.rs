@@ -11,8 +11,8 @@ use sqlx::Row;
 
 use crate::store::Result;
 use crate::{
-    BlobRecord, HeldRunRecord, PickupRecord, PoolRecord, RunRecord, SessionRecord, StackRecord,
-    StoreError, WorkerRecord,
+    ApiKeyRecord, BlobRecord, HeldRunRecord, PickupRecord, PoolRecord, RunRecord, SessionRecord,
+    StackRecord, StateRollbackRecord, StateVersionRecord, StoreError, WorkerRecord,
 };
 
 /// The typed reads a row offers; both engines keep text, 64-bit integers and nothing else
@@ -297,6 +297,39 @@ pub(crate) fn run_from_row(row: &impl Columns) -> Result<RunRecord> {
         stop_requested_at: optional_timestamp(row, "stop_requested_at")?,
         created_at: timestamp(row, "created_at")?,
         updated_at: timestamp(row, "updated_at")?,
+    })
+}
+
+pub(crate) const STATE_VERSION_COLUMNS: &str =
+    "stack_id, seq, run_id, blob_key, sha256, size, created_at, rollback_of, rolled_back_by";
+
+pub(crate) fn state_version_from_row(row: &impl Columns) -> Result<StateVersionRecord> {
+    let rollback =
+        match (row.optional_integer("rollback_of")?, optional_text(row, "rolled_back_by")?) {
+            (Some(of_seq), Some(by)) => Some(StateRollbackRecord {
+                of_seq: u64::try_from(of_seq).map_err(|error| corrupt("rollback_of", error))?,
+                by,
+            }),
+            (None, None) => None,
+            _ => return Err(corrupt("rolled_back_by", "set without rollback_of, or the reverse")),
+        };
+    Ok(StateVersionRecord {
+        stack_id: parsed(row, "stack_id")?,
+        seq: count(row, "seq")?,
+        run_id: parsed(row, "run_id")?,
+        blob: blob_from_row(row)?,
+        rollback,
+    })
+}
+
+pub(crate) const API_KEY_COLUMNS: &str = "id, name, secret_hash, created_at";
+
+pub(crate) fn api_key_from_row(row: &impl Columns) -> Result<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        id: text(row, "id")?,
+        name: text(row, "name")?,
+        secret_hash: text(row, "secret_hash")?,
+        created_at: timestamp(row, "created_at")?,
     })
 }
 

@@ -1,7 +1,7 @@
 //! The `Store` operations written once for both SQL engines: the statements are the same
 //! on SQLite and PostgreSQL, apart from the few fragments and steps each adapter supplies
-//! (`IDS`, `LOG_CHUNKS`, `begin`, `commit`, `durable`, `unsynced`, `flush`,
-//! `commit_offered`). A macro rather than
+//! (`Tx`, `IDS`, `LOG_CHUNKS`, `LOCK_ROW`, `begin`, `commit`, `durable`, `unsynced`,
+//! `flush`, `commit_offered`). A macro rather than
 //! generic code: each expansion sees one concrete engine, so no trait bounds spell out
 //! which Rust types each engine can bind.
 
@@ -31,6 +31,64 @@ macro_rules! sql_store {
                     rows.iter().map(worker_from_row).collect::<Result<_>>()?;
                 workers.sort_by_key(|worker| (worker.created_at, worker.id.to_string()));
                 Ok(workers)
+            }
+
+            /// Locks the stack's row until `tx` ends, so that the stack's state-version
+            /// writes (adding, rolling back, pruning) happen one after the other across
+            /// replicas; `NotFound` when there is no such stack.
+            async fn lock_stack(
+                tx: &mut Tx,
+                stack_id: StackId,
+            ) -> Result<()> {
+                // `LOCK_ROW` is one of two literals, never input.
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT id FROM stacks WHERE id = $1{lock}",
+                    lock = Self::LOCK_ROW
+                )))
+                .bind(stack_id.to_string())
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(|_| ())
+                .ok_or_else(|| StoreError::NotFound { kind: "stack", id: stack_id.to_string() })
+            }
+
+            /// Locks the stack (`lock_stack`) and returns the number its next state
+            /// version takes.
+            async fn next_state_seq(
+                tx: &mut Tx,
+                stack_id: StackId,
+            ) -> Result<u64> {
+                Self::lock_stack(tx, stack_id).await?;
+                let seq: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM state_versions WHERE stack_id = $1",
+                )
+                .bind(stack_id.to_string())
+                .fetch_one(&mut **tx)
+                .await?;
+                u64::try_from(seq).map_err(|error| corrupt("seq", error))
+            }
+
+            async fn insert_state_version(
+                tx: &mut Tx,
+                version: &StateVersionRecord,
+            ) -> Result<()> {
+                let rollback = version.rollback.as_ref();
+                sqlx::query(
+                    "INSERT INTO state_versions (stack_id, seq, run_id, blob_key, sha256, size, created_at, rollback_of, rolled_back_by)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(version.stack_id.to_string())
+                .bind(i64::try_from(version.seq).unwrap_or(i64::MAX))
+                .bind(version.run_id.to_string())
+                .bind(&version.blob.key)
+                .bind(&version.blob.sha256)
+                .bind(version.blob.size as i64)
+                .bind(version.blob.created_at.unix_millis())
+                .bind(rollback.map(|rollback| i64::try_from(rollback.of_seq).unwrap_or(i64::MAX)))
+                .bind(rollback.map(|rollback| rollback.by.as_str()))
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
             }
 
             /// Runs `set` (an assignment list over the run's columns, with the time as `$2`) on
@@ -120,21 +178,19 @@ macro_rules! sql_store {
             }
 
             async fn find_api_key(&self, secret_hash: &str) -> Result<Option<ApiKeyRecord>> {
-                let row = sqlx::query(
-                    "SELECT id, name, secret_hash, created_at FROM api_keys WHERE secret_hash = $1",
-                )
-                .bind(secret_hash)
-                .fetch_optional(&self.reader)
-                .await?;
-                row.map(|row| {
-                    Ok(ApiKeyRecord {
-                        id: text(&row, "id")?,
-                        name: text(&row, "name")?,
-                        secret_hash: text(&row, "secret_hash")?,
-                        created_at: timestamp(&row, "created_at")?,
-                    })
-                })
-                .transpose()
+                let row = sqlx::query(select(API_KEY_COLUMNS, "FROM api_keys WHERE secret_hash = $1"))
+                    .bind(secret_hash)
+                    .fetch_optional(&self.reader)
+                    .await?;
+                row.as_ref().map(api_key_from_row).transpose()
+            }
+
+            async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>> {
+                let row = sqlx::query(select(API_KEY_COLUMNS, "FROM api_keys WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.reader)
+                    .await?;
+                row.as_ref().map(api_key_from_row).transpose()
             }
 
             async fn count_api_keys(&self) -> Result<u64> {
@@ -915,46 +971,116 @@ macro_rules! sql_store {
                 blob: &BlobRecord,
             ) -> Result<StateVersionRecord> {
                 let mut tx = self.begin().await?;
-                let seq: i64 = sqlx::query_scalar(
-                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM state_versions WHERE stack_id = $1",
-                )
-                .bind(stack_id.to_string())
-                .fetch_one(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO state_versions (stack_id, seq, run_id, blob_key, sha256, size, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(stack_id.to_string())
-                .bind(seq)
-                .bind(run_id.to_string())
-                .bind(&blob.key)
-                .bind(&blob.sha256)
-                .bind(blob.size as i64)
-                .bind(blob.created_at.unix_millis())
-                .execute(&mut *tx)
-                .await?;
+                let seq = Self::next_state_seq(&mut tx, stack_id).await?;
+                let version = StateVersionRecord {
+                    stack_id,
+                    seq,
+                    run_id,
+                    blob: blob.clone(),
+                    rollback: None,
+                };
+                Self::insert_state_version(&mut tx, &version).await?;
                 self.commit(tx).await?;
-                Ok(StateVersionRecord { stack_id, seq: seq as u64, run_id, blob: blob.clone() })
+                Ok(version)
             }
 
             async fn current_state_version(&self, stack_id: StackId) -> Result<Option<StateVersionRecord>> {
-                let row = sqlx::query(
-                    "SELECT stack_id, seq, run_id, blob_key, sha256, size, created_at FROM state_versions
-                     WHERE stack_id = $1 ORDER BY seq DESC LIMIT 1",
-                )
+                let row = sqlx::query(select(
+                    STATE_VERSION_COLUMNS,
+                    "FROM state_versions WHERE stack_id = $1 ORDER BY seq DESC LIMIT 1",
+                ))
                 .bind(stack_id.to_string())
                 .fetch_optional(&self.reader)
                 .await?;
-                row.map(|row| {
-                    Ok(StateVersionRecord {
-                        stack_id: parsed(&row, "stack_id")?,
-                        seq: count(&row, "seq")?,
-                        run_id: parsed(&row, "run_id")?,
-                        blob: blob_from_row(&row)?,
-                    })
-                })
-                .transpose()
+                row.as_ref().map(state_version_from_row).transpose()
+            }
+
+            async fn list_state_versions(&self, stack_id: StackId) -> Result<Vec<StateVersionRecord>> {
+                let rows = sqlx::query(select(
+                    STATE_VERSION_COLUMNS,
+                    "FROM state_versions WHERE stack_id = $1 ORDER BY seq DESC",
+                ))
+                .bind(stack_id.to_string())
+                .fetch_all(&self.reader)
+                .await?;
+                rows.iter().map(state_version_from_row).collect()
+            }
+
+            async fn rollback_state_version(
+                &self,
+                stack_id: StackId,
+                to_seq: u64,
+                by: &str,
+                at: Timestamp,
+            ) -> Result<StateVersionRecord> {
+                let mut tx = self.begin().await?;
+                // Locks the stack first: a prune that deletes the version waits, or made
+                // it missing before this reads it.
+                let seq = Self::next_state_seq(&mut tx, stack_id).await?;
+                let restored = sqlx::query(select(
+                    STATE_VERSION_COLUMNS,
+                    "FROM state_versions WHERE stack_id = $1 AND seq = $2",
+                ))
+                .bind(stack_id.to_string())
+                .bind(i64::try_from(to_seq).unwrap_or(i64::MAX))
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "state version",
+                    id: format!("{to_seq} of stack {stack_id}"),
+                })?;
+                let restored = state_version_from_row(&restored)?;
+                let version = StateVersionRecord {
+                    stack_id,
+                    seq,
+                    run_id: restored.run_id,
+                    blob: BlobRecord { created_at: at, ..restored.blob },
+                    rollback: Some(StateRollbackRecord { of_seq: to_seq, by: by.to_owned() }),
+                };
+                Self::insert_state_version(&mut tx, &version).await?;
+                self.commit(tx).await?;
+                Ok(version)
+            }
+
+            async fn prune_state_versions(&self, stack_id: StackId, keep: u32) -> Result<Vec<String>> {
+                let mut tx = self.begin().await?;
+                Self::lock_stack(&mut tx, stack_id).await?;
+                let deleted: Vec<String> = sqlx::query_scalar(
+                    "DELETE FROM state_versions WHERE stack_id = $1 AND seq < (
+                         SELECT MIN(seq) FROM (
+                             SELECT seq FROM state_versions WHERE stack_id = $1
+                             ORDER BY seq DESC LIMIT $2
+                         ) AS kept
+                     )
+                     RETURNING blob_key",
+                )
+                .bind(stack_id.to_string())
+                .bind(i64::from(keep))
+                .fetch_all(&mut *tx)
+                .await?;
+                if deleted.is_empty() {
+                    tx.rollback().await?;
+                    return Ok(deleted);
+                }
+                // Read in the same transaction, after the deletion: a rollback that could
+                // still name one of these blobs is serialized by the stack's lock.
+                let still_named: std::collections::HashSet<String> = sqlx::query_scalar(
+                    sqlx::AssertSqlSafe(format!(
+                        "SELECT DISTINCT blob_key FROM state_versions WHERE blob_key IN ({ids})",
+                        ids = Self::IDS
+                    )),
+                )
+                .bind(to_json(&deleted))
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+                self.commit(tx).await?;
+                let mut unnamed: Vec<String> =
+                    deleted.into_iter().filter(|key| !still_named.contains(key)).collect();
+                unnamed.sort();
+                unnamed.dedup();
+                Ok(unnamed)
             }
 
             async fn request_pool_cycle(&self, pool_id: PoolId, at: Timestamp) -> Result<PoolRecord> {

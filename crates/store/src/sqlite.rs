@@ -19,11 +19,14 @@ use crate::store::Result;
 use crate::{
     ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, HeldRunRecord,
     LogChunkRecord, OutputRecord, OutputReferenceRecord, PoolRecord, RunChange, RunFilter,
-    RunRecord, SessionRecord, StackRecord, StateChangeRecord, StateVersionRecord, StoreError,
-    WorkerCountsRecord, WorkerRecord,
+    RunRecord, SessionRecord, StackRecord, StateChangeRecord, StateRollbackRecord,
+    StateVersionRecord, StoreError, WorkerCountsRecord, WorkerRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The transactions the shared statements (`sql_store!`) run in.
+type Tx = Transaction<'static, Sqlite>;
 
 /// Gantry's state in one SQLite file.
 #[derive(Debug, Clone)]
@@ -101,6 +104,10 @@ impl SqliteStore {
     const IDS: &'static str = "SELECT value FROM json_each($1)";
     /// The `[seq, text]` pairs in the JSON array bound as `$1`, as a table.
     const LOG_CHUNKS: &'static str = "SELECT json_extract(value, '$[0]') AS seq, json_extract(value, '$[1]') AS text FROM json_each($1)";
+    /// What a `SELECT` adds to lock the rows it reads until its transaction ends:
+    /// nothing, since the one writer connection already runs write transactions one at a
+    /// time.
+    const LOCK_ROW: &'static str = "";
 
     /// Returns once every write committed so far is on disk.
     async fn durable(&self) -> Result<()> {

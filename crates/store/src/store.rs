@@ -39,6 +39,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
     async fn find_api_key(&self, secret_hash: &str) -> Result<Option<ApiKeyRecord>>;
+    /// The key with this id (a prefix of its hash: not a secret).
+    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>>;
     async fn count_api_keys(&self) -> Result<u64>;
 
     /// Fails with `AlreadyExists` when the name is taken.
@@ -227,6 +229,25 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<StateVersionRecord>;
     /// The stack's newest managed state.
     async fn current_state_version(&self, stack_id: StackId) -> Result<Option<StateVersionRecord>>;
+    /// The stack's kept state versions, newest (the current one) first.
+    async fn list_state_versions(&self, stack_id: StackId) -> Result<Vec<StateVersionRecord>>;
+    /// Makes version `to_seq` the stack's current state again by appending a version
+    /// with its blob and producing run, recording the rollback and `by` (history is never
+    /// rewritten). `NotFound` (kind "state version") when the stack keeps no version
+    /// `to_seq`. Serialized with the stack's other state-version writes, so a version
+    /// being pruned is either restored first or found missing.
+    async fn rollback_state_version(
+        &self,
+        stack_id: StackId,
+        to_seq: u64,
+        by: &str,
+        at: Timestamp,
+    ) -> Result<StateVersionRecord>;
+    /// Deletes every version of the stack but the newest `keep`, and returns the keys of
+    /// the blobs that no version names any more. Returns once the deletion is on disk:
+    /// the caller deletes those blobs afterwards, so a crash in between leaves at worst a
+    /// blob nothing names, never a version whose blob is gone.
+    async fn prune_state_versions(&self, stack_id: StackId, keep: u32) -> Result<Vec<String>>;
 
     /// Adds or replaces a dependency (the caller has checked it closes no cycle).
     async fn put_dependency(&self, dependency: &DependencyRecord) -> Result<()>;

@@ -12,6 +12,8 @@ mod openssl;
 mod proxy;
 mod runner_image;
 #[cfg(feature = "server")]
+mod scripted_launcher;
+#[cfg(feature = "server")]
 mod server;
 mod terraform;
 
@@ -20,6 +22,8 @@ pub use moto::MotoServer;
 pub use openssl::{KeyKind, OpensslKey, openssl};
 pub use proxy::FlakyProxy;
 pub use runner_image::{BUSYBOX_RUNNER_IMAGE, RUNNER_IMAGE, runner_image};
+#[cfg(feature = "server")]
+pub use scripted_launcher::ScriptedLauncher;
 #[cfg(feature = "server")]
 pub use server::{CreatedPool, TestServer};
 pub use terraform::{MARKER_OUTPUT, NO_CHANGES_CONFIG, SIMPLE_CONFIG};

@@ -1,4 +1,5 @@
-//! `gantry stack create|list|show`: stacks, the source and settings that runs execute.
+//! `gantry stack create|list|show|depend|undepend|dependencies|state`: stacks, the source
+//! and settings that runs execute (`state`: `stack_state.rs`).
 
 use clap::{Args, Subcommand, ValueEnum};
 use gantry_domain::Tool;
@@ -7,6 +8,7 @@ use gantry_proto::api::{
 };
 use serde::Serialize;
 
+use super::stack_state::{self, StateCommand};
 use super::{Context, Outcome};
 use crate::output::{self, print_json};
 
@@ -54,6 +56,9 @@ pub enum StackCommand {
         /// Stack name or id
         stack: String,
     },
+    /// The versions of a stack's managed state: list them, roll back to one
+    #[command(subcommand)]
+    State(StateCommand),
 }
 
 const DEPEND_AFTER_HELP: &str = "\
@@ -220,6 +225,7 @@ pub async fn run(context: &Context, command: &StackCommand) -> anyhow::Result<Ou
             let dependencies = client.stack_dependencies(stack).await?;
             print_dependencies(context, stack, &dependencies)
         }
+        StackCommand::State(command) => stack_state::run(context, command).await,
     }
 }
 

@@ -238,6 +238,7 @@ pub(super) async fn put_state(
     }
     let version = state.store.add_state_version(run.stack_id, run.id, &blob).await?;
     tracing::info!(run = %run.id, stack = %stack.name, version = version.seq, "managed state stored");
+    crate::api::state_versions::prune(&state, run.stack_id).await;
     Ok((StatusCode::CREATED, Json(BlobRef { sha256: blob.sha256, size: blob.size })))
 }
 

@@ -5,6 +5,7 @@ pub(crate) mod logs;
 pub(crate) mod pools;
 pub(crate) mod runs;
 pub(crate) mod stacks;
+pub(crate) mod state_versions;
 pub(crate) mod workers;
 
 use std::time::Duration;
@@ -35,6 +36,8 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route("/stacks", get(stacks::list).post(stacks::create))
         .route("/stacks/{stack}", get(stacks::show))
         .route("/stacks/{stack}/runs", post(runs::trigger))
+        .route("/stacks/{stack}/state/versions", get(state_versions::list))
+        .route("/stacks/{stack}/state/rollback", post(state_versions::rollback))
         .route("/stacks/{stack}/dependencies", get(dependencies::list).post(dependencies::add))
         .route(
             "/stacks/{stack}/dependencies/{upstream}",

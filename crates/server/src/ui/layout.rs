@@ -122,6 +122,19 @@ pub(super) fn labels(labels: &[String]) -> Markup {
     }
 }
 
+/// A size in bytes as people read it: `512 B`, `3.4 KiB`, `12.0 MiB`.
+pub(super) fn size(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    // Each unit is 2^10 of the one before it.
+    let exponent = (bytes.max(1).ilog2() / 10).min(4);
+    let value = bytes as f64 / 1024f64.powi(exponent as i32);
+    if exponent == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[exponent as usize])
+    }
+}
+
 /// How long something took, to the precision people read: `850 ms`, `4.2 s`, `3 min 5 s`,
 /// `2 h 7 min`.
 pub(super) fn duration(from: Timestamp, to: Timestamp) -> Markup {

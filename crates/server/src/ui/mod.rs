@@ -42,6 +42,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/stacks/{stack}", get(stacks::show))
         .route("/stacks/{stack}/live", get(live::stack_panel))
         .route("/stacks/{stack}/runs", post(stacks::trigger))
+        .route("/stacks/{stack}/state/rollback", post(stacks::rollback_state))
         .route("/runs/{run}", get(runs::show))
         .route("/runs/{run}/live", get(runs::live))
         .route("/runs/{run}/confirm", post(runs::confirm))

@@ -1,5 +1,6 @@
-//! Stacks: the list, and a stack's page with its settings, its run history (live) and
-//! the buttons that trigger a tracked or a proposed run.
+//! Stacks: the list, and a stack's page with its settings, its run history (live), the
+//! buttons that trigger a tracked or a proposed run, and for a stack whose state Gantry
+//! manages, the kept state versions with a button to roll back to each earlier one.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Redirect};
@@ -9,9 +10,9 @@ use gantry_store::{RunFilter, StackRecord};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::layout::{UiResult, badge, duration, header_row, labels, page, time};
+use super::layout::{UiResult, badge, duration, header_row, labels, page, size, time};
 use super::session::{CheckedForm, UiSession, token_field};
-use crate::api::{runs as run_ops, stacks as stack_ops};
+use crate::api::{runs as run_ops, stacks as stack_ops, state_versions as state_ops};
 use crate::error::{ApiError, PathParam};
 use crate::lookup;
 use crate::state::AppState;
@@ -77,6 +78,10 @@ pub(super) async fn show(
     let record = lookup::stack(&state, &key).await?;
     let stack = stack_ops::one_stack(&state, &record).await?;
     let history = history_panel(&state, &record).await?;
+    let versions = match record.managed_state {
+        true => Some(state_ops::versions(&state, &record).await?),
+        false => None,
+    };
     let body = html! {
         h1 { (stack.name) " " span.kind { "stack" } }
         @if !stack.description.is_empty() { p { (stack.description) } }
@@ -105,8 +110,54 @@ pub(super) async fn show(
             h2 #runs-heading { "Runs" }
             div #panel.panel data-live={ "/ui/stacks/" (stack.id) "/live" } { (history) }
         }
+        @if let Some(versions) = &versions { (state_versions(&session, &stack, versions)) }
     };
     Ok(page(&format!("{} · Stack", stack.name), Some(&session), body).into_response())
+}
+
+/// The kept state versions, newest first, each earlier one with its rollback button.
+fn state_versions(session: &UiSession, stack: &api::Stack, list: &api::StateVersionList) -> Markup {
+    html! {
+        section aria-labelledby="state-heading" {
+            h2 #state-heading { "State versions" }
+            p.help { "The newest " (list.kept) " versions are kept, encrypted to the pool's key. \
+                Runs start from the current one; rolling back makes an earlier one current \
+                again, as a new version." }
+            @if list.versions.is_empty() {
+                p { "No state yet: the first apply stores one." }
+            } @else {
+                div.table-scroll {
+                    table #state-versions {
+                        caption.visually-hidden { "State versions, newest first" }
+                        thead { (header_row(&["Version", "Produced by", "Size", "Created", "Action"])) }
+                        tbody {
+                            @for version in &list.versions {
+                                tr {
+                                    th scope="row" { (version.version)
+                                        @if version.current { " " span.badge { "current" } } }
+                                    td { a href={ "/ui/runs/" (version.run_id) } { code { (version.run_id) } }
+                                        @if let Some(of) = version.rollback_of {
+                                            br; span.muted { "rollback to version " (of)
+                                                @if let Some(by) = &version.rolled_back_by { " by " (by) } }
+                                        } }
+                                    td { (size(version.size)) }
+                                    td { (time(version.created_at)) }
+                                    td { @if !version.current {
+                                        form method="post" action={ "/ui/stacks/" (stack.id) "/state/rollback" } {
+                                            (token_field(session))
+                                            input type="hidden" name="to" value=(version.version);
+                                            button id={ "rollback-" (version.version) } type="submit"
+                                                aria-label={ "Roll back to version " (version.version) } { "Roll back" }
+                                        }
+                                    } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn environment(variables: &[api::EnvironmentVariable]) -> Markup {
@@ -214,4 +265,29 @@ pub(super) async fn trigger(
     let request = TriggerRun { run_type, commit: None, command: None };
     let run = run_ops::trigger_run(&state, &stack, request).await?;
     Ok(Redirect::to(&format!("/ui/runs/{}", run.id)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RollbackForm {
+    /// Text: a flattened form field does not parse as a number.
+    to: String,
+}
+
+pub(super) async fn rollback_state(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+    form: CheckedForm<RollbackForm>,
+) -> UiResult {
+    let stack = lookup::stack(&state, &key).await?;
+    let to = form.fields.to.parse::<u64>().map_err(|_| {
+        ApiError::invalid(format!("version {:?} is not a state version number", form.fields.to))
+    })?;
+    // Recorded by the key's name, as the API records it.
+    let key_id = &form.session.key_id;
+    let by = match state.store.get_api_key(key_id).await? {
+        Some(key) => key.name,
+        None => format!("key {key_id}"),
+    };
+    state_ops::rollback_state(&state, &stack, to, &by).await?;
+    Ok(Redirect::to(&format!("/ui/stacks/{}", stack.id)).into_response())
 }

@@ -2,11 +2,12 @@
 //! session proof, and every kind of bad input leaving the store unchanged.
 
 mod queue;
+mod state_versions;
 mod ui;
 
 use base64::Engine;
 use gantry_crypto::{PoolPrivateKey, PoolToken, session_message};
-use gantry_testkit::{KeyKind, MotoServer, OpensslKey, TestServer};
+use gantry_testkit::{KeyKind, MotoServer, OpensslKey, ScriptedLauncher, TestServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -82,25 +83,9 @@ impl Api {
         token: &PoolToken,
         metadata: Value,
     ) -> (String, String) {
-        let key = PoolPrivateKey::from_pem(&key.key_pem).unwrap();
-        let (_, challenge) =
-            self.agent("/session/challenge", json!({"pool_id": token.pool_id}), None).await;
-        let challenge = challenge["challenge"].as_str().unwrap();
-        let signature = base64::engine::general_purpose::STANDARD
-            .encode(key.sign(&session_message(challenge)).unwrap());
-        let open = json!({
-            "pool_id": token.pool_id,
-            "challenge": challenge,
-            "signature": signature,
-            "launcher": {"id": "01ARZ3NDEKTSV4RRFFQ69G5FAV", "version": "test", "hostname": "h", "protocol_version": 1}
-        });
-        let (status, session) = self.agent("/session", open, None).await;
-        assert_eq!(status, StatusCode::OK, "{session}");
-        let session_token = session["session_token"].as_str().unwrap();
-        let workers = json!({"workers": [{"metadata": metadata}]});
-        let (status, body) = self.agent("/workers", workers, Some(session_token)).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        (session_token.to_owned(), body["worker_ids"][0].as_str().unwrap().to_owned())
+        let launcher =
+            ScriptedLauncher::connect(&self.server, &token.pool_id, &key.key_pem, metadata).await;
+        (launcher.session, launcher.worker)
     }
 }
 

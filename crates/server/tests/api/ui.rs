@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use gantry_testkit::{GitRepository, KeyKind, OpensslKey};
+use gantry_testkit::{GitRepository, KeyKind, OpensslKey, ScriptedLauncher};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, ORIGIN, SET_COOKIE};
 use serde_json::json;
@@ -354,61 +354,12 @@ async fn a_new_pool_shows_its_token_once_and_a_refused_form_keeps_its_values() {
     assert!(response.text().await.unwrap().contains("already exists"));
 }
 
-/// A launcher's side of a run, spoken over the agent plane.
-struct ScriptedLauncher<'a> {
-    api: &'a Api,
-    session: String,
-    worker: String,
-}
-
-impl ScriptedLauncher<'_> {
-    async fn call(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
-        let (status, body) = self.api.agent(path, body, Some(&self.session)).await;
-        assert_eq!(status, StatusCode::OK, "{path}: {body}");
-        body
-    }
-
-    /// Takes the next assignment, which must be `run`'s `job`.
-    async fn take(&self, run: &str, job: &str) {
-        let polled = self.call("/poll", json!({"wait_seconds": 5})).await;
-        assert_eq!(polled["assignments"][0]["run_id"], run, "{polled}");
-        self.call(&format!("/runs/{run}/ack"), json!({"worker_id": self.worker, "job": job})).await;
-    }
-
-    async fn report(&self, run: &str, report: serde_json::Value) -> serde_json::Value {
-        self.call(&format!("/runs/{run}/reports"), json!({"report": report})).await
-    }
-
-    async fn log(&self, run: &str, seq: u64, text: &str) {
-        let chunks = json!({"chunks": [{"seq": seq, "text": text}]});
-        self.call(&format!("/runs/{run}/logs"), chunks).await;
-    }
-
-    /// Uploads a stand-in for the sealed workspace; the server only stores ciphertext.
-    async fn store_workspace(&self, run: &str) -> serde_json::Value {
-        let bytes = b"sealed workspace stand-in".to_vec();
-        let response = self
-            .api
-            .http
-            .put(format!("{}/agent/v1/runs/{run}/workspace", self.api.server.url))
-            .bearer_auth(&self.session)
-            .header("x-gantry-sha256", gantry_crypto::sha256_hex(&bytes))
-            .body(bytes)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        let blob: serde_json::Value = response.json().await.unwrap();
-        json!({"kind": "workspace_stored", "sha256": blob["sha256"], "size": blob["size"]})
-    }
-}
-
 #[tokio::test]
 async fn stack_and_run_pages_follow_a_run_from_trigger_to_confirmation_to_its_end() {
     let api = Api::start().await;
     let (key, token) = api.create_pool("builders", KeyKind::P256).await;
-    let (session, worker) = api.register_worker(&key, &token, json!({})).await;
-    let launcher = ScriptedLauncher { api: &api, session, worker };
+    let launcher =
+        ScriptedLauncher::connect(&api.server, &token.pool_id, &key.key_pem, json!({})).await;
     let dir = tempfile::tempdir().unwrap();
     let repository = GitRepository::create(&dir.path().join("net"), &[("main.tf", "")]);
     let body = json!({
@@ -555,4 +506,49 @@ impl Events {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_stack_page_lists_state_versions_and_rolls_back_with_the_sessions_token() {
+    let stack = super::state_versions::ManagedStack::start(None).await;
+    let first = stack.store_state("sealed state 1").await;
+    stack.store_state("sealed state 2, a little longer").await;
+    let mut browser = Browser::new(&stack.api);
+    browser.sign_in(&stack.api.server.admin_key).await;
+    let page_path = format!("/ui/stacks/{}", stack.stack_id);
+    let (status, page) = browser.get(&page_path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_page!("stack_state_versions", page);
+    assert!(page.contains(r#"id="rollback-1""#), "an earlier version can be restored");
+    assert!(!page.contains(r#"id="rollback-2""#), "the current one cannot");
+
+    let origin = browser.base.clone();
+    let rollback = format!("{page_path}/state/rollback");
+    let forged = [("csrf", "0".repeat(64)), ("to", "1".to_owned())];
+    let forged: Vec<(&str, &str)> = forged.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let response = browser.post(&rollback, &forged, Some(&origin)).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN, "the session's token is needed");
+    let fields = [("csrf", csrf(&page)), ("to", "1".to_owned())];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let response = browser.post(&rollback, &fields, Some("https://evil.example")).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN, "and this server's origin");
+    let (_, list) = stack.api.get("/stacks/db/state/versions").await;
+    assert_eq!(list["versions"].as_array().unwrap().len(), 2, "refused forms change nothing");
+
+    let response = browser.post(&rollback, &fields, Some(&origin)).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), page_path);
+    let (_, list) = stack.api.get("/stacks/db/state/versions").await;
+    let current = &list["versions"][0];
+    assert_eq!((&current["version"], &current["run_id"]), (&json!(3), &json!(first)));
+    assert_eq!(current["rolled_back_by"], "admin", "recorded by the key's name");
+    let (_, page) = browser.get(&page_path).await;
+    assert!(page.contains("rollback to version 1 by admin"), "{page}");
+
+    let fields = [("csrf", csrf(&page)), ("to", "7".to_owned())];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let response = browser.post(&rollback, &fields, Some(&origin)).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let page = response.text().await.unwrap();
+    assert!(page.contains("stack db has no state version 7: it keeps versions 1 to 3"), "{page}");
 }

@@ -1,0 +1,142 @@
+//! A stack's managed state versions: the ones the server keeps (ciphertext it cannot
+//! read, the newest `GANTRY_SERVER_STATE_VERSIONS` of each stack), and rolling back to
+//! an earlier one, so that a stack is never left unable to run by what its own runs
+//! stored.
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use gantry_domain::StackId;
+use gantry_proto::api::{RollbackState, StateVersion, StateVersionList};
+use gantry_store::{StackRecord, StateVersionRecord, StoreError};
+
+use crate::auth::AdminKey;
+use crate::error::{ApiError, ApiResult, Json, PathParam};
+use crate::state::{AppState, now};
+use crate::{lookup, views};
+
+/// `GET /api/v1/stacks/{stack}/state/versions`
+pub(super) async fn list(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+) -> ApiResult<Json<StateVersionList>> {
+    let stack = lookup::stack(&state, &key).await?;
+    Ok(Json(versions(&state, &stack).await?))
+}
+
+/// `POST /api/v1/stacks/{stack}/state/rollback`
+pub(super) async fn rollback(
+    State(state): State<AppState>,
+    Extension(admin): Extension<AdminKey>,
+    PathParam(key): PathParam<String>,
+    Json(request): Json<RollbackState>,
+) -> ApiResult<(StatusCode, Json<StateVersion>)> {
+    let stack = lookup::stack(&state, &key).await?;
+    let version = rollback_state(&state, &stack, request.to, &admin.name).await?;
+    Ok((StatusCode::CREATED, Json(views::state_version(&version, true))))
+}
+
+fn require_managed_state(stack: &StackRecord) -> Result<(), ApiError> {
+    if stack.managed_state {
+        return Ok(());
+    }
+    Err(ApiError::invalid(format!(
+        "stack {} does not let Gantry manage its state: it has no state versions",
+        stack.name
+    )))
+}
+
+/// The stack's kept versions, newest first, for the API and the UI.
+pub(crate) async fn versions(
+    state: &AppState,
+    stack: &StackRecord,
+) -> Result<StateVersionList, ApiError> {
+    require_managed_state(stack)?;
+    let records = state.store.list_state_versions(stack.id).await?;
+    Ok(StateVersionList {
+        stack: stack.name.clone(),
+        kept: state.kept_state_versions,
+        versions: records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| views::state_version(record, index == 0))
+            .collect(),
+    })
+}
+
+/// Makes version `to` the stack's current state again, as a new version, for the API and
+/// the UI; `by` names who asked.
+pub(crate) async fn rollback_state(
+    state: &AppState,
+    stack: &StackRecord,
+    to: u64,
+    by: &str,
+) -> Result<StateVersionRecord, ApiError> {
+    require_managed_state(stack)?;
+    // A run holding the lock started from the current state and would store its own
+    // after it: the rollback would be overwritten, or its saved plan made stale.
+    let holder = state.store.active_runs().await?.into_iter().find(|run| {
+        run.stack_id == stack.id && run.run_type.takes_stack_lock() && run.state.holds_stack_lock()
+    });
+    if let Some(run) = holder {
+        return Err(ApiError::Conflict(format!(
+            "stack {} cannot be rolled back while its {} run {} is {}: the run would store its own state over the rollback; try again once it ended",
+            stack.name, run.run_type, run.id, run.state
+        )));
+    }
+    let kept = state.store.list_state_versions(stack.id).await?;
+    if kept.first().is_some_and(|current| current.seq == to) {
+        return Err(ApiError::invalid(format!(
+            "version {to} is already the current state of stack {}",
+            stack.name
+        )));
+    }
+    let version = match state.store.rollback_state_version(stack.id, to, by, now()).await {
+        Ok(version) => version,
+        Err(StoreError::NotFound { kind: "state version", .. }) => {
+            return Err(ApiError::Missing(missing_version(stack, to, &kept)));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    tracing::info!(
+        stack = %stack.name,
+        version = version.seq,
+        restores = to,
+        run = %version.run_id,
+        by,
+        "managed state rolled back"
+    );
+    prune(state, stack.id).await;
+    Ok(version)
+}
+
+/// Why there is no version `to`, with the versions there are.
+fn missing_version(stack: &StackRecord, to: u64, kept: &[StateVersionRecord]) -> String {
+    match (kept.last(), kept.first()) {
+        (Some(oldest), Some(newest)) => format!(
+            "stack {} has no state version {to}: it keeps versions {} to {} (older ones are deleted)",
+            stack.name, oldest.seq, newest.seq
+        ),
+        _ => format!("stack {} has no state version {to}: it has no state yet", stack.name),
+    }
+}
+
+/// Deletes the stack's versions beyond the newest `kept_state_versions`, then the blobs
+/// no version names any more (rollbacks share their blobs). The rows go first and
+/// durably: a crash before the blobs are deleted leaves blobs nothing names, never a
+/// version whose blob is gone. A failure leaves the old versions until the next one.
+pub(crate) async fn prune(state: &AppState, stack_id: StackId) {
+    let unnamed = match state.store.prune_state_versions(stack_id, state.kept_state_versions).await
+    {
+        Ok(unnamed) => unnamed,
+        Err(error) => {
+            tracing::warn!(stack = %stack_id, %error, "old state versions are kept until the next version");
+            return;
+        }
+    };
+    for key in unnamed {
+        if let Err(error) = state.blobs.delete(&key).await {
+            tracing::warn!(stack = %stack_id, blob = %key, %error, "an old state version's blob could not be deleted");
+        }
+    }
+}
