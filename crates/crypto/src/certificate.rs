@@ -89,8 +89,17 @@ impl Certificate {
     }
 
     pub fn from_der(der: &[u8]) -> Result<Self, Error> {
-        let (_, certificate) = X509Certificate::from_der(der)
+        let (rest, certificate) = X509Certificate::from_der(der)
             .map_err(|e| Error::MalformedCertificate(e.to_string()))?;
+        // Bytes after the certificate would be kept in `der` and its fingerprint: the same
+        // certificate would have as many fingerprints as trailers, and a launcher comparing
+        // its token's with the server's would take the pool for reset.
+        if !rest.is_empty() {
+            return Err(Error::MalformedCertificate(format!(
+                "{} bytes follow its DER encoding",
+                rest.len()
+            )));
+        }
         let spki = certificate.public_key();
         let algorithm = key_algorithm(spki).map_err(Error::MalformedCertificate)?;
         Ok(Self {
@@ -179,4 +188,19 @@ pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
     }
     pem.push_str(&format!("-----END {label}-----\n"));
     pem
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_after_the_certificate_are_refused() {
+        let authority = crate::CertificateAuthority::generate("test CA").unwrap();
+        let mut der = authority.certificate().der().to_vec();
+        assert!(Certificate::from_der(&der).is_ok());
+        der.extend_from_slice(b"trailer");
+        let error = Certificate::from_der(&der).unwrap_err();
+        assert_eq!(error.to_string(), "not a certificate: 7 bytes follow its DER encoding");
+    }
 }
