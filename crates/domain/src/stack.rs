@@ -52,12 +52,24 @@ impl FromStr for Tool {
 }
 
 /// One environment variable a stack passes to its runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct EnvironmentVariable {
     pub name: String,
     pub value: String,
     /// Write-only through the API and masked in logs.
     pub secret: bool,
+}
+
+// A secret's value stays out of debug output, and so out of logs and panics.
+impl std::fmt::Debug for EnvironmentVariable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value: &dyn std::fmt::Debug = if self.secret { &"<secret>" } else { &self.value };
+        f.debug_struct("EnvironmentVariable")
+            .field("name", &self.name)
+            .field("value", value)
+            .field("secret", &self.secret)
+            .finish()
+    }
 }
 
 /// Whether a pool is hosted by its owner or run by the server itself.
@@ -85,5 +97,24 @@ impl FromStr for PoolKind {
             "shared" => Ok(Self::Shared),
             other => Err(format!("{other:?} is not a pool kind: expected private or shared")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_value_stays_out_of_debug_output() {
+        let variable = |secret| EnvironmentVariable {
+            name: "TF_VAR_password".to_owned(),
+            value: "hunter22".to_owned(),
+            secret,
+        };
+        assert_eq!(
+            format!("{:?}", variable(true)),
+            r#"EnvironmentVariable { name: "TF_VAR_password", value: "<secret>", secret: true }"#
+        );
+        assert!(format!("{:?}", variable(false)).contains("hunter22"));
     }
 }

@@ -1,5 +1,5 @@
 //! Checks of user input that the domain owns: what makes a branch, a project root, an
-//! environment variable name or a repository address acceptable.
+//! environment variable name, a secret value or a repository address acceptable.
 
 /// A field's value was refused; the message names the field, the value and the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +54,29 @@ pub fn validate_environment_name(value: &str) -> Result<(), InvalidInput> {
         ok,
         "letters, digits and _, not starting with a digit, and not in the reserved GANTRY_ namespace",
     )
+}
+
+/// The fewest characters a secret value may have: launchers mask every secret in run
+/// logs, and masking a shorter one would mask ordinary words of every log.
+pub const MIN_SECRET_LENGTH: usize = 4;
+
+/// A secret value too short to be masked. The message names the variable and never
+/// shows the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the value of {variable} is shorter than {MIN_SECRET_LENGTH} characters: a secret this short cannot be masked in run logs"
+)]
+pub struct SecretTooShort {
+    pub variable: String,
+}
+
+/// A value masked in run logs: a stack's secret variable, a launcher's
+/// `GANTRY_MASK_ENVS` variable.
+pub fn validate_secret_value(variable: &str, value: &str) -> Result<(), SecretTooShort> {
+    if value.chars().count() < MIN_SECRET_LENGTH {
+        return Err(SecretTooShort { variable: variable.to_owned() });
+    }
+    Ok(())
 }
 
 /// A repository address git can clone: a URL (`https://`, `ssh://`, `git://`, `file://`),
@@ -124,6 +147,20 @@ mod tests {
         }
         for bad in ["", "repo", "https://", "-uupload-pack=x", "file:///a b", "ftp://x"] {
             assert!(validate_repository(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secret_values() {
+        for good in ["abcd", "hunter2", "éèêë", "🔑🔑🔑🔑"] {
+            assert_eq!(validate_secret_value("TF_VAR_x", good), Ok(()), "{good}");
+        }
+        for bad in ["", "a", "abc", "éèê"] {
+            let error = validate_secret_value("TF_VAR_x", bad).unwrap_err().to_string();
+            assert_eq!(
+                error,
+                "the value of TF_VAR_x is shorter than 4 characters: a secret this short cannot be masked in run logs"
+            );
         }
     }
 

@@ -183,6 +183,8 @@ impl RunEndpoint {
         let report = self.secure_state(report).await;
         self.phases.observe(&self.metrics, &report);
         self.logs.flush().await;
+        // What the worker and the state's storage said may quote a masked value.
+        let report = self.logs.masked_report(report);
         let mut backoff = Backoff::new(Duration::from_secs(30));
         let directive = loop {
             match self.client.report(self.run_id, report.clone()).await {

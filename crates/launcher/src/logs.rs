@@ -1,13 +1,15 @@
 //! The run log relay: text appended in order is masked (`GANTRY_MASK_ENVS`, secret stack
-//! variables), gets consecutive sequence numbers and is uploaded in batches by one task. A failed upload is retried with the same numbers, so
-//! the server (which skips chunks it has) ends up with every chunk exactly once.
+//! variables, sensitive inputs once opened), gets consecutive sequence numbers and is
+//! uploaded in batches by one task. A failed upload is retried with the same numbers, so
+//! the server (which skips chunks it has) ends up with every chunk exactly once. Reports
+//! that follow the log are masked with the same values.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use gantry_domain::RunId;
-use gantry_proto::agent::LogUpload;
+use gantry_proto::agent::{LogUpload, RunReport};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -83,10 +85,22 @@ impl LogRelay {
         }
         let mut buffer = self.buffer();
         buffer.last_activity = Instant::now();
-        let masked = buffer.masker.push(text);
-        buffer.enqueue(&masked);
+        buffer.append(text);
         drop(buffer);
         self.shared.wake.notify_one();
+    }
+
+    /// Masks `values` too in what is appended from now on, and in reports: values the
+    /// launcher opened for the run (sensitive inputs), before the worker prints anything.
+    pub(crate) fn mask_also<'a>(&self, values: impl IntoIterator<Item = &'a str>) {
+        self.buffer().mask_also(values);
+        self.shared.wake.notify_one();
+    }
+
+    /// `report` with the values this log masks masked in its texts too (a failure's
+    /// message, outputs), for the server.
+    pub(crate) fn masked_report(&self, report: RunReport) -> RunReport {
+        self.buffer().masker.masked_report(report)
     }
 
     /// The sequence number of the next chunk: after a flush, the first one the server
@@ -127,6 +141,16 @@ impl LogRelay {
 }
 
 impl Buffer {
+    fn append(&mut self, text: &str) {
+        let masked = self.masker.push(text);
+        self.enqueue(&masked);
+    }
+
+    fn mask_also<'a>(&mut self, values: impl IntoIterator<Item = &'a str>) {
+        let released = self.masker.add(values);
+        self.enqueue(&released);
+    }
+
     fn enqueue(&mut self, text: &str) {
         if text.is_empty() {
             return;
@@ -213,6 +237,42 @@ fn split_at_char_boundaries(text: &str, max: usize) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn buffer(masked: &[&str]) -> Buffer {
+        Buffer {
+            masker: Masker::new(masked.iter().copied()),
+            echo: None,
+            next_seq: 7,
+            pending: VecDeque::new(),
+            last_activity: Instant::now(),
+        }
+    }
+
+    fn uploaded(buffer: &mut Buffer) -> String {
+        let held = buffer.masker.finish();
+        buffer.enqueue(&held);
+        buffer.pending.iter().map(|chunk| chunk.text.as_str()).collect()
+    }
+
+    #[test]
+    fn values_opened_during_the_run_are_masked_in_the_output_that_follows() {
+        let mut buffer = buffer(&["stack-secret"]);
+        buffer.append("Opened 1 sensitive input(s)\nstack-sec");
+        buffer.mask_also(["upstream-password"]);
+        buffer.append("ret upstream-password\n");
+        buffer.append(&format!("{}\n", serde_json::to_string("upstream-password").unwrap()));
+        let text = uploaded(&mut buffer);
+        assert_eq!(text, "Opened 1 sensitive input(s)\n*** ***\n\"***\"\n");
+        let seqs: Vec<u64> = buffer.pending.iter().map(|chunk| chunk.seq).collect();
+        assert_eq!(seqs, (7..7 + seqs.len() as u64).collect::<Vec<_>>(), "consecutive");
+        let report = buffer.masker.masked_report(RunReport::Failed {
+            message: "terraform printed upstream-password".to_owned(),
+        });
+        assert!(
+            matches!(&report, RunReport::Failed { message } if message == "terraform printed ***"),
+            "{report:?}"
+        );
+    }
 
     #[test]
     fn long_text_is_split_without_breaking_characters() {

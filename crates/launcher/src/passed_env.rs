@@ -4,8 +4,7 @@
 
 use gantry_domain::RunType;
 use gantry_domain::options::{self, Env};
-
-use crate::mask::MIN_MASKED_LENGTH;
+use gantry_domain::validation::validate_secret_value;
 
 pub const WHITELIST_ENVS: &str = "GANTRY_WHITELIST_ENVS";
 pub const MASK_ENVS: &str = "GANTRY_MASK_ENVS";
@@ -72,15 +71,8 @@ pub fn from_env(env: &Env) -> Result<Vec<PassedVariable>, PassedEnvError> {
     }
     for name in entries(env, MASK_ENVS) {
         let value = lookup(env, MASK_ENVS, name)?;
-        if value.len() < MIN_MASKED_LENGTH {
-            return Err(PassedEnvError {
-                option: MASK_ENVS,
-                problem: format!(
-                    "the value of {name} is shorter than {MIN_MASKED_LENGTH} characters: \
-                     masking it would mask ordinary words of every log"
-                ),
-            });
-        }
+        validate_secret_value(name, &value)
+            .map_err(|error| PassedEnvError { option: MASK_ENVS, problem: error.to_string() })?;
         match passed.iter_mut().find(|variable| variable.name == name) {
             // Whitelisted too: it keeps its scope and is masked.
             Some(variable) => variable.masked = true,

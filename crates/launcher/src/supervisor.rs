@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gantry_domain::validation::validate_secret_value;
 use gantry_proto::agent::{Acknowledge, Assignment, Job, RunReport};
 use gantry_proto::local::WorkerJob;
 use tokio::sync::mpsc;
@@ -237,6 +238,7 @@ async fn prepare(
                 checkout.message
             ));
             let report = RunReport::CommitResolved { sha: checkout.sha, message: checkout.message };
+            let report = logs.masked_report(report);
             if let Err(error) = context.client.report(assignment.run_id, report).await {
                 tracing::warn!(run = %assignment.run_id, %error, "cannot record the commit");
             }
@@ -273,12 +275,14 @@ async fn prepare(
         Vec::new()
     } else {
         let opened = handoff::open_sealed_inputs(context, assignment).await?;
+        mask_sealed_inputs(logs, assignment, &opened);
         logs.append(&format!(
             "Opened {} sensitive input(s) from the stacks this one depends on, with the pool key\n",
             opened.len()
         ));
         opened
     };
+    refuse_unmaskable(assignment, &sealed_inputs)?;
     let job = WorkerJob {
         run_id: assignment.run_id,
         run_type: assignment.run_type,
@@ -321,8 +325,9 @@ fn refused_by_policy(config: &LauncherConfig, assignment: &Assignment) -> Option
     }
 }
 
-/// What the run's log must never show: the values of `GANTRY_MASK_ENVS` and the stack's
-/// secret variables.
+/// What the run's log must never show, known before it starts: the values of
+/// `GANTRY_MASK_ENVS` and the stack's secret variables. Sensitive inputs are added once
+/// opened ([`mask_sealed_inputs`]).
 fn masker(config: &LauncherConfig, assignment: &Assignment) -> Masker {
     let masked = config.passed_env.iter().filter(|variable| variable.masked);
     let secrets = assignment.stack.environment.iter().filter(|variable| variable.secret);
@@ -331,6 +336,45 @@ fn masker(config: &LauncherConfig, assignment: &Assignment) -> Masker {
             .map(|variable| variable.value.as_str())
             .chain(secrets.filter_map(|variable| variable.value.as_deref())),
     )
+}
+
+/// Masks the run's opened sensitive inputs among `environment` in its log and reports
+/// from now on: called before the worker prints anything.
+pub(crate) fn mask_sealed_inputs(
+    logs: &LogRelay,
+    assignment: &Assignment,
+    environment: &[(String, String)],
+) {
+    let sealed =
+        |name: &String| assignment.sealed_inputs.iter().any(|input| input.variable == *name);
+    logs.mask_also(
+        environment.iter().filter(|(name, _)| sealed(name)).map(|(_, value)| value.as_str()),
+    );
+}
+
+/// Refuses a run that would receive a secret too short to be masked without masking
+/// ordinary words of its log: a sensitive input among `opened`, or a stack secret stored
+/// before the server refused such values. An empty value hides nothing.
+fn refuse_unmaskable(assignment: &Assignment, opened: &[(String, String)]) -> Result<(), String> {
+    let too_short = |name: &str, value: &str| {
+        validate_secret_value(name, value).err().filter(|_| !value.is_empty())
+    };
+    for (name, value) in opened {
+        if let Some(error) = too_short(name, value) {
+            let input = assignment.sealed_inputs.iter().find(|input| input.variable == *name);
+            let source = input.map_or_else(String::new, |input| {
+                format!(" (output {} of stack {})", input.output, input.upstream_stack)
+            });
+            return Err(format!("Refused the sensitive input {name}{source}: {error}"));
+        }
+    }
+    for variable in assignment.stack.environment.iter().filter(|variable| variable.secret) {
+        let value = variable.value.as_deref().unwrap_or_default();
+        if let Some(error) = too_short(&variable.name, value) {
+            return Err(format!("Refused the stack's secret variable {}: {error}", variable.name));
+        }
+    }
+    Ok(())
 }
 
 /// The worker as a process or a container of this launcher, through its executor.
@@ -586,6 +630,7 @@ async fn conclude(
     report: RunReport,
 ) {
     logs.flush().await;
+    let report = logs.masked_report(report);
     let mut backoff = Backoff::new(Duration::from_secs(30));
     for _ in 0..8 {
         match context.client.report(run_id, report.clone()).await {

@@ -21,7 +21,7 @@ pub const LAUNCHER_PID_ENV: &str = "GANTRY_LAUNCHER_PID";
 
 /// `GET /v1/job`: what the worker must do.
 #[serde_as]
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct WorkerJob {
     #[serde_as(as = "DisplayFromStr")]
     pub run_id: RunId,
@@ -45,6 +45,26 @@ pub struct WorkerJob {
     pub collect_sensitive_outputs: bool,
     /// Print every command before running it (`GANTRY_DEBUG`).
     pub debug: bool,
+}
+
+// The environment holds secrets (stack secrets, opened sensitive inputs, masked launcher
+// variables): debug output names its variables only.
+impl std::fmt::Debug for WorkerJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.environment.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("WorkerJob")
+            .field("run_id", &self.run_id)
+            .field("run_type", &self.run_type)
+            .field("job", &self.job)
+            .field("tool_executable", &self.tool_executable)
+            .field("working_directory", &self.working_directory)
+            .field("environment_names", &names)
+            .field("plan_file", &self.plan_file)
+            .field("command", &self.command)
+            .field("collect_sensitive_outputs", &self.collect_sensitive_outputs)
+            .field("debug", &self.debug)
+            .finish()
+    }
 }
 
 /// `POST /v1/logs`: output for the run log, in order.
@@ -86,4 +106,27 @@ impl std::fmt::Debug for SensitiveOutput {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerDirective {
     pub directive: Directive,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jobs_debug_output_names_its_variables_without_their_values() {
+        let job = WorkerJob {
+            run_id: RunId::generate(),
+            run_type: RunType::Tracked,
+            job: Job::Plan,
+            tool_executable: "terraform".to_owned(),
+            working_directory: "/w".to_owned(),
+            environment: vec![("TF_VAR_password".to_owned(), "hunter22".to_owned())],
+            plan_file: "plan".to_owned(),
+            command: None,
+            collect_sensitive_outputs: false,
+            debug: false,
+        };
+        let shown = format!("{job:?}");
+        assert!(shown.contains("TF_VAR_password") && !shown.contains("hunter22"), "{shown}");
+    }
 }

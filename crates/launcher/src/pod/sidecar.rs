@@ -88,6 +88,8 @@ pub async fn sidecar(
     };
     let deadline = instant_of(handoff.deadline_unix_ms);
     let (logs, upload) = supervisor::start_log(&context, assignment, handoff.log_next_seq);
+    // Init opened them into the worker's environment; they are masked here too.
+    supervisor::mask_sealed_inputs(&logs, assignment, &job.environment);
     // A sidecar restarted by kubelet finds its predecessor's socket.
     let _ = tokio::fs::remove_file(&sidecar.socket_path).await;
     let socket_path = sidecar.socket_path.clone();

@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use gantry_domain::validation::{
     validate_branch, validate_environment_name, validate_project_root, validate_repository,
+    validate_secret_value,
 };
 use gantry_domain::{EnvironmentVariable, StackId, validate_name};
 use gantry_proto::api::{CreateStack, Stack, StackList};
@@ -38,6 +39,9 @@ pub(super) async fn create(
         let value = variable.value.ok_or_else(|| {
             ApiError::invalid(format!("environment variable {:?} has no value", variable.name))
         })?;
+        if variable.secret {
+            validate_secret_value(&variable.name, &value).map_err(|e| invalid(&e))?;
+        }
         environment.push(EnvironmentVariable {
             name: variable.name,
             value,

@@ -333,6 +333,13 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
             "GANTRY_",
         ),
         (
+            "/stacks",
+            json!({"name": "s5", "repository": repository.url(), "pool": "pool", "environment": [{"name": "TF_VAR_pin", "value": "x9z", "secret": true}]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the value of TF_VAR_pin is shorter than 4 characters",
+        ),
+        (
             "/stacks/stack/runs",
             json!({"type": "DRIFT"}),
             StatusCode::BAD_REQUEST,
@@ -368,6 +375,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
             !answer.to_string().contains("-----BEGIN EC PRIVATE KEY"),
             "no key material in errors"
         );
+        assert!(!answer.to_string().contains("x9z"), "no secret value in errors");
     }
 
     let malformed = api

@@ -6,7 +6,7 @@ use gantry_testkit::GitRepository;
 
 use serde_json::Value;
 
-use crate::harness::{Cluster, Launcher};
+use crate::harness::{Cluster, Launcher, PoolAccess};
 
 /// Plans show both variables among the outputs to add.
 const VARIABLES_CONFIG: &str = r#"
@@ -99,25 +99,226 @@ echo done"#;
     assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "in order: {seqs:?}");
 }
 
+/// A stack secret with a character of each kind some encoding writes differently: spaces,
+/// quotes, a backslash, HTML-sensitive characters, a non-ASCII one, base64's `+` and `/`.
+const STACK_SECRET: &str = r#"p@ss "w0rd" \ <&> é+/~ 9931"#;
+/// A `GANTRY_MASK_ENVS` value, as varied.
+const LAUNCHER_SECRET: &str = "t0ken 'x' <&> ü+/~ 4242";
+
+/// Outputs the secret variable in clear and encoded by Terraform itself.
+const OUTPUTS_CONFIG: &str = r#"
+terraform {
+  backend "local" {}
+}
+
+variable "token" {
+  type = string
+}
+
+output "token" {
+  value = var.token
+}
+
+output "token_b64" {
+  value = base64encode(var.token)
+}
+
+output "token_json" {
+  value = jsonencode(var.token)
+}
+
+output "token_url" {
+  value = urlencode(var.token)
+}
+"#;
+
+/// A shell function for task commands: `encoded NAME` prints the value of variable NAME in
+/// every encoding the launcher masks, one labelled line each (wrapped base64 on several
+/// lines), then split between two writes a moment apart.
+pub(crate) const PRINT_ENCODED: &str = r#"encoded() {
+  v=$(printenv "$1")
+  printf '%s literal=%s\n' "$1" "$v"
+  for p in '' x xy; do
+    printf '%s base64%s=%s\n' "$1" "$p" "$(printf '%s%s' "$p" "$v" | base64 -w0)"
+    printf '%s base64url%s=%s\n' "$1" "$p" "$(printf '%s%s' "$p" "$v" | base64 -w0 | tr '+/' '-_' | tr -d =)"
+  done
+  printf '%s wrapped=\n%s\n' "$1" "$(printf %s "$v" | base64 -w 12)"
+  printf '%s json={"v":"%s"}\n' "$1" "$(printf %s "$v" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g')"
+  printf '%s json-ascii="%s"\n' "$1" "$(printf %s "$v" | iconv -f UTF-8 -t UTF-16BE | od -An -v -tx1 | tr -d ' \n' | sed 's/\(....\)/\\u\1/g')"
+  printf '%s url=%s\n' "$1" "$(printf %s "$v" | od -An -v -tx1 | tr -d ' \n' | sed 's/\(..\)/%\1/g')"
+  printf '%s url-plus=%s\n' "$1" "$(printf %s "$v" | od -An -v -tx1 | tr -d ' \n' | tr a-f A-F | sed -e 's/\(..\)/%\1/g' -e 's/%20/+/g')"
+  printf '%s split=%s' "$1" "$(printf %s "$v" | head -c 5)"
+  sleep 0.3
+  printf '%s\n' "$(printf %s "$v" | tail -c +6)"
+}
+"#;
+
+/// The labels `encoded` prints before each form.
+pub(crate) const ENCODED_LABELS: [&str; 13] = [
+    "literal=",
+    "base64=",
+    "base64url=",
+    "base64x=",
+    "base64urlx=",
+    "base64xy=",
+    "base64urlxy=",
+    "wrapped=",
+    "json=",
+    "json-ascii=",
+    "url=",
+    "url-plus=",
+    "split=",
+];
+
+/// What of `secret` must appear nowhere once masked: each encoded form `encoded` prints,
+/// the characters only the value decides at each base64 alignment, the wrapped lines,
+/// and the half printed last.
+pub(crate) fn forms_of(secret: &str) -> Vec<String> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    let mut forms = vec![secret.to_owned(), secret[5..].to_owned()];
+    for engine in [&STANDARD, &URL_SAFE] {
+        for prefix in ["", "x", "xy"] {
+            let encoded = engine.encode(format!("{prefix}{secret}"));
+            // Skip the characters the prefix influenced, and the possibly partial tail.
+            let start = (prefix.len() * 4).div_ceil(3) + 1;
+            forms.push(encoded[start..encoded.len() - 4].to_owned());
+        }
+    }
+    let encoded = STANDARD.encode(secret);
+    let lines = encoded.as_bytes().chunks(12).map(|line| String::from_utf8(line.to_vec()).unwrap());
+    forms.extend(lines.filter(|line| line.len() == 12));
+    let json = serde_json::to_string(secret).unwrap();
+    forms.push(json[1..json.len() - 1].to_owned());
+    forms.push(secret.encode_utf16().map(|unit| format!("\\u{unit:04x}")).collect());
+    forms.push(secret.bytes().map(|byte| format!("%{byte:02x}")).collect());
+    forms.push(
+        secret
+            .bytes()
+            .map(|byte| if byte == b' ' { "+".to_owned() } else { format!("%{byte:02X}") })
+            .collect(),
+    );
+    forms
+}
+
+/// Asserts that `log` shows each of `variable`'s forms masked and none of them in clear.
+pub(crate) fn assert_masked_in_every_form(log: &str, variable: &str, secret: &str) {
+    for label in ENCODED_LABELS {
+        let line = log
+            .lines()
+            .skip_while(|line| !line.starts_with(&format!("{variable} {label}")))
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(line.contains("***"), "{variable} {label} is not masked:\n{log}");
+    }
+    for form in forms_of(secret) {
+        assert!(!log.contains(&form), "{variable}: {form:?} in the log:\n{log}");
+    }
+}
+
+#[test]
+fn secrets_are_masked_in_every_encoding_in_logs_and_outputs() {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let pool = cluster.private_pool(work.path(), "p");
+    let _launcher = Launcher::of(
+        &cluster,
+        &pool,
+        &[("GANTRY_MASK_ENVS", "API_TOKEN"), ("API_TOKEN", LAUNCHER_SECRET)],
+    );
+    let repository =
+        GitRepository::create(&work.path().join("repo"), &[("infra/main.tf", OUTPUTS_CONFIG)]);
+    let secret = format!("TF_VAR_token={STACK_SECRET}");
+    let state = work.path().join("state.tfstate");
+    let flags = ["--autodeploy", "--secret-env", &secret];
+    cluster.gantry.create_stack("app", &repository, "p", &state, &flags);
+
+    // Terraform prints the outputs, and reports them: masked in both.
+    let run = cluster.gantry.trigger("app", &[]);
+    let run = cluster.gantry.wait_for_state(&run, &["FINISHED", "FAILED"]);
+    let log = cluster.gantry.log(&run);
+    assert_eq!(run["state"], "FINISHED", "{run}\n{log}");
+    for form in forms_of(STACK_SECRET) {
+        assert!(!log.contains(&form), "{form:?} in the log:\n{log}");
+    }
+    let outputs: Vec<(String, Value)> = run["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|output| (output["name"].as_str().unwrap().to_owned(), output["value"].clone()))
+        .collect();
+    let expected =
+        [("token", "***"), ("token_b64", "***"), ("token_json", "\"***\""), ("token_url", "***")];
+    let expected: Vec<(String, Value)> =
+        expected.iter().map(|(name, value)| (name.to_string(), Value::from(*value))).collect();
+    assert_eq!(outputs, expected, "{run}");
+
+    // A task prints both secrets in every encoding.
+    let command = format!("{PRINT_ENCODED}encoded TF_VAR_token\nencoded API_TOKEN\necho done");
+    let task = cluster.gantry.json(&["run", "task", "app", "--", &command]);
+    let task = cluster.gantry.wait_for_state(&task, &["FINISHED", "FAILED"]);
+    let log = cluster.gantry.log(&task);
+    assert_eq!(task["state"], "FINISHED", "{task}\n{log}");
+    assert!(log.contains("done"), "{log}");
+    assert_masked_in_every_form(&log, "TF_VAR_token", STACK_SECRET);
+    assert_masked_in_every_form(&log, "API_TOKEN", LAUNCHER_SECRET);
+    // The server keeps the stack's secret (to hand it to runs), but has never seen the
+    // launcher's.
+    for form in forms_of(LAUNCHER_SECRET) {
+        cluster.server.assert_nothing_contains(&form);
+    }
+}
+
+#[test]
+fn secrets_too_short_to_mask_are_refused_where_they_are_set() {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let pool = cluster.private_pool(work.path(), "p");
+    let said = stops_at_start(&cluster, &pool, &[("GANTRY_MASK_ENVS", "PIN"), ("PIN", "x9z")]);
+    assert!(
+        said.contains("GANTRY_MASK_ENVS: the value of PIN is shorter than 4 characters"),
+        "{said}"
+    );
+    assert!(!said.contains("x9z"), "the value is not shown: {said}");
+
+    let repository =
+        GitRepository::create(&work.path().join("repo"), &[("infra/main.tf", VARIABLES_CONFIG)]);
+    let url = repository.url();
+    let refused = cluster.gantry.fails(&[
+        "stack",
+        "create",
+        "--name",
+        "app",
+        "--repository",
+        &url,
+        "--pool",
+        "p",
+        "--secret-env",
+        "TF_VAR_pin=x9z",
+    ]);
+    assert!(refused.contains("the value of TF_VAR_pin is shorter than 4 characters"), "{refused}");
+    assert!(!refused.contains("x9z"), "the value is not shown: {refused}");
+}
+
 #[test]
 fn a_launcher_refuses_a_variable_list_naming_an_unset_variable() {
     let cluster = Cluster::start();
     let work = tempfile::tempdir().unwrap();
     let pool = cluster.private_pool(work.path(), "p");
-    let exited = Launcher::run_to_exit_with(
-        &cluster,
-        &pool.token,
-        &pool.key,
-        &[("GANTRY_WHITELIST_ENVS", "wo_NOT_SET_ANYWHERE")],
-    );
-    assert!(matches!(exited.status, Some(code) if code != 0), "{:?}", exited.status);
+    let said = stops_at_start(&cluster, &pool, &[("GANTRY_WHITELIST_ENVS", "wo_NOT_SET_ANYWHERE")]);
     assert!(
-        exited.stderr.contains(
+        said.contains(
             "GANTRY_WHITELIST_ENVS: names NOT_SET_ANYWHERE, which is not set in the launcher's environment"
         ),
-        "{}",
-        exited.stderr
+        "{said}"
     );
+}
+
+/// Starts a launcher of `pool` with `env`, which must stop it at start; what it said.
+fn stops_at_start(cluster: &Cluster, pool: &PoolAccess, env: &[(&str, &str)]) -> String {
+    let exited = Launcher::run_to_exit_with(cluster, &pool.token, &pool.key, env);
+    assert!(matches!(exited.status, Some(code) if code != 0), "{:?}", exited.status);
+    exited.stderr
 }
 
 /// Written for the reference: its package and the syntax before Rego v1.

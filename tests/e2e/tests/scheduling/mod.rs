@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::harness::{
     Cluster, Launcher, free_port, http_get, id, processes_running, slow_config, states,
 };
+use crate::launcher_options::{PRINT_ENCODED, assert_masked_in_every_form, forms_of};
 
 /// Outputs only: plans and applies in about a second.
 const QUICK_CONFIG: &str = r#"
@@ -524,6 +525,10 @@ variable "db_password" {
   sensitive = true
 }
 
+output "password_plain" {
+  value = nonsensitive(var.db_password)
+}
+
 output "password_upper" {
   value = nonsensitive(upper(var.db_password))
 }
@@ -575,9 +580,22 @@ fn a_sensitive_output_crosses_to_a_dependent_stack_sealed_and_only_when_shared()
     });
     let app = cluster.gantry.wait_for_state(&app, &["FINISHED", "FAILED"]);
     assert_eq!(app["state"], "FINISHED", "{app}");
-    assert_eq!(app["outputs"][0]["value"], SHARED_SECRET.to_uppercase());
-    assert!(cluster.gantry.log(&app).contains("Opened 1 sensitive input(s)"));
-    cluster.server.assert_nothing_contains(SHARED_SECRET);
+    // Opened on the launcher, the value is masked like a secret: in outputs, in the log,
+    // and in every encoding a task prints it.
+    assert_eq!(app["outputs"][0]["value"], "***", "{app}");
+    assert_eq!(app["outputs"][1]["value"], SHARED_SECRET.to_uppercase());
+    let log = cluster.gantry.log(&app);
+    assert!(log.contains("Opened 1 sensitive input(s)"), "{log}");
+    assert!(!log.contains(SHARED_SECRET), "{log}");
+    let command = format!("{PRINT_ENCODED}encoded TF_VAR_db_password");
+    let task = cluster.gantry.json(&["run", "task", "app", "--", &command]);
+    let task = cluster.gantry.wait_for_state(&task, &["FINISHED", "FAILED"]);
+    let log = cluster.gantry.log(&task);
+    assert_eq!(task["state"], "FINISHED", "{task}\n{log}");
+    assert_masked_in_every_form(&log, "TF_VAR_db_password", SHARED_SECRET);
+    for form in forms_of(SHARED_SECRET) {
+        cluster.server.assert_nothing_contains(&form);
+    }
 
     // An output the upstream stack does not share fails the dependent run, saying why.
     let run = cluster.gantry.trigger("closed", &[]);
