@@ -1,13 +1,15 @@
 //! The run initialization policy (`GANTRY_LAUNCHER_RUN_INITIALIZATION_POLICY`): a Rego
-//! file evaluated with regorus before each run. Every message of its `deny` set fails the
-//! run before it starts. Policies written for the reference (`package spacelift`, Rego
-//! before v1: `deny[msg] { … }`) work as they are, as do Rego v1 ones (`package gantry`,
-//! `deny contains msg if { … }`). A policy that does not parse stops the launcher at
-//! start.
+//! file evaluated with regorus before each job of a run (a plan once its commit is
+//! checked out, an apply before its planned workspace is decrypted), and before anything
+//! of the run's code runs. Every message of its `deny` set fails the run there. Policies
+//! written for the reference (`package spacelift`, Rego before v1: `deny[msg] { … }`)
+//! work as they are, as do Rego v1 ones (`package gantry`, `deny contains msg if { … }`).
+//! A policy that does not parse stops the launcher at start.
 
 use std::path::Path;
 
-use gantry_proto::agent::Assignment;
+use gantry_domain::{RunState, Timestamp};
+use gantry_proto::agent::{Assignment, CommitAuthor, Job};
 use serde_json::json;
 
 pub const RUN_INITIALIZATION_POLICY: &str = "GANTRY_LAUNCHER_RUN_INITIALIZATION_POLICY";
@@ -122,29 +124,67 @@ fn message(value: &regorus::Value) -> String {
     }
 }
 
-/// The input document a policy receives, with the reference's field names. Fields the
-/// launcher does not know (commit author and times, stack labels, hooks, the Terraform
-/// version) are empty.
-pub fn input(assignment: &Assignment, docker_image: Option<&str>) -> serde_json::Value {
+/// The run's commit as the launcher knows it when it judges the run: checked out (a
+/// plan), or as the run's plan recorded it with the server (an apply).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JudgedCommit {
+    pub sha: Option<String>,
+    /// The subject: the message's first line.
+    pub message: Option<String>,
+    pub author: Option<CommitAuthor>,
+}
+
+impl JudgedCommit {
+    /// What the assignment says of the commit: all an apply has, as it checks nothing out.
+    pub fn recorded(assignment: &Assignment) -> Self {
+        Self {
+            sha: assignment.commit.clone(),
+            message: assignment.commit_message.clone(),
+            author: assignment.commit_author.clone(),
+        }
+    }
+}
+
+/// The input document a policy receives, with the reference's field names (and a few of
+/// Gantry's own: `run.job`, `run.commit.hash`, `run.commit.author_email`,
+/// `static_run_environment.tool`). Timestamps are nanoseconds since 1970, as the
+/// reference's are. What is not known is `null`: the Terraform version (the runner image
+/// brings the tool, and nothing of it runs before the policy allows the run), and what a
+/// server older than these fields does not send. Gantry has no hooks, and no changes
+/// exist before a plan: those lists are empty.
+pub fn input(
+    assignment: &Assignment,
+    commit: &JudgedCommit,
+    docker_image: Option<&str>,
+) -> serde_json::Value {
     let stack = &assignment.stack;
     let environment: serde_json::Map<String, serde_json::Value> = stack
         .environment
         .iter()
         .map(|variable| (variable.name.clone(), json!(variable.value.clone().unwrap_or_default())))
         .collect();
+    let (job, state) = match assignment.job {
+        Job::Plan => ("plan", RunState::Preparing),
+        Job::Apply => ("apply", RunState::Applying),
+    };
+    let author = commit.author.as_ref();
     json!({
         "docker_image": docker_image,
         "worker_version": env!("CARGO_PKG_VERSION"),
         "run": {
             "id": assignment.run_id.to_string(),
-            "state": "PREPARING",
-            "triggered_by": null,
+            "job": job,
+            "state": state.as_str(),
+            "created_at": assignment.created_at.map(nanoseconds),
+            "updated_at": assignment.updated_at.map(nanoseconds),
+            "triggered_by": assignment.triggered_by,
             "commit": {
-                "author": "",
+                "author": author.map(|author| &author.name),
+                "author_email": author.map(|author| &author.email),
                 "branch": stack.branch,
-                "created_at": 0,
-                "hash": assignment.commit,
-                "message": "",
+                "created_at": author.map(|author| nanoseconds(author.authored_at)),
+                "hash": commit.sha,
+                "message": commit.message,
             },
             "changes": [],
             "user_provided_metadata": [],
@@ -153,23 +193,300 @@ pub fn input(assignment: &Assignment, docker_image: Option<&str>) -> serde_json:
             "run_type": assignment.run_type.to_string(),
             "run_ulid": assignment.run_id.to_string(),
             "stack_slug": stack.name,
-            "stack_labels": [],
+            "stack_labels": stack.labels,
             "commit_branch": stack.branch,
-            "commit_sha": assignment.commit,
+            "commit_sha": commit.sha,
             "project_root": stack.project_root,
             "repository_path": stack.repository,
             "environment_variables": environment,
             "command": assignment.command,
             "before_init": [],
             "before_apply": [],
-            "terraform_version": "",
+            "auto_deploy": assignment.autodeploy,
+            "tool": stack.tool.as_str(),
+            "terraform_version": null,
         },
     })
 }
 
+/// A time as the reference's inputs give it; saturated for a commit that claims one past
+/// the year 2262.
+fn nanoseconds(timestamp: Timestamp) -> i64 {
+    timestamp.unix_millis().saturating_mul(1_000_000)
+}
+
 #[cfg(test)]
 mod tests {
+    use gantry_domain::{StackId, WorkerId};
+    use gantry_testkit::GitRepository;
+    use serde_json::Value;
+
     use super::*;
+
+    const RUN: &str = "01JD0000000000000000000001";
+
+    /// A tracked run's assignment as a server sends it, every field the policy reads set.
+    fn assignment(job: Job) -> Assignment {
+        serde_json::from_value(json!({
+            "run_id": RUN,
+            "worker_id": WorkerId::from_u128(2).to_string(),
+            "run_type": "TRACKED",
+            "job": job,
+            "stack": {
+                "id": StackId::from_u128(3).to_string(),
+                "name": "network", "repository": "https://git.example/infra.git",
+                "branch": "main", "project_root": "network", "tool": "opentofu",
+                "runner_image": null,
+                "environment": [
+                    { "name": "TF_VAR_region", "value": "eu-west-1", "secret": false },
+                    { "name": "TOKEN", "value": "s3cret-value", "secret": true },
+                ],
+                "labels": ["team:net", "prod"],
+            },
+            "commit": "c0ffee",
+            "commit_message": "Open port 443",
+            "commit_author": {
+                "name": "Ada", "email": "ada@corp.example",
+                "authored_at": "2023-11-14T22:13:20Z",
+            },
+            "triggered_by": "deploy-bot",
+            "created_at": "2024-01-02T03:04:05.006Z",
+            "updated_at": "2024-01-02T03:04:07Z",
+            "autodeploy": true,
+        }))
+        .unwrap()
+    }
+
+    /// The same, as a server older than the policy's fields sends it.
+    fn older_assignment() -> Assignment {
+        let mut assignment = assignment(Job::Plan);
+        assignment.stack.labels.clear();
+        assignment.commit = None;
+        assignment.commit_message = None;
+        assignment.commit_author = None;
+        assignment.triggered_by = None;
+        assignment.created_at = None;
+        assignment.updated_at = None;
+        assignment.autodeploy = None;
+        assignment
+    }
+
+    fn checked_out() -> JudgedCommit {
+        JudgedCommit {
+            sha: Some("f00d".to_owned()),
+            message: Some("Close port 22".to_owned()),
+            author: Some(CommitAuthor {
+                name: "Grace".to_owned(),
+                email: "grace@corp.example".to_owned(),
+                authored_at: Timestamp::from_unix_millis(1_700_000_600_000),
+            }),
+        }
+    }
+
+    /// The whole document for `assignment` judged on `commit`, against `expect`.
+    fn check(assignment: &Assignment, commit: &JudgedCommit, image: Option<&str>, expect: Value) {
+        let actual = input(assignment, commit, image);
+        assert_eq!(actual, expect, "\n{}", serde_json::to_string_pretty(&actual).unwrap());
+    }
+
+    #[test]
+    fn the_input_holds_every_field_of_the_run() {
+        let environment = json!({ "TF_VAR_region": "eu-west-1", "TOKEN": "s3cret-value" });
+        let static_environment = |commit_sha: Value, auto_deploy: Value, labels: Value| {
+            json!({
+                "run_type": "TRACKED",
+                "run_ulid": RUN,
+                "stack_slug": "network",
+                "stack_labels": labels,
+                "commit_branch": "main",
+                "commit_sha": commit_sha,
+                "project_root": "network",
+                "repository_path": "https://git.example/infra.git",
+                "environment_variables": environment,
+                "command": null,
+                "before_init": [],
+                "before_apply": [],
+                "auto_deploy": auto_deploy,
+                "tool": "opentofu",
+                "terraform_version": null,
+            })
+        };
+        let labels = json!(["team:net", "prod"]);
+        // A plan, judged on the commit its checkout found (the server knew another).
+        check(
+            &assignment(Job::Plan),
+            &checked_out(),
+            Some("registry.example/runner:1"),
+            json!({
+                "docker_image": "registry.example/runner:1",
+                "worker_version": env!("CARGO_PKG_VERSION"),
+                "run": {
+                    "id": RUN,
+                    "job": "plan",
+                    "state": "PREPARING",
+                    "created_at": 1_704_164_645_006_000_000_i64,
+                    "updated_at": 1_704_164_647_000_000_000_i64,
+                    "triggered_by": "deploy-bot",
+                    "commit": {
+                        "author": "Grace",
+                        "author_email": "grace@corp.example",
+                        "branch": "main",
+                        "created_at": 1_700_000_600_000_000_000_i64,
+                        "hash": "f00d",
+                        "message": "Close port 22",
+                    },
+                    "changes": [],
+                    "user_provided_metadata": [],
+                },
+                "static_run_environment": static_environment(json!("f00d"), json!(true), labels.clone()),
+            }),
+        );
+        // An apply, judged on the commit its plan recorded with the server.
+        let apply = assignment(Job::Apply);
+        check(
+            &apply,
+            &JudgedCommit::recorded(&apply),
+            None,
+            json!({
+                "docker_image": null,
+                "worker_version": env!("CARGO_PKG_VERSION"),
+                "run": {
+                    "id": RUN,
+                    "job": "apply",
+                    "state": "APPLYING",
+                    "created_at": 1_704_164_645_006_000_000_i64,
+                    "updated_at": 1_704_164_647_000_000_000_i64,
+                    "triggered_by": "deploy-bot",
+                    "commit": {
+                        "author": "Ada",
+                        "author_email": "ada@corp.example",
+                        "branch": "main",
+                        "created_at": 1_700_000_000_000_000_000_i64,
+                        "hash": "c0ffee",
+                        "message": "Open port 443",
+                    },
+                    "changes": [],
+                    "user_provided_metadata": [],
+                },
+                "static_run_environment": static_environment(json!("c0ffee"), json!(true), labels),
+            }),
+        );
+        // From a server that sends none of it, before a checkout: unknown, not invented.
+        let older = older_assignment();
+        check(
+            &older,
+            &JudgedCommit::recorded(&older),
+            None,
+            json!({
+                "docker_image": null,
+                "worker_version": env!("CARGO_PKG_VERSION"),
+                "run": {
+                    "id": RUN,
+                    "job": "plan",
+                    "state": "PREPARING",
+                    "created_at": null,
+                    "updated_at": null,
+                    "triggered_by": null,
+                    "commit": {
+                        "author": null,
+                        "author_email": null,
+                        "branch": "main",
+                        "created_at": null,
+                        "hash": null,
+                        "message": null,
+                    },
+                    "changes": [],
+                    "user_provided_metadata": [],
+                },
+                "static_run_environment": static_environment(Value::Null, Value::Null, json!([])),
+            }),
+        );
+    }
+
+    #[test]
+    fn a_task_brings_its_command_and_a_commit_from_the_far_future_saturates() {
+        let mut task = assignment(Job::Plan);
+        task.run_type = gantry_domain::RunType::Task;
+        task.command = Some("terraform state list".to_owned());
+        let mut commit = checked_out();
+        commit.author.as_mut().unwrap().authored_at =
+            Timestamp::from_unix_millis(253_402_300_799_000);
+        let document = input(&task, &commit, None);
+        assert_eq!(document["static_run_environment"]["run_type"], "TASK");
+        assert_eq!(document["static_run_environment"]["command"], "terraform state list");
+        assert_eq!(document["run"]["commit"]["created_at"], i64::MAX);
+    }
+
+    /// The reference's syntax, and the run's real commit: `GitRepository` commits as
+    /// "Gantry Tests".
+    const AUTHOR_POLICY: &str = r#"package spacelift
+
+deny[sprintf("commits by %s <%s> are not run here", [input.run.commit.author, input.run.commit.author_email])] {
+  input.run.commit.author == "Gantry Tests"
+}
+"#;
+
+    #[tokio::test]
+    async fn a_policy_on_the_commit_author_refuses_the_runs_of_that_author_only() {
+        let policy = InitializationPolicy::parse("p.rego", AUTHOR_POLICY).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let repository = GitRepository::create(&root.path().join("repo"), &[("infra/main.tf", "")]);
+        // As the supervisor judges a plan: on the commit its checkout found.
+        let judged = async |workspace: &str| {
+            let (workspace, url) = (root.path().join(workspace), repository.url());
+            let checkout = crate::workspace::checkout(&workspace, &url, "main", None);
+            let checkout = checkout.await.unwrap();
+            let commit = JudgedCommit {
+                sha: Some(checkout.sha),
+                message: Some(checkout.message),
+                author: Some(checkout.author),
+            };
+            policy.denials(&input(&assignment(Job::Plan), &commit, None)).unwrap()
+        };
+        assert_eq!(
+            judged("w1").await,
+            ["commits by Gantry Tests <tests@gantry.invalid> are not run here"]
+        );
+
+        gantry_testkit::git(
+            &repository.path,
+            &["commit", "--quiet", "--allow-empty", "--author=Ada <ada@corp.example>", "-m", "x"],
+        );
+        assert!(judged("w2").await.is_empty(), "another author's commit runs");
+    }
+
+    #[test]
+    fn an_apply_is_judged_and_a_rule_can_tell_it_from_its_plan() {
+        let policy = InitializationPolicy::parse(
+            "p.rego",
+            r#"package gantry
+
+deny contains msg if {
+  input.run.job == "apply"
+  "prod" in input.static_run_environment.stack_labels
+  not input.static_run_environment.auto_deploy
+  msg := sprintf("%s applies only with autodeploy", [input.static_run_environment.stack_slug])
+}
+
+deny contains "commits older than 2024 are not applied" if {
+  input.run.state == "APPLYING"
+  input.run.commit.created_at < time.parse_rfc3339_ns("2024-01-01T00:00:00Z")
+}
+"#,
+        )
+        .unwrap();
+        let mut apply = assignment(Job::Apply);
+        apply.autodeploy = Some(false);
+        let denials = policy.denials(&input(&apply, &JudgedCommit::recorded(&apply), None));
+        assert_eq!(
+            denials.unwrap(),
+            ["commits older than 2024 are not applied", "network applies only with autodeploy"]
+        );
+        let mut plan = apply.clone();
+        plan.job = Job::Plan;
+        let denials = policy.denials(&input(&plan, &JudgedCommit::recorded(&plan), None));
+        assert!(denials.unwrap().is_empty(), "the plan of the same run is allowed");
+    }
 
     fn input_for(stack: &str) -> serde_json::Value {
         json!({ "static_run_environment": { "stack_slug": stack, "run_type": "TRACKED" } })

@@ -24,6 +24,7 @@ use crate::logs::LogRelay;
 use crate::mask::Masker;
 use crate::metrics::{LauncherMetrics, Stage};
 use crate::passed_env;
+use crate::policy::JudgedCommit;
 use crate::workspace;
 
 /// How long a stopped worker may take to exit before it is killed.
@@ -128,10 +129,10 @@ pub(crate) fn start_log(
     )
 }
 
-/// Everything before the worker starts: the initialization policy, then the workspace
-/// (a checkout, or the planned workspace decrypted), the managed state and the sealed
-/// inputs, bounded by the run's `deadline`, the silence limit and `stop`. `None`: the
-/// run failed here, and the server was told why after the log that says it.
+/// Everything before the worker starts: the workspace (a checkout, or the planned
+/// workspace decrypted) judged by the initialization policy, the managed state and the
+/// sealed inputs, bounded by the run's `deadline`, the silence limit and `stop`. `None`:
+/// the run failed here, and the server was told why after the log that says it.
 pub(crate) async fn prepare_run(
     context: &Arc<RunContext>,
     assignment: &Assignment,
@@ -141,11 +142,6 @@ pub(crate) async fn prepare_run(
     deadline: Instant,
 ) -> Option<Prepared> {
     let run_id = assignment.run_id;
-    if let Some(refusal) = refused_by_policy(&context.config, assignment) {
-        logs.append(&format!("{refusal}\n"));
-        conclude_failed(context, logs, run_id, refusal).await;
-        return None;
-    }
     // A checkout prints nothing while it waits: the silence limit bounds it too.
     let silence_deadline = Instant::now() + context.config.limits.logs_timeout;
     let preparing_since = std::time::Instant::now();
@@ -237,10 +233,24 @@ async fn prepare(
                 short(&checkout.sha),
                 checkout.message
             ));
-            let report = RunReport::CommitResolved { sha: checkout.sha, message: checkout.message };
+            let commit = JudgedCommit {
+                sha: Some(checkout.sha.clone()),
+                message: Some(checkout.message.clone()),
+                author: Some(checkout.author.clone()),
+            };
+            let report = RunReport::CommitResolved {
+                sha: checkout.sha,
+                message: checkout.message,
+                author: Some(checkout.author),
+            };
             let report = logs.masked_report(report);
             if let Err(error) = context.client.report(assignment.run_id, report).await {
                 tracing::warn!(run = %assignment.run_id, %error, "cannot record the commit");
+            }
+            // Judged once its commit is known (the denied commit is recorded too), and
+            // before anything of it runs.
+            if let Some(refusal) = refused_by_policy(&context.config, assignment, &commit) {
+                return Err(refusal);
             }
         }
         Job::Apply => {
@@ -248,6 +258,11 @@ async fn prepare(
                 "\nApplying the confirmed plan on {}: decrypting the workspace its plan stored\n",
                 context.config.hostname
             ));
+            // The plan's commit, as the server recorded it: no checkout to learn it from.
+            let commit = JudgedCommit::recorded(assignment);
+            if let Some(refusal) = refused_by_policy(&context.config, assignment, &commit) {
+                return Err(refusal);
+            }
             handoff::restore_workspace(context, assignment, workspace).await?;
         }
     }
@@ -307,16 +322,21 @@ async fn prepare(
     Ok(Prepared { job, managed_state })
 }
 
-/// Why the run initialization policy refuses the run, if it does: every `deny` message,
-/// or why it could not be evaluated. Only a run's first job is judged.
-fn refused_by_policy(config: &LauncherConfig, assignment: &Assignment) -> Option<String> {
-    let policy = config.initialization_policy.as_ref().filter(|_| assignment.job == Job::Plan)?;
+/// Why the run initialization policy refuses the job, if it does: every `deny` message,
+/// or why it could not be evaluated. Every job is judged, an apply as much as its plan:
+/// the input says which one it is.
+fn refused_by_policy(
+    config: &LauncherConfig,
+    assignment: &Assignment,
+    commit: &JudgedCommit,
+) -> Option<String> {
+    let policy = config.initialization_policy.as_ref()?;
     let default_image = match &config.executor {
         crate::config::ExecutorKind::Docker(settings) => settings.default_image.as_deref(),
         crate::config::ExecutorKind::Process => None,
     };
     let image = assignment.stack.runner_image.as_deref().or(default_image);
-    match policy.denials(&crate::policy::input(assignment, image)) {
+    match policy.denials(&crate::policy::input(assignment, commit, image)) {
         Ok(denials) if denials.is_empty() => None,
         Ok(denials) => {
             Some(format!("The run initialization policy denied the run: {}", denials.join("; ")))

@@ -5,14 +5,23 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use gantry_domain::Timestamp;
+use gantry_proto::agent::CommitAuthor;
 use tokio::process::Command;
 
 /// What was checked out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Checkout {
     pub(crate) sha: String,
+    /// The subject: the message's first line.
     pub(crate) message: String,
+    pub(crate) author: CommitAuthor,
 }
+
+/// The last second an RFC 3339 time can name (9999-12-31T23:59:59Z). A commit may claim
+/// any author time; one past this could not cross the wire, and the report carrying it
+/// would be refused.
+const LAST_AUTHOR_SECOND: u64 = 253_402_300_799;
 
 /// Why a checkout failed; the message is shown in the run log.
 #[derive(Debug, thiserror::Error)]
@@ -94,9 +103,34 @@ pub(crate) async fn checkout(
             git(dir, "checkout", &["checkout", "--quiet", "--detach", "FETCH_HEAD"]).await?;
         }
     }
-    let head = git(dir, "log", &["log", "-1", "--format=%H%n%s"]).await?;
-    let (sha, message) = head.split_once('\n').unwrap_or((head.as_str(), ""));
-    Ok(Checkout { sha: sha.to_owned(), message: message.to_owned() })
+    // NUL-separated: a name or subject may hold any other character. `%an`, not `%aN`:
+    // the commit's own author, not what the repository's mailmap makes of it.
+    let head = git(
+        dir,
+        "log",
+        &["log", "-1", "--no-show-signature", "--format=%H%x00%s%x00%an%x00%ae%x00%at"],
+    )
+    .await?;
+    let fields: Vec<&str> = head.split('\0').collect();
+    let [sha, message, name, email, authored_at] = fields[..] else {
+        return Err(CheckoutError::Git {
+            step: "log",
+            output: format!("unexpected output {head:?}: expected five fields"),
+        });
+    };
+    let seconds: u64 = authored_at.parse().map_err(|_| CheckoutError::Git {
+        step: "log",
+        output: format!("unexpected author time {authored_at:?}: expected seconds since 1970"),
+    })?;
+    // Later than the wire can carry: taken as made at the last second it can name, so a
+    // rule against commits from the future still sees one.
+    let seconds = seconds.min(LAST_AUTHOR_SECOND);
+    let authored_at = Timestamp::from_unix_millis(seconds as i64 * 1000);
+    Ok(Checkout {
+        sha: sha.to_owned(),
+        message: message.to_owned(),
+        author: CommitAuthor { name: name.to_owned(), email: email.to_owned(), authored_at },
+    })
 }
 
 async fn create_dir(dir: &Path) -> Result<(), CheckoutError> {
@@ -174,7 +208,15 @@ mod tests {
         let (url, first, second) = repository(root.path());
 
         let head = checkout(&root.path().join("w1"), &url, "main", None).await.unwrap();
-        assert_eq!(head, Checkout { sha: second, message: "second".to_owned() });
+        assert_eq!((head.sha, head.message.as_str()), (second, "second"));
+        assert_eq!(
+            (head.author.name.as_str(), head.author.email.as_str()),
+            ("Gantry Tests", "tests@gantry.invalid")
+        );
+        // Made a moment ago, by the clock of this machine.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        let age = now.as_millis() as i64 - head.author.authored_at.unix_millis();
+        assert!((0..600_000).contains(&age), "authored {age} ms ago");
         assert_eq!(
             std::fs::read_to_string(root.path().join("w1/infra/main.tf")).unwrap(),
             "# two\n"
@@ -186,6 +228,47 @@ mod tests {
             std::fs::read_to_string(root.path().join("w2/infra/main.tf")).unwrap(),
             "# one\n"
         );
+    }
+
+    /// The author and the author's time, not the committer's, whatever characters the
+    /// author's name holds; a time past what the wire can carry is taken as the last one.
+    #[tokio::test]
+    async fn the_commit_author_and_time_are_the_authors_own() {
+        let root = tempfile::tempdir().unwrap();
+        let repository = GitRepository::create(&root.path().join("repo"), &[("main.tf", "")]);
+        let commit = |author: &str, date: &str, message: &str| {
+            let author = format!("--author={author}");
+            let date = format!("--date={date}");
+            gantry_testkit::git(
+                &repository.path,
+                &["commit", "--quiet", "--allow-empty", &author, &date, "-m", message],
+            );
+            repository.head()
+        };
+        let sha = commit(
+            "Mallory \"ops\" O'Neil <mallory@corp.example>",
+            "@1700000000 +0200",
+            "rotate | keys\n\nbody",
+        );
+        let checked = checkout(&root.path().join("w1"), &repository.url(), "main", None).await;
+        let checked = checked.unwrap();
+        assert_eq!(
+            checked,
+            Checkout {
+                sha,
+                message: "rotate | keys".to_owned(),
+                author: CommitAuthor {
+                    name: "Mallory \"ops\" O'Neil".to_owned(),
+                    email: "mallory@corp.example".to_owned(),
+                    authored_at: Timestamp::from_unix_millis(1_700_000_000_000),
+                },
+            }
+        );
+
+        commit("Far Future <future@corp.example>", "@300000000000 +0000", "later");
+        let checked = checkout(&root.path().join("w2"), &repository.url(), "main", None).await;
+        let authored_at = checked.unwrap().author.authored_at;
+        assert_eq!(authored_at, Timestamp::from_unix_millis(LAST_AUTHOR_SECOND as i64 * 1000));
     }
 
     #[tokio::test]

@@ -8,10 +8,13 @@
 
 use std::collections::BTreeMap;
 
-use gantry_domain::{LauncherId, Phase, PoolId, RunId, RunType, StackId, Tool, WorkerId};
+use gantry_domain::{
+    LauncherId, Phase, PoolId, RunId, RunType, StackId, Timestamp, Tool, WorkerId,
+};
 use serde::{Deserialize, Serialize};
 use serde_with::{DisplayFromStr, serde_as};
 
+use crate::Rfc3339;
 use crate::api::{EnvironmentVariable, Output};
 
 /// The agent-plane protocol version this crate speaks.
@@ -177,6 +180,9 @@ pub struct StackSpec {
     /// The stack lets its sensitive outputs reach its dependents, sealed to the pool key.
     #[serde(default)]
     pub share_sensitive_outputs: bool,
+    /// The stack's labels, for the run initialization policy.
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// A run handed to one of the launcher's workers.
@@ -219,6 +225,39 @@ pub struct Assignment {
     /// For an apply: the encrypted workspace its plan stored.
     #[serde(default)]
     pub workspace: Option<BlobRef>,
+    // What the run initialization policy judges besides the above. Absent from servers
+    // before they were added: the policy then sees them as unknown.
+    /// The commit's message, as the run's plan found it when it checked the commit out.
+    #[serde(default)]
+    pub commit_message: Option<String>,
+    /// The commit's author, as the run's plan found it: an apply is judged on the same
+    /// commit as its plan without a checkout.
+    #[serde(default)]
+    pub commit_author: Option<CommitAuthor>,
+    /// Who or what triggered the run: an API key's name, `dependency:<run>`, ...
+    #[serde(default)]
+    pub triggered_by: Option<String>,
+    #[serde_as(as = "Option<Rfc3339>")]
+    #[serde(default)]
+    pub created_at: Option<Timestamp>,
+    /// When the run's state last changed.
+    #[serde_as(as = "Option<Rfc3339>")]
+    #[serde(default)]
+    pub updated_at: Option<Timestamp>,
+    /// The stack's autodeploy setting when the run was triggered: a tracked run with
+    /// changes applies without a confirmation.
+    #[serde(default)]
+    pub autodeploy: Option<bool>,
+}
+
+/// Who wrote a commit and when, as git records it (the author, not the committer).
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitAuthor {
+    pub name: String,
+    pub email: String,
+    #[serde_as(as = "Rfc3339")]
+    pub authored_at: Timestamp,
 }
 
 /// A sensitive output of an upstream stack's run that a run receives as an environment
@@ -312,6 +351,9 @@ pub enum RunReport {
     CommitResolved {
         sha: String,
         message: String,
+        /// Absent from launchers before it was added.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        author: Option<CommitAuthor>,
     },
     PhaseStarted {
         #[serde(with = "phase_text")]
@@ -426,6 +468,58 @@ mod tests {
         assert!(heartbeat.worker_ids.is_empty());
         let registration: WorkerRegistration = serde_json::from_str("{}").unwrap();
         assert!(registration.previous_id.is_none());
+    }
+
+    #[test]
+    fn a_commit_report_carries_its_author_only_when_known() {
+        let older: RunReport =
+            serde_json::from_str(r#"{"kind":"commit_resolved","sha":"abc","message":"m"}"#)
+                .unwrap();
+        assert_eq!(
+            older,
+            RunReport::CommitResolved { sha: "abc".into(), message: "m".into(), author: None }
+        );
+        assert_eq!(
+            serde_json::to_string(&older).unwrap(),
+            r#"{"kind":"commit_resolved","sha":"abc","message":"m"}"#
+        );
+        let author = CommitAuthor {
+            name: "Ada".into(),
+            email: "ada@example.invalid".into(),
+            authored_at: Timestamp::from_unix_millis(1_700_000_000_000),
+        };
+        let newer = RunReport::CommitResolved {
+            sha: "abc".into(),
+            message: "m".into(),
+            author: Some(author),
+        };
+        let json = serde_json::to_string(&newer).unwrap();
+        assert!(json.contains(r#""authored_at":"2023-11-14T22:13:20Z""#), "{json}");
+        assert_eq!(serde_json::from_str::<RunReport>(&json).unwrap(), newer);
+    }
+
+    /// An assignment as a server before the policy's fields sends it: a newer launcher
+    /// reads it, the fields unknown.
+    #[test]
+    fn an_assignment_without_the_policy_fields_is_read_with_them_unknown() {
+        let assignment: Assignment = serde_json::from_value(serde_json::json!({
+            "run_id": RunId::generate().to_string(),
+            "worker_id": WorkerId::generate().to_string(),
+            "run_type": "TRACKED",
+            "job": "apply",
+            "stack": {
+                "id": StackId::generate().to_string(), "name": "app", "repository": "r",
+                "branch": "main", "project_root": "", "tool": "terraform",
+                "runner_image": null, "environment": []
+            },
+            "commit": "abc",
+        }))
+        .unwrap();
+        assert!(assignment.stack.labels.is_empty());
+        assert_eq!(
+            (assignment.commit_author, assignment.created_at, assignment.autodeploy),
+            (None, None, None)
+        );
     }
 }
 

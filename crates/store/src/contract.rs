@@ -1238,25 +1238,43 @@ pub async fn held_runs_come_with_what_their_pickup_needs<S: Store>(store: Arc<S>
         .unwrap();
     let chunks = [(0, "a".to_owned()), (1, "b".to_owned())];
     store.append_logs(plan.id, &chunks, at(15)).await.unwrap();
+    // The apply's plan said who wrote its commit; the plan's launcher (an older one) did not.
+    let author = crate::CommitAuthorRecord {
+        name: "Ada".to_owned(),
+        email: "ada@corp.example".to_owned(),
+        authored_at: at(2),
+    };
+    store.set_run_commit(apply.id, "c0ffee", "Open port 443", Some(&author)).await.unwrap();
+    store.set_run_commit(plan.id, "f00d", "Close port 22", None).await.unwrap();
 
     let held = store.held_runs(launcher, pool.id).await.unwrap();
     let runs: Vec<RunId> = held.iter().map(|held| held.run.id).collect();
     assert_eq!(runs, [plan.id, apply.id, executing.id], "in the order of their workers");
     assert_eq!(held[2].run.state, RunState::Planning);
+    assert_eq!(
+        (held[1].run.commit_sha.as_deref(), held[1].run.commit_message.as_deref()),
+        (Some("c0ffee"), Some("Open port 443"))
+    );
     let stored = |id| {
         let store = Arc::clone(&store);
         async move { store.get_stack(id).await.unwrap() }
     };
     assert_eq!(
         held[0].pickup,
-        Some(PickupRecord { stack: stored(stack.id).await, next_log_seq: 2, has_upstreams: false })
+        Some(PickupRecord {
+            stack: stored(stack.id).await,
+            next_log_seq: 2,
+            has_upstreams: false,
+            commit_author: None,
+        })
     );
     assert_eq!(
         held[1].pickup,
         Some(PickupRecord {
             stack: stored(downstream.id).await,
             next_log_seq: 0,
-            has_upstreams: true
+            has_upstreams: true,
+            commit_author: Some(author),
         })
     );
     assert!(held[1].pickup.as_ref().unwrap().stack.is_some());

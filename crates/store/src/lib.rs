@@ -23,6 +23,7 @@ pub use blobs::{BlobStore, BlobStream, BlobWritten, is_valid_blob_key};
 pub use error::StoreError;
 pub use object_blobs::{BlobLocation, ObjectBlobStore, S3Credentials, S3Settings};
 pub use postgres::{PostgresStore, redact_url};
+pub use records::CommitAuthorRecord;
 pub use records::{
     ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, HeldRunRecord,
     LogChunkRecord, OutputRecord, OutputReferenceRecord, PickupRecord, PoolRecord, RunChange,

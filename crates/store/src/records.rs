@@ -178,6 +178,16 @@ pub struct PickupRecord {
     pub next_log_seq: u64,
     /// Whether the stack depends on other stacks, whose outputs may be its inputs.
     pub has_upstreams: bool,
+    /// Who wrote the run's commit, once its plan checked it out and its launcher said.
+    pub commit_author: Option<CommitAuthorRecord>,
+}
+
+/// Who wrote a commit and when, as git records it (the author, not the committer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitAuthorRecord {
+    pub name: String,
+    pub email: String,
+    pub authored_at: Timestamp,
 }
 
 /// One state a run entered.

@@ -269,10 +269,27 @@ pub(crate) fn held_run_from_row(row: &impl Columns) -> Result<HeldRunRecord> {
                 next_log_seq: u64::try_from(next)
                     .map_err(|error| corrupt("pickup_next_log_seq", error))?,
                 has_upstreams: flag(row, "pickup_upstreams")?,
+                commit_author: pickup_commit_author(row)?,
             })
         }
     };
     Ok(HeldRunRecord { run, pickup })
+}
+
+/// `pickup_commit_author_name`, `_email` and `pickup_commit_authored_at`: all or none.
+fn pickup_commit_author(row: &impl Columns) -> Result<Option<crate::CommitAuthorRecord>> {
+    let name = optional_text(row, "pickup_commit_author_name")?;
+    let email = optional_text(row, "pickup_commit_author_email")?;
+    match (name, email, optional_timestamp(row, "pickup_commit_authored_at")?) {
+        (Some(name), Some(email), Some(authored_at)) => {
+            Ok(Some(crate::CommitAuthorRecord { name, email, authored_at }))
+        }
+        (None, None, None) => Ok(None),
+        _ => Err(corrupt(
+            "pickup_commit_author_name",
+            "an author's name, email and time go together",
+        )),
+    }
 }
 
 pub(crate) const RUN_COLUMNS: &str = "id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, prioritized, has_changes, failure, triggered_by, command, stop_requested_at, created_at, updated_at";

@@ -415,7 +415,10 @@ macro_rules! sql_store {
                              (SELECT COALESCE(MAX(l.seq) + 1, 0) FROM run_logs l WHERE l.run_id = r.id)
                          END AS pickup_next_log_seq,
                          (SELECT COUNT(*) FROM stack_dependencies d WHERE d.downstream_stack_id = r.stack_id)
-                             AS pickup_upstreams",
+                             AS pickup_upstreams,
+                         r.commit_author_name AS pickup_commit_author_name,
+                         r.commit_author_email AS pickup_commit_author_email,
+                         r.commit_authored_at AS pickup_commit_authored_at",
                         runs = qualified("r", RUN_COLUMNS),
                         stacks = prefixed("s", STACK_COLUMNS, PICKUP_STACK),
                     ),
@@ -703,13 +706,26 @@ macro_rules! sql_store {
                 run_from_row(&row)
             }
 
-            async fn set_run_commit(&self, id: RunId, sha: &str, message: &str) -> Result<()> {
-                sqlx::query("UPDATE runs SET commit_sha = $2, commit_message = $3 WHERE id = $1")
-                    .bind(id.to_string())
-                    .bind(sha)
-                    .bind(message)
-                    .execute(&self.writer)
-                    .await?;
+            async fn set_run_commit(
+                &self,
+                id: RunId,
+                sha: &str,
+                message: &str,
+                author: Option<&$crate::CommitAuthorRecord>,
+            ) -> Result<()> {
+                sqlx::query(
+                    "UPDATE runs SET commit_sha = $2, commit_message = $3, commit_author_name = $4,
+                         commit_author_email = $5, commit_authored_at = $6
+                     WHERE id = $1",
+                )
+                .bind(id.to_string())
+                .bind(sha)
+                .bind(message)
+                .bind(author.map(|author| author.name.as_str()))
+                .bind(author.map(|author| author.email.as_str()))
+                .bind(author.map(|author| author.authored_at.unix_millis()))
+                .execute(&self.writer)
+                .await?;
                 self.durable().await?;
                 Ok(())
             }

@@ -150,7 +150,15 @@ pub trait Store: Send + Sync + 'static {
     async fn run_history(&self, id: RunId) -> Result<Vec<StateChangeRecord>>;
     /// Applies the change if the run is still in `change.from`, else `StateConflict`.
     async fn change_run(&self, change: &RunChange) -> Result<RunRecord>;
-    async fn set_run_commit(&self, id: RunId, sha: &str, message: &str) -> Result<()>;
+    /// Records the commit a run's plan checked out, with its author when the launcher
+    /// said who it is (launchers before that did not).
+    async fn set_run_commit(
+        &self,
+        id: RunId,
+        sha: &str,
+        message: &str,
+        author: Option<&crate::CommitAuthorRecord>,
+    ) -> Result<()>;
     /// Moves the run to the front of its pool's queue.
     async fn prioritize_run(&self, id: RunId, at: Timestamp) -> Result<RunRecord>;
     /// Records that a user asked to stop the run (the first request counts).

@@ -7,7 +7,8 @@ use std::time::Duration;
 use axum::extract::State;
 use gantry_domain::RunState;
 use gantry_proto::agent::{
-    Assignment, BlobRef, HeldAssignment, Job, Poll, PollResponse, StackSpec, StateVersion,
+    Assignment, BlobRef, CommitAuthor, HeldAssignment, Job, Poll, PollResponse, StackSpec,
+    StateVersion,
 };
 use gantry_store::{HeldRunRecord, RunRecord, WorkerRecord};
 
@@ -163,6 +164,7 @@ async fn pending(
                     })
                     .collect(),
                 share_sensitive_outputs: stack.share_sensitive_outputs,
+                labels: stack.labels.clone(),
             },
             commit: run.commit_sha.clone(),
             command: run.command.clone(),
@@ -175,6 +177,18 @@ async fn pending(
                 blob: BlobRef { sha256: version.blob.sha256, size: version.blob.size },
             }),
             workspace: workspace.map(|blob| BlobRef { sha256: blob.sha256, size: blob.size }),
+            // For the launcher's initialization policy: an apply is judged on its plan's
+            // commit, which it does not check out.
+            commit_message: run.commit_message.clone(),
+            commit_author: pickup.commit_author.as_ref().map(|author| CommitAuthor {
+                name: author.name.clone(),
+                email: author.email.clone(),
+                authored_at: author.authored_at,
+            }),
+            triggered_by: Some(run.triggered_by.clone()),
+            created_at: Some(run.created_at),
+            updated_at: Some(run.updated_at),
+            autodeploy: Some(run.autodeploy),
         });
     }
     // Whether the pool cycles comes from the session, which the caller may read anew.

@@ -6,7 +6,7 @@ use gantry_domain::{RunEvent, RunState};
 use gantry_proto::agent::{
     Acknowledge, Directive, Job, LogsAccepted, ReportRequest, ReportResponse, RunReport, UploadLogs,
 };
-use gantry_store::{OutputRecord, RunRecord, StoreError};
+use gantry_store::{CommitAuthorRecord, OutputRecord, RunRecord, StoreError};
 
 use crate::auth::AgentSession;
 use crate::error::{ApiError, ApiResult, Json, PathParam};
@@ -16,6 +16,8 @@ use crate::state::{AppState, now};
 
 const MAX_CHUNKS: usize = 1000;
 const MAX_OUTPUTS: usize = 1000;
+/// Of a commit author's name, and of their email.
+const MAX_AUTHOR_CHARS: usize = 500;
 
 pub(super) async fn acknowledge(
     State(state): State<AppState>,
@@ -88,9 +90,15 @@ async fn apply_report(
     report: RunReport,
 ) -> Result<Directive, ApiError> {
     let directive = match report {
-        RunReport::CommitResolved { sha, message } => {
+        RunReport::CommitResolved { sha, message, author } => {
             let message: String = message.chars().take(2000).collect();
-            state.store.set_run_commit(run.id, &sha, &message).await?;
+            // Bounded: git bounds neither, and they are whatever the commit's author wrote.
+            let author = author.map(|author| CommitAuthorRecord {
+                name: author.name.chars().take(MAX_AUTHOR_CHARS).collect(),
+                email: author.email.chars().take(MAX_AUTHOR_CHARS).collect(),
+                authored_at: author.authored_at,
+            });
+            state.store.set_run_commit(run.id, &sha, &message, author.as_ref()).await?;
             state.events.run_changed(run.id);
             Directive::Continue
         }

@@ -321,16 +321,55 @@ fn stops_at_start(cluster: &Cluster, pool: &PoolAccess, env: &[(&str, &str)]) ->
     exited.stderr
 }
 
-/// Written for the reference: its package and the syntax before Rego v1.
+/// Written for the reference: its package and the syntax before Rego v1. Two rules give
+/// the whole input as their message, for the test to read back: a plan of the stack
+/// `inspect`, and an apply of a stack labelled `guarded`.
 const POLICY: &str = r#"package spacelift
 
 deny[sprintf("stack %s is frozen: runs are not started", [input.static_run_environment.stack_slug])] {
   startswith(input.static_run_environment.stack_slug, "frozen")
 }
+
+deny[sprintf("commits by %s <%s> are not run here", [input.run.commit.author, input.run.commit.author_email])] {
+  input.run.commit.author == "Mallory"
+}
+
+deny[json.marshal(input)] {
+  input.static_run_environment.stack_slug == "inspect"
+}
+
+deny[json.marshal(input)] {
+  input.run.job == "apply"
+  input.static_run_environment.stack_labels[_] == "guarded"
+}
 "#;
 
+const DENIED: &str = "The run initialization policy denied the run: ";
+
+/// The input a policy rule gave back as its message, from the run's log.
+fn judged_input(log: &str) -> Value {
+    let line = log.lines().find_map(|line| line.strip_prefix(DENIED)).unwrap_or_else(|| {
+        panic!("the log has no denial:\n{log}");
+    });
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// The run failed at its policy, its job's worker never started.
+fn assert_denied(gantry: &crate::harness::Gantry, run: &Value, message: &str) -> String {
+    let run = gantry.wait_for_state(run, &["FINISHED", "FAILED"]);
+    assert_eq!(run["state"], "FAILED", "{run}");
+    assert!(run["failure"].as_str().unwrap().contains(message), "{run}");
+    // Failed straight from the state its launcher acknowledged: no worker reported a phase.
+    let states = crate::harness::states(&run);
+    let before_failure = states.iter().rev().nth(1).map(String::as_str);
+    assert!(matches!(before_failure, Some("PREPARING" | "APPLYING")), "the worker started: {run}");
+    let log = gantry.log(&run);
+    assert!(log.contains(&format!("{DENIED}{message}")), "{log}");
+    log
+}
+
 #[test]
-fn the_initialization_policy_denies_runs_with_its_messages() {
+fn the_initialization_policy_judges_every_job_on_the_whole_run() {
     let cluster = Cluster::start();
     let work = tempfile::tempdir().unwrap();
     let policy = work.path().join("policy.rego");
@@ -341,25 +380,113 @@ fn the_initialization_policy_denies_runs_with_its_messages() {
         &pool,
         &[("GANTRY_LAUNCHER_RUN_INITIALIZATION_POLICY", policy.to_str().unwrap())],
     );
-    let repository =
-        GitRepository::create(&work.path().join("repo"), &[("infra/main.tf", VARIABLES_CONFIG)]);
-    for name in ["frozen-db", "app"] {
-        let state = work.path().join(format!("{name}.tfstate"));
-        cluster.gantry.create_stack(name, &repository, "p", &state, &[]);
+    let gantry = &cluster.gantry;
+    let repository = GitRepository::create(
+        &work.path().join("repo"),
+        &[("infra/main.tf", gantry_testkit::SIMPLE_CONFIG)],
+    );
+    let contributed = GitRepository::create(
+        &work.path().join("contrib"),
+        &[("infra/main.tf", gantry_testkit::SIMPLE_CONFIG)],
+    );
+    gantry_testkit::git(
+        &contributed.path,
+        &[
+            "commit",
+            "--quiet",
+            "--allow-empty",
+            "--author=Mallory <mallory@corp.example>",
+            "--date=@1700000000 +0000",
+            "-m",
+            "Add a backdoor",
+        ],
+    );
+    let state = |name: &str| work.path().join(format!("{name}.tfstate"));
+    for name in ["frozen-db", "app", "inspect"] {
+        gantry.create_stack(name, &repository, "p", &state(name), &["--label", "team:net"]);
     }
+    gantry.create_stack("contrib", &contributed, "p", &state("contrib"), &[]);
+    gantry.create_stack("vault", &repository, "p", &state("vault"), &["--label", "guarded"]);
 
-    let denied = cluster.gantry.trigger("frozen-db", &["--proposed"]);
-    let denied = cluster.gantry.wait_for_state(&denied, &["FINISHED", "FAILED"]);
-    assert_eq!(denied["state"], "FAILED", "{denied}");
-    let message = "stack frozen-db is frozen: runs are not started";
-    assert!(denied["failure"].as_str().unwrap().contains(message), "{denied}");
-    let log = cluster.gantry.log(&denied);
-    assert!(log.contains(message), "{log}");
-    assert!(!log.contains("Checked out"), "nothing was checked out:\n{log}");
+    // On the stack's name, as before any commit is known.
+    let denied = gantry.trigger("frozen-db", &["--proposed"]);
+    assert_denied(gantry, &denied, "stack frozen-db is frozen: runs are not started");
 
-    let allowed = cluster.gantry.trigger("app", &["--proposed"]);
-    let allowed = cluster.gantry.wait_for_state(&allowed, &["FINISHED", "FAILED"]);
+    // On the commit's author, which only the checkout knows.
+    let denied = gantry.trigger("contrib", &["--proposed"]);
+    let log = assert_denied(
+        gantry,
+        &denied,
+        "commits by Mallory <mallory@corp.example> are not run here",
+    );
+    assert!(log.contains("Checked out"), "{log}");
+    let allowed = gantry.trigger("app", &["--proposed"]);
+    let allowed = gantry.wait_for_state(&allowed, &["FINISHED", "FAILED"]);
     assert_eq!(allowed["state"], "FINISHED", "{allowed}");
+
+    // A plan sees the whole run: its commit from the checkout, the rest from the server.
+    let inspected = gantry.trigger("inspect", &["--proposed"]);
+    let log = assert_denied(gantry, &inspected, "{");
+    let input = judged_input(&log);
+    let head = repository.head();
+    let run = &input["run"];
+    assert_eq!(
+        (&run["id"], &run["job"], &run["state"]),
+        (&inspected["id"], &serde_json::json!("plan"), &serde_json::json!("PREPARING")),
+        "{input}"
+    );
+    let commit = &run["commit"];
+    assert_eq!(commit["author"], "Gantry Tests", "{input}");
+    assert_eq!(commit["author_email"], "tests@gantry.invalid", "{input}");
+    assert_eq!(commit["message"], "initial configuration", "{input}");
+    assert_eq!(
+        (&commit["hash"], &commit["branch"]),
+        (&serde_json::json!(head), &serde_json::json!("main")),
+        "{input}"
+    );
+    // Within the last ten minutes, in nanoseconds: the clock of this machine made them all.
+    let recent = |value: &Value| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        let now = now.as_nanos() as i64;
+        value.as_i64().is_some_and(|ns| (now - 600 * 1_000_000_000..=now).contains(&ns))
+    };
+    assert!(recent(&commit["created_at"]), "{input}");
+    assert!(recent(&run["created_at"]) && recent(&run["updated_at"]), "{input}");
+    assert!(run["created_at"].as_i64() <= run["updated_at"].as_i64(), "{input}");
+    assert_eq!(run["triggered_by"], inspected["triggered_by"], "{input}");
+    assert!(run["triggered_by"].as_str().is_some_and(|by| !by.is_empty()), "{input}");
+    let environment = &input["static_run_environment"];
+    assert_eq!(environment["stack_labels"], serde_json::json!(["team:net"]), "{input}");
+    assert_eq!(environment["auto_deploy"], false, "{input}");
+    assert_eq!(environment["tool"], "terraform", "{input}");
+    assert_eq!(environment["commit_sha"], serde_json::json!(head), "{input}");
+    assert_eq!(environment["run_type"], "PROPOSED", "{input}");
+
+    // An apply is judged too, on its plan's commit, which it does not check out.
+    let tracked = gantry.trigger("vault", &[]);
+    let planned = gantry.wait_for_state(&tracked, &["UNCONFIRMED", "FINISHED", "FAILED"]);
+    assert_eq!(planned["state"], "UNCONFIRMED", "{planned}");
+    gantry.ok(&["run", "confirm", crate::harness::id(&tracked)]);
+    let log = assert_denied(gantry, &tracked, "{");
+    let input = judged_input(&log);
+    let run = &input["run"];
+    assert_eq!(
+        (&run["job"], &run["state"]),
+        (&serde_json::json!("apply"), &serde_json::json!("APPLYING")),
+        "{input}"
+    );
+    assert_eq!(run["commit"]["author"], "Gantry Tests", "{input}");
+    assert_eq!(run["commit"]["author_email"], "tests@gantry.invalid", "{input}");
+    assert_eq!(run["commit"]["message"], "initial configuration", "{input}");
+    assert_eq!(run["commit"]["hash"], serde_json::json!(head), "{input}");
+    assert!(recent(&run["commit"]["created_at"]), "{input}");
+    assert!(recent(&run["created_at"]) && recent(&run["updated_at"]), "{input}");
+    assert_eq!(
+        input["static_run_environment"]["stack_labels"],
+        serde_json::json!(["guarded"]),
+        "{input}"
+    );
+    assert!(!crate::harness::state_has_resource(&state("vault")), "nothing was applied");
 }
 
 #[test]

@@ -493,6 +493,53 @@ fn init_that_cannot_check_out_fails_the_run_with_the_reason_in_its_log() {
     assert!(!pod.volume(&format!("workspace/{}", assignment.run_id)).exists(), "nor a workspace");
 }
 
+/// Denies every apply, naming the commit's author as the server carried it from the plan.
+const APPLY_POLICY: &str = r#"package gantry
+
+deny contains msg if {
+  input.run.job == "apply"
+  msg := sprintf("applies of commits by %s <%s> are not run in pods", [input.run.commit.author, input.run.commit.author_email])
+}
+"#;
+
+#[test]
+fn init_judges_the_apply_too_on_the_commit_its_plan_checked_out() {
+    let setup = Setup::start();
+    let policy = setup.work.path().join("policy.rego");
+    std::fs::write(&policy, APPLY_POLICY).unwrap();
+    let with_policy = |mut pod: Pod| {
+        let variable = "GANTRY_LAUNCHER_RUN_INITIALIZATION_POLICY".to_owned();
+        pod.launcher_env.push((variable, policy.display().to_string()));
+        pod
+    };
+    let repository = setup.repository(POD_CONFIG);
+    setup.stack("app", &repository, &[]);
+    let run = setup.cluster.gantry.trigger("app", &[]);
+
+    let plan = setup.operator.take_assignment(Job::Plan);
+    with_policy(Pod::new(&setup.operator, &plan)).run_to_end(&[]);
+    let waiting = setup.wait_for(&run, &["UNCONFIRMED", "FAILED", "FINISHED"]);
+    assert_eq!(waiting["state"], "UNCONFIRMED", "{waiting}");
+
+    setup.cluster.gantry.ok(&["run", "confirm", id(&run)]);
+    let apply = setup.operator.take_assignment(Job::Apply);
+    let author = apply.commit_author.as_ref().expect("the plan's init reported the author");
+    assert_eq!(
+        (author.name.as_str(), author.email.as_str()),
+        ("Gantry Tests", "tests@gantry.invalid")
+    );
+    let apply_pod = with_policy(Pod::new(&setup.operator, &apply));
+    assert_eq!(apply_pod.init(), Some(1), "init:\n{}", apply_pod.output_of("init"));
+    let failed = setup.wait_for(&run, &["FAILED", "FINISHED"]);
+    assert_eq!(failed["state"], "FAILED", "{failed}");
+    let message = "applies of commits by Gantry Tests <tests@gantry.invalid> are not run in pods";
+    assert!(failed["failure"].as_str().unwrap().contains(message), "{failed}");
+    let log = setup.cluster.gantry.log(&failed);
+    assert_in_order(&log, &["Applying the confirmed plan on", message]);
+    assert!(!apply_pod.volume("workspace/gantry-handoff.json").exists(), "no sidecar follows");
+    assert!(!apply_pod.volume(&format!("workspace/{}", apply.run_id)).exists(), "nor a workspace");
+}
+
 /// A task that sleeps for an odd, recognizable time, so that its process can be found.
 fn sleeping_task(setup: &Setup, seconds: &str) -> (Value, Pod, Running) {
     let repository = setup.repository("# nothing to manage\n");
