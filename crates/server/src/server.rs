@@ -163,6 +163,7 @@ impl Server {
             store,
             blobs,
             max_blob_size: config.max_blob_size,
+            kept_state_versions: config.kept_state_versions,
             ca: pki.ca,
             token_server_ca: pki.token_server_ca,
             public_url,
