@@ -5,9 +5,11 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use gantry_domain::options::{self, Env};
 use gantry_launcher::config::{EXIT_USAGE, ExecutorKind};
 use gantry_launcher::pod::{InitConfig, SidecarConfig};
 use gantry_launcher::{DockerExecutor, Executor, LauncherConfig, ProcessExecutor, Shutdown};
+use gantry_proto::local::CAPABILITY_ENV;
 use tokio_util::sync::CancellationToken;
 
 const HELP: &str = "\
@@ -33,6 +35,10 @@ and never closes its session). Every variable: docs/configuration.md. A bad sett
 the program at start with a message naming the variable, and exit code 64.
 ";
 
+/// The variables that never stay in the launcher's environment block: the pool's key and
+/// token, and in a run Pod's sidecar the worker's capability.
+const SECRET_VARIABLES: [&str; 3] = [options::TOKEN, options::POOL_PRIVATE_KEY, CAPABILITY_ENV];
+
 /// What the command line asks for.
 enum Mode {
     Launcher,
@@ -57,13 +63,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE as u8);
         }
     };
+    // First, before any thread or child: the key and token leave the environment block
+    // (the launcher re-executes itself without them, so /proc/<pid>/environ never shows
+    // them again, not even to root), and the process becomes non-dumpable, so that no
+    // other process of its user (a worker, a run's code) can read its memory.
+    let secrets = match gantry_secret_env::take_from_environment(&SECRET_VARIABLES) {
+        Ok(secrets) => secrets,
+        Err(error) => {
+            eprintln!("gantry-launcher: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    // The pool key is in this process's environment and memory: a non-dumpable process's
-    // /proc/<pid>/environ and memory are readable by root only, not by other processes of
-    // the same user (and it never writes a core dump).
-    if let Err(error) = nix::sys::prctl::set_dumpable(false) {
-        eprintln!("gantry-launcher: cannot mark the process non-dumpable: {error}");
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
@@ -71,7 +82,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let env = std::env::vars().collect();
+    let mut env: Env = std::env::vars().collect();
+    env.extend(secrets.iter().map(|(name, value)| (name.to_owned(), value.to_owned())));
+    drop(secrets);
     let config = match LauncherConfig::from_env(&env) {
         Ok(config) => config,
         Err(error) => return usage_error(&error),

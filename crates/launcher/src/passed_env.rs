@@ -8,6 +8,8 @@ use gantry_domain::validation::validate_secret_value;
 
 pub const WHITELIST_ENVS: &str = "GANTRY_WHITELIST_ENVS";
 pub const MASK_ENVS: &str = "GANTRY_MASK_ENVS";
+/// The prefix of the launcher's own variables, which neither list may name.
+const OWN_PREFIX: &str = "GANTRY_";
 
 /// Which runs a passed variable reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +110,17 @@ fn lookup(env: &Env, option: &'static str, name: &str) -> Result<String, PassedE
             ),
         });
     }
+    // The launcher's own settings hold its pool key and token: a run, whose code is
+    // hostile, must never be handed them, whatever a list says.
+    if name.starts_with(OWN_PREFIX) {
+        return Err(PassedEnvError {
+            option,
+            problem: format!(
+                "names {name}: variables named {OWN_PREFIX}* are the launcher's own settings \
+                 (its pool key and token among them) and are never passed to runs"
+            ),
+        });
+    }
     env.get(name).cloned().ok_or_else(|| PassedEnvError {
         option,
         problem: format!("names {name}, which is not set in the launcher's environment"),
@@ -172,6 +185,25 @@ mod tests {
             error.to_string(),
             "GANTRY_WHITELIST_ENVS: names MISSING, which is not set in the launcher's environment"
         );
+        for (option, entry, name) in [
+            (WHITELIST_ENVS, "GANTRY_POOL_PRIVATE_KEY", "GANTRY_POOL_PRIVATE_KEY"),
+            (WHITELIST_ENVS, "wo_GANTRY_TOKEN", "GANTRY_TOKEN"),
+            (MASK_ENVS, "GANTRY_POOL_PRIVATE_KEY", "GANTRY_POOL_PRIVATE_KEY"),
+        ] {
+            let error = from_env(&env(&[
+                (option, entry),
+                ("GANTRY_POOL_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----"),
+                ("GANTRY_TOKEN", "token-value"),
+            ]))
+            .unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "{option}: names {name}: variables named GANTRY_* are the launcher's own \
+                     settings (its pool key and token among them) and are never passed to runs"
+                )
+            );
+        }
         let error = from_env(&env(&[(WHITELIST_ENVS, "ro_9LIVES")])).unwrap_err();
         assert!(error.to_string().contains("\"9LIVES\" is not an environment variable name"));
         let error = from_env(&env(&[(MASK_ENVS, "PIN"), ("PIN", "123")])).unwrap_err();

@@ -151,6 +151,10 @@ pub enum PodError {
         "WorkerPool {pool:?}: spec.pod names a {kind} {name:?}, a name Gantry's run pod uses for its own"
     )]
     NameTaken { pool: String, kind: &'static str, name: String },
+    #[error(
+        "WorkerPool {pool:?}: {field} gives the worker container the pool's credentials (Secret {secret:?}): the pool key and token reach only the launcher containers, never the container that runs the stack's code"
+    )]
+    CredentialsInWorker { pool: String, field: String, secret: String },
 }
 
 /// Where the launcher containers find the pool's token and private key.
@@ -255,6 +259,7 @@ pub fn build_run_pod(
     let options = &pool.spec.pod;
     check_names(pool)?;
     let credentials = pool_credentials(pool)?;
+    check_worker_sees_no_credentials(pool, &credentials)?;
     let runner_image = request
         .assignment
         .stack
@@ -513,6 +518,78 @@ fn check_names(pool: &WorkerPool) -> Result<(), PodError> {
         return Err(taken("container", &container.name));
     }
     Ok(())
+}
+
+/// Refuses worker container options that would hand it the pool's token or key: a
+/// variable from their Secret keys, all of their Secret's variables, or a mount of a
+/// volume holding them (the pool's own volumes, the workspace and binaries volumes).
+fn check_worker_sees_no_credentials(
+    pool: &WorkerPool,
+    credentials: &PoolCredentials,
+) -> Result<(), PodError> {
+    let options = &pool.spec.pod;
+    let selectors = [&credentials.token, &credentials.private_key];
+    let refused = |field: String, secret: &str| PodError::CredentialsInWorker {
+        pool: pool.name_any(),
+        field,
+        secret: secret.to_owned(),
+    };
+    // A Secret whose `keys` are given (None: all of them) carries a credential.
+    let carries = |secret: &str, keys: Option<&[&str]>| {
+        selectors.iter().any(|selector| {
+            selector.name == secret && keys.is_none_or(|keys| keys.contains(&selector.key.as_str()))
+        })
+    };
+    let worker = &options.worker_container;
+    for (index, variable) in worker.env.iter().enumerate() {
+        let reference = variable.value_from.as_ref().and_then(|from| from.secret_key_ref.as_ref());
+        if let Some(reference) = reference.filter(|r| carries(&r.name, Some(&[r.key.as_str()]))) {
+            return Err(refused(format!("spec.pod.workerContainer.env[{index}]"), &reference.name));
+        }
+    }
+    for (index, source) in worker.env_from.iter().enumerate() {
+        if let Some(secret) = source.secret_ref.as_ref().filter(|r| carries(&r.name, None)) {
+            return Err(refused(
+                format!("spec.pod.workerContainer.envFrom[{index}]"),
+                &secret.name,
+            ));
+        }
+    }
+    let named = |name: &str| options.volumes.iter().find(|volume| volume.name == name);
+    let mounted = [
+        ("spec.pod.workspaceVolume".to_owned(), options.workspace_volume.as_ref()),
+        ("spec.pod.binariesCacheVolume".to_owned(), options.binaries_cache_volume.as_ref()),
+    ]
+    .into_iter()
+    .chain(worker.volume_mounts.iter().enumerate().map(|(index, mount)| {
+        (format!("spec.pod.workerContainer.volumeMounts[{index}]"), named(&mount.name))
+    }));
+    for (field, volume) in mounted {
+        let secrets = volume.map(secrets_in).unwrap_or_default();
+        if let Some((name, _)) =
+            secrets.into_iter().find(|(name, keys)| carries(name, keys.as_deref()))
+        {
+            return Err(refused(field, name));
+        }
+    }
+    Ok(())
+}
+
+/// The Secrets a volume shows as files, each with the keys it selects (None: all).
+fn secrets_in(volume: &Volume) -> Vec<(&str, Option<Vec<&str>>)> {
+    fn keys(items: Option<&Vec<KeyToPath>>) -> Option<Vec<&str>> {
+        items.map(|items| items.iter().map(|item| item.key.as_str()).collect())
+    }
+    let mut secrets = Vec::new();
+    if let Some(secret) = &volume.secret {
+        secrets
+            .push((secret.secret_name.as_deref().unwrap_or_default(), keys(secret.items.as_ref())));
+    }
+    let sources = volume.projected.iter().flat_map(|projected| projected.sources.iter().flatten());
+    for secret in sources.filter_map(|source| source.secret.as_ref()) {
+        secrets.push((secret.name.as_str(), keys(secret.items.as_ref())));
+    }
+    secrets
 }
 
 enum Command<'a> {

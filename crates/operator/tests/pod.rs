@@ -8,10 +8,10 @@ use std::time::Duration;
 use gantry_operator::crd::{LABEL_RUN_ID, LABEL_WORKER, LABEL_WORKER_POOL, WorkerPool};
 use gantry_operator::pod::{
     MAX_NAME_LENGTH, PodError, RunPod, RunPodRequest, RunPodSettings, active_deadline_seconds,
-    build_run_pod, label_value, run_pod_disruption_budget, run_pod_name,
+    build_run_pod, label_value, pool_credentials, run_pod_disruption_budget, run_pod_name,
 };
 use gantry_proto::agent::Assignment;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 
 /// A WorkerPool that sets every `spec.pod` option, as a user would write it.
 const EVERY_OPTION: &str = include_str!("fixtures/workerpool-every-option.yaml");
@@ -305,6 +305,104 @@ fn the_worker_never_sees_the_pool_key_nor_the_assignment() {
                     .any(|m| m.name == "assignment" && m.read_only == Some(true))
             );
         }
+    }
+}
+
+/// The Secrets a volume shows as files, for any key.
+fn secrets_shown_by(volume: &Volume) -> Vec<String> {
+    let direct = volume.secret.iter().filter_map(|secret| secret.secret_name.clone());
+    let projected = volume
+        .projected
+        .iter()
+        .flat_map(|projected| projected.sources.iter().flatten())
+        .filter_map(|source| source.secret.as_ref().map(|secret| secret.name.clone()));
+    direct.chain(projected).collect()
+}
+
+#[test]
+fn no_variable_source_or_mount_carries_the_pool_credentials_into_the_worker_container() {
+    let run = assignment(serde_json::json!({}));
+    for yaml in [EVERY_OPTION, MINIMAL] {
+        let pool = pool(yaml);
+        let credentials = pool_credentials(&pool).unwrap();
+        let credential_secrets = [&credentials.token.name, &credentials.private_key.name];
+        let built = build(&pool, &run).unwrap();
+        let spec = built.pod.spec.as_ref().unwrap();
+        // A shared process namespace would show the launcher containers' processes, and
+        // their environment and memory, to the worker container.
+        assert_ne!(spec.share_process_namespace, Some(true));
+        let worker = container(&built.pod, "worker");
+
+        for variable in worker.env.iter().flatten() {
+            assert!(!variable.name.starts_with("GANTRY_POOL_") && variable.name != "GANTRY_TOKEN");
+            let from = variable.value_from.as_ref();
+            let secret = from.and_then(|from| from.secret_key_ref.as_ref());
+            assert!(
+                secret.is_none_or(|secret| !credential_secrets.contains(&&secret.name)),
+                "{} comes from the credentials",
+                variable.name
+            );
+        }
+        for source in worker.env_from.iter().flatten() {
+            let secret = source.secret_ref.as_ref();
+            assert!(secret.is_none_or(|secret| !credential_secrets.contains(&&secret.name)));
+        }
+        for mount in worker.volume_mounts.iter().flatten() {
+            let volume = spec.volumes.iter().flatten().find(|v| v.name == mount.name).unwrap();
+            for secret in secrets_shown_by(volume) {
+                assert!(
+                    !credential_secrets.contains(&&secret),
+                    "the worker mounts {} showing {secret}",
+                    mount.name
+                );
+            }
+        }
+    }
+
+    // A pool that would pass them to the worker container anyway is refused, whichever
+    // way; another key of the same Secret is the owner's to give.
+    let with = |pod: &str| pool(&format!("{MINIMAL}  pod:\n{pod}"));
+    let refused = [
+        (
+            "    workerContainer:\n      env: [{ name: KEY, valueFrom: { secretKeyRef: { name: staging-pool, key: privateKey } } }]\n",
+            "spec.pod.workerContainer.env[0]",
+        ),
+        (
+            "    workerContainer:\n      envFrom: [{ secretRef: { name: staging-pool } }]\n",
+            "spec.pod.workerContainer.envFrom[0]",
+        ),
+        (
+            "    volumes: [{ name: creds, secret: { secretName: staging-pool } }]\n    workerContainer:\n      volumeMounts: [{ name: creds, mountPath: /creds }]\n",
+            "spec.pod.workerContainer.volumeMounts[0]",
+        ),
+        (
+            "    volumes: [{ name: creds, projected: { sources: [{ secret: { name: staging-pool, items: [{ key: token, path: t }] } }] } }]\n    workerContainer:\n      volumeMounts: [{ name: creds, mountPath: /creds }]\n",
+            "spec.pod.workerContainer.volumeMounts[0]",
+        ),
+        (
+            "    workspaceVolume: { name: w, secret: { secretName: staging-pool } }\n",
+            "spec.pod.workspaceVolume",
+        ),
+    ];
+    for (pod, field) in refused {
+        let error = build(&with(pod), &run).unwrap_err();
+        assert_eq!(
+            error,
+            PodError::CredentialsInWorker {
+                pool: "staging".to_owned(),
+                field: field.to_owned(),
+                secret: "staging-pool".to_owned(),
+            }
+        );
+        assert!(error.to_string().contains("never the container that runs the stack's code"));
+    }
+    let allowed = [
+        "    workerContainer:\n      env: [{ name: REGION, valueFrom: { secretKeyRef: { name: staging-pool, key: region } } }]\n",
+        "    volumes: [{ name: creds, secret: { secretName: staging-pool, items: [{ key: region, path: r }] } }]\n    workerContainer:\n      volumeMounts: [{ name: creds, mountPath: /creds }]\n",
+        "    volumes: [{ name: creds, secret: { secretName: staging-pool } }]\n    launcherSidecarContainer:\n      volumeMounts: [{ name: creds, mountPath: /creds }]\n",
+    ];
+    for pod in allowed {
+        build(&with(pod), &run).unwrap_or_else(|error| panic!("{pod}: {error}"));
     }
 }
 

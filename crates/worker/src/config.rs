@@ -1,5 +1,6 @@
 //! The worker's configuration: the launcher's socket and the run's capability, both
-//! from the environment the launcher started the worker with.
+//! from the environment the launcher started the worker with (the capability by way of
+//! `gantry_secret_env`, which takes it out of the environment block first).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -20,9 +21,13 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads [`SOCKET_ENV`] and [`CAPABILITY_ENV`] from the process environment.
-    pub fn from_env() -> Result<Self, WorkerError> {
-        Self::from_lookup(|name| std::env::var_os(name))
+    /// Reads [`SOCKET_ENV`] and [`CAPABILITY_ENV`] from `secrets` (what
+    /// [`gantry_secret_env::take_from_environment`] took out of the environment), then
+    /// from the process environment.
+    pub fn from_env(secrets: &gantry_secret_env::Secrets) -> Result<Self, WorkerError> {
+        Self::from_lookup(|name| {
+            secrets.get(name).map(OsString::from).or_else(|| std::env::var_os(name))
+        })
     }
 
     /// Reads the configuration through `lookup`, so tests need not touch the process

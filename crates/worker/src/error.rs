@@ -51,6 +51,12 @@ pub enum WorkerError {
     #[error("cannot listen for SIGTERM and SIGINT: {0}")]
     Signals(#[source] io::Error),
 
+    #[error(transparent)]
+    Secrets(#[from] gantry_secret_env::SecretEnvError),
+
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] io::Error),
+
     #[error("cannot connect to the launcher at {}: {source}", path.display())]
     Connect { path: PathBuf, source: io::Error },
 
@@ -77,6 +83,8 @@ impl WorkerError {
             | Self::InvalidLauncherPid { .. } => 64,
             // EX_SOFTWARE: without its launcher the worker can do nothing useful.
             Self::Signals(_)
+            | Self::Secrets(_)
+            | Self::Runtime(_)
             | Self::LauncherGone { .. }
             | Self::Connect { .. }
             | Self::Exchange { .. }

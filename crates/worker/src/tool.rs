@@ -86,6 +86,9 @@ fn command(job: &WorkerJob, program: &str, args: &[String]) -> Command {
         .env_remove(SOCKET_ENV)
         .env_remove(CAPABILITY_ENV)
         .env_remove(LAUNCHER_PID_ENV)
+        // Names a descriptor closed long ago; a gantry program the tool starts must not
+        // take it for its own hand-over.
+        .env_remove(gantry_secret_env::HANDOVER_FD_ENV)
         .stdin(Stdio::null())
         .process_group(0)
         // When the worker gives up on a run early, the tool must not outlive it.

@@ -148,6 +148,13 @@ impl Launcher {
         command
     }
 
+    /// Lets `uid` reach the socket: its directory is the test's, closed to others.
+    fn open_to(&self, uid: u32) {
+        for path in [self._directory.path(), self.socket.as_path()] {
+            std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+        }
+    }
+
     async fn run_worker(&self) -> Finished {
         finish(self.worker().spawn().unwrap()).await
     }
@@ -578,6 +585,76 @@ async fn the_tool_sees_the_job_environment_but_never_the_capability() {
     }
     assert!(!log.contains(CAPABILITY), "the tool saw the capability: {log}");
     assert!(!log.contains(CAPABILITY_ENV) && !log.contains(SOCKET_ENV), "{log}");
+}
+
+/// The user a test runs the worker as to check what a process of the worker's own user
+/// can read: under root, `nobody` (root may read any process's memory and environment,
+/// so running as root would prove nothing); otherwise the test's own user.
+fn unprivileged_user() -> Option<u32> {
+    nix::unistd::geteuid().is_root().then_some(65534)
+}
+
+#[tokio::test]
+async fn the_capability_is_not_in_the_environment_block_the_tool_can_read() {
+    let workspace = tempfile::tempdir().unwrap();
+    let mut job = job(Job::Plan, RunType::Proposed, workspace.path());
+    job.tool_executable = script_tool(
+        workspace.path(),
+        r#"[ "$1" = init ] || exit 0
+echo "parent: $(tr '\0' ' ' < /proc/$PPID/cmdline)"
+cat /proc/$PPID/environ; status=$?; echo; echo "read: $status"
+env
+"#,
+    );
+    let launcher = Launcher::start(job, always_continue).await;
+
+    let finished = launcher.run_worker().await;
+
+    assert_eq!(finished.code(), Some(0), "{finished:?}");
+    let log = launcher.log();
+    assert!(log.contains(&format!("parent: {}", env!("CARGO_BIN_EXE_gantry-worker"))), "{log}");
+    assert!(!log.contains(CAPABILITY), "the tool found the capability: {log}");
+    if nix::unistd::geteuid().is_root() {
+        // Root reads a non-dumpable process's environment too: what it reads holds the
+        // worker's other variables, and no capability, since the worker re-executed
+        // itself without it.
+        assert!(log.contains("read: 0") && log.contains(SOCKET_ENV), "{log}");
+    } else {
+        assert!(log.contains("Permission denied"), "{log}");
+    }
+}
+
+#[tokio::test]
+async fn a_tool_of_the_workers_own_user_can_read_neither_its_environment_nor_its_memory() {
+    let workspace = tempfile::tempdir().unwrap();
+    let mut job = job(Job::Plan, RunType::Proposed, workspace.path());
+    job.tool_executable = script_tool(
+        workspace.path(),
+        r#"[ "$1" = init ] || exit 0
+echo "uids: $(id -u) $(awk '/^Uid:/ {print $2}' /proc/$PPID/status)"
+for file in environ mem; do
+  if (exec 3< /proc/$PPID/$file) 2>/dev/null; then echo "$file: readable"; else echo "$file: refused"; fi
+done
+"#,
+    );
+    let launcher = Launcher::start(job, always_continue).await;
+    let mut worker = launcher.worker();
+    if let Some(uid) = unprivileged_user() {
+        launcher.open_to(uid);
+        std::os::unix::fs::chown(workspace.path(), Some(uid), Some(uid)).unwrap();
+        worker.uid(uid).gid(uid);
+    }
+
+    let finished = finish(worker.spawn().unwrap()).await;
+
+    assert_eq!(finished.code(), Some(0), "{finished:?}");
+    let log = launcher.log();
+    let uids = log.lines().find_map(|line| line.strip_prefix("uids: ")).unwrap();
+    let (tool, worker) = uids.split_once(' ').unwrap();
+    assert_eq!(tool, worker, "the tool runs as the worker's user");
+    assert!(log.contains("environ: refused") && log.contains("mem: refused"), "{log}");
+    assert!(!log.contains("readable"), "{log}");
+    assert!(!log.contains(CAPABILITY), "{log}");
 }
 
 #[tokio::test]

@@ -55,6 +55,10 @@ pub struct UpArgs {
 
 pub async fn run(args: &UpArgs) -> anyhow::Result<Outcome> {
     init_tracing("warn");
+    // This process holds the pool key and the server's keys in memory, and its workers
+    // run as its user: non-dumpable, they cannot read its memory (/proc/<pid>/mem,
+    // ptrace). Its environment never holds the key: the launcher gets it in a map.
+    nix::sys::prctl::set_dumpable(false).context("failed to mark the process non-dumpable")?;
     let stop = StopSignals::listen()?;
     let mut env: gantry_domain::options::Env =
         std::env::vars().filter(|(name, _)| name.starts_with("GANTRY_SERVER_")).collect();

@@ -591,8 +591,20 @@ impl Launcher {
         work_dir: &Path,
         extra: &[(&str, &str)],
     ) -> Self {
-        let mut child =
-            launcher_command(token, key, work_dir, extra).spawn().expect("gantry-launcher starts");
+        Self::spawn_adjusted(token, key, work_dir, extra, |_| {})
+    }
+
+    /// [`Self::spawn_for`], the command adjusted first (to run as another user, ...).
+    pub(crate) fn spawn_adjusted(
+        token: &str,
+        key: &str,
+        work_dir: &Path,
+        extra: &[(&str, &str)],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Self {
+        let mut command = launcher_command(token, key, work_dir, extra);
+        adjust(&mut command);
+        let mut child = command.spawn().expect("gantry-launcher starts");
         let (stderr, _) = Transcript::follow(child.stderr.take().unwrap());
         let (stdout, _) = Transcript::follow(child.stdout.take().unwrap());
         Self { child, stderr, stdout, _work: None }
@@ -619,6 +631,11 @@ impl Launcher {
 
     pub(crate) fn wait_for_stderr(&mut self, pattern: &str, timeout: Duration) -> String {
         self.stderr.wait_for(pattern, timeout, "gantry-launcher")
+    }
+
+    /// The launcher's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends SIGTERM and returns at once.
