@@ -100,14 +100,20 @@ impl Masker {
     }
 
     /// `report` with every text it carries to the server masked: a failure's message,
-    /// output values (and the keys of maps among them), a commit's message.
+    /// output values (and the keys of maps among them), a commit's message and author.
     pub(crate) fn masked_report(&self, mut report: RunReport) -> RunReport {
         if self.values.is_empty() {
             return report;
         }
         match &mut report {
-            RunReport::Failed { message } | RunReport::CommitResolved { message, .. } => {
+            RunReport::Failed { message } => *message = self.masked(message),
+            RunReport::CommitResolved { message, author, .. } => {
                 *message = self.masked(message);
+                // A repository's author can write anything in its name and address too.
+                if let Some(author) = author {
+                    author.name = self.masked(&author.name);
+                    author.email = self.masked(&author.email);
+                }
             }
             RunReport::Outputs { outputs } => {
                 for output in outputs {
@@ -933,12 +939,18 @@ mod tests {
         assert_eq!(outputs[2].value, None);
         let commit: RunReport = serde_json::from_value(json!({
             "kind": "commit_resolved", "sha": "0123abc", "message": format!("rotate {SECRET}"),
+            "author": {
+                "name": format!("dev {SECRET}"), "email": format!("{SECRET}@example.com"),
+                "authored_at": "2026-12-02T10:00:00Z",
+            },
         }))
         .unwrap();
         let commit = masker.masked_report(commit);
-        assert!(
-            matches!(commit, RunReport::CommitResolved { message, .. } if message == "rotate ***")
-        );
+        let RunReport::CommitResolved { message, author: Some(author), .. } = commit else {
+            panic!("{commit:?}")
+        };
+        assert_eq!(message, "rotate ***");
+        assert_eq!((author.name.as_str(), author.email.as_str()), ("dev ***", "***@example.com"));
         assert!(matches!(masker.masked_report(RunReport::Applied), RunReport::Applied));
     }
 

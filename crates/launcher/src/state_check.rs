@@ -36,6 +36,12 @@ struct StateHeader {
     version: u64,
     serial: u64,
     lineage: String,
+    // Checked for their shape only, their contents skipped: a state whose resources are
+    // not a list or whose outputs are not a map would fail the next run's init.
+    #[serde(default)]
+    resources: Option<Vec<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    outputs: Option<std::collections::HashMap<String, serde::de::IgnoredAny>>,
 }
 
 /// Reads the identity of a state document; fields other than `version`, `serial` and
@@ -54,6 +60,7 @@ pub(crate) fn identify(input: impl Read) -> Result<StateIdentity, StateRefusal> 
             "its lineage must be a non-empty string of at most 256 bytes".to_owned(),
         ));
     }
+    let _shape_checked = (header.resources, header.outputs);
     Ok(StateIdentity { lineage: header.lineage, serial: header.serial })
 }
 
@@ -139,6 +146,18 @@ mod tests {
         check(r#"{"version":4,"lineage":"x","serial":-1}"#, Err("not Terraform or OpenTofu state"));
         check(r#"{"version":2,"lineage":"x","serial":1}"#, Err("format version is 2"));
         check(r#"{"version":4,"lineage":"","serial":1}"#, Err("non-empty string"));
+        check(
+            r#"{"version":4,"lineage":"x","serial":1,"resources":5}"#,
+            Err("a field is not a sequence"),
+        );
+        check(
+            r#"{"version":4,"lineage":"x","serial":1,"outputs":[]}"#,
+            Err("a field is not a map"),
+        );
+        check(
+            r#"{"version":4,"lineage":"x","serial":1,"resources":[{"a":1}],"outputs":{"o":{}}}"#,
+            Ok(("x", 1)),
+        );
         check(
             &format!(r#"{{"version":4,"lineage":"{}","serial":1}}"#, "a".repeat(257)),
             Err("at most 256"),

@@ -118,11 +118,17 @@ pub(super) async fn write_handoff(
         serde_json::to_vec(handoff).map_err(|e| format!("cannot encode the hand-off: {e}"))?;
     let written = (|| -> std::io::Result<()> {
         use std::io::Write;
+        // The workspace volume may outlive a Pod whose worker left a link here: replace
+        // whatever is in the way, never write through it.
+        match std::fs::remove_file(&partial) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
         let mut file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&partial)?;
         file.write_all(&text)?;
         file.sync_all()?;
@@ -130,6 +136,9 @@ pub(super) async fn write_handoff(
     })();
     written.map_err(|e| format!("cannot write the hand-off {}: {e}", path.display()))
 }
+
+/// The largest hand-off read: a worker's job with its environment, far below this.
+const MAX_HANDOFF_BYTES: u64 = 64 << 20;
 
 /// Reads init's hand-off and checks it is for this run.
 pub(super) fn read_handoff(
@@ -139,9 +148,23 @@ pub(super) fn read_handoff(
     let path = handoff_path(workspace_dir);
     let unusable =
         |problem: String| PodError::Handoff { path: path.display().to_string(), problem };
-    let text = std::fs::read(&path).map_err(|e| {
+    // The worker container shares this volume: a link in the hand-off's place is refused,
+    // and so is a hard link, a fifo or a file larger than any hand-off.
+    let volume = crate::confined::Confined::open(workspace_dir).map_err(|e| {
         unusable(format!("{e} (did the init container succeed in this Pod's volume?)"))
     })?;
+    let mut file = match volume.read(Path::new(HANDOFF_FILE), MAX_HANDOFF_BYTES) {
+        Ok(Some(file)) => file,
+        Ok(None) => {
+            return Err(unusable(
+                "it does not exist (did the init container succeed in this Pod's volume?)"
+                    .to_owned(),
+            ));
+        }
+        Err(refusal) => return Err(unusable(refusal.to_string())),
+    };
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut text).map_err(|e| unusable(e.to_string()))?;
     let handoff: PodHandoff = serde_json::from_slice(&text).map_err(|e| {
         unusable(format!("not a hand-off (JSON error at line {}, column {})", e.line(), e.column()))
     })?;
@@ -250,6 +273,26 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let error = read_handoff(empty.path(), &assignment(run_id, Job::Plan)).unwrap_err();
         assert!(error.to_string().contains("did the init container succeed"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn links_left_in_the_volume_are_neither_read_nor_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        let run_id = RunId::generate();
+        // A worker of an earlier Pod on this volume left links where init writes and
+        // where the sidecar reads.
+        std::os::unix::fs::symlink(&victim, dir.path().join("gantry-handoff.partial")).unwrap();
+        write_handoff(dir.path(), &handoff(run_id, Job::Plan)).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        assert!(read_handoff(dir.path(), &assignment(run_id, Job::Plan)).is_ok());
+
+        std::fs::remove_file(dir.path().join(HANDOFF_FILE)).unwrap();
+        std::os::unix::fs::symlink("/proc/self/environ", dir.path().join(HANDOFF_FILE)).unwrap();
+        let error = read_handoff(dir.path(), &assignment(run_id, Job::Plan)).unwrap_err();
+        assert!(error.to_string().contains("is a symbolic link"), "{error}");
     }
 
     #[test]
