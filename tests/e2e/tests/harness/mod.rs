@@ -509,6 +509,16 @@ pub(crate) fn open_to_run_users(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
 }
 
+/// Creates an empty file every run may append to, whichever user it runs as.
+pub(crate) fn shared_file_for_runs(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        open_to_run_users(dir);
+    }
+    std::fs::write(path, "").unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).unwrap();
+}
+
 /// Lets the users runs run as pass through the directories down to `dir`.
 fn passable_to_run_users(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;

@@ -526,6 +526,8 @@ fn a_private_vcs_mapping_rewrites_the_clone_address() {
             ("GANTRY_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0", &endpoint),
         ],
     );
+    // Runs of a root launcher run as users of their own: the state is theirs to write.
+    crate::harness::open_to_run_users(work.path());
     let backend = format!(
         "TF_CLI_ARGS_init=-backend-config=path={}",
         work.path().join("state.tfstate").display()

@@ -201,6 +201,7 @@ fn two_replicas_run_500_runs_on_20_workers_exactly_once() {
         replicas.stack(stack, "fleet");
     }
     let record = replicas.dir.path().join("executions");
+    crate::harness::shared_file_for_runs(&record);
     const RUNS: usize = 500;
     const LINES: u32 = 40;
     let mut runs: Vec<(String, Value)> = Vec::new();
@@ -258,6 +259,7 @@ fn launchers_carry_on_through_the_other_replica_when_one_is_killed() {
         replicas.stack(&format!("slow-{i}"), "survivors");
     }
     let record = replicas.dir.path().join("executions");
+    crate::harness::shared_file_for_runs(&record);
     const LINES: u32 = 30;
     // Each run prints half its lines, sleeps through the kill, then prints the rest.
     let runs: Vec<(String, Value)> = (0..6)
