@@ -145,6 +145,16 @@ impl Certificate {
         &self.public_key
     }
 
+    /// Fails unless `issuer`'s key signed this certificate: how a client holding the
+    /// server's CA certificate checks a pool certificate the server hands it.
+    pub fn verify_issued_by(&self, issuer: &Certificate) -> Result<(), Error> {
+        let (_, parsed) = X509Certificate::from_der(&self.der)
+            .map_err(|e| Error::MalformedCertificate(e.to_string()))?;
+        let (_, issuer) = X509Certificate::from_der(&issuer.der)
+            .map_err(|e| Error::MalformedCertificate(e.to_string()))?;
+        parsed.verify_signature(Some(issuer.public_key())).map_err(|_| Error::UntrustedCertificate)
+    }
+
     /// Checks a signature made by the certificate's key: RSA-PSS-SHA256 for RSA keys,
     /// ECDSA-SHA256 (ASN.1) for P-256 keys.
     pub fn verify(&self, message: &[u8], signature_bytes: &[u8]) -> Result<(), Error> {
@@ -202,5 +212,18 @@ mod tests {
         der.extend_from_slice(b"trailer");
         let error = Certificate::from_der(&der).unwrap_err();
         assert_eq!(error.to_string(), "not a certificate: 7 bytes follow its DER encoding");
+    }
+
+    #[test]
+    fn a_certificate_checks_against_its_issuer_only() {
+        let authority = crate::CertificateAuthority::generate("test CA").unwrap();
+        let other = crate::CertificateAuthority::generate("other CA").unwrap();
+        let csr = crate::generate_pool_key("pool").unwrap().csr_pem;
+        let issued = authority.issue_pool_certificate(&csr, "p1").unwrap().certificate;
+        issued.verify_issued_by(authority.certificate()).unwrap();
+        assert!(matches!(
+            issued.verify_issued_by(other.certificate()),
+            Err(Error::UntrustedCertificate)
+        ));
     }
 }

@@ -23,4 +23,4 @@ pub use reader::{OpeningReader, open};
 pub use stream::{open_chunks_with_key, seal_chunks_with_key};
 pub use writer::{SealingWriter, seal};
 
-pub(crate) use wrap::{UnwrapKey, WrapKey, spki_fingerprint};
+pub(crate) use wrap::{DATA_KEY_LEN, UnwrapKey, WrapKey, spki_fingerprint};

@@ -53,7 +53,12 @@ impl WrapKey {
     pub(crate) fn from_p256(key_pair: &EcdsaKeyPair) -> Result<Self, String> {
         // `public_key()` of a P-256 pair is the uncompressed point, which is exactly the
         // serialization the `hpke` crate reads.
-        HpkePublicKey::from_bytes(key_pair.public_key().as_ref())
+        Self::from_p256_point(key_pair.public_key().as_ref())
+    }
+
+    /// From the uncompressed point a P-256 certificate carries.
+    pub(crate) fn from_p256_point(point: &[u8]) -> Result<Self, String> {
+        HpkePublicKey::from_bytes(point)
             .map(Self::Hpke)
             .map_err(|_| "the EC public key is not an uncompressed P-256 point".to_owned())
     }
