@@ -22,8 +22,8 @@ use crate::archive::{self, ArchiveError};
 use crate::backoff::{Backoff, shown};
 use crate::client::ClientError;
 use crate::confined::{Confined, FileRefusal};
+use crate::run::RunContext;
 use crate::state_check::{self, StateIdentity};
-use crate::supervisor::RunContext;
 
 /// The state file a managed-state stack uses, relative to its project root.
 pub(crate) const STATE_FILE: &str = "gantry.tfstate";

@@ -18,7 +18,8 @@ use crate::client::{AgentClient, ClientError};
 use crate::config::LauncherConfig;
 use crate::executor::Executor;
 use crate::metrics::LauncherMetrics;
-use crate::supervisor::{self, RunContext};
+use crate::run::RunContext;
+use crate::supervisor;
 use crate::workspace;
 
 const POLL_WAIT: Duration = Duration::from_secs(30);

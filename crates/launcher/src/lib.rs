@@ -20,6 +20,7 @@ pub mod passed_env;
 pub mod pod;
 pub mod policy;
 pub mod private_vcs;
+mod run;
 mod state_check;
 mod supervisor;
 mod worker_binary;

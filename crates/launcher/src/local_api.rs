@@ -28,7 +28,7 @@ use crate::client::AgentClient;
 use crate::handoff;
 use crate::logs::LogRelay;
 use crate::metrics::{LauncherMetrics, PhaseClock};
-use crate::supervisor::RunContext;
+use crate::run::RunContext;
 
 /// What the run has concluded, as far as reports tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

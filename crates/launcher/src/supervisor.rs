@@ -3,7 +3,7 @@
 //! timeouts, and make sure the server learns how the run ended even when the worker
 //! could not say it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,61 +21,18 @@ use crate::executor::{Executor, RunningWorker, WorkerExit, WorkerLaunch};
 use crate::handoff;
 use crate::local_api::{self, Conclusion, ManagedState, RunEndpoint, SensitiveOutputsUpload};
 use crate::logs::LogRelay;
-use crate::mask::Masker;
-use crate::metrics::{LauncherMetrics, Stage};
+use crate::metrics::Stage;
 use crate::passed_env;
 use crate::policy::JudgedCommit;
+use crate::run::{
+    Ending, Interruption, RunContext, WorkerEnd, mask_sealed_inputs, report_ending, report_failure,
+    silence_message, start_log, timeout_message,
+};
 use crate::workspace;
 
 /// How long a stopped worker may take to exit before it is killed.
 const TERMINATE_GRACE: Duration = Duration::from_secs(10);
 const PLAN_FILE: &str = "gantry.tfplan";
-
-/// What every run on this launcher shares.
-#[derive(Debug)]
-pub(crate) struct RunContext {
-    pub(crate) config: LauncherConfig,
-    pub(crate) client: Arc<AgentClient>,
-    pub(crate) runs_dir: PathBuf,
-    pub(crate) sockets_dir: PathBuf,
-    /// Sealed blobs on their way to or from the server.
-    pub(crate) scratch_dir: PathBuf,
-    pub(crate) metrics: Arc<LauncherMetrics>,
-    pub(crate) worker_binaries: crate::worker_binary::WorkerBinaries,
-}
-
-impl RunContext {
-    pub(crate) fn workspace(&self, run_id: gantry_domain::RunId) -> PathBuf {
-        self.runs_dir.join(run_id.to_string())
-    }
-}
-
-/// How a supervised run ended on this launcher.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ending {
-    /// The server took the run back before it started here.
-    NotOurs,
-    /// The run left this launcher: it ended, or waits for confirmation with its
-    /// workspace stored (encrypted) on the server.
-    Ended,
-}
-
-/// Why the worker stopped before it reported how the run ended, when the launcher knows.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Interruption {
-    RunTimeout,
-    LogsTimeout,
-    /// The server or the launcher's shutdown asked for it.
-    Stopped,
-}
-
-/// How the worker's side of a run ended, as its host saw it.
-#[derive(Debug)]
-pub(crate) struct WorkerEnd {
-    pub(crate) interruption: Option<Interruption>,
-    /// The failure to report when the worker ended without a report or an interruption.
-    pub(crate) unexplained: String,
-}
 
 /// Supervises one assignment to its end. `stop` asks for the run to be stopped.
 pub(crate) async fn supervise(
@@ -114,21 +71,6 @@ pub(crate) async fn supervise(
     ending
 }
 
-/// Starts relaying the run's log from `first_seq`, masked as this launcher masks it.
-pub(crate) fn start_log(
-    context: &RunContext,
-    assignment: &Assignment,
-    first_seq: u64,
-) -> (LogRelay, tokio::task::JoinHandle<()>) {
-    LogRelay::start(
-        Arc::clone(&context.client),
-        assignment.run_id,
-        first_seq,
-        masker(&context.config, assignment),
-        context.config.run_logs_on_stdout,
-    )
-}
-
 /// Everything before the worker starts: the workspace (a checkout, or the planned
 /// workspace decrypted) judged by the initialization policy, the managed state and the
 /// sealed inputs, bounded by the run's `deadline`, the silence limit and `stop`. `None`:
@@ -158,14 +100,14 @@ pub(crate) async fn prepare_run(
         Some(Ok(prepared)) => Some(prepared),
         Some(Err(message)) => {
             logs.append(&format!("\n{message}\n"));
-            conclude_failed(context, logs, run_id, message).await;
+            report_failure(context, logs, run_id, message).await;
             None
         }
         None => {
             // As for a running worker: the server ends the run STOPPED when a user asked
             // for it, FAILED when the launcher (or the Pod) is going away.
             logs.append("\nThe run was stopped while its workspace was prepared.\n");
-            conclude(context, logs, run_id, RunReport::Stopped).await;
+            report_ending(context, logs, run_id, RunReport::Stopped).await;
             None
         }
     }
@@ -345,33 +287,6 @@ fn refused_by_policy(
     }
 }
 
-/// What the run's log must never show, known before it starts: the values of
-/// `GANTRY_MASK_ENVS` and the stack's secret variables. Sensitive inputs are added once
-/// opened ([`mask_sealed_inputs`]).
-fn masker(config: &LauncherConfig, assignment: &Assignment) -> Masker {
-    let masked = config.passed_env.iter().filter(|variable| variable.masked);
-    let secrets = assignment.stack.environment.iter().filter(|variable| variable.secret);
-    Masker::new(
-        masked
-            .map(|variable| variable.value.as_str())
-            .chain(secrets.filter_map(|variable| variable.value.as_deref())),
-    )
-}
-
-/// Masks the run's opened sensitive inputs among `environment` in its log and reports
-/// from now on: called before the worker prints anything.
-pub(crate) fn mask_sealed_inputs(
-    logs: &LogRelay,
-    assignment: &Assignment,
-    environment: &[(String, String)],
-) {
-    let sealed =
-        |name: &String| assignment.sealed_inputs.iter().any(|input| input.variable == *name);
-    logs.mask_also(
-        environment.iter().filter(|(name, _)| sealed(name)).map(|(_, value)| value.as_str()),
-    );
-}
-
 /// Refuses a run that would receive a secret too short to be masked without masking
 /// ordinary words of its log: a sensitive input among `opened`, or a stack secret stored
 /// before the server refused such values. An empty value hides nothing.
@@ -414,7 +329,7 @@ async fn execute(
         Ok(binary) => binary,
         Err(message) => {
             logs.append(&format!("\n{message}\n"));
-            conclude_failed(context, logs, run_id, message).await;
+            report_failure(context, logs, run_id, message).await;
             return Ending::Ended;
         }
     };
@@ -451,7 +366,7 @@ async fn execute(
             Err(error) => {
                 let message = format!("Cannot start the worker: {error}");
                 logs.append(&format!("\n{message}\n"));
-                conclude_failed(context, logs, run_id, message).await;
+                report_failure(context, logs, run_id, message).await;
                 None
             }
         }
@@ -508,7 +423,7 @@ pub(crate) async fn serve_worker(
         Err(error) => {
             let message =
                 format!("Cannot open the worker's socket {}: {error}", socket_path.display());
-            conclude_failed(context, logs, run_id, message).await;
+            report_failure(context, logs, run_id, message).await;
             return Ending::Ended;
         }
     };
@@ -544,7 +459,7 @@ async fn conclude_run(
             if let Some(Some(Err(problem))) = secure_state(endpoint).await {
                 logs.append(&format!("{problem}\n"));
             }
-            conclude(context, logs, run_id, RunReport::Stopped).await;
+            report_ending(context, logs, run_id, RunReport::Stopped).await;
             return Ending::Ended;
         }
         (_, Some(Interruption::RunTimeout)) => timeout_message(context),
@@ -556,7 +471,7 @@ async fn conclude_run(
         _ => message,
     };
     logs.append(&format!("\n{message}\n"));
-    conclude_failed(context, logs, run_id, message).await;
+    report_failure(context, logs, run_id, message).await;
     Ending::Ended
 }
 
@@ -589,7 +504,7 @@ async fn store_planned_workspace(
         Err(problem) => {
             let message = format!("Cannot store the planned workspace: {problem}");
             logs.append(&format!("{message}\n"));
-            conclude_failed(context, logs, assignment.run_id, message).await;
+            report_failure(context, logs, assignment.run_id, message).await;
         }
     }
     Ending::Ended
@@ -630,54 +545,6 @@ async fn watch(
         };
         return (worker.terminate(TERMINATE_GRACE).await, Some(interruption));
     }
-}
-
-/// Reports a failure the worker could not report itself, after the log before it.
-pub(crate) async fn conclude_failed(
-    context: &RunContext,
-    logs: &LogRelay,
-    run_id: gantry_domain::RunId,
-    message: String,
-) {
-    conclude(context, logs, run_id, RunReport::Failed { message }).await;
-}
-
-/// Reports how the run ended when the worker could not say it, after the log before it.
-async fn conclude(
-    context: &RunContext,
-    logs: &LogRelay,
-    run_id: gantry_domain::RunId,
-    report: RunReport,
-) {
-    logs.flush().await;
-    let report = logs.masked_report(report);
-    let mut backoff = Backoff::new(Duration::from_secs(30));
-    for _ in 0..8 {
-        match context.client.report(run_id, report.clone()).await {
-            Ok(_) => {
-                context.metrics.relayed(&report, None);
-                return;
-            }
-            Err(error) if error.is_transient() => tokio::time::sleep(backoff.delay()).await,
-            Err(error) => {
-                tracing::warn!(run = %run_id, %error, "cannot report how the run ended");
-                return;
-            }
-        }
-    }
-    tracing::warn!(run = %run_id, "gave up reporting how the run ended: the server will time the run out");
-}
-
-pub(crate) fn timeout_message(context: &RunContext) -> String {
-    let limit = humantime::format_duration(context.config.limits.run_timeout);
-    format!(
-        "The run exceeded its time limit of {limit} (GANTRY_LAUNCHER_RUN_TIMEOUT) and was stopped"
-    )
-}
-
-pub(crate) fn silence_message(context: &RunContext) -> String {
-    let limit = humantime::format_duration(context.config.limits.logs_timeout);
-    format!("The run printed nothing for {limit} (GANTRY_LAUNCHER_LOGS_TIMEOUT) and was stopped")
 }
 
 fn short(sha: &str) -> &str {

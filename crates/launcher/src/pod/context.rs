@@ -14,7 +14,7 @@ use crate::backoff::{Backoff, shown};
 use crate::client::{AgentClient, ClientError};
 use crate::config::{EXIT_USAGE, LauncherConfig};
 use crate::metrics::LauncherMetrics;
-use crate::supervisor::RunContext;
+use crate::run::RunContext;
 
 /// Sealed blobs on their way, in the workspace volume: the Pod's only shared disk that
 /// is sure to be writable, whatever the containers' root filesystems allow.

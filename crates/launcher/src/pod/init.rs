@@ -19,7 +19,8 @@ use super::context::{PodError, connect, run_context, unix_ms, write_handoff};
 use crate::client::AgentClient;
 use crate::config::LauncherConfig;
 use crate::logs::LogRelay;
-use crate::supervisor::{self, Prepared, RunContext};
+use crate::run::{self, RunContext};
+use crate::supervisor::{self, Prepared};
 
 /// Prepares the run into the Pod's volumes. `stop` (SIGTERM: the Pod is being deleted)
 /// ends the preparation, and the run fails saying so.
@@ -38,7 +39,7 @@ pub async fn init(
     let assignment = &init.pod.assignment;
     tracing::info!(run = %assignment.run_id, job = ?assignment.job, "preparing the run");
     let first_seq = log_position(&context.client, assignment).await;
-    let (logs, upload) = supervisor::start_log(&context, assignment, first_seq);
+    let (logs, upload) = run::start_log(&context, assignment, first_seq);
     let workspace = context.workspace(assignment.run_id);
     let prepared =
         match supervisor::prepare_run(&context, assignment, &workspace, &logs, &stop, deadline)
@@ -56,7 +57,7 @@ pub async fn init(
         hand_over(&context, &init, &workspace, &prepared, &logs, deadline_unix_ms).await;
     if let Err(message) = &handed_over {
         logs.append(&format!("\n{message}\n"));
-        supervisor::conclude_failed(&context, &logs, assignment.run_id, message.clone()).await;
+        run::report_failure(&context, &logs, assignment.run_id, message.clone()).await;
     }
     logs.finish(upload).await;
     if handed_over.is_err() {

@@ -24,7 +24,8 @@ use crate::client::AgentClient;
 use crate::config::LauncherConfig;
 use crate::local_api::{ManagedState, RunEndpoint};
 use crate::logs::LogRelay;
-use crate::supervisor::{self, Interruption, Prepared, RunContext, WorkerEnd};
+use crate::run::{self, Interruption, RunContext, WorkerEnd};
+use crate::supervisor::{self, Prepared};
 
 /// Why the run failed when the worker container ended without a report and no one asked
 /// for it to stop.
@@ -87,9 +88,9 @@ pub async fn sidecar(
         false => None,
     };
     let deadline = instant_of(handoff.deadline_unix_ms);
-    let (logs, upload) = supervisor::start_log(&context, assignment, handoff.log_next_seq);
+    let (logs, upload) = run::start_log(&context, assignment, handoff.log_next_seq);
     // Init opened them into the worker's environment; they are masked here too.
-    supervisor::mask_sealed_inputs(&logs, assignment, &job.environment);
+    run::mask_sealed_inputs(&logs, assignment, &job.environment);
     // A sidecar restarted by kubelet finds its predecessor's socket.
     let _ = tokio::fs::remove_file(&sidecar.socket_path).await;
     let socket_path = sidecar.socket_path.clone();

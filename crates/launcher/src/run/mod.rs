@@ -1,0 +1,154 @@
+//! A run on this launcher: the context every run shares, and what every phase of the run
+//! path uses (its log, masked; how its end is reported when the worker cannot say it; the
+//! words of its time limits). The phases depend on this module, never the reverse.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry_domain::RunId;
+use gantry_proto::agent::{Assignment, RunReport};
+
+use crate::backoff::Backoff;
+use crate::client::AgentClient;
+use crate::config::LauncherConfig;
+use crate::logs::LogRelay;
+use crate::mask::Masker;
+use crate::metrics::LauncherMetrics;
+use crate::worker_binary::WorkerBinaries;
+
+/// What every run on this launcher shares.
+#[derive(Debug)]
+pub(crate) struct RunContext {
+    pub(crate) config: LauncherConfig,
+    pub(crate) client: Arc<AgentClient>,
+    pub(crate) runs_dir: PathBuf,
+    pub(crate) sockets_dir: PathBuf,
+    /// Sealed blobs on their way to or from the server.
+    pub(crate) scratch_dir: PathBuf,
+    pub(crate) metrics: Arc<LauncherMetrics>,
+    pub(crate) worker_binaries: WorkerBinaries,
+}
+
+impl RunContext {
+    pub(crate) fn workspace(&self, run_id: RunId) -> PathBuf {
+        self.runs_dir.join(run_id.to_string())
+    }
+}
+
+/// How a supervised run ended on this launcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The server took the run back before it started here.
+    NotOurs,
+    /// The run left this launcher: it ended, or waits for confirmation with its
+    /// workspace stored (encrypted) on the server.
+    Ended,
+}
+
+/// Why the worker stopped before it reported how the run ended, when the launcher knows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Interruption {
+    RunTimeout,
+    LogsTimeout,
+    /// The server or the launcher's shutdown asked for it.
+    Stopped,
+}
+
+/// How the worker's side of a run ended, as its host saw it.
+#[derive(Debug)]
+pub(crate) struct WorkerEnd {
+    pub(crate) interruption: Option<Interruption>,
+    /// The failure to report when the worker ended without a report or an interruption.
+    pub(crate) unexplained: String,
+}
+
+/// Starts relaying the run's log from `first_seq`, masked as this launcher masks it.
+pub(crate) fn start_log(
+    context: &RunContext,
+    assignment: &Assignment,
+    first_seq: u64,
+) -> (LogRelay, tokio::task::JoinHandle<()>) {
+    LogRelay::start(
+        Arc::clone(&context.client),
+        assignment.run_id,
+        first_seq,
+        masker(&context.config, assignment),
+        context.config.run_logs_on_stdout,
+    )
+}
+
+/// What the run's log must never show, known before it starts: the values of
+/// `GANTRY_MASK_ENVS` and the stack's secret variables. Sensitive inputs are added once
+/// opened ([`mask_sealed_inputs`]).
+fn masker(config: &LauncherConfig, assignment: &Assignment) -> Masker {
+    let masked = config.passed_env.iter().filter(|variable| variable.masked);
+    let secrets = assignment.stack.environment.iter().filter(|variable| variable.secret);
+    Masker::new(
+        masked
+            .map(|variable| variable.value.as_str())
+            .chain(secrets.filter_map(|variable| variable.value.as_deref())),
+    )
+}
+
+/// Masks the run's opened sensitive inputs among `environment` in its log and reports
+/// from now on: called before the worker prints anything.
+pub(crate) fn mask_sealed_inputs(
+    logs: &LogRelay,
+    assignment: &Assignment,
+    environment: &[(String, String)],
+) {
+    let sealed =
+        |name: &String| assignment.sealed_inputs.iter().any(|input| input.variable == *name);
+    logs.mask_also(
+        environment.iter().filter(|(name, _)| sealed(name)).map(|(_, value)| value.as_str()),
+    );
+}
+
+/// Reports a failure the worker could not report itself, after the log before it.
+pub(crate) async fn report_failure(
+    context: &RunContext,
+    logs: &LogRelay,
+    run_id: RunId,
+    message: String,
+) {
+    report_ending(context, logs, run_id, RunReport::Failed { message }).await;
+}
+
+/// Reports how the run ended when the worker could not say it, after the log before it.
+pub(crate) async fn report_ending(
+    context: &RunContext,
+    logs: &LogRelay,
+    run_id: RunId,
+    report: RunReport,
+) {
+    logs.flush().await;
+    let report = logs.masked_report(report);
+    let mut backoff = Backoff::new(Duration::from_secs(30));
+    for _ in 0..8 {
+        match context.client.report(run_id, report.clone()).await {
+            Ok(_) => {
+                context.metrics.relayed(&report, None);
+                return;
+            }
+            Err(error) if error.is_transient() => tokio::time::sleep(backoff.delay()).await,
+            Err(error) => {
+                tracing::warn!(run = %run_id, %error, "cannot report how the run ended");
+                return;
+            }
+        }
+    }
+    tracing::warn!(run = %run_id, "gave up reporting how the run ended: the server will time the run out");
+}
+
+pub(crate) fn timeout_message(context: &RunContext) -> String {
+    let limit = humantime::format_duration(context.config.limits.run_timeout);
+    format!(
+        "The run exceeded its time limit of {limit} (GANTRY_LAUNCHER_RUN_TIMEOUT) and was stopped"
+    )
+}
+
+pub(crate) fn silence_message(context: &RunContext) -> String {
+    let limit = humantime::format_duration(context.config.limits.logs_timeout);
+    format!("The run printed nothing for {limit} (GANTRY_LAUNCHER_LOGS_TIMEOUT) and was stopped")
+}
