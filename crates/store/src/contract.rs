@@ -30,6 +30,7 @@ macro_rules! store_contract_tests {
     (@each $mode:ident $make:expr) => {
         $crate::store_contract_tests!(@cases $mode $make;
             secrets_are_created_once,
+            secrets_are_replaced_together_or_not_at_all,
             api_keys_are_found_by_hash_only,
             pool_names_are_unique,
             sessions_expire,
@@ -191,6 +192,33 @@ pub async fn secrets_are_created_once<S: Store>(store: Arc<S>) {
     let second = store.secret_or_insert("hmac", b"second", at(2)).await.unwrap();
     assert_eq!(first, b"first");
     assert_eq!(second, b"first");
+}
+
+pub async fn secrets_are_replaced_together_or_not_at_all<S: Store>(store: Arc<S>) {
+    store.secret_or_insert("b", b"b-clear", at(1)).await.unwrap();
+    store.secret_or_insert("a", b"a-clear", at(1)).await.unwrap();
+    let listed = store.list_secrets().await.unwrap();
+    assert_eq!(
+        listed,
+        vec![("a".to_owned(), b"a-clear".to_vec()), ("b".to_owned(), b"b-clear".to_vec())]
+    );
+    store
+        .replace_secrets(&[("a", b"a-clear", b"a-sealed"), ("b", b"b-clear", b"b-sealed")])
+        .await
+        .unwrap();
+    assert_eq!(store.secret_or_insert("a", b"other", at(2)).await.unwrap(), b"a-sealed");
+    // "b" no longer holds what the caller expected: "a" stays as it was too.
+    let stale = store
+        .replace_secrets(&[("a", b"a-sealed", b"a-rotated"), ("b", b"b-clear", b"b-rotated")])
+        .await;
+    assert!(matches!(stale, Err(StoreError::SecretChanged { ref name }) if name == "b"), "{stale:?}");
+    let unchanged = store.list_secrets().await.unwrap();
+    assert_eq!(
+        unchanged,
+        vec![("a".to_owned(), b"a-sealed".to_vec()), ("b".to_owned(), b"b-sealed".to_vec())]
+    );
+    let missing = store.replace_secrets(&[("absent", b"x", b"y")]).await;
+    assert!(matches!(missing, Err(StoreError::SecretChanged { .. })), "{missing:?}");
 }
 
 pub async fn api_keys_are_found_by_hash_only<S: Store>(store: Arc<S>) {

@@ -13,6 +13,14 @@ pub enum StoreError {
     StateConflict { run_id: RunId, expected: RunState, found: RunState },
     #[error("log chunk {received} arrived before chunk {expected}")]
     LogGap { expected: u64, received: u64 },
+    #[error(
+        "the server secret {name:?} changed while it was being replaced (another replica sealed or rotated it): nothing was written, try again"
+    )]
+    SecretChanged { name: String },
+    #[error(
+        "run {run_id}'s log is sealed: the run ended and its log was archived, so nothing more is appended"
+    )]
+    LogSealed { run_id: RunId },
     /// The database setting is unusable; the message never holds a password.
     #[error("{0}")]
     Config(String),

@@ -162,6 +162,33 @@ macro_rules! sql_store {
                 Ok(value)
             }
 
+            async fn list_secrets(&self) -> Result<Vec<(String, Vec<u8>)>> {
+                let rows: Vec<(String, Vec<u8>)> =
+                    sqlx::query_as("SELECT name, value FROM server_secrets ORDER BY name")
+                        .fetch_all(&self.writer)
+                        .await?;
+                Ok(rows)
+            }
+
+            async fn replace_secrets(&self, replacements: &[(&str, &[u8], &[u8])]) -> Result<()> {
+                let mut tx = self.begin().await?;
+                for (name, expected, new) in replacements {
+                    let replaced =
+                        sqlx::query("UPDATE server_secrets SET value = $3 WHERE name = $1 AND value = $2")
+                            .bind(*name)
+                            .bind(*expected)
+                            .bind(*new)
+                            .execute(&mut *tx)
+                            .await?;
+                    if replaced.rows_affected() != 1 {
+                        // Dropping the transaction rolls back the rows already replaced.
+                        return Err(StoreError::SecretChanged { name: (*name).to_owned() });
+                    }
+                }
+                self.commit(tx).await?;
+                Ok(())
+            }
+
             async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO api_keys (id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4)",

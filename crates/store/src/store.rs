@@ -36,6 +36,12 @@ pub trait Store: Send + Sync + 'static {
         candidate: &[u8],
         now: Timestamp,
     ) -> Result<Vec<u8>>;
+    /// Every server secret: its name and its stored value, by name.
+    async fn list_secrets(&self) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Replaces server secrets in one transaction: each `(name, expected, new)` is written
+    /// only if the row still holds `expected`; if any changed meanwhile (another replica
+    /// sealed or rotated them), nothing is written and the error is `SecretChanged`.
+    async fn replace_secrets(&self, replacements: &[(&str, &[u8], &[u8])]) -> Result<()>;
 
     async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
     async fn find_api_key(&self, secret_hash: &str) -> Result<Option<ApiKeyRecord>>;
