@@ -37,6 +37,7 @@ macro_rules! store_contract_tests {
             workers_keep_their_state_across_registrations,
             touching_reports_workers_the_launcher_does_not_own,
             stacks_round_trip_with_their_environment,
+            stack_environments_and_pools_are_updated_together,
             run_changes_are_compare_and_set,
             a_run_is_readable_before_its_insert_returns,
             releasing_a_worker_clears_both_sides,
@@ -328,6 +329,43 @@ pub async fn stacks_round_trip_with_their_environment<S: Store>(store: Arc<S>) {
     let error = store.insert_stack(&stack_record(pool.id, "stack")).await.unwrap_err();
     assert!(matches!(error, StoreError::AlreadyExists { kind: "stack", .. }), "{error}");
     assert_eq!(store.list_stacks().await.unwrap(), vec![stack]);
+}
+
+pub async fn stack_environments_and_pools_are_updated_together<S: Store>(store: Arc<S>) {
+    let pool = pool_record("pool");
+    let other = pool_record("other");
+    store.insert_pool(&pool).await.unwrap();
+    store.insert_pool(&other).await.unwrap();
+    let first = stack_record(pool.id, "first");
+    let second = stack_record(pool.id, "second");
+    store.insert_stack(&first).await.unwrap();
+    store.insert_stack(&second).await.unwrap();
+    let sealed = vec![EnvironmentVariable {
+        name: "TF_VAR_password".to_owned(),
+        value: "sealed text".to_owned(),
+        secret: true,
+    }];
+    store
+        .update_stack_environments(&[
+            (first.id, other.id, sealed.clone()),
+            (second.id, pool.id, sealed.clone()),
+        ])
+        .await
+        .unwrap();
+    let moved = store.get_stack(first.id).await.unwrap().unwrap();
+    assert_eq!((moved.pool_id, &moved.environment), (other.id, &sealed));
+    assert_eq!(store.get_stack(second.id).await.unwrap().unwrap().environment, sealed);
+
+    // A stack that is gone fails the whole update: the first one is not changed either.
+    let error = store
+        .update_stack_environments(&[
+            (first.id, pool.id, vec![]),
+            (StackId::generate(), pool.id, vec![]),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NotFound { kind: "stack", .. }), "{error}");
+    assert_eq!(store.get_stack(first.id).await.unwrap().unwrap(), moved);
 }
 
 pub async fn a_run_is_readable_before_its_insert_returns<S: Store>(store: Arc<S>) {

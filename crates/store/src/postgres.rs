@@ -118,6 +118,12 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// Nothing: PostgreSQL keeps a row's former version in the table's files until a
+    /// vacuum reclaims it (`docs/security.md`).
+    async fn erase_freed(&self) -> Result<()> {
+        Ok(())
+    }
+
     fn unsynced(&self) -> &PgPool {
         &self.unsynced
     }

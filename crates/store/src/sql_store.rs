@@ -564,6 +564,36 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn update_stack_environments(
+                &self,
+                updates: &[(StackId, PoolId, Vec<gantry_domain::EnvironmentVariable>)],
+            ) -> Result<()> {
+                let mut tx = self.begin().await?;
+                for (stack_id, pool_id, environment) in updates {
+                    let environment: Vec<StoredVariable> = environment
+                        .iter()
+                        .map(|v| StoredVariable {
+                            name: v.name.clone(),
+                            value: v.value.clone(),
+                            secret: v.secret,
+                        })
+                        .collect();
+                    let done =
+                        sqlx::query("UPDATE stacks SET pool_id = $2, environment = $3 WHERE id = $1")
+                            .bind(stack_id.to_string())
+                            .bind(pool_id.to_string())
+                            .bind(to_json(&environment))
+                            .execute(&mut *tx)
+                            .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound { kind: "stack", id: stack_id.to_string() });
+                    }
+                }
+                self.commit(tx).await?;
+                // The rows' former values may have held secrets in clear.
+                self.erase_freed().await
+            }
+
             async fn get_stack(&self, id: StackId) -> Result<Option<StackRecord>> {
                 let row = sqlx::query(select(STACK_COLUMNS, "FROM stacks WHERE id = $1"))
                     .bind(id.to_string())

@@ -1,7 +1,7 @@
 //! The `Store` trait: every read and atomic write the server needs.
 
 use async_trait::async_trait;
-use gantry_domain::{LauncherId, PoolId, RunId, StackId, Timestamp, WorkerId};
+use gantry_domain::{EnvironmentVariable, LauncherId, PoolId, RunId, StackId, Timestamp, WorkerId};
 
 use crate::{
     ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, HeldRunRecord,
@@ -128,6 +128,14 @@ pub trait Store: Send + Sync + 'static {
     async fn get_stack(&self, id: StackId) -> Result<Option<StackRecord>>;
     async fn find_stack_by_name(&self, name: &str) -> Result<Option<StackRecord>>;
     async fn list_stacks(&self) -> Result<Vec<StackRecord>>;
+    /// Sets stacks' pools and environments in one transaction — a stack moved to another
+    /// pool, secret values given again or resealed, clear values sealed at an upgrade —
+    /// and erases what the rows held before from the database's files where the engine
+    /// can (SQLite). `NotFound`, and nothing written, when a stack is gone.
+    async fn update_stack_environments(
+        &self,
+        updates: &[(StackId, PoolId, Vec<EnvironmentVariable>)],
+    ) -> Result<()>;
 
     /// Inserts the run and its first state; returns once they are on disk.
     async fn insert_run(&self, run: &RunRecord) -> Result<()> {
