@@ -18,12 +18,13 @@ use crate::backoff::Backoff;
 use crate::client::{AgentClient, ClientError};
 use crate::config::LauncherConfig;
 use crate::executor::{Executor, RunningWorker, WorkerExit, WorkerLaunch};
-use crate::handoff;
-use crate::local_api::{self, Conclusion, ManagedState, RunEndpoint, SensitiveOutputsUpload};
 use crate::logs::LogRelay;
 use crate::metrics::Stage;
 use crate::passed_env;
 use crate::policy::JudgedCommit;
+use crate::run::local_api::{self, Conclusion, RunEndpoint, SensitiveOutputsUpload};
+use crate::run::sealed;
+use crate::run::state::{ManagedState, ProjectFiles, bring_in_state};
 use crate::run::{
     Ending, Interruption, RunContext, WorkerEnd, mask_sealed_inputs, report_ending, report_failure,
     silence_message, start_log, timeout_message,
@@ -205,17 +206,17 @@ async fn prepare(
             if let Some(refusal) = refused_by_policy(&context.config, assignment, &commit) {
                 return Err(refusal);
             }
-            handoff::restore_workspace(context, assignment, workspace).await?;
+            sealed::restore_workspace(context, assignment, workspace).await?;
         }
     }
     let project = workspace::project_directory(workspace, &stack.project_root)?;
     let managed_state = if assignment.managed_state {
         // Opened before any of the run's code runs: what the run later does to the tree
         // cannot redirect the launcher's reads and writes of its state.
-        let files = Arc::new(handoff::ProjectFiles::open(workspace, &stack.project_root)?);
+        let files = Arc::new(ProjectFiles::open(workspace, &stack.project_root)?);
         // Both jobs start from the server's current version: a plan's stored workspace
         // carries whatever its run left in the state file, which is not to be trusted.
-        let before = handoff::bring_in_state(context, assignment, &files).await?;
+        let before = bring_in_state(context, assignment, &files).await?;
         logs.append(match (&assignment.state, assignment.job) {
             (Some(_), _) => "Brought in the stack's state, decrypted with the pool key\n",
             (None, Job::Plan) => {
@@ -231,7 +232,7 @@ async fn prepare(
     let sealed_inputs = if assignment.sealed_inputs.is_empty() {
         Vec::new()
     } else {
-        let opened = handoff::open_sealed_inputs(context, assignment).await?;
+        let opened = sealed::open_sealed_inputs(context, assignment).await?;
         mask_sealed_inputs(logs, assignment, &opened);
         logs.append(&format!(
             "Opened {} sensitive input(s) from the stacks this one depends on, with the pool key\n",
@@ -491,7 +492,7 @@ async fn store_planned_workspace(
     logs: &LogRelay,
 ) -> Ending {
     logs.append("\nStoring the planned workspace, encrypted to the pool key, for the apply\n");
-    match handoff::store_workspace(context, assignment, workspace).await {
+    match sealed::store_workspace(context, assignment, workspace).await {
         Ok(blob) => {
             endpoint
                 .report(RunReport::WorkspaceStored { sha256: blob.sha256, size: blob.size })

@@ -22,8 +22,9 @@ use super::context::{PodError, instant_of, read_handoff, run_context};
 use crate::backoff::Backoff;
 use crate::client::AgentClient;
 use crate::config::LauncherConfig;
-use crate::local_api::{ManagedState, RunEndpoint};
 use crate::logs::LogRelay;
+use crate::run::local_api::RunEndpoint;
+use crate::run::state::{ManagedState, ProjectFiles, StateBefore};
 use crate::run::{self, Interruption, RunContext, WorkerEnd};
 use crate::supervisor::{self, Prepared};
 
@@ -70,14 +71,11 @@ pub async fn sidecar(
     };
     let managed_state = match handoff.managed_state {
         true => {
-            let files =
-                crate::handoff::ProjectFiles::open(&workspace, &assignment.stack.project_root)
-                    .map_err(|problem| PodError::Handoff {
-                        path: workspace.display().to_string(),
-                        problem,
-                    })?;
+            let files = ProjectFiles::open(&workspace, &assignment.stack.project_root).map_err(
+                |problem| PodError::Handoff { path: workspace.display().to_string(), problem },
+            )?;
             let before = match (handoff.state_before, handoff.state_lineage, handoff.state_serial) {
-                (Some(sha256), Some(lineage), Some(serial)) => Some(crate::handoff::StateBefore {
+                (Some(sha256), Some(lineage), Some(serial)) => Some(StateBefore {
                     sha256,
                     identity: crate::state_check::StateIdentity { lineage, serial },
                 }),

@@ -2,6 +2,10 @@
 //! path uses (its log, masked; how its end is reported when the worker cannot say it; the
 //! words of its time limits). The phases depend on this module, never the reverse.
 
+pub(crate) mod local_api;
+pub(crate) mod sealed;
+pub(crate) mod state;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

@@ -23,12 +23,13 @@ use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::RunContext;
+use super::sealed;
+use super::state::ManagedState;
 use crate::backoff::{Backoff, shown};
 use crate::client::AgentClient;
-use crate::handoff;
 use crate::logs::LogRelay;
 use crate::metrics::{LauncherMetrics, PhaseClock};
-use crate::run::RunContext;
 
 /// What the run has concluded, as far as reports tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,62 +38,6 @@ pub(crate) enum Conclusion {
     Ended,
     /// The plan waits for confirmation: its workspace must be stored.
     UploadWorkspace,
-}
-
-/// A managed-state run: after its apply, the new state is stored before the outcome is
-/// reported, so that the next run of the stack starts from it.
-#[derive(Debug)]
-pub(crate) struct ManagedState {
-    pub(crate) context: Arc<RunContext>,
-    pub(crate) assignment: Assignment,
-    pub(crate) files: Arc<handoff::ProjectFiles>,
-    /// The state the run started from.
-    pub(crate) before: Option<handoff::StateBefore>,
-    /// The apply has started: from now on the state may change.
-    pub(crate) applying: std::sync::atomic::AtomicBool,
-    /// The state was stored (or storing it failed): once per run.
-    pub(crate) stored: tokio::sync::Mutex<Option<Result<bool, String>>>,
-}
-
-impl ManagedState {
-    /// The managed state of a run that may change it (tracked runs and tasks); `None`
-    /// for runs that only read it. `before` is the state it starts from.
-    pub(crate) fn for_run(
-        context: &Arc<RunContext>,
-        assignment: &Assignment,
-        files: Arc<handoff::ProjectFiles>,
-        before: Option<handoff::StateBefore>,
-    ) -> Option<Self> {
-        assignment.run_type.takes_stack_lock().then(|| Self {
-            context: Arc::clone(context),
-            assignment: assignment.clone(),
-            files,
-            before,
-            applying: std::sync::atomic::AtomicBool::new(
-                assignment.job == gantry_proto::agent::Job::Apply,
-            ),
-            stored: tokio::sync::Mutex::new(None),
-        })
-    }
-
-    /// Stores the state the apply left, once; later calls return the first result.
-    pub(crate) async fn store_after_apply(&self) -> Option<Result<bool, String>> {
-        if !self.applying.load(std::sync::atomic::Ordering::SeqCst) {
-            return None;
-        }
-        let mut stored = self.stored.lock().await;
-        if stored.is_none() {
-            let result = handoff::store_state(
-                &self.context,
-                &self.assignment,
-                &self.files,
-                self.before.as_ref(),
-            )
-            .await;
-            *stored = Some(result);
-        }
-        stored.clone()
-    }
 }
 
 /// One run's endpoint.
@@ -150,7 +95,7 @@ impl RunEndpoint {
             tracing::warn!(run = %self.run_id, "the worker sent sensitive output values this run does not share: dropped");
             return;
         };
-        match handoff::store_sensitive_outputs(&upload.context, &upload.assignment, outputs).await {
+        match sealed::store_sensitive_outputs(&upload.context, &upload.assignment, outputs).await {
             Ok(()) => self.logs.append(&format!(
                 "Stored {} sensitive output(s), sealed to the pool key, for the stacks that depend on this one\n",
                 outputs.len()
