@@ -1,6 +1,6 @@
 //! Executors start the worker for a run and stop it: `process` runs it as a child
 //! process (local use), `docker` in a container of the stack's runner image. The run
-//! supervisor is the same whatever the executor.
+//! path is the same whatever the executor.
 
 pub mod docker;
 mod process;

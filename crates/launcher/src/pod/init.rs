@@ -19,8 +19,8 @@ use super::context::{PodError, connect, run_context, unix_ms, write_handoff};
 use crate::client::AgentClient;
 use crate::config::LauncherConfig;
 use crate::logs::LogRelay;
+use crate::run::prepare::{self, Prepared};
 use crate::run::{self, RunContext};
-use crate::supervisor::{self, Prepared};
 
 /// Prepares the run into the Pod's volumes. `stop` (SIGTERM: the Pod is being deleted)
 /// ends the preparation, and the run fails saying so.
@@ -41,18 +41,19 @@ pub async fn init(
     let first_seq = log_position(&context.client, assignment).await;
     let (logs, upload) = run::start_log(&context, assignment, first_seq);
     let workspace = context.workspace(assignment.run_id);
-    let prepared =
-        match supervisor::prepare_run(&context, assignment, &workspace, &logs, &stop, deadline)
-            .await
-        {
-            Some(prepared) => prepared,
-            None => {
-                logs.finish(upload).await;
-                // A workspace volume may outlive the Pod: no sidecar comes to clean up.
-                crate::workspace::remove(&workspace).await;
-                return Err(PodError::RunFailed("it did not start; its log says why".to_owned()));
-            }
-        };
+    let prepared = match prepare::prepare_run(
+        &context, assignment, &workspace, &logs, &stop, deadline,
+    )
+    .await
+    {
+        Some(prepared) => prepared,
+        None => {
+            logs.finish(upload).await;
+            // A workspace volume may outlive the Pod: no sidecar comes to clean up.
+            crate::workspace::remove(&workspace).await;
+            return Err(PodError::RunFailed("it did not start; its log says why".to_owned()));
+        }
+    };
     let handed_over =
         hand_over(&context, &init, &workspace, &prepared, &logs, deadline_unix_ms).await;
     if let Err(message) = &handed_over {

@@ -1,7 +1,8 @@
 //! The launcher hosted in a Kubernetes run Pod (`docs/operator.md`): `init` prepares the
 //! run into the Pod's volumes and exits, `sidecar` serves the worker container's local
-//! API and sees the run to its end. Both reuse the run supervisor's preparation and
-//! worker-facing halves; the operator has acknowledged the assignment and heartbeats.
+//! API and sees the run to its end. They drive the launcher's own run path (`init`
+//! `run::prepare`; `sidecar` `run::execute` and `run::conclude`); the operator has
+//! acknowledged the assignment and heartbeats.
 
 mod config;
 mod context;

@@ -1,6 +1,6 @@
 //! `gantry-launcher sidecar`: the run Pod's native sidecar. It serves the worker
-//! container's local API on the socket volume with the run supervisor's worker-facing
-//! half (log relay with masking, reports after the log, sealed uploads), enforces the
+//! container's local API on the socket volume with the run path's worker-facing phases
+//! (log relay with masking, reports after the log, sealed uploads), enforces the
 //! run's time limits, and when kubelet terminates it (after the worker container exited,
 //! or when the operator deletes the Pod) makes sure the server knows how the run ended.
 //!
@@ -23,10 +23,12 @@ use crate::backoff::Backoff;
 use crate::client::AgentClient;
 use crate::config::LauncherConfig;
 use crate::logs::LogRelay;
+use crate::run::conclude::conclude;
+use crate::run::execute::serve_worker;
 use crate::run::local_api::RunEndpoint;
+use crate::run::prepare::Prepared;
 use crate::run::state::{ManagedState, ProjectFiles, StateBefore};
 use crate::run::{self, Interruption, RunContext, WorkerEnd};
-use crate::supervisor::{self, Prepared};
 
 /// Why the run failed when the worker container ended without a report and no one asked
 /// for it to stop.
@@ -101,10 +103,9 @@ pub async fn sidecar(
             .await
     };
     let prepared = Prepared { job, managed_state };
-    let ending = supervisor::serve_worker(
+    let gone = serve_worker(
         &context,
         assignment,
-        &workspace,
         prepared,
         &logs,
         &sidecar.socket_path,
@@ -112,8 +113,11 @@ pub async fn sidecar(
         watch,
     )
     .await;
+    if let Some((endpoint, end)) = gone {
+        conclude(&context, assignment, &workspace, &endpoint, &logs, end).await;
+    }
     logs.finish(upload).await;
-    tracing::info!(run = %assignment.run_id, ?ending, "the run is over in this Pod");
+    tracing::info!(run = %assignment.run_id, "the run is over in this Pod");
     // Kubelet ends a native sidecar after the worker container: until then, stay.
     terminated.cancelled().await;
     // A workspace volume may outlive the Pod (`spec.pod.workspaceVolume`).

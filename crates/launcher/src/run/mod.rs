@@ -1,8 +1,15 @@
 //! A run on this launcher: the context every run shares, and what every phase of the run
 //! path uses (its log, masked; how its end is reported when the worker cannot say it; the
-//! words of its time limits). The phases depend on this module, never the reverse.
+//! words of its time limits). The path's phases are `prepare`, `execute` and `conclude`,
+//! each taking what the one before produced; its hosts drive them (`supervisor` with an
+//! executor, the Pod's `init` and `sidecar`). `sealed`, `state` and `local_api` serve the
+//! phases. Dependencies point one way: phases on what serves them, everything on this
+//! context, and nothing here on a phase or a host.
 
+pub(crate) mod conclude;
+pub(crate) mod execute;
 pub(crate) mod local_api;
+pub(crate) mod prepare;
 pub(crate) mod sealed;
 pub(crate) mod state;
 
