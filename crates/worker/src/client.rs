@@ -62,6 +62,16 @@ impl LauncherClient {
         }
     }
 
+    /// A client of the launcher listening on `socket_path`, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_socket(socket_path: &Path) -> Self {
+        Self {
+            socket_path: Arc::from(socket_path),
+            authorization: HeaderValue::from_static("Bearer capability"),
+            socket_wait: std::time::Duration::from_secs(5),
+        }
+    }
+
     /// The first request waits up to `socket_wait` for the socket: in a Kubernetes run
     /// Pod the worker container may start while the launcher sidecar still binds it.
     pub(crate) async fn job(&self) -> Result<WorkerJob, WorkerError> {
