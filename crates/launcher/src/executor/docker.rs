@@ -254,7 +254,17 @@ impl Executor for DockerExecutor {
                     "the stack names no runner image and {DEFAULT_RUNNER_IMAGE} is not set"
                 ))
             })?;
-        give_to_run_user(&launch.workspace, &launch.socket_path).await?;
+        let (workspace, socket) = (launch.workspace.clone(), launch.socket_path.clone());
+        tokio::task::spawn_blocking(move || super::give_to_run_user(&workspace, &socket, RUN_UID))
+            .await
+            .map_err(|error| {
+                ExecutorError::Docker(format!("cannot prepare the workspace: {error}"))
+            })?
+            .map_err(|error| {
+                ExecutorError::Docker(format!(
+                    "cannot give the workspace to UID {RUN_UID}: {error}"
+                ))
+            })?;
         let id = match self.create(launch, &image).await {
             Ok(id) => id,
             Err(error) if is_missing_image(&error) => {
@@ -283,27 +293,6 @@ impl Executor for DockerExecutor {
         tokio::spawn(forward_output(self.docker.clone(), id.clone(), output));
         Ok(Box::new(ContainerWorker { docker: self.docker.clone(), id, exit: None }))
     }
-}
-
-/// The run's files and socket belong to the run's user, so the worker (UID 1983) can
-/// write its workspace and reach its launcher. Without the right to change owners (a
-/// launcher not running as root), they are opened to everyone instead: the launcher's
-/// work directory itself stays closed to other users.
-async fn give_to_run_user(workspace: &Path, socket: &Path) -> Result<(), ExecutorError> {
-    let workspace = workspace.to_path_buf();
-    let socket = socket.to_path_buf();
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        crate::workspace::hand_over_tree(&workspace, Some(RUN_UID))?;
-        std::os::unix::fs::lchown(&socket, Some(RUN_UID), Some(RUN_UID)).or_else(|_| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
-        })
-    })
-    .await
-    .map_err(|error| ExecutorError::Docker(format!("cannot prepare the workspace: {error}")))?
-    .map_err(|error| {
-        ExecutorError::Docker(format!("cannot give the workspace to UID {RUN_UID}: {error}"))
-    })
 }
 
 /// What the container prints on its own (a crash, a missing library), line by line.

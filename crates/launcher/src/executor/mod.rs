@@ -7,7 +7,7 @@ mod process;
 pub mod registry_auth;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -71,6 +71,18 @@ pub enum ExecutorError {
     NoRunUser,
     #[error("cannot give the run its own user: {0}")]
     HandOver(std::io::Error),
+}
+
+/// Gives a run's workspace and socket to `uid`, the user its worker runs as, so that it
+/// can write the one and reach its launcher through the other. Without the right to
+/// change owners (a docker executor's launcher not running as root), they are opened to
+/// everyone instead, as [`crate::workspace::hand_over_tree`] does: the launcher's work
+/// directory above them stays closed to other users.
+fn give_to_run_user(workspace: &Path, socket: &Path, uid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    crate::workspace::hand_over_tree(workspace, Some(uid))?;
+    std::os::unix::fs::lchown(socket, Some(uid), Some(uid))
+        .or_else(|_| std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)))
 }
 
 /// Starts workers.

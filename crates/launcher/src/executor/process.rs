@@ -137,13 +137,12 @@ fn hand_over(launch: &WorkerLaunch, uid: u32) -> std::io::Result<PathBuf> {
             ),
         ));
     }
-    crate::workspace::hand_over_tree(&launch.workspace, Some(uid))?;
+    super::give_to_run_user(&launch.workspace, &launch.socket_path, uid)?;
     std::fs::set_permissions(&launch.workspace, std::fs::Permissions::from_mode(0o700))?;
     let home = home_of(launch);
     let _ = std::fs::remove_dir_all(&home);
     std::fs::DirBuilder::new().mode(0o700).create(&home)?;
     std::os::unix::fs::lchown(&home, Some(uid), Some(uid))?;
-    std::os::unix::fs::lchown(&launch.socket_path, Some(uid), Some(uid))?;
     std::fs::set_permissions(&launch.socket_path, std::fs::Permissions::from_mode(0o600))?;
     Ok(home)
 }
