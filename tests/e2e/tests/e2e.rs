@@ -553,20 +553,7 @@ impl ManagedStack {
         let token = cluster.gantry.create_pool("p", &key);
         let repository =
             GitRepository::create(&work.path().join("repo"), &[("infra/main.tf", SECRET_CONFIG)]);
-        let url = repository.url();
-        cluster.gantry.ok(&[
-            "stack",
-            "create",
-            "--name",
-            "db",
-            "--repository",
-            &url,
-            "--pool",
-            "p",
-            "--project-root",
-            "infra",
-            "--managed-state",
-        ]);
+        cluster.gantry.create_managed_stack("db", &repository.url(), "p", &[]);
         Self { cluster, work, key, token }
     }
 
@@ -692,18 +679,7 @@ fn a_stored_workspace_that_was_altered_truncated_or_swapped_is_refused() {
     );
     let url = repository.url();
     for name in ["db2", "db3", "db4"] {
-        stack.cluster.gantry.ok(&[
-            "stack",
-            "create",
-            "--name",
-            name,
-            "--repository",
-            &url,
-            "--pool",
-            "p",
-            "--project-root",
-            "infra",
-        ]);
+        stack.cluster.gantry.create_stack_at(name, &url, Some("p"), &[]);
     }
     let plan = |stack_name: &str| {
         let run = stack.cluster.gantry.trigger(stack_name, &[]);
@@ -756,22 +732,11 @@ fn a_pool_reset_refuses_the_old_launcher_and_runs_sealed_for_the_old_key_fail_sa
     let first = stack.plan();
     assert_eq!(stack.confirm_and_wait(&first)["state"], "FINISHED");
     let waiting = {
-        stack.cluster.gantry.ok(&[
-            "stack",
-            "create",
-            "--name",
-            "waits",
-            "--repository",
-            &GitRepository::create(
-                &stack.work.path().join("waits"),
-                &[("infra/main.tf", SECRET_CONFIG)],
-            )
-            .url(),
-            "--pool",
-            "p",
-            "--project-root",
-            "infra",
-        ]);
+        let repository = GitRepository::create(
+            &stack.work.path().join("waits"),
+            &[("infra/main.tf", SECRET_CONFIG)],
+        );
+        stack.cluster.gantry.create_stack_at("waits", &repository.url(), Some("p"), &[]);
         let run = stack.cluster.gantry.trigger("waits", &[]);
         stack.cluster.gantry.wait_for_state(&run, &["UNCONFIRMED", "FAILED"])
     };

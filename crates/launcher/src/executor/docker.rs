@@ -212,7 +212,10 @@ impl DockerExecutor {
                 runtime: self.settings.runtime.clone(),
                 // A writable /tmp whatever the image holds: HOME for the tools.
                 tmpfs: Some(HashMap::from([("/tmp".to_owned(), "mode=1777".to_owned())])),
-                init: Some(true),
+                // No init process: Docker's keeps the container's environment, the
+                // capability among it, readable by the tool in /proc/1/environ. The worker
+                // is process 1 instead, and takes the capability out of its own.
+                init: Some(false),
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()

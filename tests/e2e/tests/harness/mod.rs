@@ -387,24 +387,32 @@ impl Gantry {
             open_to_run_users(dir);
         }
         let backend = format!("TF_CLI_ARGS_init=-backend-config=path={}", state_file.display());
-        let url = repository.url();
-        let mut args = vec![
-            "stack",
-            "create",
-            "--name",
-            name,
-            "--repository",
-            &url,
-            "--project-root",
-            "infra",
-            "--env",
-            &backend,
-        ];
+        let options = [&["--env", backend.as_str()], extra].concat();
+        self.create_stack_at(name, &repository.url(), pool, &options);
+    }
+
+    /// `stack create` of a stack on `infra/` of the repository at `url`, on `pool` (the
+    /// server's shared pool when `None`), with `extra` options.
+    pub(crate) fn create_stack_at(
+        &self,
+        name: &str,
+        url: &str,
+        pool: Option<&str>,
+        extra: &[&str],
+    ) {
+        let mut args =
+            vec!["stack", "create", "--name", name, "--repository", url, "--project-root", "infra"];
         if let Some(pool) = pool {
             args.extend(["--pool", pool]);
         }
         args.extend(extra);
         self.ok(&args);
+    }
+
+    /// [`Self::create_stack_at`] with managed state: the pool's launchers keep the
+    /// stack's state on the server, sealed to the pool key.
+    pub(crate) fn create_managed_stack(&self, name: &str, url: &str, pool: &str, extra: &[&str]) {
+        self.create_stack_at(name, url, Some(pool), &[&["--managed-state"], extra].concat());
     }
 
     pub(crate) fn trigger(&self, stack: &str, extra: &[&str]) -> Value {

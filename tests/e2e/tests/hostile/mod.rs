@@ -4,14 +4,82 @@
 //! managed state or the backend override, hard links, fifos, forged or oversized state).
 //! Each asserts that the run fails with the named reason (or goes on unharmed), that no
 //! byte of key material or of the launcher's environment reaches the server, and that
-//! the stack's next run works from the state it had.
+//! the stack's next run works from the state it had. Every attack runs once per
+//! executor: `process::<attack>` and `docker::<attack>` (a container per run, of the
+//! runner image the tests assemble).
 
 use std::path::PathBuf;
 
-use gantry_testkit::{GitRepository, KeyKind, OpensslKey};
+use gantry_testkit::{GitRepository, KeyKind, OpensslKey, runner_image};
 use serde_json::Value;
 
-use crate::harness::{Cluster, Launcher, id};
+use crate::harness::{Cluster, Launcher, bin, id};
+
+/// The executor a test's launcher runs the runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Executor {
+    Process,
+    Docker,
+}
+
+impl Executor {
+    /// The launcher settings that choose this executor.
+    fn settings(self) -> Vec<(&'static str, &'static str)> {
+        match self {
+            Self::Process => vec![("GANTRY_LAUNCHER_EXECUTOR", "process")],
+            Self::Docker => vec![
+                ("GANTRY_LAUNCHER_EXECUTOR", "docker"),
+                ("GANTRY_DEFAULT_RUNNER_IMAGE", runner_image(&bin("gantry-worker"))),
+            ],
+        }
+    }
+
+    /// Whether the run executes as a user other than the launcher's, who can neither
+    /// reach nor link the launcher's key file: in a container, or as a root launcher's
+    /// per-run user.
+    fn isolates_runs(self) -> bool {
+        self == Self::Docker || running_as_root()
+    }
+}
+
+/// Each attack (a function of the executor) as one test per executor.
+macro_rules! on_each_executor {
+    ($($attack:ident),* $(,)?) => {
+        mod process {
+            $(#[test]
+            fn $attack() {
+                super::$attack(super::Executor::Process);
+            })*
+        }
+        mod docker {
+            $(#[test]
+            fn $attack() {
+                super::$attack(super::Executor::Docker);
+            })*
+        }
+    };
+}
+
+on_each_executor!(
+    a_link_to_the_launchers_environment_in_place_of_the_state_is_refused,
+    a_link_to_the_key_file_in_place_of_the_state_is_refused,
+    a_link_to_etc_shadow_in_place_of_the_state_is_refused,
+    a_hard_link_to_the_key_file_in_place_of_the_state_is_refused,
+    a_fifo_in_place_of_the_state_is_refused_without_waiting_for_a_writer,
+    a_directory_in_place_of_the_state_is_refused,
+    a_state_that_is_not_json_is_refused,
+    a_state_of_another_lineage_is_refused,
+    a_state_whose_serial_goes_back_is_refused,
+    an_oversized_state_is_refused_with_the_option_that_bounds_it,
+    a_task_that_deletes_the_state_leaves_the_stack_its_state,
+    a_task_that_truncates_the_state_is_refused,
+    a_committed_link_in_place_of_the_state_is_replaced_not_followed,
+    a_committed_link_in_place_of_the_backend_override_is_replaced_not_followed,
+    a_committed_link_to_the_launchers_environment_fails_the_plan_before_anything_is_stored,
+    a_project_root_swapped_for_a_link_during_the_run_is_refused,
+    the_tool_cannot_read_its_workers_capability,
+    runs_of_two_slots_cannot_reach_each_other,
+);
 
 /// One resource, managed state: the first apply gives the stack a state version.
 const CONFIG: &str = r#"
@@ -41,12 +109,17 @@ struct Attacked {
 impl Attacked {
     /// With `committed` files added to the repository (paths and contents; a content
     /// starting with `->` makes a symbolic link to the rest).
-    fn start(committed: &[(&str, &str)], launcher_env: &[(&str, &str)]) -> Self {
-        Self::start_with(committed, launcher_env, true)
+    fn start(
+        executor: Executor,
+        committed: &[(&str, &str)],
+        launcher_env: &[(&str, &str)],
+    ) -> Self {
+        Self::start_with(executor, committed, launcher_env, true)
     }
 
     /// [`Self::start`], with or without autodeploy.
     fn start_with(
+        executor: Executor,
         committed: &[(&str, &str)],
         launcher_env: &[(&str, &str)],
         autodeploy: bool,
@@ -69,35 +142,24 @@ impl Attacked {
                 repository.commit_link(path, target, "a link");
             }
         }
-        let url = repository.url();
-        let mut create = vec![
-            "stack",
-            "create",
-            "--name",
-            "app",
-            "--repository",
-            &url,
-            "--pool",
-            "p",
-            "--project-root",
-            "infra",
-            "--managed-state",
-        ];
-        if autodeploy {
-            create.push("--autodeploy");
-        }
-        cluster.gantry.ok(&create);
+        let autodeploy: &[&str] = if autodeploy { &["--autodeploy"] } else { &[] };
+        cluster.gantry.create_managed_stack("app", &repository.url(), "p", autodeploy);
         let key_path = key_file.display().to_string();
         let mut env =
             vec![("GANTRY_POOL_PRIVATE_KEY_FILE", key_path.as_str()), ("HOSTILE_CANARY", CANARY)];
+        env.extend(executor.settings());
         env.extend_from_slice(launcher_env);
         let launcher = Launcher::with_key_file(&cluster, &token, &env);
         Self { cluster, work, key, key_file, _launcher: launcher }
     }
 
     /// Applies the configuration once, so that the stack has a state version.
-    fn with_state(committed: &[(&str, &str)], launcher_env: &[(&str, &str)]) -> Self {
-        let attacked = Self::start(committed, launcher_env);
+    fn with_state(
+        executor: Executor,
+        committed: &[(&str, &str)],
+        launcher_env: &[(&str, &str)],
+    ) -> Self {
+        let attacked = Self::start(executor, committed, launcher_env);
         let run = attacked.tracked();
         assert_eq!(run["state"], "FINISHED", "{run}\n{}", attacked.cluster.gantry.log(&run));
         attacked
@@ -161,80 +223,71 @@ fn state_document(lineage: &str, serial: u64, padding: usize) -> String {
     )
 }
 
-#[test]
-fn a_link_to_the_launchers_environment_in_place_of_the_state_is_refused() {
-    let attacked = Attacked::with_state(&[], &[]);
+fn a_link_to_the_launchers_environment_in_place_of_the_state_is_refused(executor: Executor) {
+    let attacked = Attacked::with_state(executor, &[], &[]);
     let run = attacked.task("ln -sf /proc/self/environ gantry.tfstate");
     attacked.assert_failed_with(&run, "gantry.tfstate is a symbolic link");
     attacked.assert_unharmed();
 }
 
-#[test]
-fn a_link_to_the_key_file_in_place_of_the_state_is_refused() {
-    let attacked = Attacked::with_state(&[], &[]);
+fn a_link_to_the_key_file_in_place_of_the_state_is_refused(executor: Executor) {
+    let attacked = Attacked::with_state(executor, &[], &[]);
     let run = attacked.task(&format!("ln -sf {} gantry.tfstate", attacked.key_path()));
     attacked.assert_failed_with(&run, "gantry.tfstate is a symbolic link");
     attacked.assert_unharmed();
 }
 
-#[test]
-fn a_link_to_etc_shadow_in_place_of_the_state_is_refused() {
-    let attacked = Attacked::with_state(&[], &[]);
+fn a_link_to_etc_shadow_in_place_of_the_state_is_refused(executor: Executor) {
+    let attacked = Attacked::with_state(executor, &[], &[]);
     let run = attacked.task("ln -sf /etc/shadow gantry.tfstate");
     attacked.assert_failed_with(&run, "gantry.tfstate is a symbolic link");
     attacked.assert_unharmed();
 }
 
-#[test]
-fn a_hard_link_to_the_key_file_in_place_of_the_state_is_refused() {
-    let attacked = Attacked::with_state(&[], &[]);
+fn a_hard_link_to_the_key_file_in_place_of_the_state_is_refused(executor: Executor) {
+    let attacked = Attacked::with_state(executor, &[], &[]);
     // Run as the launcher's own user (a launcher that is not root), the kernel lets the
     // run link the key file and the launcher must refuse it. A root launcher runs the run
-    // as a user of its own, who can neither reach nor link the key file.
+    // as a user of its own, and a container has no such file: the link cannot be made.
     let run = attacked
         .task(&format!("rm -f gantry.tfstate && ln {} gantry.tfstate", attacked.key_path()));
-    let refused = if running_as_root() { "ln: " } else { "has 2 hard links" };
+    let refused = if executor.isolates_runs() { "ln: " } else { "has 2 hard links" };
     attacked.assert_failed_with(&run, refused);
     attacked.assert_unharmed();
 }
 
-#[test]
-fn a_fifo_in_place_of_the_state_is_refused_without_waiting_for_a_writer() {
-    let attacked = Attacked::with_state(&[], &[]);
+fn a_fifo_in_place_of_the_state_is_refused_without_waiting_for_a_writer(executor: Executor) {
+    let attacked = Attacked::with_state(executor, &[], &[]);
     let run = attacked.task("rm -f gantry.tfstate && mkfifo gantry.tfstate");
     attacked.assert_failed_with(&run, "gantry.tfstate is a fifo, not a regular file");
     attacked.assert_unharmed();
 }
 
-#[test]
-fn a_directory_in_place_of_the_state_is_refused() {
-    let attacked = Attacked::with_state(&[], &[]);
+fn a_directory_in_place_of_the_state_is_refused(executor: Executor) {
+    let attacked = Attacked::with_state(executor, &[], &[]);
     let run = attacked.task("rm -f gantry.tfstate && mkdir gantry.tfstate");
     attacked.assert_failed_with(&run, "gantry.tfstate is a directory, not a regular file");
     attacked.assert_unharmed();
 }
 
-#[test]
-fn a_state_that_is_not_json_is_refused() {
-    let attacked = Attacked::with_state(&[], &[]);
+fn a_state_that_is_not_json_is_refused(executor: Executor) {
+    let attacked = Attacked::with_state(executor, &[], &[]);
     let run = attacked.task("printf 'PATH=/usr/bin\\000HOME=/root' > gantry.tfstate");
     attacked.assert_failed_with(&run, "it is not Terraform or OpenTofu state");
     attacked.assert_failed_with(&run, "the stack keeps its previous state");
     attacked.assert_unharmed();
 }
 
-#[test]
-fn a_state_of_another_lineage_is_refused() {
-    let attacked = Attacked::with_state(&[], &[]);
+fn a_state_of_another_lineage_is_refused(executor: Executor) {
+    let attacked = Attacked::with_state(executor, &[], &[]);
     let forged = state_document("00000000-forged-lineage", 99, 0);
     let run = attacked.task(&format!("printf '%s' '{forged}' > gantry.tfstate"));
     attacked.assert_failed_with(&run, "is not the stack's lineage");
     attacked.assert_unharmed();
 }
 
-#[test]
-fn a_state_whose_serial_goes_back_is_refused() {
-    let attacked = Attacked::with_state(&[], &[]);
+fn a_state_whose_serial_goes_back_is_refused(executor: Executor) {
+    let attacked = Attacked::with_state(executor, &[], &[]);
     // Same lineage, serial lowered below the stored one.
     let run = attacked.task(
         r#"sed -i 's/"serial": [0-9]*/"serial": 0/' gantry.tfstate && grep -q '"serial": 0' gantry.tfstate"#,
@@ -243,9 +296,9 @@ fn a_state_whose_serial_goes_back_is_refused() {
     attacked.assert_unharmed();
 }
 
-#[test]
-fn an_oversized_state_is_refused_with_the_option_that_bounds_it() {
-    let attacked = Attacked::with_state(&[], &[("GANTRY_LAUNCHER_STATE_MAX_SIZE", "2KiB")]);
+fn an_oversized_state_is_refused_with_the_option_that_bounds_it(executor: Executor) {
+    let attacked =
+        Attacked::with_state(executor, &[], &[("GANTRY_LAUNCHER_STATE_MAX_SIZE", "2KiB")]);
     // A valid successor in every other respect: same lineage, higher serial.
     let run = attacked.task(
         r#"lineage=$(sed -n 's/.*"lineage": "\([^"]*\)".*/\1/p' gantry.tfstate) && printf '{"version":4,"serial":50,"lineage":"%s","pad":"%04096d"}' "$lineage" 0 > gantry.tfstate"#,
@@ -254,29 +307,26 @@ fn an_oversized_state_is_refused_with_the_option_that_bounds_it() {
     attacked.assert_unharmed();
 }
 
-#[test]
-fn a_task_that_deletes_the_state_leaves_the_stack_its_state() {
-    let attacked = Attacked::with_state(&[], &[]);
+fn a_task_that_deletes_the_state_leaves_the_stack_its_state(executor: Executor) {
+    let attacked = Attacked::with_state(executor, &[], &[]);
     let run = attacked.task("rm gantry.tfstate");
     assert_eq!(run["state"], "FINISHED", "{run}\n{}", attacked.cluster.gantry.log(&run));
     attacked.assert_unharmed();
 }
 
-#[test]
-fn a_task_that_truncates_the_state_is_refused() {
-    let attacked = Attacked::with_state(&[], &[]);
+fn a_task_that_truncates_the_state_is_refused(executor: Executor) {
+    let attacked = Attacked::with_state(executor, &[], &[]);
     let run = attacked.task(": > gantry.tfstate");
     attacked.assert_failed_with(&run, "it is not Terraform or OpenTofu state");
     attacked.assert_unharmed();
 }
 
-#[test]
-fn a_committed_link_in_place_of_the_state_is_replaced_not_followed() {
+fn a_committed_link_in_place_of_the_state_is_replaced_not_followed(executor: Executor) {
     let outside = tempfile::tempdir().unwrap();
     let victim = outside.path().join("victim");
     std::fs::write(&victim, "untouched").unwrap();
     let target = format!("->{}", victim.display());
-    let attacked = Attacked::start(&[("infra/gantry.tfstate", &target)], &[]);
+    let attacked = Attacked::start(executor, &[("infra/gantry.tfstate", &target)], &[]);
     // The first run writes no state through the link, and the apply's state replaces it.
     let first = attacked.tracked();
     assert_eq!(first["state"], "FINISHED", "{first}\n{}", attacked.cluster.gantry.log(&first));
@@ -285,31 +335,31 @@ fn a_committed_link_in_place_of_the_state_is_replaced_not_followed() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
 }
 
-#[test]
-fn a_committed_link_in_place_of_the_backend_override_is_replaced_not_followed() {
+fn a_committed_link_in_place_of_the_backend_override_is_replaced_not_followed(executor: Executor) {
     let outside = tempfile::tempdir().unwrap();
     let victim = outside.path().join("victim.tf");
     std::fs::write(&victim, "# untouched\n").unwrap();
     let target = format!("->{}", victim.display());
     let attacked =
-        Attacked::with_state(&[("infra/gantry_managed_state_override.tf", &target)], &[]);
+        Attacked::with_state(executor, &[("infra/gantry_managed_state_override.tf", &target)], &[]);
     attacked.assert_unharmed();
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "# untouched\n");
 }
 
-#[test]
-fn a_committed_link_to_the_launchers_environment_fails_the_plan_before_anything_is_stored() {
+fn a_committed_link_to_the_launchers_environment_fails_the_plan_before_anything_is_stored(
+    executor: Executor,
+) {
     // Without autodeploy the planned workspace is packed for the apply: the link is
     // refused there, before anything is sealed or uploaded.
-    let attacked = Attacked::start_with(&[("infra/environ", "->/proc/self/environ")], &[], false);
+    let attacked =
+        Attacked::start_with(executor, &[("infra/environ", "->/proc/self/environ")], &[], false);
     let run = attacked.tracked();
     attacked.assert_failed_with(&run, "is absolute");
     attacked.assert_no_leak();
 }
 
-#[test]
-fn a_project_root_swapped_for_a_link_during_the_run_is_refused() {
-    let attacked = Attacked::with_state(&[], &[]);
+fn a_project_root_swapped_for_a_link_during_the_run_is_refused(executor: Executor) {
+    let attacked = Attacked::with_state(executor, &[], &[]);
     let victim_dir = attacked.work.path().join("elsewhere");
     std::fs::create_dir_all(&victim_dir).unwrap();
     // The task moves its own project directory away and leaves a link in its place: the
@@ -329,14 +379,17 @@ fn running_as_root() -> bool {
     std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
 }
 
-#[test]
-fn runs_of_two_slots_run_as_users_of_their_own_and_cannot_reach_each_other() {
+/// Runs of two slots cannot reach each other: as users of their own (a root launcher's
+/// process executor) or in containers of their own (the docker executor). A process
+/// executor without root refuses a second slot instead.
+fn runs_of_two_slots_cannot_reach_each_other(executor: Executor) {
     let cluster = Cluster::start();
     let work = tempfile::tempdir().unwrap();
     let pool = cluster.private_pool(work.path(), "p");
     let launcher_dir = work.path().join("launcher");
-    let settings = [("GANTRY_LAUNCHER_WORKER_SLOTS", "2")];
-    if !running_as_root() {
+    let mut settings = vec![("GANTRY_LAUNCHER_WORKER_SLOTS", "2")];
+    settings.extend(executor.settings());
+    if !executor.isolates_runs() {
         // Without root the runs of two slots would share one user: refused at start.
         let exited = Launcher::run_to_exit_with(&cluster, &pool.token, &pool.key, &settings);
         assert_eq!(exited.status, Some(64), "{}", exited.stderr);
@@ -356,20 +409,7 @@ fn runs_of_two_slots_run_as_users_of_their_own_and_cannot_reach_each_other() {
     for (name, secret) in
         [("victim", "VICTIM_SECRET=victim-secret-4e1d"), ("probe", "OWN=probe-own-9c2b")]
     {
-        cluster.gantry.ok(&[
-            "stack",
-            "create",
-            "--name",
-            name,
-            "--repository",
-            &url,
-            "--pool",
-            "p",
-            "--project-root",
-            "infra",
-            "--secret-env",
-            secret,
-        ]);
+        cluster.gantry.create_stack_at(name, &url, Some("p"), &["--secret-env", secret]);
     }
     // The victim keeps its workspace, worker and socket alive while the probe looks.
     let victim = cluster.gantry.json(&[
@@ -386,38 +426,73 @@ fn runs_of_two_slots_run_as_users_of_their_own_and_cannot_reach_each_other() {
     let socket = find_named(&launcher_dir, &format!("{victim_id}.sock"))
         .or_else(|| find_named(&std::env::temp_dir(), &format!("{victim_id}.sock")))
         .expect("the victim's socket");
+    // (Patterns and messages are split in the command, which the log shows, so that only
+    // what the probe found can match.)
+    let socket_probe = match executor {
+        Executor::Process => format!(
+            "python3 -c \"import socket; s = socket.socket(socket.AF_UNIX); s.connect('{}')\" 2>&1 | tail -n 1",
+            socket.display()
+        ),
+        // A container has neither the other run's socket nor python to connect with.
+        Executor::Docker => format!("test -e {} || echo 'no such'' socket'", socket.display()),
+    };
     let probe_command = format!(
         "echo probe-uid=$(id -u); \
          cat {marker} 2>&1; \
          for process in /proc/[0-9]*; do {{ tr '\\0' '\\n' < $process/environ; }} 2>/dev/null | grep -e 'GANTRY_WORKER_CAP''ABILITY=' -e 'VICTIM_SEC''RET=' | sed \"s|^|$process: |\"; done; \
-         python3 -c \"import socket; s = socket.socket(socket.AF_UNIX); s.connect('{socket}')\" 2>&1 | tail -n 1; \
+         {socket_probe}; \
          ls {workspace} 2>&1",
         marker = marker.display(),
-        socket = socket.display(),
         workspace = marker.parent().unwrap().parent().unwrap().display(),
     );
     let probe = cluster.gantry.json(&["run", "task", "probe", "--", &probe_command]);
     let probe = cluster.gantry.wait_for_state(&probe, &["FINISHED", "FAILED"]);
     let log = cluster.gantry.log(&probe);
     let probe_uid = crate::harness::line_after(&log, "probe-uid=").unwrap_or_default();
-    let victim_uid = std::fs::read_to_string(marker.with_file_name("uid")).unwrap();
     assert!(
         !probe_uid.trim().is_empty() && probe_uid.trim() != "0",
         "the probe ran as root:\n{log}"
     );
-    assert_ne!(probe_uid.trim(), victim_uid.trim(), "both runs ran as one user:\n{log}");
     assert!(
         !log.contains("victim-file-secret-77aa"),
         "the probe read the victim's workspace:\n{log}"
     );
-    assert!(log.contains("Permission denied"), "{log}");
-    assert!(log.contains("PermissionError"), "the probe connected to the victim's socket:\n{log}");
+    match executor {
+        Executor::Process => {
+            let victim_uid = std::fs::read_to_string(marker.with_file_name("uid")).unwrap();
+            assert_ne!(probe_uid.trim(), victim_uid.trim(), "both runs ran as one user:\n{log}");
+            assert!(log.contains("Permission denied"), "{log}");
+            assert!(
+                log.contains("PermissionError"),
+                "the probe connected to the victim's socket:\n{log}"
+            );
+        }
+        Executor::Docker => {
+            // The other run's files are not even there.
+            assert!(log.contains("No such file or directory"), "{log}");
+            assert!(log.contains("no such socket"), "the victim's socket is in reach:\n{log}");
+        }
+    }
     // Its own capability the worker keeps from its tool; the victim's it cannot see.
-    // (The patterns are split in the command, which the log shows, so that only what the
-    // probe found can match.)
     assert!(!log.contains("GANTRY_WORKER_CAPABILITY="), "a capability reached the probe:\n{log}");
     assert!(!log.contains("VICTIM_SECRET="), "the victim's environment reached the probe:\n{log}");
     cluster.gantry.ok(&["run", "stop", &victim_id]);
+}
+
+/// The tool looks for its worker's capability in the environment of every process it can
+/// see (its worker, an init process, the launcher): none shows it.
+fn the_tool_cannot_read_its_workers_capability(executor: Executor) {
+    let attacked = Attacked::with_state(executor, &[], &[]);
+    let run = attacked.task(
+        "for process in /proc/[0-9]*; do { tr '\\0' '\\n' < $process/environ; tr '\\0' ' ' < $process/cmdline; } 2>/dev/null | grep -e 'GANTRY_WORKER_CAP''ABILITY' | sed \"s|^|$process: |\"; done; \
+         echo looked'' at $(ls -d /proc/[0-9]* | wc -l) processes",
+    );
+    let log = attacked.cluster.gantry.log(&run);
+    assert_eq!(run["state"], "FINISHED", "{run}\n{log}");
+    let looked = crate::harness::line_after(&log, "looked at ").unwrap_or_default();
+    assert!(looked.ends_with(" processes") && !looked.starts_with('0'), "{log}");
+    assert!(!log.contains("GANTRY_WORKER_CAPABILITY"), "the tool read the capability:\n{log}");
+    attacked.assert_unharmed();
 }
 
 /// The first file named `name` below `dir`, however deep (as root, who may look).

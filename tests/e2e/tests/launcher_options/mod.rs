@@ -535,20 +535,7 @@ fn a_private_vcs_mapping_rewrites_the_clone_address() {
     for (name, repository) in
         [("mapped", "private://corp/infra"), ("unmapped", "private://lab/infra")]
     {
-        cluster.gantry.ok(&[
-            "stack",
-            "create",
-            "--name",
-            name,
-            "--repository",
-            repository,
-            "--project-root",
-            "infra",
-            "--pool",
-            "p",
-            "--env",
-            &backend,
-        ]);
+        cluster.gantry.create_stack_at(name, repository, Some("p"), &["--env", &backend]);
     }
 
     let mapped = cluster.gantry.trigger("mapped", &["--proposed"]);
