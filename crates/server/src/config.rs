@@ -118,6 +118,9 @@ pub struct ServerConfig {
     pub max_blob_size: u64,
     /// How many versions of each stack's managed state are kept; older ones are deleted.
     pub kept_state_versions: u32,
+    /// The most of one run's log kept: past it, the first half and the newest half are
+    /// kept with a line saying how much was cut between them.
+    pub max_run_log_size: u64,
     /// Worker slots of the shared pool's launcher, run inside the server; 0 runs none.
     pub shared_workers: u32,
     /// The worker binary for the shared pool; `gantry-worker` next to the server's
@@ -139,6 +142,7 @@ pub const HEARTBEAT_INTERVAL: &str = "GANTRY_SERVER_HEARTBEAT_INTERVAL";
 pub const LOG_ARCHIVE_AFTER: &str = "GANTRY_SERVER_LOG_ARCHIVE_AFTER";
 pub const MAX_BLOB_SIZE: &str = "GANTRY_SERVER_MAX_BLOB_SIZE";
 pub const STATE_VERSIONS: &str = "GANTRY_SERVER_STATE_VERSIONS";
+pub const MAX_RUN_LOG_SIZE: &str = "GANTRY_SERVER_MAX_RUN_LOG_SIZE";
 pub const SHARED_WORKERS: &str = "GANTRY_SERVER_SHARED_WORKERS";
 pub const WORKER_BINARY: &str = "GANTRY_SERVER_WORKER_BINARY";
 pub const METRICS_LISTEN: &str = "GANTRY_SERVER_METRICS_LISTEN";
@@ -151,6 +155,9 @@ const DEFAULT_S3_REGION: &str = "us-east-1";
 const EXPECTED_BLOB_STORE: &str = "a directory, file:///absolute/dir or s3://bucket[/prefix] (a bucket name of 3 to 63 characters a-z 0-9 . -; prefix segments of a-z 0-9 . _ -)";
 const DEFAULT_MAX_BLOB_SIZE: u64 = 16 * 1024 * 1024 * 1024;
 const DEFAULT_STATE_VERSIONS: u32 = 20;
+const DEFAULT_MAX_RUN_LOG_SIZE: u64 = 64 * 1024 * 1024;
+/// Room for a useful head and tail, and for the line saying what was cut.
+const MIN_RUN_LOG_SIZE: u64 = 4 * 1024;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 
@@ -179,6 +186,7 @@ struct ConfigFile {
     max_blob_size: Option<String>,
     #[serde(default, deserialize_with = "scalar_text")]
     state_versions: Option<String>,
+    max_run_log_size: Option<String>,
     #[serde(default, deserialize_with = "scalar_text")]
     shared_workers: Option<String>,
     worker_binary: Option<String>,
@@ -255,6 +263,7 @@ impl ServerConfig {
             set(LOG_ARCHIVE_AFTER, parsed.agent.log_archive_after);
             set(MAX_BLOB_SIZE, parsed.max_blob_size);
             set(STATE_VERSIONS, parsed.state_versions);
+            set(MAX_RUN_LOG_SIZE, parsed.max_run_log_size);
             set(SHARED_WORKERS, parsed.shared_workers);
             set(WORKER_BINARY, parsed.worker_binary);
             set(METRICS_LISTEN, parsed.metrics_listen);
@@ -358,6 +367,15 @@ impl ServerConfig {
             1000,
             "a number of state versions to keep per stack, from 1 to 1000",
         )?;
+        let max_run_log_size = options::size(settings, MAX_RUN_LOG_SIZE, DEFAULT_MAX_RUN_LOG_SIZE)?;
+        if max_run_log_size < MIN_RUN_LOG_SIZE {
+            return Err(OptionError::invalid(
+                MAX_RUN_LOG_SIZE,
+                options::get(settings, MAX_RUN_LOG_SIZE).unwrap_or_default(),
+                "a size of at least 4KiB, like 64MiB",
+            )
+            .into());
+        }
         let shared_workers = options::count(
             settings,
             SHARED_WORKERS,
@@ -387,6 +405,7 @@ impl ServerConfig {
             timings,
             max_blob_size,
             kept_state_versions,
+            max_run_log_size,
             shared_workers,
             worker_binary,
             metrics_listen,
@@ -535,6 +554,19 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from(".gantry"));
         assert_eq!(config.max_blob_size, 16 << 30);
         assert_eq!(config.kept_state_versions, 20);
+    }
+
+    #[test]
+    fn the_run_log_limit_defaults_to_64_mib_and_refuses_tiny_values() {
+        let limit = |file: &str, pairs: &[(&str, &str)]| {
+            ServerConfig::resolve(Some(("gantry.toml", file)), &env(pairs))
+                .map(|config| config.max_run_log_size)
+        };
+        assert_eq!(limit("", &[]).unwrap(), 64 << 20);
+        assert_eq!(limit("max_run_log_size = \"2MiB\"", &[]).unwrap(), 2 << 20);
+        assert_eq!(limit("", &[(MAX_RUN_LOG_SIZE, "16KiB")]).unwrap(), 16 << 10);
+        let error = limit("", &[(MAX_RUN_LOG_SIZE, "100b")]).unwrap_err().to_string();
+        assert!(error.contains("at least 4KiB"), "{error}");
     }
 
     #[test]

@@ -85,6 +85,8 @@ impl ApiError {
                 StoreError::StateConflict { .. } | StoreError::LogGap { .. } => {
                     (StatusCode::CONFLICT, "conflict")
                 }
+                // Not a passing state: nothing more is ever appended to the run's log.
+                StoreError::LogSealed { .. } => (StatusCode::GONE, "log_sealed"),
                 StoreError::Database(_) | StoreError::Config(_) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
                 }

@@ -27,6 +27,8 @@ pub struct Shared {
     pub max_blob_size: u64,
     /// How many versions of each stack's managed state are kept.
     pub kept_state_versions: u32,
+    /// The most of a run's log kept: its head and its tail, the middle cut.
+    pub max_run_log_size: u64,
     pub ca: CertificateAuthority,
     /// The CA written into pool tokens for launchers to trust.
     pub token_server_ca: Option<String>,

@@ -65,7 +65,10 @@ macro_rules! store_contract_tests {
             overlapping_batches_never_give_a_run_or_worker_twice,
             periodic_work_is_claimed_once_per_interval,
             signals_reach_every_listener,
-            ended_runs_logs_are_offered_for_archiving
+            ended_runs_logs_are_offered_for_archiving,
+            a_sealed_log_refuses_appends,
+            a_seal_waits_for_the_appends_under_way,
+            a_log_over_its_limit_keeps_its_head_and_tail
         );
     };
     (@cases required $make:expr; $($case:ident),* $(,)?) => {
@@ -87,6 +90,9 @@ macro_rules! store_contract_tests {
         )*
     };
 }
+
+/// The per-run log limit of the cases that do not test it.
+const NO_LIMIT: u64 = u64::MAX;
 
 fn at(millis: i64) -> Timestamp {
     Timestamp::from_unix_millis(millis)
@@ -673,20 +679,110 @@ pub async fn ended_runs_logs_are_offered_for_archiving<S: Store>(store: Arc<S>) 
     let mut later = run_record(&stack, RunState::Failed, 11);
     later.updated_at = at(300);
     let live = run_record(&stack, RunState::Performing, 12);
-    let silent = run_record(&stack, RunState::Finished, 13);
+    let mut silent = run_record(&stack, RunState::Finished, 13);
+    silent.updated_at = at(350);
     for run in [&ended, &later, &live, &silent] {
         store.insert_run(run).await.unwrap();
     }
     for run in [&ended, &later, &live] {
-        store.append_logs(run.id, &[(0, "line\n".to_owned())], at(50)).await.unwrap();
+        store.append_logs(run.id, &[(0, "line\n".to_owned())], NO_LIMIT, at(50)).await.unwrap();
     }
-    assert_eq!(store.runs_with_logs_to_archive(at(200), 10).await.unwrap(), [ended.id]);
-    assert_eq!(store.runs_with_logs_to_archive(at(400), 10).await.unwrap(), [ended.id, later.id]);
-    assert_eq!(store.runs_with_logs_to_archive(at(400), 1).await.unwrap(), [ended.id]);
+    let offered = |before: i64, skip: Vec<RunId>, limit: u32| {
+        let store = Arc::clone(&store);
+        async move { store.runs_with_logs_to_archive(at(before), &skip, limit).await.unwrap() }
+    };
+    assert_eq!(offered(200, vec![], 10).await, [ended.id]);
+    assert_eq!(offered(400, vec![], 10).await, [ended.id, later.id, silent.id], "silent: to seal");
+    assert_eq!(offered(400, vec![], 1).await, [ended.id]);
+    assert_eq!(offered(400, vec![ended.id], 1).await, [later.id], "skipped ones hold none back");
+    store.seal_log(ended.id, at(400)).await.unwrap();
+    assert_eq!(offered(400, vec![], 10).await, [ended.id, later.id, silent.id], "still has chunks");
     store.delete_logs(ended.id).await.unwrap();
     assert_eq!(store.read_logs(ended.id, 0, 10).await.unwrap(), []);
-    assert_eq!(store.runs_with_logs_to_archive(at(400), 10).await.unwrap(), [later.id]);
+    store.seal_log(silent.id, at(400)).await.unwrap();
+    assert_eq!(offered(400, vec![], 10).await, [later.id], "sealed and archived: done");
     assert_eq!(store.read_logs(live.id, 0, 10).await.unwrap().len(), 1, "others keep theirs");
+}
+
+pub async fn a_sealed_log_refuses_appends<S: Store>(store: Arc<S>) {
+    let (_, stack, _) = world(&*store).await;
+    let run = run_record(&stack, RunState::Finished, 5);
+    store.insert_run(&run).await.unwrap();
+    let chunk = |seq: u64| (seq, format!("line {seq}\n"));
+    assert_eq!(store.append_logs(run.id, &[chunk(0)], NO_LIMIT, at(6)).await.unwrap(), 1);
+    store.seal_log(run.id, at(7)).await.unwrap();
+    store.seal_log(run.id, at(8)).await.unwrap();
+    let late = store.append_logs(run.id, &[chunk(1)], NO_LIMIT, at(9)).await;
+    assert!(matches!(late, Err(StoreError::LogSealed { run_id }) if run_id == run.id), "{late:?}");
+    store.delete_logs(run.id).await.unwrap();
+    let restart = store.append_logs(run.id, &[chunk(0)], NO_LIMIT, at(10)).await;
+    assert!(matches!(restart, Err(StoreError::LogSealed { .. })), "once archived too: {restart:?}");
+    let missing = store.seal_log(RunId::generate(), at(10)).await;
+    assert!(matches!(missing, Err(StoreError::NotFound { kind: "run", .. })), "{missing:?}");
+
+    let archive = blob("runs/a/log-1", "ab", 11);
+    assert!(store.put_run_blob_once(run.id, "log", &archive).await.unwrap());
+    let again = blob("runs/a/log-2", "cd", 12);
+    assert!(!store.put_run_blob_once(run.id, "log", &again).await.unwrap(), "never replaced");
+    assert_eq!(store.run_blob(run.id, "log").await.unwrap(), Some(archive));
+}
+
+pub async fn a_seal_waits_for_the_appends_under_way<S: Store>(store: Arc<S>) {
+    let (_, stack, _) = world(&*store).await;
+    let run = run_record(&stack, RunState::Finished, 5);
+    store.insert_run(&run).await.unwrap();
+    // Appenders race the seal; whatever an appender was told is stored must be readable
+    // once the seal returns (the archive is made from that reading).
+    let appenders: Vec<_> = (0..3)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut accepted = 0;
+                loop {
+                    let chunks: Vec<(u64, String)> =
+                        (accepted..accepted + 5).map(|seq| (seq, format!("{seq}\n"))).collect();
+                    match store.append_logs(run.id, &chunks, NO_LIMIT, at(6)).await {
+                        Ok(next) => accepted = next,
+                        Err(StoreError::LogSealed { .. }) => return accepted,
+                        Err(error) => panic!("{error}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    store.seal_log(run.id, at(7)).await.unwrap();
+    let stored = store.read_logs(run.id, 0, 100_000).await.unwrap();
+    let mut most = 0;
+    for appender in appenders {
+        most = most.max(appender.await.unwrap());
+    }
+    assert!(most > 0, "some appends went in before the seal");
+    assert_eq!(stored.len() as u64, most, "every accepted chunk is there at the seal");
+    assert!(stored.iter().enumerate().all(|(i, chunk)| chunk.seq == i as u64));
+}
+
+pub async fn a_log_over_its_limit_keeps_its_head_and_tail<S: Store>(store: Arc<S>) {
+    let (_, stack, _) = world(&*store).await;
+    let run = run_record(&stack, RunState::Applying, 5);
+    store.insert_run(&run).await.unwrap();
+    // 100 chunks of 10 bytes under a limit of 200: 10 head chunks, 10 tail chunks.
+    let chunk = |seq: u64| (seq, format!("line {seq:04}\n"));
+    for first in (0..100).step_by(7) {
+        let chunks: Vec<_> = (first..(first + 9).min(100)).map(chunk).collect();
+        store.append_logs(run.id, &chunks, 200, at(6)).await.unwrap();
+    }
+    assert_eq!(store.append_logs(run.id, &[chunk(99)], 200, at(7)).await.unwrap(), 100);
+    let kept: Vec<u64> =
+        store.read_logs(run.id, 0, 1000).await.unwrap().iter().map(|c| c.seq).collect();
+    let expected: Vec<u64> = (0..10).chain(90..100).collect();
+    assert_eq!(kept, expected);
+    let cut = store.log_cut(run.id).await.unwrap();
+    assert_eq!(cut, Some(crate::LogCutRecord { at_seq: 10, chunks: 80, bytes: 800 }));
+    let under = run_record(&stack, RunState::Applying, 6);
+    store.insert_run(&under).await.unwrap();
+    store.append_logs(under.id, &[chunk(0)], 200, at(6)).await.unwrap();
+    assert_eq!(store.log_cut(under.id).await.unwrap(), None, "nothing cut");
 }
 
 pub async fn periodic_work_is_claimed_once_per_interval<S: Store>(store: Arc<S>) {
@@ -762,17 +858,21 @@ pub async fn log_uploads_are_ordered_and_idempotent<S: Store>(store: Arc<S>) {
     let run = run_record(&stack, RunState::Planning, 5);
     store.insert_run(&run).await.unwrap();
     let chunk = |seq: u64| (seq, format!("line {seq}\n"));
-    assert_eq!(store.append_logs(run.id, &[], at(5)).await.unwrap(), 0, "nothing yet");
+    assert_eq!(store.append_logs(run.id, &[], NO_LIMIT, at(5)).await.unwrap(), 0, "nothing yet");
 
-    assert_eq!(store.append_logs(run.id, &[chunk(0), chunk(1)], at(6)).await.unwrap(), 2);
+    assert_eq!(store.append_logs(run.id, &[chunk(0), chunk(1)], NO_LIMIT, at(6)).await.unwrap(), 2);
     assert_eq!(
-        store.append_logs(run.id, &[chunk(1), chunk(2)], at(7)).await.unwrap(),
+        store.append_logs(run.id, &[chunk(1), chunk(2)], NO_LIMIT, at(7)).await.unwrap(),
         3,
         "a retry overlaps"
     );
-    let gap = store.append_logs(run.id, &[chunk(3), chunk(5)], at(8)).await;
+    let gap = store.append_logs(run.id, &[chunk(3), chunk(5)], NO_LIMIT, at(8)).await;
     assert!(matches!(gap, Err(StoreError::LogGap { expected: 4, received: 5 })), "{gap:?}");
-    assert_eq!(store.append_logs(run.id, &[], at(9)).await.unwrap(), 4, "the gap stored nothing");
+    assert_eq!(
+        store.append_logs(run.id, &[], NO_LIMIT, at(9)).await.unwrap(),
+        4,
+        "the gap stored nothing"
+    );
 
     let all = store.read_logs(run.id, 0, 100).await.unwrap();
     let text: String = all.iter().map(|c| c.text.as_str()).collect();
@@ -793,7 +893,9 @@ pub async fn concurrent_log_retries_never_duplicate<S: Store>(store: Arc<S>) {
         .map(|_| {
             let store = Arc::clone(&store);
             let chunks = chunks.clone();
-            tokio::spawn(async move { store.append_logs(run.id, &chunks, at(6)).await.unwrap() })
+            tokio::spawn(async move {
+                store.append_logs(run.id, &chunks, NO_LIMIT, at(6)).await.unwrap()
+            })
         })
         .collect();
     for upload in uploads {
@@ -1303,7 +1405,7 @@ pub async fn held_runs_come_with_what_their_pickup_needs<S: Store>(store: Arc<S>
         .await
         .unwrap();
     let chunks = [(0, "a".to_owned()), (1, "b".to_owned())];
-    store.append_logs(plan.id, &chunks, at(15)).await.unwrap();
+    store.append_logs(plan.id, &chunks, NO_LIMIT, at(15)).await.unwrap();
     // The apply's plan said who wrote its commit; the plan's launcher (an older one) did not.
     let author = crate::CommitAuthorRecord {
         name: "Ada".to_owned(),

@@ -8,6 +8,7 @@
 mod blobs;
 mod error;
 mod group_commit;
+mod log_sizes;
 mod object_blobs;
 mod postgres;
 mod records;
@@ -24,6 +25,7 @@ pub use error::StoreError;
 pub use object_blobs::{BlobLocation, ObjectBlobStore, S3Credentials, S3Settings};
 pub use postgres::{PostgresStore, redact_url};
 pub use records::CommitAuthorRecord;
+pub use records::LogCutRecord;
 pub use records::{
     ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, HeldRunRecord,
     LogChunkRecord, OutputRecord, OutputReferenceRecord, PickupRecord, PoolRecord, RunChange,

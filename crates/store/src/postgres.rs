@@ -11,9 +11,11 @@ use gantry_domain::{LauncherId, PoolId, RunId, StackId, Timestamp, WorkerId};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Row, Transaction};
 
+use crate::log_sizes::{LOG_SIZE_COLUMNS, LogSizes, signed};
 use crate::sql_rows::*;
 use crate::sql_store::sql_store;
 use crate::store::{Result, Signal, SignalStream};
+use crate::LogCutRecord;
 use crate::{
     ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, HeldRunRecord,
     LogChunkRecord, OutputRecord, OutputReferenceRecord, PoolRecord, RunChange, RunFilter,
@@ -104,6 +106,8 @@ impl PostgresStore {
     /// `FOR UPDATE`: that would also block inserts whose foreign keys name the row (a
     /// run of the stack, say), which take `FOR KEY SHARE`.
     const LOCK_ROW: &'static str = " FOR NO KEY UPDATE";
+    /// The size in bytes of the `text` column, as stored (UTF-8).
+    const TEXT_BYTES: &'static str = "octet_length(text)::bigint";
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
         Ok(self.writer.begin().await?)

@@ -239,6 +239,16 @@ pub struct LogChunkRecord {
     pub at: Timestamp,
 }
 
+/// The chunks the per-run limit cut from a log: chunk `at_seq` and the `chunks - 1`
+/// after it, `bytes` of text in all. The head ends before `at_seq`; the tail kept starts
+/// at `at_seq + chunks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogCutRecord {
+    pub at_seq: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+}
+
 /// A Terraform output: its JSON value, absent for sensitive outputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputRecord {

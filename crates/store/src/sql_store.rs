@@ -1,6 +1,6 @@
 //! The `Store` operations written once for both SQL engines: the statements are the same
 //! on SQLite and PostgreSQL, apart from the few fragments and steps each adapter supplies
-//! (`Tx`, `IDS`, `LOG_CHUNKS`, `LOCK_ROW`, `begin`, `commit`, `durable`, `unsynced`,
+//! (`Tx`, `IDS`, `LOG_CHUNKS`, `LOCK_ROW`, `TEXT_BYTES`, `begin`, `commit`, `durable`, `unsynced`,
 //! `flush`, `commit_offered`). A macro rather than
 //! generic code: each expansion sees one concrete engine, so no trait bounds spell out
 //! which Rust types each engine can bind.
@@ -31,6 +31,75 @@ macro_rules! sql_store {
                     rows.iter().map(worker_from_row).collect::<Result<_>>()?;
                 workers.sort_by_key(|worker| (worker.created_at, worker.id.to_string()));
                 Ok(workers)
+            }
+
+            /// Counts the `fresh` chunks just stored in the run's sizes and cuts the
+            /// tail's oldest chunks while the tail is over its share of `max_bytes`
+            /// (`LogSizes`). The newest chunk is never cut.
+            async fn keep_log_within(
+                tx: &mut Tx,
+                run_id: RunId,
+                fresh: &[(u64, &str)],
+                max_bytes: u64,
+            ) -> Result<()> {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {LOG_SIZE_COLUMNS} FROM run_log_sizes WHERE run_id = $1"
+                )))
+                .bind(run_id.to_string())
+                .fetch_optional(&mut **tx)
+                .await?;
+                let mut sizes = row.as_ref().map(LogSizes::from_row).transpose()?.unwrap_or_default();
+                for (seq, text) in fresh {
+                    sizes.add(*seq, text.len() as u64, max_bytes);
+                }
+                let newest = fresh.last().map_or(0, |(seq, _)| *seq);
+                while sizes.tail_over(max_bytes) {
+                    let Some(from) = sizes.tail_start.filter(|&start| start < newest) else { break };
+                    // `TEXT_BYTES` is one of two literals, never input.
+                    let oldest = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT seq, {bytes} AS bytes FROM run_logs
+                         WHERE run_id = $1 AND seq >= $2 AND seq < $3 ORDER BY seq LIMIT 256",
+                        bytes = Self::TEXT_BYTES
+                    )))
+                    .bind(run_id.to_string())
+                    .bind(signed(from))
+                    .bind(signed(newest))
+                    .fetch_all(&mut **tx)
+                    .await?;
+                    if oldest.is_empty() {
+                        break;
+                    }
+                    for chunk in &oldest {
+                        if !sizes.tail_over(max_bytes) {
+                            break;
+                        }
+                        sizes.cut(count(chunk, "seq")?, count(chunk, "bytes")?);
+                    }
+                    let kept_from = sizes.tail_start.unwrap_or(from);
+                    sqlx::query("DELETE FROM run_logs WHERE run_id = $1 AND seq >= $2 AND seq < $3")
+                        .bind(run_id.to_string())
+                        .bind(signed(from))
+                        .bind(signed(kept_from))
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO run_log_sizes (run_id, {LOG_SIZE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (run_id) DO UPDATE SET head_bytes = excluded.head_bytes,
+                         tail_bytes = excluded.tail_bytes, head_end = excluded.head_end,
+                         tail_start = excluded.tail_start, cut_bytes = excluded.cut_bytes,
+                         cut_chunks = excluded.cut_chunks"
+                )))
+                .bind(run_id.to_string())
+                .bind(signed(sizes.head_bytes))
+                .bind(signed(sizes.tail_bytes))
+                .bind(sizes.head_end.map(signed))
+                .bind(sizes.tail_start.map(signed))
+                .bind(signed(sizes.cut_bytes))
+                .bind(signed(sizes.cut_chunks))
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
             }
 
             /// Locks the stack's row until `tx` ends, so that the stack's state-version
@@ -840,9 +909,25 @@ macro_rules! sql_store {
                 &self,
                 run_id: RunId,
                 chunks: &[(u64, String)],
+                max_bytes: u64,
                 now: Timestamp,
             ) -> Result<u64> {
                 let mut tx = self.begin().await?;
+                // Locks the run's row until the chunks are in: a seal waits for this append,
+                // and this one, once the seal is in, sees it (`seal_log`). One run's appends
+                // also take turns across replicas, so its sizes are counted once.
+                let sealed = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT log_sealed_at FROM runs WHERE id = $1{lock}",
+                    lock = Self::LOCK_ROW
+                )))
+                .bind(run_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound { kind: "run", id: run_id.to_string() })?;
+                if optional_timestamp(&sealed, "log_sealed_at")?.is_some() {
+                    tx.rollback().await?;
+                    return Err(StoreError::LogSealed { run_id });
+                }
                 let next: i64 =
                     sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM run_logs WHERE run_id = $1")
                         .bind(run_id.to_string())
@@ -866,7 +951,6 @@ macro_rules! sql_store {
                     tx.rollback().await?;
                 } else {
                     // One statement for the whole batch: the writer is held for one round trip.
-                    // A chunk another replica stored meanwhile is skipped, not an error.
                     sqlx::query(sqlx::AssertSqlSafe(format!(
                         "INSERT INTO run_logs (run_id, seq, text, at)
                          SELECT $2, chunk.seq, chunk.text, $3 FROM ({chunks}) AS chunk WHERE true
@@ -878,6 +962,7 @@ macro_rules! sql_store {
                     .bind(now.unix_millis())
                     .execute(&mut *tx)
                     .await?;
+                    Self::keep_log_within(&mut tx, run_id, &fresh, max_bytes).await?;
                     self.commit(tx).await?;
                 }
                 match gap {
@@ -909,18 +994,48 @@ macro_rules! sql_store {
                     .collect()
             }
 
+            async fn log_cut(&self, run_id: RunId) -> Result<Option<LogCutRecord>> {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {LOG_SIZE_COLUMNS} FROM run_log_sizes WHERE run_id = $1"
+                )))
+                .bind(run_id.to_string())
+                .fetch_optional(&self.reader)
+                .await?;
+                Ok(row.as_ref().map(LogSizes::from_row).transpose()?.and_then(|sizes| sizes.cut_record()))
+            }
+
+            async fn seal_log(&self, run_id: RunId, at: Timestamp) -> Result<()> {
+                // The update waits for the row lock of any append under way (`append_logs`).
+                let updated = sqlx::query(
+                    "UPDATE runs SET log_sealed_at = COALESCE(log_sealed_at, $2) WHERE id = $1",
+                )
+                .bind(run_id.to_string())
+                .bind(at.unix_millis())
+                .execute(&self.writer)
+                .await?;
+                if updated.rows_affected() == 0 {
+                    return Err(StoreError::NotFound { kind: "run", id: run_id.to_string() });
+                }
+                self.durable().await
+            }
+
             async fn runs_with_logs_to_archive(
                 &self,
                 ended_before: Timestamp,
+                skip: &[RunId],
                 limit: u32,
             ) -> Result<Vec<RunId>> {
-                let rows = sqlx::query(
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "SELECT r.id FROM runs r
                      WHERE r.state IN ('FINISHED', 'FAILED', 'STOPPED', 'DISCARDED', 'CANCELED', 'SKIPPED')
-                       AND r.updated_at < $1
-                       AND EXISTS (SELECT 1 FROM run_logs l WHERE l.run_id = r.id)
-                     ORDER BY r.updated_at, r.id LIMIT $2",
-                )
+                       AND r.updated_at < $2
+                       AND (r.log_sealed_at IS NULL
+                            OR EXISTS (SELECT 1 FROM run_logs l WHERE l.run_id = r.id))
+                       AND r.id NOT IN ({skip})
+                     ORDER BY r.updated_at, r.id LIMIT $3",
+                    skip = Self::IDS
+                )))
+                .bind(id_list(skip))
                 .bind(ended_before.unix_millis())
                 .bind(i64::from(limit))
                 .fetch_all(&self.reader)
@@ -1026,6 +1141,28 @@ macro_rules! sql_store {
                 .await?;
                 self.durable().await?;
                 Ok(())
+            }
+
+            async fn put_run_blob_once(
+                &self,
+                run_id: RunId,
+                purpose: &str,
+                blob: &BlobRecord,
+            ) -> Result<bool> {
+                let inserted = sqlx::query(
+                    "INSERT INTO run_blobs (run_id, purpose, blob_key, sha256, size, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (run_id, purpose) DO NOTHING",
+                )
+                .bind(run_id.to_string())
+                .bind(purpose)
+                .bind(&blob.key)
+                .bind(&blob.sha256)
+                .bind(blob.size as i64)
+                .bind(blob.created_at.unix_millis())
+                .execute(&self.writer)
+                .await?;
+                self.durable().await?;
+                Ok(inserted.rows_affected() == 1)
             }
 
             async fn run_blob(&self, run_id: RunId, purpose: &str) -> Result<Option<BlobRecord>> {

@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use gantry_domain::{EnvironmentVariable, LauncherId, PoolId, RunId, StackId, Timestamp, WorkerId};
 
+use crate::LogCutRecord;
 use crate::{
     ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, HeldRunRecord,
     LogChunkRecord, OutputRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord,
@@ -212,11 +213,16 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
 
     /// Appends chunks in order; chunks already stored are skipped. Returns the next
-    /// sequence number expected, or `LogGap` (after storing what came in order).
+    /// sequence number expected, or `LogGap` (after storing what came in order), or
+    /// `LogSealed` once `seal_log` sealed the run's log. The run keeps at most about
+    /// `max_bytes` of text: the first half (the head, chunks kept whole from chunk 0) and
+    /// the newest chunks up to the other half (the tail); the chunks in between are cut
+    /// (`log_cut`). The newest chunk is always kept, so the next number stays known.
     async fn append_logs(
         &self,
         run_id: RunId,
         chunks: &[(u64, String)],
+        max_bytes: u64,
         now: Timestamp,
     ) -> Result<u64>;
     async fn read_logs(
@@ -225,11 +231,19 @@ pub trait Store: Send + Sync + 'static {
         from_seq: u64,
         limit: u32,
     ) -> Result<Vec<LogChunkRecord>>;
-    /// Runs that ended before `ended_before` and still have log chunks here: what may
-    /// move to the blob store. Oldest first.
+    /// What the per-run limit cut from the run's log so far, if anything.
+    async fn log_cut(&self, run_id: RunId) -> Result<Option<LogCutRecord>>;
+    /// Seals the run's log: from now on appends are refused (`LogSealed`). Waits for the
+    /// appends under way, so that every chunk ever accepted is readable once this
+    /// returns. Sealing again is not an error.
+    async fn seal_log(&self, run_id: RunId, at: Timestamp) -> Result<()>;
+    /// Runs that ended before `ended_before` whose log is not sealed yet, or is sealed
+    /// but still has chunks here (its archive is not written yet), leaving out `skip`:
+    /// what may move to the blob store. Oldest first.
     async fn runs_with_logs_to_archive(
         &self,
         ended_before: Timestamp,
+        skip: &[RunId],
         limit: u32,
     ) -> Result<Vec<RunId>>;
     /// Removes the run's log chunks (once they are archived elsewhere).
@@ -240,6 +254,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records (or replaces) the run's blob for `purpose` (`workspace`, `plan`).
     async fn put_run_blob(&self, run_id: RunId, purpose: &str, blob: &BlobRecord) -> Result<()>;
+    /// Records the run's blob for `purpose` unless it has one already: returns whether
+    /// this one was recorded. What a record must never replace (an archived log) uses it.
+    async fn put_run_blob_once(
+        &self,
+        run_id: RunId,
+        purpose: &str,
+        blob: &BlobRecord,
+    ) -> Result<bool>;
     async fn run_blob(&self, run_id: RunId, purpose: &str) -> Result<Option<BlobRecord>>;
 
     /// Appends a version of the stack's managed state, produced by `run_id`.

@@ -189,12 +189,13 @@ pub(super) async fn upload_logs(
     }
     let chunks: Vec<(u64, String)> =
         request.chunks.into_iter().map(|chunk| (chunk.seq, chunk.text)).collect();
-    let next_seq = match state.store.append_logs(run.id, &chunks, now()).await {
-        Ok(next) => next,
-        // The launcher resends from the sequence number the server expects.
-        Err(StoreError::LogGap { expected, .. }) => expected,
-        Err(error) => return Err(error.into()),
-    };
+    let next_seq =
+        match state.store.append_logs(run.id, &chunks, state.max_run_log_size, now()).await {
+            Ok(next) => next,
+            // The launcher resends from the sequence number the server expects.
+            Err(StoreError::LogGap { expected, .. }) => expected,
+            Err(error) => return Err(error.into()),
+        };
     state.events.run_changed(run.id);
     Ok(Json(LogsAccepted { next_seq }))
 }
