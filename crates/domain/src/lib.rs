@@ -2,6 +2,7 @@
 //! scheduler and option parsing. It knows nothing about HTTP, SQL, Docker or Kubernetes,
 //! and performs no I/O: callers pass the clock and the world in as plain data.
 
+pub mod access;
 pub mod dependencies;
 mod ids;
 mod names;
