@@ -7,6 +7,7 @@
 use std::io::Read;
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 /// The fields of a state that tie it to its stack's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,12 +37,58 @@ struct StateHeader {
     version: u64,
     serial: u64,
     lineage: String,
-    // Checked for their shape only, their contents skipped: a state whose resources are
-    // not a list or whose outputs are not a map would fail the next run's init.
-    #[serde(default)]
-    resources: Option<Vec<serde::de::IgnoredAny>>,
-    #[serde(default)]
-    outputs: Option<std::collections::HashMap<String, serde::de::IgnoredAny>>,
+    // Read for their shape only: a state whose resources are not a list or whose outputs
+    // are not a map would fail the next run's init.
+    #[serde(default, rename = "resources")]
+    _resources: AnyList,
+    #[serde(default, rename = "outputs")]
+    _outputs: AnyMap,
+}
+
+/// A list (or `null`) whose items are skipped without being kept: only its shape counts.
+#[derive(Default)]
+struct AnyList;
+
+impl<'de> Deserialize<'de> for AnyList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Zero-sized items: no memory however long the list is.
+        Option::<Vec<IgnoredAny>>::deserialize(deserializer).map(|_| Self)
+    }
+}
+
+/// A map (or `null`) whose entries are skipped without being kept: only its shape counts.
+#[derive(Default)]
+struct AnyMap;
+
+impl<'de> Deserialize<'de> for AnyMap {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_option(Self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for AnyMap {
+    type Value = Self;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a map")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(self)
+    }
 }
 
 /// Reads the identity of a state document; fields other than `version`, `serial` and
@@ -60,7 +107,6 @@ pub(crate) fn identify(input: impl Read) -> Result<StateIdentity, StateRefusal> 
             "its lineage must be a non-empty string of at most 256 bytes".to_owned(),
         ));
     }
-    let _shape_checked = (header.resources, header.outputs);
     Ok(StateIdentity { lineage: header.lineage, serial: header.serial })
 }
 
