@@ -62,6 +62,14 @@ impl ClientError {
         matches!(self, Self::Proof(_) | Self::PoolReset { .. })
     }
 
+    /// The HTTP status the server answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Rejected { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
     /// Retrying may help: the server was unreachable or had a passing problem.
     pub fn is_transient(&self) -> bool {
         match self {

@@ -3,6 +3,11 @@
 //! uploaded in batches by one task. A failed upload is retried with the same numbers, so
 //! the server (which skips chunks it has) ends up with every chunk exactly once. Reports
 //! that follow the log are masked with the same values.
+//!
+//! Batches are bounded by bytes as well as chunks, well under the server's body limit; a
+//! batch the server still finds too large (413) is halved and sent again. The relay
+//! never gives up on a log while its run lives: only a server saying the log is sealed
+//! (the run ended and its log was archived) or the run is gone stops it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,12 +20,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, shown};
-use crate::client::AgentClient;
+use crate::client::{AgentClient, ClientError};
 use crate::mask::Masker;
 
 /// Chunks larger than this are split: keeps each request well under the server's limit.
 const MAX_CHUNK_BYTES: usize = 64 * 1024;
 const MAX_BATCH_CHUNKS: usize = 256;
+/// The most text one upload carries. JSON escaping at most sextuples text (`\u001b`), so
+/// a batch stays under the server's 8 MiB body limit whatever the tool prints.
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug)]
 struct Buffer {
@@ -175,15 +183,75 @@ fn print_chunk(run_id: RunId, seq: u64, text: &str) {
     let _ = writeln!(stdout, "{line}");
 }
 
+/// How many chunks the next upload may carry: halved when the server finds a batch too
+/// large, grown back as uploads succeed.
+#[derive(Debug)]
+struct BatchLimit {
+    chunks: usize,
+}
+
+impl BatchLimit {
+    fn new() -> Self {
+        Self { chunks: MAX_BATCH_CHUNKS }
+    }
+
+    /// The next batch: the oldest pending chunks, at most `chunks` of them and
+    /// `MAX_BATCH_BYTES` of text, and at least one.
+    fn take(&self, pending: &VecDeque<LogUpload>) -> Vec<LogUpload> {
+        let mut bytes = 0;
+        let mut batch = Vec::new();
+        for chunk in pending.iter().take(self.chunks) {
+            bytes += chunk.text.len();
+            if bytes > MAX_BATCH_BYTES && !batch.is_empty() {
+                break;
+            }
+            batch.push(chunk.clone());
+        }
+        batch
+    }
+
+    /// The server refused a batch of `sent` chunks as too large: the next ones carry half
+    /// as many. False when one chunk was refused, which no split can help.
+    fn too_large(&mut self, sent: usize) -> bool {
+        self.chunks = (sent / 2).max(1);
+        sent > 1
+    }
+
+    fn accepted(&mut self) {
+        self.chunks = (self.chunks * 2).min(MAX_BATCH_CHUNKS);
+    }
+}
+
+/// What a refused upload means for the log.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// The body was over the server's limit: split the batch.
+    TooLarge,
+    /// Nothing more can be added: the log is sealed (the run ended and its log was
+    /// archived) or the run is gone.
+    Closed,
+    /// Anything else: tried again, for as long as the run lives.
+    Retry,
+}
+
+fn refusal(error: &ClientError) -> Refusal {
+    match error.status() {
+        Some(413) => Refusal::TooLarge,
+        Some(404 | 410) => Refusal::Closed,
+        _ => Refusal::Retry,
+    }
+}
+
 async fn upload(client: Arc<AgentClient>, run_id: RunId, shared: Arc<Shared>) {
     let mut backoff = Backoff::new(Duration::from_secs(30));
+    let mut limit = BatchLimit::new();
     loop {
         let notified = shared.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let batch: Vec<LogUpload> = {
             let buffer = shared.buffer.lock().unwrap_or_else(PoisonError::into_inner);
-            buffer.pending.iter().take(MAX_BATCH_CHUNKS).cloned().collect()
+            limit.take(&buffer.pending)
         };
         if batch.is_empty() {
             tokio::select! {
@@ -191,29 +259,42 @@ async fn upload(client: Arc<AgentClient>, run_id: RunId, shared: Arc<Shared>) {
                 () = shared.abandoned.cancelled() => return,
             }
         }
-        match client.upload_logs(run_id, batch).await {
+        let sent = batch.len();
+        let error = match client.upload_logs(run_id, batch).await {
             Ok(next_seq) => {
                 backoff.reset();
+                limit.accepted();
                 let mut buffer = shared.buffer.lock().unwrap_or_else(PoisonError::into_inner);
                 while buffer.pending.front().is_some_and(|chunk| chunk.seq < next_seq) {
                     buffer.pending.pop_front();
                 }
                 drop(buffer);
                 shared.uploaded.send_replace(next_seq);
+                continue;
             }
-            Err(error) if error.is_transient() => {
-                let delay = backoff.delay();
-                tracing::warn!(run = %run_id, %error, "log upload failed; retrying in {}", shown(delay));
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shared.abandoned.cancelled() => return,
-                }
+            Err(error) => error,
+        };
+        match refusal(&error) {
+            Refusal::TooLarge if limit.too_large(sent) => {
+                tracing::warn!(run = %run_id, chunks = sent, "the server finds this log batch too large; sending it in halves");
+                continue;
             }
-            Err(error) => {
-                tracing::error!(run = %run_id, %error, "the server refuses this run's log: giving up on it");
+            Refusal::Closed => {
+                tracing::warn!(run = %run_id, %error, "the server takes no more of this run's log: it ended and its log is archived, or the run is gone");
                 shared.abandoned.cancel();
                 return;
             }
+            Refusal::TooLarge | Refusal::Retry => {}
+        }
+        let delay = backoff.delay();
+        if error.is_transient() {
+            tracing::warn!(run = %run_id, %error, "log upload failed; retrying in {}", shown(delay));
+        } else {
+            tracing::error!(run = %run_id, %error, "the server refuses this run's log; retrying in {} for as long as the run lives", shown(delay));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shared.abandoned.cancelled() => return,
         }
     }
 }
@@ -272,6 +353,65 @@ mod tests {
             matches!(&report, RunReport::Failed { message } if message == "terraform printed ***"),
             "{report:?}"
         );
+    }
+
+    fn pending(sizes: &[usize]) -> VecDeque<LogUpload> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(seq, size)| LogUpload { seq: seq as u64, text: "x".repeat(*size) })
+            .collect()
+    }
+
+    #[test]
+    fn batches_are_bounded_by_bytes_and_chunks() {
+        let limit = BatchLimit::new();
+        let many = pending(&[10; 1000]);
+        assert_eq!(limit.take(&many).len(), MAX_BATCH_CHUNKS);
+        let large = pending(&[MAX_CHUNK_BYTES; 100]);
+        let batch = limit.take(&large);
+        assert_eq!(batch.len(), MAX_BATCH_BYTES / MAX_CHUNK_BYTES);
+        assert!(batch.iter().map(|chunk| chunk.text.len()).sum::<usize>() <= MAX_BATCH_BYTES);
+        let huge = pending(&[MAX_BATCH_BYTES + 1, 10]);
+        assert_eq!(limit.take(&huge).len(), 1, "one chunk goes whatever its size");
+        assert!(limit.take(&VecDeque::new()).is_empty());
+    }
+
+    #[test]
+    fn a_batch_too_large_is_halved_until_one_chunk_then_grows_back() {
+        let mut limit = BatchLimit::new();
+        let chunks = pending(&[10; 300]);
+        let first = limit.take(&chunks);
+        assert!(limit.too_large(first.len()));
+        assert_eq!(limit.take(&chunks).len(), MAX_BATCH_CHUNKS / 2);
+        let mut sent = limit.take(&chunks).len();
+        while sent > 1 {
+            assert!(limit.too_large(sent));
+            sent = limit.take(&chunks).len();
+        }
+        assert!(!limit.too_large(1), "one chunk cannot be split");
+        assert_eq!(limit.take(&chunks).len(), 1);
+        limit.accepted();
+        limit.accepted();
+        assert_eq!(limit.take(&chunks).len(), 4, "grows back as uploads succeed");
+    }
+
+    #[test]
+    fn only_a_sealed_log_or_a_gone_run_stops_the_uploads() {
+        let rejected = |status: u16| ClientError::Rejected {
+            status,
+            code: "x".to_owned(),
+            message: "m".to_owned(),
+        };
+        assert_eq!(refusal(&rejected(413)), Refusal::TooLarge);
+        assert_eq!(refusal(&rejected(410)), Refusal::Closed);
+        assert_eq!(refusal(&rejected(404)), Refusal::Closed);
+        for status in [400, 401, 409, 500, 503] {
+            assert_eq!(refusal(&rejected(status)), Refusal::Retry, "{status}");
+        }
+        let unreachable =
+            ClientError::Unreachable { url: "https://x".to_owned(), cause: "refused".to_owned() };
+        assert_eq!(refusal(&unreachable), Refusal::Retry);
     }
 
     #[test]
