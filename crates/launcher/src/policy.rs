@@ -6,9 +6,13 @@
 //! work as they are, as do Rego v1 ones (`package gantry`, `deny contains msg if { … }`).
 //! A policy that does not parse stops the launcher at start.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
-use gantry_domain::{RunState, Timestamp};
+use gantry_domain::{RunState, Timestamp, Tool};
 use gantry_proto::agent::{Assignment, CommitAuthor, Job};
 use serde_json::json;
 
@@ -145,17 +149,55 @@ impl JudgedCommit {
     }
 }
 
+/// How long the tool may take to say its version.
+const TOOL_VERSION_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The version of `tool` the worker of a process executor runs: the executable it finds on
+/// `path` (the `PATH` it inherits from the launcher), as its `version -json` says. Asked
+/// once per file (by path and modification time), then remembered. `None` when the tool
+/// is not there or does not answer: the run's own attempt will say why.
+pub async fn local_tool_version(tool: Tool, path: Option<&OsStr>) -> Option<String> {
+    static KNOWN: Mutex<Option<HashMap<(PathBuf, SystemTime), String>>> = Mutex::new(None);
+    let executable = std::env::split_paths(path?)
+        .map(|dir| dir.join(tool.executable()))
+        .find(|candidate| candidate.is_file())?;
+    let modified = std::fs::metadata(&executable).and_then(|m| m.modified()).ok()?;
+    let key = (executable, modified);
+    let known =
+        |map: &mut Option<HashMap<_, String>>| map.get_or_insert_default().get(&key).cloned();
+    if let Some(version) = known(&mut KNOWN.lock().unwrap_or_else(|e| e.into_inner())) {
+        return Some(version);
+    }
+    let asked = tokio::process::Command::new(&key.0)
+        .args(["version", "-json"])
+        // Not the workspace: the answer would list its providers. No upgrade check.
+        .current_dir("/")
+        .env_clear()
+        .env("CHECKPOINT_DISABLE", "1")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(TOOL_VERSION_TIMEOUT, asked).await.ok()?.ok()?;
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    // OpenTofu answers under the same name.
+    let version = answer["terraform_version"].as_str()?.to_owned();
+    let mut map = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    map.get_or_insert_default().insert(key, version.clone());
+    Some(version)
+}
+
 /// The input document a policy receives, with the reference's field names (and a few of
 /// Gantry's own: `run.job`, `run.commit.hash`, `run.commit.author_email`,
 /// `static_run_environment.tool`). Timestamps are nanoseconds since 1970, as the
-/// reference's are. What is not known is `null`: the Terraform version (the runner image
-/// brings the tool, and nothing of it runs before the policy allows the run), and what a
-/// server older than these fields does not send. Gantry has no hooks, and no changes
-/// exist before a plan: those lists are empty.
+/// reference's are. What is not known is `null`: the tool's version where the launcher
+/// cannot ask the tool (`tool_version`: in a runner image, of which nothing runs before
+/// the policy allows the run), and what a server older than these fields does not send.
+/// Gantry has no hooks, and no changes exist before a plan: those lists are empty.
 pub fn input(
     assignment: &Assignment,
     commit: &JudgedCommit,
     docker_image: Option<&str>,
+    tool_version: Option<&str>,
 ) -> serde_json::Value {
     let stack = &assignment.stack;
     let environment: serde_json::Map<String, serde_json::Value> = stack
@@ -204,7 +246,7 @@ pub fn input(
             "before_apply": [],
             "auto_deploy": assignment.autodeploy,
             "tool": stack.tool.as_str(),
-            "terraform_version": null,
+            "terraform_version": tool_version,
         },
     })
 }
@@ -285,7 +327,7 @@ mod tests {
 
     /// The whole document for `assignment` judged on `commit`, against `expect`.
     fn check(assignment: &Assignment, commit: &JudgedCommit, image: Option<&str>, expect: Value) {
-        let actual = input(assignment, commit, image);
+        let actual = input(assignment, commit, image, None);
         assert_eq!(actual, expect, "\n{}", serde_json::to_string_pretty(&actual).unwrap());
     }
 
@@ -411,7 +453,7 @@ mod tests {
         let mut commit = checked_out();
         commit.author.as_mut().unwrap().authored_at =
             Timestamp::from_unix_millis(253_402_300_799_000);
-        let document = input(&task, &commit, None);
+        let document = input(&task, &commit, None, None);
         assert_eq!(document["static_run_environment"]["run_type"], "TASK");
         assert_eq!(document["static_run_environment"]["command"], "terraform state list");
         assert_eq!(document["run"]["commit"]["created_at"], i64::MAX);
@@ -441,7 +483,7 @@ deny[sprintf("commits by %s <%s> are not run here", [input.run.commit.author, in
                 message: Some(checkout.message),
                 author: Some(checkout.author),
             };
-            policy.denials(&input(&assignment(Job::Plan), &commit, None)).unwrap()
+            policy.denials(&input(&assignment(Job::Plan), &commit, None, None)).unwrap()
         };
         assert_eq!(
             judged("w1").await,
@@ -477,15 +519,67 @@ deny contains "commits older than 2024 are not applied" if {
         .unwrap();
         let mut apply = assignment(Job::Apply);
         apply.autodeploy = Some(false);
-        let denials = policy.denials(&input(&apply, &JudgedCommit::recorded(&apply), None));
+        let denials = policy.denials(&input(&apply, &JudgedCommit::recorded(&apply), None, None));
         assert_eq!(
             denials.unwrap(),
             ["commits older than 2024 are not applied", "network applies only with autodeploy"]
         );
         let mut plan = apply.clone();
         plan.job = Job::Plan;
-        let denials = policy.denials(&input(&plan, &JudgedCommit::recorded(&plan), None));
+        let denials = policy.denials(&input(&plan, &JudgedCommit::recorded(&plan), None, None));
         assert!(denials.unwrap().is_empty(), "the plan of the same run is allowed");
+    }
+
+    /// What the tool itself says of its version, in its words: `Terraform v1.11.4`.
+    fn said_version(executable: &str) -> String {
+        let output = std::process::Command::new(executable)
+            .arg("version")
+            .env("CHECKPOINT_DISABLE", "1")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stdout);
+        let first = said.lines().next().unwrap_or_default();
+        first.split_once(" v").map(|(_, version)| version.trim().to_owned()).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn the_tool_version_is_the_one_the_path_finds_and_a_policy_reads_it() {
+        let path = std::env::var_os("PATH");
+        let version = local_tool_version(Tool::Terraform, path.as_deref()).await;
+        let expected = said_version("terraform");
+        assert!(!expected.is_empty(), "terraform on PATH says its version");
+        assert_eq!(version.as_deref(), Some(expected.as_str()));
+        // Remembered: the same answer, from the same file.
+        assert_eq!(local_tool_version(Tool::Terraform, path.as_deref()).await, version);
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(local_tool_version(Tool::Terraform, Some(empty.path().as_os_str())).await, None);
+        assert_eq!(local_tool_version(Tool::Terraform, None).await, None);
+
+        let policy = InitializationPolicy::parse(
+            "p.rego",
+            r#"package gantry
+
+deny contains msg if {
+  is_string(input.static_run_environment.terraform_version)
+  semver.compare(input.static_run_environment.terraform_version, "1.5.0") < 0
+  msg := sprintf("terraform %s is older than 1.5", [input.static_run_environment.terraform_version])
+}
+
+deny contains "the tool's version is unknown" if {
+  input.static_run_environment.terraform_version == null
+}
+"#,
+        )
+        .unwrap();
+        let plan = assignment(Job::Plan);
+        let judged = |version: Option<&str>| {
+            let document = input(&plan, &checked_out(), None, version);
+            assert_eq!(document["static_run_environment"]["terraform_version"], json!(version));
+            policy.denials(&document).unwrap()
+        };
+        assert_eq!(judged(Some("1.4.7")), ["terraform 1.4.7 is older than 1.5"]);
+        assert!(judged(version.as_deref()).is_empty(), "{version:?}");
+        assert_eq!(judged(None), ["the tool's version is unknown"]);
     }
 
     fn input_for(stack: &str) -> serde_json::Value {

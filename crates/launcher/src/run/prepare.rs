@@ -122,7 +122,7 @@ async fn prepare(
             }
             // Judged once its commit is known (the denied commit is recorded too), and
             // before anything of it runs.
-            if let Some(refusal) = refused_by_policy(&context.config, assignment, &commit) {
+            if let Some(refusal) = refused_by_policy(&context.config, assignment, &commit).await {
                 return Err(refusal);
             }
         }
@@ -133,7 +133,7 @@ async fn prepare(
             ));
             // The plan's commit, as the server recorded it: no checkout to learn it from.
             let commit = JudgedCommit::recorded(assignment);
-            if let Some(refusal) = refused_by_policy(&context.config, assignment, &commit) {
+            if let Some(refusal) = refused_by_policy(&context.config, assignment, &commit).await {
                 return Err(refusal);
             }
             sealed::restore_workspace(context, assignment, workspace).await?;
@@ -198,18 +198,24 @@ async fn prepare(
 /// Why the run initialization policy refuses the job, if it does: every `deny` message,
 /// or why it could not be evaluated. Every job is judged, an apply as much as its plan:
 /// the input says which one it is.
-fn refused_by_policy(
+async fn refused_by_policy(
     config: &LauncherConfig,
     assignment: &Assignment,
     commit: &JudgedCommit,
 ) -> Option<String> {
     let policy = config.initialization_policy.as_ref()?;
-    let default_image = match &config.executor {
-        crate::config::ExecutorKind::Docker(settings) => settings.default_image.as_deref(),
-        crate::config::ExecutorKind::Process => None,
+    // The process executor's worker runs the tool its PATH, the launcher's, finds; a
+    // container's comes with its image, which nothing runs before the policy allows it.
+    let (default_image, tool_version) = match &config.executor {
+        crate::config::ExecutorKind::Docker(settings) => (settings.default_image.as_deref(), None),
+        crate::config::ExecutorKind::Process => {
+            let path = std::env::var_os("PATH");
+            (None, crate::policy::local_tool_version(assignment.stack.tool, path.as_deref()).await)
+        }
     };
     let image = assignment.stack.runner_image.as_deref().or(default_image);
-    match policy.denials(&crate::policy::input(assignment, commit, image)) {
+    let input = crate::policy::input(assignment, commit, image, tool_version.as_deref());
+    match policy.denials(&input) {
         Ok(denials) if denials.is_empty() => None,
         Ok(denials) => {
             Some(format!("The run initialization policy denied the run: {}", denials.join("; ")))

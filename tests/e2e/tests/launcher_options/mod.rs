@@ -338,6 +338,11 @@ deny[json.marshal(input)] {
   input.static_run_environment.stack_slug == "inspect"
 }
 
+deny[sprintf("stack legacy stays below terraform 1.5; this pool runs %s", [input.static_run_environment.terraform_version])] {
+  input.static_run_environment.stack_slug == "legacy"
+  semver.compare(input.static_run_environment.terraform_version, "1.5.0") >= 0
+}
+
 deny[json.marshal(input)] {
   input.run.job == "apply"
   input.static_run_environment.stack_labels[_] == "guarded"
@@ -366,6 +371,17 @@ fn assert_denied(gantry: &crate::harness::Gantry, run: &Value, message: &str) ->
     let log = gantry.log(&run);
     assert!(log.contains(&format!("{DENIED}{message}")), "{log}");
     log
+}
+
+/// The version of the terraform on PATH, the one the process executor's runs use.
+fn terraform_version() -> String {
+    let output = std::process::Command::new("terraform")
+        .args(["version", "-json"])
+        .env("CHECKPOINT_DISABLE", "1")
+        .output()
+        .expect("terraform runs");
+    let answer: Value = serde_json::from_slice(&output.stdout).expect("terraform answers JSON");
+    answer["terraform_version"].as_str().expect("terraform says its version").to_owned()
 }
 
 #[test]
@@ -402,7 +418,7 @@ fn the_initialization_policy_judges_every_job_on_the_whole_run() {
         ],
     );
     let state = |name: &str| work.path().join(format!("{name}.tfstate"));
-    for name in ["frozen-db", "app", "inspect"] {
+    for name in ["frozen-db", "app", "inspect", "legacy"] {
         gantry.create_stack(name, &repository, "p", &state(name), &["--label", "team:net"]);
     }
     gantry.create_stack("contrib", &contributed, "p", &state("contrib"), &[]);
@@ -420,6 +436,11 @@ fn the_initialization_policy_judges_every_job_on_the_whole_run() {
         "commits by Mallory <mallory@corp.example> are not run here",
     );
     assert!(log.contains("Checked out"), "{log}");
+    // On the version of the tool the run would use.
+    let denied = gantry.trigger("legacy", &["--proposed"]);
+    let version = terraform_version();
+    let message = format!("stack legacy stays below terraform 1.5; this pool runs {version}");
+    assert_denied(gantry, &denied, &message);
     let allowed = gantry.trigger("app", &["--proposed"]);
     let allowed = gantry.wait_for_state(&allowed, &["FINISHED", "FAILED"]);
     assert_eq!(allowed["state"], "FINISHED", "{allowed}");
@@ -459,6 +480,7 @@ fn the_initialization_policy_judges_every_job_on_the_whole_run() {
     assert_eq!(environment["stack_labels"], serde_json::json!(["team:net"]), "{input}");
     assert_eq!(environment["auto_deploy"], false, "{input}");
     assert_eq!(environment["tool"], "terraform", "{input}");
+    assert_eq!(environment["terraform_version"], version, "{input}");
     assert_eq!(environment["commit_sha"], serde_json::json!(head), "{input}");
     assert_eq!(environment["run_type"], "PROPOSED", "{input}");
 
