@@ -98,6 +98,41 @@ impl Default for AgentTimings {
     }
 }
 
+/// What one client may hold or try over HTTP, per replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A request's headers must arrive within this; also how long an HTTP/1.1
+    /// connection may wait for its next request, and the TLS handshake's bound.
+    pub header_read_timeout: Duration,
+    /// The longest a request may take to be answered (its body read included); a
+    /// long-poll gets its own wait on top, a blob upload this long between pieces.
+    pub request_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections one source address may hold.
+    pub connections_per_address: u32,
+    /// Failed authentications (API keys, UI sign-in, launcher session proofs) one source
+    /// address may make per minute before it is answered 429.
+    pub auth_failures_per_minute: u32,
+    /// Failed session proofs for one pool per minute, from all addresses together.
+    pub pool_auth_failures_per_minute: u32,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            // Above the 90 s reqwest and browsers keep an idle connection for, so that a
+            // client never reuses one the server is closing.
+            idle_timeout: Duration::from_secs(120),
+            connections_per_address: 1024,
+            auth_failures_per_minute: 30,
+            pool_auth_failures_per_minute: 300,
+        }
+    }
+}
+
 /// Everything `gantry server` needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -128,6 +163,8 @@ pub struct ServerConfig {
     pub worker_binary: Option<PathBuf>,
     /// Where Prometheus scrapes `/metrics` over plain HTTP; no metrics listener when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// Timeouts and limits of the HTTP listener.
+    pub http: HttpLimits,
 }
 
 pub const DATA_DIR: &str = "GANTRY_SERVER_DATA_DIR";
@@ -151,6 +188,12 @@ pub const DATABASE: &str = "GANTRY_SERVER_DATABASE";
 pub const S3_ENDPOINT: &str = "GANTRY_SERVER_S3_ENDPOINT";
 pub const S3_REGION: &str = "GANTRY_SERVER_S3_REGION";
 pub const S3_ALLOW_HTTP: &str = "GANTRY_SERVER_S3_ALLOW_HTTP";
+pub const HEADER_READ_TIMEOUT: &str = "GANTRY_SERVER_HEADER_READ_TIMEOUT";
+pub const REQUEST_TIMEOUT: &str = "GANTRY_SERVER_REQUEST_TIMEOUT";
+pub const IDLE_TIMEOUT: &str = "GANTRY_SERVER_IDLE_TIMEOUT";
+pub const CONNECTIONS_PER_ADDRESS: &str = "GANTRY_SERVER_CONNECTIONS_PER_ADDRESS";
+pub const AUTH_FAILURES_PER_MINUTE: &str = "GANTRY_SERVER_AUTH_FAILURES_PER_MINUTE";
+pub const POOL_AUTH_FAILURES_PER_MINUTE: &str = "GANTRY_SERVER_POOL_AUTH_FAILURES_PER_MINUTE";
 const DEFAULT_S3_REGION: &str = "us-east-1";
 const EXPECTED_BLOB_STORE: &str = "a directory, file:///absolute/dir or s3://bucket[/prefix] (a bucket name of 3 to 63 characters a-z 0-9 . -; prefix segments of a-z 0-9 . _ -)";
 const DEFAULT_MAX_BLOB_SIZE: u64 = 16 * 1024 * 1024 * 1024;
@@ -183,6 +226,8 @@ struct ConfigFile {
     tls: TlsFile,
     #[serde(default)]
     agent: AgentFile,
+    #[serde(default)]
+    http: HttpFile,
     max_blob_size: Option<String>,
     #[serde(default, deserialize_with = "scalar_text")]
     state_versions: Option<String>,
@@ -231,6 +276,20 @@ struct TlsFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct HttpFile {
+    header_read_timeout: Option<String>,
+    request_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    #[serde(default, deserialize_with = "scalar_text")]
+    connections_per_address: Option<String>,
+    #[serde(default, deserialize_with = "scalar_text")]
+    auth_failures_per_minute: Option<String>,
+    #[serde(default, deserialize_with = "scalar_text")]
+    pool_auth_failures_per_minute: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AgentFile {
     worker_timeout: Option<String>,
     heartbeat_interval: Option<String>,
@@ -272,6 +331,12 @@ impl ServerConfig {
             set(S3_ENDPOINT, parsed.s3_endpoint);
             set(S3_REGION, parsed.s3_region);
             set(S3_ALLOW_HTTP, parsed.s3_allow_http);
+            set(HEADER_READ_TIMEOUT, parsed.http.header_read_timeout);
+            set(REQUEST_TIMEOUT, parsed.http.request_timeout);
+            set(IDLE_TIMEOUT, parsed.http.idle_timeout);
+            set(CONNECTIONS_PER_ADDRESS, parsed.http.connections_per_address);
+            set(AUTH_FAILURES_PER_MINUTE, parsed.http.auth_failures_per_minute);
+            set(POOL_AUTH_FAILURES_PER_MINUTE, parsed.http.pool_auth_failures_per_minute);
             if !parsed.tls.hostnames.is_empty() {
                 merged.insert(TLS_HOSTNAMES.to_owned(), parsed.tls.hostnames.join(","));
             }
@@ -395,6 +460,7 @@ impl ServerConfig {
             .transpose()?;
         let blob_store = blob_location(settings, env, &data_dir)?;
         let database = Database::from_setting(options::get(settings, DATABASE), &data_dir)?;
+        let http = HttpLimits::from_settings(settings)?;
         Ok(Self {
             data_dir,
             blob_store,
@@ -409,6 +475,52 @@ impl ServerConfig {
             shared_workers,
             worker_binary,
             metrics_listen,
+            http,
+        })
+    }
+}
+
+impl HttpLimits {
+    fn from_settings(settings: &Env) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let per_minute = |name: &str, default: u32| {
+            options::count(
+                settings,
+                name,
+                default,
+                1,
+                1_000_000,
+                "a number of failed attempts per minute, from 1 to 1000000",
+            )
+        };
+        Ok(Self {
+            header_read_timeout: options::duration(
+                settings,
+                HEADER_READ_TIMEOUT,
+                defaults.header_read_timeout,
+            )?,
+            request_timeout: options::duration(
+                settings,
+                REQUEST_TIMEOUT,
+                defaults.request_timeout,
+            )?,
+            idle_timeout: options::duration(settings, IDLE_TIMEOUT, defaults.idle_timeout)?,
+            connections_per_address: options::count(
+                settings,
+                CONNECTIONS_PER_ADDRESS,
+                defaults.connections_per_address,
+                1,
+                1_000_000,
+                "a number of connections from 1 to 1000000",
+            )?,
+            auth_failures_per_minute: per_minute(
+                AUTH_FAILURES_PER_MINUTE,
+                defaults.auth_failures_per_minute,
+            )?,
+            pool_auth_failures_per_minute: per_minute(
+                POOL_AUTH_FAILURES_PER_MINUTE,
+                defaults.pool_auth_failures_per_minute,
+            )?,
         })
     }
 }
@@ -567,6 +679,30 @@ mod tests {
         assert_eq!(limit("", &[(MAX_RUN_LOG_SIZE, "16KiB")]).unwrap(), 16 << 10);
         let error = limit("", &[(MAX_RUN_LOG_SIZE, "100b")]).unwrap_err().to_string();
         assert!(error.contains("at least 4KiB"), "{error}");
+    }
+
+    #[test]
+    fn http_limits_come_from_the_file_or_the_environment() {
+        let limits = |file: &str, pairs: &[(&str, &str)]| {
+            ServerConfig::resolve(Some(("gantry.toml", file)), &env(pairs)).map(|c| c.http)
+        };
+        assert_eq!(limits("", &[]).unwrap(), HttpLimits::default());
+        let file = "[http]\nheader_read_timeout = \"5s\"\nconnections_per_address = 64\nauth_failures_per_minute = \"10\"";
+        let set = limits(file, &[(IDLE_TIMEOUT, "10m"), (AUTH_FAILURES_PER_MINUTE, "12")]).unwrap();
+        assert_eq!(set.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(set.idle_timeout, Duration::from_secs(600));
+        assert_eq!(set.connections_per_address, 64);
+        assert_eq!(set.auth_failures_per_minute, 12, "the environment wins");
+        assert_eq!(set.request_timeout, HttpLimits::default().request_timeout);
+        let error = limits("", &[(REQUEST_TIMEOUT, "60")]).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("{REQUEST_TIMEOUT}=\"60\": expected a duration")),
+            "{error}"
+        );
+        let error = limits("", &[(CONNECTIONS_PER_ADDRESS, "0")]).unwrap_err().to_string();
+        assert!(error.contains("a number of connections from 1 to 1000000"), "{error}");
+        let error = limits("[http]\nheader_timeout = \"5s\"", &[]).unwrap_err().to_string();
+        assert!(error.contains("header_timeout"), "{error}");
     }
 
     #[test]

@@ -49,6 +49,14 @@ pub(crate) enum ApiError {
     NoRoute { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+    /// A request body over what its endpoint accepts, said in a sentence.
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("the request was not answered within {}", humantime::format_duration(*.0))]
+    Timeout(std::time::Duration),
+    /// Too many failed attempts: the sentence says whose, `retry_after` when to try again.
+    #[error("{message}: try again in {} s", retry_after.as_secs().max(1))]
+    RateLimited { message: String, retry_after: std::time::Duration },
 }
 
 impl ApiError {
@@ -103,6 +111,9 @@ impl ApiError {
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route"),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         }
     }
 }
@@ -115,12 +126,20 @@ impl IntoResponse for ApiError {
         }
         let body =
             ErrorResponse { error: ErrorBody { code: code.to_owned(), message: self.to_string() } };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        crate::http_limits::mark_response(&self, &mut response);
+        response
     }
 }
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::TooLarge(format!(
+                "the request body is too large: {}",
+                rejection.body_text()
+            ));
+        }
         Self::InvalidRequest(format!("the request body is not valid: {}", rejection.body_text()))
     }
 }

@@ -12,6 +12,7 @@ mod cluster;
 pub mod config;
 mod error;
 mod events;
+mod http_limits;
 mod lifecycle;
 mod liveness;
 mod log_archive;

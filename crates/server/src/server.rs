@@ -35,8 +35,6 @@ const UI_SESSION_KEY_SECRET: &str = "ui-session-key";
 pub const CA_FILE: &str = "server-ca.pem";
 /// How long in-flight requests may finish after the shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-/// Log uploads are the largest JSON bodies; blobs stream past this limit.
-const BODY_LIMIT: usize = 8 * 1024 * 1024;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +67,8 @@ pub fn router(state: AppState) -> Router {
         .route("/", axum::routing::get(|| async { axum::response::Redirect::to("/ui") }))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::http_limits::BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::http_limits::guard))
         .layer(TraceLayer::new_for_http())
         .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, COOKIE]))
         .layer(SetSensitiveResponseHeadersLayer::new([SET_COOKIE]))
@@ -177,6 +176,11 @@ impl Server {
             worker_release,
             timings: config.timings.clone(),
             shutdown: CancellationToken::new(),
+            http_guards: crate::http_limits::HttpGuards::new(
+                &config.http,
+                config.timings.poll_timeout,
+                config.max_blob_size,
+            ),
         });
         Ok(Self {
             state,
@@ -257,13 +261,25 @@ impl Server {
                 .time(Duration::from_secs(60))
                 .interval(Duration::from_secs(15)),
         );
+        let http = &self.config.http;
         let acceptor = RustlsAcceptor::new(RustlsConfig::from_config(self.tls))
+            .handshake_timeout(http.header_read_timeout)
             .acceptor(TcpConfigAcceptor::new(socket));
-        let server = axum_server::from_tcp(self.listener)
+        let acceptor = crate::http_limits::GuardedAcceptor::new(
+            acceptor,
+            crate::http_limits::ConnectionCounts::new(http.connections_per_address),
+            http.idle_timeout,
+        );
+        let mut server = axum_server::from_tcp(self.listener)
             .map_err(|source| StartError::Listen { address: self.local_addr, source })?
             .acceptor(acceptor)
             .handle(handle.clone())
-            .serve(router(state.clone()).into_make_service());
+            // HTTP/2 has no header timeout of its own: its first request is bounded here.
+            .first_request_timeout(http.header_read_timeout);
+        // In HTTP/1.1 this also bounds the wait for the next request on a connection.
+        server.http_builder().http1().header_read_timeout(http.header_read_timeout);
+        let server =
+            server.serve(router(state.clone()).into_make_service_with_connect_info::<SocketAddr>());
         tracing::info!(address = %self.local_addr, url = %state.public_url, "gantry server listening");
 
         let stopper = {

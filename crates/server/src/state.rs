@@ -48,6 +48,8 @@ pub struct Shared {
     pub timings: AgentTimings,
     /// Cancelled when the server shuts down: long-polls and streams end at once.
     pub shutdown: CancellationToken,
+    /// Failed authentications per address and pool; the HTTP layer's bounds.
+    pub(crate) http_guards: crate::http_limits::HttpGuards,
 }
 
 impl AppState {

@@ -11,6 +11,7 @@ use gantry_store::{PoolRecord, SessionRecord};
 use crate::auth::AgentSession;
 use crate::error::{ApiError, ApiResult, Json};
 use crate::events::ClusterSignal;
+use crate::http_limits::{Failure, Source, authentication_failed};
 use crate::lifecycle;
 use crate::state::{AppState, now};
 
@@ -33,9 +34,10 @@ async fn launcher_pool(
 
 pub(super) async fn challenge(
     State(state): State<AppState>,
+    source: Source,
     Json(request): Json<ChallengeRequest>,
 ) -> ApiResult<Json<ChallengeResponse>> {
-    let pool = launcher_pool(&state, request.pool_id).await?;
+    let pool = pool_to_prove(&state, source, request.pool_id).await?;
     let expires = now().plus(CHALLENGE_LIFETIME);
     Ok(Json(ChallengeResponse {
         challenge: state.challenges.issue(&pool.id.to_string(), expires.unix_millis()),
@@ -45,32 +47,17 @@ pub(super) async fn challenge(
 
 pub(super) async fn open(
     State(state): State<AppState>,
+    source: Source,
     Json(request): Json<OpenSession>,
 ) -> ApiResult<Json<SessionOpened>> {
-    let pool = launcher_pool(&state, request.pool_id).await?;
-    state
-        .challenges
-        .verify(&request.challenge, &pool.id.to_string(), now().unix_millis())
-        .map_err(|_| {
-            ApiError::InvalidProof(
-                "the session challenge is invalid or expired: ask for a new one".to_owned(),
-            )
-        })?;
-    let certificate_pem = pool
-        .certificate_pem
-        .as_deref()
-        .ok_or_else(|| ApiError::Internal(format!("pool {} has no certificate", pool.name)))?;
-    let certificate =
-        Certificate::from_pem(certificate_pem).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let signature = base64::engine::general_purpose::STANDARD
-        .decode(request.signature.trim())
-        .map_err(|_| ApiError::invalid("signature is not base64"))?;
-    verify_session_signature(&certificate, &request.challenge, &signature).map_err(|_| {
-        ApiError::InvalidProof(format!(
-            "the proof does not verify against the certificate of pool {}: GANTRY_POOL_PRIVATE_KEY is not this pool's key",
-            pool.name
-        ))
-    })?;
+    let pool = pool_to_prove(&state, source, request.pool_id).await?;
+    let certificate = match verify_proof(&pool, &state, &request) {
+        Err(error @ (ApiError::InvalidProof(_) | ApiError::InvalidRequest(_))) => {
+            authentication_failed(&state, source, Failure::SessionProof(pool.id)).await;
+            return Err(error);
+        }
+        verified => verified?,
+    };
     let token = random_secret("gst_");
     let at = now();
     let session = SessionRecord {
@@ -127,6 +114,59 @@ pub(super) async fn close(
     state.events.request_scheduling();
     tracing::info!(launcher = %session.launcher_id, host = %session.hostname, workers = ids.len(), "launcher left");
     Ok(Json(serde_json::json!({})))
+}
+
+/// The pool a launcher asks to prove its key for, unless its address or the pool failed
+/// too often; asking for a pool that does not exist counts as a failure.
+async fn pool_to_prove(
+    state: &AppState,
+    source: Source,
+    pool_id: gantry_domain::PoolId,
+) -> ApiResult<PoolRecord> {
+    state.http_guards.admit(source, Some(pool_id))?;
+    match launcher_pool(state, pool_id).await {
+        Err(error @ ApiError::NotFound { .. }) => {
+            authentication_failed(state, source, Failure::UnknownPool(pool_id)).await;
+            Err(error)
+        }
+        found => found,
+    }
+}
+
+fn pool_certificate(pool: &PoolRecord) -> ApiResult<Certificate> {
+    let certificate_pem = pool
+        .certificate_pem
+        .as_deref()
+        .ok_or_else(|| ApiError::Internal(format!("pool {} has no certificate", pool.name)))?;
+    Certificate::from_pem(certificate_pem).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Whether the launcher answered a challenge of this server, for this pool, with a
+/// signature by the pool's key; the pool's certificate when it did.
+fn verify_proof(
+    pool: &PoolRecord,
+    state: &AppState,
+    request: &OpenSession,
+) -> ApiResult<Certificate> {
+    state
+        .challenges
+        .verify(&request.challenge, &pool.id.to_string(), now().unix_millis())
+        .map_err(|_| {
+            ApiError::InvalidProof(
+                "the session challenge is invalid or expired: ask for a new one".to_owned(),
+            )
+        })?;
+    let certificate = pool_certificate(pool)?;
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(request.signature.trim())
+        .map_err(|_| ApiError::invalid("signature is not base64"))?;
+    verify_session_signature(&certificate, &request.challenge, &signature).map_err(|_| {
+        ApiError::InvalidProof(format!(
+            "the proof does not verify against the certificate of pool {}: GANTRY_POOL_PRIVATE_KEY is not this pool's key",
+            pool.name
+        ))
+    })?;
+    Ok(certificate)
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -193,6 +193,7 @@ pub(super) struct SignIn {
 
 pub(super) async fn sign_in(
     State(state): State<AppState>,
+    source: crate::http_limits::Source,
     uri: Uri,
     headers: HeaderMap,
     Form(form): Form<SignIn>,
@@ -203,9 +204,17 @@ pub(super) async fn sign_in(
         let why = "The sign-in form expired or was not sent from this server: try again.";
         return sign_in_form(&headers, StatusCode::FORBIDDEN, Some(why));
     }
+    if let Err(refused) = state.http_guards.admit(source, None) {
+        let why = refused.to_string();
+        let mut page = sign_in_form(&headers, StatusCode::TOO_MANY_REQUESTS, Some(&why));
+        crate::http_limits::mark_response(&refused, &mut page);
+        return page;
+    }
     let key = match state.store.find_api_key(&hash_secret(form.api_key.trim())).await {
         Ok(Some(key)) => key,
         Ok(None) => {
+            let failure = crate::http_limits::Failure::UiSignIn;
+            crate::http_limits::authentication_failed(&state, source, failure).await;
             let why = "That API key is not valid.";
             return sign_in_form(&headers, StatusCode::UNAUTHORIZED, Some(why));
         }

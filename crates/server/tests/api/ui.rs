@@ -552,3 +552,23 @@ async fn a_stack_page_lists_state_versions_and_rolls_back_with_the_sessions_toke
     let page = response.text().await.unwrap();
     assert!(page.contains("stack db has no state version 7: it keeps versions 1 to 3"), "{page}");
 }
+
+#[tokio::test]
+async fn guessing_keys_at_the_sign_in_form_is_answered_429_with_retry_after() {
+    let data_dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let settings = [("GANTRY_SERVER_AUTH_FAILURES_PER_MINUTE", "3")];
+    let server = gantry_testkit::TestServer::start_in(data_dir, &settings).await;
+    let http = server.http();
+    let api = Api { server, http };
+    let mut browser = Browser::new(&api);
+    for n in 0..3 {
+        let response = browser.sign_in(&format!("gak_guess{n}")).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    let response = browser.sign_in(&api.server.admin_key).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "even the right key waits");
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry_after), "Retry-After: {retry_after}");
+    let page = response.text().await.unwrap();
+    assert!(page.contains("too many failed authentications"), "{page}");
+}
