@@ -219,6 +219,50 @@ pub fn json(words: &'static str) -> impl Strategy<Value = serde_json::Value> {
     })
 }
 
+/// The runtime a fuzz test's shared service (a server, an endpoint) lives on, for the
+/// test's whole process: its cases call into it with `block_on`.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime for the fuzz test")
+}
+
+/// The `content-type` of a fuzzed HTTP request: mostly JSON's, sometimes none, another
+/// type, or JSON's with a charset that does not exist for it.
+pub fn content_type() -> impl Strategy<Value = Option<&'static str>> {
+    prop_oneof![
+        6 => Just(Some("application/json")),
+        1 => Just(None),
+        1 => Just(Some("text/plain")),
+        1 => Just(Some("application/json; charset=latin1")),
+    ]
+}
+
+/// Checks an HTTP API's answer to one fuzzed request (`what` says which, in a failure):
+/// a success, or a 4xx with the JSON error body (`{"error": {"code", "message"}}`);
+/// never a 5xx, nor a refusal a client cannot read.
+pub fn answered_cleanly(
+    status: u16,
+    body: &serde_json::Value,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    prop_assert!(status < 500, "{}: {} {}", what, status, body);
+    if !(200..300).contains(&status) {
+        prop_assert!((400..500).contains(&status), "{}: {} {}", what, status, body);
+        let error = &body["error"];
+        prop_assert!(
+            error["code"].is_string() && error["message"].is_string(),
+            "{}: {} without the JSON error body: {}",
+            what,
+            status,
+            body
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
@@ -229,27 +230,52 @@ async fn require_capability(
     }
 }
 
+/// A body that is not the request it should be, refused like every refusal of this API:
+/// a 4xx with the JSON error body, not axum's plain text.
+fn invalid_body(rejection: &JsonRejection) -> Response {
+    let message = format!("the request body is not valid: {}", rejection.body_text());
+    refuse(rejection.status(), "invalid_request", &message)
+}
+
 async fn job(State(endpoint): State<Arc<RunEndpoint>>) -> axum::Json<WorkerJob> {
     axum::Json(endpoint.job.clone())
 }
 
 async fn log(
     State(endpoint): State<Arc<RunEndpoint>>,
-    axum::Json(log): axum::Json<WorkerLog>,
-) -> StatusCode {
+    log: Result<axum::Json<WorkerLog>, JsonRejection>,
+) -> Response {
+    let axum::Json(log) = match log {
+        Ok(log) => log,
+        Err(rejection) => return invalid_body(&rejection),
+    };
     endpoint.logs.append(&log.text);
-    StatusCode::NO_CONTENT
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn report(
     State(endpoint): State<Arc<RunEndpoint>>,
-    axum::Json(report): axum::Json<WorkerReport>,
-) -> axum::Json<WorkerDirective> {
+    report: Result<axum::Json<WorkerReport>, JsonRejection>,
+) -> Response {
+    let axum::Json(report) = match report {
+        Ok(report) => report,
+        Err(rejection) => return invalid_body(&rejection),
+    };
     if !report.sensitive_outputs.is_empty() {
         endpoint.store_sensitive_outputs(&report.sensitive_outputs).await;
     }
     let directive = endpoint.report(report.report).await;
-    axum::Json(WorkerDirective { directive })
+    axum::Json(WorkerDirective { directive }).into_response()
+}
+
+/// The API's routes, each behind the capability check.
+fn router(endpoint: Arc<RunEndpoint>) -> Router {
+    Router::new()
+        .route("/v1/job", get(job))
+        .route("/v1/logs", post(log))
+        .route("/v1/reports", post(report))
+        .layer(from_fn_with_state(Arc::clone(&endpoint), require_capability))
+        .with_state(endpoint)
 }
 
 /// Serves the endpoint on `socket_path` until `stop` is cancelled.
@@ -259,12 +285,7 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = UnixListener::bind(socket_path)?;
-    let router = Router::new()
-        .route("/v1/job", get(job))
-        .route("/v1/logs", post(log))
-        .route("/v1/reports", post(report))
-        .layer(from_fn_with_state(Arc::clone(&endpoint), require_capability))
-        .with_state(endpoint);
+    let router = router(endpoint);
     Ok(tokio::spawn(async move {
         let served =
             axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
@@ -273,3 +294,6 @@ pub(crate) async fn serve(
         }
     }))
 }
+
+#[cfg(test)]
+mod fuzz_tests;

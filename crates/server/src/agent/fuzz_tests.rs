@@ -37,11 +37,7 @@ struct Plane {
 fn plane() -> &'static Plane {
     static PLANE: OnceLock<Plane> = OnceLock::new();
     PLANE.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = fuzz::runtime();
         let data_dir = tempfile::tempdir().unwrap();
         let env = [
             ("GANTRY_SERVER_DATA_DIR", data_dir.path().display().to_string()),
@@ -281,15 +277,6 @@ fn token() -> impl Strategy<Value = Option<String>> {
     ]
 }
 
-fn content_type() -> impl Strategy<Value = Option<&'static str>> {
-    prop_oneof![
-        6 => Just(Some("application/json")),
-        1 => Just(None),
-        1 => Just(Some("text/plain")),
-        1 => Just(Some("application/json; charset=latin1")),
-    ]
-}
-
 /// The body of a case, given its route's valid body.
 #[derive(Debug, Clone)]
 enum BodyKind {
@@ -403,23 +390,6 @@ fn same_type(old: &Value, by: Replacement) -> Value {
     }
 }
 
-/// Checks the answer to one case.
-fn assert_clean(status: StatusCode, body: &Value, what: &str) -> Result<(), TestCaseError> {
-    prop_assert!(!status.is_server_error(), "{}: {} {}", what, status, body);
-    if !status.is_success() {
-        prop_assert!(status.is_client_error(), "{}: {} {}", what, status, body);
-        let error = &body["error"];
-        prop_assert!(
-            error["code"].is_string() && error["message"].is_string(),
-            "{}: {} without the JSON error body: {}",
-            what,
-            status,
-            body
-        );
-    }
-    Ok(())
-}
-
 proptest! {
     #![proptest_config(fuzz::config(384))]
 
@@ -428,7 +398,7 @@ proptest! {
         route_index in 0..routes().len(),
         run in run_key(),
         token in token(),
-        content_type in content_type(),
+        content_type in fuzz::content_type(),
         body in body_kind(),
     ) {
         let plane = plane();
@@ -457,7 +427,7 @@ proptest! {
             let call = call(&plane.router, method, &path, token.as_deref(), content_type, body);
             tokio::time::timeout(HANG_LIMIT, call).await.expect("the server answers in time")
         });
-        assert_clean(status, &answer, &what)?;
+        fuzz::answered_cleanly(status.as_u16(), &answer, &what)?;
     }
 
     /// Log uploads with the launcher's own run, whatever their sequence numbers and text.
@@ -474,7 +444,7 @@ proptest! {
         let (status, answer) = plane.runtime.block_on(
             call(&plane.router, Method::POST, &path, token, Some("application/json"), body),
         );
-        assert_clean(status, &answer, "log upload")?;
+        fuzz::answered_cleanly(status.as_u16(), &answer, "log upload")?;
     }
 }
 
