@@ -3,6 +3,8 @@
 use gantry_crypto::{hash_secret, random_secret};
 use gantry_store::{ApiKeyRecord, Store, StoreError};
 
+use crate::StartError;
+use crate::master_key::ServerSecrets;
 use crate::state::now;
 
 const BOOTSTRAP_MARKER: &str = "initial-admin-key";
@@ -11,14 +13,17 @@ pub const API_KEY_PREFIX: &str = "gak_";
 
 /// Creates the first admin key if the server has none, and returns it: the only time it
 /// exists in clear. When several replicas start together, one of them creates it.
-pub(crate) async fn initial_admin_key(store: &dyn Store) -> Result<Option<String>, StoreError> {
+pub(crate) async fn initial_admin_key(
+    store: &dyn Store,
+    secrets: &ServerSecrets,
+) -> Result<Option<String>, StartError> {
     if store.count_api_keys().await? > 0 {
         return Ok(None);
     }
     let key = random_secret(API_KEY_PREFIX);
     let hash = hash_secret(&key);
-    let winner = store.secret_or_insert(BOOTSTRAP_MARKER, hash.as_bytes(), now()).await?;
-    if winner != hash.as_bytes() && store.count_api_keys().await? > 0 {
+    let winner = secrets.get_or_insert(store, BOOTSTRAP_MARKER, hash.as_bytes(), now()).await?;
+    if winner.as_slice() != hash.as_bytes() && store.count_api_keys().await? > 0 {
         // Another replica created the key meanwhile.
         return Ok(None);
     }

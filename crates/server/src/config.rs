@@ -143,6 +143,8 @@ pub struct ServerConfig {
     pub blob_store: BlobLocation,
     /// Where the state is kept.
     pub database: Database,
+    /// The key that seals the server's secrets in the database.
+    pub master_key: crate::MasterKeySource,
     pub listen: SocketAddr,
     /// The address launchers and users reach the server at, written into pool tokens;
     /// `https://<bound address>` when unset.
@@ -168,6 +170,8 @@ pub struct ServerConfig {
 }
 
 pub const DATA_DIR: &str = "GANTRY_SERVER_DATA_DIR";
+pub const MASTER_KEY: &str = "GANTRY_SERVER_MASTER_KEY";
+pub const MASTER_KEY_FILE: &str = "GANTRY_SERVER_MASTER_KEY_FILE";
 pub const LISTEN: &str = "GANTRY_SERVER_LISTEN";
 pub const PUBLIC_URL: &str = "GANTRY_SERVER_PUBLIC_URL";
 pub const TLS_CERT_FILE: &str = "GANTRY_SERVER_TLS_CERT_FILE";
@@ -238,6 +242,7 @@ struct ConfigFile {
     metrics_listen: Option<String>,
     blob_store: Option<String>,
     database: Option<String>,
+    master_key_file: Option<String>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
     #[serde(default, deserialize_with = "scalar_text")]
@@ -328,6 +333,7 @@ impl ServerConfig {
             set(METRICS_LISTEN, parsed.metrics_listen);
             set(BLOB_STORE, parsed.blob_store);
             set(DATABASE, parsed.database);
+            set(MASTER_KEY_FILE, parsed.master_key_file);
             set(S3_ENDPOINT, parsed.s3_endpoint);
             set(S3_REGION, parsed.s3_region);
             set(S3_ALLOW_HTTP, parsed.s3_allow_http);
@@ -459,12 +465,19 @@ impl ServerConfig {
             })
             .transpose()?;
         let blob_store = blob_location(settings, env, &data_dir)?;
+        let master_key = crate::MasterKeySource::from_settings(
+            options::get(settings, MASTER_KEY),
+            options::get(settings, MASTER_KEY_FILE),
+            &data_dir,
+        )
+        .map_err(ConfigError::Inconsistent)?;
         let database = Database::from_setting(options::get(settings, DATABASE), &data_dir)?;
         let http = HttpLimits::from_settings(settings)?;
         Ok(Self {
             data_dir,
             blob_store,
             database,
+            master_key,
             listen,
             public_url,
             tls,

@@ -90,9 +90,9 @@ impl ApiError {
             Self::Store(error) => match error {
                 StoreError::AlreadyExists { .. } => (StatusCode::CONFLICT, "already_exists"),
                 StoreError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-                StoreError::StateConflict { .. } | StoreError::LogGap { .. } => {
-                    (StatusCode::CONFLICT, "conflict")
-                }
+                StoreError::StateConflict { .. }
+                | StoreError::LogGap { .. }
+                | StoreError::SecretChanged { .. } => (StatusCode::CONFLICT, "conflict"),
                 // Not a passing state: nothing more is ever appended to the run's log.
                 StoreError::LogSealed { .. } => (StatusCode::GONE, "log_sealed"),
                 StoreError::Database(_) | StoreError::Config(_) => {

@@ -17,6 +17,7 @@ mod lifecycle;
 mod liveness;
 mod log_archive;
 mod lookup;
+mod master_key;
 mod metrics;
 mod pki;
 mod scheduling;
@@ -29,4 +30,5 @@ mod views;
 
 pub use bootstrap::API_KEY_PREFIX;
 pub use config::{AgentTimings, ServerConfig, TlsSource};
+pub use master_key::{DEFAULT_MASTER_KEY_FILE, MasterKeySource, Rotation, rotate_master_key};
 pub use server::{CA_FILE, Server, StartError, router};

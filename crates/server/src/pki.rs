@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::StartError;
 use crate::config::{TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE, TlsSource};
+use crate::master_key::ServerSecrets;
 
 const CA_SECRET: &str = "certificate-authority";
 
@@ -40,6 +41,7 @@ impl std::fmt::Debug for Pki {
 /// configuration for `hostnames`.
 pub(crate) async fn load(
     store: &dyn Store,
+    secrets: &ServerSecrets,
     tls: &TlsSource,
     hostnames: &[String],
     now: Timestamp,
@@ -51,7 +53,7 @@ pub(crate) async fn load(
         private_key_pem: candidate.private_key_pem(),
     };
     let bytes = serde_json::to_vec(&stored).map_err(|e| StartError::Internal(e.to_string()))?;
-    let kept = store.secret_or_insert(CA_SECRET, &bytes, now).await?;
+    let kept = secrets.get_or_insert(store, CA_SECRET, &bytes, now).await?;
     let kept: StoredAuthority = serde_json::from_slice(&kept).map_err(|e| {
         StartError::Internal(format!("the stored certificate authority does not parse: {e}"))
     })?;

@@ -56,6 +56,9 @@ pub enum StartError {
     Crypto(gantry_crypto::Error),
     #[error("{0}")]
     Internal(String),
+    /// The message names the setting to provide; it never holds the key.
+    #[error("{0}")]
+    MasterKey(String),
 }
 
 /// The REST API, the agent plane and the web UI, with their shared layers.
@@ -98,6 +101,7 @@ pub struct Server {
     tls: Arc<rustls::ServerConfig>,
     local_addr: SocketAddr,
     initial_admin_key: Option<String>,
+    generated_master_key: Option<std::path::PathBuf>,
     shared_pool: crate::shared_pool::SharedPool,
     config: ServerConfig,
 }
@@ -105,6 +109,7 @@ pub struct Server {
 impl Server {
     pub async fn start(config: ServerConfig) -> Result<Self, StartError> {
         create_private_dir(&config.data_dir)?;
+        crate::master_key::private_files(&config)?;
         let store: Arc<dyn Store> = match &config.database {
             Database::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
             Database::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
@@ -134,12 +139,24 @@ impl Server {
             .map_err(|source| StartError::Listen { address: config.listen, source })?;
         let public_url = config.effective_public_url(local_addr);
         let hostnames = certificate_hostnames(&config, local_addr, &public_url);
-        let pki = pki::load(store.as_ref(), &config.tls, &hostnames, now()).await?;
-        let challenge_key = store
-            .secret_or_insert(CHALLENGE_KEY_SECRET, &ChallengeSigner::generate_key(), now())
+        let unlocked = crate::master_key::unlock(&config.master_key, store.as_ref()).await?;
+        let secrets = &unlocked.secrets;
+        let pki = pki::load(store.as_ref(), secrets, &config.tls, &hostnames, now()).await?;
+        let challenge_key = secrets
+            .get_or_insert(
+                store.as_ref(),
+                CHALLENGE_KEY_SECRET,
+                &ChallengeSigner::generate_key(),
+                now(),
+            )
             .await?;
-        let ui_session_key = store
-            .secret_or_insert(UI_SESSION_KEY_SECRET, &ChallengeSigner::generate_key(), now())
+        let ui_session_key = secrets
+            .get_or_insert(
+                store.as_ref(),
+                UI_SESSION_KEY_SECRET,
+                &ChallengeSigner::generate_key(),
+                now(),
+            )
             .await?;
         let metrics_listener = match config.metrics_listen {
             Some(address) => Some(
@@ -149,8 +166,9 @@ impl Server {
             ),
             None => None,
         };
-        let initial_admin_key = bootstrap::initial_admin_key(store.as_ref()).await?;
-        let shared_pool = crate::shared_pool::ensure(store.as_ref(), &pki.ca, now()).await?;
+        let initial_admin_key = bootstrap::initial_admin_key(store.as_ref(), secrets).await?;
+        let shared_pool =
+            crate::shared_pool::ensure(store.as_ref(), secrets, &pki.ca, now()).await?;
         let worker_release =
             match crate::shared_pool::worker_binary(config.worker_binary.as_deref()) {
                 Some(binary) => crate::agent::WorkerRelease::load(&binary).map_err(|source| {
@@ -189,6 +207,7 @@ impl Server {
             tls: pki.tls,
             local_addr,
             initial_admin_key,
+            generated_master_key: unlocked.generated,
             shared_pool,
             config,
         })
@@ -219,6 +238,12 @@ impl Server {
     #[cfg(test)]
     pub(crate) fn app_state(&self) -> AppState {
         self.state.clone()
+    }
+
+    /// The master key file this start generated (a first start with no master key set);
+    /// `None` otherwise.
+    pub fn generated_master_key(&self) -> Option<&std::path::Path> {
+        self.generated_master_key.as_deref()
     }
 
     /// The admin API key created at this first start; `None` on later starts.

@@ -1,5 +1,5 @@
 //! The shared pool: a pool the server runs itself, the default for stacks that name no
-//! pool. Its key is the server's (kept in the store, so every replica has it), its
+//! pool. Its key is the server's (sealed in the store, so every replica has it), its
 //! launcher runs inside the server process and connects through the same HTTPS agent
 //! plane as any launcher, and its workers are never listed to users.
 
@@ -13,6 +13,7 @@ use gantry_store::{PoolRecord, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::StartError;
+use crate::master_key::ServerSecrets;
 
 /// The shared pool's name, reserved.
 pub(crate) const NAME: &str = "shared";
@@ -41,6 +42,7 @@ impl std::fmt::Debug for SharedPool {
 /// Finds the shared pool, creating it (key, certificate, record) at first start.
 pub(crate) async fn ensure(
     store: &dyn Store,
+    secrets: &ServerSecrets,
     ca: &CertificateAuthority,
     now: Timestamp,
 ) -> Result<SharedPool, StartError> {
@@ -48,7 +50,7 @@ pub(crate) async fn ensure(
     let candidate =
         StoredKey { private_key_pem: candidate.private_key_pem, csr_pem: candidate.csr_pem };
     let bytes = serde_json::to_vec(&candidate).map_err(|e| StartError::Internal(e.to_string()))?;
-    let stored = store.secret_or_insert(KEY_SECRET, &bytes, now).await?;
+    let stored = secrets.get_or_insert(store, KEY_SECRET, &bytes, now).await?;
     let stored: StoredKey = serde_json::from_slice(&stored).map_err(|e| {
         StartError::Internal(format!("the shared pool's stored key does not parse: {e}"))
     })?;

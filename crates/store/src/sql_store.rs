@@ -255,7 +255,8 @@ macro_rules! sql_store {
                     }
                 }
                 self.commit(tx).await?;
-                Ok(())
+                // The values replaced are clear copies or sealed with a retired key.
+                self.erase_freed().await
             }
 
             async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()> {

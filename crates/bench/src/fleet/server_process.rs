@@ -95,6 +95,16 @@ impl ServerProcess {
                 command.env_remove(name);
             }
         }
+        if let Storage::Postgres { blob_dir, .. } = storage {
+            // Replicas of one database share the key that seals its server secrets.
+            let key_file = blob_dir.with_extension("master.key");
+            if !key_file.exists() {
+                let key = gantry_crypto::MasterKey::generate();
+                std::fs::write(&key_file, format!("{}\n", key.to_base64().as_str()))
+                    .with_context(|| format!("cannot write {}", key_file.display()))?;
+            }
+            command.env("GANTRY_SERVER_MASTER_KEY_FILE", &key_file);
+        }
         let mut child =
             command.spawn().with_context(|| format!("cannot start {} server", binary.display()))?;
         let pid = child
