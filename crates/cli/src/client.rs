@@ -13,8 +13,9 @@ use futures_util::{Stream, StreamExt};
 use gantry_domain::{RunId, WorkerId};
 use gantry_proto::api::{
     AddDependency, CreatePool, CreateStack, Dependencies, Drained, ErrorResponse, Health, LogChunk,
-    LogPage, Pool, PoolCreated, PoolList, Queue, ResetPool, RollbackState, Run, RunList, Stack,
-    StackList, StateVersion, StateVersionList, StreamEnd, TriggerRun, WorkerList,
+    LogPage, Pool, PoolCertificate, PoolCreated, PoolList, Queue, ResetPool, RollbackState, Run,
+    RunList, SetStackSecrets, Stack, StackList, StateVersion, StateVersionList, StreamEnd,
+    TriggerRun, WorkerList,
 };
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -251,6 +252,21 @@ impl ApiClient {
     /// `GET /api/v1/pools/{pool}`: `pool` is an id or a name.
     pub async fn get_pool(&self, pool: &str) -> Result<Pool, ClientError> {
         self.call(Method::GET, self.url(&["pools", pool]), None::<&()>).await
+    }
+
+    /// `GET /api/v1/pools/{pool}/certificate`: what a stack's secrets are sealed to.
+    pub async fn pool_certificate(&self, pool: &str) -> Result<PoolCertificate, ClientError> {
+        self.call(Method::GET, self.url(&["pools", pool, "certificate"]), None::<&()>).await
+    }
+
+    /// `PUT /api/v1/stacks/{stack}/secrets`: secret variables given again, sealed, maybe
+    /// moving the stack to another pool.
+    pub async fn set_stack_secrets(
+        &self,
+        stack: &str,
+        request: &SetStackSecrets,
+    ) -> Result<Stack, ClientError> {
+        self.call(Method::PUT, self.url(&["stacks", stack, "secrets"]), Some(request)).await
     }
 
     /// `GET /api/v1/pools/{pool}/workers`

@@ -155,6 +155,19 @@ impl Certificate {
         parsed.verify_signature(Some(issuer.public_key())).map_err(|_| Error::UntrustedCertificate)
     }
 
+    /// Whether `candidate`'s subject is this certificate's issuer: the authority that
+    /// must have signed it, if the names are honest ([`Self::verify_issued_by`] checks).
+    pub fn names_as_issuer(&self, candidate: &Certificate) -> bool {
+        let parsed = X509Certificate::from_der(&self.der);
+        let candidate = X509Certificate::from_der(&candidate.der);
+        match (parsed, candidate) {
+            (Ok((_, parsed)), Ok((_, candidate))) => {
+                parsed.issuer().as_raw() == candidate.subject().as_raw()
+            }
+            _ => false,
+        }
+    }
+
     /// Checks a signature made by the certificate's key: RSA-PSS-SHA256 for RSA keys,
     /// ECDSA-SHA256 (ASN.1) for P-256 keys.
     pub fn verify(&self, message: &[u8], signature_bytes: &[u8]) -> Result<(), Error> {
@@ -221,6 +234,8 @@ mod tests {
         let csr = crate::generate_pool_key("pool").unwrap().csr_pem;
         let issued = authority.issue_pool_certificate(&csr, "p1").unwrap().certificate;
         issued.verify_issued_by(authority.certificate()).unwrap();
+        assert!(issued.names_as_issuer(authority.certificate()));
+        assert!(!issued.names_as_issuer(&issued));
         assert!(matches!(
             issued.verify_issued_by(other.certificate()),
             Err(Error::UntrustedCertificate)

@@ -278,9 +278,10 @@ fn start_run(
     executor: &Arc<dyn Executor>,
     slots: &SharedSlots,
     runs: &mut JoinSet<()>,
-    assignment: Assignment,
+    mut assignment: Assignment,
     shutdown: &Shutdown,
 ) {
+    crate::stack_secrets::open_in_place(&context.config, &mut assignment);
     let key = (assignment.run_id, assignment.job);
     let stop = shutdown.immediate.child_token();
     {

@@ -19,6 +19,7 @@ pub mod pod;
 pub mod policy;
 pub mod private_vcs;
 mod run;
+mod stack_secrets;
 mod state_check;
 mod supervisor;
 mod worker_binary;

@@ -118,6 +118,37 @@ pub struct EnvironmentVariable {
     pub value: Option<String>,
     #[serde(default)]
     pub secret: bool,
+    /// A secret's value sealed to the pool certificate (`gantry_crypto::seal_secret`,
+    /// base64): what the CLI sends instead of `value`, and all the server keeps, shows
+    /// and hands to launchers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_value: Option<String>,
+}
+
+/// `GET /api/v1/pools/{pool}/certificate`: what a client seals a stack's secrets to.
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolCertificate {
+    #[serde_as(as = "DisplayFromStr")]
+    pub pool_id: PoolId,
+    pub pool_name: String,
+    /// PEM, issued by the server's certificate authority.
+    pub certificate: String,
+    /// SHA-256 of its DER encoding.
+    pub fingerprint: String,
+}
+
+/// `PUT /api/v1/stacks/{stack}/secrets`: secret variables given again (sealed, or in
+/// clear for the server to seal), optionally moving the stack to another pool — which
+/// needs every secret variable of the stack, sealed to the new pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetStackSecrets {
+    /// The pool (name or id) to move the stack to; it stays on its pool when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Secret variables: each with `sealed_value` or `value`; new names are added.
+    pub secrets: Vec<EnvironmentVariable>,
 }
 
 fn default_branch() -> String {

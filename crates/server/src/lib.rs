@@ -24,6 +24,7 @@ mod scheduling;
 mod server;
 mod session_cache;
 mod shared_pool;
+mod stack_secrets;
 mod state;
 mod ui;
 mod views;

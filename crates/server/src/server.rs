@@ -169,6 +169,7 @@ impl Server {
         let initial_admin_key = bootstrap::initial_admin_key(store.as_ref(), secrets).await?;
         let shared_pool =
             crate::shared_pool::ensure(store.as_ref(), secrets, &pki.ca, now()).await?;
+        crate::stack_secrets::seal_clear_values(store.as_ref()).await?;
         let worker_release =
             match crate::shared_pool::worker_binary(config.worker_binary.as_deref()) {
                 Some(binary) => crate::agent::WorkerRelease::load(&binary).map_err(|source| {

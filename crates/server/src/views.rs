@@ -84,6 +84,9 @@ pub(crate) fn environment(record: &StackRecord) -> Vec<api::EnvironmentVariable>
             name: variable.name.clone(),
             value: (!variable.secret).then(|| variable.value.clone()),
             secret: variable.secret,
+            // A secret's value is kept sealed to the pool: `gantry stack secrets reseal`
+            // opens it with the old pool key.
+            sealed_value: variable.secret.then(|| variable.value.clone()),
         })
         .collect()
 }

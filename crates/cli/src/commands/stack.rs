@@ -1,5 +1,6 @@
-//! `gantry stack create|list|show|depend|undepend|dependencies|state`: stacks, the source
-//! and settings that runs execute (`state`: `stack_state.rs`).
+//! `gantry stack create|list|show|depend|undepend|dependencies|state|secrets|move`: stacks,
+//! the source and settings that runs execute (`state`: `stack_state.rs`; `secrets` and
+//! `move`: `stack_secrets.rs`).
 
 use clap::{Args, Subcommand, ValueEnum};
 use gantry_domain::Tool;
@@ -8,16 +9,21 @@ use gantry_proto::api::{
 };
 use serde::Serialize;
 
+use super::stack_secrets::{self, MoveArgs, SecretsCommand};
 use super::stack_state::{self, StateCommand};
 use super::{Context, Outcome};
 use crate::output::{self, print_json};
+
+/// The server's own pool, where a stack that names none runs.
+const SHARED_POOL: &str = "shared";
 
 /// How many runs `stack show` lists.
 const LATEST_RUNS: u32 = 10;
 
 const CREATE_AFTER_HELP: &str = "\
-Secret variables (--secret-env) are write-only: the API never shows their values again,
-and launchers mask them in logs. Runs execute on the stack's pool, in the runner image
+Secret variables (--secret-env) are sealed here to the pool's certificate before they
+are sent: the server keeps them sealed, only the pool's launchers open them, and they
+mask them in logs. Runs execute on the stack's pool, in the runner image
 (or the pool's default), from the head of the branch unless a commit is given.
 
 Examples:
@@ -59,6 +65,11 @@ pub enum StackCommand {
     /// The versions of a stack's managed state: list them, roll back to one
     #[command(subcommand)]
     State(StateCommand),
+    /// A stack's secret variables: give them again, or reseal them with the old pool key
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// Run the stack on another pool: its secret values are sealed to the new pool
+    Move(MoveArgs),
 }
 
 const DEPEND_AFTER_HELP: &str = "\
@@ -166,7 +177,7 @@ fn parse_stack_name(value: &str) -> Result<String, String> {
 }
 
 /// `NAME=VALUE`, where NAME is a shell variable name and VALUE may contain `=`.
-fn parse_variable(text: &str) -> Result<(String, String), String> {
+pub(super) fn parse_variable(text: &str) -> Result<(String, String), String> {
     let (name, value) =
         text.split_once('=').ok_or_else(|| format!("{text:?}: expected NAME=VALUE"))?;
     let mut chars = name.chars();
@@ -181,9 +192,14 @@ fn parse_variable(text: &str) -> Result<(String, String), String> {
 }
 
 impl CreateArgs {
-    fn request(&self) -> CreateStack {
-        let plain = self.env.iter().map(|(name, value)| (name, value, false));
-        let secret = self.secret_env.iter().map(|(name, value)| (name, value, true));
+    /// The request, with the secret variables already sealed (`stack_secrets::seal_all`).
+    fn request(&self, sealed: Vec<EnvironmentVariable>) -> CreateStack {
+        let plain = self.env.iter().map(|(name, value)| EnvironmentVariable {
+            name: name.clone(),
+            value: Some(value.clone()),
+            secret: false,
+            sealed_value: None,
+        });
         CreateStack {
             name: self.name.clone(),
             repository: self.repository.clone(),
@@ -195,14 +211,7 @@ impl CreateArgs {
             autodeploy: self.autodeploy,
             managed_state: self.managed_state,
             share_sensitive_outputs: self.share_sensitive_outputs,
-            environment: plain
-                .chain(secret)
-                .map(|(name, value, secret)| EnvironmentVariable {
-                    name: name.clone(),
-                    value: Some(value.clone()),
-                    secret,
-                })
-                .collect(),
+            environment: plain.chain(sealed).collect(),
             description: self.description.clone(),
             labels: self.labels.clone(),
         }
@@ -226,6 +235,8 @@ pub async fn run(context: &Context, command: &StackCommand) -> anyhow::Result<Ou
             print_dependencies(context, stack, &dependencies)
         }
         StackCommand::State(command) => stack_state::run(context, command).await,
+        StackCommand::Secrets(command) => stack_secrets::run(context, command).await,
+        StackCommand::Move(args) => stack_secrets::move_stack(context, args).await,
     }
 }
 
@@ -262,7 +273,10 @@ fn print_dependencies(
 
 async fn create(context: &Context, args: &CreateArgs) -> anyhow::Result<Outcome> {
     let client = context.api_client()?;
-    let stack = client.create_stack(&args.request()).await?;
+    let pool = args.pool.as_deref().unwrap_or(SHARED_POOL);
+    let sealed =
+        stack_secrets::seal_all(context, &client, pool, &args.name, &args.secret_env).await?;
+    let stack = client.create_stack(&args.request(sealed)).await?;
     if context.is_json() {
         print_json(&stack)?;
     } else {
@@ -343,7 +357,13 @@ mod tests {
         ])
         .unwrap();
         let Command::Stack(StackCommand::Create(args)) = cli.command else { panic!() };
-        let request = serde_json::to_value(args.request()).unwrap();
+        let sealed = EnvironmentVariable {
+            name: "S".to_owned(),
+            value: None,
+            secret: true,
+            sealed_value: Some("R05UUllTRUM=".to_owned()),
+        };
+        let request = serde_json::to_value(args.request(vec![sealed])).unwrap();
         assert_eq!(
             request,
             serde_json::json!({
@@ -354,7 +374,7 @@ mod tests {
                 "share_sensitive_outputs": true,
                 "environment": [
                     {"name": "A", "value": "1", "secret": false},
-                    {"name": "S", "value": "2", "secret": true}
+                    {"name": "S", "secret": true, "sealed_value": "R05UUllTRUM="}
                 ],
                 "description": "", "labels": ["x"]
             })

@@ -26,9 +26,10 @@ use crate::run::{self, RunContext};
 /// ends the preparation, and the run fails saying so.
 pub async fn init(
     config: LauncherConfig,
-    init: InitConfig,
+    mut init: InitConfig,
     stop: CancellationToken,
 ) -> Result<(), PodError> {
+    crate::stack_secrets::open_in_place(&config, &mut init.pod.assignment);
     let run_timeout = config.limits.run_timeout;
     // The run's time limit counts from here, the closest the Pod comes to the operator's
     // acknowledgement; the sidecar goes on with the same deadline.

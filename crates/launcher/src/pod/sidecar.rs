@@ -38,9 +38,11 @@ const WORKER_VANISHED: &str = "The worker container exited without reporting how
 /// knows how the run ended.
 pub async fn sidecar(
     config: LauncherConfig,
-    sidecar: SidecarConfig,
+    mut sidecar: SidecarConfig,
     terminated: CancellationToken,
 ) -> Result<(), PodError> {
+    // Opened for the masking of the log; the worker's environment comes from init.
+    crate::stack_secrets::open_in_place(&config, &mut sidecar.pod.assignment);
     let assignment = &sidecar.pod.assignment;
     let workspace_dir = &sidecar.pod.workspace_dir;
     let context = run_context(sidecar.pod.adopt(config), workspace_dir, workspace_dir)?;

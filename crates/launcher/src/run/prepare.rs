@@ -81,6 +81,7 @@ async fn prepare(
     workspace: &Path,
     logs: &LogRelay,
 ) -> Result<Prepared, String> {
+    crate::stack_secrets::refuse_unopened(&context.config, assignment)?;
     let stack = &assignment.stack;
     match assignment.job {
         Job::Plan => {

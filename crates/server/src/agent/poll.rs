@@ -159,8 +159,10 @@ async fn pending(
                     .iter()
                     .map(|variable| gantry_proto::api::EnvironmentVariable {
                         name: variable.name.clone(),
-                        value: Some(variable.value.clone()),
+                        // A secret travels sealed: only the pool key opens it.
+                        value: (!variable.secret).then(|| variable.value.clone()),
                         secret: variable.secret,
+                        sealed_value: variable.secret.then(|| variable.value.clone()),
                     })
                     .collect(),
                 share_sensitive_outputs: stack.share_sensitive_outputs,

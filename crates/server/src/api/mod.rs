@@ -4,6 +4,7 @@ mod dependencies;
 pub(crate) mod logs;
 pub(crate) mod pools;
 pub(crate) mod runs;
+mod stack_secrets;
 pub(crate) mod stacks;
 pub(crate) mod state_versions;
 pub(crate) mod workers;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use gantry_proto::api::Health;
 
 use crate::auth::require_admin;
@@ -30,12 +31,14 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route("/pools/{pool}/cycle", post(pools::cycle))
         .route("/pools/{pool}/queue", get(pools::queue))
         .route("/pools/{pool}/workers", get(workers::list_in_pool))
+        .route("/pools/{pool}/certificate", get(stack_secrets::certificate))
         .route("/workers", get(workers::list))
         .route("/workers/{worker}/drain", post(workers::drain))
         .route("/workers/{worker}/undrain", post(workers::undrain))
         .route("/stacks", get(stacks::list).post(stacks::create))
         .route("/stacks/{stack}", get(stacks::show))
         .route("/stacks/{stack}/runs", post(runs::trigger))
+        .route("/stacks/{stack}/secrets", put(stack_secrets::set))
         .route("/stacks/{stack}/state/versions", get(state_versions::list))
         .route("/stacks/{stack}/state/rollback", post(state_versions::rollback))
         .route("/stacks/{stack}/dependencies", get(dependencies::list).post(dependencies::add))

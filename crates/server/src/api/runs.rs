@@ -26,6 +26,18 @@ pub(super) async fn trigger(
     Ok((StatusCode::CREATED, Json(views::queued_run(&run, stack, pool))))
 }
 
+/// Refuses a run whose stack's secrets would not open on its pool (sealed before a
+/// pool reset): the user learns at once which values to give again.
+async fn refuse_stale_secrets(state: &AppState, stack: &StackRecord) -> Result<(), ApiError> {
+    let Some(pool) = state.store.get_pool(stack.pool_id).await? else { return Ok(()) };
+    let certificate = crate::stack_secrets::pool_certificate(&pool)?;
+    let stale = crate::stack_secrets::stale_secrets(stack, &certificate);
+    if stale.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Conflict(crate::stack_secrets::stale_message(&stack.name, &pool.name, &stale)))
+}
+
 /// Queues a run of the stack after checking the request, for the API and the UI.
 pub(crate) async fn trigger_run(
     state: &AppState,
@@ -41,6 +53,7 @@ pub(crate) async fn trigger_run(
             "commit {commit:?} is not valid: expected a hexadecimal commit SHA"
         )));
     }
+    refuse_stale_secrets(state, stack).await?;
     let command = match (request.run_type, request.command) {
         (gantry_domain::RunType::Task, Some(command)) if !command.trim().is_empty() => {
             Some(command)

@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use gantry_domain::validation::{
     validate_branch, validate_environment_name, validate_project_root, validate_repository,
-    validate_secret_value,
 };
 use gantry_domain::{EnvironmentVariable, StackId, validate_name};
 use gantry_proto::api::{CreateStack, Stack, StackList};
@@ -26,32 +25,11 @@ pub(super) async fn create(
     validate_repository(&request.repository).map_err(|e| invalid(&e))?;
     validate_branch(&request.branch).map_err(|e| invalid(&e))?;
     validate_project_root(&request.project_root).map_err(|e| invalid(&e))?;
-    let mut seen = HashSet::new();
-    let mut environment = Vec::new();
-    for variable in request.environment {
-        validate_environment_name(&variable.name).map_err(|e| invalid(&e))?;
-        if !seen.insert(variable.name.clone()) {
-            return Err(ApiError::invalid(format!(
-                "environment variable {:?} is given twice",
-                variable.name
-            )));
-        }
-        let value = variable.value.ok_or_else(|| {
-            ApiError::invalid(format!("environment variable {:?} has no value", variable.name))
-        })?;
-        if variable.secret {
-            validate_secret_value(&variable.name, &value).map_err(|e| invalid(&e))?;
-        }
-        environment.push(EnvironmentVariable {
-            name: variable.name,
-            value,
-            secret: variable.secret,
-        });
-    }
     let pool = match &request.pool {
         Some(pool) => lookup::pool(&state, pool).await?,
         None => lookup::pool(&state, crate::shared_pool::NAME).await?,
     };
+    let environment = stored_environment(&pool, &request.name, request.environment)?;
     let record = StackRecord {
         id: StackId::generate(),
         name: request.name,
@@ -76,6 +54,34 @@ pub(super) async fn create(
     state.store.insert_stack(&record).await?;
     tracing::info!(stack = %record.id, name = %record.name, pool = %pool.name, "stack created");
     Ok((StatusCode::CREATED, Json(views::stack(&record, &pool.name))))
+}
+
+/// The variables as the server keeps them, secrets sealed to `pool`'s certificate for
+/// `stack` (`stack_secrets::stored_variable`), after checking names and duplicates.
+pub(super) fn stored_environment(
+    pool: &gantry_store::PoolRecord,
+    stack: &str,
+    variables: Vec<gantry_proto::api::EnvironmentVariable>,
+) -> Result<Vec<EnvironmentVariable>, ApiError> {
+    let certificate = crate::stack_secrets::pool_certificate(pool)?;
+    let mut seen = HashSet::new();
+    let mut environment = Vec::new();
+    for variable in variables {
+        validate_environment_name(&variable.name).map_err(|e| ApiError::invalid(e.to_string()))?;
+        if !seen.insert(variable.name.clone()) {
+            return Err(ApiError::invalid(format!(
+                "environment variable {:?} is given twice",
+                variable.name
+            )));
+        }
+        environment.push(crate::stack_secrets::stored_variable(
+            pool,
+            &certificate,
+            stack,
+            variable,
+        )?);
+    }
+    Ok(environment)
 }
 
 pub(super) async fn list(State(state): State<AppState>) -> ApiResult<Json<StackList>> {
