@@ -11,6 +11,7 @@ mod launcher_options;
 mod pod_protocol;
 mod replicas;
 mod scheduling;
+mod sealed_secrets;
 mod secrets;
 
 use std::time::Duration;
