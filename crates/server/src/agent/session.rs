@@ -117,20 +117,15 @@ pub(super) async fn close(
 }
 
 /// The pool a launcher asks to prove its key for, unless its address or the pool failed
-/// too often; asking for a pool that does not exist counts as a failure.
+/// too often. Asking for a pool that does not exist is no failure: pool ids are not
+/// secret, and a launcher of a deleted pool keeps asking.
 async fn pool_to_prove(
     state: &AppState,
     source: Source,
     pool_id: gantry_domain::PoolId,
 ) -> ApiResult<PoolRecord> {
     state.http_guards.admit(source, Some(pool_id))?;
-    match launcher_pool(state, pool_id).await {
-        Err(error @ ApiError::NotFound { .. }) => {
-            authentication_failed(state, source, Failure::UnknownPool(pool_id)).await;
-            Err(error)
-        }
-        found => found,
-    }
+    launcher_pool(state, pool_id).await
 }
 
 fn pool_certificate(pool: &PoolRecord) -> ApiResult<Certificate> {

@@ -39,14 +39,19 @@ pub(crate) struct HttpGuards {
     /// The longest a launcher's long-poll waits.
     poll_timeout: Duration,
     max_blob_size: u64,
-    addresses: Limiter<Address>,
+    /// Failed API keys (REST and web UI) per source address.
+    api_keys: Limiter<Address>,
+    /// Failed launcher session proofs per source address: counted apart, so that a
+    /// launcher with a wrong key does not lock out the admins of its machine.
+    pool_keys: Limiter<Address>,
     pools: Limiter<PoolId>,
 }
 
 impl HttpGuards {
     pub(crate) fn new(limits: &HttpLimits, poll_timeout: Duration, max_blob_size: u64) -> Self {
         Self {
-            addresses: Limiter::per_minute(limits.auth_failures_per_minute),
+            api_keys: Limiter::per_minute(limits.auth_failures_per_minute),
+            pool_keys: Limiter::per_minute(limits.auth_failures_per_minute),
             pools: Limiter::per_minute(limits.pool_auth_failures_per_minute),
             limits: limits.clone(),
             poll_timeout,
@@ -54,15 +59,16 @@ impl HttpGuards {
         }
     }
 
-    /// Refuses an authentication attempt from `source` (for `pool`, when a launcher
-    /// proves a pool's key) while either has failed too often. Checked before the
-    /// credentials are, so that a refused client learns nothing from them.
+    /// Refuses an authentication attempt from `source` — with an API key, or for `pool`
+    /// when a launcher proves a pool's key — while it has failed too often, or the pool
+    /// has. Checked before the credentials are, so that a refused client learns nothing
+    /// from them.
     pub(crate) fn admit(&self, source: Source, pool: Option<PoolId>) -> Result<(), ApiError> {
         let now = Instant::now();
         // Whole seconds, rounded up: what `Retry-After` can say.
         let whole = |wait: Duration| Duration::from_secs(wait.as_secs_f64().ceil().max(1.0) as u64);
         if let Some(ip) = source.0
-            && let Err(wait) = self.addresses.admit(Address::from(ip), now)
+            && let Err(wait) = self.addresses(pool.is_some()).admit(Address::from(ip), now)
         {
             let message = format!("too many failed authentications from {ip}");
             return Err(ApiError::RateLimited { message, retry_after: whole(wait) });
@@ -75,6 +81,10 @@ impl HttpGuards {
         }
         Ok(())
     }
+
+    fn addresses(&self, pool_key: bool) -> &Limiter<Address> {
+        if pool_key { &self.pool_keys } else { &self.api_keys }
+    }
 }
 
 /// What failed to authenticate.
@@ -84,8 +94,6 @@ pub(crate) enum Failure {
     ApiKey,
     /// An unknown API key at the web UI's sign-in.
     UiSignIn,
-    /// A session challenge asked for a pool this server does not have.
-    UnknownPool(PoolId),
     /// A launcher's proof of a pool's key did not verify.
     SessionProof(PoolId),
 }
@@ -94,7 +102,7 @@ impl Failure {
     fn pool(self) -> Option<PoolId> {
         match self {
             Self::SessionProof(pool) => Some(pool),
-            Self::ApiKey | Self::UiSignIn | Self::UnknownPool(_) => None,
+            Self::ApiKey | Self::UiSignIn => None,
         }
     }
 
@@ -102,7 +110,6 @@ impl Failure {
         match self {
             Self::ApiKey => "API key",
             Self::UiSignIn => "web UI sign-in",
-            Self::UnknownPool(_) => "session challenge for an unknown pool",
             Self::SessionProof(_) => "launcher session proof",
         }
     }
@@ -114,18 +121,14 @@ pub(crate) async fn authentication_failed(state: &AppState, source: Source, fail
     let guards = &state.http_guards;
     let now = Instant::now();
     if let Some(ip) = source.0 {
-        guards.addresses.record(Address::from(ip), now);
+        guards.addresses(failure.pool().is_some()).record(Address::from(ip), now);
     }
     if let Some(pool) = failure.pool() {
         guards.pools.record(pool, now);
     }
-    let pool = match failure {
-        Failure::UnknownPool(pool) | Failure::SessionProof(pool) => Some(pool.to_string()),
-        Failure::ApiKey | Failure::UiSignIn => None,
-    };
     tracing::warn!(
         source = source.0.map(|ip| ip.to_string()),
-        pool,
+        pool = failure.pool().map(|pool| pool.to_string()),
         what = failure.what(),
         "authentication failed"
     );

@@ -266,6 +266,15 @@ async fn failed_session_proofs_are_limited_per_address_and_per_pool() {
         .await
         .unwrap();
     assert_eq!(challenge.status(), StatusCode::TOO_MANY_REQUESTS);
+    // API keys from that address are counted apart: a launcher with the wrong key does
+    // not lock out the admins of its machine.
+    let response = first
+        .get(format!("{}/api/v1/pools", server.url))
+        .bearer_auth(&server.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 
     // From other addresses the pool's failures add up to its own limit.
     let second = client_from(&server, Ipv4Addr::new(127, 0, 0, 2)).build().unwrap();
