@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use gantry_server::ServerConfig;
 use gantry_server::config::TlsSource;
+use gantry_server::{MasterKeySource, ServerConfig};
 use gantry_testkit::helm::{
     at, check_values_references, lint_chart, named, of_kind, only, parse_yaml, read, render_chart,
     text,
@@ -120,7 +120,8 @@ fn with_secrets(
     settings
 }
 
-const SECRET_VARIABLES: [&str; 3] = ["PGPASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
+const SECRET_VARIABLES: [&str; 4] =
+    ["PGPASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GANTRY_SERVER_MASTER_KEY"];
 
 fn port_number(container: &Value, name: &str) -> u64 {
     at(named(container, "ports", name), "containerPort").as_u64().expect("a port number")
@@ -189,6 +190,13 @@ fn check_common(documents: &[Value]) -> ServerConfig {
     if let Some(metrics) = config.metrics_listen {
         assert_eq!(u64::from(metrics.port()), port_number(container, "metrics"));
     }
+    // Every replica reads the same master key, from a Secret mounted as a file.
+    let MasterKeySource::File(key_file) = &config.master_key else {
+        panic!("the master key must come from a file: {:?}", config.master_key)
+    };
+    let key_mount = named(container, "volumeMounts", "master-key");
+    assert!(key_file.starts_with(text(key_mount, "mountPath")), "{}", key_file.display());
+    assert!(named(pod, "spec.volumes", "master-key").get("secret").is_some());
 
     // Time to stop: the pre-stop pause, then the server's own graceful stop.
     let pre_stop = container
@@ -330,6 +338,7 @@ fn the_chart_refuses_values_that_would_break_the_replicas() {
         ("database.urlSecret.name=gantry-url", "set one of database.url and database.urlSecret"),
         ("database.url=postgres://gantry:hunter22@db:5432/gantry", "database.url holds a password"),
         ("blobStore.url=", "blobStore.url is required"),
+        ("masterKey.existingSecret=", "masterKey.existingSecret is required"),
         ("blobStore.s3.credentialsSecret.name=", "blobStore.s3.credentialsSecret.name is required"),
         ("server.extraSettings.PGPASSWORD=x", "only GANTRY_SERVER_* settings go here"),
         ("server.metricsPort=0,metrics.serviceMonitor.enabled=true", "needs server.metricsPort"),
@@ -489,4 +498,5 @@ fn the_server_accepts_the_example_environment_file() {
     let database = &settings["GANTRY_SERVER_DATABASE"];
     assert!(database.starts_with("postgres://") && !database.contains(":replace-me@"));
     assert_eq!(settings["PGPASSFILE"], "%d/pgpass");
+    assert_eq!(config.master_key, MasterKeySource::File("%d/master-key".into()));
 }

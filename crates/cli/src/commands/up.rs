@@ -72,6 +72,9 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<Outcome> {
         ),
         other => other.into(),
     })?;
+    if let Some(path) = server.generated_master_key() {
+        println!("{}", super::server::generated_master_key_notice(path));
+    }
     let api_url = server.public_url().to_owned();
     let ca_pem = server.ca_certificate_pem().to_owned();
     let api_key = admin_key(&mut server, &args.data_dir).await?;

@@ -66,6 +66,9 @@ ConfigMap. Included by the Deployment, so `helm install` fails before anything i
 {{- if regexMatch "^[a-z]+://[^/@]*:[^/@]*@" .Values.database.url }}
 {{- fail "database.url holds a password: it would be stored in a ConfigMap; put the password in a Secret (database.passwordSecret) or the whole URL in one (database.urlSecret)" }}
 {{- end }}
+{{- if not .Values.masterKey.existingSecret }}
+{{- fail "masterKey.existingSecret is required: a Secret with the master key (32 random bytes, base64) that seals the server's secrets in the database, the same for every replica" }}
+{{- end }}
 {{- if not .Values.blobStore.url }}
 {{- fail "blobStore.url is required: every replica stores blobs in one place, s3://bucket/prefix or a directory on a volume all replicas mount" }}
 {{- end }}
