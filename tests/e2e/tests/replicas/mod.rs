@@ -114,12 +114,16 @@ impl Replicas {
         let balancer = LoadBalancer::start(addresses.clone());
         let blobs = dir.path().join("blobs").display().to_string();
         let public_url = balancer.url();
+        // Replicas share the key that seals the server's secrets, as they share the
+        // database.
+        let master_key = gantry_crypto::MasterKey::generate().to_base64();
         let mut servers = Vec::new();
         for (index, address) in addresses.iter().enumerate() {
             let settings = [
                 ("GANTRY_SERVER_DATABASE", database.as_str()),
                 ("GANTRY_SERVER_BLOB_STORE", blobs.as_str()),
                 ("GANTRY_SERVER_PUBLIC_URL", public_url.as_str()),
+                ("GANTRY_SERVER_MASTER_KEY", master_key.as_str()),
                 // The replicas' own launchers would run runs too: keep every run on the
                 // pool under test.
                 ("GANTRY_SERVER_SHARED_WORKERS", "0"),
