@@ -399,17 +399,25 @@ async fn stacks_are_created_from_flags_and_shown_with_their_runs() {
             "--env",
             "TF_VAR_a=1",
             "--secret-env",
-            "TF_VAR_b=2",
+            "TF_VAR_b=hunter22",
             "--autodeploy",
         ])
         .await;
     assert_eq!(ran.code, 0, "{ran:?}");
     assert!(ran.stdout.contains("gantry run trigger web --follow"), "{ran:?}");
     let request = setup.api.recorded.lock().unwrap().created_stacks[0].clone();
+    // The secret left the CLI sealed to the pool's certificate: only the pool key opens it.
+    let secret = &request["environment"][1];
     assert_eq!(
-        request["environment"][1],
-        serde_json::json!({"name": "TF_VAR_b", "value": "2", "secret": true})
+        (&secret["name"], &secret["secret"], secret.get("value")),
+        (&"TF_VAR_b".into(), &true.into(), None)
     );
+    let key = gantry_crypto::PoolPrivateKey::from_pem(&setup.api.pool_key_pem).unwrap();
+    let pool_id = setup.api.pool_certificate.pool_id.to_string();
+    let context =
+        gantry_crypto::SecretContext { pool_id: &pool_id, stack: "web", variable: "TF_VAR_b" };
+    let sealed = secret["sealed_value"].as_str().unwrap();
+    assert_eq!(*gantry_crypto::open_secret(&key, &context, sealed).unwrap(), "hunter22");
     assert_eq!(request["autodeploy"], true);
 
     let ran = setup.gantry(&["stack", "show", "web"]).await;

@@ -22,8 +22,8 @@ use gantry_domain::{
 };
 use gantry_proto::api::{
     CreatePool, CreateStack, ErrorBody, ErrorResponse, Health, LogChunk, LogPage, Pool,
-    PoolCreated, PoolKind, PoolList, Run, RunList, Stack, StackList, StateChange, StreamEnd,
-    TriggerRun, Worker, WorkerList,
+    PoolCertificate, PoolCreated, PoolKind, PoolList, Run, RunList, Stack, StackList, StateChange,
+    StreamEnd, TriggerRun, Worker, WorkerList,
 };
 use serde::Deserialize;
 
@@ -179,12 +179,18 @@ pub struct Recorded {
 #[derive(Clone, Default)]
 struct AppState {
     recorded: Arc<Mutex<Recorded>>,
+    /// What `GET /pools/{pool}/certificate` answers for every pool.
+    pool_certificate: Arc<Option<PoolCertificate>>,
 }
 
 pub struct FakeApi {
     pub url: String,
     pub ca_pem: String,
     pub recorded: Arc<Mutex<Recorded>>,
+    /// Every pool's certificate (issued by the fake CA) and the key that opens what the
+    /// CLI seals to it.
+    pub pool_certificate: PoolCertificate,
+    pub pool_key_pem: String,
 }
 
 impl FakeApi {
@@ -202,7 +208,19 @@ impl FakeApi {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let address: SocketAddr = listener.local_addr().unwrap();
-        let state = AppState::default();
+        let pool_key = gantry_crypto::generate_pool_key("fake pool").unwrap();
+        let pool_id = gantry_domain::PoolId::generate();
+        let issued = ca.issue_pool_certificate(&pool_key.csr_pem, &pool_id.to_string()).unwrap();
+        let pool_certificate = PoolCertificate {
+            pool_id,
+            pool_name: "build".to_owned(),
+            certificate: issued.certificate.pem().to_owned(),
+            fingerprint: issued.certificate.fingerprint().to_owned(),
+        };
+        let state = AppState {
+            pool_certificate: Arc::new(Some(pool_certificate.clone())),
+            ..AppState::default()
+        };
         let recorded = state.recorded.clone();
         let app = router(state);
         let server = axum_server::tls_rustls::from_tcp_rustls(listener, config).unwrap();
@@ -211,6 +229,8 @@ impl FakeApi {
             url: format!("https://{address}"),
             ca_pem: ca.certificate().pem().to_owned(),
             recorded,
+            pool_certificate,
+            pool_key_pem: pool_key.private_key_pem,
         }
     }
 
@@ -228,6 +248,12 @@ fn router(state: AppState) -> axum::Router {
         .route("/api/v1/pools", get(list_pools).post(create_pool))
         .route("/api/v1/pools/{pool}", get(get_pool))
         .route("/api/v1/pools/{pool}/workers", get(pool_workers))
+        .route(
+            "/api/v1/pools/{pool}/certificate",
+            get(|State(state): State<AppState>| async move {
+                Json(state.pool_certificate.as_ref().clone().expect("a pool certificate"))
+            }),
+        )
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/stacks", get(list_stacks).post(create_stack))
         .route("/api/v1/stacks/{stack}", get(get_stack))
