@@ -170,8 +170,10 @@ fn a_database_copied_without_the_master_key_opens_nothing_and_starts_no_server()
     let listen = listen_of(&cluster.server);
     let Cluster { gantry, server, .. } = cluster;
     let admin_key = gantry.api_key.clone();
-    drop(server);
+    // The launcher first, so that it signs its workers off and the copy assigns nothing
+    // to them.
     drop(launcher);
+    drop(server);
     let key = key_in(&data_dir);
     assert_database_opens_nothing(&data_dir, &key);
 
