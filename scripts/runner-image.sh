@@ -50,7 +50,12 @@ printf 'root:x:0:\ngantry:x:1983:\n' > "$root/etc/group"
 cp deploy/docker/runner.Dockerfile "$context/Dockerfile"
 
 revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# The initialization policy reads it from the image's label: nothing of the image runs before.
+terraform_version=$("$terraform" version -json 2>/dev/null \
+  | sed -n 's/.*"terraform_version": *"\([^"]*\)".*/\1/p' | head -n 1)
+[ -n "$terraform_version" ] || fail "$terraform version -json did not say its version"
 echo "==> building $tag"
 DOCKER_BUILDKIT=0 docker build --quiet --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
+  --build-arg "TERRAFORM_VERSION=$terraform_version" \
   -t "$tag" "$context" >/dev/null
 echo "$tag"

@@ -12,12 +12,16 @@ COPY rootfs/ /
 ENV PATH=/usr/local/bin:/bin HOME=/tmp CHECKPOINT_DISABLE=1 TF_IN_AUTOMATION=1
 ARG VERSION=unknown
 ARG REVISION=unknown
+# The version of the terraform it carries: a run initialization policy reads it as
+# static_run_environment.terraform_version (nothing of the image runs before the policy).
+ARG TERRAFORM_VERSION=
 LABEL org.opencontainers.image.title="gantry-runner" \
       org.opencontainers.image.description="Runs Gantry runs: busybox, terraform and the static gantry-worker" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.source="https://github.com/gantry-dev/gantry" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      dev.gantry.terraform-version="${TERRAFORM_VERSION}"
 # The user the reference's runner images run as; the docker executor asks for it too.
 USER 1983:1983
 WORKDIR /tmp

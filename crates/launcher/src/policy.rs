@@ -186,12 +186,32 @@ pub async fn local_tool_version(tool: Tool, path: Option<&OsStr>) -> Option<Stri
     Some(version)
 }
 
+/// The label through which a runner image says the version of `tool` it carries:
+/// `dev.gantry.terraform-version`, `dev.gantry.tofu-version`. scripts/runner-image.sh sets
+/// it; an image of one's own may.
+pub fn tool_version_label(tool: Tool) -> String {
+    format!("dev.gantry.{}-version", tool.executable())
+}
+
+/// The version of `tool` a runner image carries, as its label says: nothing of the image
+/// may run before the policy allows the run, so its author's word is all there is. `None`
+/// when the image is not on this machine yet, has no such label, or Docker cannot be
+/// reached (the run's own attempt will say why).
+pub async fn image_tool_version(tool: Tool, image: &str) -> Option<String> {
+    let docker =
+        bollard::Docker::connect_with_local_defaults().ok()?.negotiate_version().await.ok()?;
+    let inspected =
+        tokio::time::timeout(TOOL_VERSION_TIMEOUT, docker.inspect_image(image)).await.ok()?.ok()?;
+    let version = inspected.config?.labels?.remove(&tool_version_label(tool))?;
+    Some(version).filter(|version| !version.trim().is_empty())
+}
+
 /// The input document a policy receives, with the reference's field names (and a few of
 /// Gantry's own: `run.job`, `run.commit.hash`, `run.commit.author_email`,
 /// `static_run_environment.tool`). Timestamps are nanoseconds since 1970, as the
 /// reference's are. What is not known is `null`: the tool's version where the launcher
-/// cannot ask the tool (`tool_version`: in a runner image, of which nothing runs before
-/// the policy allows the run), and what a server older than these fields does not send.
+/// cannot learn it (`tool_version`: a runner image without the label
+/// [`tool_version_label`]), and what a server older than these fields does not send.
 /// Gantry has no hooks, and no changes exist before a plan: those lists are empty.
 pub fn input(
     assignment: &Assignment,
@@ -540,6 +560,32 @@ deny contains "commits older than 2024 are not applied" if {
         let said = String::from_utf8_lossy(&output.stdout);
         let first = said.lines().next().unwrap_or_default();
         first.split_once(" v").map(|(_, version)| version.trim().to_owned()).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_runner_image_says_its_tool_version_through_its_label() {
+        // An image of nothing but the label, as scripts/runner-image.sh sets it.
+        let image = format!("gantry-test-label-probe:{}", std::process::id());
+        let imported = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "tar -cf - -T /dev/null | docker import -c 'LABEL {}=9.8.7' - {image}",
+                tool_version_label(Tool::Terraform)
+            ))
+            .output()
+            .expect("sh runs");
+        assert!(
+            imported.status.success(),
+            "docker import failed (these tests need a Docker daemon): {}",
+            String::from_utf8_lossy(&imported.stderr)
+        );
+        let terraform = image_tool_version(Tool::Terraform, &image).await;
+        let tofu = image_tool_version(Tool::OpenTofu, &image).await;
+        let absent = image_tool_version(Tool::Terraform, "gantry-test-no-such-image:0").await;
+        let _ = std::process::Command::new("docker").args(["rmi", "-f", &image]).output();
+        assert_eq!(terraform.as_deref(), Some("9.8.7"));
+        assert_eq!(tofu, None, "the image says nothing of tofu");
+        assert_eq!(absent, None, "an image not on this machine says nothing");
     }
 
     #[tokio::test]

@@ -57,8 +57,16 @@ fn build(image: &str, libraries: &[PathBuf]) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("tar runs");
+    // Labelled as scripts/runner-image.sh labels the real image, for the run
+    // initialization policy's `terraform_version`.
+    let version = output(Command::new("terraform").args(["version", "-json"]));
+    let version: serde_json::Value = serde_json::from_str(&version).expect("terraform's JSON");
+    let label = format!(
+        "LABEL dev.gantry.terraform-version={}",
+        version["terraform_version"].as_str().expect("terraform says its version")
+    );
     let imported = Command::new("docker")
-        .args(["import", "-c", "ENV PATH=/usr/local/bin:/bin", "-", image])
+        .args(["import", "-c", "ENV PATH=/usr/local/bin:/bin", "-c", &label, "-", image])
         .stdin(tar.stdout.take().unwrap())
         .output()
         .expect("docker runs: these tests need a Docker daemon");

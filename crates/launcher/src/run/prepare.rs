@@ -206,15 +206,27 @@ async fn refused_by_policy(
 ) -> Option<String> {
     let policy = config.initialization_policy.as_ref()?;
     // The process executor's worker runs the tool its PATH, the launcher's, finds; a
-    // container's comes with its image, which nothing runs before the policy allows it.
-    let (default_image, tool_version) = match &config.executor {
-        crate::config::ExecutorKind::Docker(settings) => (settings.default_image.as_deref(), None),
+    // container's comes with its image, which nothing runs before the policy allows it:
+    // its label says which version it carries.
+    let tool = assignment.stack.tool;
+    let (image, tool_version) = match &config.executor {
+        crate::config::ExecutorKind::Docker(settings) => {
+            let image =
+                assignment.stack.runner_image.as_deref().or(settings.default_image.as_deref());
+            let version = match image {
+                Some(image) => crate::policy::image_tool_version(tool, image).await,
+                None => None,
+            };
+            (image, version)
+        }
         crate::config::ExecutorKind::Process => {
             let path = std::env::var_os("PATH");
-            (None, crate::policy::local_tool_version(assignment.stack.tool, path.as_deref()).await)
+            (
+                assignment.stack.runner_image.as_deref(),
+                crate::policy::local_tool_version(tool, path.as_deref()).await,
+            )
         }
     };
-    let image = assignment.stack.runner_image.as_deref().or(default_image);
     let input = crate::policy::input(assignment, commit, image, tool_version.as_deref());
     match policy.denials(&input) {
         Ok(denials) if denials.is_empty() => None,
