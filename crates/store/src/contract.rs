@@ -218,7 +218,10 @@ pub async fn secrets_are_replaced_together_or_not_at_all<S: Store>(store: Arc<S>
     let stale = store
         .replace_secrets(&[("a", b"a-sealed", b"a-rotated"), ("b", b"b-clear", b"b-rotated")])
         .await;
-    assert!(matches!(stale, Err(StoreError::SecretChanged { ref name }) if name == "b"), "{stale:?}");
+    assert!(
+        matches!(stale, Err(StoreError::SecretChanged { ref name }) if name == "b"),
+        "{stale:?}"
+    );
     let unchanged = store.list_secrets().await.unwrap();
     assert_eq!(
         unchanged,
