@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{Next, from_fn_with_state};
@@ -31,6 +31,11 @@ use crate::backoff::{Backoff, shown};
 use crate::client::AgentClient;
 use crate::logs::LogRelay;
 use crate::metrics::{LauncherMetrics, PhaseClock};
+
+/// The largest log post taken. The worker posts at most 256 KiB of text, at most six
+/// times that once escaped as JSON; a larger post is answered 413, and the worker sends
+/// it again in halves.
+const LOG_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// What the run has concluded, as far as reports tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,7 +277,7 @@ async fn report(
 fn router(endpoint: Arc<RunEndpoint>) -> Router {
     Router::new()
         .route("/v1/job", get(job))
-        .route("/v1/logs", post(log))
+        .route("/v1/logs", post(log).layer(DefaultBodyLimit::max(LOG_BODY_LIMIT)))
         .route("/v1/reports", post(report))
         .layer(from_fn_with_state(Arc::clone(&endpoint), require_capability))
         .with_state(endpoint)

@@ -228,3 +228,23 @@ fn the_mutated_bodies_start_from_valid_requests() {
         assert_eq!(answer["error"]["code"], "unauthorized", "{}: {answer}", route.path);
     }
 }
+
+#[test]
+fn a_log_post_under_its_limit_is_taken_and_one_over_it_is_answered_413() {
+    // The most the worker posts at a time (256 KiB of text) fits even all escaped, six
+    // bytes a character; a larger body is answered 413 with the JSON error body, which the
+    // worker answers by posting halves.
+    let api = api();
+    let route = Route { method: Method::POST, path: "/v1/logs", body: || Value::Null };
+    let authorization = format!("Bearer {CAPABILITY}");
+    let post = |characters: usize| {
+        let body = serde_json::to_vec(&WorkerLog { text: "\u{1b}".repeat(characters) }).unwrap();
+        let json = Some("application/json");
+        api.runtime.block_on(call(&api.router, &route, Some(&authorization), json, body))
+    };
+    let (status, answer) = post(256 * 1024);
+    assert!(status.is_success(), "{status} {answer}");
+    let (status, answer) = post(512 * 1024);
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert!(answer["error"]["message"].is_string(), "{answer}");
+}
