@@ -8,6 +8,7 @@ mod docker;
 mod harness;
 mod hostile;
 mod launcher_options;
+mod logs;
 mod master_key;
 mod pod_protocol;
 mod replicas;

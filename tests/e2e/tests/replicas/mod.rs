@@ -233,12 +233,18 @@ fn two_replicas_run_500_runs_on_20_workers_exactly_once() {
     assert!(counts.values().all(|count| *count == 1), "a run executed twice: {counts:?}");
     // Every log moves out of the database into the shared blob store, and reads back
     // whole from there.
-    let archive = |run: &Value| {
+    let archived = |run: &Value| {
         let run_id = run["id"].as_str().unwrap().to_ascii_lowercase();
-        replicas.dir.path().join("blobs/runs").join(run_id).join("log")
+        std::fs::read_dir(replicas.dir.path().join("blobs/runs").join(run_id)).is_ok_and(
+            |entries| {
+                entries
+                    .flatten()
+                    .any(|entry| entry.file_name().to_string_lossy().starts_with("log-"))
+            },
+        )
     };
     gantry.wait_for(Duration::from_secs(120), || {
-        runs.iter().all(|(_, run)| archive(run).exists()).then_some(())
+        runs.iter().all(|(_, run)| archived(run)).then_some(())
     });
     for (i, (marker, run)) in runs.iter().enumerate() {
         assert_complete_log(&replicas.clis[i % 2].log(run), marker, LINES);
