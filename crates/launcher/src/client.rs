@@ -99,6 +99,8 @@ pub struct AgentClient {
     session: Mutex<Option<String>>,
     /// How often the server wants heartbeats, in seconds, as its last session said.
     heartbeat_interval_seconds: AtomicU64,
+    /// The lease this launcher grants its workers.
+    lease: crate::lease::LeaseClock,
 }
 
 /// The heartbeat interval until a session says otherwise.
@@ -158,6 +160,7 @@ impl AgentClient {
             info,
             session: Mutex::new(None),
             heartbeat_interval_seconds: AtomicU64::new(DEFAULT_HEARTBEAT_INTERVAL_SECONDS),
+            lease: crate::lease::LeaseClock::default(),
         })
     }
 
@@ -166,6 +169,11 @@ impl AgentClient {
     pub fn heartbeat_interval(&self) -> Duration {
         let seconds = self.heartbeat_interval_seconds.load(Ordering::Relaxed);
         Duration::from_secs(seconds.clamp(1, 300))
+    }
+
+    /// The lease a worker of this launcher holds now.
+    pub(crate) fn worker_lease(&self) -> gantry_proto::lease::WorkerLease {
+        self.lease.grant()
     }
 
     pub fn endpoint(&self) -> &str {
@@ -438,6 +446,9 @@ impl AgentClient {
         };
         let opened: SessionOpened = self.send("/session", &request, None, REQUEST_TIMEOUT).await?;
         self.heartbeat_interval_seconds.store(opened.heartbeat_interval_seconds, Ordering::Relaxed);
+        if let Some(terms) = opened.worker_lease {
+            self.lease.set_terms(terms);
+        }
         Ok(opened.session_token)
     }
 
@@ -497,7 +508,11 @@ impl AgentClient {
         &self,
         workers: Vec<WorkerRegistration>,
     ) -> Result<WorkersRegistered, ClientError> {
-        self.call("/workers", &RegisterWorkers { workers }, REQUEST_TIMEOUT).await
+        let sent_at = std::time::Instant::now();
+        let registered =
+            self.call("/workers", &RegisterWorkers { workers }, REQUEST_TIMEOUT).await?;
+        self.lease.acknowledged(sent_at);
+        Ok(registered)
     }
 
     /// Drains the workers and removes those that hold no run (`busy` lists the others).
@@ -519,7 +534,11 @@ impl AgentClient {
     }
 
     pub async fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatResponse, ClientError> {
-        self.call("/heartbeat", heartbeat, REQUEST_TIMEOUT).await
+        let sent_at = std::time::Instant::now();
+        let response: HeartbeatResponse =
+            self.call("/heartbeat", heartbeat, REQUEST_TIMEOUT).await?;
+        self.lease.acknowledged(sent_at);
+        Ok(response)
     }
 
     pub async fn acknowledge(

@@ -11,6 +11,7 @@ pub mod config;
 mod confined;
 mod executor;
 mod launcher;
+mod lease;
 mod logs;
 mod mask;
 mod metrics;

@@ -72,6 +72,9 @@ pub struct SessionOpened {
     pub expires_in_seconds: u64,
     pub heartbeat_interval_seconds: u64,
     pub poll_timeout_seconds: u64,
+    /// The worker lease the launcher grants its workers (absent from older servers).
+    #[serde(default)]
+    pub worker_lease: Option<crate::lease::LeaseTerms>,
 }
 
 /// One worker slot to register; `previous_id` keeps a slot's identity across sessions.

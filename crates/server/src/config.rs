@@ -83,6 +83,18 @@ pub struct AgentTimings {
     pub sweep_interval: Duration,
     /// How long after a run ended its log moves from the database to the blob store.
     pub log_archive_after: Duration,
+    /// How long a worker goes on without a launcher that reaches this server.
+    pub worker_lease: Duration,
+    /// How long a worker whose lease ran out gives the tool between SIGINT and kill.
+    pub worker_lease_grace: Duration,
+}
+
+impl AgentTimings {
+    /// How long after a lock holder's last heartbeat its stack's lock stays taken: by
+    /// then its worker has interrupted and killed the tool (see `gantry_proto::lease`).
+    pub fn lock_fence(&self) -> Duration {
+        self.worker_lease + self.worker_lease_grace
+    }
 }
 
 impl Default for AgentTimings {
@@ -94,6 +106,8 @@ impl Default for AgentTimings {
             session_ttl: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(5),
             log_archive_after: Duration::from_secs(60),
+            worker_lease: Duration::from_secs(gantry_proto::lease::DEFAULT_LEASE_SECONDS),
+            worker_lease_grace: Duration::from_secs(gantry_proto::lease::DEFAULT_GRACE_SECONDS),
         }
     }
 }
@@ -180,6 +194,8 @@ pub const TLS_CA_FILE: &str = "GANTRY_SERVER_TLS_CA_FILE";
 pub const TLS_HOSTNAMES: &str = "GANTRY_SERVER_TLS_HOSTNAMES";
 pub const WORKER_TIMEOUT: &str = "GANTRY_SERVER_WORKER_TIMEOUT";
 pub const HEARTBEAT_INTERVAL: &str = "GANTRY_SERVER_HEARTBEAT_INTERVAL";
+pub const WORKER_LEASE: &str = "GANTRY_SERVER_WORKER_LEASE";
+pub const WORKER_LEASE_GRACE: &str = "GANTRY_SERVER_WORKER_LEASE_GRACE";
 pub const LOG_ARCHIVE_AFTER: &str = "GANTRY_SERVER_LOG_ARCHIVE_AFTER";
 pub const MAX_BLOB_SIZE: &str = "GANTRY_SERVER_MAX_BLOB_SIZE";
 pub const STATE_VERSIONS: &str = "GANTRY_SERVER_STATE_VERSIONS";
@@ -419,8 +435,21 @@ impl ServerConfig {
                 LOG_ARCHIVE_AFTER,
                 defaults.log_archive_after,
             )?,
+            worker_lease: options::duration(settings, WORKER_LEASE, defaults.worker_lease)?,
+            worker_lease_grace: options::duration(
+                settings,
+                WORKER_LEASE_GRACE,
+                defaults.worker_lease_grace,
+            )?,
             ..defaults
         };
+        if timings.worker_lease < timings.heartbeat_interval * 2 {
+            return Err(ConfigError::Inconsistent(format!(
+                "{WORKER_LEASE} ({}) must be at least twice {HEARTBEAT_INTERVAL} ({}), or one late heartbeat would interrupt healthy runs",
+                humantime::format_duration(timings.worker_lease),
+                humantime::format_duration(timings.heartbeat_interval)
+            )));
+        }
         if timings.worker_timeout < timings.heartbeat_interval * 2 {
             return Err(ConfigError::Inconsistent(format!(
                 "{WORKER_TIMEOUT} ({}) must be at least twice {HEARTBEAT_INTERVAL} ({}), or one late heartbeat would drop healthy workers",
@@ -736,6 +765,20 @@ mod tests {
         }
         let error = kept("state_versions = 0", &[]).unwrap_err().to_string();
         assert!(error.starts_with(&format!("{STATE_VERSIONS}=\"0\": expected")), "{error}");
+    }
+
+    #[test]
+    fn the_worker_lease_is_set_with_its_grace_and_must_outlast_two_heartbeats() {
+        let config = ServerConfig::resolve(None, &env(&[])).unwrap();
+        assert_eq!(config.timings.lock_fence(), Duration::from_secs(60));
+        let config = ServerConfig::resolve(
+            None,
+            &env(&[(WORKER_LEASE, "8s"), (WORKER_LEASE_GRACE, "3s"), (HEARTBEAT_INTERVAL, "2s")]),
+        )
+        .unwrap();
+        assert_eq!(config.timings.lock_fence(), Duration::from_secs(11));
+        let error = ServerConfig::resolve(None, &env(&[(WORKER_LEASE, "15s")])).unwrap_err();
+        assert!(error.to_string().contains("must be at least twice"), "{error}");
     }
 
     #[test]

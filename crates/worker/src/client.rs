@@ -28,6 +28,8 @@ use crate::{Config, WorkerError};
 const JOB: Endpoint = Endpoint { method: Method::GET, path: "/v1/job", request: "GET /v1/job" };
 const LOGS: Endpoint =
     Endpoint { method: Method::POST, path: "/v1/logs", request: "POST /v1/logs" };
+const LEASE: Endpoint =
+    Endpoint { method: Method::GET, path: "/v1/lease", request: "GET /v1/lease" };
 const REPORTS: Endpoint =
     Endpoint { method: Method::POST, path: "/v1/reports", request: "POST /v1/reports" };
 
@@ -92,6 +94,11 @@ impl LauncherClient {
     pub(crate) async fn log(&self, text: String) -> Result<(), WorkerError> {
         self.exchange(&LOGS, Some(to_json(&WorkerLog { text }))).await?;
         Ok(())
+    }
+
+    pub(crate) async fn lease(&self) -> Result<gantry_proto::lease::WorkerLease, WorkerError> {
+        let answer = self.exchange(&LEASE, None).await?;
+        parse(&LEASE, &answer)
     }
 
     pub(crate) async fn report(&self, report: WorkerReport) -> Result<Directive, WorkerError> {

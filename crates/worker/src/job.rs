@@ -31,6 +31,18 @@ const FINAL_LOG_DELIVERY: Duration = Duration::from_secs(5);
 /// terminated); `Err` when the launcher could not be talked to.
 pub async fn run(config: Config, mut termination: Termination) -> Result<Outcome, WorkerError> {
     let client = LauncherClient::new(&config);
+    let _lease = crate::lease::hold(
+        client.clone(),
+        // Until the launcher first answers, which may take the whole socket wait.
+        gantry_proto::lease::LeaseTerms {
+            lease_seconds: config
+                .socket_wait
+                .as_secs()
+                .max(gantry_proto::lease::DEFAULT_LEASE_SECONDS),
+            ..Default::default()
+        },
+        termination.requester(),
+    );
     let job = tokio::select! {
         biased;
         () = termination.requested() => return Ok(Outcome::Terminated),

@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod error;
 mod job;
+mod lease;
 mod log;
 mod outputs;
 mod termination;

@@ -32,6 +32,17 @@ pub fn end_with_launcher() -> Result<(), WorkerError> {
 #[derive(Debug)]
 pub struct Termination {
     requests: watch::Receiver<u32>,
+    count: std::sync::Arc<watch::Sender<u32>>,
+}
+
+/// Asks for termination as a signal would: the worker's lease uses it when it runs out.
+#[derive(Debug, Clone)]
+pub(crate) struct Requester(std::sync::Arc<watch::Sender<u32>>);
+
+impl Requester {
+    pub(crate) fn request(&self) {
+        self.0.send_modify(|count| *count += 1);
+    }
 }
 
 impl Termination {
@@ -41,6 +52,8 @@ impl Termination {
         let mut terminate = signal(SignalKind::terminate()).map_err(WorkerError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(WorkerError::Signals)?;
         let (count, requests) = watch::channel(0);
+        let count = std::sync::Arc::new(count);
+        let counter = std::sync::Arc::clone(&count);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -48,10 +61,21 @@ impl Termination {
                     Some(()) = interrupt.recv() => {}
                     else => break,
                 }
-                count.send_modify(|count| *count += 1);
+                counter.send_modify(|count| *count += 1);
             }
         });
-        Ok(Self { requests })
+        Ok(Self { requests, count })
+    }
+
+    /// The count of requests, watched.
+    #[cfg(test)]
+    pub(crate) fn watch(&self) -> watch::Receiver<u32> {
+        self.requests.clone()
+    }
+
+    /// A handle that requests termination from inside the worker.
+    pub(crate) fn requester(&self) -> Requester {
+        Requester(std::sync::Arc::clone(&self.count))
     }
 
     /// Whether any termination request arrived so far.

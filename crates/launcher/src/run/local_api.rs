@@ -273,12 +273,20 @@ async fn report(
     axum::Json(WorkerDirective { directive }).into_response()
 }
 
+/// The worker renews its lease here; it is what the launcher grants, not a constant.
+async fn lease(
+    State(endpoint): State<Arc<RunEndpoint>>,
+) -> axum::Json<gantry_proto::lease::WorkerLease> {
+    axum::Json(endpoint.client.worker_lease())
+}
+
 /// The API's routes, each behind the capability check.
 fn router(endpoint: Arc<RunEndpoint>) -> Router {
     Router::new()
         .route("/v1/job", get(job))
         .route("/v1/logs", post(log).layer(DefaultBodyLimit::max(LOG_BODY_LIMIT)))
         .route("/v1/reports", post(report))
+        .route("/v1/lease", get(lease))
         .layer(from_fn_with_state(Arc::clone(&endpoint), require_capability))
         .with_state(endpoint)
 }

@@ -78,6 +78,10 @@ pub(super) async fn open(
         expires_in_seconds: state.timings.session_ttl.as_secs(),
         heartbeat_interval_seconds: state.timings.heartbeat_interval.as_secs(),
         poll_timeout_seconds: state.timings.poll_timeout.as_secs(),
+        worker_lease: Some(gantry_proto::lease::LeaseTerms {
+            lease_seconds: state.timings.worker_lease.as_secs(),
+            grace_seconds: state.timings.worker_lease_grace.as_secs(),
+        }),
     }))
 }
 
