@@ -11,11 +11,11 @@ use gantry_domain::{LauncherId, PoolId, RunId, StackId, Timestamp, WorkerId};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Row, Transaction};
 
+use crate::LogCutRecord;
 use crate::log_sizes::{LOG_SIZE_COLUMNS, LogSizes, signed};
 use crate::sql_rows::*;
 use crate::sql_store::sql_store;
 use crate::store::{Result, Signal, SignalStream};
-use crate::LogCutRecord;
 use crate::{
     ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, HeldRunRecord,
     LogChunkRecord, OutputRecord, OutputReferenceRecord, PoolRecord, RunChange, RunFilter,

@@ -12,12 +12,12 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
+use crate::LogCutRecord;
 use crate::group_commit::GroupCommit;
 use crate::log_sizes::{LOG_SIZE_COLUMNS, LogSizes, signed};
 use crate::sql_rows::*;
 use crate::sql_store::sql_store;
 use crate::store::Result;
-use crate::LogCutRecord;
 use crate::{
     ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, HeldRunRecord,
     LogChunkRecord, OutputRecord, OutputReferenceRecord, PoolRecord, RunChange, RunFilter,
