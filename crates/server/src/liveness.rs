@@ -1,7 +1,8 @@
 //! Liveness: workers whose launcher stopped heart-beating are removed and their runs
 //! failed ("worker lost") or handed back to the queue, so no worker stays BUSY forever;
 //! expired sessions are deleted. Once per interval across every server process sharing
-//! the store.
+//! the store. A worker whose run holds its stack's lock is kept, with its run, until
+//! the lock fence (worker lease + grace, `gantry_proto::lease`) has passed too.
 
 use gantry_domain::WorkerId;
 
@@ -35,10 +36,21 @@ pub(crate) async fn sweep_once(state: &AppState) -> Result<(), ApiError> {
         .iter()
         .filter(|worker| now.since(worker.last_seen_at) > state.timings.worker_timeout)
         .collect();
+    let mut fenced = Vec::new();
     for worker in &stale {
         let Some(run_id) = worker.current_run_id else { continue };
         let Some(run) = state.store.get_run(run_id).await? else { continue };
         if run.worker_id != Some(worker.id) || run.state.is_terminal() {
+            continue;
+        }
+        // Fencing: the run holds its stack's lock until its worker has surely stopped
+        // (lease + grace after the launcher's last heartbeat): failing it sooner would
+        // let the next lock-taking run apply while this one still may.
+        if !run.state.wants_worker()
+            && run.run_type.takes_stack_lock()
+            && now.since(worker.last_seen_at) <= state.timings.lock_fence()
+        {
+            fenced.push(worker.id);
             continue;
         }
         let outcome = if run.state.wants_worker() {
@@ -57,6 +69,7 @@ pub(crate) async fn sweep_once(state: &AppState) -> Result<(), ApiError> {
             return Err(error);
         }
     }
+    let stale: Vec<_> = stale.into_iter().filter(|worker| !fenced.contains(&worker.id)).collect();
     let stale_ids: Vec<WorkerId> = stale.iter().map(|worker| worker.id).collect();
     if !stale_ids.is_empty() {
         tracing::warn!(

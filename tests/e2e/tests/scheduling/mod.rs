@@ -145,6 +145,8 @@ fn a_launcher_killed_mid_run_fails_its_run_as_worker_lost_and_leaves_others_alon
     let cluster = Cluster::start_with(&[
         ("GANTRY_SERVER_HEARTBEAT_INTERVAL", "1s"),
         ("GANTRY_SERVER_WORKER_TIMEOUT", "3s"),
+        ("GANTRY_SERVER_WORKER_LEASE", "8s"),
+        ("GANTRY_SERVER_WORKER_LEASE_GRACE", "4s"),
     ]);
     let work = tempfile::tempdir().unwrap();
     let pool = cluster.private_pool(work.path(), "p");
@@ -172,8 +174,11 @@ fn a_launcher_killed_mid_run_fails_its_run_as_worker_lost_and_leaves_others_alon
     assert_eq!(failed["state"], "FAILED", "{failed}");
     let failure = failed["failure"].as_str().unwrap();
     assert!(failure.starts_with("worker lost"), "{failure}");
-    // The timeout is 3 s; the rest is slack for a loaded machine, far below a ghost.
-    assert!(noticed_after < Duration::from_secs(20), "noticed only after {noticed_after:?}");
+    // The apply holds its stack's lock: it fails only once its worker has surely stopped,
+    // lease + grace (12 s) after the last heartbeat, which was at most 1 s before the
+    // kill; without the fence it would fail after the 3 s timeout and one 5 s sweep.
+    assert!(noticed_after >= Duration::from_secs(11), "failed after {noticed_after:?}");
+    assert!(noticed_after < Duration::from_secs(30), "noticed only after {noticed_after:?}");
     assert!(worker(&cluster, &lost_worker).is_none(), "the lost worker is gone");
     let survivors = workers(&cluster, "p");
     assert_eq!(survivors.len(), 1);
