@@ -10,6 +10,9 @@ use std::time::Duration;
 use gantry_proto::lease::{LeaseTerms, WorkerLease};
 use tokio::time::Instant;
 
+use hyper::StatusCode;
+
+use crate::WorkerError;
 use crate::client::LauncherClient;
 use crate::termination::Requester;
 
@@ -38,11 +41,18 @@ async fn keep(client: LauncherClient, initial: LeaseTerms, requester: Requester)
     let renewal = (lease / 4).max(MIN_RENEWAL);
     loop {
         let asked_at = Instant::now();
-        if let Ok(Ok(granted)) = tokio::time::timeout(renewal, client.lease()).await {
-            let WorkerLease { valid_for_ms, grace_seconds } = granted;
-            // Counted from when it was asked, which is no later than the launcher's reckoning.
-            expires_at = asked_at + Duration::from_millis(valid_for_ms);
-            grace = Duration::from_secs(grace_seconds);
+        match tokio::time::timeout(renewal, client.lease()).await {
+            Ok(Ok(WorkerLease { valid_for_ms, grace_seconds })) => {
+                // Counted from when it was asked: no later than the launcher's reckoning.
+                expires_at = asked_at + Duration::from_millis(valid_for_ms);
+                grace = Duration::from_secs(grace_seconds);
+            }
+            // A launcher older than leases (the worker binary may come from a newer
+            // server) answers, so it lives: its answer renews the initial lease.
+            Ok(Err(WorkerError::Refused { status: StatusCode::NOT_FOUND, .. })) => {
+                expires_at = asked_at + lease;
+            }
+            _ => {}
         }
         let now = Instant::now();
         if now >= expires_at {
@@ -100,12 +110,16 @@ mod tests {
     /// Answers every request on `socket` with `lease` as the launcher's grant.
     async fn launcher(listener: tokio::net::UnixListener, lease: WorkerLease) {
         let body = serde_json::to_string(&lease).unwrap();
+        answer_with(listener, "200 OK", body).await;
+    }
+
+    async fn answer_with(listener: tokio::net::UnixListener, status: &str, body: String) {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else { return };
             let mut request = vec![0u8; 4096];
             let _ = stream.read(&mut request).await;
             let answer = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                 body.len()
             );
             let _ = stream.write_all(answer.as_bytes()).await;
@@ -139,5 +153,22 @@ mod tests {
         assert_eq!(seen.len(), 2, "{seen:?}");
         assert!(seen[1] < Duration::from_millis(500), "no lease, no grace: {seen:?}");
         refusing.abort();
+    }
+
+    #[tokio::test]
+    async fn a_launcher_older_than_leases_keeps_renewing_the_initial_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("old.sock");
+        let old = tokio::spawn(answer_with(
+            tokio::net::UnixListener::bind(&socket).unwrap(),
+            "404 Not Found",
+            r#"{"error":{"code":"not_found","message":"no route"}}"#.to_owned(),
+        ));
+        let terms = LeaseTerms { lease_seconds: 1, grace_seconds: 0 };
+        let seen =
+            requests_within(LauncherClient::for_socket(&socket), terms, Duration::from_secs(3))
+                .await;
+        assert!(seen.is_empty(), "a launcher that answers lives: {seen:?}");
+        old.abort();
     }
 }
