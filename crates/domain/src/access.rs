@@ -185,13 +185,16 @@ mod tests {
         }
     }
 
+    /// Scope, pool, its labels, stack, its labels, whether the scope covers the pool, and
+    /// whether it covers the stack.
+    type Case<'a> = (&'a [&'a str], &'a str, &'a [String], &'a str, &'a [String], bool, bool);
+
     #[test]
     fn a_scope_reaches_what_any_selector_reaches() {
         let eu = ["eu".to_owned()];
         let none: [String; 0] = [];
         let prod = ["prod".to_owned()];
-        // (scope, pool, pool labels, stack, stack labels, covers pool, covers stack)
-        let cases: [(&[&str], &str, &[String], &str, &[String], bool, bool); 8] = [
+        let cases: [Case<'_>; 8] = [
             (&[], "build", &none, "web", &none, true, true),
             (&["pool:build"], "build", &none, "web", &none, true, true),
             (&["pool:build"], "other", &none, "web", &none, false, false),

@@ -1,6 +1,7 @@
 //! The first admin API key: created at first start, shown once, stored as a hash.
 
 use gantry_crypto::{hash_secret, random_secret};
+use gantry_domain::access::{Role, Scope};
 use gantry_store::{ApiKeyRecord, Store, StoreError};
 
 use crate::StartError;
@@ -29,25 +30,37 @@ pub(crate) async fn initial_admin_key(
     }
     // Either this start won, or an earlier start stopped before storing its key: that
     // key was never usable, so a new one is issued.
-    store_key(store, "admin", hash).await?;
+    store_key(store, "admin", hash, "gantry server").await?;
     Ok(Some(key))
 }
 
 /// A new admin key named `name`, returned in clear this once.
 pub(crate) async fn issue_admin_key(store: &dyn Store, name: &str) -> Result<String, StoreError> {
     let key = random_secret(API_KEY_PREFIX);
-    store_key(store, name, hash_secret(&key)).await?;
+    store_key(store, name, hash_secret(&key), name).await?;
     Ok(key)
 }
 
-async fn store_key(store: &dyn Store, name: &str, hash: String) -> Result<(), StoreError> {
+/// Stores an admin key with no scope and no expiry, made by `created_by`.
+async fn store_key(
+    store: &dyn Store,
+    name: &str,
+    hash: String,
+    created_by: &str,
+) -> Result<(), StoreError> {
     store
         .insert_api_key(&ApiKeyRecord {
             // A prefix of the hash names the key without revealing anything about it.
             id: hash[..16].to_owned(),
             name: name.to_owned(),
             secret_hash: hash,
+            role: Role::Admin,
+            scope: Scope::everything(),
+            created_by: created_by.to_owned(),
             created_at: now(),
+            expires_at: None,
+            last_used_at: None,
+            revoked_at: None,
         })
         .await
 }

@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use gantry_domain::access::{Role, Scope};
 use gantry_domain::{
     EnvironmentVariable, LauncherId, PoolId, PoolKind, RunId, RunState, RunType, StackId,
     Timestamp, Tool, WorkerId,
 };
 
+use crate::UiSessionRecord;
 use crate::{
     ApiKeyRecord, BlobRecord, BlobStore, DependencyRecord, OutputRecord, OutputReferenceRecord,
     PickupRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord, StackRecord,
@@ -32,6 +34,8 @@ macro_rules! store_contract_tests {
             secrets_are_created_once,
             secrets_are_replaced_together_or_not_at_all,
             api_keys_are_found_by_hash_only,
+            api_keys_are_listed_revoked_and_touched,
+            ui_sessions_end_with_their_key_or_on_sign_out,
             pool_names_are_unique,
             sessions_expire,
             workers_keep_their_state_across_registrations,
@@ -233,12 +237,7 @@ pub async fn secrets_are_replaced_together_or_not_at_all<S: Store>(store: Arc<S>
 
 pub async fn api_keys_are_found_by_hash_only<S: Store>(store: Arc<S>) {
     assert_eq!(store.count_api_keys().await.unwrap(), 0);
-    let key = ApiKeyRecord {
-        id: "k1".to_owned(),
-        name: "admin".to_owned(),
-        secret_hash: "h1".to_owned(),
-        created_at: at(1),
-    };
+    let key = api_key_record("k1", "admin", "h1", Role::Admin, Scope::everything());
     store.insert_api_key(&key).await.unwrap();
     assert_eq!(store.find_api_key("h1").await.unwrap(), Some(key.clone()));
     assert_eq!(store.find_api_key("h2").await.unwrap(), None);
@@ -246,6 +245,75 @@ pub async fn api_keys_are_found_by_hash_only<S: Store>(store: Arc<S>) {
     assert_eq!(store.get_api_key("k1").await.unwrap(), Some(key));
     assert_eq!(store.get_api_key("h1").await.unwrap(), None);
     assert_eq!(store.count_api_keys().await.unwrap(), 1);
+}
+
+fn api_key_record(id: &str, name: &str, hash: &str, role: Role, scope: Scope) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        secret_hash: hash.to_owned(),
+        role,
+        scope,
+        created_by: "gantry server".to_owned(),
+        created_at: at(1),
+        expires_at: None,
+        last_used_at: None,
+        revoked_at: None,
+    }
+}
+
+pub async fn api_keys_are_listed_revoked_and_touched<S: Store>(store: Arc<S>) {
+    let admin = api_key_record("k1", "admin", "h1", Role::Admin, Scope::everything());
+    let scope = Scope::parse(&["pool:build", "stack-label:prod"]).unwrap();
+    let mut deployer = api_key_record("k2", "deployer", "h2", Role::Writer, scope);
+    deployer.created_by = "admin".to_owned();
+    deployer.created_at = at(2);
+    deployer.expires_at = Some(at(1_000));
+    store.insert_api_key(&admin).await.unwrap();
+    store.insert_api_key(&deployer).await.unwrap();
+    assert_eq!(store.list_api_keys().await.unwrap(), vec![admin.clone(), deployer.clone()]);
+    assert_eq!(store.find_api_key("h2").await.unwrap(), Some(deployer.clone()));
+
+    store.touch_api_key("k2", at(5)).await.unwrap();
+    let touched = store.get_api_key("k2").await.unwrap().unwrap();
+    assert_eq!(touched.last_used_at, Some(at(5)));
+
+    let revoked = store.revoke_api_key("k2", at(7)).await.unwrap();
+    assert_eq!(revoked.revoked_at, Some(at(7)));
+    assert!(!revoked.is_active(at(8)));
+    // A second revocation keeps the first time.
+    assert_eq!(store.revoke_api_key("k2", at(9)).await.unwrap().revoked_at, Some(at(7)));
+    assert_eq!(store.find_api_key("h2").await.unwrap().unwrap().revoked_at, Some(at(7)));
+    assert!(store.get_api_key("k1").await.unwrap().unwrap().is_active(at(8)));
+    let missing = store.revoke_api_key("k3", at(9)).await.unwrap_err();
+    assert!(matches!(missing, StoreError::NotFound { .. }), "{missing:?}");
+}
+
+pub async fn ui_sessions_end_with_their_key_or_on_sign_out<S: Store>(store: Arc<S>) {
+    let key = api_key_record("k1", "admin", "h1", Role::Admin, Scope::everything());
+    store.insert_api_key(&key).await.unwrap();
+    let session = |id: &str, created: i64, expires: i64| UiSessionRecord {
+        id_hash: id.to_owned(),
+        key_id: "k1".to_owned(),
+        created_at: at(created),
+        expires_at: at(expires),
+    };
+    store.insert_ui_session(&session("s1", 1, 100)).await.unwrap();
+    store.insert_ui_session(&session("s2", 2, 100)).await.unwrap();
+    let found = store.find_ui_session("s1").await.unwrap();
+    assert_eq!(found, Some((session("s1", 1, 100), key.clone())));
+    assert_eq!(store.find_ui_session("nope").await.unwrap(), None);
+
+    store.delete_ui_session("s1").await.unwrap();
+    assert_eq!(store.find_ui_session("s1").await.unwrap(), None, "signing out ends it");
+    assert!(store.find_ui_session("s2").await.unwrap().is_some());
+
+    // A new session sweeps out the expired ones.
+    store.insert_ui_session(&session("s3", 200, 300)).await.unwrap();
+    assert_eq!(store.find_ui_session("s2").await.unwrap(), None);
+
+    store.revoke_api_key("k1", at(201)).await.unwrap();
+    assert_eq!(store.find_ui_session("s3").await.unwrap(), None, "revoking the key ends it");
 }
 
 pub async fn pool_names_are_unique<S: Store>(store: Arc<S>) {

@@ -12,6 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolO
 use sqlx::{Connection, Postgres, Row, Transaction};
 
 use crate::LogCutRecord;
+use crate::UiSessionRecord;
 use crate::log_sizes::{LOG_SIZE_COLUMNS, LogSizes, signed};
 use crate::sql_rows::*;
 use crate::sql_store::sql_store;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use gantry_domain::access::{Role, Scope};
 use gantry_domain::{
     EnvironmentVariable, LauncherId, PoolId, PoolKind, RunId, RunState, RunType, StackId,
     Timestamp, Tool, WorkerId,
@@ -42,13 +43,39 @@ pub struct StateRollbackRecord {
     pub by: String,
 }
 
-/// An admin API key; only the hash of its secret is kept.
+/// An API key; only the hash of its secret is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRecord {
     pub id: String,
     pub name: String,
     pub secret_hash: String,
+    pub role: Role,
+    /// The pools and stacks it reaches (everything when empty).
+    pub scope: Scope,
+    /// The name of the key that created it, or `gantry server` / `gantry up`.
+    pub created_by: String,
     pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    /// Updated at most about once a minute: a hint for people, not an audit trail.
+    pub last_used_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl ApiKeyRecord {
+    /// Whether the key may be used at `now`: neither revoked nor expired.
+    pub fn is_active(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+/// A web UI session, found by the hash of its cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UiSessionRecord {
+    pub id_hash: String,
+    /// The API key it signed in with: the session ends with it.
+    pub key_id: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::str::FromStr;
 
+use gantry_domain::access::Scope;
 use gantry_domain::{EnvironmentVariable, Timestamp};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use crate::UiSessionRecord;
 use crate::store::Result;
 use crate::{
     ApiKeyRecord, BlobRecord, HeldRunRecord, PickupRecord, PoolRecord, RunRecord, SessionRecord,
@@ -339,14 +341,30 @@ pub(crate) fn state_version_from_row(row: &impl Columns) -> Result<StateVersionR
     })
 }
 
-pub(crate) const API_KEY_COLUMNS: &str = "id, name, secret_hash, created_at";
+pub(crate) const API_KEY_COLUMNS: &str = "id, name, secret_hash, role, scope, created_by, created_at, expires_at, last_used_at, revoked_at";
 
 pub(crate) fn api_key_from_row(row: &impl Columns) -> Result<ApiKeyRecord> {
+    let scope: Vec<String> = json(row, "scope")?;
     Ok(ApiKeyRecord {
         id: text(row, "id")?,
         name: text(row, "name")?,
         secret_hash: text(row, "secret_hash")?,
+        role: parsed(row, "role")?,
+        scope: Scope::parse(&scope).map_err(|e| corrupt("scope", e))?,
+        created_by: text(row, "created_by")?,
         created_at: timestamp(row, "created_at")?,
+        expires_at: optional_timestamp(row, "expires_at")?,
+        last_used_at: optional_timestamp(row, "last_used_at")?,
+        revoked_at: optional_timestamp(row, "revoked_at")?,
+    })
+}
+
+pub(crate) fn ui_session_from_row(row: &impl Columns) -> Result<UiSessionRecord> {
+    Ok(UiSessionRecord {
+        id_hash: text(row, "session_id_hash")?,
+        key_id: text(row, "session_key_id")?,
+        created_at: timestamp(row, "session_created_at")?,
+        expires_at: timestamp(row, "session_expires_at")?,
     })
 }
 

@@ -261,12 +261,19 @@ macro_rules! sql_store {
 
             async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO api_keys (id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO api_keys (id, name, secret_hash, role, scope, created_by, created_at, expires_at, last_used_at, revoked_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 )
                 .bind(&key.id)
                 .bind(&key.name)
                 .bind(&key.secret_hash)
+                .bind(key.role.as_str())
+                .bind(to_json(&key.scope.written()))
+                .bind(&key.created_by)
                 .bind(key.created_at.unix_millis())
+                .bind(key.expires_at.map(Timestamp::unix_millis))
+                .bind(key.last_used_at.map(Timestamp::unix_millis))
+                .bind(key.revoked_at.map(Timestamp::unix_millis))
                 .execute(&self.writer)
                 .await
                 .map_err(|e| already_exists("API key", &key.name, e))?;
@@ -294,6 +301,90 @@ macro_rules! sql_store {
                 let count: i64 =
                     sqlx::query_scalar("SELECT COUNT(*) FROM api_keys").fetch_one(&self.reader).await?;
                 Ok(count as u64)
+            }
+
+            async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+                let rows = sqlx::query(select(API_KEY_COLUMNS, "FROM api_keys ORDER BY created_at, id"))
+                    .fetch_all(&self.reader)
+                    .await?;
+                rows.iter().map(api_key_from_row).collect()
+            }
+
+            async fn revoke_api_key(&self, id: &str, at: Timestamp) -> Result<ApiKeyRecord> {
+                let mut tx = self.begin().await?;
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1
+                     RETURNING {API_KEY_COLUMNS}"
+                )))
+                .bind(id)
+                .bind(at.unix_millis())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound { kind: "API key", id: id.to_owned() })?;
+                sqlx::query("DELETE FROM ui_sessions WHERE key_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                self.commit(tx).await?;
+                api_key_from_row(&row)
+            }
+
+            async fn touch_api_key(&self, id: &str, at: Timestamp) -> Result<()> {
+                // Not made durable: losing a last-use time to a crash is harmless.
+                sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(at.unix_millis())
+                    .execute(&self.writer)
+                    .await?;
+                Ok(())
+            }
+
+            async fn insert_ui_session(&self, session: &UiSessionRecord) -> Result<()> {
+                let mut tx = self.begin().await?;
+                sqlx::query("DELETE FROM ui_sessions WHERE expires_at < $1")
+                    .bind(session.created_at.unix_millis())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO ui_sessions (id_hash, key_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&session.id_hash)
+                .bind(&session.key_id)
+                .bind(session.created_at.unix_millis())
+                .bind(session.expires_at.unix_millis())
+                .execute(&mut *tx)
+                .await?;
+                self.commit(tx).await
+            }
+
+            async fn find_ui_session(
+                &self,
+                id_hash: &str,
+            ) -> Result<Option<(UiSessionRecord, ApiKeyRecord)>> {
+                // One query per UI request: the session and its key together.
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT s.id_hash AS session_id_hash, s.key_id AS session_key_id,
+                            s.created_at AS session_created_at, s.expires_at AS session_expires_at,
+                            {key_columns}
+                     FROM ui_sessions s JOIN api_keys k ON k.id = s.key_id
+                     WHERE s.id_hash = $1",
+                    key_columns = qualified("k", API_KEY_COLUMNS),
+                )))
+                .bind(id_hash)
+                .fetch_optional(&self.reader)
+                .await?;
+                row.as_ref()
+                    .map(|row| Ok((ui_session_from_row(row)?, api_key_from_row(row)?)))
+                    .transpose()
+            }
+
+            async fn delete_ui_session(&self, id_hash: &str) -> Result<()> {
+                sqlx::query("DELETE FROM ui_sessions WHERE id_hash = $1")
+                    .bind(id_hash)
+                    .execute(&self.writer)
+                    .await?;
+                self.durable().await?;
+                Ok(())
             }
 
             async fn insert_pool(&self, pool: &PoolRecord) -> Result<()> {

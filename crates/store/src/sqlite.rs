@@ -13,6 +13,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 use crate::LogCutRecord;
+use crate::UiSessionRecord;
 use crate::group_commit::GroupCommit;
 use crate::log_sizes::{LOG_SIZE_COLUMNS, LogSizes, signed};
 use crate::sql_rows::*;

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use gantry_domain::{EnvironmentVariable, LauncherId, PoolId, RunId, StackId, Timestamp, WorkerId};
 
 use crate::LogCutRecord;
+use crate::UiSessionRecord;
 use crate::{
     ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, HeldRunRecord,
     LogChunkRecord, OutputRecord, PoolRecord, RunChange, RunFilter, RunRecord, SessionRecord,
@@ -49,6 +50,22 @@ pub trait Store: Send + Sync + 'static {
     /// The key with this id (a prefix of its hash: not a secret).
     async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>>;
     async fn count_api_keys(&self) -> Result<u64>;
+    /// Every key, revoked ones included, oldest first.
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
+    /// Marks the key revoked at `at` (kept if it already was) and ends its UI sessions,
+    /// atomically; returns the key as it is now, `NotFound` when there is none.
+    async fn revoke_api_key(&self, id: &str, at: Timestamp) -> Result<ApiKeyRecord>;
+    /// Records that the key was used at `at`.
+    async fn touch_api_key(&self, id: &str, at: Timestamp) -> Result<()>;
+
+    /// Stores a web UI session; sessions that expired before its creation are removed.
+    async fn insert_ui_session(&self, session: &UiSessionRecord) -> Result<()>;
+    /// The UI session with this hash and the key it signed in with.
+    async fn find_ui_session(
+        &self,
+        id_hash: &str,
+    ) -> Result<Option<(UiSessionRecord, ApiKeyRecord)>>;
+    async fn delete_ui_session(&self, id_hash: &str) -> Result<()>;
 
     /// Fails with `AlreadyExists` when the name is taken.
     async fn insert_pool(&self, pool: &PoolRecord) -> Result<()>;
