@@ -1,18 +1,17 @@
-//! Who is calling: an admin with an API key (REST API), or a launcher with a session
-//! token (agent plane). Both are bearer secrets looked up by their hash.
+//! Who is calling: a person or script with an API key (REST API, see `access`), or a
+//! launcher with a session token (agent plane). Both are bearer secrets looked up by
+//! their hash.
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::middleware::Next;
-use axum::response::Response;
 use gantry_crypto::hash_secret;
 use gantry_domain::{LauncherId, PoolId};
 
 use crate::error::ApiError;
 use crate::state::{AppState, now};
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+pub(crate) fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     parts
         .headers
         .get(AUTHORIZATION)
@@ -21,28 +20,6 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .map(str::trim)
         .filter(|token| !token.is_empty())
         .ok_or(ApiError::MissingCredentials)
-}
-
-/// The admin key a REST request was made with, for what records who acted.
-#[derive(Debug, Clone)]
-pub(crate) struct AdminKey {
-    pub name: String,
-}
-
-/// Middleware for the REST API: only requests with a valid admin API key pass, carrying
-/// an `AdminKey`.
-pub(crate) async fn require_admin(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
-    let key = bearer(&parts)?;
-    let found =
-        state.store.find_api_key(&hash_secret(key)).await?.ok_or(ApiError::InvalidApiKey)?;
-    let mut request = Request::from_parts(parts, body);
-    request.extensions_mut().insert(AdminKey { name: found.name });
-    Ok(next.run(request).await)
 }
 
 /// A launcher's session, as proven when it was opened.

@@ -16,6 +16,9 @@ pub(crate) enum ApiError {
     MissingCredentials,
     #[error("the API key is not valid")]
     InvalidApiKey,
+    /// The key is good but may not do this, said in a sentence.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the agent session expired or is unknown: open a new session")]
     SessionExpired,
     #[error("pool {0} was reset: this launcher's token is no longer valid, use the new token")]
@@ -80,6 +83,7 @@ impl ApiError {
             }
             Self::SessionExpired => (StatusCode::UNAUTHORIZED, "session_expired"),
             Self::PoolReset(_) => (StatusCode::FORBIDDEN, "pool_reset"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::InvalidProof(_) => (StatusCode::UNAUTHORIZED, "invalid_proof"),
             Self::NotFound { .. } | Self::Missing(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),

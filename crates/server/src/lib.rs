@@ -3,6 +3,7 @@
 //! certificates. `main` lives in the `gantry` CLI (`gantry server`, `gantry up`); tests
 //! drive `router()` directly or a started `Server`.
 
+mod access;
 mod agent;
 mod api;
 mod auth;
@@ -29,6 +30,7 @@ mod state;
 mod ui;
 mod views;
 
+pub use access::Actor;
 pub use bootstrap::API_KEY_PREFIX;
 pub use config::{AgentTimings, ServerConfig, TlsSource};
 pub use master_key::{DEFAULT_MASTER_KEY_FILE, MasterKeySource, Rotation, rotate_master_key};

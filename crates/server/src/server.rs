@@ -66,7 +66,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api::router(state.clone()))
         .nest("/agent/v1", agent::router())
-        .nest("/ui", ui::router())
+        .nest("/ui", ui::router(&state))
         .route("/", axum::routing::get(|| async { axum::response::Redirect::to("/ui") }))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,4 +1,5 @@
-//! The REST API under `/api/v1`, for people and scripts holding an admin API key.
+//! The REST API under `/api/v1`, for people and scripts holding an API key: each route
+//! with the least role it needs and what its scope is checked against.
 
 mod dependencies;
 pub(crate) mod logs;
@@ -13,49 +14,117 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post, put};
+use axum::http::Method;
+use gantry_domain::access::Role;
 use gantry_proto::api::Health;
 
-use crate::auth::require_admin;
+use crate::access::keys;
+use crate::access::routes::{self, Guarded, PUBLIC, Plane, Target, needs};
 use crate::error::{ApiError, Json};
 use crate::state::AppState;
 
-pub(crate) fn router(state: AppState) -> Router<AppState> {
-    let admin = Router::new()
-        .route("/pools", get(pools::list).post(pools::create))
-        .route("/pools/{pool}", get(pools::show))
-        .route("/pools/{pool}/reset", post(pools::reset))
-        .route("/pools/{pool}/drain", post(pools::drain))
-        .route("/pools/{pool}/undrain", post(pools::undrain))
-        .route("/pools/{pool}/cycle", post(pools::cycle))
-        .route("/pools/{pool}/queue", get(pools::queue))
-        .route("/pools/{pool}/workers", get(workers::list_in_pool))
-        .route("/pools/{pool}/certificate", get(stack_secrets::certificate))
-        .route("/workers", get(workers::list))
-        .route("/workers/{worker}/drain", post(workers::drain))
-        .route("/workers/{worker}/undrain", post(workers::undrain))
-        .route("/stacks", get(stacks::list).post(stacks::create))
-        .route("/stacks/{stack}", get(stacks::show))
-        .route("/stacks/{stack}/runs", post(runs::trigger))
-        .route("/stacks/{stack}/secrets", put(stack_secrets::set))
-        .route("/stacks/{stack}/state/versions", get(state_versions::list))
-        .route("/stacks/{stack}/state/rollback", post(state_versions::rollback))
-        .route("/stacks/{stack}/dependencies", get(dependencies::list).post(dependencies::add))
-        .route(
+/// Every route of the REST API with who may call it: the router is built from this
+/// table, and the authorization matrix test reads it.
+pub(crate) fn routes() -> Vec<Guarded> {
+    use Role::{Admin, Operator, Reader, Writer};
+    use Target::{Listed, NewPool, NewStack, Pool, Run, Stack, StackAndUpstream, Unscoped, Worker};
+    vec![
+        Guarded::new(Method::GET, "/health", PUBLIC, health),
+        Guarded::new(Method::GET, "/ready", PUBLIC, ready),
+        Guarded::new(Method::GET, "/keys", needs(Admin, Unscoped), keys::list),
+        Guarded::new(Method::POST, "/keys", needs(Admin, Unscoped), keys::create),
+        Guarded::new(Method::DELETE, "/keys/{key}", needs(Admin, Unscoped), keys::revoke),
+        Guarded::new(Method::GET, "/pools", needs(Reader, Listed), pools::list),
+        Guarded::new(Method::POST, "/pools", needs(Operator, NewPool), pools::create),
+        Guarded::new(Method::GET, "/pools/{pool}", needs(Reader, Pool), pools::show),
+        Guarded::new(Method::POST, "/pools/{pool}/reset", needs(Operator, Pool), pools::reset),
+        Guarded::new(Method::POST, "/pools/{pool}/drain", needs(Operator, Pool), pools::drain),
+        Guarded::new(Method::POST, "/pools/{pool}/undrain", needs(Operator, Pool), pools::undrain),
+        Guarded::new(Method::POST, "/pools/{pool}/cycle", needs(Operator, Pool), pools::cycle),
+        Guarded::new(Method::GET, "/pools/{pool}/queue", needs(Reader, Pool), pools::queue),
+        Guarded::new(
+            Method::GET,
+            "/pools/{pool}/workers",
+            needs(Reader, Pool),
+            workers::list_in_pool,
+        ),
+        Guarded::new(
+            Method::GET,
+            "/pools/{pool}/certificate",
+            needs(Reader, Pool),
+            stack_secrets::certificate,
+        ),
+        Guarded::new(Method::GET, "/workers", needs(Reader, Listed), workers::list),
+        Guarded::new(
+            Method::POST,
+            "/workers/{worker}/drain",
+            needs(Operator, Worker),
+            workers::drain,
+        ),
+        Guarded::new(
+            Method::POST,
+            "/workers/{worker}/undrain",
+            needs(Operator, Worker),
+            workers::undrain,
+        ),
+        Guarded::new(Method::GET, "/stacks", needs(Reader, Listed), stacks::list),
+        Guarded::new(Method::POST, "/stacks", needs(Operator, NewStack), stacks::create),
+        Guarded::new(Method::GET, "/stacks/{stack}", needs(Reader, Stack), stacks::show),
+        Guarded::new(Method::POST, "/stacks/{stack}/runs", needs(Writer, Stack), runs::trigger),
+        Guarded::new(
+            Method::PUT,
+            "/stacks/{stack}/secrets",
+            needs(Operator, Stack),
+            stack_secrets::set,
+        ),
+        Guarded::new(
+            Method::GET,
+            "/stacks/{stack}/state/versions",
+            needs(Reader, Stack),
+            state_versions::list,
+        ),
+        Guarded::new(
+            Method::POST,
+            "/stacks/{stack}/state/rollback",
+            needs(Operator, Stack),
+            state_versions::rollback,
+        ),
+        Guarded::new(
+            Method::GET,
+            "/stacks/{stack}/dependencies",
+            needs(Reader, Stack),
+            dependencies::list,
+        ),
+        Guarded::new(
+            Method::POST,
+            "/stacks/{stack}/dependencies",
+            needs(Operator, StackAndUpstream),
+            dependencies::add,
+        ),
+        Guarded::new(
+            Method::DELETE,
             "/stacks/{stack}/dependencies/{upstream}",
-            axum::routing::delete(dependencies::remove),
-        )
-        .route("/runs", get(runs::list))
-        .route("/runs/{run}", get(runs::show))
-        .route("/runs/{run}/confirm", post(runs::confirm))
-        .route("/runs/{run}/discard", post(runs::discard))
-        .route("/runs/{run}/stop", post(runs::stop))
-        .route("/runs/{run}/prioritize", post(runs::prioritize))
-        .route("/runs/{run}/logs", get(logs::page))
-        .route("/runs/{run}/logs/stream", get(logs::stream))
-        .route_layer(from_fn_with_state(state, require_admin));
-    Router::new().route("/health", get(health)).route("/ready", get(ready)).merge(admin)
+            needs(Operator, Stack),
+            dependencies::remove,
+        ),
+        Guarded::new(Method::GET, "/runs", needs(Reader, Listed), runs::list),
+        Guarded::new(Method::GET, "/runs/{run}", needs(Reader, Run), runs::show),
+        Guarded::new(Method::POST, "/runs/{run}/confirm", needs(Writer, Run), runs::confirm),
+        Guarded::new(Method::POST, "/runs/{run}/discard", needs(Writer, Run), runs::discard),
+        Guarded::new(Method::POST, "/runs/{run}/stop", needs(Writer, Run), runs::stop),
+        Guarded::new(
+            Method::POST,
+            "/runs/{run}/prioritize",
+            needs(Operator, Run),
+            runs::prioritize,
+        ),
+        Guarded::new(Method::GET, "/runs/{run}/logs", needs(Reader, Run), logs::page),
+        Guarded::new(Method::GET, "/runs/{run}/logs/stream", needs(Reader, Run), logs::stream),
+    ]
+}
+
+pub(crate) fn router(state: AppState) -> Router<AppState> {
+    routes::router(&state, Plane::Api, routes())
 }
 
 /// How long readiness waits for the database: under the kubelet's default probe timeout

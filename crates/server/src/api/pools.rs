@@ -1,6 +1,7 @@
 //! Pools: creation from a CSR (the token is returned once), listing, details, reset,
 //! drain and undrain, cycling, and the queue of runs waiting for their workers.
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use gantry_crypto::PoolToken;
@@ -10,6 +11,7 @@ use gantry_proto::api::{
 };
 use gantry_store::PoolRecord;
 
+use crate::access::{Actor, visible};
 use crate::error::{ApiError, ApiResult, Json, PathParam};
 use crate::events::ClusterSignal;
 use crate::state::{AppState, now};
@@ -145,8 +147,14 @@ pub(super) async fn reset(
     Ok(Json(PoolCreated { pool: views::pool(&record, &[], &[], &stacks), token: token.encode() }))
 }
 
-pub(super) async fn list(State(state): State<AppState>) -> ApiResult<Json<PoolList>> {
-    Ok(Json(PoolList { pools: all_pools(&state).await? }))
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> ApiResult<Json<PoolList>> {
+    let reach = actor.reach(&state).await?;
+    let pools =
+        visible(all_pools(&state).await?, reach.as_ref(), |reach, pool| reach.pool(pool.id));
+    Ok(Json(PoolList { pools }))
 }
 
 /// Every pool with its counts: the API's list and the UI's.

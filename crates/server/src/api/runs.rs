@@ -1,5 +1,6 @@
 //! Runs: trigger, list, details, confirm, discard, stop, prioritize.
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use gantry_domain::{RunContext, RunEvent, RunState, transition};
@@ -7,6 +8,7 @@ use gantry_proto::api::{self, Run, RunList, TriggerRun};
 use gantry_store::{RunFilter, RunRecord, StackRecord};
 use serde::Deserialize;
 
+use crate::access::{Actor, visible};
 use crate::error::{ApiError, ApiResult, Json, PathParam, QueryParams};
 use crate::lifecycle::{self, Details};
 use crate::lookup;
@@ -15,14 +17,15 @@ use crate::views::{self, RunViews};
 
 pub(super) async fn trigger(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     PathParam(key): PathParam<String>,
     Json(request): Json<TriggerRun>,
 ) -> ApiResult<(StatusCode, Json<Run>)> {
     let stack = lookup::stack(&state, &key).await?;
     // The pool's name for the answer is read while the run is queued, not after it.
-    let (run, pool) = tokio::try_join!(trigger_run(&state, &stack, request), async {
-        Ok(state.store.get_pool(stack.pool_id).await?)
-    })?;
+    let queued = trigger_run(&state, &stack, request, &actor.key_name);
+    let (run, pool) =
+        tokio::try_join!(queued, async { Ok(state.store.get_pool(stack.pool_id).await?) })?;
     Ok((StatusCode::CREATED, Json(views::queued_run(&run, stack, pool))))
 }
 
@@ -43,6 +46,7 @@ pub(crate) async fn trigger_run(
     state: &AppState,
     stack: &StackRecord,
     request: TriggerRun,
+    triggered_by: &str,
 ) -> Result<RunRecord, ApiError> {
     if let Some(commit) = &request.commit
         && !(commit.len() >= 7
@@ -66,7 +70,7 @@ pub(crate) async fn trigger_run(
         (_, Some(_)) => return Err(ApiError::invalid("only a TASK takes a command")),
         (_, None) => None,
     };
-    lifecycle::trigger(state, stack, request.run_type, request.commit, command, "admin").await
+    lifecycle::trigger(state, stack, request.run_type, request.commit, command, triggered_by).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,16 +80,27 @@ pub(super) struct ListQuery {
     limit: Option<u32>,
 }
 
+/// The newest runs, of those the key reaches: a scoped key may see fewer than `limit`.
 pub(super) async fn list(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> ApiResult<Json<RunList>> {
+    let reach = actor.reach(&state).await?;
     let stack_id = match &query.stack {
-        Some(key) => Some(lookup::stack(&state, key).await?.id),
+        Some(key) => {
+            let id = lookup::stack(&state, key).await?.id;
+            if reach.as_ref().is_some_and(|reach| !reach.stack(id)) {
+                return Err(ApiError::not_found("stack", key));
+            }
+            Some(id)
+        }
         None => None,
     };
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
-    Ok(Json(RunList { runs: recent_runs(&state, RunFilter { stack_id, limit }).await? }))
+    let runs = recent_runs(&state, RunFilter { stack_id, limit }).await?;
+    let runs = visible(runs, reach.as_ref(), |reach, run| reach.stack(run.stack_id));
+    Ok(Json(RunList { runs }))
 }
 
 /// The newest runs, of one stack or all, for the API and the UI.

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use gantry_domain::validation::{
@@ -12,6 +13,7 @@ use gantry_domain::{EnvironmentVariable, StackId, validate_name};
 use gantry_proto::api::{CreateStack, Stack, StackList};
 use gantry_store::StackRecord;
 
+use crate::access::{Actor, visible};
 use crate::error::{ApiError, ApiResult, Json, PathParam};
 use crate::state::{AppState, now};
 use crate::{lookup, views};
@@ -84,8 +86,14 @@ pub(super) fn stored_environment(
     Ok(environment)
 }
 
-pub(super) async fn list(State(state): State<AppState>) -> ApiResult<Json<StackList>> {
-    Ok(Json(StackList { stacks: all_stacks(&state).await? }))
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> ApiResult<Json<StackList>> {
+    let reach = actor.reach(&state).await?;
+    let stacks =
+        visible(all_stacks(&state).await?, reach.as_ref(), |reach, stack| reach.stack(stack.id));
+    Ok(Json(StackList { stacks }))
 }
 
 /// Every stack with its pool's name: the API's list and the UI's.

@@ -10,7 +10,7 @@ use gantry_domain::StackId;
 use gantry_proto::api::{RollbackState, StateVersion, StateVersionList};
 use gantry_store::{StackRecord, StateVersionRecord, StoreError};
 
-use crate::auth::AdminKey;
+use crate::access::Actor;
 use crate::error::{ApiError, ApiResult, Json, PathParam};
 use crate::state::{AppState, now};
 use crate::{lookup, views};
@@ -27,12 +27,12 @@ pub(super) async fn list(
 /// `POST /api/v1/stacks/{stack}/state/rollback`
 pub(super) async fn rollback(
     State(state): State<AppState>,
-    Extension(admin): Extension<AdminKey>,
+    Extension(actor): Extension<Actor>,
     PathParam(key): PathParam<String>,
     Json(request): Json<RollbackState>,
 ) -> ApiResult<(StatusCode, Json<StateVersion>)> {
     let stack = lookup::stack(&state, &key).await?;
-    let version = rollback_state(&state, &stack, request.to, &admin.name).await?;
+    let version = rollback_state(&state, &stack, request.to, &actor.key_name).await?;
     Ok((StatusCode::CREATED, Json(views::state_version(&version, true))))
 }
 

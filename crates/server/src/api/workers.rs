@@ -3,15 +3,21 @@
 
 use std::collections::HashMap;
 
+use axum::Extension;
 use axum::extract::State;
 use gantry_domain::{PoolKind, WorkerId};
 use gantry_proto::api::{Drained, WorkerList};
 
+use crate::access::{Actor, visible};
 use crate::error::{ApiError, ApiResult, Json, PathParam};
 use crate::state::AppState;
 use crate::{lookup, views};
 
-pub(super) async fn list(State(state): State<AppState>) -> ApiResult<Json<WorkerList>> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> ApiResult<Json<WorkerList>> {
+    let reach = actor.reach(&state).await?;
     let kinds: HashMap<_, _> =
         state.store.list_pools().await?.into_iter().map(|pool| (pool.id, pool.kind)).collect();
     let workers = state
@@ -22,6 +28,7 @@ pub(super) async fn list(State(state): State<AppState>) -> ApiResult<Json<Worker
         .filter(|worker| kinds.get(&worker.pool_id) == Some(&PoolKind::Private))
         .map(views::worker)
         .collect();
+    let workers = visible(workers, reach.as_ref(), |reach, worker| reach.pool(worker.pool_id));
     Ok(Json(WorkerList { workers }))
 }
 

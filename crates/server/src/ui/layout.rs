@@ -3,6 +3,7 @@
 
 use axum::response::{IntoResponse, Response};
 use gantry_domain::Timestamp;
+use gantry_domain::access::Role;
 use maud::{DOCTYPE, Markup, html};
 
 use super::session::{UiSession, token_field};
@@ -29,11 +30,14 @@ pub(super) fn page(title: &str, session: Option<&UiSession>, main: Markup) -> Ma
                             ul {
                                 li { a href="/ui/pools" { "Worker pools" } }
                                 li { a href="/ui/stacks" { "Stacks" } }
+                                @if session.actor.role == Role::Admin {
+                                    li { a href="/ui/keys" { "API keys" } }
+                                }
                             }
                         }
                         form.sign-out method="post" action="/ui/sign-out" {
                             (token_field(session))
-                            span.who { "Key " code { (session.key_id) } }
+                            span.who { "Key " code { (session.actor.key_name) } " (" (session.actor.role) ")" }
                             button type="submit" { "Sign out" }
                         }
                     }

@@ -11,6 +11,7 @@ use maud::{Markup, html};
 
 use super::layout::{UiResult, badge, header_row, labels, page, time};
 use super::session::{CheckedForm, UiSession, token_field};
+use crate::access::visible;
 use crate::api::{pools as pool_ops, runs as run_ops, workers as worker_ops};
 use crate::error::PathParam;
 use crate::state::AppState;
@@ -56,7 +57,10 @@ impl Tab {
 }
 
 pub(super) async fn list(State(state): State<AppState>, session: UiSession) -> UiResult {
-    let pools = pool_ops::all_pools(&state).await?;
+    let reach = session.actor.reach(&state).await?;
+    let pools = visible(pool_ops::all_pools(&state).await?, reach.as_ref(), |reach, pool| {
+        reach.pool(pool.id)
+    });
     let body = html! {
         div.heading {
             h1 { "Worker pools" }

@@ -11,10 +11,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, RequestPartsExt};
 use gantry_crypto::{hash_secret, random_secret, sha256_hex};
+use gantry_store::UiSessionRecord;
 use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::layout;
+use crate::access::Actor;
+use crate::error::ApiError;
 use crate::state::{AppState, now};
 
 /// `__Host-`: the browser keeps it only if Secure, path `/` and no domain.
@@ -27,8 +30,8 @@ const SIGN_IN_LIFETIME: Duration = Duration::from_secs(900);
 /// A signed-in browser.
 #[derive(Debug, Clone)]
 pub(super) struct UiSession {
-    /// The id of the API key it signed in with (not a secret).
-    pub(super) key_id: String,
+    /// The API key it signed in with, as it is now.
+    pub(super) actor: Actor,
     /// The token every form of this session carries.
     pub(super) csrf: String,
 }
@@ -38,12 +41,17 @@ pub(super) struct UiSession {
 pub(super) enum Refusal {
     SignInFirst,
     Forbidden(&'static str),
+    /// The database did not answer.
+    Unavailable,
 }
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         match self {
             Self::SignInFirst => Redirect::to("/ui/sign-in").into_response(),
+            Self::Unavailable => layout::error_page(ApiError::Unavailable(
+                "the database did not answer: try again".to_owned(),
+            )),
             Self::Forbidden(why) => {
                 let page = layout::page(
                     "Refused",
@@ -80,7 +88,7 @@ fn set_cookie(name: &str, value: &str, lifetime: Duration) -> HeaderValue {
 
 /// A token bound to one secret value: its hash under a purpose label. The secret (the
 /// cookie) never reaches the page, so another site can neither read nor forge it.
-fn form_token(purpose: &str, secret: &str) -> String {
+pub(super) fn form_token(purpose: &str, secret: &str) -> String {
     sha256_hex(format!("gantry-ui-{purpose}:{secret}").as_bytes())
 }
 
@@ -105,15 +113,47 @@ impl FromRequestParts<AppState> for UiSession {
     type Rejection = Refusal;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Refusal> {
+        // The route's authorization found it already.
+        if let Some(session) = parts.extensions.get::<UiSession>() {
+            return Ok(session.clone());
+        }
+        Self::load(parts, state).await
+    }
+}
+
+impl UiSession {
+    /// The session of the request's cookie: signed by this server, still stored (not
+    /// signed out of), and its key neither revoked nor expired. Read from the database
+    /// on every request, so that revoking the key ends the session at once.
+    async fn load(parts: &Parts, state: &AppState) -> Result<Self, Refusal> {
         let value = cookie(&parts.headers, SESSION_COOKIE).ok_or(Refusal::SignInFirst)?;
         // `key-id.expiry.nonce.mac`: the signature covers the key id first.
         let (key_id, _) = value.split_once('.').ok_or(Refusal::SignInFirst)?;
+        let at = now();
         state
             .ui_sessions
-            .verify(value, key_id, now().unix_millis())
+            .verify(value, key_id, at.unix_millis())
             .map_err(|_| Refusal::SignInFirst)?;
-        Ok(Self { key_id: key_id.to_owned(), csrf: form_token("csrf", value) })
+        let found = state.store.find_ui_session(&hash_secret(value)).await.map_err(|error| {
+            tracing::error!(%error, "could not read a UI session");
+            Refusal::Unavailable
+        })?;
+        let (session, key) = found.ok_or(Refusal::SignInFirst)?;
+        if session.expires_at <= at || session.key_id != key_id {
+            return Err(Refusal::SignInFirst);
+        }
+        let actor = Actor::from_key(state, &key).await.ok_or(Refusal::SignInFirst)?;
+        Ok(Self { actor, csrf: form_token("csrf", value) })
     }
+}
+
+/// The actor of a UI request's session, which the request keeps for its handler; the
+/// page to answer with when there is none.
+pub(crate) async fn session_actor(parts: &mut Parts, state: &AppState) -> Result<Actor, Response> {
+    let session = UiSession::load(parts, state).await.map_err(IntoResponse::into_response)?;
+    let actor = session.actor.clone();
+    parts.extensions.insert(session);
+    Ok(actor)
 }
 
 /// A form posted by a signed-in browser from one of this server's pages, with its
@@ -173,7 +213,8 @@ fn sign_in_form(headers: &HeaderMap, status: StatusCode, error: Option<&str>) ->
             input #api-key type="password" name="api_key" required autocomplete="off"
                 autofocus aria-describedby="api-key-help";
             p #api-key-help.help {
-                "An admin API key, as " code { "gantry server" } " printed at its first start."
+                "An API key: the admin key " code { "gantry server" } " printed at its first start, or one "
+                code { "gantry key create" } " made."
             }
             button type="submit" { "Sign in" }
         }
@@ -211,8 +252,8 @@ pub(super) async fn sign_in(
         return page;
     }
     let key = match state.store.find_api_key(&hash_secret(form.api_key.trim())).await {
-        Ok(Some(key)) => key,
-        Ok(None) => {
+        Ok(Some(key)) if key.is_active(now()) => key,
+        Ok(_) => {
             let failure = crate::http_limits::Failure::UiSignIn;
             crate::http_limits::authentication_failed(&state, source, failure).await;
             let why = "That API key is not valid.";
@@ -220,8 +261,18 @@ pub(super) async fn sign_in(
         }
         Err(error) => return super::layout::error_page(error.into()),
     };
-    let expires = now().plus(SESSION_LIFETIME).unix_millis();
-    let value = state.ui_sessions.issue(&key.id, expires);
+    let at = now();
+    let expires = at.plus(SESSION_LIFETIME);
+    let value = state.ui_sessions.issue(&key.id, expires.unix_millis());
+    let session = UiSessionRecord {
+        id_hash: hash_secret(&value),
+        key_id: key.id.clone(),
+        created_at: at,
+        expires_at: expires,
+    };
+    if let Err(error) = state.store.insert_ui_session(&session).await {
+        return super::layout::error_page(error.into());
+    }
     tracing::info!(key = %key.name, "signed in to the web UI");
     let mut response = Redirect::to("/ui/pools").into_response();
     let headers = response.headers_mut();
@@ -230,7 +281,18 @@ pub(super) async fn sign_in(
     response
 }
 
-pub(super) async fn sign_out(_: CheckedForm) -> Response {
+/// Ends the session on the server, not only in this browser: a copy of the cookie stops
+/// working too.
+pub(super) async fn sign_out(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    _: CheckedForm,
+) -> Response {
+    if let Some(value) = cookie(&headers, SESSION_COOKIE)
+        && let Err(error) = state.store.delete_ui_session(&hash_secret(value)).await
+    {
+        return super::layout::error_page(error.into());
+    }
     let mut response = Redirect::to("/ui/sign-in").into_response();
     response
         .headers_mut()

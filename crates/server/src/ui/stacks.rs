@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::layout::{UiResult, badge, duration, header_row, labels, page, size, time};
 use super::session::{CheckedForm, UiSession, token_field};
+use crate::access::visible;
 use crate::api::{runs as run_ops, stacks as stack_ops, state_versions as state_ops};
 use crate::error::{ApiError, PathParam};
 use crate::lookup;
@@ -21,7 +22,10 @@ use crate::state::AppState;
 const HISTORY: u32 = 30;
 
 pub(super) async fn list(State(state): State<AppState>, session: UiSession) -> UiResult {
-    let stacks = stack_ops::all_stacks(&state).await?;
+    let reach = session.actor.reach(&state).await?;
+    let stacks = visible(stack_ops::all_stacks(&state).await?, reach.as_ref(), |reach, stack| {
+        reach.stack(stack.id)
+    });
     let mut latest = Vec::with_capacity(stacks.len());
     for stack in &stacks {
         let filter = RunFilter { stack_id: Some(stack.id), limit: 1 };
@@ -263,7 +267,7 @@ pub(super) async fn trigger(
         }
     };
     let request = TriggerRun { run_type, commit: None, command: None };
-    let run = run_ops::trigger_run(&state, &stack, request).await?;
+    let run = run_ops::trigger_run(&state, &stack, request, &form.session.actor.key_name).await?;
     Ok(Redirect::to(&format!("/ui/runs/{}", run.id)).into_response())
 }
 
@@ -283,11 +287,6 @@ pub(super) async fn rollback_state(
         ApiError::invalid(format!("version {:?} is not a state version number", form.fields.to))
     })?;
     // Recorded by the key's name, as the API records it.
-    let key_id = &form.session.key_id;
-    let by = match state.store.get_api_key(key_id).await? {
-        Some(key) => key.name,
-        None => format!("key {key_id}"),
-    };
-    state_ops::rollback_state(&state, &stack, to, &by).await?;
+    state_ops::rollback_state(&state, &stack, to, &form.session.actor.key_name).await?;
     Ok(Redirect::to(&format!("/ui/stacks/{}", stack.id)).into_response())
 }

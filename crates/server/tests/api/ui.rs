@@ -572,3 +572,42 @@ async fn guessing_keys_at_the_sign_in_form_is_answered_429_with_retry_after() {
     let page = response.text().await.unwrap();
     assert!(page.contains("too many failed authentications"), "{page}");
 }
+
+#[tokio::test]
+async fn a_revoked_key_ends_its_ui_sessions_and_api_calls_at_once_and_signing_out_ends_the_session_on_the_server()
+ {
+    let api = Api::start().await;
+    let (status, created) = api.post("/keys", json!({"name": "viewer", "role": "reader"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let as_viewer = |path: &str| {
+        api.http.get(format!("{}/api/v1{path}", api.server.url)).bearer_auth(&secret).send()
+    };
+    assert_eq!(as_viewer("/pools").await.unwrap().status(), StatusCode::OK);
+
+    // Signing out ends the session on the server: a copy of the cookie opens nothing.
+    let mut browser = Browser::new(&api);
+    assert_eq!(location(&browser.sign_in(&secret).await), "/ui/pools");
+    let copy = browser.cookies.clone();
+    let (status, page) = browser.get("/ui/pools").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("viewer") && !page.contains(r#"href="/ui/keys""#), "{page}");
+    let origin = browser.base.clone();
+    browser.post("/ui/sign-out", &[("csrf", &csrf(&page))], Some(&origin)).await;
+    let mut replay = Browser::new(&api);
+    replay.cookies = copy;
+    assert_eq!(replay.get("/ui/pools").await.0, StatusCode::SEE_OTHER, "the copy is signed out");
+
+    // Revoking the key ends its session and its API calls on their next request.
+    let mut browser = Browser::new(&api);
+    browser.sign_in(&secret).await;
+    assert_eq!(browser.get("/ui/pools").await.0, StatusCode::OK);
+    let (status, revoked) = api.call(reqwest::Method::DELETE, "/keys/viewer", None).await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    assert_eq!(browser.get("/ui/pools").await.0, StatusCode::SEE_OTHER, "the session ended");
+    assert_eq!(as_viewer("/pools").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    // Nor can it sign in again.
+    let response = Browser::new(&api).sign_in(&secret).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
