@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{keygen, pool, release, run, server, stack, up, worker};
+use crate::commands::{key, keygen, pool, release, run, server, stack, up, worker};
 use crate::config::ConfigFlags;
 use crate::output::OutputFormat;
 
@@ -88,6 +88,9 @@ pub enum Command {
     /// Trigger runs, follow their logs, confirm or discard their plans
     #[command(subcommand)]
     Run(run::RunCommand),
+    /// Create, list and revoke API keys, each with a role and an optional scope (admins)
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Run the Gantry server (the control plane)
     Server(server::ServerArgs),
     /// Sign worker binaries for launchers that download them

@@ -17,6 +17,7 @@ use gantry_proto::api::{
     RunList, SetStackSecrets, Stack, StackList, StateVersion, StateVersionList, StreamEnd,
     TriggerRun, WorkerList,
 };
+use gantry_proto::keys::{ApiKey, CreateKey, KeyCreated, KeyList};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
@@ -374,6 +375,21 @@ impl ApiClient {
         let action = if drained { "drain" } else { "undrain" };
         self.call(Method::POST, self.url(&["workers", &worker.to_string(), action]), None::<&()>)
             .await
+    }
+
+    /// `POST /api/v1/keys`: the answer holds the secret, this once.
+    pub async fn create_key(&self, request: &CreateKey) -> Result<KeyCreated, ClientError> {
+        self.call(Method::POST, self.url(&["keys"]), Some(request)).await
+    }
+
+    /// `GET /api/v1/keys`
+    pub async fn list_keys(&self) -> Result<KeyList, ClientError> {
+        self.call(Method::GET, self.url(&["keys"]), None::<&()>).await
+    }
+
+    /// `DELETE /api/v1/keys/{key}`: by id, or the name of an active key.
+    pub async fn revoke_key(&self, key: &str) -> Result<ApiKey, ClientError> {
+        self.call(Method::DELETE, self.url(&["keys", key]), None::<&()>).await
     }
 
     /// `POST /api/v1/pools/{pool}/cycle`: its launchers exit after their current runs.

@@ -12,6 +12,7 @@ use gantry_proto::api::{
     Dependencies, Output, Pool, PoolKind, Queue, Run, Stack, StateVersion, StateVersionList, Worker,
 };
 use gantry_proto::format_timestamp;
+use gantry_proto::keys::ApiKey;
 use serde::Serialize;
 
 /// How results are printed.
@@ -653,6 +654,42 @@ pub fn state_line(run: &Run) -> String {
     line
 }
 
+/// API keys, active ones first; a key's status says whether it still works.
+pub fn keys_table(keys: &[ApiKey], now: Timestamp) -> String {
+    let mut table = table(&[
+        "NAME",
+        "ID",
+        "ROLE",
+        "SCOPE",
+        "STATUS",
+        "EXPIRES",
+        "LAST USED",
+        "CREATED BY",
+        "CREATED",
+    ]);
+    let status = |key: &ApiKey| match (key.revoked_at, key.expires_at) {
+        (Some(_), _) => "revoked",
+        (None, Some(at)) if at <= now => "expired",
+        _ => "active",
+    };
+    let mut keys: Vec<&ApiKey> = keys.iter().collect();
+    keys.sort_by_key(|key| status(key) != "active");
+    for key in keys {
+        table.add_row(vec![
+            key.name.clone(),
+            key.id.clone(),
+            key.role.to_string(),
+            if key.scope.is_empty() { "everything".to_owned() } else { key.scope.join(",") },
+            status(key).to_owned(),
+            key.expires_at.map_or_else(|| "never".to_owned(), absolute_time),
+            key.last_used_at.map_or_else(|| "never".to_owned(), |at| relative_time(at, now)),
+            key.created_by.clone(),
+            relative_time(key.created_at, now),
+        ]);
+    }
+    finish(table)
+}
+
 #[cfg(test)]
 mod tests {
     use gantry_domain::{RunId, RunType, StackId, Tool, WorkerId, WorkerStatus};
@@ -1005,5 +1042,30 @@ mod tests {
         let value = serde_json::to_value(run(RunState::Failed)).unwrap();
         assert_eq!(value["created_at"], "2026-01-02T03:04:05Z");
         assert_eq!(value["state"], "FAILED");
+    }
+
+    #[test]
+    fn keys_table() {
+        use gantry_domain::access::Role;
+        let key = |name: &str, role: Role, scope: &[&str]| ApiKey {
+            id: format!("{name:0>16}"),
+            name: name.to_owned(),
+            role,
+            scope: scope.iter().map(|s| s.to_string()).collect(),
+            created_by: "admin".to_owned(),
+            created_at: at(0),
+            expires_at: None,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        let mut deployer = key("deployer", Role::Writer, &["stack:web", "pool:build"]);
+        deployer.expires_at = Some(at(86_400));
+        deployer.last_used_at = Some(at(3_000));
+        let mut old = key("old", Role::Reader, &[]);
+        old.revoked_at = Some(at(10));
+        let mut lapsed = key("lapsed", Role::Operator, &["pool:k8s"]);
+        lapsed.expires_at = Some(at(60));
+        let admin = key("admin", Role::Admin, &[]);
+        insta::assert_snapshot!(super::keys_table(&[old, admin, lapsed, deployer], at(3_600)));
     }
 }

@@ -638,12 +638,22 @@ fn gantry_on(
     dir: &Path,
     args: &[&str],
 ) -> impl Future<Output = Ran> + use<> {
+    gantry_as(server, &server.admin_key, dir, args)
+}
+
+/// The binary against a real server, with the API key `key`.
+fn gantry_as(
+    server: &gantry_testkit::TestServer,
+    key: &str,
+    dir: &Path,
+    args: &[&str],
+) -> impl Future<Output = Ran> + use<> {
     let full: Vec<String> = ["--api-url", server.url.as_str(), "--ca-file", "ca.pem"]
         .iter()
         .chain(args)
         .map(|arg| (*arg).to_owned())
         .collect();
-    let (dir, key) = (dir.to_owned(), server.admin_key.clone());
+    let (dir, key) = (dir.to_owned(), key.to_owned());
     async move {
         let mut command = tokio::process::Command::from(gantry(&dir));
         command.args(&full).env("GANTRY_API_KEY", key).kill_on_drop(true);
@@ -818,4 +828,72 @@ async fn state_versions_are_listed_and_rolled_back_on_the_real_server() {
     assert_eq!(ran.code, 2, "{ran:?}");
     assert!(ran.stderr.contains("--to <VERSION>"), "{ran:?}");
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_created_listed_and_revoked_and_a_revoked_key_fails_at_once() {
+    let server = gantry_testkit::TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &server.ca_pem).unwrap();
+    let admin = |args: &[&str]| gantry_on(&server, dir.path(), args);
+    assert_eq!(run_sync(dir.path(), &["keygen", "--name", "build"]).code, 0);
+    let ran = admin(&["pool", "create", "--name", "build", "--csr", "build.csr"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let repository = "file:///srv/git/web.git";
+    let ran =
+        admin(&["stack", "create", "--name", "web", "--repository", repository, "--pool", "build"])
+            .await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+
+    let ran = admin(&[
+        "--output",
+        "json",
+        "key",
+        "create",
+        "--name",
+        "deployer",
+        "--role",
+        "writer",
+        "--scope",
+        "pool:build",
+        "--expires-in",
+        "30d",
+    ])
+    .await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let created: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("gak_"), "{ran:?}");
+    let deployer = |args: &[&str]| gantry_as(&server, &secret, dir.path(), args);
+
+    let ran = admin(&["key", "list"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let line = ran.stdout.lines().find(|line| line.starts_with("deployer")).unwrap();
+    for column in ["writer", "pool:build", "active", "admin"] {
+        assert!(line.contains(column), "{column}: {ran:?}");
+    }
+    assert!(!ran.stdout.contains(&secret), "the secret is shown once: {ran:?}");
+
+    // The run records the key that triggered it.
+    let ran = deployer(&["--output", "json", "run", "trigger", "web"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let run: gantry_proto::api::Run = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(run.triggered_by, "deployer");
+    // A writer manages no keys and no pools.
+    let ran = deployer(&["key", "list"]).await;
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stderr.contains("has the role writer; this needs admin"), "{ran:?}");
+    let ran = deployer(&["pool", "drain", "build"]).await;
+    assert_eq!(ran.code, 1, "{ran:?}");
+
+    let ran = admin(&["key", "revoke", "deployer"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("Revoked API key deployer"), "{ran:?}");
+    let ran = deployer(&["pool", "list"]).await;
+    assert_eq!(ran.code, 1, "the next call fails: {ran:?}");
+    assert!(ran.stderr.contains("the API key is not valid"), "{ran:?}");
+    // The last admin key is kept.
+    let ran = admin(&["key", "revoke", "admin"]).await;
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stderr.contains("last admin key"), "{ran:?}");
 }

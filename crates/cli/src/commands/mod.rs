@@ -2,6 +2,7 @@
 //! format, the connection settings) and the outcome and error types they return.
 
 mod context;
+pub mod key;
 pub mod keygen;
 pub mod pool;
 pub mod release;
