@@ -174,6 +174,37 @@ fn unreachable_api(name: &str, error: &kube::Error) -> CredentialProblem {
     )
 }
 
+/// Where pools are created on the server of `endpoint`. The API key travels with the
+/// request, so it goes over TLS, or in clear only to this machine's loopback address.
+fn pools_url(endpoint: &str) -> Result<String, CredentialProblem> {
+    let refuse = |why: &str| {
+        CredentialProblem::new(
+            "InsecureEndpoint",
+            format!("spec.registration.endpoint {endpoint:?} {why}"),
+        )
+    };
+    let url = reqwest::Url::parse(endpoint)
+        .map_err(|e| refuse(&format!("is not a URL ({e}): expected https://HOST[:PORT]")))?;
+    let host = url.host_str().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback());
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(refuse(
+                "is plain http:// to another machine: the operator's API key would cross the network in clear; use https://",
+            ));
+        }
+        _ => return Err(refuse("is not an https:// URL")),
+    }
+    Ok(format!("{}/api/v1/pools", endpoint.trim_end_matches('/')))
+}
+
 /// Creates the pool on the server with a key generated here, and stores the token and
 /// key in the Secret `name` before anything else can be lost.
 async fn register(
@@ -182,6 +213,8 @@ async fn register(
     registration: &Registration,
     name: &str,
 ) -> Result<(), CredentialProblem> {
+    // Refused before the API key is even read.
+    pools_url(&registration.endpoint)?;
     let api_key = secret_value(secrets, &registration.api_key, "spec.registration.apiKey").await?;
     let server_ca = match &registration.server_ca {
         Some(selector) => {
@@ -257,7 +290,7 @@ async fn create_pool(
     }
     let http =
         builder.build().map_err(|e| CredentialProblem::new("RegistrationFailed", e.to_string()))?;
-    let url = format!("{}/api/v1/pools", registration.endpoint.trim_end_matches('/'));
+    let url = pools_url(&registration.endpoint)?;
     let response = http
         .post(&url)
         .bearer_auth(api_key)
@@ -291,4 +324,33 @@ async fn create_pool(
         reason,
         format!("creating pool {} at {url} failed ({status}): {detail}", request.name),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pools_url;
+
+    #[test]
+    fn registration_sends_its_key_over_tls_or_to_this_machine_only() {
+        for (endpoint, pools) in [
+            ("https://gantry.example.com", "https://gantry.example.com/api/v1/pools"),
+            ("https://gantry.example.com:8443/", "https://gantry.example.com:8443/api/v1/pools"),
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080/api/v1/pools"),
+            ("http://localhost:8080", "http://localhost:8080/api/v1/pools"),
+            ("http://[::1]:8080", "http://[::1]:8080/api/v1/pools"),
+        ] {
+            assert_eq!(pools_url(endpoint).unwrap(), pools, "{endpoint}");
+        }
+        for (endpoint, why) in [
+            ("http://gantry.example.com", "plain http:// to another machine"),
+            ("http://10.0.0.5:8080", "plain http:// to another machine"),
+            ("http://127.0.0.1.example.com", "plain http:// to another machine"),
+            ("ftp://gantry.example.com", "is not an https:// URL"),
+            ("gantry.example.com", "is not a URL"),
+        ] {
+            let problem = pools_url(endpoint).unwrap_err();
+            assert_eq!(problem.reason, "InsecureEndpoint", "{endpoint}");
+            assert!(problem.message.contains(why), "{endpoint}: {}", problem.message);
+        }
+    }
 }
