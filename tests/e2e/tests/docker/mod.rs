@@ -61,8 +61,13 @@ impl DockerSetup {
 
     /// Runs `worker` in an image made for it: one without a C library for a static one.
     fn with_worker(worker: &Path) -> Self {
+        Self::with_server(worker, &[])
+    }
+
+    /// As [`Self::with_worker`], the server started with `server` settings.
+    fn with_server(worker: &Path, server: &[(&str, &str)]) -> Self {
         let image = runner_image(worker);
-        let cluster = Cluster::start();
+        let cluster = Cluster::start_with(server);
         let work = tempfile::tempdir().unwrap();
         let shared = work.path().join("shared");
         std::fs::create_dir_all(&shared).unwrap();
@@ -175,6 +180,71 @@ fn a_launcher_started_again_removes_the_container_its_killed_instance_left() {
     first.kill();
     let _second = start();
     assert!(containers_of(&run).is_empty(), "the leftover container is removed at start");
+}
+
+/// The containers of this run that are running.
+fn running_containers_of(run: &Value) -> Vec<String> {
+    let listed = Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("label=dev.gantry.run={}", id(run))])
+        .output()
+        .expect("docker runs");
+    String::from_utf8_lossy(&listed.stdout).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn a_killed_launchers_container_stops_on_its_lease_before_the_stacks_next_run_executes() {
+    let setup = DockerSetup::with_server(
+        &bin("gantry-worker"),
+        &[
+            ("GANTRY_SERVER_HEARTBEAT_INTERVAL", "1s"),
+            ("GANTRY_SERVER_WORKER_TIMEOUT", "3s"),
+            ("GANTRY_SERVER_WORKER_LEASE", "4s"),
+            ("GANTRY_SERVER_WORKER_LEASE_GRACE", "3s"),
+        ],
+    );
+    let first = setup.launcher(&[]);
+    setup.stack("slow", SLOW_CONFIG, &["--autodeploy"]);
+    let run = setup.cluster.gantry.trigger("slow", &[]);
+    setup.cluster.gantry.wait_for_state(&run, &["APPLYING"]);
+    assert_eq!(running_containers_of(&run).len(), 1, "the run applies in a container");
+    let _second = setup.launcher(&[]);
+
+    first.kill();
+    let next = setup.cluster.gantry.trigger("slow", &[]);
+    // The orphan's worker loses its lease (4 s), interrupts terraform, kills it after
+    // the grace (3 s) and exits, and its container with it.
+    setup
+        .cluster
+        .gantry
+        .wait_for(Duration::from_secs(30), || running_containers_of(&run).is_empty().then_some(()));
+    let failed = setup.cluster.gantry.wait_for_state(&run, &["FAILED"]);
+    assert!(failed["failure"].as_str().unwrap().starts_with("worker lost"), "{failed}");
+    // Only then did the next run of the stack take the lock and start executing, by the
+    // daemon's own clock: the orphan's exit against the next container's start.
+    let orphan = containers_of(&run);
+    setup.cluster.gantry.wait_for_state(&next, &["PLANNING", "APPLYING", "FINISHED", "FAILED"]);
+    let started = containers_of(&next);
+    assert_eq!((orphan.len(), started.len()), (1, 1), "one container each");
+    let orphan_ended = docker_time(&orphan[0], "{{.State.FinishedAt}}");
+    let next_started = docker_time(&started[0], "{{.State.StartedAt}}");
+    assert!(
+        orphan_ended < next_started,
+        "the next run started {} ms before the orphan stopped",
+        (orphan_ended - next_started) / 1_000_000
+    );
+}
+
+/// A time of a container, in nanoseconds since the epoch.
+fn docker_time(container: &str, format: &str) -> i128 {
+    let inspected = Command::new("docker")
+        .args(["inspect", "--format", format, container])
+        .output()
+        .expect("docker runs");
+    let text = String::from_utf8_lossy(&inspected.stdout).trim().to_owned();
+    // RFC 3339 with nanoseconds; `date` reads it whole.
+    let converted = Command::new("date").args(["-u", "-d", &text, "+%s%N"]).output().unwrap();
+    let nanos = String::from_utf8_lossy(&converted.stdout);
+    nanos.trim().parse().unwrap_or_else(|_| panic!("docker inspect printed {text:?}"))
 }
 
 /// Reads which extra mounts a run sees: Terraform's `fileexists` needs no provider.
