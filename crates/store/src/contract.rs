@@ -36,6 +36,8 @@ macro_rules! store_contract_tests {
             api_keys_are_found_by_hash_only,
             api_keys_are_listed_revoked_and_touched,
             ui_sessions_end_with_their_key_or_on_sign_out,
+            audit_entries_chain_and_filter,
+            concurrent_audit_appends_make_one_chain,
             pool_names_are_unique,
             sessions_expire,
             workers_keep_their_state_across_registrations,
@@ -314,6 +316,45 @@ pub async fn ui_sessions_end_with_their_key_or_on_sign_out<S: Store>(store: Arc<
 
     store.revoke_api_key("k1", at(201)).await.unwrap();
     assert_eq!(store.find_ui_session("s3").await.unwrap(), None, "revoking the key ends it");
+}
+
+fn audit_entry(millis: i64, actor: &str) -> crate::AuditEntry {
+    crate::AuditEntry {
+        at: at(millis),
+        actor: actor.to_owned(),
+        action: "POST /api/v1/pools/{pool}/drain".to_owned(),
+        target: "pool=blue".to_owned(),
+        source: "127.0.0.1".to_owned(),
+        outcome: "ok 200".to_owned(),
+    }
+}
+
+pub async fn audit_entries_chain_and_filter<S: Store>(store: Arc<S>) {
+    let all = crate::AuditFilter::default();
+    assert_eq!(store.list_audit(&all).await.unwrap(), vec![]);
+    let first = store.append_audit(&audit_entry(10, "key:ops")).await.unwrap();
+    let second = store.append_audit(&audit_entry(20, "key:ci")).await.unwrap();
+    assert_eq!((first.seq, first.prev_hash.as_str()), (1, crate::AUDIT_GENESIS));
+    assert_eq!((second.seq, &second.prev_hash), (2, &first.hash));
+    let listed = store.list_audit(&all).await.unwrap();
+    assert_eq!(listed, vec![first, second.clone()]);
+    assert_eq!(crate::verify_audit_chain(&listed), Ok(2));
+    let since = crate::AuditFilter { since: Some(at(15)), actor: None };
+    assert_eq!(store.list_audit(&since).await.unwrap(), vec![second.clone()]);
+    let by_actor = crate::AuditFilter { since: None, actor: Some("key:ci".to_owned()) };
+    assert_eq!(store.list_audit(&by_actor).await.unwrap(), vec![second]);
+}
+
+pub async fn concurrent_audit_appends_make_one_chain<S: Store>(store: Arc<S>) {
+    let appends = (0..16).map(|index| {
+        let store = store.clone();
+        tokio::spawn(async move { store.append_audit(&audit_entry(index, "key:ops")).await })
+    });
+    for append in futures_util::future::join_all(appends).await {
+        append.unwrap().unwrap();
+    }
+    let listed = store.list_audit(&crate::AuditFilter::default()).await.unwrap();
+    assert_eq!(crate::verify_audit_chain(&listed), Ok(16));
 }
 
 pub async fn pool_names_are_unique<S: Store>(store: Arc<S>) {

@@ -5,6 +5,7 @@
 //! for: callers decide transitions with `gantry_domain`, and the store applies them with
 //! compare-and-set so that two writers can never both win.
 
+mod audit;
 mod blobs;
 mod error;
 mod group_commit;
@@ -20,6 +21,9 @@ mod store;
 #[cfg(feature = "contract")]
 pub mod contract;
 
+pub use audit::{
+    AUDIT_GENESIS, AuditBreak, AuditEntry, AuditFilter, AuditRecord, audit_hash, verify_audit_chain,
+};
 pub use blobs::{BlobStore, BlobStream, BlobWritten, is_valid_blob_key};
 pub use error::StoreError;
 pub use object_blobs::{BlobLocation, ObjectBlobStore, S3Credentials, S3Settings};

@@ -387,6 +387,57 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn append_audit(&self, entry: &$crate::AuditEntry) -> Result<$crate::AuditRecord> {
+                let mut tx = self.begin().await?;
+                // The head row's lock (PostgreSQL) or the single writer (SQLite) puts
+                // appends one after the other, so each sees the hash the previous one wrote.
+                let head = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT seq, hash FROM audit_head WHERE id = 1{lock}",
+                    lock = Self::LOCK_ROW
+                )))
+                .fetch_one(&mut *tx)
+                .await?;
+                let seq = count(&head, "seq")? + 1;
+                let prev_hash = text(&head, "hash")?;
+                let hash = $crate::audit_hash(seq, &prev_hash, entry);
+                sqlx::query(
+                    "INSERT INTO audit_log (seq, at, actor, action, target, source, outcome, prev_hash, hash)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(signed(seq))
+                .bind(entry.at.unix_millis())
+                .bind(&entry.actor)
+                .bind(&entry.action)
+                .bind(&entry.target)
+                .bind(&entry.source)
+                .bind(&entry.outcome)
+                .bind(&prev_hash)
+                .bind(&hash)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+                    .bind(signed(seq))
+                    .bind(&hash)
+                    .execute(&mut *tx)
+                    .await?;
+                self.commit(tx).await?;
+                Ok($crate::AuditRecord { seq, entry: entry.clone(), prev_hash, hash })
+            }
+
+            async fn list_audit(&self, filter: &$crate::AuditFilter) -> Result<Vec<$crate::AuditRecord>> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {columns} FROM audit_log
+                     WHERE ($1 IS NULL OR at >= $1) AND ($2 IS NULL OR actor = $2)
+                     ORDER BY seq",
+                    columns = $crate::audit::AUDIT_COLUMNS
+                )))
+                .bind(filter.since.map(Timestamp::unix_millis))
+                .bind(filter.actor.as_deref())
+                .fetch_all(&self.reader)
+                .await?;
+                rows.iter().map($crate::audit::audit_from_row).collect()
+            }
+
             async fn insert_pool(&self, pool: &PoolRecord) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO pools (id, name, kind, description, labels, certificate_pem, certificate_fingerprint, key_algorithm, created_at, updated_at)

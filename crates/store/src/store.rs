@@ -67,6 +67,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<(UiSessionRecord, ApiKeyRecord)>>;
     async fn delete_ui_session(&self, id_hash: &str) -> Result<()>;
 
+    /// Appends to the audit log, chained to the last entry in the same transaction so that
+    /// concurrent appends (several replicas) line up rather than fork. There is no way to
+    /// change or remove an entry.
+    async fn append_audit(&self, entry: &crate::AuditEntry) -> Result<crate::AuditRecord>;
+    /// The audit entries the filter selects, oldest first.
+    async fn list_audit(&self, filter: &crate::AuditFilter) -> Result<Vec<crate::AuditRecord>>;
+
     /// Fails with `AlreadyExists` when the name is taken.
     async fn insert_pool(&self, pool: &PoolRecord) -> Result<()>;
     async fn get_pool(&self, id: PoolId) -> Result<Option<PoolRecord>>;
