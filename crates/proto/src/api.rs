@@ -237,6 +237,14 @@ pub struct TriggerRun {
     pub command: Option<String>,
 }
 
+/// `POST /api/v1/runs/{run}/fail`: an administrator ends a stuck run as FAILED.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailRun {
+    /// Why, in the run's failure message next to who failed it.
+    pub reason: String,
+}
+
 fn tracked() -> RunType {
     RunType::Tracked
 }

@@ -199,6 +199,8 @@ fn api_probe(method: &Method, path: &str, f: &Fixtures) -> Option<Probe> {
         }
         // The run was stopped: only a waiting run can be prioritized.
         ("POST", "/runs/{run}/prioritize") => probe(S::BAD_REQUEST, None),
+        // The run was stopped: only a run that has not ended can be failed.
+        ("POST", "/runs/{run}/fail") => probe(S::CONFLICT, Some(json!({"reason": "stuck"}))),
         _ => None,
     }
 }

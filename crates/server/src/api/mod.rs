@@ -112,6 +112,7 @@ pub(crate) fn routes() -> Vec<Guarded> {
         Guarded::new(Method::POST, "/runs/{run}/confirm", needs(Writer, Run), runs::confirm),
         Guarded::new(Method::POST, "/runs/{run}/discard", needs(Writer, Run), runs::discard),
         Guarded::new(Method::POST, "/runs/{run}/stop", needs(Writer, Run), runs::stop),
+        Guarded::new(Method::POST, "/runs/{run}/fail", needs(Admin, Run), runs::fail),
         Guarded::new(
             Method::POST,
             "/runs/{run}/prioritize",

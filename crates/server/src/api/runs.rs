@@ -1,10 +1,10 @@
-//! Runs: trigger, list, details, confirm, discard, stop, prioritize.
+//! Runs: trigger, list, details, confirm, discard, stop, fail, prioritize.
 
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use gantry_domain::{RunContext, RunEvent, RunState, transition};
-use gantry_proto::api::{self, Run, RunList, TriggerRun};
+use gantry_proto::api::{self, FailRun, Run, RunList, TriggerRun};
 use gantry_store::{RunFilter, RunRecord, StackRecord};
 use serde::Deserialize;
 
@@ -144,6 +144,47 @@ pub(super) async fn stop(
 ) -> ApiResult<Json<Run>> {
     let run = act_on_run(&state, &key, RunAction::Stop).await?;
     Ok(Json(views::run(&state, &run).await?))
+}
+
+/// Longest reason an administrator may give; the failure message keeps it whole.
+const MAX_FAIL_REASON: usize = 1024;
+
+/// Ends a run stuck in any state as FAILED, for an administrator: its worker and its
+/// stack's lock are freed at once, without waiting for a launcher that may never report
+/// again, and the failure's consequences (skipped downstream runs, the next queued run)
+/// follow as for any other failure.
+pub(super) async fn fail(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    PathParam(key): PathParam<String>,
+    Json(request): Json<FailRun>,
+) -> ApiResult<Json<Run>> {
+    let reason = request.reason.trim();
+    if reason.is_empty() {
+        return Err(ApiError::invalid("reason is empty: say why the run is failed"));
+    }
+    if reason.len() > MAX_FAIL_REASON {
+        return Err(ApiError::invalid(format!(
+            "reason is {} bytes long: expected at most {MAX_FAIL_REASON}",
+            reason.len()
+        )));
+    }
+    let run = lookup::run(&state, &key).await?;
+    if run.state.is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "run {} has already ended ({}): only a run that has not ended can be failed",
+            run.id, run.state
+        )));
+    }
+    let message = format!("failed by administrator {:?}: {reason}", actor.key_name);
+    let failed = lifecycle::fail(&state, &run, &message).await?;
+    // A launcher still alive hears at once that its run is over and stops it.
+    if let Some(worker) = run.worker_id
+        && let Some(worker) = state.store.get_worker(worker).await?
+    {
+        state.events.wake_launcher(worker.launcher_id);
+    }
+    Ok(Json(views::run(&state, &failed).await?))
 }
 
 /// What a user may do to a run once it exists.

@@ -1,6 +1,7 @@
 //! The server over real HTTPS on loopback: the REST API's contract, the agent plane's
 //! session proof, and every kind of bad input leaving the store unchanged.
 
+mod fail;
 mod http_limits;
 mod queue;
 mod state_versions;
