@@ -4,7 +4,7 @@
 //! the store. A worker whose run holds its stack's lock is kept, with its run, until
 //! the lock fence (worker lease + grace, `gantry_proto::lease`) has passed too.
 
-use gantry_domain::WorkerId;
+use gantry_domain::{Timestamp, WorkerId};
 
 use crate::error::ApiError;
 use crate::lifecycle;
@@ -71,14 +71,24 @@ pub(crate) async fn sweep_once(state: &AppState) -> Result<(), ApiError> {
     }
     let stale: Vec<_> = stale.into_iter().filter(|worker| !fenced.contains(&worker.id)).collect();
     let stale_ids: Vec<WorkerId> = stale.iter().map(|worker| worker.id).collect();
-    if !stale_ids.is_empty() {
+    // What was read above may be out of date: a worker that heart-beat or took a run
+    // since is kept by the store, which checks both in the deleting statement.
+    let seen_before = Timestamp::from_unix_millis(now.unix_millis().saturating_sub(
+        i64::try_from(state.timings.worker_timeout.as_millis()).unwrap_or(i64::MAX),
+    ));
+    let removed = if stale_ids.is_empty() {
+        Vec::new()
+    } else {
+        state.store.delete_dead_workers(&stale_ids, seen_before).await?
+    };
+    if !removed.is_empty() {
         tracing::warn!(
-            workers = stale_ids.len(),
-            "removing workers whose launcher stopped heart-beating"
+            workers = removed.len(),
+            "removed workers whose launcher stopped heart-beating"
         );
-        state.store.delete_workers(&stale_ids).await?;
         state.events.request_scheduling();
-        let pools: std::collections::HashSet<_> = stale.iter().map(|w| w.pool_id).collect();
+        let pools: std::collections::HashSet<_> =
+            stale.iter().filter(|w| removed.contains(&w.id)).map(|w| w.pool_id).collect();
         for pool_id in pools {
             state.events.pool_workers_changed(pool_id);
         }

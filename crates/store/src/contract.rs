@@ -42,6 +42,7 @@ macro_rules! store_contract_tests {
             sessions_expire,
             workers_keep_their_state_across_registrations,
             touching_reports_workers_the_launcher_does_not_own,
+            only_workers_still_dead_and_free_are_deleted_as_dead,
             stacks_round_trip_with_their_environment,
             stack_environments_and_pools_are_updated_together,
             run_changes_are_compare_and_set,
@@ -435,6 +436,26 @@ pub async fn touching_reports_workers_the_launcher_does_not_own<S: Store>(store:
     assert_eq!(unknown, vec![worker.id], "another launcher does not own it");
     store.delete_workers(&[worker.id]).await.unwrap();
     assert_eq!(store.get_worker(worker.id).await.unwrap(), None);
+}
+
+pub async fn only_workers_still_dead_and_free_are_deleted_as_dead<S: Store>(store: Arc<S>) {
+    let (pool, stack, busy) = world(&*store).await;
+    let alive = store.register_worker(&worker_record(pool.id, busy.launcher_id)).await.unwrap();
+    let dead = store.register_worker(&worker_record(pool.id, busy.launcher_id)).await.unwrap();
+    // All three were idle and last seen at 3 when the sweep read them; since then one
+    // took a run and one heart-beat.
+    let run = run_record(&stack, RunState::Ready, 5);
+    store.insert_run(&run).await.unwrap();
+    assert!(store.assign_run(run.id, busy.id, at(6)).await.unwrap());
+    store.touch_workers(alive.launcher_id, &[alive.id], at(60)).await.unwrap();
+
+    let deleted = store.delete_dead_workers(&[busy.id, alive.id, dead.id], at(50)).await.unwrap();
+    assert_eq!(deleted, vec![dead.id]);
+    assert_eq!(store.get_worker(dead.id).await.unwrap(), None);
+    let kept = store.get_worker(busy.id).await.unwrap().expect("the busy worker is kept");
+    assert_eq!(kept.current_run_id, Some(run.id));
+    assert_eq!(store.get_run(run.id).await.unwrap().unwrap().worker_id, Some(busy.id));
+    assert!(store.get_worker(alive.id).await.unwrap().is_some(), "the live worker is kept");
 }
 
 pub async fn stacks_round_trip_with_their_environment<S: Store>(store: Arc<S>) {

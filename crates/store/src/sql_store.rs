@@ -740,6 +740,28 @@ macro_rules! sql_store {
                 self.durable().await
             }
 
+            async fn delete_dead_workers(
+                &self,
+                worker_ids: &[WorkerId],
+                seen_before: Timestamp,
+            ) -> Result<Vec<WorkerId>> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM workers
+                     WHERE id IN ({ids}) AND last_seen_at < $2
+                       AND NOT EXISTS (SELECT 1 FROM runs
+                                       WHERE runs.id = workers.current_run_id
+                                         AND runs.worker_id = workers.id)
+                     RETURNING id",
+                    ids = Self::IDS
+                )))
+                .bind(id_list(worker_ids))
+                .bind(seen_before.unix_millis())
+                .fetch_all(&self.writer)
+                .await?;
+                self.durable().await?;
+                rows.iter().map(|row| parsed(row, "id")).collect()
+            }
+
             async fn insert_stack(&self, stack: &StackRecord) -> Result<()> {
                 let environment: Vec<StoredVariable> = stack
                     .environment

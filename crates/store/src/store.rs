@@ -139,6 +139,15 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Vec<WorkerId>>;
     async fn delete_workers(&self, worker_ids: &[WorkerId]) -> Result<()>;
+    /// Deletes those of the workers that are still dead and free when the statement runs:
+    /// last seen before `seen_before`, and no run names them as its worker. A worker
+    /// that heart-beat or took a run since the caller read it is kept, so that no run is
+    /// left on a worker that no longer exists. Returns the ids deleted.
+    async fn delete_dead_workers(
+        &self,
+        worker_ids: &[WorkerId],
+        seen_before: Timestamp,
+    ) -> Result<Vec<WorkerId>>;
     /// Drains (or undrains) one worker; `None` when it does not exist.
     async fn set_worker_drained(
         &self,
