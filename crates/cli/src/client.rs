@@ -12,10 +12,10 @@ use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
 use gantry_domain::{RunId, WorkerId};
 use gantry_proto::api::{
-    AddDependency, CreatePool, CreateStack, Dependencies, Drained, ErrorResponse, Health, LogChunk,
-    LogPage, Pool, PoolCertificate, PoolCreated, PoolList, Queue, ResetPool, RollbackState, Run,
-    RunList, SetStackSecrets, Stack, StackList, StateVersion, StateVersionList, StreamEnd,
-    TriggerRun, WorkerList,
+    AddDependency, CreatePool, CreateStack, Dependencies, Drained, ErrorResponse, FailRun, Health,
+    LogChunk, LogPage, Pool, PoolCertificate, PoolCreated, PoolList, Queue, ResetPool,
+    RollbackState, Run, RunList, SetStackSecrets, Stack, StackList, StateVersion, StateVersionList,
+    StreamEnd, TriggerRun, WorkerList,
 };
 use gantry_proto::keys::{ApiKey, CreateKey, KeyCreated, KeyList};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
@@ -352,6 +352,12 @@ impl ApiClient {
     /// launcher stops it.
     pub async fn stop_run(&self, run: RunId) -> Result<Run, ClientError> {
         self.call(Method::POST, self.url(&["runs", &run.to_string(), "stop"]), None::<&()>).await
+    }
+
+    /// `POST /api/v1/runs/{id}/fail`: an administrator ends a stuck run as FAILED.
+    pub async fn fail_run(&self, run: RunId, reason: &str) -> Result<Run, ClientError> {
+        let request = FailRun { reason: reason.to_owned() };
+        self.call(Method::POST, self.url(&["runs", &run.to_string(), "fail"]), Some(&request)).await
     }
 
     /// `POST /api/v1/runs/{id}/prioritize`: to the front of its pool's queue.

@@ -173,6 +173,7 @@ fn every_command_group_has_help() {
         (&["run", "trigger", "--help"], "UNCONFIRMED"),
         (&["run", "logs", "--help"], "--color"),
         (&["run", "show", "--help"], "Run id"),
+        (&["run", "fail", "--help"], "--reason <REASON>"),
         (&["stack", "state", "--help"], "rollback"),
         (&["stack", "state", "rollback", "--help"], "--to <VERSION>"),
     ];
@@ -896,4 +897,62 @@ async fn keys_are_created_listed_and_revoked_and_a_revoked_key_fails_at_once() {
     let ran = admin(&["key", "revoke", "admin"]).await;
     assert_eq!(ran.code, 1, "{ran:?}");
     assert!(ran.stderr.contains("last admin key"), "{ran:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_fails_a_stuck_run_and_others_cannot() {
+    use gantry_proto::api::TriggerRun;
+    let server = gantry_testkit::TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &server.ca_pem).unwrap();
+    let admin = |args: &[&str]| gantry_on(&server, dir.path(), args);
+    let pool = server.create_pool("build").await;
+    let pool_id = gantry_crypto::PoolToken::decode(&pool.token).unwrap().pool_id;
+    let launcher = gantry_testkit::ScriptedLauncher::connect(
+        &server,
+        &pool_id,
+        &pool.private_key_pem,
+        serde_json::json!({}),
+    )
+    .await;
+    let create = ["stack", "create", "--name", "db", "--repository", "file:///srv/git/db.git"];
+    let ran = admin(&[&create[..], &["--pool", "build"]].concat()).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let client = ApiClient::builder(&server.url)
+        .api_key(&server.admin_key)
+        .trust_ca_pem(server.ca_pem.clone())
+        .build()
+        .unwrap();
+    let task = TriggerRun {
+        run_type: gantry_domain::RunType::Task,
+        commit: None,
+        command: Some("terraform state list".to_owned()),
+    };
+    let run = client.trigger_run("db", &task).await.unwrap().id.to_string();
+    launcher.take(&run, "plan").await;
+    launcher
+        .report(&run, serde_json::json!({"kind": "phase_started", "phase": "PERFORMING"}))
+        .await;
+
+    let ran =
+        admin(&["--output", "json", "key", "create", "--name", "ops", "--role", "operator"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let created: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    let operator = created["secret"].as_str().unwrap().to_owned();
+    let fail = ["run", "fail", run.as_str(), "--reason", "launcher host is gone"];
+    let ran = gantry_as(&server, &operator, dir.path(), &fail).await;
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stderr.contains("needs admin"), "{ran:?}");
+    let ran = admin(&["run", "fail", run.as_str()]).await;
+    assert_eq!(ran.code, 2, "the reason is required: {ran:?}");
+
+    let ran = admin(&fail).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(ran.stdout, format!("Failed run {run} of stack db: FAILED\n"), "{ran:?}");
+    let ran = admin(&["run", "show", run.as_str()]).await;
+    assert!(ran.stdout.contains("launcher host is gone"), "{ran:?}");
+    let ran = admin(&fail).await;
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stderr.contains("has already ended (FAILED)"), "{ran:?}");
+    server.stop().await;
 }

@@ -1,4 +1,4 @@
-//! `gantry run trigger|list|show|confirm|discard|logs`: runs of stacks, their logs, and
+//! `gantry run trigger|list|show|confirm|discard|stop|fail|logs`: runs of stacks, their logs, and
 //! following a run live until it ends or waits for a confirmation.
 
 use std::io::{self, IsTerminal, Write};
@@ -36,6 +36,17 @@ Examples:
   gantry run logs 01JDQ3W9ZK6S7R4P8X2V5T1M0N
   gantry run logs 01JDQ3W9ZK6S7R4P8X2V5T1M0N --follow
   gantry run logs 01JDQ3W9ZK6S7R4P8X2V5T1M0N --color never > run.log";
+
+const FAIL_AFTER_HELP: &str = "\
+For a run that will not end by itself: its launcher's host is gone, or it keeps
+heart-beating but never reports. Unlike stop, nothing waits for the launcher: the run is
+FAILED at once, its worker is released, its stack's lock is freed, its downstream runs
+are skipped and the next queued run may start. A launcher that is in fact still running
+it is told to stop, but may still be writing state when the next run starts: prefer
+gantry run stop while the launcher answers. A run that has ended is refused.
+
+Examples:
+  gantry run fail 01JDQ3W9ZK6S7R4P8X2V5T1M0N --reason \"launcher host decommissioned\"";
 
 #[derive(Debug, Subcommand)]
 pub enum RunCommand {
@@ -77,6 +88,15 @@ pub enum RunCommand {
     Stop {
         /// Run id
         run: RunId,
+    },
+    /// End a stuck run as FAILED at once, freeing its worker and its stack (admin only)
+    #[command(after_help = FAIL_AFTER_HELP)]
+    Fail {
+        /// Run id
+        run: RunId,
+        /// Why: kept in the run's failure message with the name of your API key
+        #[arg(long)]
+        reason: String,
     },
     /// Move a waiting run to the front of its pool's queue
     Prioritize {
@@ -158,6 +178,7 @@ pub async fn run(context: &Context, command: &RunCommand) -> anyhow::Result<Outc
         RunCommand::Discard { run } => decide(context, *run, Decision::Discard).await,
         RunCommand::Stop { run } => decide(context, *run, Decision::Stop).await,
         RunCommand::Prioritize { run } => decide(context, *run, Decision::Prioritize).await,
+        RunCommand::Fail { run, reason } => fail(context, *run, reason).await,
         RunCommand::Task(args) => {
             // Joined as ssh joins a remote command: the worker's shell reads the line.
             let command = args.command.join(" ");
@@ -272,6 +293,17 @@ async fn decide(context: &Context, run: RunId, decision: Decision) -> anyhow::Re
         if matches!(decision, Decision::Confirm) {
             println!("Follow the apply with: gantry run logs {} --follow", run.id);
         }
+    }
+    Ok(Outcome::Success)
+}
+
+async fn fail(context: &Context, run: RunId, reason: &str) -> anyhow::Result<Outcome> {
+    let client = context.api_client()?;
+    let run = client.fail_run(run, reason).await?;
+    if context.is_json() {
+        print_json(&run)?;
+    } else {
+        println!("Failed run {} of stack {}: {}", run.id, run.stack_name, run.state);
     }
     Ok(Outcome::Success)
 }
