@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod audit;
 pub mod keys;
 pub mod lease;
 pub mod local;

@@ -318,6 +318,21 @@ struct AgentFile {
 }
 
 impl ServerConfig {
+    /// A server on SQLite in `data_dir`, on a loopback port the system picks, without
+    /// shared workers: what the crate's own tests start.
+    #[cfg(test)]
+    pub(crate) fn for_tests(data_dir: &std::path::Path) -> Self {
+        let env = [
+            (DATA_DIR.to_owned(), data_dir.display().to_string()),
+            ("GANTRY_SERVER_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        let mut config = Self::resolve(None, &env).unwrap();
+        config.shared_workers = 0;
+        config
+    }
+
     /// Resolves the configuration from an optional TOML file (its name and text) and the
     /// environment. Environment variables win over the file.
     pub fn resolve(file: Option<(&str, &str)>, env: &Env) -> Result<Self, ConfigError> {

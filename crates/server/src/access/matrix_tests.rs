@@ -292,15 +292,7 @@ struct Matrix {
 
 async fn matrix() -> Matrix {
     let data_dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("GANTRY_SERVER_DATA_DIR", data_dir.path().display().to_string()),
-        ("GANTRY_SERVER_LISTEN", "127.0.0.1:0".to_owned()),
-    ]
-    .into_iter()
-    .map(|(name, value)| (name.to_owned(), value))
-    .collect();
-    let mut config = ServerConfig::resolve(None, &env).unwrap();
-    config.shared_workers = 0;
+    let config = ServerConfig::for_tests(data_dir.path());
     let mut server = Server::start(config).await.unwrap();
     let admin = server.take_initial_admin_key().unwrap();
     let state = server.app_state();

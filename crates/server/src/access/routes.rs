@@ -63,8 +63,8 @@ pub(crate) const fn needs(role: Role, target: Target) -> Access {
 
 /// One route of a router built from a table: its method, path, decision and handler.
 pub(crate) struct Guarded {
-    // The router takes the method from `handler`; the matrix test reads it here.
-    #[cfg_attr(not(test), expect(dead_code))]
+    // The router takes the method from `handler`; the audit layer and the matrix test
+    // read it here.
     pub(crate) method: Method,
     pub(crate) path: &'static str,
     pub(crate) access: Access,
@@ -99,7 +99,16 @@ pub(crate) fn router(
 ) -> axum::Router<AppState> {
     routes.into_iter().fold(axum::Router::new(), |router, route| {
         let decision = (state.clone(), plane, route.access);
-        router.route(route.path, route.handler.route_layer(from_fn_with_state(decision, authorize)))
+        let handler = route.handler.route_layer(from_fn_with_state(decision, authorize));
+        // Every change is recorded, refusals included: the audit layer sits outside the
+        // decision. Reads and the public routes (health, sign-in) are not changes.
+        let changes = route.method != Method::GET && route.access.target != Target::Public;
+        let handler = if changes {
+            handler.route_layer(from_fn_with_state(state.clone(), crate::audit::audited))
+        } else {
+            handler
+        };
+        router.route(route.path, handler)
     })
 }
 
@@ -122,15 +131,22 @@ async fn authorize(
             Err(refusal) => return refusal.into_response(),
         },
     };
-    let decided = match actor {
-        Ok(actor) => decide(&state, access, actor, parts, body).await,
-        Err(error) => Err(error),
+    let (decided, caller) = match actor {
+        Ok(actor) => {
+            let caller = crate::audit::Caller::of(&actor);
+            (decide(&state, access, actor, parts, body).await, Some(caller))
+        }
+        Err(error) => (Err(error), None),
     };
-    match (decided, plane) {
+    let mut response = match (decided, plane) {
         (Ok(request), _) => next.run(request).await,
         (Err(error), Plane::Api) => error.into_response(),
         (Err(error), Plane::Ui) => crate::ui::refusal_page(error),
+    };
+    if let Some(caller) = caller {
+        response.extensions_mut().insert(caller);
     }
+    response
 }
 
 /// Lets the request through, carrying its actor, or says why not.

@@ -39,17 +39,9 @@ fn plane() -> &'static Plane {
     PLANE.get_or_init(|| {
         let runtime = fuzz::runtime();
         let data_dir = tempfile::tempdir().unwrap();
-        let env = [
-            ("GANTRY_SERVER_DATA_DIR", data_dir.path().display().to_string()),
-            ("GANTRY_SERVER_LISTEN", "127.0.0.1:0".to_owned()),
-        ]
-        .into_iter()
-        .map(|(name, value)| (name.to_owned(), value))
-        .collect();
-        let mut config = ServerConfig::resolve(None, &env).unwrap();
+        let mut config = ServerConfig::for_tests(data_dir.path());
         // A valid poll must not hold a case for the whole of its wait.
         config.timings.poll_timeout = Duration::ZERO;
-        config.shared_workers = 0;
         let (router, held) = runtime.block_on(async {
             let mut server = Server::start(config).await.unwrap();
             let admin_key = server.take_initial_admin_key().unwrap();

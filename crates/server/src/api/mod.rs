@@ -34,6 +34,8 @@ pub(crate) fn routes() -> Vec<Guarded> {
         Guarded::new(Method::GET, "/keys", needs(Admin, Unscoped), keys::list),
         Guarded::new(Method::POST, "/keys", needs(Admin, Unscoped), keys::create),
         Guarded::new(Method::DELETE, "/keys/{key}", needs(Admin, Unscoped), keys::revoke),
+        Guarded::new(Method::GET, "/audit", needs(Admin, Unscoped), crate::audit::list),
+        Guarded::new(Method::GET, "/audit/verify", needs(Admin, Unscoped), crate::audit::verify),
         Guarded::new(Method::GET, "/pools", needs(Reader, Listed), pools::list),
         Guarded::new(Method::POST, "/pools", needs(Operator, NewPool), pools::create),
         Guarded::new(Method::GET, "/pools/{pool}", needs(Reader, Pool), pools::show),

@@ -132,6 +132,7 @@ pub(crate) async fn authentication_failed(state: &AppState, source: Source, fail
         what = failure.what(),
         "authentication failed"
     );
+    crate::audit::refused_credential(state, source, failure.what(), failure.pool()).await;
 }
 
 /// The address a request came from: the connection's peer. `None` for requests that
@@ -140,7 +141,7 @@ pub(crate) async fn authentication_failed(state: &AppState, source: Source, fail
 pub(crate) struct Source(pub(crate) Option<IpAddr>);
 
 impl Source {
-    fn of(extensions: &Extensions) -> Self {
+    pub(crate) fn of(extensions: &Extensions) -> Self {
         Self(extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip().to_canonical()))
     }
 }

@@ -32,6 +32,7 @@ pub(super) fn page(title: &str, session: Option<&UiSession>, main: Markup) -> Ma
                                 li { a href="/ui/stacks" { "Stacks" } }
                                 @if session.actor.role == Role::Admin {
                                     li { a href="/ui/keys" { "API keys" } }
+                                    li { a href="/ui/audit" { "Audit log" } }
                                 }
                             }
                         }

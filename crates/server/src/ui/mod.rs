@@ -5,6 +5,7 @@
 
 mod ansi;
 mod assets;
+mod audit;
 mod keys;
 mod layout;
 mod live;
@@ -42,6 +43,7 @@ pub(crate) fn routes() -> Vec<Guarded> {
         Guarded::new(M::GET, "/keys", needs(Admin, Unscoped), keys::list),
         Guarded::new(M::POST, "/keys", needs(Admin, Unscoped), keys::create),
         Guarded::new(M::POST, "/keys/{key}/revoke", needs(Admin, Unscoped), keys::revoke),
+        Guarded::new(M::GET, "/audit", needs(Admin, Unscoped), audit::list),
         Guarded::new(M::GET, "/pools", needs(Reader, Listed), pools::list),
         Guarded::new(M::POST, "/pools", needs(Operator, NewPool), pool_form::create),
         Guarded::new(M::GET, "/pools/new", needs(Operator, Caller), pool_form::new_pool),
