@@ -17,6 +17,7 @@ use gantry_proto::api::{
     RollbackState, Run, RunList, SetStackSecrets, Stack, StackList, StateVersion, StateVersionList,
     StreamEnd, TriggerRun, WorkerList,
 };
+use gantry_proto::audit::{AuditList, AuditVerified};
 use gantry_proto::keys::{ApiKey, CreateKey, KeyCreated, KeyList};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -396,6 +397,30 @@ impl ApiClient {
     /// `DELETE /api/v1/keys/{key}`: by id, or the name of an active key.
     pub async fn revoke_key(&self, key: &str) -> Result<ApiKey, ClientError> {
         self.call(Method::DELETE, self.url(&["keys", key]), None::<&()>).await
+    }
+
+    /// `GET /api/v1/audit?since=&actor=`: oldest first.
+    pub async fn list_audit(
+        &self,
+        since: Option<&str>,
+        actor: Option<&str>,
+    ) -> Result<AuditList, ClientError> {
+        let mut url = self.url(&["audit"]);
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(since) = since {
+                query.append_pair("since", since);
+            }
+            if let Some(actor) = actor {
+                query.append_pair("actor", actor);
+            }
+        }
+        self.call(Method::GET, url, None::<&()>).await
+    }
+
+    /// `GET /api/v1/audit/verify`
+    pub async fn verify_audit(&self) -> Result<AuditVerified, ClientError> {
+        self.call(Method::GET, self.url(&["audit", "verify"]), None::<&()>).await
     }
 
     /// `POST /api/v1/pools/{pool}/cycle`: its launchers exit after their current runs.

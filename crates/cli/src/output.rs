@@ -655,6 +655,23 @@ pub fn state_line(run: &Run) -> String {
 }
 
 /// API keys, active ones first; a key's status says whether it still works.
+/// The audit log, oldest first, with absolute times: it is a record, read later.
+pub fn audit_table(entries: &[gantry_proto::audit::AuditEntry]) -> String {
+    let mut table = table(&["#", "TIME", "ACTOR", "ACTION", "TARGET", "SOURCE", "OUTCOME"]);
+    for entry in entries {
+        table.add_row(vec![
+            entry.seq.to_string(),
+            absolute_time(entry.at),
+            entry.actor.clone(),
+            entry.action.clone(),
+            entry.target.clone(),
+            entry.source.clone(),
+            entry.outcome.clone(),
+        ]);
+    }
+    finish(table)
+}
+
 pub fn keys_table(keys: &[ApiKey], now: Timestamp) -> String {
     let mut table = table(&[
         "NAME",

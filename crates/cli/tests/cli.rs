@@ -956,3 +956,34 @@ async fn an_admin_fails_a_stuck_run_and_others_cannot() {
     assert!(ran.stderr.contains("has already ended (FAILED)"), "{ran:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_lists_changes_and_verify_names_the_first_altered_entry() {
+    let server = gantry_testkit::TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &server.ca_pem).unwrap();
+    let admin = |args: &[&str]| gantry_on(&server, dir.path(), args);
+    let ran = admin(&["key", "create", "--name", "auditor", "--role", "reader"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let ran = admin(&["audit", "list", "--since", "1h"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("POST /api/v1/keys") && ran.stdout.contains("ok 201"), "{ran:?}");
+    let ran = admin(&["--output", "json", "audit", "list", "--actor", "nobody"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let listed: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(listed["entries"], serde_json::json!([]), "{ran:?}");
+    let ran = admin(&["audit", "verify"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("intact chain"), "{ran:?}");
+
+    let url = format!("sqlite://{}", server.data_dir.path().join("gantry.db").display());
+    let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    sqlx::query("UPDATE audit_log SET actor = 'key:someone-else' WHERE seq = 1")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let ran = admin(&["audit", "verify"]).await;
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stderr.contains("broken at entry 1"), "{ran:?}");
+    server.stop().await;
+}

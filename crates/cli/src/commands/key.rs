@@ -70,7 +70,7 @@ fn parse_role(value: &str) -> Result<Role, String> {
 }
 
 /// A lifetime written as a whole number of days, hours or minutes.
-fn parse_lifetime(value: &str) -> Result<Duration, String> {
+pub(super) fn parse_lifetime(value: &str) -> Result<Duration, String> {
     let refuse =
         || format!("{value:?} is not a lifetime: expected a number with d, h or m, like 30d");
     let unit = value.chars().last().ok_or_else(refuse)?;

@@ -1,6 +1,7 @@
 //! One file per command group; `context` holds what every command shares (the output
 //! format, the connection settings) and the outcome and error types they return.
 
+pub mod audit;
 mod context;
 pub mod key;
 pub mod keygen;
