@@ -71,6 +71,25 @@ pub(crate) async fn refused_credential(
     record(state, entry).await;
 }
 
+/// Records what a launcher did on the agent plane, as `launcher:ID`.
+pub(crate) async fn launcher_event(
+    state: &AppState,
+    launcher: gantry_domain::LauncherId,
+    action: &str,
+    target: String,
+    source: Source,
+) {
+    let entry = gantry_store::AuditEntry {
+        at: now(),
+        actor: format!("launcher:{launcher}"),
+        action: action.to_owned(),
+        target,
+        source: source_text(source),
+        outcome: "ok".to_owned(),
+    };
+    record(state, entry).await;
+}
+
 /// How a request ended, as the log says it: refusals of the caller apart from other
 /// failures.
 fn outcome(status: StatusCode) -> String {
@@ -136,12 +155,11 @@ pub(crate) fn entry_view(record: &AuditRecord) -> AuditEntry {
 }
 
 /// The entries a query selects; an actor without a kind (`ops`) means the key of that
-/// name (`key:ops`).
+/// name (`key:ops`), apart from `unauthenticated`.
 pub(crate) async fn entries(state: &AppState, query: AuditQuery) -> ApiResult<Vec<AuditRecord>> {
-    let actor = query
-        .actor
-        .filter(|actor| !actor.is_empty())
-        .map(|actor| if actor.contains(':') { actor } else { actor_name(&actor) });
+    let actor = query.actor.filter(|actor| !actor.is_empty()).map(|actor| {
+        if actor.contains(':') || actor == UNAUTHENTICATED { actor } else { actor_name(&actor) }
+    });
     Ok(state.store.list_audit(&AuditFilter { since: query.since, actor }).await?)
 }
 

@@ -72,6 +72,15 @@ pub(super) async fn open(
     };
     state.store.insert_session(&session).await?;
     tracing::info!(pool = %pool.name, launcher = %session.launcher_id, host = %session.hostname, "launcher session opened");
+    let target = format!("pool={}", pool.name);
+    crate::audit::launcher_event(
+        &state,
+        session.launcher_id,
+        "launcher session opened",
+        target,
+        source,
+    )
+    .await;
     Ok(Json(SessionOpened {
         session_token: token,
         launcher_id: session.launcher_id,

@@ -452,6 +452,21 @@ async fn a_launcher_session_needs_the_pool_key() {
     let (_, listed) = api.get("/workers").await;
     assert_eq!(listed["workers"][0]["status"], "IDLE");
     assert_eq!(listed["workers"][0]["metadata"]["zone"], "a");
+    // The audit log has the refused proofs and the session, never its token.
+    let (_, audit) = api.get("/audit?actor=launcher:01ARZ3NDEKTSV4RRFFQ69G5FAV").await;
+    let opened = &audit["entries"][0];
+    assert_eq!(
+        (&opened["action"], &opened["target"]),
+        (&json!("launcher session opened"), &json!("pool=pool")),
+        "{audit}"
+    );
+    assert_eq!(opened["source"], "127.0.0.1", "{audit}");
+    let (_, audit) = api.get("/audit?actor=unauthenticated").await;
+    let refused = audit["entries"].as_array().unwrap();
+    assert_eq!(refused.len(), 2, "{audit}");
+    assert!(refused.iter().all(|entry| entry["action"] == "authenticate launcher session proof"));
+    let (_, audit) = api.get("/audit").await;
+    assert!(!audit.to_string().contains(session_token), "{audit}");
 
     let (status, body) = api.agent("/poll", json!({"wait_seconds": 0}), Some("gst_forged")).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "session_expired", "open a new session");
