@@ -427,10 +427,23 @@ fn host_of(authority: &str) -> &str {
     authority.rsplit_once(':').map_or(authority, |(host, _)| host)
 }
 
+/// Creates the data directory 0700, or narrows an existing one to it: everything the
+/// server keeps (the database, blobs, the master key when generated) sits below it, so
+/// no other user of the machine reaches any of it, whatever the files' own modes.
 fn create_private_dir(path: &Path) -> Result<(), StartError> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     let error = |source| StartError::DataDir { path: path.display().to_string(), source };
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(error)
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(error)?;
+    let mode = std::fs::metadata(path).map_err(error)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            data_dir = %path.display(),
+            "the data directory was open to other users (mode {:o}): narrowing it to 0700",
+            mode & 0o777
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(error)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -442,5 +455,20 @@ mod tests {
         assert_eq!(host_of("example.com:8443"), "example.com");
         assert_eq!(host_of("[::1]:8443"), "::1");
         assert_eq!(host_of("example.com"), "example.com");
+    }
+
+    #[test]
+    fn the_data_directory_is_created_private_and_an_open_one_is_narrowed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let parent = tempfile::tempdir().unwrap();
+        let fresh = parent.path().join("new/data");
+        create_private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        let open = parent.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&open).unwrap();
+        assert_eq!(mode(&open), 0o700);
     }
 }

@@ -484,6 +484,38 @@ async fn lists_show_a_scoped_key_only_what_it_reaches() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_reaching_out_of_scope_is_neither_added_nor_removed_by_a_scoped_key() {
+    async fn as_key(
+        m: &Matrix,
+        scoped: bool,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> StatusCode {
+        let key = m.keys.iter().find(|key| key.role == Role::Operator && key.scoped == scoped);
+        let headers = [
+            ("authorization", format!("Bearer {}", key.unwrap().secret)),
+            ("content-type", "application/json".to_owned()),
+        ];
+        call(&m.router, method, path, &headers, Body::from(body.to_owned())).await.0
+    }
+    let m = matrix().await;
+    let dependencies = format!("/api/v1/stacks/{}/dependencies", m.inside.stack);
+    let across = json!({"upstream": m.outside.stack}).to_string();
+    let edge = format!("{dependencies}/{}", m.outside.stack);
+    let scoped = as_key(&m, true, Method::POST, &dependencies, &across).await;
+    assert_eq!(scoped, StatusCode::NOT_FOUND, "the upstream is out of reach");
+    let unscoped = as_key(&m, false, Method::POST, &dependencies, &across).await;
+    assert_eq!(unscoped, StatusCode::CREATED);
+    let scoped = as_key(&m, true, Method::DELETE, &edge, "").await;
+    assert_eq!(scoped, StatusCode::NOT_FOUND, "the upstream is out of reach");
+    let headers = [("authorization", format!("Bearer {}", m.keys[0].secret))];
+    let (_, listed) = call(&m.router, Method::GET, &dependencies, &headers, Body::empty()).await;
+    assert!(listed.contains(&m.outside.stack), "the edge is still there: {listed}");
+    assert_eq!(as_key(&m, false, Method::DELETE, &edge, "").await, StatusCode::OK);
+}
+
 #[test]
 fn every_route_is_in_the_tables_once() {
     for routes in [crate::api::routes(), crate::ui::routes()] {

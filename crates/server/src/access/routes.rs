@@ -35,8 +35,8 @@ pub(crate) enum Target {
     Caller,
     /// The stack in `{stack}`.
     Stack,
-    /// The stack in `{stack}` and the stack the JSON body names as `upstream`: a
-    /// dependency passes one's outputs to the other.
+    /// The stack in `{stack}` and the upstream stack, named by the path's `{upstream}` or
+    /// else by the JSON body's `upstream`: a dependency passes one's outputs to the other.
     StackAndUpstream,
     /// The run in `{run}`, through its stack.
     Run,
@@ -282,6 +282,10 @@ async fn within_scope(
             if !actor.reaches_pool(&pool) {
                 return Err(ApiError::not_found("worker", key));
             }
+        }
+        Target::StackAndUpstream if param("upstream").is_some() => {
+            reached_stack(state, actor, &named("stack")?).await?;
+            reached_stack(state, actor, &named("upstream")?).await?;
         }
         Target::NewPool | Target::NewStack | Target::StackAndUpstream => {
             let bytes = axum::body::to_bytes(body, TARGET_BODY_LIMIT).await.map_err(|_| {

@@ -106,7 +106,7 @@ pub(crate) fn routes() -> Vec<Guarded> {
         Guarded::new(
             Method::DELETE,
             "/stacks/{stack}/dependencies/{upstream}",
-            needs(Operator, Stack),
+            needs(Operator, StackAndUpstream),
             dependencies::remove,
         ),
         Guarded::new(Method::GET, "/runs", needs(Reader, Listed), runs::list),

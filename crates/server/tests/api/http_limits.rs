@@ -226,6 +226,29 @@ async fn guessing_keys_from_one_address_is_answered_429_and_other_addresses_are_
     // Unauthenticated endpoints stay open to it.
     let response = attacker.get(format!("{}/api/v1/health", server.url)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+
+    // Every guess that was checked is in the audit log, under its address, and no
+    // guessed key is: what was refused unchecked (429) is counted by the limiter only.
+    let audit = format!("{}/api/v1/audit?actor=unauthenticated", server.url);
+    let response = other.get(&audit).bearer_auth(&server.admin_key).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let audit = response.text().await.unwrap();
+    let entries: Value = serde_json::from_str(&audit).unwrap();
+    let from_attacker = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| {
+            entry["source"] == "127.0.0.1"
+                && entry["outcome"].as_str().unwrap().starts_with("denied")
+        })
+        .count();
+    // The attacker's last, right, key counts as a failure only if it was checked.
+    assert!(
+        (let_through..=let_through + 1).contains(&from_attacker),
+        "{from_attacker} entries for {let_through} checked guesses: {audit:.2000}"
+    );
+    assert!(!audit.contains("gak_guess"), "a guessed key reached the audit log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
