@@ -22,6 +22,7 @@ const ROLE: &str = "gantry";
 pub struct Cluster {
     dir: PathBuf,
     port: u16,
+    durability: Durability,
     stopped: bool,
 }
 
@@ -62,22 +63,39 @@ impl Cluster {
         initdb.args(["-U", ROLE, "--auth=trust", "-E", "UTF8", "--no-sync", "-D"]).arg(&data);
         run(&mut initdb, "initdb")?;
         let port = free_port()?;
+        let cluster = Self { dir: dir.to_path_buf(), port, durability, stopped: false };
+        cluster.start_server()?;
+        Ok(cluster)
+    }
+
+    /// Stops the server at once (`-m immediate`: what a crash leaves), keeping the cluster
+    /// so that [`Self::start_again`] brings it back on the same port. For outage tests.
+    pub fn crash(&self) -> Result<(), ClusterError> {
+        stop_cluster(&self.dir)
+    }
+
+    /// Starts the server of a cluster [`Self::crash`] stopped, on the same port.
+    pub fn start_again(&self) -> Result<(), ClusterError> {
+        self.start_server()
+    }
+
+    fn start_server(&self) -> Result<(), ClusterError> {
         let mut settings = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c max_connections=400",
-            dir.display()
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=400",
+            self.port,
+            self.dir.display()
         );
-        if durability == Durability::Throwaway {
+        if self.durability == Durability::Throwaway {
             settings.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }
-        let mut start = postgres_command(as_root, "pg_ctl");
+        let mut start = postgres_command(running_as_root(), "pg_ctl");
         start
             .args(["-w", "-t", "60", "-D"])
-            .arg(&data)
+            .arg(self.dir.join("data"))
             .arg("-l")
-            .arg(dir.join("postgres.log"))
+            .arg(self.dir.join("postgres.log"))
             .args(["-o", &settings, "start"]);
-        run(&mut start, "pg_ctl start")?;
-        Ok(Self { dir: dir.to_path_buf(), port, stopped: false })
+        run(&mut start, "pg_ctl start")
     }
 
     /// The URL of the cluster's maintenance database.
