@@ -1,0 +1,67 @@
+//! The chaos suite (issue 17): runs on real servers, launchers, workers and containers,
+//! under seeded random faults, then the invariant checker over the host journals and the
+//! server's records. See docs/reliability.md.
+//!
+//! Settings (environment):
+//! * `GANTRY_CHAOS_SEED`: the seed (printed by every run; a failing run prints how to
+//!   replay it). Unset, one is drawn from the clock.
+//! * `GANTRY_CHAOS_RUNS`: runs triggered in all, split between the scenarios (default
+//!   200; the soak uses 2000 or more). Dependencies trigger more.
+//! * `GANTRY_CHAOS_FAULTS`: `all`, `none`, or fault kinds separated by commas (see
+//!   `gantry_chaos::faults::FaultKind::name`). Unset, [`DEFAULT_FAULTS`].
+
+mod harness;
+
+use gantry_chaos::faults::{FaultKind, enabled_kinds};
+use harness::scenario::{Database, Settings, run};
+
+/// The fault kinds a plain `cargo nextest run` injects.
+const DEFAULT_FAULTS: [FaultKind; 7] = FaultKind::ALL;
+
+fn settings(scenarios: usize) -> Settings {
+    let seed = match std::env::var("GANTRY_CHAOS_SEED") {
+        Ok(seed) => seed
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("GANTRY_CHAOS_SEED={seed:?}: expected an unsigned integer")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos() as u64)
+            .unwrap_or(17),
+    };
+    let runs = match std::env::var("GANTRY_CHAOS_RUNS") {
+        Ok(runs) => {
+            runs.trim().parse::<usize>().ok().filter(|runs| *runs > 0).unwrap_or_else(|| {
+                panic!("GANTRY_CHAOS_RUNS={runs:?}: expected a number of runs above 0")
+            })
+        }
+        Err(_) => 200,
+    };
+    let faults =
+        enabled_kinds(std::env::var("GANTRY_CHAOS_FAULTS").ok().as_deref(), &DEFAULT_FAULTS)
+            .unwrap_or_else(|error| panic!("{error}"));
+    Settings { seed, runs: runs.div_ceil(scenarios), faults }
+}
+
+fn assert_held(name: &str, settings: &Settings, report: &harness::scenario::Report) {
+    assert!(
+        report.violations.is_empty(),
+        "chaos {name}: {} invariant violation(s) with seed {} (the report above says which and how to replay)",
+        report.violations.len(),
+        settings.seed
+    );
+}
+
+#[test]
+fn chaos_sqlite_server_with_process_and_docker_launchers() {
+    let settings = settings(2);
+    let report = run("chaos_sqlite", Database::Sqlite, &settings);
+    assert_held("chaos_sqlite", &settings, &report);
+}
+
+#[test]
+fn chaos_two_replicas_on_postgres_with_process_and_docker_launchers() {
+    let settings = settings(2);
+    let report = run("chaos_postgres", Database::Postgres, &settings);
+    assert_held("chaos_postgres", &settings, &report);
+}
