@@ -1,7 +1,8 @@
 //! The launcher's main loop: connect (retrying with backoff while the server is
 //! unreachable), register the worker slots, long-poll for assignments and hand each to a
 //! supervisor, heartbeat, and on shutdown stop polling at once but let running runs
-//! finish for a grace period before stopping them.
+//! finish for a grace period before stopping them. Before the first poll, the runs a
+//! dead launcher with the same work directory left are recovered (`recovery`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,9 @@ use crate::client::{AgentClient, ClientError};
 use crate::config::LauncherConfig;
 use crate::executor::Executor;
 use crate::metrics::LauncherMetrics;
+use crate::recovery;
 use crate::run::RunContext;
+use crate::run::journal;
 use crate::supervisor;
 use crate::workspace;
 
@@ -98,6 +101,9 @@ pub async fn run(
         config,
     });
     prepare_dirs(&context, &instance_dir)?;
+    let _instance_lock = recovery::lock_instance(&instance_dir).map_err(|source| {
+        FatalError::WorkDir { path: instance_dir.display().to_string(), source }
+    })?;
     let result = serve(Arc::clone(&context), executor, &shutdown).await;
     workspace::remove(&instance_dir).await;
     if context.sockets_dir.starts_with(std::env::temp_dir())
@@ -114,13 +120,17 @@ async fn serve(
     shutdown: &Shutdown,
 ) -> Result<(), FatalError> {
     let client = Arc::clone(&context.client);
-    if !connect(&client, shutdown).await? {
+    if !connect(&client, &shutdown.graceful).await? {
         return Ok(());
     }
     if matches!(context.config.worker, crate::worker_binary::WorkerSource::Download(_)) {
         // Before taking work: a worker that will not verify stops the launcher now.
         context.worker_binaries.current(&client).await.map_err(FatalError::WorkerBinary)?;
     }
+    // Before taking work: what a dead launcher with this work directory left is finished
+    // first, so no run of this one meets a worker of that one still running.
+    let instance_dir = context.runs_dir.parent().unwrap_or(&context.runs_dir);
+    recovery::recover(&context, &executor, instance_dir, &shutdown.graceful).await;
     let slots: SharedSlots = Arc::default();
     register(&context, &slots, &[]).await?;
     tracing::info!(
@@ -185,7 +195,10 @@ async fn serve(
 
 /// Opens the first session, retrying while the server is unreachable. `Ok(false)`: shut
 /// down while waiting.
-async fn connect(client: &AgentClient, shutdown: &Shutdown) -> Result<bool, FatalError> {
+pub(crate) async fn connect(
+    client: &AgentClient,
+    shutdown: &CancellationToken,
+) -> Result<bool, FatalError> {
     let mut backoff = Backoff::new(Duration::from_secs(60));
     loop {
         match client.connect().await {
@@ -196,7 +209,7 @@ async fn connect(client: &AgentClient, shutdown: &Shutdown) -> Result<bool, Fata
                 tracing::warn!("{error}; retrying in {}", shown(delay));
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = shutdown.graceful.cancelled() => return Ok(false),
+                    () = shutdown.cancelled() => return Ok(false),
                 }
             }
         }
@@ -361,6 +374,7 @@ fn prepare_dirs(context: &RunContext, instance_dir: &Path) -> Result<(), FatalEr
         (context.runs_dir.as_path(), 0o711),
         (context.sockets_dir.as_path(), 0o711),
         (context.scratch_dir.as_path(), 0o700),
+        (journal::directory(&context.runs_dir).as_path(), 0o700),
     ] {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -373,7 +387,7 @@ fn prepare_dirs(context: &RunContext, instance_dir: &Path) -> Result<(), FatalEr
 
 /// Unix socket paths are limited to 107 bytes: a deep work directory gets its sockets
 /// in a private directory under the system temporary directory instead.
-fn socket_dir(instance_dir: &Path) -> PathBuf {
+pub(crate) fn socket_dir(instance_dir: &Path) -> PathBuf {
     let preferred = instance_dir.join("s");
     // "<26-character run id>.sock" must fit after the directory.
     if preferred.as_os_str().len() + 1 + 31 < 107 {

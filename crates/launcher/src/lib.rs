@@ -19,6 +19,7 @@ pub mod passed_env;
 pub mod pod;
 pub mod policy;
 pub mod private_vcs;
+mod recovery;
 mod run;
 mod stack_secrets;
 mod state_check;
@@ -29,8 +30,8 @@ mod workspace;
 pub use client::{AgentClient, ClientError};
 pub use config::{ConfigError, LauncherConfig};
 pub use executor::{
-    DockerExecutor, DockerSettings, Executor, ProcessExecutor, ProcessExecutorError, docker,
-    registry_auth,
+    DockerExecutor, DockerSettings, Executor, ProcessExecutor, ProcessExecutorError, WorkerHandle,
+    docker, registry_auth,
 };
 pub use launcher::{FatalError, Shutdown, run};
 pub use worker_binary::{WORKER_BINARY_PUBLIC_KEY, WorkerSource};

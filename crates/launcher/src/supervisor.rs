@@ -1,7 +1,8 @@
 //! One run on this launcher, from assignment to cleanup: acknowledge it, then drive the
 //! run path's phases in order (`run::prepare`, `run::execute` with this launcher's
 //! executor, `run::conclude`), and remove the workspace. The server learns how the run
-//! ended even when the worker could not say it.
+//! ended even when the worker could not say it. The run's journal follows it from the
+//! acknowledgement to the removal of its workspace, for `recovery` if this launcher dies.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::client::{AgentClient, ClientError};
 use crate::executor::Executor;
+use crate::run::journal::{self, RunJournal};
 use crate::run::{Ending, RunContext, conclude, execute, prepare, start_log};
 use crate::workspace;
 
@@ -34,6 +36,7 @@ pub(crate) async fn supervise(
     }
     tracing::info!(run = %run_id, job = ?assignment.job, stack = %assignment.stack.name, "run started");
     let _in_progress = context.metrics.run_started();
+    let journal = Arc::new(RunJournal::begin(&journal::directory(&context.runs_dir), &assignment));
     let (logs, upload_task) = start_log(&context, &assignment, assignment.log_next_seq);
     let workspace = context.workspace(run_id);
     // The run timeout counts from the acknowledgement: a checkout that hangs on an
@@ -42,6 +45,9 @@ pub(crate) async fn supervise(
     let prepared =
         prepare::prepare_run(&context, &assignment, &workspace, &logs, &stop, deadline).await;
     if let Some(prepared) = prepared {
+        if let Some(managed) = &prepared.managed_state {
+            journal.prepared(managed.files.project(), managed.before.as_ref());
+        }
         let gone = execute::execute(
             &context,
             &*executor,
@@ -51,6 +57,7 @@ pub(crate) async fn supervise(
             &logs,
             &stop,
             deadline,
+            &journal,
         )
         .await;
         if let Some((endpoint, end)) = gone {
@@ -59,6 +66,8 @@ pub(crate) async fn supervise(
     }
     logs.finish(upload_task).await;
     workspace::remove(&workspace).await;
+    // Everything of the run is delivered and its plaintext gone: nothing left to recover.
+    journal.end_now();
     tracing::info!(run = %run_id, ending = ?Ending::Ended, "run left this launcher");
     Ending::Ended
 }

@@ -141,6 +141,13 @@ async fn create_dir(dir: &Path) -> Result<(), CheckoutError> {
     tokio::fs::create_dir_all(dir).await.map_err(error)
 }
 
+/// The home a run of the process executor gets beside its workspace.
+pub(crate) fn home_beside(workspace: &Path) -> PathBuf {
+    let mut name = workspace.file_name().unwrap_or_default().to_owned();
+    name.push(".home");
+    workspace.with_file_name(name)
+}
+
 /// Removes a workspace; a failure is only worth a warning.
 pub(crate) async fn remove(dir: &Path) {
     if let Err(error) = tokio::fs::remove_dir_all(dir).await

@@ -2,8 +2,9 @@
 //! image (or `GANTRY_DEFAULT_RUNNER_IMAGE`), running as UID 1983 with the worker binary
 //! mounted read-only, the run's workspace and local API socket mounted at the paths the
 //! launcher knows them by, and labels naming the run, worker and pool. The container is
-//! removed when the run ends; containers an earlier launcher with the same work
-//! directory left behind are removed at start.
+//! removed when the run ends. A container an earlier launcher with the same work
+//! directory left behind is found by its labels: a run being recovered is waited for
+//! (its worker stops on its lease) and then removed; any other is removed at start.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,11 +20,11 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use gantry_domain::options::{self, Env, OptionError};
-use gantry_domain::{PoolId, RunType};
+use gantry_domain::{PoolId, RunId, RunType};
 use gantry_proto::local::{CAPABILITY_ENV, SOCKET_ENV};
 use tokio::sync::mpsc;
 
-use super::{Executor, ExecutorError, RunningWorker, WorkerExit, WorkerLaunch};
+use super::{Executor, ExecutorError, RunningWorker, WorkerExit, WorkerHandle, WorkerLaunch};
 
 pub const DEFAULT_RUNNER_IMAGE: &str = "GANTRY_DEFAULT_RUNNER_IMAGE";
 pub const WORKER_NETWORK: &str = "GANTRY_WORKER_NETWORK";
@@ -133,8 +134,7 @@ pub struct DockerExecutor {
 }
 
 impl DockerExecutor {
-    /// Connects to the daemon (`DOCKER_HOST`, or the local socket) and removes the
-    /// containers an earlier launcher with the same work directory left behind.
+    /// Connects to the daemon (`DOCKER_HOST`, or the local socket).
     pub async fn connect(
         settings: DockerSettings,
         pool_id: PoolId,
@@ -145,34 +145,35 @@ impl DockerExecutor {
             .negotiate_version()
             .await
             .map_err(|error| docker_error("cannot reach the Docker daemon", &error))?;
-        let executor = Self { docker, settings, pool_id, work_dir: work_dir.display().to_string() };
-        executor.remove_leftovers().await?;
-        Ok(executor)
+        Ok(Self { docker, settings, pool_id, work_dir: work_dir.display().to_string() })
     }
 
-    /// Removes containers of this pool and work directory: a launcher killed outright
-    /// cannot remove its own.
-    async fn remove_leftovers(&self) -> Result<(), ExecutorError> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![
-                format!("{LABEL_POOL}={}", self.pool_id),
-                format!("{LABEL_WORK_DIR}={}", self.work_dir),
-            ],
-        )]);
+    /// The containers of this pool and work directory, running or not, with their run
+    /// (of `run_id` only, when given).
+    async fn left_behind(
+        &self,
+        run_id: Option<RunId>,
+    ) -> Result<Vec<(String, Option<String>)>, ExecutorError> {
+        let mut labels = vec![
+            format!("{LABEL_POOL}={}", self.pool_id),
+            format!("{LABEL_WORK_DIR}={}", self.work_dir),
+        ];
+        labels.extend(run_id.map(|run_id| format!("{LABEL_RUN}={run_id}")));
+        let filters = HashMap::from([("label".to_owned(), labels)]);
         let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-        let leftovers = self
+        let listed = self
             .docker
             .list_containers(Some(options))
             .await
             .map_err(|error| docker_error("cannot list run containers", &error))?;
-        for container in leftovers {
-            let Some(id) = container.id else { continue };
-            let run = container.labels.as_ref().and_then(|labels| labels.get(LABEL_RUN)).cloned();
-            tracing::warn!(container = %id, run = run.as_deref().unwrap_or("?"), "removing a run container an earlier launcher left behind");
-            remove(&self.docker, &id).await;
-        }
-        Ok(())
+        Ok(listed
+            .into_iter()
+            .filter_map(|container| {
+                let run =
+                    container.labels.as_ref().and_then(|labels| labels.get(LABEL_RUN)).cloned();
+                Some((container.id?, run))
+            })
+            .collect())
     }
 
     async fn create(&self, launch: &WorkerLaunch, image: &str) -> Result<String, DockerError> {
@@ -296,6 +297,50 @@ impl Executor for DockerExecutor {
         tokio::spawn(forward_output(self.docker.clone(), id.clone(), output));
         Ok(Box::new(ContainerWorker { docker: self.docker.clone(), id, exit: None }))
     }
+
+    /// Found by its labels: the journal may have been written before the container was.
+    async fn reclaim(
+        &self,
+        run_id: RunId,
+        _handle: Option<&WorkerHandle>,
+        patience: Duration,
+        output: mpsc::UnboundedSender<String>,
+    ) -> Result<Option<WorkerExit>, ExecutorError> {
+        let mut exit = None;
+        for (id, _) in self.left_behind(Some(run_id)).await? {
+            // Ends once the container stops: everything it printed is read by then.
+            let forwarding =
+                tokio::spawn(forward_output(self.docker.clone(), id.clone(), output.clone()));
+            let mut worker = ContainerWorker { docker: self.docker.clone(), id, exit: None };
+            let ended = match tokio::time::timeout(patience, worker.wait_for_exit_keeping()).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    let _ = output.send(format!(
+                        "gantry-launcher: the worker was still running {} after the launcher came back: stopping it\n",
+                        humantime::format_duration(patience)
+                    ));
+                    worker.stop(super::TERMINATE_GRACE).await;
+                    worker.wait_for_exit_keeping().await
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), forwarding).await;
+            remove(&self.docker, &worker.id).await;
+            exit = Some(ended?);
+        }
+        Ok(exit)
+    }
+
+    async fn remove_leftovers(&self, keep: &[RunId]) -> Result<(), ExecutorError> {
+        let kept: Vec<String> = keep.iter().map(ToString::to_string).collect();
+        for (id, run) in self.left_behind(None).await? {
+            if run.as_ref().is_some_and(|run| kept.contains(run)) {
+                continue;
+            }
+            tracing::warn!(container = %id, run = run.as_deref().unwrap_or("?"), "removing a run container an earlier launcher left behind");
+            remove(&self.docker, &id).await;
+        }
+        Ok(())
+    }
 }
 
 /// What the container prints on its own (a crash, a missing library), line by line.
@@ -325,6 +370,16 @@ struct ContainerWorker {
 
 impl ContainerWorker {
     async fn wait_for_exit(&mut self) -> Result<WorkerExit, ExecutorError> {
+        let known = self.exit.is_some();
+        let exit = self.wait_for_exit_keeping().await?;
+        if !known {
+            remove(&self.docker, &self.id).await;
+        }
+        Ok(exit)
+    }
+
+    /// Waits for the container to stop, and leaves it in place.
+    async fn wait_for_exit_keeping(&mut self) -> Result<WorkerExit, ExecutorError> {
         if let Some(exit) = self.exit {
             return Ok(exit);
         }
@@ -345,8 +400,16 @@ impl ContainerWorker {
         };
         let exit = WorkerExit { code: i32::try_from(code).ok(), signal: None };
         self.exit = Some(exit);
-        remove(&self.docker, &self.id).await;
         Ok(exit)
+    }
+
+    /// The daemon sends SIGTERM, and SIGKILL after the grace period.
+    async fn stop(&self, grace: Duration) {
+        let seconds = i32::try_from(grace.as_secs().max(1)).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::default().t(seconds).build();
+        if let Err(error) = self.docker.stop_container(&self.id, Some(options)).await {
+            tracing::warn!(container = %self.id, %error, "cannot stop the run container");
+        }
     }
 }
 
@@ -358,14 +421,13 @@ impl RunningWorker for ContainerWorker {
 
     async fn terminate(&mut self, grace: Duration) -> Result<WorkerExit, ExecutorError> {
         if self.exit.is_none() {
-            let seconds = i32::try_from(grace.as_secs().max(1)).unwrap_or(i32::MAX);
-            let options = StopContainerOptionsBuilder::default().t(seconds).build();
-            // The daemon sends SIGTERM, and SIGKILL after the grace period.
-            if let Err(error) = self.docker.stop_container(&self.id, Some(options)).await {
-                tracing::warn!(container = %self.id, %error, "cannot stop the run container");
-            }
+            self.stop(grace).await;
         }
         self.wait_for_exit().await
+    }
+
+    fn handle(&self) -> Option<WorkerHandle> {
+        Some(WorkerHandle::Container { id: self.id.clone() })
     }
 }
 

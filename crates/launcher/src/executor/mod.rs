@@ -1,6 +1,7 @@
 //! Executors start the worker for a run and stop it: `process` runs it as a child
 //! process (local use), `docker` in a container of the stack's runner image. The run
-//! path is the same whatever the executor.
+//! path is the same whatever the executor. A worker a killed launcher left behind is
+//! found again by a launcher started with the same work directory (`reclaim`).
 
 pub mod docker;
 mod process;
@@ -17,6 +18,9 @@ use tokio::sync::mpsc;
 pub use docker::{DockerExecutor, DockerSettings};
 pub(crate) use process::DEFAULT_RUN_UID_BASE;
 pub use process::{ProcessExecutor, ProcessExecutorError};
+
+/// How long a stopped worker may take to exit before it is killed.
+pub(crate) const TERMINATE_GRACE: Duration = Duration::from_secs(10);
 
 /// What an executor needs to start one run's worker.
 #[derive(Debug, Clone)]
@@ -58,6 +62,23 @@ impl fmt::Display for WorkerExit {
     }
 }
 
+/// Where a started worker runs, as a run's journal keeps it: what a launcher started
+/// again with the same work directory looks for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WorkerHandle {
+    Container {
+        id: String,
+    },
+    /// A process, told apart from a later one with the same id by the boot it started in
+    /// and its start time (clock ticks since that boot).
+    Process {
+        pid: u32,
+        boot_id: String,
+        start_ticks: u64,
+    },
+}
+
 /// Why a worker could not be started or watched.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
@@ -95,6 +116,24 @@ pub trait Executor: Send + Sync + fmt::Debug {
         launch: &WorkerLaunch,
         output: mpsc::UnboundedSender<String>,
     ) -> Result<Box<dyn RunningWorker>, ExecutorError>;
+
+    /// The worker of `run_id` an earlier launcher with this work directory started
+    /// (`handle`, when its journal says): waits at most `patience` for it to end, stops it
+    /// if it does not, and removes what is left of it. What it printed on its own and is
+    /// still to be had goes to `output`. `Ok(None)`: nothing of it is left to wait for.
+    async fn reclaim(
+        &self,
+        run_id: RunId,
+        handle: Option<&WorkerHandle>,
+        patience: Duration,
+        output: mpsc::UnboundedSender<String>,
+    ) -> Result<Option<WorkerExit>, ExecutorError>;
+
+    /// Removes what earlier launchers with this work directory left of runs other than
+    /// `keep` (those are being recovered, or run on a live launcher).
+    async fn remove_leftovers(&self, _keep: &[RunId]) -> Result<(), ExecutorError> {
+        Ok(())
+    }
 }
 
 /// A started worker.
@@ -105,4 +144,7 @@ pub trait RunningWorker: Send {
 
     /// Asks the worker to stop (SIGTERM), and kills it after `grace`.
     async fn terminate(&mut self, grace: Duration) -> Result<WorkerExit, ExecutorError>;
+
+    /// Where it runs, for the run's journal.
+    fn handle(&self) -> Option<WorkerHandle>;
 }

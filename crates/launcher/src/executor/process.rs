@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use super::{Executor, ExecutorError, RunningWorker, WorkerExit, WorkerLaunch};
+use super::{Executor, ExecutorError, RunningWorker, WorkerExit, WorkerHandle, WorkerLaunch};
 
 /// Runs `gantry-worker` as a child process.
 #[derive(Debug, Clone)]
@@ -149,9 +149,7 @@ fn hand_over(launch: &WorkerLaunch, uid: u32) -> std::io::Result<PathBuf> {
 
 /// A run's own home directory, beside its workspace (never packed with it).
 fn home_of(launch: &WorkerLaunch) -> PathBuf {
-    let mut name = launch.workspace.file_name().unwrap_or_default().to_owned();
-    name.push(".home");
-    launch.workspace.with_file_name(name)
+    crate::workspace::home_beside(&launch.workspace)
 }
 
 /// The first directory above `path` that others may not pass through.
@@ -215,6 +213,89 @@ impl Executor for ProcessExecutor {
         let process_group = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
         Ok(Box::new(ChildWorker { child, process_group, exit: None, home, _run_user: run_user }))
     }
+
+    /// The worker is no child of this launcher: it is watched through `/proc`. When its
+    /// launcher died, the kernel sent it SIGTERM (see `gantry-worker`): it is usually
+    /// gone or going.
+    async fn reclaim(
+        &self,
+        _run_id: gantry_domain::RunId,
+        handle: Option<&WorkerHandle>,
+        patience: Duration,
+        output: mpsc::UnboundedSender<String>,
+    ) -> Result<Option<WorkerExit>, ExecutorError> {
+        let Some(WorkerHandle::Process { pid, boot_id, start_ticks }) = handle else {
+            return Ok(None);
+        };
+        let worker = LeftWorker { pid: *pid, boot_id: boot_id.clone(), start_ticks: *start_ticks };
+        if !worker.lives() {
+            return Ok(None);
+        }
+        if !worker.ends_within(patience).await {
+            let _ = output.send(format!(
+                "gantry-launcher: the worker was still running {} after the launcher came back: stopping it\n",
+                humantime::format_duration(patience)
+            ));
+            let grace = super::TERMINATE_GRACE;
+            for signal in [Signal::SIGTERM, Signal::SIGTERM, Signal::SIGKILL] {
+                worker.signal(signal);
+                if worker.ends_within(grace / 2).await {
+                    break;
+                }
+            }
+        }
+        // Not a child: how it ended is not known here.
+        Ok(Some(WorkerExit { code: None, signal: None }))
+    }
+}
+
+/// A worker process a dead launcher started.
+struct LeftWorker {
+    pid: u32,
+    boot_id: String,
+    start_ticks: u64,
+}
+
+impl LeftWorker {
+    /// Whether it still runs: the same process, not a later one with its id.
+    fn lives(&self) -> bool {
+        identity(self.pid).is_some_and(|(boot_id, start_ticks)| {
+            boot_id == self.boot_id && start_ticks == self.start_ticks
+        })
+    }
+
+    async fn ends_within(&self, patience: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        while self.lives() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        true
+    }
+
+    /// Signals its process group, only while it is known to be the same process.
+    fn signal(&self, signal: Signal) {
+        if self.lives()
+            && let Ok(pid) = i32::try_from(self.pid)
+        {
+            let _ = killpg(Pid::from_raw(pid), signal);
+        }
+    }
+}
+
+/// What tells a process apart from a later one with the same id: the boot it started in
+/// and its start time in clock ticks since then (field 22 of `/proc/<pid>/stat`).
+fn identity(pid: u32) -> Option<(String, u64)> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let start_ticks = after_name.split_whitespace().nth(19)?.parse().ok()?;
+    // A zombie has ended: its parent is gone and it waits to be reaped.
+    let state = after_name.split_whitespace().next()?;
+    (state != "Z").then(|| (boot_id.trim().to_owned(), start_ticks))
 }
 
 async fn forward_lines(stream: impl AsyncRead + Unpin, output: mpsc::UnboundedSender<String>) {
@@ -286,5 +367,11 @@ impl RunningWorker for ChildWorker {
         }
         self.signal(Signal::SIGKILL);
         self.wait().await
+    }
+
+    fn handle(&self) -> Option<WorkerHandle> {
+        let pid = u32::try_from(self.process_group?.as_raw()).ok()?;
+        let (boot_id, start_ticks) = identity(pid)?;
+        Some(WorkerHandle::Process { pid, boot_id, start_ticks })
     }
 }

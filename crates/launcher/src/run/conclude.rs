@@ -36,6 +36,7 @@ pub(crate) async fn conclude(
             if let Some(Some(Err(problem))) = secure_state(endpoint).await {
                 logs.append(&format!("{problem}\n"));
             }
+            journal_final_report(endpoint, logs, &RunReport::Stopped);
             report_ending(context, logs, run_id, RunReport::Stopped).await;
             return;
         }
@@ -48,7 +49,16 @@ pub(crate) async fn conclude(
         _ => message,
     };
     logs.append(&format!("\n{message}\n"));
+    journal_final_report(endpoint, logs, &RunReport::Failed { message: message.clone() });
     report_failure(context, logs, run_id, message).await;
+}
+
+/// Writes the run's final report to its journal before it is sent: a launcher started
+/// again after this one died sends it.
+fn journal_final_report(endpoint: &RunEndpoint, logs: &LogRelay, report: &RunReport) {
+    if let Some(journal) = endpoint.journal.get() {
+        journal.final_report(&logs.masked_report(report.clone()));
+    }
 }
 
 /// Stores the state an interrupted apply may have changed: never lose what it created.
@@ -80,6 +90,7 @@ async fn store_planned_workspace(
         Err(problem) => {
             let message = format!("Cannot store the planned workspace: {problem}");
             logs.append(&format!("{message}\n"));
+            journal_final_report(endpoint, logs, &RunReport::Failed { message: message.clone() });
             report_failure(context, logs, assignment.run_id, message).await;
         }
     }

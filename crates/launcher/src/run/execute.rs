@@ -4,21 +4,20 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use gantry_proto::agent::Assignment;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::journal::RunJournal;
 use super::local_api::{self, RunEndpoint, SensitiveOutputsUpload};
 use super::prepare::Prepared;
 use super::{Interruption, RunContext, WorkerEnd, report_failure};
-use crate::executor::{Executor, ExecutorError, RunningWorker, WorkerExit, WorkerLaunch};
+use crate::executor::{
+    Executor, ExecutorError, RunningWorker, TERMINATE_GRACE, WorkerExit, WorkerLaunch,
+};
 use crate::logs::LogRelay;
-
-/// How long a stopped worker may take to exit before it is killed.
-const TERMINATE_GRACE: Duration = Duration::from_secs(10);
 
 /// The worker as a process or a container of this launcher, through its executor: see
 /// [`serve_worker`] for what it returns.
@@ -32,6 +31,7 @@ pub(crate) async fn execute(
     logs: &LogRelay,
     stop: &CancellationToken,
     deadline: Instant,
+    journal: &Arc<RunJournal>,
 ) -> Option<(Arc<RunEndpoint>, WorkerEnd)> {
     let run_id = assignment.run_id;
     let worker_binary = match context.worker_binaries.current(&context.client).await {
@@ -55,10 +55,14 @@ pub(crate) async fn execute(
         capability: capability.clone(),
         runner_image: assignment.stack.runner_image.clone(),
     };
-    let run_worker = async |_: &RunEndpoint| {
+    let run_worker = async |endpoint: &RunEndpoint| {
+        let _ = endpoint.journal.set(Arc::clone(journal));
         let (output_sender, mut output) = mpsc::unbounded_channel();
         match executor.start(&launch, output_sender).await {
             Ok(mut worker) => {
+                if let Some(handle) = worker.handle() {
+                    journal.worker_started(handle);
+                }
                 let (exit, interruption) =
                     watch(context, worker.as_mut(), logs, &mut output, stop, deadline).await;
                 while let Ok(line) = output.try_recv() {

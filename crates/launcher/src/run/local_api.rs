@@ -61,6 +61,9 @@ pub(crate) struct RunEndpoint {
     phases: PhaseClock,
     /// Where sensitive output values go, sealed, when the run shares them.
     pub(crate) sensitive_outputs: Option<SensitiveOutputsUpload>,
+    /// The run's journal, on a launcher that keeps one: a final report is written to it
+    /// before it is sent, for a launcher started again to send it if this one dies.
+    pub(crate) journal: std::sync::OnceLock<Arc<super::journal::RunJournal>>,
 }
 
 /// A run whose stack shares its sensitive outputs, on a launcher that uploads them.
@@ -90,6 +93,7 @@ impl RunEndpoint {
             metrics,
             phases: PhaseClock::default(),
             sensitive_outputs: None,
+            journal: std::sync::OnceLock::new(),
         }
     }
 
@@ -136,6 +140,11 @@ impl RunEndpoint {
         self.logs.flush().await;
         // What the worker and the state's storage said may quote a masked value.
         let report = self.logs.masked_report(report);
+        if let Some(journal) = self.journal.get()
+            && super::journal::ends_the_run(&report)
+        {
+            journal.final_report(&report);
+        }
         let mut backoff = Backoff::new(Duration::from_secs(30));
         let directive = loop {
             match self.client.report(self.run_id, report.clone()).await {

@@ -8,6 +8,7 @@
 
 pub(crate) mod conclude;
 pub(crate) mod execute;
+pub(crate) mod journal;
 pub(crate) mod local_api;
 pub(crate) mod prepare;
 pub(crate) mod sealed;

@@ -103,8 +103,64 @@ impl ProjectFiles {
         Ok(Self { workspace, project })
     }
 
+    /// Opens the workspace of a run whose code has run, at the project root found when it
+    /// was first opened (`project`, relative, as journaled): nothing the run planted since
+    /// is followed to find it.
+    pub(crate) fn reopen(workspace: &Path, project: &Path) -> Result<Self, String> {
+        if project.is_absolute()
+            || project.components().any(|part| !matches!(part, std::path::Component::Normal(_)))
+        {
+            return Err(format!(
+                "the journaled project root {} is not inside the workspace",
+                project.display()
+            ));
+        }
+        let workspace =
+            Confined::open(workspace).map_err(|e| format!("cannot open the workspace: {e}"))?;
+        Ok(Self { workspace, project: project.to_path_buf() })
+    }
+
+    /// The project root, relative to the workspace.
+    pub(crate) fn project(&self) -> &Path {
+        &self.project
+    }
+
     fn state_file(&self) -> PathBuf {
         self.project.join(STATE_FILE)
+    }
+}
+
+/// What a run's journal keeps of its managed state: enough to store the state a run
+/// left after its launcher died, under the same rules as before.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct StateJournal {
+    /// The project root, relative to the workspace, as found before the run's code ran.
+    pub(crate) project: PathBuf,
+    /// The state the run started from: none when the stack had none.
+    pub(crate) before_sha256: Option<String>,
+    pub(crate) before_lineage: Option<String>,
+    pub(crate) before_serial: Option<u64>,
+}
+
+impl StateJournal {
+    pub(crate) fn of(project: &Path, before: Option<&StateBefore>) -> Self {
+        Self {
+            project: project.to_path_buf(),
+            before_sha256: before.map(|before| before.sha256.clone()),
+            before_lineage: before.map(|before| before.identity.lineage.clone()),
+            before_serial: before.map(|before| before.identity.serial),
+        }
+    }
+
+    /// The state the run started from.
+    pub(crate) fn before(&self) -> Option<StateBefore> {
+        match (&self.before_sha256, &self.before_lineage, self.before_serial) {
+            (Some(sha256), Some(lineage), Some(serial)) => Some(StateBefore {
+                sha256: sha256.clone(),
+                identity: StateIdentity { lineage: lineage.clone(), serial },
+            }),
+            _ => None,
+        }
     }
 }
 
