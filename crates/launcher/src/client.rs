@@ -375,8 +375,8 @@ impl AgentClient {
                 };
                 let announced = header(SHA256_HEADER);
                 let produced_by = header(STATE_RUN_HEADER).and_then(|run| run.parse().ok());
-                // Scratch space may be shared with a run (a Pod's workspace volume): replace
-                // whatever is there, never write through a link left in its place.
+                // Scratch space is the launcher's own; should anything still be in the
+                // file's place, it is replaced, never written through.
                 match tokio::fs::remove_file(destination).await {
                     Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
                         return Err(local(error));

@@ -20,7 +20,7 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
-use nix::sys::stat::{Mode, SFlag, fstatat};
+use nix::sys::stat::{Mode, SFlag, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 /// Why a file in a workspace was refused or could not be used; `path` is shown relative
@@ -186,6 +186,18 @@ impl Confined {
         let fd = openat(at, last, flags, Mode::from_bits_truncate(mode))
             .map_err(|errno| io_refusal("create", relative, errno))?;
         Ok(File::from(fd))
+    }
+
+    /// Creates the directory `relative` unless there is one: a link or a file in its place
+    /// is refused, never followed.
+    pub(crate) fn create_directory(&self, relative: &Path, mode: u32) -> Result<(), FileRefusal> {
+        let Some((parent, last)) = self.locate(relative)? else { return Ok(()) };
+        let at = self.at(&parent);
+        match mkdirat(at, last, Mode::from_bits_truncate(mode)) {
+            Ok(()) => Ok(()),
+            Err(Errno::EEXIST) => open_directory(at, last, relative).map(drop),
+            Err(errno) => Err(io_refusal("create", relative, errno)),
+        }
     }
 
     /// Removes the file or link at `relative`, if there is one.
@@ -478,5 +490,23 @@ mod tests {
         symlink(&fixture.workspace, &link).unwrap();
         let error = Confined::open(&link).unwrap_err().to_string();
         assert!(error.contains("is a symbolic link"), "{error}");
+    }
+
+    #[test]
+    fn a_directory_is_created_once_and_never_through_a_link() {
+        let fixture = fixture();
+        let confined = Confined::open(&fixture.workspace).unwrap();
+        for _ in 0..2 {
+            confined.create_directory(Path::new("kept"), 0o700).unwrap();
+        }
+        assert!(fixture.workspace.join("kept").is_dir());
+        let outside = fixture.secret.parent().unwrap().join("elsewhere");
+        std::fs::create_dir(&outside).unwrap();
+        symlink(&outside, fixture.workspace.join("linked")).unwrap();
+        let error = confined.create_directory(Path::new("linked"), 0o700).unwrap_err();
+        assert!(error.to_string().contains("is a symbolic link"), "{error}");
+        let error = confined.create_directory(Path::new("linked/below"), 0o700).unwrap_err();
+        assert!(error.to_string().contains("is a symbolic link"), "{error}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     }
 }

@@ -100,9 +100,8 @@ pub(super) fn seal_into(
     Ok(BlobRef { sha256: hex::encode(hashing.digest.finish()), size: hashing.size })
 }
 
-/// Creates a scratch file anew, private to the launcher's user. Scratch space may be
-/// shared with a run (a Pod's workspace volume): whatever is in its place is replaced,
-/// and nothing is written through a link.
+/// Creates a scratch file anew, private to the launcher's user: whatever is in its place
+/// is replaced, and nothing is written through a link.
 fn create_scratch(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::remove_file(path) {
@@ -115,6 +114,14 @@ fn create_scratch(path: &Path) -> std::io::Result<std::fs::File> {
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
+}
+
+/// Opens a scratch file to read it back, refusing a link in its place: scratch space is
+/// the launcher's own (in a Pod, a volume the worker container does not mount), and this
+/// holds even if it were not.
+pub(super) fn open_scratch(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path)
 }
 
 /// Uploads a sealed file, retrying while the server is unreachable.
@@ -257,7 +264,7 @@ pub(crate) async fn restore_workspace(
     let limits = run_context.config.archive_limits;
     let (path, directory) = (scratch.0.clone(), workspace.to_path_buf());
     tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path)
+        let file = open_scratch(&path)
             .map_err(|e| format!("cannot read the downloaded workspace: {e}"))?;
         let reader = OpeningReader::new(&key, &envelope, std::io::BufReader::new(file))
             .map_err(|e| explain("workspace", &e))?;
@@ -360,8 +367,7 @@ async fn open_upstream_outputs(
     let path = scratch.0.clone();
     tokio::task::spawn_blocking(move || {
         use std::io::Read;
-        let file =
-            std::fs::File::open(&path).map_err(|e| format!("cannot read the {what}: {e}"))?;
+        let file = open_scratch(&path).map_err(|e| format!("cannot read the {what}: {e}"))?;
         let mut reader = OpeningReader::new(&key, &envelope, std::io::BufReader::new(file))
             .map_err(|e| explain(&what, &e))?;
         let mut plaintext = zeroize::Zeroizing::new(Vec::new());

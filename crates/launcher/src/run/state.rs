@@ -13,7 +13,7 @@ use gantry_proto::agent::{Assignment, BlobRef};
 
 use super::RunContext;
 use super::sealed::{
-    Hashing, Scratch, context, download, envelope_error, explain, seal_into, upload,
+    Hashing, Scratch, context, download, envelope_error, explain, open_scratch, seal_into, upload,
 };
 use crate::confined::{Confined, FileRefusal};
 use crate::state_check::{self, StateIdentity};
@@ -216,8 +216,8 @@ pub(crate) async fn bring_in_state(
     let (path, files) = (scratch.0.clone(), Arc::clone(files));
     let producer = version.run_id;
     tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path)
-            .map_err(|e| format!("cannot read the downloaded state: {e}"))?;
+        let file =
+            open_scratch(&path).map_err(|e| format!("cannot read the downloaded state: {e}"))?;
         let mut reader = OpeningReader::new(&key, &envelope, std::io::BufReader::new(file))
             .map_err(|e| explain("state", &e))?;
         let state_file = files.state_file();
@@ -322,16 +322,13 @@ pub(crate) async fn store_state(
         }
         Err(error) => {
             // Never lose state: keep the sealed file where an operator can find it.
-            let kept = run_context.config.work_dir.join("unsaved-state").join(&name);
-            let moved = async {
-                tokio::fs::create_dir_all(kept.parent().unwrap_or(&run_context.config.work_dir))
-                    .await?;
-                tokio::fs::rename(&path, &kept).await
-            }
-            .await;
-            let location = match moved {
-                Ok(()) => kept.display().to_string(),
-                Err(_) => path.display().to_string(),
+            let (sealed, work_dir) = (path.clone(), run_context.config.work_dir.clone());
+            let kept =
+                tokio::task::spawn_blocking(move || keep_unsaved_state(&sealed, &work_dir, &name))
+                    .await;
+            let location = match kept {
+                Ok(Ok(kept)) => kept.display().to_string(),
+                _ => path.display().to_string(),
             };
             Err(format!(
                 "the new state could not be stored ({error}); it is kept, encrypted, at {location} on {}",
@@ -339,6 +336,31 @@ pub(crate) async fn store_state(
             ))
         }
     }
+}
+
+/// Where a sealed state that could not be uploaded is kept, in the work directory.
+const UNSAVED_STATE_DIR: &str = "unsaved-state";
+
+/// Copies a sealed state that could not be uploaded from scratch into the work
+/// directory's `unsaved-state`, and returns where it is. In a Pod the work directory is
+/// the workspace volume, which the run's code can write (and which may outlive the Pod,
+/// unlike scratch): nothing there is followed, and scratch may be another filesystem,
+/// so the file is copied rather than renamed.
+fn keep_unsaved_state(sealed: &Path, work_dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let kept = Path::new(UNSAVED_STATE_DIR).join(name);
+    let copied = || -> Result<(), String> {
+        let directory = Confined::open(work_dir).map_err(|e| e.to_string())?;
+        directory
+            .create_directory(Path::new(UNSAVED_STATE_DIR), 0o700)
+            .map_err(|e| e.to_string())?;
+        let mut output = directory.replace(&kept, 0o600).map_err(|e| e.to_string())?;
+        let mut input = open_scratch(sealed).map_err(|e| e.to_string())?;
+        std::io::copy(&mut input, &mut output).map_err(|e| e.to_string())?;
+        output.sync_all().map_err(|e| e.to_string())
+    };
+    copied()?;
+    let _ = std::fs::remove_file(sealed);
+    Ok(work_dir.join(kept))
 }
 
 /// Reads the state file once, through the workspace as the launcher opened it: hashes,
@@ -396,4 +418,33 @@ fn seal_state(
     state_check::check_successor(before.map(|before| &before.identity), &identity)
         .map_err(|refusal| refused(refusal.to_string()))?;
     Ok(SealedState::Sealed(blob))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsaved_state_is_kept_in_the_work_directory_never_through_a_link() {
+        let (scratch, work, outside) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let sealed = scratch.path().join("run.state-out.gantry");
+        std::fs::write(&sealed, "ciphertext").unwrap();
+
+        // The run's code left a link where the kept state goes (a Pod's workspace volume).
+        std::os::unix::fs::symlink(outside.path(), work.path().join(UNSAVED_STATE_DIR)).unwrap();
+        let error = keep_unsaved_state(&sealed, work.path(), "run.state-out.gantry").unwrap_err();
+        assert!(error.contains("is a symbolic link"), "{error}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        assert!(sealed.is_file(), "a state that could not be kept stays where it was");
+
+        std::fs::remove_file(work.path().join(UNSAVED_STATE_DIR)).unwrap();
+        let kept = keep_unsaved_state(&sealed, work.path(), "run.state-out.gantry").unwrap();
+        assert_eq!(kept, work.path().join("unsaved-state/run.state-out.gantry"));
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "ciphertext");
+        assert!(!sealed.exists());
+    }
 }
