@@ -9,7 +9,7 @@ use std::time::Duration;
 use gantry_testkit::{GitRepository, runner_image};
 use serde_json::Value;
 
-use crate::harness::{Cluster, Launcher, PoolAccess, bin, id, state_has_resource};
+use crate::harness::{Cluster, Launcher, PoolAccess, bin, id, left_of_run, state_has_resource};
 
 const CONFIG: &str = r#"
 terraform {
@@ -159,27 +159,85 @@ fn a_runner_image_that_cannot_be_had_fails_the_run_with_the_reason() {
     setup.wait_until_removed(&run);
 }
 
+/// A managed-state apply that creates one resource, then takes a minute on a second.
+const HALF_APPLIED_CONFIG: &str = r#"
+resource "terraform_data" "first" {
+  input = "made before the launcher died"
+}
+
+resource "terraform_data" "second" {
+  depends_on = [terraform_data.first]
+  provisioner "local-exec" {
+    command = "sleep 61.5"
+  }
+}
+"#;
+
 #[test]
-fn a_launcher_started_again_removes_the_container_its_killed_instance_left() {
-    let setup = DockerSetup::new();
+fn a_launcher_started_again_recovers_the_apply_its_killed_instance_left() {
+    // The server fails a lock holder's run lease + grace after its launcher's last
+    // heartbeat: long enough here for the launcher started again to report first.
+    let setup = DockerSetup::with_server(
+        &bin("gantry-worker"),
+        &[
+            ("GANTRY_SERVER_HEARTBEAT_INTERVAL", "1s"),
+            ("GANTRY_SERVER_WORKER_LEASE", "6s"),
+            ("GANTRY_SERVER_WORKER_LEASE_GRACE", "20s"),
+        ],
+    );
     let launcher_dir = setup.work.path().join("launcher");
     let mount = setup.shared_mount();
     let settings = setup.settings(&mount, &[]);
     let start = || {
         let mut launcher =
             Launcher::spawn_for(&setup.pool.token, &setup.pool.key, &launcher_dir, &settings);
-        launcher.wait_for_stderr("launcher connected", Duration::from_secs(30));
+        launcher.wait_for_stderr("launcher connected", Duration::from_secs(90));
         launcher
     };
     let first = start();
-    setup.stack("slow", SLOW_CONFIG, &["--autodeploy"]);
-    let run = setup.cluster.gantry.trigger("slow", &[]);
-    setup.cluster.gantry.wait_for_state(&run, &["APPLYING"]);
-    assert_eq!(containers_of(&run).len(), 1, "the run executes in a container");
+    let repository = GitRepository::create(
+        &setup.work.path().join("half"),
+        &[("infra/main.tf", HALF_APPLIED_CONFIG)],
+    );
+    setup.cluster.gantry.create_managed_stack("half", &repository.url(), "p", &["--autodeploy"]);
+    let run = setup.cluster.gantry.trigger("half", &[]);
+    setup.cluster.gantry.wait_for(Duration::from_secs(60), || {
+        setup.cluster.gantry.log(&run).contains("terraform_data.second: Provisioning").then_some(())
+    });
+    assert_eq!(running_containers_of(&run).len(), 1, "the run applies in a container");
 
     first.kill();
-    let _second = start();
-    assert!(containers_of(&run).is_empty(), "the leftover container is removed at start");
+    // The container's worker stops on its lease; the launcher started again waits for
+    // it, then stores the state the apply left, reports the run and removes the rest.
+    let second = start();
+    let ended = setup.cluster.gantry.wait_for_state(&run, &["FAILED", "FINISHED"]);
+    let failure = ended["failure"].as_str().unwrap_or_default();
+    assert!(
+        failure.contains(
+            "died while the run was executing; the state the run left was recovered and stored"
+        ),
+        "{ended}"
+    );
+    let log = setup.cluster.gantry.log(&run);
+    assert!(log.contains("the lease from the launcher ran out"), "the worker's own words: {log}");
+    assert!(log.contains("takes the run over"), "{log}");
+    let versions = setup.cluster.gantry.json(&["stack", "state", "list", "half"]);
+    let current = &versions["versions"][0];
+    assert_eq!(
+        (&current["run_id"], &current["current"]),
+        (&run["id"], &Value::Bool(true)),
+        "{versions}"
+    );
+    assert!(containers_of(&run).is_empty(), "the container is removed");
+    let left = left_of_run(&launcher_dir, &run);
+    assert!(left.is_empty(), "nothing of the run is left in the work directory: {left:?}");
+
+    // The next run starts from the recovered state: the first resource is in it.
+    let task = setup.task_to_end("half", "terraform state list");
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    let log = setup.cluster.gantry.log(&task);
+    assert!(log.lines().any(|line| line == "terraform_data.first"), "{log}");
+    drop(second);
 }
 
 /// The containers of this run that are running.

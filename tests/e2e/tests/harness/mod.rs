@@ -836,3 +836,24 @@ pub(crate) fn http_get(url: &str) -> String {
     assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
     body.to_owned()
 }
+
+/// What a launcher's work directory still holds of `run`: paths naming it, and any
+/// state file in clear.
+pub(crate) fn left_of_run(work_dir: &Path, run: &Value) -> Vec<String> {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                walk(&path, found);
+            }
+            found.push(path);
+        }
+    }
+    let mut found = Vec::new();
+    walk(work_dir, &mut found);
+    found
+        .into_iter()
+        .map(|path| path.display().to_string())
+        .filter(|path| path.contains(id(run)) || path.ends_with(".tfstate"))
+        .collect()
+}

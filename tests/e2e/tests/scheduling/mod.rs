@@ -9,7 +9,7 @@ use gantry_testkit::GitRepository;
 use serde_json::Value;
 
 use crate::harness::{
-    Cluster, Launcher, free_port, http_get, id, processes_running, slow_config, states,
+    Cluster, Launcher, free_port, http_get, id, left_of_run, processes_running, slow_config, states,
 };
 use crate::launcher_options::{PRINT_ENCODED, assert_masked_in_every_form, forms_of};
 
@@ -268,6 +268,66 @@ fn stopping_a_running_apply_interrupts_it_and_keeps_the_state_it_made() {
     let listed: Vec<&str> =
         log.lines().filter(|line| line.starts_with("terraform_data.")).collect();
     assert!(listed.contains(&"terraform_data.first"), "{log}");
+}
+
+#[test]
+fn a_launcher_started_again_recovers_the_apply_its_killed_instance_left() {
+    // The server fails a lock holder's run lease + grace after its launcher's last
+    // heartbeat: long enough here for the launcher started again to report first.
+    let cluster = Cluster::start_with(&[
+        ("GANTRY_SERVER_HEARTBEAT_INTERVAL", "1s"),
+        ("GANTRY_SERVER_WORKER_LEASE", "6s"),
+        ("GANTRY_SERVER_WORKER_LEASE_GRACE", "20s"),
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let pool = cluster.private_pool(work.path(), "p");
+    let launcher_dir = work.path().join("launcher");
+    let start = || {
+        let mut launcher = Launcher::spawn_for(&pool.token, &pool.key, &launcher_dir, &[]);
+        launcher.wait_for_stderr("launcher connected", Duration::from_secs(60));
+        launcher
+    };
+    let first = start();
+    let repository = GitRepository::create(
+        &work.path().join("repo"),
+        &[("main.tf", &half_applied_config("45.75"))],
+    );
+    let url = repository.url();
+    let create = ["--name", "app", "--repository", &url, "--pool", "p", "--autodeploy"];
+    cluster.gantry.ok(&[&["stack", "create", "--managed-state"], &create[..]].concat());
+    let run = wait_until_applying(&cluster, &cluster.gantry.trigger("app", &[]));
+    cluster.gantry.wait_for(Duration::from_secs(60), || {
+        (!processes_running("sleep 45.75").is_empty()).then_some(())
+    });
+
+    first.kill();
+    // The worker got SIGTERM from the kernel as its launcher died: it interrupted the
+    // apply, whose state stays in the workspace.
+    cluster.gantry.wait_for(Duration::from_secs(30), || {
+        processes_running("sleep 45.75").is_empty().then_some(())
+    });
+    let _second = start();
+    let ended = cluster.gantry.wait_for_state(&run, &["FAILED", "FINISHED"]);
+    let failure = ended["failure"].as_str().unwrap_or_default();
+    assert!(
+        failure.contains(
+            "died while the run was executing; the state the run left was recovered and stored"
+        ),
+        "{ended}\n{}",
+        cluster.gantry.log(&run)
+    );
+    let versions = cluster.gantry.json(&["stack", "state", "list", "app"]);
+    let current = &versions["versions"][0];
+    assert_eq!((&current["run_id"], &current["current"]), (&run["id"], &Value::Bool(true)));
+    let left = left_of_run(&launcher_dir, &run);
+    assert!(left.is_empty(), "nothing of the run is left in the work directory: {left:?}");
+
+    // The next run starts from the recovered state: the first resource is in it.
+    let task = cluster.gantry.json(&["run", "task", "app", "--", "terraform", "state", "list"]);
+    let task = cluster.gantry.wait_for_state(&task, &["FINISHED", "FAILED"]);
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    let log = cluster.gantry.log(&task);
+    assert!(log.lines().any(|line| line == "terraform_data.first"), "{log}");
 }
 
 #[test]
