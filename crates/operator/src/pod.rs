@@ -13,8 +13,8 @@ use gantry_proto::agent::{Assignment, Job};
 // `sidecar` modes, which read them.
 use gantry_proto::local::{CAPABILITY_ENV, SOCKET_ENV, SOCKET_WAIT_ENV};
 use gantry_proto::pod::{
-    ASSIGNMENT_FILE_ENV, BINARIES_DIR_ENV, LAUNCHER_ID_ENV, NOTES_FILE, SOCKET_DIR_ENV,
-    SOCKET_FILE, WORKER_BINARY_FILE, WORKSPACE_DIR_ENV,
+    ASSIGNMENT_FILE_ENV, BINARIES_DIR_ENV, LAUNCHER_ID_ENV, NOTES_FILE, SCRATCH_DIR_ENV,
+    SOCKET_DIR_ENV, SOCKET_FILE, WORKER_BINARY_FILE, WORKSPACE_DIR_ENV,
 };
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, Pod, PodSpec, Secret,
@@ -48,10 +48,16 @@ pub const WORKSPACE_VOLUME: &str = "workspace";
 pub const BINARIES_VOLUME: &str = "binaries";
 pub const SOCKET_VOLUME: &str = "socket";
 pub const ASSIGNMENT_VOLUME: &str = "assignment";
+/// Sealed blobs on their way to and from the server, for the launcher containers only:
+/// the sidecar reads them back by path while the run's code runs, so no container that
+/// runs that code may mount it. Prefixed, unlike the others, because pools already name
+/// volumes of their own `scratch`.
+pub const SCRATCH_VOLUME: &str = "gantry-scratch";
 pub const WORKSPACE_PATH: &str = "/gantry/workspace";
 pub const BINARIES_PATH: &str = "/gantry/bin";
 pub const SOCKET_PATH: &str = "/gantry/socket";
 pub const ASSIGNMENT_PATH: &str = "/gantry/assignment";
+pub const SCRATCH_PATH: &str = "/gantry/scratch";
 
 /// Keys of the run's Secret.
 pub const ASSIGNMENT_KEY: &str = "assignment.json";
@@ -155,6 +161,10 @@ pub enum PodError {
         "WorkerPool {pool:?}: {field} gives the worker container the pool's credentials (Secret {secret:?}): the pool key and token reach only the launcher containers, never the container that runs the stack's code"
     )]
     CredentialsInWorker { pool: String, field: String, secret: String },
+    #[error(
+        "WorkerPool {pool:?}: {field} mounts the volume {SCRATCH_VOLUME:?} in the worker container: it holds the launcher containers' sealed blobs in transit, out of reach of the stack's code"
+    )]
+    ScratchInWorker { pool: String, field: String },
 }
 
 /// Where the launcher containers find the pool's token and private key.
@@ -260,6 +270,7 @@ pub fn build_run_pod(
     check_names(pool)?;
     let credentials = pool_credentials(pool)?;
     check_worker_sees_no_credentials(pool, &credentials)?;
+    check_worker_mounts_no_scratch(pool)?;
     let runner_image = request
         .assignment
         .stack
@@ -318,6 +329,7 @@ pub fn build_run_pod(
             value(WORKSPACE_DIR_ENV, WORKSPACE_PATH),
             value(BINARIES_DIR_ENV, BINARIES_PATH),
             value(SOCKET_DIR_ENV, SOCKET_PATH),
+            value(SCRATCH_DIR_ENV, SCRATCH_PATH),
         ];
         if sidecar {
             env.push(capability(&name));
@@ -325,12 +337,14 @@ pub fn build_run_pod(
         env
     };
     // The launcher containers see every volume; the worker only what it runs in, with
-    // the binaries read-only (a cache volume may outlive the run) and no assignment.
+    // the binaries read-only (a cache volume may outlive the run), no assignment and no
+    // scratch.
     let launcher_mounts = || {
         vec![
             mount(WORKSPACE_VOLUME, WORKSPACE_PATH, false),
             mount(BINARIES_VOLUME, BINARIES_PATH, false),
             mount(SOCKET_VOLUME, SOCKET_PATH, false),
+            mount(SCRATCH_VOLUME, SCRATCH_PATH, false),
             mount(ASSIGNMENT_VOLUME, ASSIGNMENT_PATH, true),
         ]
     };
@@ -382,6 +396,8 @@ pub fn build_run_pod(
         named_volume(WORKSPACE_VOLUME, options.workspace_volume.as_ref()),
         named_volume(BINARIES_VOLUME, options.binaries_cache_volume.as_ref()),
         empty_dir(SOCKET_VOLUME),
+        // Never the pool's cache volume: what passes through dies with the Pod.
+        empty_dir(SCRATCH_VOLUME),
         Volume {
             name: ASSIGNMENT_VOLUME.to_owned(),
             secret: Some(SecretVolumeSource {
@@ -501,8 +517,8 @@ fn check_names(pool: &WorkerPool) -> Result<(), PodError> {
         kind,
         name: name.to_owned(),
     };
-    const VOLUMES: [&str; 4] =
-        [WORKSPACE_VOLUME, BINARIES_VOLUME, SOCKET_VOLUME, ASSIGNMENT_VOLUME];
+    const VOLUMES: [&str; 5] =
+        [WORKSPACE_VOLUME, BINARIES_VOLUME, SOCKET_VOLUME, SCRATCH_VOLUME, ASSIGNMENT_VOLUME];
     if let Some(volume) =
         options.volumes.iter().find(|volume| VOLUMES.contains(&volume.name.as_str()))
     {
@@ -573,6 +589,19 @@ fn check_worker_sees_no_credentials(
         }
     }
     Ok(())
+}
+
+/// Refuses a worker container mount of the scratch volume: the pool's own volumes may
+/// not take its name, but `volumeMounts` can name any of the Pod's volumes.
+fn check_worker_mounts_no_scratch(pool: &WorkerPool) -> Result<(), PodError> {
+    let mounts = &pool.spec.pod.worker_container.volume_mounts;
+    match mounts.iter().position(|mount| mount.name == SCRATCH_VOLUME) {
+        None => Ok(()),
+        Some(index) => Err(PodError::ScratchInWorker {
+            pool: pool.name_any(),
+            field: format!("spec.pod.workerContainer.volumeMounts[{index}]"),
+        }),
+    }
 }
 
 /// The Secrets a volume shows as files, each with the keys it selects (None: all).

@@ -256,6 +256,35 @@ fn variable<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
     container.env.iter().flatten().find(|v| v.name == name).and_then(|v| v.value.as_deref())
 }
 
+/// The sidecar writes sealed blobs and reads them back by path while the run's code runs
+/// in the worker container: the scratch volume is mounted, writable, in the launcher
+/// containers only, and every volume the worker mounts writable is another.
+#[test]
+fn the_scratch_volume_is_the_launcher_containers_alone() {
+    let run = assignment(serde_json::json!({}));
+    for yaml in [EVERY_OPTION, MINIMAL] {
+        let built = build(&pool(yaml), &run).unwrap();
+        let worker = container(&built.pod, "worker");
+        let mounts = worker.volume_mounts.as_deref().unwrap_or_default();
+        assert!(!mounts.iter().any(|m| m.name == "gantry-scratch"), "the worker mounts scratch");
+        assert!(variable(&worker, "GANTRY_SCRATCH_DIR").is_none());
+        let worker_paths: Vec<&str> = mounts.iter().map(|m| m.mount_path.as_str()).collect();
+        for name in ["init", "launcher-sidecar"] {
+            let launcher = init_container(&built.pod, name);
+            let scratch =
+                launcher.volume_mounts.iter().flatten().find(|m| m.name == "gantry-scratch");
+            let scratch = scratch.unwrap_or_else(|| panic!("{name} mounts no scratch"));
+            assert_eq!((scratch.mount_path.as_str(), scratch.read_only), ("/gantry/scratch", None));
+            assert_eq!(variable(&launcher, "GANTRY_SCRATCH_DIR"), Some("/gantry/scratch"));
+            // Not beneath (nor above) anything the worker container mounts.
+            for path in &worker_paths {
+                let (a, b) = (format!("{path}/"), "/gantry/scratch/");
+                assert!(!a.starts_with(b) && !b.starts_with(&a), "{path} overlaps scratch");
+            }
+        }
+    }
+}
+
 #[test]
 fn the_worker_never_sees_the_pool_key_nor_the_assignment() {
     let run = assignment(serde_json::json!({}));
@@ -443,11 +472,20 @@ fn the_pools_volumes_take_gantrys_names() {
     let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(
         names,
-        ["workspace", "binaries", "socket", "assignment", "terraform-plugins", "init-policy"]
+        [
+            "workspace",
+            "binaries",
+            "socket",
+            "gantry-scratch",
+            "assignment",
+            "terraform-plugins",
+            "init-policy"
+        ]
     );
     assert!(volumes[0].ephemeral.is_some(), "the pool's workspace volume");
     assert_eq!(volumes[1].persistent_volume_claim.as_ref().unwrap().claim_name, "gantry-binaries");
-    let secret = volumes[3].secret.as_ref().unwrap();
+    assert!(volumes[3].empty_dir.is_some(), "scratch is never a pool's volume");
+    let secret = volumes[4].secret.as_ref().unwrap();
     assert_eq!(secret.secret_name, built.secret.metadata.name);
     assert_eq!(
         secret.items.as_ref().unwrap().iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
@@ -456,7 +494,7 @@ fn the_pools_volumes_take_gantrys_names() {
     );
 
     let minimal = build(&pool(MINIMAL), &assignment(serde_json::json!({}))).unwrap();
-    for volume in &minimal.pod.spec.unwrap().volumes.unwrap()[..3] {
+    for volume in &minimal.pod.spec.unwrap().volumes.unwrap()[..4] {
         assert!(volume.empty_dir.is_some(), "{} defaults to an emptyDir", volume.name);
     }
 }
@@ -539,6 +577,14 @@ fn what_cannot_be_built_is_refused_with_the_reason() {
     let with = |pod: &str| pool(&format!("{MINIMAL}  pod:\n{pod}"));
     let cases = [
         ("    volumes: [{ name: socket, emptyDir: {} }]\n", "spec.pod names a volume \"socket\""),
+        (
+            "    volumes: [{ name: gantry-scratch, emptyDir: {} }]\n",
+            "spec.pod names a volume \"gantry-scratch\"",
+        ),
+        (
+            "    workerContainer:\n      volumeMounts: [{ name: gantry-scratch, mountPath: /tmp/s }]\n",
+            "spec.pod.workerContainer.volumeMounts[0] mounts the volume \"gantry-scratch\" in the worker container",
+        ),
         (
             "    customInitContainers: [{ name: init, image: busybox }]\n",
             "spec.pod names a container \"init\"",

@@ -20,6 +20,9 @@ pub const WORKSPACE_DIR_ENV: &str = "GANTRY_WORKSPACE_DIR";
 pub const BINARIES_DIR_ENV: &str = "GANTRY_BINARIES_DIR";
 /// The socket volume: the sidecar serves the worker's local API there.
 pub const SOCKET_DIR_ENV: &str = "GANTRY_SOCKET_DIR";
+/// The scratch volume: sealed blobs on their way to and from the server. Only init and
+/// the sidecar mount it; the worker container, which runs the run's code, never does.
+pub const SCRATCH_DIR_ENV: &str = "GANTRY_SCRATCH_DIR";
 
 /// The worker binary's name in the binaries volume.
 pub const WORKER_BINARY_FILE: &str = "gantry-worker";

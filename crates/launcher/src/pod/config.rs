@@ -8,8 +8,8 @@ use gantry_domain::options::{self, Env, OptionError};
 use gantry_proto::agent::Assignment;
 use gantry_proto::local::CAPABILITY_ENV;
 use gantry_proto::pod::{
-    ASSIGNMENT_FILE_ENV, BINARIES_DIR_ENV, LAUNCHER_ID_ENV, SOCKET_DIR_ENV, SOCKET_FILE,
-    WORKSPACE_DIR_ENV,
+    ASSIGNMENT_FILE_ENV, BINARIES_DIR_ENV, LAUNCHER_ID_ENV, SCRATCH_DIR_ENV, SOCKET_DIR_ENV,
+    SOCKET_FILE, WORKSPACE_DIR_ENV,
 };
 
 use gantry_domain::LauncherId;
@@ -28,6 +28,9 @@ pub struct PodConfig {
     pub assignment: Assignment,
     /// The workspace volume.
     pub workspace_dir: PathBuf,
+    /// The scratch volume, where sealed blobs are written and read back: mounted in init
+    /// and the sidecar only, out of reach of the run's code.
+    pub scratch_dir: PathBuf,
     /// The operator's notes on the Pod, beside the assignment file.
     pub notes_path: PathBuf,
 }
@@ -73,6 +76,7 @@ impl SidecarConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let pod = PodConfig::from_env(env)?;
         let socket_dir = directory(env, SOCKET_DIR_ENV, "the socket volume's directory")?;
+        outside_of(&pod.scratch_dir, SOCKET_DIR_ENV, &socket_dir)?;
         let socket_path = socket_dir.join(SOCKET_FILE);
         if socket_path.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(ConfigError::File {
@@ -106,12 +110,14 @@ impl PodConfig {
             )
         })?;
         let workspace_dir = directory(env, WORKSPACE_DIR_ENV, "the workspace volume's directory")?;
+        let scratch_dir = directory(env, SCRATCH_DIR_ENV, "the scratch volume's directory")?;
+        outside_of(&scratch_dir, WORKSPACE_DIR_ENV, &workspace_dir)?;
         let assignment = read_assignment(env)?;
         let notes_path = options::get(env, ASSIGNMENT_FILE_ENV)
             .and_then(|file| std::path::Path::new(file).parent())
             .unwrap_or(std::path::Path::new("."))
             .join(gantry_proto::pod::NOTES_FILE);
-        Ok(Self { launcher_id, assignment, workspace_dir, notes_path })
+        Ok(Self { launcher_id, assignment, workspace_dir, scratch_dir, notes_path })
     }
 
     /// The launcher's configuration as this Pod uses it: the operator's launcher id, and
@@ -146,6 +152,27 @@ fn read_assignment(env: &Env) -> Result<Assignment, ConfigError> {
     })
 }
 
+/// Refuses a scratch directory inside `volume` (a volume the worker container mounts
+/// writable): the run's code could swap its files for links while they are in use.
+fn outside_of(
+    scratch_dir: &Path,
+    volume_variable: &'static str,
+    volume: &Path,
+) -> Result<(), ConfigError> {
+    let resolved = |path: &Path| path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    if !resolved(scratch_dir).starts_with(resolved(volume)) {
+        return Ok(());
+    }
+    Err(ConfigError::File {
+        variable: SCRATCH_DIR_ENV,
+        path: scratch_dir.display().to_string(),
+        problem: format!(
+            "inside {volume_variable}={}, which the worker container can write: expected a volume only init and the sidecar mount",
+            volume.display()
+        ),
+    })
+}
+
 fn directory(
     env: &Env,
     variable: &'static str,
@@ -177,7 +204,7 @@ mod tests {
     impl Volumes {
         fn new(assignment: &str) -> Self {
             let root = tempfile::tempdir().unwrap();
-            for dir in ["workspace", "bin", "socket"] {
+            for dir in ["workspace", "bin", "socket", "scratch"] {
                 std::fs::create_dir(root.path().join(dir)).unwrap();
             }
             std::fs::write(root.path().join("assignment.json"), assignment).unwrap();
@@ -196,6 +223,7 @@ mod tests {
                 (WORKSPACE_DIR_ENV, &self.path("workspace")),
                 (BINARIES_DIR_ENV, &self.path("bin")),
                 (SOCKET_DIR_ENV, &self.path("socket")),
+                (SCRATCH_DIR_ENV, &self.path("scratch")),
                 (CAPABILITY_ENV, "gwc_capability-for-tests"),
             ]);
             for (name, value) in changes {
@@ -263,6 +291,12 @@ mod tests {
             (vec![(ASSIGNMENT_FILE_ENV, Some(missing_dir.as_str()))], "cannot read it"),
             (vec![(WORKSPACE_DIR_ENV, None)], "GANTRY_WORKSPACE_DIR is not set"),
             (vec![(WORKSPACE_DIR_ENV, Some(missing_dir.as_str()))], "no directory there"),
+            (vec![(SCRATCH_DIR_ENV, None)], "GANTRY_SCRATCH_DIR is not set"),
+            (vec![(SCRATCH_DIR_ENV, Some(missing_dir.as_str()))], "no directory there"),
+            (
+                vec![(SCRATCH_DIR_ENV, Some(volumes.path("workspace").as_str()))],
+                "which the worker container can write",
+            ),
         ] {
             check(&volumes, &changes, expected);
         }
@@ -275,6 +309,26 @@ mod tests {
         let env = volumes.env(&[(SOCKET_DIR_ENV, Some(missing_dir.as_str()))]);
         let error = SidecarConfig::from_env(&env).unwrap_err().to_string();
         assert!(error.starts_with("GANTRY_SOCKET_DIR="), "{error}");
+    }
+
+    #[test]
+    fn a_scratch_directory_the_worker_container_can_write_is_refused() {
+        let volumes = Volumes::new(&assignment_json("x"));
+        let in_workspace = volumes.root.path().join("workspace/.gantry-scratch");
+        std::fs::create_dir(&in_workspace).unwrap();
+        // Reached through a link, it is still inside.
+        let link = volumes.root.path().join("scratch-link");
+        std::os::unix::fs::symlink(&in_workspace, &link).unwrap();
+        for scratch in [&in_workspace, &link] {
+            let env = volumes.env(&[(SCRATCH_DIR_ENV, Some(scratch.to_str().unwrap()))]);
+            let error = InitConfig::from_env(&env).unwrap_err().to_string();
+            assert!(error.starts_with("GANTRY_SCRATCH_DIR="), "{error}");
+            assert!(error.contains("inside GANTRY_WORKSPACE_DIR="), "{error}");
+        }
+        let env = volumes.env(&[(SCRATCH_DIR_ENV, Some(volumes.path("socket").as_str()))]);
+        let error = SidecarConfig::from_env(&env).unwrap_err().to_string();
+        assert!(error.contains("inside GANTRY_SOCKET_DIR="), "{error}");
+        assert!(InitConfig::from_env(&env).is_ok(), "init serves no socket");
     }
 
     #[test]

@@ -16,9 +16,10 @@ use crate::config::{EXIT_USAGE, LauncherConfig};
 use crate::metrics::LauncherMetrics;
 use crate::run::RunContext;
 
-/// Sealed blobs on their way, in the workspace volume: the Pod's only shared disk that
-/// is sure to be writable, whatever the containers' root filesystems allow.
-const SCRATCH_DIR: &str = ".gantry-scratch";
+use super::config::PodConfig;
+
+/// Where sealed blobs go in the scratch volume.
+const SCRATCH_SUBDIRECTORY: &str = "blobs";
 
 /// Why a Pod mode ended without doing its part.
 #[derive(Debug, thiserror::Error)]
@@ -52,17 +53,23 @@ impl PodError {
 }
 
 /// The run context of a Pod: the run's workspace lives in the workspace volume, the
-/// worker binaries are cached in `binaries_dir`.
+/// worker binaries are cached in `binaries_dir`. Sealed blobs pass through the scratch
+/// volume, never the workspace volume: the sidecar writes them and reads them back by
+/// path while the run's code still runs, so they must be where that code cannot put a
+/// link in their way, in a volume the worker container does not mount.
 pub(super) fn run_context(
     config: LauncherConfig,
-    workspace_dir: &Path,
+    pod: &PodConfig,
     binaries_dir: &Path,
 ) -> Result<Arc<RunContext>, PodError> {
     use std::os::unix::fs::DirBuilderExt;
-    let scratch_dir = workspace_dir.join(SCRATCH_DIR);
+    // An emptyDir's own directory is open to every user, and its mode is kubelet's: the
+    // blobs go one level down, private to the user init and the sidecar run as.
+    let scratch_dir = pod.scratch_dir.join(SCRATCH_SUBDIRECTORY);
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&scratch_dir).map_err(
         |source| PodError::Directory { path: scratch_dir.display().to_string(), source },
     )?;
+    let workspace_dir = &pod.workspace_dir;
     Ok(Arc::new(RunContext {
         client: Arc::new(AgentClient::new(&config)?),
         runs_dir: workspace_dir.to_path_buf(),

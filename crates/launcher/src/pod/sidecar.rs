@@ -45,7 +45,8 @@ pub async fn sidecar(
     crate::stack_secrets::open_in_place(&config, &mut sidecar.pod.assignment);
     let assignment = &sidecar.pod.assignment;
     let workspace_dir = &sidecar.pod.workspace_dir;
-    let context = run_context(sidecar.pod.adopt(config), workspace_dir, workspace_dir)?;
+    // No worker binary is fetched here: the binaries directory is never used.
+    let context = run_context(sidecar.pod.adopt(config), &sidecar.pod, workspace_dir)?;
     let handoff = match read_handoff(workspace_dir, assignment) {
         Ok(handoff) => handoff,
         Err(error) => {

@@ -146,11 +146,17 @@ impl Operator {
     }
 }
 
+/// The volumes the worker container mounts (`docs/operator.md`): everything of the Pod
+/// the run's code can reach. The launcher containers also mount `scratch` and
+/// `assignment`.
+const WORKER_VOLUMES: [&str; 3] = ["workspace", "bin", "socket"];
+
 /// One run Pod: its volumes as directories, its containers as processes.
 struct Pod {
     dir: tempfile::TempDir,
     launcher_env: Vec<(String, String)>,
     capability: String,
+    run_id: RunId,
 }
 
 /// The Pod's containers while they run.
@@ -163,7 +169,7 @@ struct Running {
 impl Pod {
     fn new(operator: &Operator, assignment: &Assignment) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        for volume in ["workspace", "bin", "socket", "assignment", "logs"] {
+        for volume in ["workspace", "bin", "socket", "scratch", "assignment", "logs"] {
             std::fs::create_dir(dir.path().join(volume)).unwrap();
         }
         let assignment_file = dir.path().join("assignment/assignment.json");
@@ -178,6 +184,7 @@ impl Pod {
             ("GANTRY_WORKSPACE_DIR", path("workspace")),
             ("GANTRY_BINARIES_DIR", path("bin")),
             ("GANTRY_SOCKET_DIR", path("socket")),
+            ("GANTRY_SCRATCH_DIR", path("scratch")),
             // The launcher image carries the worker binary next to the launcher.
             ("GANTRY_WORKER_BINARY", bin("gantry-worker").display().to_string()),
             ("GANTRY_LOG", "info".to_owned()),
@@ -185,7 +192,7 @@ impl Pod {
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
         .collect();
-        Self { dir, launcher_env, capability }
+        Self { dir, launcher_env, capability, run_id: assignment.run_id }
     }
 
     fn volume(&self, name: &str) -> PathBuf {
@@ -268,12 +275,11 @@ impl Pod {
             self.assert_worker_volumes_lack(needle);
         }
         self.terminate_sidecar(running.sidecar);
-        assert!(
-            std::fs::read_dir(self.volume("workspace")).unwrap().all(|entry| {
-                entry.unwrap().file_name().to_string_lossy().starts_with(".gantry-scratch")
-            }),
-            "the sidecar leaves no workspace behind"
-        );
+        let workspace = self.volume(&format!("workspace/{}", self.run_id));
+        assert!(!workspace.exists(), "the sidecar leaves no workspace behind");
+        assert!(!self.volume("workspace/gantry-handoff.json").exists(), "nor the hand-off");
+        let blobs: Vec<_> = std::fs::read_dir(self.volume("scratch/blobs")).unwrap().collect();
+        assert!(blobs.is_empty(), "the sidecar leaves no sealed blob behind: {blobs:?}");
         running.worker_environment
     }
 
@@ -286,7 +292,7 @@ impl Pod {
 
     /// Fails when any file of the volumes the worker container mounts holds `needle`.
     fn assert_worker_volumes_lack(&self, needle: &str) {
-        for volume in ["workspace", "bin", "socket"] {
+        for volume in WORKER_VOLUMES {
             let mut stack = vec![self.volume(volume)];
             while let Some(dir) = stack.pop() {
                 for entry in std::fs::read_dir(&dir).unwrap() {
@@ -645,4 +651,133 @@ fn a_user_s_stop_while_init_prepares_ends_the_run_stopped() {
         &log,
         &["Preparing the workspace on", "The run was stopped while its workspace was prepared."],
     );
+}
+
+/// The lineage of the state the hostile task below leaves: found in the next run's
+/// workspace, it shows that the state the sidecar sealed and uploaded is that one.
+const SCRATCH_ATTACK_LINEAGE: &str = "5c7a7c4e-0000-4b1d-9a2f-pod-scratch-attack";
+
+/// The hostile task: it leaves a first state for the sidecar to seal and upload, puts
+/// links to a directory outside the Pod (`OUTSIDE`, a variable of the stack) where the
+/// workspace volume once held the sidecar's scratch files (`.gantry-scratch`) and where
+/// a state that cannot be uploaded is kept (`unsaved-state`), and swaps whatever of the
+/// sidecar's scratch its own volumes show for a link to `OUTSIDE/victim`. Its working
+/// directory is `workspace/<run>/infra`: `../../..` plays the worker container's
+/// `/gantry`, where it finds its mounts.
+const SCRATCH_ATTACK: &str = r#"set -eu
+printf '%s' "$STATE" > gantry.tfstate
+pod="$(cd ../../.. && pwd)"
+rm -rf ../../.gantry-scratch ../../unsaved-state
+ln -s "$OUTSIDE" ../../.gantry-scratch
+ln -s "$OUTSIDE" ../../unsaved-state
+reached=0
+for found in $(find "$pod/workspace" "$pod/bin" "$pod/socket" \( -name blobs -o -name '*.gantry' \) -print); do
+  rm -rf "$found"
+  ln -s "$OUTSIDE/victim" "$found"
+  reached=$((reached + 1))
+done
+echo "scratch entries reached: $reached"
+"#;
+
+/// The names that appear in a directory while it is watched.
+struct NamesWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    watching: std::thread::JoinHandle<std::collections::BTreeSet<String>>,
+}
+
+/// Lists `dir` every fraction of a millisecond until stopped: a sealed file lives at
+/// least as long as its `fsync` and upload, far longer.
+fn watch_names(dir: &Path) -> NamesWatch {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (dir, stopped) = (dir.to_path_buf(), Arc::clone(&stop));
+    let watching = std::thread::spawn(move || {
+        let mut seen = std::collections::BTreeSet::new();
+        while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                seen.insert(entry.file_name().to_string_lossy().into_owned());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        seen
+    });
+    NamesWatch { stop, watching }
+}
+
+impl NamesWatch {
+    /// Every name seen, sorted.
+    fn stop(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.watching.join().unwrap().into_iter().collect()
+    }
+}
+
+/// The sidecar writes sealed blobs and reads them back by path while the run's code may
+/// still run: links that code leaves in its volumes redirect none of them.
+///
+/// What is emulated: in a real Pod the scratch volume (`gantry-scratch`, at
+/// `/gantry/scratch`) is mounted in init and the sidecar only, so no process of the
+/// worker container can name it, let alone write it
+/// (`the_scratch_volume_is_the_launcher_containers_alone` in crates/operator/tests/pod.rs
+/// checks the Pod spec). Here every container is a process of the same user on one
+/// filesystem, so only the layout keeps the worker out: the attack acts on the worker's
+/// own volumes (`WORKER_VOLUMES`), as a worker container can, and the test checks that
+/// the scratch directory the sidecar is given lies beneath none of them. What the attack
+/// does must change nothing: nothing of the sidecar's scratch is within its reach, no
+/// file appears outside the Pod (watched while the Pod runs: a sidecar that followed the
+/// link would remove its file again after the upload), and the state the sidecar stores
+/// is the one the task left, which the stack's next run opens.
+#[test]
+fn links_the_worker_leaves_in_its_volumes_redirect_none_of_the_sidecar_s_scratch_files() {
+    let setup = Setup::start();
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    let repository = GitRepository::create(
+        &setup.work.path().join("repo"),
+        &[("infra/main.tf", "# the task leaves the state\n"), ("infra/attack.sh", SCRATCH_ATTACK)],
+    )
+    .url();
+    let state = format!(
+        r#"{{"version":4,"terraform_version":"1.11.0","serial":1,"lineage":"{SCRATCH_ATTACK_LINEAGE}","outputs":{{}},"resources":[]}}"#
+    );
+    let (outside_variable, state_variable) =
+        (format!("OUTSIDE={}", outside.path().display()), format!("STATE={state}"));
+    let variables = ["--managed-state", "--env", &outside_variable, "--env", &state_variable];
+    setup.stack("app", &repository, &variables);
+
+    let task = setup.cluster.gantry.json(&["run", "task", "app", "--", "sh attack.sh"]);
+    let assignment = setup.operator.take_assignment(Job::Plan);
+    let pod = Pod::new(&setup.operator, &assignment);
+    let scratch = pod.volume("scratch").canonicalize().unwrap();
+    for volume in WORKER_VOLUMES {
+        let volume = pod.volume(volume).canonicalize().unwrap();
+        assert!(
+            !scratch.starts_with(&volume) && !volume.starts_with(&scratch),
+            "the scratch volume {} overlaps the worker's {}",
+            scratch.display(),
+            volume.display()
+        );
+    }
+    let seen_outside = watch_names(outside.path());
+    pod.run_to_end(&[]);
+    let seen_outside = seen_outside.stop();
+    let finished = setup.wait_for(&task, &["FINISHED", "FAILED"]);
+    let log = setup.cluster.gantry.log(&finished);
+    assert_eq!(finished["state"], "FINISHED", "{finished}\n{log}");
+    assert_in_order(
+        &log,
+        &["scratch entries reached: 0", "The new state is stored, encrypted to the pool key"],
+    );
+    assert!(pod.volume("workspace/.gantry-scratch").is_symlink(), "the attack ran");
+    assert_eq!(seen_outside, ["victim"], "the sidecar wrote nothing through the links");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+
+    // The state stored is the task's own: the stack's next run starts from it.
+    let next = setup.cluster.gantry.json(&["run", "task", "app", "--", "cat gantry.tfstate"]);
+    let assignment = setup.operator.take_assignment(Job::Plan);
+    Pod::new(&setup.operator, &assignment).run_to_end(&[]);
+    let read = setup.wait_for(&next, &["FINISHED", "FAILED"]);
+    let log = setup.cluster.gantry.log(&read);
+    assert_eq!(read["state"], "FINISHED", "{read}\n{log}");
+    assert!(log.contains(SCRATCH_ATTACK_LINEAGE), "the next run opened another state:\n{log}");
 }
