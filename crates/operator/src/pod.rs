@@ -161,10 +161,20 @@ pub enum PodError {
         "WorkerPool {pool:?}: {field} gives the worker container the pool's credentials (Secret {secret:?}): the pool key and token reach only the launcher containers, never the container that runs the stack's code"
     )]
     CredentialsInWorker { pool: String, field: String, secret: String },
-    #[error(
-        "WorkerPool {pool:?}: {field} mounts the volume {SCRATCH_VOLUME:?} in the worker container: it holds the launcher containers' sealed blobs in transit, out of reach of the stack's code"
-    )]
-    ScratchInWorker { pool: String, field: String },
+    #[error("WorkerPool {pool:?}: {field} mounts the volume {volume:?} in the worker container{}: {why}", writable_word(.read_only_allowed))]
+    VolumeInWorker {
+        pool: String,
+        field: String,
+        volume: &'static str,
+        /// Whether the worker may mount it read-only (the error is then about writing).
+        read_only_allowed: bool,
+        why: &'static str,
+    },
+}
+
+/// " writable" where a read-only mount would have been allowed: what the refusal is about.
+fn writable_word(read_only_allowed: &bool) -> &'static str {
+    if *read_only_allowed { " writable" } else { "" }
 }
 
 /// Where the launcher containers find the pool's token and private key.
@@ -270,7 +280,7 @@ pub fn build_run_pod(
     check_names(pool)?;
     let credentials = pool_credentials(pool)?;
     check_worker_sees_no_credentials(pool, &credentials)?;
-    check_worker_mounts_no_scratch(pool)?;
+    check_worker_mounts(pool)?;
     let runner_image = request
         .assignment
         .stack
@@ -591,17 +601,47 @@ fn check_worker_sees_no_credentials(
     Ok(())
 }
 
-/// Refuses a worker container mount of the scratch volume: the pool's own volumes may
-/// not take its name, but `volumeMounts` can name any of the Pod's volumes.
-fn check_worker_mounts_no_scratch(pool: &WorkerPool) -> Result<(), PodError> {
+/// Refuses a worker container mount that would hand the stack's code one of Gantry's
+/// own volumes beyond what the run pod gives it: the pool's own volumes may not take
+/// their names, but `volumeMounts` can name any of the Pod's volumes.
+fn check_worker_mounts(pool: &WorkerPool) -> Result<(), PodError> {
+    // (volume, may the worker mount it read-only, why not otherwise)
+    const GUARDED: [(&str, bool, &str); 3] = [
+        (
+            SCRATCH_VOLUME,
+            false,
+            "it holds the launcher containers' sealed blobs in transit, out of reach of the stack's code",
+        ),
+        (
+            ASSIGNMENT_VOLUME,
+            false,
+            "it holds the run's assignment, which only the launcher containers read",
+        ),
+        (
+            BINARIES_VOLUME,
+            true,
+            "it holds the worker binary the next runs start, which the stack's code must not replace",
+        ),
+    ];
     let mounts = &pool.spec.pod.worker_container.volume_mounts;
-    match mounts.iter().position(|mount| mount.name == SCRATCH_VOLUME) {
-        None => Ok(()),
-        Some(index) => Err(PodError::ScratchInWorker {
+    for (index, mount) in mounts.iter().enumerate() {
+        let Some(&(volume, read_only_allowed, why)) =
+            GUARDED.iter().find(|(volume, ..)| *volume == mount.name)
+        else {
+            continue;
+        };
+        if read_only_allowed && mount.read_only == Some(true) {
+            continue;
+        }
+        return Err(PodError::VolumeInWorker {
             pool: pool.name_any(),
             field: format!("spec.pod.workerContainer.volumeMounts[{index}]"),
-        }),
+            volume,
+            read_only_allowed,
+            why,
+        });
     }
+    Ok(())
 }
 
 /// The Secrets a volume shows as files, each with the keys it selects (None: all).

@@ -583,7 +583,19 @@ fn what_cannot_be_built_is_refused_with_the_reason() {
         ),
         (
             "    workerContainer:\n      volumeMounts: [{ name: gantry-scratch, mountPath: /tmp/s }]\n",
-            "spec.pod.workerContainer.volumeMounts[0] mounts the volume \"gantry-scratch\" in the worker container",
+            "spec.pod.workerContainer.volumeMounts[0] mounts the volume \"gantry-scratch\" in the worker container:",
+        ),
+        (
+            "    workerContainer:\n      volumeMounts: [{ name: binaries, mountPath: /opt/bin }]\n",
+            "spec.pod.workerContainer.volumeMounts[0] mounts the volume \"binaries\" in the worker container writable",
+        ),
+        (
+            "    workerContainer:\n      volumeMounts: [{ name: binaries, mountPath: /opt/bin, readOnly: false }]\n",
+            "spec.pod.workerContainer.volumeMounts[0] mounts the volume \"binaries\" in the worker container writable",
+        ),
+        (
+            "    workerContainer:\n      volumeMounts: [{ name: assignment, mountPath: /tmp/a, readOnly: true }]\n",
+            "spec.pod.workerContainer.volumeMounts[0] mounts the volume \"assignment\" in the worker container:",
         ),
         (
             "    customInitContainers: [{ name: init, image: busybox }]\n",
