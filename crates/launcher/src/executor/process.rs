@@ -375,3 +375,65 @@ impl RunningWorker for ChildWorker {
         Some(WorkerHandle::Process { pid, boot_id, start_ticks })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process in a group of its own, as workers are started.
+    fn group_leader(command: &str) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sh").args(["-c", command]).process_group(0).spawn().unwrap()
+    }
+
+    fn handle_of(child: &std::process::Child) -> WorkerHandle {
+        let (boot_id, start_ticks) = identity(child.id()).unwrap();
+        WorkerHandle::Process { pid: child.id(), boot_id, start_ticks }
+    }
+
+    #[tokio::test]
+    async fn a_worker_left_running_is_waited_for_then_stopped_and_a_later_process_is_left_alone() {
+        let executor = ProcessExecutor::new(Vec::new());
+        let run_id = gantry_domain::RunId::generate();
+        let (output, mut said) = mpsc::unbounded_channel();
+
+        // One that ends within the patience is waited for, and not signalled.
+        let mut ending = group_leader("sleep 0.3");
+        let handle = handle_of(&ending);
+        let reclaim =
+            executor.reclaim(run_id, Some(&handle), Duration::from_secs(5), output.clone());
+        let (reclaimed, status) = tokio::join!(reclaim, async {
+            tokio::task::spawn_blocking(move || ending.wait().unwrap()).await.unwrap()
+        });
+        assert!(reclaimed.unwrap().is_some());
+        assert_eq!(status.code(), Some(0), "it ended on its own");
+        assert!(said.try_recv().is_err(), "nothing to say about one that ended");
+
+        // One that outlives the patience is stopped (SIGTERM to its group).
+        let mut lingering = group_leader("sleep 30");
+        let handle = handle_of(&lingering);
+        let started = std::time::Instant::now();
+        let reclaim = executor.reclaim(run_id, Some(&handle), Duration::from_millis(300), output);
+        let (reclaimed, status) = tokio::join!(reclaim, async {
+            tokio::task::spawn_blocking(move || lingering.wait().unwrap()).await.unwrap()
+        });
+        assert!(reclaimed.unwrap().is_some());
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(Signal::SIGTERM as i32));
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        assert!(said.try_recv().unwrap().contains("stopping it"));
+
+        // A process with the journaled id but another start time is not the worker.
+        let mut other = group_leader("sleep 30");
+        let WorkerHandle::Process { pid, boot_id, start_ticks } = handle_of(&other) else {
+            unreachable!()
+        };
+        let stale = WorkerHandle::Process { pid, boot_id, start_ticks: start_ticks + 1 };
+        let (output, _) = mpsc::unbounded_channel();
+        let reclaimed = executor.reclaim(run_id, Some(&stale), Duration::from_millis(100), output);
+        assert!(reclaimed.await.unwrap().is_none());
+        assert!(other.try_wait().unwrap().is_none(), "left alone");
+        other.kill().unwrap();
+        other.wait().unwrap();
+    }
+}
