@@ -46,6 +46,8 @@ pub struct RunRecord {
 pub struct StateVersionRecord {
     pub version: u64,
     pub run_id: String,
+    /// Stored by a run that no longer held the stack's lock: kept, not current.
+    pub orphaned: bool,
 }
 
 /// A worker as the server lists it.
@@ -131,6 +133,8 @@ pub struct Tally {
     /// relayed the first line loses it, so these are counted, not judged.
     pub executions_unattributed: usize,
     pub numbered_log_lines: usize,
+    pub state_versions: usize,
+    pub orphaned_state_versions: usize,
 }
 
 /// Checks every invariant; returns the violations (none when all hold) and the tally.
@@ -252,6 +256,11 @@ pub fn check(observed: &Observed) -> (Vec<Violation>, Tally) {
                 ),
             ));
         }
+    }
+
+    for versions in observed.state_versions.values() {
+        tally.state_versions += versions.len();
+        tally.orphaned_state_versions += versions.iter().filter(|v| v.orphaned).count();
     }
 
     for (stack, entries) in &observed.journals {
@@ -394,7 +403,7 @@ mod tests {
             journals: BTreeMap::from([("app".into(), parse_journal(journal).unwrap())]),
             state_versions: BTreeMap::from([(
                 "app".into(),
-                vec![StateVersionRecord { version: 1, run_id: "R1".into() }],
+                vec![StateVersionRecord { version: 1, run_id: "R1".into(), orphaned: false }],
             )]),
             workers: vec![WorkerRecord { id: "W1".into(), busy: false, current_run: None }],
             leftover_containers: vec![],

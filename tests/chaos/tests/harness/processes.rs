@@ -3,16 +3,50 @@
 //! failing run's post-mortem.
 
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A binary of the workspace: from `GANTRY_BIN_DIR` when set, else next to this test's
-/// profile directory, brought up to date once per process (cargo only checks when nothing
-/// changed), as the end-to-end tests do.
+/// A binary of the workspace, from a copy taken once per test process: other builds may
+/// replace `target/debug` while a scenario runs, and a replica restarted on a newer or
+/// older binary than its database's schema would not start.
 pub(crate) fn bin(name: &str) -> PathBuf {
+    static SNAPSHOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SNAPSHOT
+        .get_or_init(|| {
+            let built_dir = built("gantry").parent().expect("a directory").to_path_buf();
+            // Snapshots of test processes that have ended are removed here.
+            for entry in std::fs::read_dir(&built_dir).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("chaos-bin-")
+                    && !Path::new("/proc").join(pid).exists()
+                {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+            let snapshot = built_dir.join(format!("chaos-bin-{}", std::process::id()));
+            std::fs::create_dir_all(&snapshot).expect("a directory for the binaries");
+            std::fs::set_permissions(&snapshot, std::fs::Permissions::from_mode(0o755)).unwrap();
+            for binary in ["gantry", "gantry-launcher", "gantry-worker"] {
+                let (from, to) = (built(binary), snapshot.join(binary));
+                // A link keeps this build's file even when cargo replaces it.
+                if std::fs::hard_link(&from, &to).is_err() {
+                    std::fs::copy(&from, &to)
+                        .unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+                }
+            }
+            snapshot
+        })
+        .join(name)
+}
+
+/// A binary as built: from `GANTRY_BIN_DIR` when set, else next to this test's profile
+/// directory, brought up to date once per process (cargo only checks when nothing
+/// changed), as the end-to-end tests do.
+fn built(name: &str) -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     let dir = match std::env::var_os("GANTRY_BIN_DIR") {
         Some(dir) => PathBuf::from(dir),

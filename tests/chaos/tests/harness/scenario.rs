@@ -33,7 +33,7 @@ const PAUSE: &str = "0.1";
 /// How long the CLI keeps trying while replicas are down.
 const PATIENCE: Duration = Duration::from_secs(120);
 /// How long runs get to end once every fault is healed.
-const SETTLE: Duration = Duration::from_secs(180);
+const SETTLE: Duration = Duration::from_secs(120);
 
 /// Where the server keeps its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,7 +335,7 @@ pub(crate) fn run(name: &str, database: Database, settings: &Settings) -> Report
 
     // Under a machine busy with other tests runs take longer: the load stops at its
     // budget whatever it reached, so that the suite stays within the test command's time.
-    let budget = Duration::from_secs(200.max(settings.runs as u64 * 2));
+    let budget = Duration::from_secs(240.max(settings.runs as u64 * 2));
     let mut triggered = 0;
     while triggered < settings.runs && started.elapsed() < budget {
         let live = list_runs(&cli, 20).iter().filter(|run| !is_terminal(run_state(run))).count();
@@ -422,6 +422,7 @@ pub(crate) fn run(name: &str, database: Database, settings: &Settings) -> Report
             .map(|version| StateVersionRecord {
                 version: version["version"].as_u64().unwrap_or_default(),
                 run_id: version["run_id"].as_str().unwrap_or_default().to_owned(),
+                orphaned: version["orphaned"].as_bool().unwrap_or(false),
             })
             .collect();
         state_versions.insert(stack.name.to_owned(), versions);
@@ -720,7 +721,8 @@ fn print_report(
     let mut report = format!(
         "\n=== chaos {name} ({database:?}, seed {}) in {took:.0?}\n\
          faults enabled: {}\nfaults injected: {} {by_kind:?}\n\
-         runs: {} {:?}\nexecutions journaled: {} ({} in no run's log)\nnumbered log lines read back: {}\n",
+         runs: {} {:?}\nexecutions journaled: {} ({} in no run's log)\nnumbered log lines read back: {}\n\
+         state versions: {} ({} orphaned)\n",
         settings.seed,
         enabled.join(","),
         injected.len(),
@@ -729,6 +731,8 @@ fn print_report(
         tally.executions_journaled,
         tally.executions_unattributed,
         tally.numbered_log_lines,
+        tally.state_versions,
+        tally.orphaned_state_versions,
     );
     // Time from a launcher's kill to the server failing the runs it executed, from the
     // FAILED entry of each run's history.
