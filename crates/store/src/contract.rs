@@ -17,6 +17,9 @@ use crate::{
     StateRollbackRecord, StateVersionRecord, Store, StoreError, WorkerCountsRecord, WorkerRecord,
 };
 
+mod effects;
+pub use effects::*;
+
 /// Generates one `#[tokio::test]` per contract case. `$make` is an async expression
 /// producing a fresh, empty store (and anything that must live as long as it).
 #[macro_export]
@@ -71,6 +74,11 @@ macro_rules! store_contract_tests {
             dependencies_are_kept_with_their_references,
             overlapping_batches_never_give_a_run_or_worker_twice,
             periodic_work_is_claimed_once_per_interval,
+            a_run_change_records_its_effects_and_releases_its_blobs_or_neither,
+            effects_are_claimed_for_a_lease_postponed_and_completed,
+            concurrent_claims_take_each_effect_once,
+            a_prune_records_the_deletion_of_the_blobs_it_unnames,
+            an_upstream_run_triggers_one_run_per_downstream_stack,
             signals_reach_every_listener,
             ended_runs_logs_are_offered_for_archiving,
             a_sealed_log_refuses_appends,

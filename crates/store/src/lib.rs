@@ -7,6 +7,7 @@
 
 mod audit;
 mod blobs;
+mod effects;
 mod error;
 mod group_commit;
 mod log_sizes;
@@ -25,6 +26,7 @@ pub use audit::{
     AUDIT_GENESIS, AuditBreak, AuditEntry, AuditFilter, AuditRecord, audit_hash, verify_audit_chain,
 };
 pub use blobs::{BlobStore, BlobStream, BlobWritten, is_valid_blob_key};
+pub use effects::{Effect, PendingEffectRecord};
 pub use error::StoreError;
 pub use object_blobs::{BlobLocation, ObjectBlobStore, S3Credentials, S3Settings};
 pub use postgres::{PostgresStore, redact_url};

@@ -107,6 +107,9 @@ impl PostgresStore {
     /// `FOR UPDATE`: that would also block inserts whose foreign keys name the row (a
     /// run of the stack, say), which take `FOR KEY SHARE`.
     const LOCK_ROW: &'static str = " FOR NO KEY UPDATE";
+    /// What a `SELECT` adds to lock the rows it reads, passing over rows another
+    /// transaction holds (a queue's claim: two replicas never wait for each other).
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
     /// The size in bytes of the `text` column, as stored (UTF-8).
     const TEXT_BYTES: &'static str = "octet_length(text)::bigint";
 

@@ -235,11 +235,26 @@ pub struct RunChange {
     pub release_worker: bool,
     pub failure: Option<String>,
     pub has_changes: Option<bool>,
+    /// Recorded as pending in the change's transaction, only if the change applies.
+    pub effects: Vec<crate::Effect>,
+    /// The run's blobs of these purposes are forgotten in the change's transaction, and
+    /// their deletion recorded as pending effects.
+    pub release_blobs: Vec<String>,
 }
 
 impl RunChange {
     pub fn new(run_id: RunId, from: RunState, to: RunState, at: Timestamp) -> Self {
-        Self { run_id, from, to, at, release_worker: false, failure: None, has_changes: None }
+        Self {
+            run_id,
+            from,
+            to,
+            at,
+            release_worker: false,
+            failure: None,
+            has_changes: None,
+            effects: Vec::new(),
+            release_blobs: Vec::new(),
+        }
     }
 }
 

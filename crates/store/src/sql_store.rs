@@ -177,9 +177,41 @@ macro_rules! sql_store {
             }
         }
 
+        $crate::effects::sql_effects!($store);
+
         #[async_trait::async_trait]
         impl $crate::Store for $store {
             $($($engine_methods)*)?
+
+            async fn claim_effects(
+                &self,
+                now: Timestamp,
+                lease: std::time::Duration,
+                limit: u32,
+            ) -> Result<Vec<$crate::PendingEffectRecord>> {
+                self.claim_due_effects(now, lease, limit).await
+            }
+
+            async fn complete_effect(&self, effect: &$crate::Effect) -> Result<()> {
+                self.delete_effect(effect).await
+            }
+
+            async fn postpone_effect(
+                &self,
+                effect: &$crate::Effect,
+                due_at: Timestamp,
+                error: &str,
+            ) -> Result<()> {
+                self.postpone_pending_effect(effect, due_at, error).await
+            }
+
+            async fn pending_effects(&self) -> Result<Vec<$crate::PendingEffectRecord>> {
+                self.read_pending_effects().await
+            }
+
+            async fn add_effects(&self, effects: &[$crate::Effect], at: Timestamp) -> Result<()> {
+                self.insert_effects(effects, at).await
+            }
 
             async fn claim_periodic(
                 &self,
@@ -881,7 +913,9 @@ macro_rules! sql_store {
                 .bind(run.created_at.unix_millis())
                 .bind(run.updated_at.unix_millis())
                 .execute(self.unsynced())
-                .await?;
+                .await
+                // `runs_one_per_upstream_run`: this upstream run triggered this stack already.
+                .map_err(|error| already_exists("run", &run.triggered_by, error))?;
                 visible();
                 self.flush().await
             }
@@ -959,6 +993,7 @@ macro_rules! sql_store {
             }
 
             async fn change_run(&self, change: &RunChange) -> Result<RunRecord> {
+                let mut tx = self.begin().await?;
                 // Compare and set in one statement: the `runs_history_on_change` trigger records
                 // the new state and `runs_release_worker` frees the worker, atomically with it.
                 let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -976,13 +1011,14 @@ macro_rules! sql_store {
                 .bind(i64::from(change.release_worker))
                 .bind(&change.failure)
                 .bind(change.has_changes.map(i64::from))
-                .fetch_optional(&self.writer)
+                .fetch_optional(&mut *tx)
                 .await?;
                 let Some(row) = updated else {
                     let found: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1")
                         .bind(change.run_id.to_string())
-                        .fetch_optional(&self.writer)
+                        .fetch_optional(&mut *tx)
                         .await?;
+                    tx.rollback().await?;
                     let found = found.ok_or_else(|| StoreError::NotFound {
                         kind: "run",
                         id: change.run_id.to_string(),
@@ -993,8 +1029,13 @@ macro_rules! sql_store {
                         found: found.parse().map_err(|error| corrupt("runs.state", error))?,
                     });
                 };
-                self.durable().await?;
-                run_from_row(&row)
+                let run = run_from_row(&row)?;
+                // In the run's transaction too: what must follow the change survives a
+                // crash right after it.
+                Self::record_effects(&mut tx, &change.effects, change.at).await?;
+                Self::release_run_blobs(&mut tx, run.id, &change.release_blobs, change.at).await?;
+                self.commit(tx).await?;
+                Ok(run)
             }
 
             async fn set_run_commit(
@@ -1450,11 +1491,16 @@ macro_rules! sql_store {
                 .await?
                 .into_iter()
                 .collect();
-                self.commit(tx).await?;
                 let mut unnamed: Vec<String> =
                     deleted.into_iter().filter(|key| !still_named.contains(key)).collect();
                 unnamed.sort();
                 unnamed.dedup();
+                // Their deletion is recorded with the rows' deletion: a crash before the
+                // blobs go leaves it pending, not the blobs behind for good.
+                let deletions: Vec<$crate::Effect> =
+                    unnamed.iter().map(|key| $crate::Effect::DeleteBlob { key: key.clone() }).collect();
+                Self::record_effects(&mut tx, &deletions, $crate::effects::wall_clock()).await?;
+                self.commit(tx).await?;
                 Ok(unnamed)
             }
 

@@ -114,6 +114,9 @@ impl SqliteStore {
     /// nothing, since the one writer connection already runs write transactions one at a
     /// time.
     const LOCK_ROW: &'static str = "";
+    /// What a `SELECT` adds to pass over rows another transaction holds: nothing, as
+    /// above.
+    const SKIP_LOCKED: &'static str = "";
     /// The size in bytes of the `text` column, as stored (UTF-8).
     const TEXT_BYTES: &'static str = "length(CAST(text AS BLOB))";
 

@@ -341,6 +341,30 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<bool>;
 
+    /// Claims up to `limit` pending effects that are due by `now` and not claimed, or
+    /// whose claim ran out: each for `lease`, by exactly one caller however many
+    /// processes share the store. Oldest due first.
+    async fn claim_effects(
+        &self,
+        now: Timestamp,
+        lease: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<crate::PendingEffectRecord>>;
+    /// Removes an effect that was carried out.
+    async fn complete_effect(&self, effect: &crate::Effect) -> Result<()>;
+    /// Releases the claim on an effect whose try failed with `error`: due again at
+    /// `due_at`.
+    async fn postpone_effect(
+        &self,
+        effect: &crate::Effect,
+        due_at: Timestamp,
+        error: &str,
+    ) -> Result<()>;
+    /// Every effect not carried out yet, oldest first.
+    async fn pending_effects(&self) -> Result<Vec<crate::PendingEffectRecord>>;
+    /// Records effects that follow no run change (a duplicate blob to delete), durably.
+    async fn add_effects(&self, effects: &[crate::Effect], at: Timestamp) -> Result<()>;
+
     /// Whether several server processes may share this store (and hear each other's
     /// signals). An embedded engine belongs to one process.
     fn shared(&self) -> bool {
