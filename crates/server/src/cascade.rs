@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use gantry_domain::{RunEvent, RunState, RunType, StackId};
 use gantry_proto::agent::{BlobRef, SealedInput};
-use gantry_store::{DependencyRecord, OutputRecord, RunFilter, RunRecord, StackRecord};
+use gantry_store::{DependencyRecord, OutputRecord, RunFilter, RunRecord, StackRecord, StoreError};
 
 use crate::agent::SENSITIVE_OUTPUTS;
 
@@ -17,28 +17,19 @@ use crate::lifecycle::{self, Details};
 use crate::scheduling::dependency_graph;
 use crate::state::AppState;
 
-/// Reacts to `run` having ended. Failures are logged: the upstream run's own outcome
-/// stands whatever happens downstream. Boxed: a run ending can trigger a run that ends,
-/// and the recursion needs a nameable future type.
-pub(crate) fn after_run_ended(
-    state: AppState,
-    run: RunRecord,
-) -> futures_util::future::BoxFuture<'static, ()> {
-    Box::pin(async move { react(state, run).await })
-}
-
-async fn react(state: AppState, run: RunRecord) {
-    let outcome = match run.state {
+/// Reacts to `run` having ended: the effect `Effect::RunEnded` that the run's end
+/// recorded (`crate::effects`), tried again until it succeeds. Doing it again after a
+/// crash does what once does: a run is triggered once per downstream stack and upstream
+/// run (the store refuses a second), and only runs queued before `run` ended are skipped.
+pub(crate) async fn after_run_ended(state: &AppState, run: &RunRecord) -> Result<(), ApiError> {
+    match run.state {
         RunState::Finished if run.run_type == RunType::Tracked => {
-            trigger_downstream(&state, &run).await
+            trigger_downstream(state, run).await
         }
         RunState::Failed | RunState::Stopped if run.run_type.takes_stack_lock() => {
-            skip_downstream(&state, &run).await
+            skip_downstream(state, run).await
         }
         _ => Ok(()),
-    };
-    if let Err(error) = outcome {
-        tracing::warn!(run = %run.id, %error, "cannot update the stacks that depend on this one");
     }
 }
 
@@ -104,7 +95,13 @@ async fn trigger_downstream(state: &AppState, upstream_run: &RunRecord) -> Resul
         }
         let Some(stack) = state.store.get_stack(dependency.downstream).await? else { continue };
         let triggered_by = format!("dependency:{}", upstream_run.id);
-        lifecycle::trigger(state, &stack, RunType::Tracked, None, None, &triggered_by).await?;
+        match lifecycle::trigger(state, &stack, RunType::Tracked, None, None, &triggered_by).await {
+            Ok(_) => {}
+            Err(ApiError::Store(StoreError::AlreadyExists { .. })) => {
+                tracing::info!(upstream = %upstream_run.id, downstream = %stack.name, "the dependent stack was triggered for this run already");
+            }
+            Err(error) => return Err(error),
+        }
     }
     Ok(())
 }
@@ -114,8 +111,11 @@ async fn skip_downstream(state: &AppState, upstream_run: &RunRecord) -> Result<(
     let upstream_stack =
         state.store.get_stack(upstream_run.stack_id).await?.map(|s| s.name).unwrap_or_default();
     for run in state.store.active_runs().await? {
+        // Queued before the upstream run ended: carried out again later, the effect
+        // skips the runs it skipped the first time, and none queued since.
         let waits_for_it = run.state == RunState::Queued
             && run.run_type.takes_stack_lock()
+            && run.created_at <= upstream_run.updated_at
             && graph.all_upstream(run.stack_id).contains(&upstream_run.stack_id);
         if !waits_for_it {
             continue;

@@ -39,6 +39,8 @@ pub struct Events {
     launchers: Mutex<HashMap<LauncherId, Arc<Notify>>>,
     runs: broadcast::Sender<RunId>,
     pools: broadcast::Sender<PoolId>,
+    /// A change recorded effects for the effects loop (`crate::effects`).
+    effects: Notify,
     /// Where signals for the other processes go; unset while this process is alone.
     cluster: OnceLock<mpsc::UnboundedSender<ClusterSignal>>,
 }
@@ -51,6 +53,7 @@ impl Default for Events {
             launchers: Mutex::new(HashMap::new()),
             runs: broadcast::channel(1024).0,
             pools: broadcast::channel(256).0,
+            effects: Notify::new(),
             cluster: OnceLock::new(),
         }
     }
@@ -65,6 +68,16 @@ impl Events {
             .unwrap_or_else(PoisonError::into_inner)
             .get_or_insert_with(Instant::now);
         self.scheduling.notify_one();
+    }
+
+    /// Wakes the effects loop: a change recorded effects. Wake-ups while it works
+    /// coalesce into one more round.
+    pub fn wake_effects(&self) {
+        self.effects.notify_one();
+    }
+
+    pub async fn effects_recorded(&self) {
+        self.effects.notified().await;
     }
 
     /// Starts serving the requests made so far: returns when the oldest was made, or now

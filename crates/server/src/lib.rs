@@ -12,6 +12,7 @@ mod bootstrap;
 mod cascade;
 mod cluster;
 pub mod config;
+mod effects;
 mod error;
 mod events;
 mod http_limits;

@@ -84,6 +84,9 @@ pub(crate) async fn apply(
     let context = RunContext { run_type: run.run_type, autodeploy: run.autodeploy };
     let to = transition(run.state, context, event)?;
     let mut change = RunChange::new(run.id, run.state, to, now());
+    if to.is_terminal() {
+        crate::effects::record_end(run, to, &mut change);
+    }
     change.release_worker = run.worker_id.is_some() && !to.occupies_worker();
     change.failure = details.failure.map(|message| truncate(&message));
     change.has_changes = details.has_changes;
@@ -163,18 +166,10 @@ async fn commit(state: &AppState, change: RunChange) -> Result<RunRecord, ApiErr
         tracing::info!(run = %updated.id, from = %change.from, to = %change.to, "run state changed");
     }
     state.events.run_changed(updated.id);
-    if change.to.is_terminal() {
-        // Before the scheduler hears of it: a downstream run waiting for this one must be
-        // skipped before it could be started in its place.
-        crate::cascade::after_run_ended(state.clone(), updated.clone()).await;
-        // The workspace was only kept for the apply; ciphertext or not, it goes.
-        let blobs = std::sync::Arc::clone(&state.blobs);
-        let key = crate::agent::workspace_key(&updated);
-        tokio::spawn(async move {
-            if let Err(error) = blobs.delete(&key).await {
-                tracing::warn!(%error, key, "cannot remove the workspace of an ended run");
-            }
-        });
+    if !change.effects.is_empty() || !change.release_blobs.is_empty() {
+        // Recorded with the change; carried out by the effects loop, which the scheduler
+        // waits for where it matters (`effects::hold_back`).
+        state.events.wake_effects();
     }
     if change.release_worker || change.to.is_terminal() || change.to.wants_worker() {
         state.events.request_scheduling();

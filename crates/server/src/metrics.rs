@@ -84,6 +84,8 @@ pub(crate) async fn render(state: &AppState) -> Result<String, ApiError> {
         Unit::Seconds,
         state.dispatch_metrics.latency.clone(),
     );
+    let pending_effects = state.store.pending_effects().await?;
+    crate::effects::register_metrics(&mut registry, &pending_effects, crate::state::now());
     Ok(gantry_metrics::encode(&registry))
 }
 

@@ -148,6 +148,8 @@ pub(crate) async fn pass(state: &AppState) -> Result<Pass, ApiError> {
         false => DependencyGraph::default(),
     };
     let decision = scheduler::schedule(&snapshots, &workers, &graph);
+    // A run whose end is still to reach its dependents holds them back.
+    let decision = crate::effects::hold_back(state, decision, &runs, &graph).await?;
     Ok(Pass { decision, launchers })
 }
 

@@ -26,7 +26,7 @@ use crate::config::{Database, ServerConfig, TlsSource};
 use crate::error::ApiError;
 use crate::events::Events;
 use crate::state::{AppState, Shared, now};
-use crate::{agent, api, bootstrap, cluster, liveness, log_archive, pki, scheduling, ui};
+use crate::{agent, api, bootstrap, cluster, effects, liveness, log_archive, pki, scheduling, ui};
 
 const CHALLENGE_KEY_SECRET: &str = "session-challenge-key";
 /// Its own key, so that a UI cookie can never pass for a launcher challenge.
@@ -266,6 +266,7 @@ impl Server {
         let scheduler = tokio::spawn(scheduling::run_scheduler(state.clone()));
         let sweeper = tokio::spawn(liveness::run_sweeper(state.clone()));
         let archiver = tokio::spawn(log_archive::run_archiver(state.clone()));
+        let effects = tokio::spawn(effects::run_effects_loop(state.clone()));
         let shared_launcher = self.start_shared_launcher();
         state.events.request_scheduling();
         let metrics = self.metrics_listener.map(|listener| {
@@ -319,7 +320,7 @@ impl Server {
         };
         let (served, ()) = tokio::join!(server, stopper);
         state.shutdown.cancel();
-        let _ = tokio::join!(scheduler, sweeper, archiver);
+        let _ = tokio::join!(scheduler, sweeper, archiver, effects);
         for task in cluster {
             let _ = task.await;
         }

@@ -24,7 +24,7 @@ fn sensitive_outputs_key(run: &RunRecord) -> String {
     format!("runs/{}/sensitive-outputs", run.id.to_string().to_ascii_lowercase())
 }
 
-pub(crate) fn workspace_key(run: &RunRecord) -> String {
+fn workspace_key(run: &RunRecord) -> String {
     format!("runs/{}/workspace", run.id.to_string().to_ascii_lowercase())
 }
 

@@ -42,7 +42,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/worker-binary/content", get(worker_binary::content))
 }
 
-pub(crate) use blobs::{SENSITIVE_OUTPUTS, WORKSPACE, workspace_key};
+pub(crate) use blobs::{SENSITIVE_OUTPUTS, WORKSPACE};
 pub(crate) use worker_binary::WorkerRelease;
 
 #[cfg(test)]

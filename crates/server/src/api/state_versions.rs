@@ -122,9 +122,11 @@ fn missing_version(stack: &StackRecord, to: u64, kept: &[StateVersionRecord]) ->
 }
 
 /// Deletes the stack's versions beyond the newest `kept_state_versions`, then the blobs
-/// no version names any more (rollbacks share their blobs). The rows go first and
-/// durably: a crash before the blobs are deleted leaves blobs nothing names, never a
-/// version whose blob is gone. A failure leaves the old versions until the next one.
+/// no version names any more (rollbacks share their blobs). The rows go first, with the
+/// blobs' deletion recorded in the same transaction (`Effect::DeleteBlob`), which the
+/// effects loop carries out: a crash in between delays it, never leaves a blob behind
+/// for good nor a version whose blob is gone. A failure leaves the old versions until
+/// the next one.
 pub(crate) async fn prune(state: &AppState, stack_id: StackId) {
     let unnamed = match state.store.prune_state_versions(stack_id, state.kept_state_versions).await
     {
@@ -134,9 +136,7 @@ pub(crate) async fn prune(state: &AppState, stack_id: StackId) {
             return;
         }
     };
-    for key in unnamed {
-        if let Err(error) = state.blobs.delete(&key).await {
-            tracing::warn!(stack = %stack_id, blob = %key, %error, "an old state version's blob could not be deleted");
-        }
+    if !unnamed.is_empty() {
+        state.events.wake_effects();
     }
 }
