@@ -47,6 +47,7 @@ pub(crate) async fn trigger(
         stop_requested_at: None,
         created_at: at,
         updated_at: at,
+        lock_generation: None,
     };
     if run_type == RunType::Proposed
         && let Some(commit) = &run.commit_sha

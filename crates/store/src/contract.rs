@@ -10,6 +10,7 @@ use gantry_domain::{
     Timestamp, Tool, WorkerId,
 };
 
+use crate::StateFence;
 use crate::UiSessionRecord;
 use crate::{
     ApiKeyRecord, BlobRecord, BlobStore, DependencyRecord, OutputRecord, OutputReferenceRecord,
@@ -67,6 +68,9 @@ macro_rules! store_contract_tests {
             a_rollback_to_a_missing_version_is_a_clear_error,
             pruning_keeps_the_newest_versions_and_every_blob_still_named,
             rollbacks_racing_prunes_never_leave_a_version_without_its_blob,
+            lock_generations_rise_each_time_a_lock_taking_run_takes_the_lock,
+            a_state_upload_is_current_only_while_its_run_holds_the_lock,
+            orphaned_versions_are_adopted_as_new_versions_and_never_pruned,
             workers_and_pools_drain_and_undrain,
             workers_are_counted_and_idle_ones_listed_oldest_first,
             held_runs_come_with_what_their_pickup_needs,
@@ -180,6 +184,7 @@ fn run_record(stack: &StackRecord, state: RunState, created: i64) -> RunRecord {
         stop_requested_at: None,
         created_at: at(created),
         updated_at: at(created),
+        lock_generation: None,
     }
 }
 
@@ -1637,4 +1642,185 @@ pub async fn dependencies_are_kept_with_their_references<S: Store>(store: Arc<S>
     assert!(store.delete_dependency(downstream.id, upstream.id).await.unwrap());
     assert!(!store.delete_dependency(downstream.id, upstream.id).await.unwrap());
     assert!(store.list_dependencies().await.unwrap().is_empty());
+}
+
+/// Inserts a queued run of `stack` and gives it the stack's lock as a scheduling pass
+/// does; returns it as it is now.
+async fn run_given_the_lock<S: Store>(
+    store: &S,
+    stack: &StackRecord,
+    run_type: RunType,
+    created: i64,
+) -> RunRecord {
+    let run = RunRecord { run_type, ..run_record(stack, RunState::Queued, created) };
+    store.insert_run(&run).await.unwrap();
+    let committed = store.commit_pass(&[run.id], &[], at(created)).await.unwrap();
+    assert_eq!(committed.promoted.len(), 1);
+    let stored = store.get_run(run.id).await.unwrap().unwrap();
+    assert_eq!(committed.promoted[0], stored, "the pass returns the run as stored");
+    stored
+}
+
+/// Moves a run from `from` to `to`, as the lifecycle does.
+async fn move_run<S: Store>(store: &S, run: &RunRecord, from: RunState, to: RunState) {
+    store.change_run(&RunChange::new(run.id, from, to, at(50))).await.unwrap();
+}
+
+pub async fn lock_generations_rise_each_time_a_lock_taking_run_takes_the_lock<S: Store>(
+    store: Arc<S>,
+) {
+    let (pool, stack, _) = world(&*store).await;
+    let other = stack_record(pool.id, "other");
+    store.insert_stack(&other).await.unwrap();
+    let first = run_given_the_lock(&*store, &stack, RunType::Tracked, 5).await;
+    assert_eq!(first.lock_generation, Some(1));
+    let proposed = run_given_the_lock(&*store, &stack, RunType::Proposed, 6).await;
+    assert_eq!(proposed.lock_generation, None, "a proposed run takes no lock");
+    let elsewhere = run_given_the_lock(&*store, &other, RunType::Task, 7).await;
+    assert_eq!(elsewhere.lock_generation, Some(1), "per stack");
+    move_run(&*store, &first, RunState::Ready, RunState::Failed).await;
+    let task = run_given_the_lock(&*store, &stack, RunType::Task, 8).await;
+    assert_eq!(task.lock_generation, Some(2));
+    let ended = store.get_run(first.id).await.unwrap().unwrap();
+    assert_eq!(ended.lock_generation, Some(1), "a run keeps the generation it was given");
+    // A run promoted again (it is not QUEUED) takes nothing.
+    assert!(store.commit_pass(&[task.id], &[], at(9)).await.unwrap().promoted.is_empty());
+    let later = run_given_the_lock(&*store, &stack, RunType::Tracked, 10).await;
+    assert_eq!(later.lock_generation, Some(3));
+}
+
+pub async fn a_state_upload_is_current_only_while_its_run_holds_the_lock<S: Store>(store: Arc<S>) {
+    let (_, stack, _) = world(&*store).await;
+    let run = run_given_the_lock(&*store, &stack, RunType::Tracked, 5).await;
+    move_run(&*store, &run, RunState::Ready, RunState::Applying).await;
+    let holding =
+        |lock_generation| Some(StateFence { run_state: RunState::Applying, lock_generation });
+
+    let (first, added) = store
+        .add_run_state_version(stack.id, run.id, holding(Some(1)), &blob("s/1", "01", 20))
+        .await
+        .unwrap();
+    assert!(added && !first.orphaned, "{first:?}");
+    assert_eq!(store.current_state_version(stack.id).await.unwrap(), Some(first.clone()));
+    let (again, added) = store
+        .add_run_state_version(stack.id, run.id, holding(Some(1)), &blob("s/1", "01", 21))
+        .await
+        .unwrap();
+    assert_eq!((again, added), (first.clone(), false), "a retried upload is the same version");
+    // A launcher that sends no generation (older ones) is current while its run holds it.
+    let (unfenced, _) = store
+        .add_run_state_version(stack.id, run.id, holding(None), &blob("s/2", "02", 22))
+        .await
+        .unwrap();
+    assert!(!unfenced.orphaned);
+
+    // A generation the stack is no longer at, a state the run is no longer in, or no
+    // fence at all: kept, but orphaned.
+    let (stale, added) = store
+        .add_run_state_version(stack.id, run.id, holding(Some(0)), &blob("s/3", "03", 23))
+        .await
+        .unwrap();
+    assert!(added && stale.orphaned);
+    let planning = Some(StateFence { run_state: RunState::Planning, lock_generation: Some(1) });
+    let (moved, _) = store
+        .add_run_state_version(stack.id, run.id, planning, &blob("s/4", "04", 24))
+        .await
+        .unwrap();
+    assert!(moved.orphaned);
+    let (unfenced_orphan, _) =
+        store.add_run_state_version(stack.id, run.id, None, &blob("s/5", "05", 25)).await.unwrap();
+    assert!(unfenced_orphan.orphaned);
+    let (orphan_again, added) =
+        store.add_run_state_version(stack.id, run.id, None, &blob("s/5", "05", 26)).await.unwrap();
+    assert_eq!((orphan_again, added), (unfenced_orphan.clone(), false));
+
+    // The server failed the run while it went on applying: its state is fenced off.
+    move_run(&*store, &run, RunState::Applying, RunState::Failed).await;
+    let (after_failure, _) = store
+        .add_run_state_version(stack.id, run.id, holding(Some(1)), &blob("s/6", "06", 27))
+        .await
+        .unwrap();
+    assert!(after_failure.orphaned);
+    // The lock passed on while the run's row still said APPLYING: the generation tells.
+    let lingering = run_given_the_lock(&*store, &stack, RunType::Tracked, 30).await;
+    move_run(&*store, &lingering, RunState::Ready, RunState::Applying).await;
+    let next = run_given_the_lock(&*store, &stack, RunType::Task, 31).await;
+    move_run(&*store, &next, RunState::Ready, RunState::Performing).await;
+    let (passed_on, _) = store
+        .add_run_state_version(stack.id, lingering.id, holding(Some(2)), &blob("s/7", "07", 32))
+        .await
+        .unwrap();
+    assert!(passed_on.orphaned);
+    let performing = Some(StateFence { run_state: RunState::Performing, lock_generation: Some(3) });
+    let (holder, _) = store
+        .add_run_state_version(stack.id, next.id, performing, &blob("s/8", "08", 33))
+        .await
+        .unwrap();
+    assert!(!holder.orphaned);
+
+    let current = store.current_state_version(stack.id).await.unwrap().unwrap();
+    assert_eq!(current, holder, "orphaned versions are never current");
+    let listed: Vec<(u64, bool)> = store
+        .list_state_versions(stack.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|version| (version.seq, version.orphaned))
+        .collect();
+    assert_eq!(
+        listed,
+        [(8, false), (7, true), (6, true), (5, true), (4, true), (3, true), (2, false), (1, false)]
+    );
+    let missing = store
+        .add_run_state_version(stack.id, RunId::generate(), None, &blob("s/9", "09", 34))
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, StoreError::NotFound { kind: "run", .. }), "{missing}");
+}
+
+pub async fn orphaned_versions_are_adopted_as_new_versions_and_never_pruned<S: Store>(
+    store: Arc<S>,
+) {
+    let (_, stack, _) = world(&*store).await;
+    add_state_versions(&*store, &stack, "s", 2).await;
+    let run = run_given_the_lock(&*store, &stack, RunType::Tracked, 5).await;
+    move_run(&*store, &run, RunState::Ready, RunState::Failed).await;
+    let (orphan, _) =
+        store.add_run_state_version(stack.id, run.id, None, &blob("o/1", "0f", 20)).await.unwrap();
+    assert_eq!((orphan.seq, orphan.orphaned), (3, true));
+
+    // Rollbacks and adoptions do not mix: each names what it restores.
+    let refused = store.rollback_state_version(stack.id, 3, "admin", at(40)).await.unwrap_err();
+    assert!(matches!(refused, StoreError::NotFound { kind: "state version", .. }), "{refused}");
+    let not_orphaned = store.adopt_state_version(stack.id, 2, "admin", at(40)).await.unwrap_err();
+    assert!(
+        matches!(not_orphaned, StoreError::NotFound { kind: "orphaned state version", .. }),
+        "{not_orphaned}"
+    );
+
+    let adopted = store.adopt_state_version(stack.id, 3, "admin", at(41)).await.unwrap();
+    assert_eq!((adopted.seq, adopted.run_id, adopted.orphaned), (4, run.id, false));
+    assert_eq!((adopted.blob.key.as_str(), adopted.blob.created_at), ("o/1", at(41)));
+    assert_eq!(adopted.adoption, Some(StateRollbackRecord { of_seq: 3, by: "admin".to_owned() }));
+    assert_eq!(adopted.rollback, None);
+    assert_eq!(store.current_state_version(stack.id).await.unwrap(), Some(adopted.clone()));
+    let listed = store.list_state_versions(stack.id).await.unwrap();
+    assert_eq!(listed[0], adopted);
+    assert_eq!(listed[1], orphan, "the orphaned version stays as it was");
+
+    // Pruning to one version keeps the orphaned one, and so its blob.
+    add_state_versions(&*store, &stack, "t", 2).await;
+    let mut unnamed = store.prune_state_versions(stack.id, 1).await.unwrap();
+    unnamed.sort();
+    assert_eq!(unnamed, ["s/1", "s/2", "t/1"], "o/1 is still named by the orphaned version");
+    let kept: Vec<(u64, bool)> = store
+        .list_state_versions(stack.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|version| (version.seq, version.orphaned))
+        .collect();
+    assert_eq!(kept, [(6, false), (3, true)]);
+    let again = store.adopt_state_version(stack.id, 3, "ci", at(42)).await.unwrap();
+    assert_eq!((again.seq, again.blob.key.as_str()), (7, "o/1"), "adopted as often as needed");
 }

@@ -32,6 +32,7 @@ pub use object_blobs::{BlobLocation, ObjectBlobStore, S3Credentials, S3Settings}
 pub use postgres::{PostgresStore, redact_url};
 pub use records::CommitAuthorRecord;
 pub use records::LogCutRecord;
+pub use records::StateFence;
 pub use records::UiSessionRecord;
 pub use records::{
     ApiKeyRecord, BlobRecord, CommittedPass, DependencyRecord, FoundSession, HeldRunRecord,

@@ -177,7 +177,7 @@ impl PostgresStore {
                  SELECT value->>0 AS run_id, value->>1 AS worker_id
                  FROM json_array_elements($2::json) AS offered(value)
              ), named_runs AS (
-                 SELECT id, state, worker_id FROM runs
+                 SELECT id, state, worker_id, stack_id, run_type FROM runs
                  WHERE id = ANY(ARRAY(SELECT id FROM promotions UNION SELECT run_id FROM offered))
                  FOR NO KEY UPDATE SKIP LOCKED
              ), promoted AS (
@@ -197,15 +197,28 @@ impl PostgresStore {
              ), taken AS (
                  UPDATE workers SET current_run_id = made.run_id
                  FROM made WHERE workers.id = made.worker_id
+             ), generations AS (
+                 -- A lock-taking run (`RunType::takes_stack_lock`) promoted takes its
+                 -- stack's lock: the stack's lock generation goes up and the run records it.
+                 UPDATE stacks SET lock_generation = stacks.lock_generation + 1
+                 WHERE stacks.id IN (
+                     SELECT named_runs.stack_id FROM named_runs
+                     JOIN promoted ON promoted.id = named_runs.id
+                     WHERE named_runs.run_type IN ('TRACKED', 'TASK')
+                 )
+                 RETURNING stacks.id, stacks.lock_generation
              )
              -- The `runs_history_on_change` trigger records READY for each promoted run.
              UPDATE runs SET
                  state = CASE WHEN promoted.id IS NULL THEN runs.state ELSE 'READY' END,
                  worker_id = COALESCE(made.worker_id, runs.worker_id),
+                 lock_generation = CASE WHEN promoted.id IS NOT NULL AND named_runs.run_type IN ('TRACKED', 'TASK')
+                     THEN generations.lock_generation ELSE runs.lock_generation END,
                  updated_at = $3
              FROM named_runs
              LEFT JOIN promoted ON promoted.id = named_runs.id
              LEFT JOIN made ON made.run_id = named_runs.id
+             LEFT JOIN generations ON generations.id = named_runs.stack_id
              WHERE runs.id = named_runs.id
                AND (promoted.id IS NOT NULL OR made.run_id IS NOT NULL)
              RETURNING {columns}, promoted.id IS NOT NULL AS promoted,

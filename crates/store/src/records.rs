@@ -32,6 +32,21 @@ pub struct StateVersionRecord {
     pub blob: BlobRecord,
     /// Set when a user made this version by rolling back to an earlier one.
     pub rollback: Option<StateRollbackRecord>,
+    /// Uploaded by a run that no longer held the stack's lock (fenced off): kept, never
+    /// the current state unless adopted, never pruned.
+    pub orphaned: bool,
+    /// Set when a user made this version by adopting an orphaned one.
+    pub adoption: Option<StateRollbackRecord>,
+}
+
+/// When a state a run uploads may become its stack's current version: the run is still
+/// in `run_state` (as the caller read it) and still holds the stack's lock under the
+/// stack's current lock generation, which `lock_generation` (what the run's launcher
+/// sent; `None` from launchers that send none) must equal too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateFence {
+    pub run_state: RunState,
+    pub lock_generation: Option<u64>,
 }
 
 /// How a version that restores an earlier one came about.
@@ -185,6 +200,9 @@ pub struct RunRecord {
     pub stop_requested_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The stack's lock generation when this lock-taking run was given the lock; `None`
+    /// before (and for runs that never take it).
+    pub lock_generation: Option<u64>,
 }
 
 /// A run one of a launcher's workers holds, with what its assignment is made of while it

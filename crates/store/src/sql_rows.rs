@@ -294,7 +294,7 @@ fn pickup_commit_author(row: &impl Columns) -> Result<Option<crate::CommitAuthor
     }
 }
 
-pub(crate) const RUN_COLUMNS: &str = "id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, prioritized, has_changes, failure, triggered_by, command, stop_requested_at, created_at, updated_at";
+pub(crate) const RUN_COLUMNS: &str = "id, stack_id, pool_id, run_type, state, branch, commit_sha, commit_message, autodeploy, worker_id, prioritized, has_changes, failure, triggered_by, command, stop_requested_at, created_at, updated_at, lock_generation";
 
 pub(crate) fn run_from_row(row: &impl Columns) -> Result<RunRecord> {
     Ok(RunRecord {
@@ -316,11 +316,14 @@ pub(crate) fn run_from_row(row: &impl Columns) -> Result<RunRecord> {
         stop_requested_at: optional_timestamp(row, "stop_requested_at")?,
         created_at: timestamp(row, "created_at")?,
         updated_at: timestamp(row, "updated_at")?,
+        lock_generation: row
+            .optional_integer("lock_generation")?
+            .map(|generation| u64::try_from(generation).map_err(|e| corrupt("lock_generation", e)))
+            .transpose()?,
     })
 }
 
-pub(crate) const STATE_VERSION_COLUMNS: &str =
-    "stack_id, seq, run_id, blob_key, sha256, size, created_at, rollback_of, rolled_back_by";
+pub(crate) const STATE_VERSION_COLUMNS: &str = "stack_id, seq, run_id, blob_key, sha256, size, created_at, rollback_of, rolled_back_by, orphaned, adoption";
 
 pub(crate) fn state_version_from_row(row: &impl Columns) -> Result<StateVersionRecord> {
     let rollback =
@@ -332,12 +335,16 @@ pub(crate) fn state_version_from_row(row: &impl Columns) -> Result<StateVersionR
             (None, None) => None,
             _ => return Err(corrupt("rolled_back_by", "set without rollback_of, or the reverse")),
         };
+    let (rollback, adoption) =
+        if flag(row, "adoption")? { (None, rollback) } else { (rollback, None) };
     Ok(StateVersionRecord {
         stack_id: parsed(row, "stack_id")?,
         seq: count(row, "seq")?,
         run_id: parsed(row, "run_id")?,
         blob: blob_from_row(row)?,
         rollback,
+        orphaned: flag(row, "orphaned")?,
+        adoption,
     })
 }
 

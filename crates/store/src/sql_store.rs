@@ -141,10 +141,11 @@ macro_rules! sql_store {
                 tx: &mut Tx,
                 version: &StateVersionRecord,
             ) -> Result<()> {
-                let rollback = version.rollback.as_ref();
+                // An adoption is recorded in the rollback's columns, told apart by `adoption`.
+                let rollback = version.rollback.as_ref().or(version.adoption.as_ref());
                 sqlx::query(
-                    "INSERT INTO state_versions (stack_id, seq, run_id, blob_key, sha256, size, created_at, rollback_of, rolled_back_by)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    "INSERT INTO state_versions (stack_id, seq, run_id, blob_key, sha256, size, created_at, rollback_of, rolled_back_by, orphaned, adoption)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(version.stack_id.to_string())
                 .bind(i64::try_from(version.seq).unwrap_or(i64::MAX))
@@ -155,9 +156,55 @@ macro_rules! sql_store {
                 .bind(version.blob.created_at.unix_millis())
                 .bind(rollback.map(|rollback| i64::try_from(rollback.of_seq).unwrap_or(i64::MAX)))
                 .bind(rollback.map(|rollback| rollback.by.as_str()))
+                .bind(i64::from(version.orphaned))
+                .bind(i64::from(version.adoption.is_some()))
                 .execute(&mut **tx)
                 .await?;
                 Ok(())
+            }
+
+            /// Appends a version that repeats version `of_seq`'s blob and producing run: a
+            /// rollback to a version that is not orphaned, or the adoption of one that is.
+            async fn restore_state_version(
+                &self,
+                stack_id: StackId,
+                of_seq: u64,
+                adopt: bool,
+                by: &str,
+                at: Timestamp,
+            ) -> Result<StateVersionRecord> {
+                let mut tx = self.begin().await?;
+                // Locks the stack first: a prune that deletes the version waits, or made
+                // it missing before this reads it.
+                let seq = Self::next_state_seq(&mut tx, stack_id).await?;
+                let restored = sqlx::query(select(
+                    STATE_VERSION_COLUMNS,
+                    "FROM state_versions WHERE stack_id = $1 AND seq = $2 AND orphaned = $3",
+                ))
+                .bind(stack_id.to_string())
+                .bind(i64::try_from(of_seq).unwrap_or(i64::MAX))
+                .bind(i64::from(adopt))
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: if adopt { "orphaned state version" } else { "state version" },
+                    id: format!("{of_seq} of stack {stack_id}"),
+                })?;
+                let restored = state_version_from_row(&restored)?;
+                let record = StateRollbackRecord { of_seq, by: by.to_owned() };
+                let (rollback, adoption) = if adopt { (None, Some(record)) } else { (Some(record), None) };
+                let version = StateVersionRecord {
+                    stack_id,
+                    seq,
+                    run_id: restored.run_id,
+                    blob: BlobRecord { created_at: at, ..restored.blob },
+                    rollback,
+                    orphaned: false,
+                    adoption,
+                };
+                Self::insert_state_version(&mut tx, &version).await?;
+                self.commit(tx).await?;
+                Ok(version)
             }
 
             /// Runs `set` (an assignment list over the run's columns, with the time as `$2`) on
@@ -1394,16 +1441,83 @@ macro_rules! sql_store {
                     run_id,
                     blob: blob.clone(),
                     rollback: None,
+                    orphaned: false,
+                    adoption: None,
                 };
                 Self::insert_state_version(&mut tx, &version).await?;
                 self.commit(tx).await?;
                 Ok(version)
             }
 
+            async fn add_run_state_version(
+                &self,
+                stack_id: StackId,
+                run_id: RunId,
+                fence: Option<$crate::StateFence>,
+                blob: &BlobRecord,
+            ) -> Result<(StateVersionRecord, bool)> {
+                let mut tx = self.begin().await?;
+                // The stack's row lock orders this with the passes that give its lock to
+                // the next run (they raise the generation) and its other version writes.
+                let seq = Self::next_state_seq(&mut tx, stack_id).await?;
+                let holder = sqlx::query(
+                    "SELECT s.lock_generation AS stack_generation, r.state, r.lock_generation
+                     FROM stacks s JOIN runs r ON r.stack_id = s.id
+                     WHERE s.id = $1 AND r.id = $2",
+                )
+                .bind(stack_id.to_string())
+                .bind(run_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "run",
+                    id: format!("{run_id} of stack {stack_id}"),
+                })?;
+                let stack_generation = count(&holder, "stack_generation")?;
+                let run_state: gantry_domain::RunState = parsed(&holder, "state")?;
+                // Runs that took the lock before generations were recorded count as 0.
+                let run_generation = holder.optional_integer("lock_generation")?.unwrap_or(0);
+                let current = fence.is_some_and(|fence| {
+                    fence.run_state == run_state
+                        && u64::try_from(run_generation).ok() == Some(stack_generation)
+                        && fence.lock_generation.is_none_or(|sent| sent == stack_generation)
+                });
+                // A retried upload is the version it made the first time.
+                let same = sqlx::query(select(
+                    STATE_VERSION_COLUMNS,
+                    "FROM state_versions WHERE stack_id = $1 AND run_id = $2 AND sha256 = $3
+                       AND rollback_of IS NULL
+                       AND (orphaned = 1 OR seq = (SELECT MAX(seq) FROM state_versions
+                                                   WHERE stack_id = $1 AND orphaned = 0))
+                     ORDER BY seq DESC LIMIT 1",
+                ))
+                .bind(stack_id.to_string())
+                .bind(run_id.to_string())
+                .bind(&blob.sha256)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(same) = same {
+                    tx.rollback().await?;
+                    return Ok((state_version_from_row(&same)?, false));
+                }
+                let version = StateVersionRecord {
+                    stack_id,
+                    seq,
+                    run_id,
+                    blob: blob.clone(),
+                    rollback: None,
+                    orphaned: !current,
+                    adoption: None,
+                };
+                Self::insert_state_version(&mut tx, &version).await?;
+                self.commit(tx).await?;
+                Ok((version, true))
+            }
+
             async fn current_state_version(&self, stack_id: StackId) -> Result<Option<StateVersionRecord>> {
                 let row = sqlx::query(select(
                     STATE_VERSION_COLUMNS,
-                    "FROM state_versions WHERE stack_id = $1 ORDER BY seq DESC LIMIT 1",
+                    "FROM state_versions WHERE stack_id = $1 AND orphaned = 0 ORDER BY seq DESC LIMIT 1",
                 ))
                 .bind(stack_id.to_string())
                 .fetch_optional(&self.reader)
@@ -1429,42 +1543,26 @@ macro_rules! sql_store {
                 by: &str,
                 at: Timestamp,
             ) -> Result<StateVersionRecord> {
-                let mut tx = self.begin().await?;
-                // Locks the stack first: a prune that deletes the version waits, or made
-                // it missing before this reads it.
-                let seq = Self::next_state_seq(&mut tx, stack_id).await?;
-                let restored = sqlx::query(select(
-                    STATE_VERSION_COLUMNS,
-                    "FROM state_versions WHERE stack_id = $1 AND seq = $2",
-                ))
-                .bind(stack_id.to_string())
-                .bind(i64::try_from(to_seq).unwrap_or(i64::MAX))
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    kind: "state version",
-                    id: format!("{to_seq} of stack {stack_id}"),
-                })?;
-                let restored = state_version_from_row(&restored)?;
-                let version = StateVersionRecord {
-                    stack_id,
-                    seq,
-                    run_id: restored.run_id,
-                    blob: BlobRecord { created_at: at, ..restored.blob },
-                    rollback: Some(StateRollbackRecord { of_seq: to_seq, by: by.to_owned() }),
-                };
-                Self::insert_state_version(&mut tx, &version).await?;
-                self.commit(tx).await?;
-                Ok(version)
+                self.restore_state_version(stack_id, to_seq, false, by, at).await
+            }
+
+            async fn adopt_state_version(
+                &self,
+                stack_id: StackId,
+                seq: u64,
+                by: &str,
+                at: Timestamp,
+            ) -> Result<StateVersionRecord> {
+                self.restore_state_version(stack_id, seq, true, by, at).await
             }
 
             async fn prune_state_versions(&self, stack_id: StackId, keep: u32) -> Result<Vec<String>> {
                 let mut tx = self.begin().await?;
                 Self::lock_stack(&mut tx, stack_id).await?;
                 let deleted: Vec<String> = sqlx::query_scalar(
-                    "DELETE FROM state_versions WHERE stack_id = $1 AND seq < (
+                    "DELETE FROM state_versions WHERE stack_id = $1 AND orphaned = 0 AND seq < (
                          SELECT MIN(seq) FROM (
-                             SELECT seq FROM state_versions WHERE stack_id = $1
+                             SELECT seq FROM state_versions WHERE stack_id = $1 AND orphaned = 0
                              ORDER BY seq DESC LIMIT $2
                          ) AS kept
                      )

@@ -162,8 +162,22 @@ impl SqliteStore {
             [] => Vec::new(),
             // The `runs_history_on_change` trigger records READY for each.
             ids => {
+                // A lock-taking run (`RunType::takes_stack_lock`) promoted takes its
+                // stack's lock: the stack's lock generation goes up and the run records it.
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE runs SET state = 'READY', updated_at = $2
+                    "UPDATE stacks SET lock_generation = lock_generation + 1
+                     WHERE id IN (SELECT stack_id FROM runs WHERE state = 'QUEUED'
+                                  AND run_type IN ('TRACKED', 'TASK') AND id IN ({ids}))",
+                    ids = Self::IDS
+                )))
+                .bind(id_list(ids))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE runs SET state = 'READY', updated_at = $2,
+                         lock_generation = CASE WHEN run_type IN ('TRACKED', 'TASK')
+                             THEN (SELECT lock_generation FROM stacks WHERE stacks.id = runs.stack_id)
+                             ELSE lock_generation END
                      WHERE state = 'QUEUED' AND id IN ({ids})
                      RETURNING {RUN_COLUMNS}",
                     ids = Self::IDS

@@ -304,15 +304,30 @@ pub trait Store: Send + Sync + 'static {
         run_id: RunId,
         blob: &BlobRecord,
     ) -> Result<StateVersionRecord>;
-    /// The stack's newest managed state.
+    /// Appends a version of the stack's managed state that run `run_id` uploaded. In the
+    /// same transaction as the append, it becomes the current version only if `fence`
+    /// still holds (the run is in `fence.run_state` and holds the stack's lock under the
+    /// stack's lock generation); otherwise, or without a fence, it is kept as an orphaned
+    /// version. An upload the stack already has (the current version, or an orphaned
+    /// one, from this run with this SHA-256) is returned as it is. Returns the version
+    /// and whether it was added now.
+    async fn add_run_state_version(
+        &self,
+        stack_id: StackId,
+        run_id: RunId,
+        fence: Option<crate::StateFence>,
+        blob: &BlobRecord,
+    ) -> Result<(StateVersionRecord, bool)>;
+    /// The stack's newest managed state that is not orphaned.
     async fn current_state_version(&self, stack_id: StackId) -> Result<Option<StateVersionRecord>>;
-    /// The stack's kept state versions, newest (the current one) first.
+    /// The stack's kept state versions, orphaned ones included, newest first.
     async fn list_state_versions(&self, stack_id: StackId) -> Result<Vec<StateVersionRecord>>;
     /// Makes version `to_seq` the stack's current state again by appending a version
     /// with its blob and producing run, recording the rollback and `by` (history is never
     /// rewritten). `NotFound` (kind "state version") when the stack keeps no version
-    /// `to_seq`. Serialized with the stack's other state-version writes, so a version
-    /// being pruned is either restored first or found missing.
+    /// `to_seq` that is not orphaned (those are adopted). Serialized with the stack's other
+    /// state-version writes, so a version being pruned is either restored first or found
+    /// missing.
     async fn rollback_state_version(
         &self,
         stack_id: StackId,
@@ -320,7 +335,19 @@ pub trait Store: Send + Sync + 'static {
         by: &str,
         at: Timestamp,
     ) -> Result<StateVersionRecord>;
-    /// Deletes every version of the stack but the newest `keep`, and returns the keys of
+    /// Makes the orphaned version `seq` the stack's current state by appending a version
+    /// with its blob and producing run, recording the adoption and `by`, as
+    /// `rollback_state_version` does. `NotFound` (kind "orphaned state version") when the
+    /// stack has no orphaned version `seq`.
+    async fn adopt_state_version(
+        &self,
+        stack_id: StackId,
+        seq: u64,
+        by: &str,
+        at: Timestamp,
+    ) -> Result<StateVersionRecord>;
+    /// Deletes every version of the stack but the newest `keep` that are not orphaned
+    /// (orphaned versions are never deleted here), and returns the keys of
     /// the blobs that no version names any more. Returns once the deletion is on disk:
     /// the caller deletes those blobs afterwards, so a crash in between leaves at worst a
     /// blob nothing names, never a version whose blob is gone.
