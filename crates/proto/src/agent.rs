@@ -251,6 +251,10 @@ pub struct Assignment {
     /// changes applies without a confirmation.
     #[serde(default)]
     pub autodeploy: Option<bool>,
+    /// For a run that holds its stack's lock: the lock's generation, a fencing token its
+    /// state upload carries (`LOCK_GENERATION_HEADER`). Absent from older servers.
+    #[serde(default)]
+    pub lock_generation: Option<u64>,
 }
 
 /// Who wrote a commit and when, as git records it (the author, not the committer).
@@ -311,6 +315,25 @@ pub const SHA256_HEADER: &str = "x-gantry-sha256";
 /// Header naming the run whose apply produced a state version: part of the state blob's
 /// encryption context.
 pub const STATE_RUN_HEADER: &str = "x-gantry-state-run";
+/// Header carrying, on a state upload, the lock generation of the run's assignment: the
+/// server makes the state current only while the run still holds the lock under it.
+pub const LOCK_GENERATION_HEADER: &str = "x-gantry-lock-generation";
+
+/// The answer to `PUT /agent/v1/runs/{run}/state`: the blob stored, and the version it
+/// became. `orphaned`: the run no longer held its stack's lock (the server ended it
+/// meanwhile, or the lock passed on), so the state was kept as an orphaned version that
+/// is not current until a user adopts it (status 202; 201 for a new current version,
+/// 200 for a retried upload). Older servers answer with the blob's fields only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateStored {
+    /// SHA-256 of the ciphertext, lowercase hex.
+    pub sha256: String,
+    pub size: u64,
+    #[serde(default)]
+    pub version: Option<u64>,
+    #[serde(default)]
+    pub orphaned: bool,
+}
 
 /// `POST /agent/v1/runs/{run}/ack`: the launcher took the assignment.
 #[serde_as]

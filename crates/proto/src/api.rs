@@ -467,6 +467,16 @@ pub struct StateVersion {
     /// For a rollback: the name of the API key that asked for it.
     #[serde(default)]
     pub rolled_back_by: Option<String>,
+    /// Stored by a run that no longer held the stack's lock (the server had ended it, or
+    /// the lock had passed on): kept, never pruned, not current unless adopted.
+    #[serde(default)]
+    pub orphaned: bool,
+    /// For an adoption: the orphaned version it made current.
+    #[serde(default)]
+    pub adopted_from: Option<u64>,
+    /// For an adoption: the name of the API key that asked for it.
+    #[serde(default)]
+    pub adopted_by: Option<String>,
 }
 
 /// `GET /api/v1/stacks/{stack}/state/versions`: the versions the server keeps, newest
@@ -487,4 +497,14 @@ pub struct StateVersionList {
 pub struct RollbackState {
     /// The version to return to.
     pub to: u64,
+}
+
+/// `POST /api/v1/stacks/{stack}/state/adopt`: make an orphaned version the current state.
+/// The answer is the new version (`201 Created`), a copy of the orphaned one with its
+/// producing run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdoptState {
+    /// The orphaned version to adopt.
+    pub version: u64,
 }

@@ -135,6 +135,9 @@ pub(crate) fn state_version(record: &StateVersionRecord, current: bool) -> api::
         created_at: record.blob.created_at,
         rollback_of: record.rollback.as_ref().map(|rollback| rollback.of_seq),
         rolled_back_by: record.rollback.as_ref().map(|rollback| rollback.by.clone()),
+        orphaned: record.orphaned,
+        adopted_from: record.adoption.as_ref().map(|adoption| adoption.of_seq),
+        adopted_by: record.adoption.as_ref().map(|adoption| adoption.by.clone()),
     }
 }
 

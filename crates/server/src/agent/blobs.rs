@@ -9,8 +9,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
 use gantry_domain::{RunState, RunType};
-use gantry_proto::agent::{BlobRef, SHA256_HEADER, STATE_RUN_HEADER};
-use gantry_store::{BlobRecord, RunRecord, StackRecord};
+use gantry_proto::agent::{
+    BlobRef, LOCK_GENERATION_HEADER, SHA256_HEADER, STATE_RUN_HEADER, StateStored,
+};
+use gantry_store::{BlobRecord, RunRecord, StackRecord, StateFence};
 
 use crate::auth::AgentSession;
 use crate::error::{ApiError, ApiResult, Json, PathParam};
@@ -34,6 +36,12 @@ fn state_key(run: &RunRecord) -> String {
         run.stack_id.to_string().to_ascii_lowercase(),
         run.id.to_string().to_ascii_lowercase()
     )
+}
+
+/// Where a fenced-off run's state goes: apart from the state it may have stored while it
+/// held the lock (which a version may still name), one blob per distinct upload.
+fn orphaned_state_key(run: &RunRecord, sha256: &str) -> String {
+    format!("{}.orphaned.{sha256}", state_key(run))
 }
 
 /// The run, if it executes on this launcher.
@@ -99,11 +107,21 @@ async fn uploader(
             run.id, rule.what, run.run_type, run.state, rule.runs
         )));
     }
+    let stack = stack_allowing(state, &run, rule).await?;
+    Ok((run, stack))
+}
+
+/// The run's stack, when `rule` lets it store that kind of blob.
+async fn stack_allowing(
+    state: &AppState,
+    run: &RunRecord,
+    rule: &UploadRule,
+) -> Result<StackRecord, ApiError> {
     let stack = lookup::stack(state, &run.stack_id.to_string()).await?;
     if !(rule.stack_may)(&stack) {
         return Err(ApiError::invalid(format!("stack {} {}", stack.name, rule.stack_refusal)));
     }
-    Ok((run, stack))
+    Ok(stack)
 }
 
 /// Streams the request body into the blob store and checks the digest the launcher sent.
@@ -216,30 +234,107 @@ pub(super) async fn get_state(
 }
 
 /// `PUT /runs/{run}/state`: the state an apply left, a new version of the stack's
-/// managed state. The stack lock makes the applying run the only writer.
+/// managed state. The stack lock makes the applying run the only writer, and the lock's
+/// generation fences off a run that no longer holds it: its state is kept as an orphaned
+/// version (202), which a user may adopt, never silently dropped nor made current.
 pub(super) async fn put_state(
     State(state): State<AppState>,
     session: AgentSession,
     PathParam(key): PathParam<String>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<(StatusCode, Json<BlobRef>)> {
-    let (run, stack) = uploader(&state, &session, &key, &STATE_UPLOAD).await?;
-    let blob = receive(&state, &state_key(&run), &headers, body).await?;
-    let current = state.store.current_state_version(run.stack_id).await?;
-    // A retried upload of the same state is the same version.
-    if let Some(current) =
-        current.filter(|current| current.run_id == run.id && current.blob.sha256 == blob.sha256)
-    {
-        return Ok((
-            StatusCode::OK,
-            Json(BlobRef { sha256: current.blob.sha256, size: current.blob.size }),
-        ));
+) -> ApiResult<(StatusCode, Json<StateStored>)> {
+    let (run, stack, fence) = state_uploader(&state, &session, &key, &headers).await?;
+    let blob_key = match fence {
+        Some(_) => state_key(&run),
+        None => orphaned_state_key(&run, &announced_sha256(&headers)?),
+    };
+    let blob = receive(&state, &blob_key, &headers, body).await?;
+    let (version, added) =
+        state.store.add_run_state_version(run.stack_id, run.id, fence, &blob).await?;
+    let status = if version.orphaned {
+        tracing::warn!(
+            run = %run.id,
+            stack = %stack.name,
+            version = version.seq,
+            run_state = %run.state,
+            "a fenced-off run's state was kept as an orphaned version: it is not current"
+        );
+        StatusCode::ACCEPTED
+    } else if added {
+        tracing::info!(run = %run.id, stack = %stack.name, version = version.seq, "managed state stored");
+        crate::api::state_versions::prune(&state, run.stack_id).await;
+        StatusCode::CREATED
+    } else {
+        // A retried upload of the same state is the same version.
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(StateStored {
+            sha256: version.blob.sha256,
+            size: version.blob.size,
+            version: Some(version.seq),
+            orphaned: version.orphaned,
+        }),
+    ))
+}
+
+/// The run uploading its state, its stack, and the fence under which the state may
+/// become current: `None` for a run that ended (the server failed it as its launcher
+/// went on applying), whose state can only be kept as an orphaned version.
+async fn state_uploader(
+    state: &AppState,
+    session: &AgentSession,
+    key: &str,
+    headers: &HeaderMap,
+) -> Result<(RunRecord, StackRecord, Option<StateFence>), ApiError> {
+    let sent = match headers.get(LOCK_GENERATION_HEADER) {
+        None => None,
+        Some(value) => Some(value.to_str().ok().and_then(|text| text.parse::<u64>().ok()).ok_or_else(
+            || {
+                ApiError::invalid(format!(
+                    "the {LOCK_GENERATION_HEADER} header must be the lock generation of the run's assignment, a whole number"
+                ))
+            },
+        )?),
+    };
+    let (run, _) = lookup::launcher_run(state, session, key).await?;
+    if !(run.run_type.takes_stack_lock() && run.state.is_terminal()) {
+        let (run, stack) = uploader(state, session, key, &STATE_UPLOAD).await?;
+        // Launchers before lock generations send none: the run's state and the stack's
+        // generation, checked with the version's append, still fence them.
+        let fence = StateFence { run_state: run.state, lock_generation: sent };
+        return Ok((run, stack, Some(fence)));
     }
-    let version = state.store.add_state_version(run.stack_id, run.id, &blob).await?;
-    tracing::info!(run = %run.id, stack = %stack.name, version = version.seq, "managed state stored");
-    crate::api::state_versions::prune(&state, run.stack_id).await;
-    Ok((StatusCode::CREATED, Json(BlobRef { sha256: blob.sha256, size: blob.size })))
+    // An ended run is held by no worker any more: any launcher of its pool (which holds
+    // the pool key the state is sealed with) may hand in what it applied.
+    let applied = state
+        .store
+        .run_history(run.id)
+        .await?
+        .iter()
+        .any(|change| matches!(change.state, RunState::Applying | RunState::Performing));
+    if !applied {
+        return Err(ApiError::invalid(format!(
+            "run {} cannot store state: it ended ({}) without applying",
+            run.id, run.state
+        )));
+    }
+    let stack = stack_allowing(state, &run, &STATE_UPLOAD).await?;
+    Ok((run, stack, None))
+}
+
+/// The SHA-256 an upload announces, when it is one (it names the blob).
+fn announced_sha256(headers: &HeaderMap) -> Result<String, ApiError> {
+    headers
+        .get(SHA256_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_ascii_lowercase)
+        .filter(|sha256| sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            ApiError::invalid(format!("uploads need the {SHA256_HEADER} header: a SHA-256 in hex"))
+        })
 }
 
 /// `PUT /runs/{run}/sensitive-outputs`: the run's sensitive outputs, sealed to the pool

@@ -191,6 +191,7 @@ async fn pending(
             created_at: Some(run.created_at),
             updated_at: Some(run.updated_at),
             autodeploy: Some(run.autodeploy),
+            lock_generation: run.lock_generation,
         });
     }
     // Whether the pool cycles comes from the session, which the caller may read anew.

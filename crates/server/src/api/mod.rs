@@ -92,6 +92,12 @@ pub(crate) fn routes() -> Vec<Guarded> {
             state_versions::rollback,
         ),
         Guarded::new(
+            Method::POST,
+            "/stacks/{stack}/state/adopt",
+            needs(Operator, Stack),
+            state_versions::adopt,
+        ),
+        Guarded::new(
             Method::GET,
             "/stacks/{stack}/dependencies",
             needs(Reader, Stack),

@@ -1,13 +1,13 @@
 //! A stack's managed state versions: the ones the server keeps (ciphertext it cannot
-//! read, the newest `GANTRY_SERVER_STATE_VERSIONS` of each stack), and rolling back to
-//! an earlier one, so that a stack is never left unable to run by what its own runs
-//! stored.
+//! read, the newest `GANTRY_SERVER_STATE_VERSIONS` of each stack, and every orphaned one
+//! a fenced-off run stored), rolling back to an earlier one, so that a stack is never
+//! left unable to run by what its own runs stored, and adopting an orphaned one.
 
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use gantry_domain::StackId;
-use gantry_proto::api::{RollbackState, StateVersion, StateVersionList};
+use gantry_proto::api::{AdoptState, RollbackState, StateVersion, StateVersionList};
 use gantry_store::{StackRecord, StateVersionRecord, StoreError};
 
 use crate::access::Actor;
@@ -36,6 +36,18 @@ pub(super) async fn rollback(
     Ok((StatusCode::CREATED, Json(views::state_version(&version, true))))
 }
 
+/// `POST /api/v1/stacks/{stack}/state/adopt`
+pub(super) async fn adopt(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    PathParam(key): PathParam<String>,
+    Json(request): Json<AdoptState>,
+) -> ApiResult<(StatusCode, Json<StateVersion>)> {
+    let stack = lookup::stack(&state, &key).await?;
+    let version = adopt_state(&state, &stack, request.version, &actor.key_name).await?;
+    Ok((StatusCode::CREATED, Json(views::state_version(&version, true))))
+}
+
 fn require_managed_state(stack: &StackRecord) -> Result<(), ApiError> {
     if stack.managed_state {
         return Ok(());
@@ -53,13 +65,13 @@ pub(crate) async fn versions(
 ) -> Result<StateVersionList, ApiError> {
     require_managed_state(stack)?;
     let records = state.store.list_state_versions(stack.id).await?;
+    let current = records.iter().find(|record| !record.orphaned).map(|record| record.seq);
     Ok(StateVersionList {
         stack: stack.name.clone(),
         kept: state.kept_state_versions,
         versions: records
             .iter()
-            .enumerate()
-            .map(|(index, record)| views::state_version(record, index == 0))
+            .map(|record| views::state_version(record, Some(record.seq) == current))
             .collect(),
     })
 }
@@ -73,22 +85,19 @@ pub(crate) async fn rollback_state(
     by: &str,
 ) -> Result<StateVersionRecord, ApiError> {
     require_managed_state(stack)?;
-    // A run holding the lock started from the current state and would store its own
-    // after it: the rollback would be overwritten, or its saved plan made stale.
-    let holder = state.store.active_runs().await?.into_iter().find(|run| {
-        run.stack_id == stack.id && run.run_type.takes_stack_lock() && run.state.holds_stack_lock()
-    });
-    if let Some(run) = holder {
-        return Err(ApiError::Conflict(format!(
-            "stack {} cannot be rolled back while its {} run {} is {}: the run would store its own state over the rollback; try again once it ended",
-            stack.name, run.run_type, run.id, run.state
-        )));
-    }
+    refuse_while_locked(state, stack, "rolled back", "rollback").await?;
     let kept = state.store.list_state_versions(stack.id).await?;
-    if kept.first().is_some_and(|current| current.seq == to) {
+    if kept.iter().find(|version| !version.orphaned).is_some_and(|current| current.seq == to) {
         return Err(ApiError::invalid(format!(
             "version {to} is already the current state of stack {}",
             stack.name
+        )));
+    }
+    // Whether a version is orphaned never changes: this read cannot go stale.
+    if kept.iter().any(|version| version.seq == to && version.orphaned) {
+        return Err(ApiError::invalid(format!(
+            "version {to} of stack {} is orphaned (a run stored it after it lost the stack's lock): adopt it instead, with gantry stack state adopt {} {to}",
+            stack.name, stack.name
         )));
     }
     let version = match state.store.rollback_state_version(stack.id, to, by, now()).await {
@@ -108,6 +117,74 @@ pub(crate) async fn rollback_state(
     );
     prune(state, stack.id).await;
     Ok(version)
+}
+
+/// Refuses a change of the stack's current state while a lock-taking run holds its
+/// lock: that run started from the current state and would store its own after it, so
+/// the change would be overwritten, or its saved plan made stale.
+async fn refuse_while_locked(
+    state: &AppState,
+    stack: &StackRecord,
+    done: &str,
+    change: &str,
+) -> Result<(), ApiError> {
+    let holder = state.store.active_runs().await?.into_iter().find(|run| {
+        run.stack_id == stack.id && run.run_type.takes_stack_lock() && run.state.holds_stack_lock()
+    });
+    match holder {
+        Some(run) => Err(ApiError::Conflict(format!(
+            "stack {} cannot be {done} while its {} run {} is {}: the run would store its own state over the {change}; try again once it ended",
+            stack.name, run.run_type, run.id, run.state
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Makes the orphaned version `version` the stack's current state, as a new version, for
+/// the API and the UI; `by` names who asked.
+pub(crate) async fn adopt_state(
+    state: &AppState,
+    stack: &StackRecord,
+    version: u64,
+    by: &str,
+) -> Result<StateVersionRecord, ApiError> {
+    require_managed_state(stack)?;
+    refuse_while_locked(state, stack, "changed by an adoption", "adoption").await?;
+    let adopted = match state.store.adopt_state_version(stack.id, version, by, now()).await {
+        Ok(adopted) => adopted,
+        Err(StoreError::NotFound { kind: "orphaned state version", .. }) => {
+            let kept = state.store.list_state_versions(stack.id).await?;
+            let orphaned: Vec<String> =
+                kept.iter().filter(|kept| kept.orphaned).map(|kept| kept.seq.to_string()).collect();
+            if kept.iter().any(|kept| kept.seq == version) {
+                return Err(ApiError::invalid(format!(
+                    "version {version} of stack {} is not orphaned: return to it with gantry stack state rollback {} --to {version}",
+                    stack.name, stack.name
+                )));
+            }
+            let message = if orphaned.is_empty() {
+                format!("stack {} has no orphaned state version", stack.name)
+            } else {
+                format!(
+                    "stack {} has no orphaned state version {version}: its orphaned versions are {}",
+                    stack.name,
+                    orphaned.join(", ")
+                )
+            };
+            return Err(ApiError::Missing(message));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    tracing::info!(
+        stack = %stack.name,
+        version = adopted.seq,
+        adopts = version,
+        run = %adopted.run_id,
+        by,
+        "orphaned managed state adopted"
+    );
+    prune(state, stack.id).await;
+    Ok(adopted)
 }
 
 /// Why there is no version `to`, with the versions there are.

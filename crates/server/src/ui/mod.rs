@@ -76,6 +76,12 @@ pub(crate) fn routes() -> Vec<Guarded> {
             needs(Operator, Stack),
             stacks::rollback_state,
         ),
+        Guarded::new(
+            M::POST,
+            "/stacks/{stack}/state/adopt",
+            needs(Operator, Stack),
+            stacks::adopt_state,
+        ),
         Guarded::new(M::GET, "/runs/{run}", needs(Reader, Run), runs::show),
         Guarded::new(M::GET, "/runs/{run}/live", needs(Reader, Run), runs::live),
         Guarded::new(M::POST, "/runs/{run}/confirm", needs(Writer, Run), runs::confirm),

@@ -119,14 +119,16 @@ pub(super) async fn show(
     Ok(page(&format!("{} · Stack", stack.name), Some(&session), body).into_response())
 }
 
-/// The kept state versions, newest first, each earlier one with its rollback button.
+/// The kept state versions, newest first, each earlier one with its rollback button and
+/// each orphaned one marked, with its adopt button.
 fn state_versions(session: &UiSession, stack: &api::Stack, list: &api::StateVersionList) -> Markup {
     html! {
         section aria-labelledby="state-heading" {
             h2 #state-heading { "State versions" }
             p.help { "The newest " (list.kept) " versions are kept, encrypted to the pool's key. \
                 Runs start from the current one; rolling back makes an earlier one current \
-                again, as a new version." }
+                again, as a new version. An orphaned version was stored by a run that had lost \
+                the stack's lock (the server had ended it): it is kept until adopted." }
             @if list.versions.is_empty() {
                 p { "No state yet: the first apply stores one." }
             } @else {
@@ -138,15 +140,27 @@ fn state_versions(session: &UiSession, stack: &api::Stack, list: &api::StateVers
                             @for version in &list.versions {
                                 tr {
                                     th scope="row" { (version.version)
-                                        @if version.current { " " span.badge { "current" } } }
+                                        @if version.current { " " span.badge { "current" } }
+                                        @if version.orphaned { " " span.badge { "orphaned" } } }
                                     td { a href={ "/ui/runs/" (version.run_id) } { code { (version.run_id) } }
                                         @if let Some(of) = version.rollback_of {
                                             br; span.muted { "rollback to version " (of)
                                                 @if let Some(by) = &version.rolled_back_by { " by " (by) } }
+                                        }
+                                        @if let Some(of) = version.adopted_from {
+                                            br; span.muted { "adopts orphaned version " (of)
+                                                @if let Some(by) = &version.adopted_by { " by " (by) } }
                                         } }
                                     td { (size(version.size)) }
                                     td { (time(version.created_at)) }
-                                    td { @if !version.current {
+                                    td { @if version.orphaned {
+                                        form method="post" action={ "/ui/stacks/" (stack.id) "/state/adopt" } {
+                                            (token_field(session))
+                                            input type="hidden" name="version" value=(version.version);
+                                            button id={ "adopt-" (version.version) } type="submit"
+                                                aria-label={ "Adopt orphaned version " (version.version) } { "Adopt" }
+                                        }
+                                    } @else if !version.current {
                                         form method="post" action={ "/ui/stacks/" (stack.id) "/state/rollback" } {
                                             (token_field(session))
                                             input type="hidden" name="to" value=(version.version);
@@ -288,5 +302,27 @@ pub(super) async fn rollback_state(
     })?;
     // Recorded by the key's name, as the API records it.
     state_ops::rollback_state(&state, &stack, to, &form.session.actor.key_name).await?;
+    Ok(Redirect::to(&format!("/ui/stacks/{}", stack.id)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct AdoptForm {
+    /// Text: a flattened form field does not parse as a number.
+    version: String,
+}
+
+pub(super) async fn adopt_state(
+    State(state): State<AppState>,
+    PathParam(key): PathParam<String>,
+    form: CheckedForm<AdoptForm>,
+) -> UiResult {
+    let stack = lookup::stack(&state, &key).await?;
+    let version = form.fields.version.parse::<u64>().map_err(|_| {
+        ApiError::invalid(format!(
+            "version {:?} is not a state version number",
+            form.fields.version
+        ))
+    })?;
+    state_ops::adopt_state(&state, &stack, version, &form.session.actor.key_name).await?;
     Ok(Redirect::to(&format!("/ui/stacks/{}", stack.id)).into_response())
 }

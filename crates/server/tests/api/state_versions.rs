@@ -40,7 +40,7 @@ impl ManagedStack {
         Self { api, launcher, stack_id, _repositories: repositories }
     }
 
-    async fn trigger_task(&self) -> String {
+    pub(super) async fn trigger_task(&self) -> String {
         let task = json!({"type": "TASK", "command": "terraform apply -auto-approve"});
         let (status, run) = self.api.post("/stacks/db/runs", task).await;
         assert_eq!(status, StatusCode::CREATED, "{run}");
@@ -266,4 +266,195 @@ async fn a_rollback_is_refused_while_a_run_holds_the_stack_and_where_it_cannot_b
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request", unmanaged);
     let (status, body) = stack.api.post("/stacks/app/state/rollback", json!({"to": 1})).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request", unmanaged);
+}
+
+impl ManagedStack {
+    /// Uploads `bytes` as `run`'s state with `generation` as its lock generation header.
+    async fn put_state_with_generation(
+        &self,
+        run: &str,
+        bytes: &[u8],
+        generation: &str,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .api
+            .http
+            .put(format!("{}/agent/v1/runs/{run}/state", self.api.server.url))
+            .bearer_auth(&self.launcher.session)
+            .header("x-gantry-sha256", gantry_crypto::sha256_hex(bytes))
+            .header("x-gantry-lock-generation", generation)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `[version, current, orphaned]` of each kept version, newest first.
+    async fn marks(&self) -> Vec<(u64, bool, bool)> {
+        let list = self.versions().await;
+        list["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|version| {
+                (
+                    version["version"].as_u64().unwrap(),
+                    version["current"].as_bool().unwrap(),
+                    version["orphaned"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_fenced_off_runs_state_is_kept_orphaned_never_pruned_and_adopted() {
+    let stack = ManagedStack::start(Some("2")).await;
+    stack.store_state("sealed state 1").await;
+
+    // The next task is given the lock under the stack's second generation.
+    let run = stack.trigger_task().await;
+    let polled = stack.launcher.call("/poll", json!({"wait_seconds": 5})).await;
+    let assignment = &polled["assignments"][0];
+    assert_eq!((&assignment["run_id"], &assignment["lock_generation"]), (&json!(run), &json!(2)));
+    let ack = json!({"worker_id": stack.launcher.worker, "job": "plan"});
+    stack.launcher.call(&format!("/runs/{run}/ack"), ack).await;
+    stack.launcher.report(&run, json!({"kind": "phase_started", "phase": "PERFORMING"})).await;
+
+    // A generation the lock no longer has: kept, but not current.
+    let (status, stored) = stack.put_state_with_generation(&run, b"sealed state 2", "1").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{stored}");
+    assert_eq!((&stored["version"], &stored["orphaned"]), (&json!(2), &json!(true)));
+    let (status, body) = stack.put_state_with_generation(&run, b"sealed state 2", "two").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "x-gantry-lock-generation",
+    );
+
+    // The run ended before its state arrived: the state, with the run's own generation,
+    // is kept as an orphaned version.
+    stack.launcher.report(&run, json!({"kind": "failed", "message": "interrupted"})).await;
+    let (status, stored) = stack.put_state_with_generation(&run, b"sealed state 3", "2").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{stored}");
+    assert_eq!(
+        stored,
+        json!({"sha256": gantry_crypto::sha256_hex(b"sealed state 3"), "size": 14, "version": 3, "orphaned": true})
+    );
+    let (status, again) = stack.launcher.put_blob(&run, "state", b"sealed state 3").await;
+    assert_eq!((status, &again["version"]), (202, &json!(3)), "a retry is the same version");
+    assert_eq!(stack.marks().await, [(3, false, true), (2, false, true), (1, true, false)]);
+
+    // Pruning to the newest two keeps every orphaned version and its blob.
+    stack.store_state("sealed state 4").await;
+    stack.store_state("sealed state 5").await;
+    assert_eq!(
+        stack.marks().await,
+        [(5, true, false), (4, false, false), (3, false, true), (2, false, true)]
+    );
+    assert!(!stack.blob_stored("sealed state 1"));
+    assert!(stack.blob_stored("sealed state 2") && stack.blob_stored("sealed state 3"));
+
+    // An orphaned version is adopted, not rolled back to, and only an orphaned one.
+    let (status, body) = stack.rollback(3).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "version 3 of stack db is orphaned (a run stored it after it lost the stack's lock): adopt it instead, with gantry stack state adopt db 3",
+    );
+    let adopt =
+        |version: u64| stack.api.post("/stacks/db/state/adopt", json!({"version": version}));
+    let (status, body) = adopt(4).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "version 4 of stack db is not orphaned",
+    );
+    let (status, body) = adopt(9).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "stack db has no orphaned state version 9: its orphaned versions are 3, 2",
+    );
+    let (status, adopted) = adopt(3).await;
+    assert_eq!(status, StatusCode::CREATED, "{adopted}");
+    assert_eq!(
+        (&adopted["version"], &adopted["current"], &adopted["orphaned"], &adopted["run_id"]),
+        (&json!(6), &json!(true), &json!(false), &json!(run))
+    );
+    assert_eq!((&adopted["adopted_from"], &adopted["adopted_by"]), (&json!(3), &json!("admin")));
+    assert_eq!(adopted["rollback_of"], Value::Null);
+    assert_eq!(
+        stack.marks().await,
+        [(6, true, false), (5, false, false), (3, false, true), (2, false, true)]
+    );
+    let (_, audit) = stack.api.get("/audit").await;
+    assert!(
+        audit["entries"].as_array().unwrap().iter().any(|entry| {
+            entry["action"] == "POST /api/v1/stacks/{stack}/state/adopt"
+                && entry["outcome"] == "ok 201"
+        }),
+        "{audit}"
+    );
+
+    // The next run starts from the adopted state, sealed by the run that produced it.
+    let next = stack.trigger_task().await;
+    let polled = stack.launcher.call("/poll", json!({"wait_seconds": 5})).await;
+    let assignment = &polled["assignments"][0];
+    assert_eq!(assignment["run_id"], next, "{polled}");
+    assert_eq!(assignment["lock_generation"], 5, "{assignment}");
+    assert_eq!(assignment["state"]["run_id"], run, "{assignment}");
+    assert_eq!(assignment["state"]["blob"]["sha256"], gantry_crypto::sha256_hex(b"sealed state 3"));
+    // An adoption, like a rollback, waits for the run holding the lock.
+    let (status, body) = adopt(2).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::CONFLICT,
+        "conflict",
+        "cannot be changed by an adoption while",
+    );
+
+    // The server fails that run (its launcher looked lost) while it goes on applying:
+    // what it then stores is kept as an orphaned version too.
+    let ack = json!({"worker_id": stack.launcher.worker, "job": "plan"});
+    stack.launcher.call(&format!("/runs/{next}/ack"), ack).await;
+    stack.launcher.report(&next, json!({"kind": "phase_started", "phase": "PERFORMING"})).await;
+    let (status, failed) =
+        stack.api.post(&format!("/runs/{next}/fail"), json!({"reason": "launcher lost"})).await;
+    assert_eq!(status, StatusCode::OK, "{failed}");
+    let (status, stored) = stack.put_state_with_generation(&next, b"sealed state 7", "5").await;
+    assert_eq!(
+        (status, &stored["version"], &stored["orphaned"]),
+        (StatusCode::ACCEPTED, &json!(7), &json!(true))
+    );
+    assert_eq!(stack.marks().await[..2], [(7, false, true), (6, true, false)]);
+}
+
+#[tokio::test]
+async fn a_run_that_ended_without_applying_stores_no_state() {
+    let stack = ManagedStack::start(None).await;
+    let run = stack.trigger_task().await;
+    stack.launcher.take(&run, "plan").await;
+    stack.launcher.report(&run, json!({"kind": "failed", "message": "no checkout"})).await;
+    let (status, body) = stack.launcher.put_blob(&run, "state", b"sealed state").await;
+    let status = StatusCode::from_u16(status).unwrap();
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        &format!("run {run} cannot store state: it ended (FAILED) without applying"),
+    );
+    assert_eq!(stack.marks().await, []);
 }

@@ -554,6 +554,42 @@ async fn a_stack_page_lists_state_versions_and_rolls_back_with_the_sessions_toke
 }
 
 #[tokio::test]
+async fn a_stack_page_marks_orphaned_state_versions_and_adopts_them() {
+    let stack = super::state_versions::ManagedStack::start(None).await;
+    stack.store_state("sealed state 1").await;
+    // A task whose run ended before its state arrived: the state is kept, orphaned.
+    let run = stack.trigger_task().await;
+    stack.launcher.take(&run, "plan").await;
+    stack.launcher.report(&run, json!({"kind": "phase_started", "phase": "PERFORMING"})).await;
+    stack.launcher.report(&run, json!({"kind": "failed", "message": "interrupted"})).await;
+    let (status, stored) = stack.launcher.put_blob(&run, "state", b"sealed state 2").await;
+    assert_eq!((status, &stored["orphaned"]), (202, &json!(true)), "{stored}");
+
+    let mut browser = Browser::new(&stack.api);
+    browser.sign_in(&stack.api.server.admin_key).await;
+    let page_path = format!("/ui/stacks/{}", stack.stack_id);
+    let (_, page) = browser.get(&page_path).await;
+    assert!(page.contains(r#"<span class="badge">orphaned</span>"#), "{page}");
+    assert!(page.contains(r#"id="adopt-2""#), "an orphaned version can be adopted");
+    assert!(!page.contains(r#"id="rollback-2""#), "not rolled back to");
+    assert!(!page.contains(r#"id="adopt-1""#), "only orphaned versions are adopted");
+
+    let fields = [("csrf", csrf(&page)), ("version", "2".to_owned())];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let adopt = format!("{page_path}/state/adopt");
+    let response = browser.post(&adopt, &fields, Some(&browser.base.clone())).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let (_, list) = stack.api.get("/stacks/db/state/versions").await;
+    let current = &list["versions"][0];
+    assert_eq!(
+        (&current["version"], &current["run_id"], &current["adopted_from"]),
+        (&json!(3), &json!(run), &json!(2))
+    );
+    let (_, page) = browser.get(&page_path).await;
+    assert!(page.contains("adopts orphaned version 2 by admin"), "{page}");
+}
+
+#[tokio::test]
 async fn guessing_keys_at_the_sign_in_form_is_answered_429_with_retry_after() {
     let data_dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let settings = [("GANTRY_SERVER_AUTH_FAILURES_PER_MINUTE", "3")];
