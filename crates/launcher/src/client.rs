@@ -101,6 +101,8 @@ pub struct AgentClient {
     heartbeat_interval_seconds: AtomicU64,
     /// The lease this launcher grants its workers.
     lease: crate::lease::LeaseClock,
+    /// Cancelled when the launcher leaves for good: deliveries still pending stop.
+    deliveries_abandoned: tokio_util::sync::CancellationToken,
 }
 
 /// The heartbeat interval until a session says otherwise.
@@ -161,6 +163,7 @@ impl AgentClient {
             session: Mutex::new(None),
             heartbeat_interval_seconds: AtomicU64::new(DEFAULT_HEARTBEAT_INTERVAL_SECONDS),
             lease: crate::lease::LeaseClock::default(),
+            deliveries_abandoned: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -174,6 +177,18 @@ impl AgentClient {
     /// The lease a worker of this launcher holds now.
     pub(crate) fn worker_lease(&self) -> gantry_proto::lease::WorkerLease {
         self.lease.grant()
+    }
+
+    /// Cancelled once the launcher stops trying to deliver what the server has not
+    /// acknowledged yet (see `delivery`).
+    pub(crate) fn deliveries_abandoned(&self) -> tokio_util::sync::CancellationToken {
+        self.deliveries_abandoned.clone()
+    }
+
+    /// The launcher leaves for good: reports, state and logs still pending are tried once
+    /// more at most, then handed back to their callers.
+    pub(crate) fn abandon_deliveries(&self) {
+        self.deliveries_abandoned.cancel();
     }
 
     pub fn endpoint(&self) -> &str {

@@ -28,6 +28,9 @@ use crate::workspace;
 const POLL_WAIT: Duration = Duration::from_secs(30);
 /// A poll that failed after being open this long was cut, not refused.
 const LONG_POLL_CUT: Duration = Duration::from_secs(2);
+/// On shutdown, how long runs stopped after the grace period still try to deliver their
+/// reports, state and logs to a server that does not answer.
+const FINAL_DELIVERY_WINDOW: Duration = Duration::from_secs(60);
 
 /// The two stages of stopping: `graceful` stops taking work and lets runs finish for the
 /// grace period; `immediate` stops running runs now.
@@ -183,7 +186,22 @@ async fn serve(
         for stop in lock(&slots).running.values() {
             stop.cancel();
         }
-        while runs.join_next().await.is_some() {}
+        // The runs stopped: their reports still go to the server if it answers, but
+        // the launcher does not wait past the delivery window for one that does not.
+        let all_done = async { while runs.join_next().await.is_some() {} };
+        let abandon = async {
+            tokio::select! {
+                () = tokio::time::sleep(FINAL_DELIVERY_WINDOW) => {}
+                () = shutdown.immediate.cancelled() => {}
+            }
+            tracing::warn!("leaving with deliveries the server has not acknowledged yet");
+            client.abandon_deliveries();
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            () = all_done => {}
+            () = abandon => {}
+        }
     }
     heartbeat_stop.cancel();
     let _ = heartbeat.await;

@@ -9,6 +9,7 @@ mod backoff;
 mod client;
 pub mod config;
 mod confined;
+mod delivery;
 mod executor;
 mod launcher;
 mod lease;

@@ -25,6 +25,9 @@ pub(crate) async fn conclude(
     end: WorkerEnd,
 ) {
     let run_id = assignment.run_id;
+    // A report the worker made before it went away is still on its way: what it
+    // concludes decides.
+    endpoint.settled().await;
     let message = match (endpoint.conclusion(), end.interruption) {
         (Some(Conclusion::UploadWorkspace), None) => {
             store_planned_workspace(context, assignment, workspace, endpoint, logs).await;

@@ -5,7 +5,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -27,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use super::RunContext;
 use super::sealed;
 use super::state::ManagedState;
-use crate::backoff::{Backoff, shown};
 use crate::client::AgentClient;
+use crate::delivery::{Delivery, PendingReport};
 use crate::logs::LogRelay;
 use crate::metrics::{LauncherMetrics, PhaseClock};
 
@@ -61,6 +60,8 @@ pub(crate) struct RunEndpoint {
     phases: PhaseClock,
     /// Where sensitive output values go, sealed, when the run shares them.
     pub(crate) sensitive_outputs: Option<SensitiveOutputsUpload>,
+    /// Held while a report is relayed.
+    relaying: tokio::sync::Mutex<()>,
     /// The run's journal, on a launcher that keeps one: a final report is written to it
     /// before it is sent, for a launcher started again to send it if this one dies.
     pub(crate) journal: std::sync::OnceLock<Arc<super::journal::RunJournal>>,
@@ -93,6 +94,7 @@ impl RunEndpoint {
             metrics,
             phases: PhaseClock::default(),
             sensitive_outputs: None,
+            relaying: tokio::sync::Mutex::new(()),
             journal: std::sync::OnceLock::new(),
         }
     }
@@ -125,6 +127,13 @@ impl RunEndpoint {
         *self.conclusion.borrow()
     }
 
+    /// Returns once no report is on its way to the server: a report the worker made
+    /// before it went away (its lease ran out while the server was unreachable, or it
+    /// was killed) is still relayed, and what it concludes counts.
+    pub(crate) async fn settled(&self) {
+        drop(self.relaying.lock().await);
+    }
+
     /// Returns once a report has concluded the run.
     pub(crate) async fn concluded(&self) {
         let mut conclusion = self.conclusion.subscribe();
@@ -132,9 +141,11 @@ impl RunEndpoint {
         let _ = conclusion.wait_for(Option::is_some).await;
     }
 
-    /// Relays a report once the log before it is uploaded, retrying while the server is
-    /// unreachable; records whether it concluded the run.
+    /// Relays a report once the log before it is uploaded, kept until the server
+    /// acknowledges it (see `delivery`); records whether it concluded the run. Reports
+    /// are relayed one at a time, in the order they came.
     pub(crate) async fn report(&self, report: RunReport) -> Directive {
+        let _relaying = self.relaying.lock().await;
         let report = self.secure_state(report).await;
         self.phases.observe(&self.metrics, &report);
         self.logs.flush().await;
@@ -145,24 +156,15 @@ impl RunEndpoint {
         {
             journal.final_report(&report);
         }
-        let mut backoff = Backoff::new(Duration::from_secs(30));
-        let directive = loop {
-            match self.client.report(self.run_id, report.clone()).await {
-                Ok(directive) => {
-                    self.metrics.relayed(&report, Some(directive));
-                    break directive;
-                }
-                Err(error) if error.is_transient() => {
-                    let delay = backoff.delay();
-                    tracing::warn!(run = %self.run_id, %error, "report failed; retrying in {}", shown(delay));
-                    tokio::time::sleep(delay).await;
-                }
-                Err(error) => {
-                    // The server no longer wants this run here: stop it.
-                    tracing::warn!(run = %self.run_id, %error, "the server refused a report; stopping the run");
-                    break Directive::Finish;
-                }
+        let pending = PendingReport { run_id: self.run_id, report: report.clone() };
+        let directive = match pending.deliver(&self.client).await {
+            Delivery::Acknowledged(directive) => {
+                self.metrics.relayed(&report, Some(directive));
+                directive
             }
+            // The server no longer wants this run here, or the launcher is leaving: the
+            // worker stops either way.
+            Delivery::Refused(_) | Delivery::Abandoned(_) => Directive::Finish,
         };
         let conclusion = match directive {
             Directive::UploadWorkspace => Some(Conclusion::UploadWorkspace),
@@ -275,11 +277,22 @@ async fn report(
         Ok(report) => report,
         Err(rejection) => return invalid_body(&rejection),
     };
-    if !report.sensitive_outputs.is_empty() {
-        endpoint.store_sensitive_outputs(&report.sensitive_outputs).await;
+    // Relayed by a task of its own: a worker that goes away (its connection closed)
+    // does not take its report with it.
+    let relay = tokio::spawn(async move {
+        if !report.sensitive_outputs.is_empty() {
+            endpoint.store_sensitive_outputs(&report.sensitive_outputs).await;
+        }
+        endpoint.report(report.report).await
+    });
+    match relay.await {
+        Ok(directive) => axum::Json(WorkerDirective { directive }).into_response(),
+        Err(error) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &format!("relaying the report failed: {error}"),
+        ),
     }
-    let directive = endpoint.report(report.report).await;
-    axum::Json(WorkerDirective { directive }).into_response()
 }
 
 /// The worker renews its lease here; it is what the launcher grants, not a constant.

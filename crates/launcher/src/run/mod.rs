@@ -16,14 +16,13 @@ pub(crate) mod state;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use gantry_domain::RunId;
 use gantry_proto::agent::{Assignment, RunReport};
 
-use crate::backoff::Backoff;
 use crate::client::AgentClient;
 use crate::config::LauncherConfig;
+use crate::delivery::{Delivery, PendingReport};
 use crate::logs::LogRelay;
 use crate::mask::Masker;
 use crate::metrics::LauncherMetrics;
@@ -128,6 +127,8 @@ pub(crate) async fn report_failure(
 }
 
 /// Reports how the run ended when the worker could not say it, after the log before it.
+/// Kept until the server acknowledges it, however long it is unreachable: the run's
+/// slot stays taken meanwhile (the server keeps its worker busy until it hears).
 pub(crate) async fn report_ending(
     context: &RunContext,
     logs: &LogRelay,
@@ -136,21 +137,10 @@ pub(crate) async fn report_ending(
 ) {
     logs.flush().await;
     let report = logs.masked_report(report);
-    let mut backoff = Backoff::new(Duration::from_secs(30));
-    for _ in 0..8 {
-        match context.client.report(run_id, report.clone()).await {
-            Ok(_) => {
-                context.metrics.relayed(&report, None);
-                return;
-            }
-            Err(error) if error.is_transient() => tokio::time::sleep(backoff.delay()).await,
-            Err(error) => {
-                tracing::warn!(run = %run_id, %error, "cannot report how the run ended");
-                return;
-            }
-        }
+    let pending = PendingReport { run_id, report: report.clone() };
+    if let Delivery::Acknowledged(_) = pending.deliver(&context.client).await {
+        context.metrics.relayed(&report, None);
     }
-    tracing::warn!(run = %run_id, "gave up reporting how the run ended: the server will time the run out");
 }
 
 pub(crate) fn timeout_message(context: &RunContext) -> String {

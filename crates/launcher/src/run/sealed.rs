@@ -8,7 +8,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use gantry_crypto::{
     EnvelopeContext, EnvelopeError, OpeningReader, PoolPrivateKey, Purpose, SealingWriter,
@@ -19,10 +18,8 @@ use gantry_proto::local::SensitiveOutput;
 
 use super::RunContext;
 use crate::archive::{self, ArchiveError};
-use crate::backoff::{Backoff, shown};
 use crate::client::{ClientError, Downloaded};
-
-const TRANSFER_ATTEMPTS: usize = 6;
+use crate::delivery::{Delivery, until_acknowledged};
 
 pub(super) fn context(
     run_context: &RunContext,
@@ -124,7 +121,9 @@ pub(super) fn open_scratch(path: &Path) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path)
 }
 
-/// Uploads a sealed file, retrying while the server is unreachable.
+/// Uploads a sealed file, kept until the server acknowledges it (see `delivery`): an
+/// outage delays a run's new state, it never loses it. The error is the server's
+/// refusal, or the last failure when the launcher left before the server took it.
 pub(super) async fn upload(
     run_context: &RunContext,
     run_id: RunId,
@@ -132,23 +131,23 @@ pub(super) async fn upload(
     file: &Path,
     blob: &BlobRef,
 ) -> Result<(), ClientError> {
-    let mut backoff = Backoff::new(Duration::from_secs(30));
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match run_context.client.upload_blob(run_id, what, file, &blob.sha256).await {
-            Ok(_) => return Ok(()),
-            Err(error) if error.is_transient() && attempt < TRANSFER_ATTEMPTS => {
-                let delay = backoff.delay();
-                tracing::warn!(run = %run_id, %error, "uploading the {what} failed; retrying in {}", shown(delay));
-                tokio::time::sleep(delay).await;
-            }
-            Err(error) => return Err(error),
-        }
+    let client = &run_context.client;
+    let delivery = until_acknowledged(
+        run_id,
+        what,
+        &client.deliveries_abandoned(),
+        || client.upload_blob(run_id, what, file, &blob.sha256),
+        tokio::time::sleep,
+    )
+    .await;
+    match delivery {
+        Delivery::Acknowledged(_) => Ok(()),
+        Delivery::Refused(error) | Delivery::Abandoned(error) => Err(error),
     }
 }
 
-/// Downloads a blob into `file`, retrying while the server is unreachable.
+/// Downloads a blob into `file`, trying again while the server is unreachable or
+/// unavailable; what waits for it (a run being prepared) bounds the wait.
 pub(super) async fn download(
     run_context: &RunContext,
     run_id: RunId,
@@ -156,19 +155,18 @@ pub(super) async fn download(
     file: &Path,
     expected: &BlobRef,
 ) -> Result<Option<Downloaded>, ClientError> {
-    let mut backoff = Backoff::new(Duration::from_secs(30));
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match run_context.client.download_blob(run_id, what, file, Some(&expected.sha256)).await {
-            Ok(downloaded) => return Ok(downloaded),
-            Err(error) if error.is_transient() && attempt < TRANSFER_ATTEMPTS => {
-                let delay = backoff.delay();
-                tracing::warn!(run = %run_id, %error, "downloading the {what} failed; retrying in {}", shown(delay));
-                tokio::time::sleep(delay).await;
-            }
-            Err(error) => return Err(error),
-        }
+    let client = &run_context.client;
+    let delivery = until_acknowledged(
+        run_id,
+        what,
+        &client.deliveries_abandoned(),
+        || client.download_blob(run_id, what, file, Some(&expected.sha256)),
+        tokio::time::sleep,
+    )
+    .await;
+    match delivery {
+        Delivery::Acknowledged(downloaded) => Ok(downloaded),
+        Delivery::Refused(error) | Delivery::Abandoned(error) => Err(error),
     }
 }
 
