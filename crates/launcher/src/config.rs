@@ -105,6 +105,9 @@ pub struct LauncherConfig {
     /// Seal the sensitive outputs of stacks that share them and upload them, for the
     /// stacks that depend on them.
     pub sensitive_output_upload: bool,
+    /// `GANTRY_LAUNCHER_LOG_BUFFER_SIZE`: the room run logs the server cannot take yet
+    /// may fill, shared by every run of this launcher (its clones share it too).
+    pub(crate) log_buffer: Arc<crate::logs::LogBufferBudget>,
 }
 
 /// What the worker process inherits from the launcher's environment: enough to find
@@ -204,6 +207,11 @@ impl LauncherConfig {
             passed_env: crate::passed_env::from_env(env)?,
             metrics_listen,
             sensitive_output_upload: options::boolean(env, SENSITIVE_OUTPUT_UPLOAD_ENABLED, false)?,
+            log_buffer: Arc::new(crate::logs::LogBufferBudget::new(options::size(
+                env,
+                crate::logs::LOG_BUFFER_SIZE,
+                crate::logs::DEFAULT_LOG_BUFFER_SIZE,
+            )?)),
             pool_id,
             certificate,
             key: Arc::new(key),

@@ -7,9 +7,14 @@
 //! Batches are bounded by bytes as well as chunks, well under the server's body limit; a
 //! batch the server still finds too large (413) is halved and sent again. The relay
 //! never gives up on a log while its run lives: only a server saying the log is sealed
-//! (the run ended and its log was archived) or the run is gone stops it.
+//! (the run ended and its log was archived) or the run is gone stops it. What waits for
+//! the server waits in the run's `backlog`, on disk beyond a few MiB, within the
+//! launcher's log buffer.
+
+mod backlog;
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -22,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::{Backoff, shown};
 use crate::client::{AgentClient, ClientError};
 use crate::mask::Masker;
+use backlog::Backlog;
+pub(crate) use backlog::{DEFAULT_LOG_BUFFER_SIZE, LOG_BUFFER_SIZE, LogBufferBudget};
 
 /// Chunks larger than this are split: keeps each request well under the server's limit.
 const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -35,8 +42,7 @@ struct Buffer {
     masker: Masker,
     /// Also print each chunk on standard output (`GANTRY_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED`).
     echo: Option<RunId>,
-    next_seq: u64,
-    pending: VecDeque<LogUpload>,
+    backlog: Backlog,
     last_activity: Instant,
 }
 
@@ -58,25 +64,29 @@ pub(crate) struct LogRelay {
 
 impl LogRelay {
     /// Starts relaying a run's log whose next chunk is `first_seq`; nothing `masker`
-    /// masks is uploaded (or printed, with `echo`).
+    /// masks is uploaded (or printed, with `echo`). What the server cannot take yet is
+    /// kept in `spool_dir` beyond a few MiB, within `budget`.
     pub(crate) fn start(
         client: Arc<AgentClient>,
         run_id: RunId,
         first_seq: u64,
         masker: Masker,
         echo: bool,
+        spool_dir: &Path,
+        budget: Arc<LogBufferBudget>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
+        let spool = spool_dir.join(format!("{run_id}.log-backlog"));
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer {
                 masker,
                 echo: echo.then_some(run_id),
-                next_seq: first_seq,
-                pending: VecDeque::new(),
+                backlog: Backlog::new(first_seq, spool, budget),
                 last_activity: Instant::now(),
             }),
             wake: Notify::new(),
             uploaded: watch::channel(first_seq).0,
-            abandoned: CancellationToken::new(),
+            // The launcher leaving for good ends the uploads with its other deliveries.
+            abandoned: client.deliveries_abandoned().child_token(),
         });
         let task = tokio::spawn(upload(client, run_id, Arc::clone(&shared)));
         (Self { shared }, task)
@@ -114,7 +124,7 @@ impl LogRelay {
     /// The sequence number of the next chunk: after a flush, the first one the server
     /// does not have, from which another process may go on with the log.
     pub(crate) fn next_seq(&self) -> u64 {
-        self.buffer().next_seq
+        self.buffer().backlog.next_seq()
     }
 
     /// When the run last produced output.
@@ -130,12 +140,15 @@ impl LogRelay {
             let mut buffer = self.buffer();
             let held = buffer.masker.finish();
             buffer.enqueue(&held);
-            buffer.next_seq
+            buffer.say_what_was_dropped();
+            buffer.backlog.next_seq()
         };
         self.shared.wake.notify_one();
         let mut uploaded = self.shared.uploaded.subscribe();
+        // Lower than `target` once the backlog lost chunks and numbered on from them.
+        let target = || target.min(self.buffer().backlog.next_seq());
         tokio::select! {
-            _ = uploaded.wait_for(|&next| next >= target) => {}
+            _ = uploaded.wait_for(|&next| next >= target()) => {}
             () = self.shared.abandoned.cancelled() => {}
         }
     }
@@ -163,14 +176,22 @@ impl Buffer {
         if text.is_empty() {
             return;
         }
+        let echo = self.echo;
         for piece in split_at_char_boundaries(text, MAX_CHUNK_BYTES) {
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            if let Some(run_id) = self.echo {
-                print_chunk(run_id, seq, piece);
-            }
-            self.pending.push_back(LogUpload { seq, text: piece.to_owned() });
+            self.backlog.push(piece, |seq, text| echo_chunk(echo, seq, text));
         }
+    }
+
+    /// The line about output dropped while the log buffer was full, if any is owed.
+    fn say_what_was_dropped(&mut self) {
+        let echo = self.echo;
+        self.backlog.say_what_was_dropped(&mut |seq, text| echo_chunk(echo, seq, text));
+    }
+}
+
+fn echo_chunk(echo: Option<RunId>, seq: u64, text: &str) {
+    if let Some(run_id) = echo {
+        print_chunk(run_id, seq, text);
     }
 }
 
@@ -251,7 +272,7 @@ async fn upload(client: Arc<AgentClient>, run_id: RunId, shared: Arc<Shared>) {
         notified.as_mut().enable();
         let batch: Vec<LogUpload> = {
             let buffer = shared.buffer.lock().unwrap_or_else(PoisonError::into_inner);
-            limit.take(&buffer.pending)
+            limit.take(buffer.backlog.front())
         };
         if batch.is_empty() {
             tokio::select! {
@@ -265,9 +286,7 @@ async fn upload(client: Arc<AgentClient>, run_id: RunId, shared: Arc<Shared>) {
                 backoff.reset();
                 limit.accepted();
                 let mut buffer = shared.buffer.lock().unwrap_or_else(PoisonError::into_inner);
-                while buffer.pending.front().is_some_and(|chunk| chunk.seq < next_seq) {
-                    buffer.pending.pop_front();
-                }
+                buffer.backlog.acknowledged(next_seq);
                 drop(buffer);
                 shared.uploaded.send_replace(next_seq);
                 continue;
@@ -319,12 +338,12 @@ fn split_at_char_boundaries(text: &str, max: usize) -> Vec<&str> {
 mod tests {
     use super::*;
 
-    fn buffer(masked: &[&str]) -> Buffer {
+    fn buffer(masked: &[&str], spool_dir: &Path) -> Buffer {
+        let budget = Arc::new(LogBufferBudget::new(DEFAULT_LOG_BUFFER_SIZE));
         Buffer {
             masker: Masker::new(masked.iter().copied()),
             echo: None,
-            next_seq: 7,
-            pending: VecDeque::new(),
+            backlog: Backlog::new(7, spool_dir.join("run.log-backlog"), budget),
             last_activity: Instant::now(),
         }
     }
@@ -332,19 +351,20 @@ mod tests {
     fn uploaded(buffer: &mut Buffer) -> String {
         let held = buffer.masker.finish();
         buffer.enqueue(&held);
-        buffer.pending.iter().map(|chunk| chunk.text.as_str()).collect()
+        buffer.backlog.front().iter().map(|chunk| chunk.text.as_str()).collect()
     }
 
     #[test]
     fn values_opened_during_the_run_are_masked_in_the_output_that_follows() {
-        let mut buffer = buffer(&["stack-secret"]);
+        let spool_dir = tempfile::tempdir().unwrap();
+        let mut buffer = buffer(&["stack-secret"], spool_dir.path());
         buffer.append("Opened 1 sensitive input(s)\nstack-sec");
         buffer.mask_also(["upstream-password"]);
         buffer.append("ret upstream-password\n");
         buffer.append(&format!("{}\n", serde_json::to_string("upstream-password").unwrap()));
         let text = uploaded(&mut buffer);
         assert_eq!(text, "Opened 1 sensitive input(s)\n*** ***\n\"***\"\n");
-        let seqs: Vec<u64> = buffer.pending.iter().map(|chunk| chunk.seq).collect();
+        let seqs: Vec<u64> = buffer.backlog.front().iter().map(|chunk| chunk.seq).collect();
         assert_eq!(seqs, (7..7 + seqs.len() as u64).collect::<Vec<_>>(), "consecutive");
         let report = buffer.masker.masked_report(RunReport::Failed {
             message: "terraform printed upstream-password".to_owned(),

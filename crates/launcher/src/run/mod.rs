@@ -86,6 +86,8 @@ pub(crate) fn start_log(
         first_seq,
         masker(&context.config, assignment),
         context.config.run_logs_on_stdout,
+        &context.scratch_dir,
+        Arc::clone(&context.config.log_buffer),
     )
 }
 

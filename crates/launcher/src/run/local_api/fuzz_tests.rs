@@ -26,7 +26,7 @@ use tower::ServiceExt;
 
 use super::{RunEndpoint, router};
 use crate::client::AgentClient;
-use crate::logs::LogRelay;
+use crate::logs::{DEFAULT_LOG_BUFFER_SIZE, LogBufferBudget, LogRelay};
 use crate::mask::Masker;
 use crate::metrics::LauncherMetrics;
 
@@ -56,8 +56,17 @@ fn api() -> &'static Api {
             };
             let client = Arc::new(AgentClient::for_pool(&token, key, info).unwrap());
             let run_id = RunId::generate();
-            let (logs, _upload) =
-                LogRelay::start(Arc::clone(&client), run_id, 0, Masker::new([]), false);
+            let budget = Arc::new(LogBufferBudget::new(DEFAULT_LOG_BUFFER_SIZE));
+            let spool_dir = std::env::temp_dir();
+            let (logs, _upload) = LogRelay::start(
+                Arc::clone(&client),
+                run_id,
+                0,
+                Masker::new([]),
+                false,
+                &spool_dir,
+                budget,
+            );
             let job = WorkerJob {
                 run_id,
                 run_type: RunType::Tracked,
