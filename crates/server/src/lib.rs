@@ -11,6 +11,7 @@ mod auth;
 mod bootstrap;
 mod cascade;
 mod cluster;
+mod database_watch;
 pub mod config;
 mod effects;
 mod error;

@@ -12,14 +12,34 @@ use crate::state::{AppState, now};
 
 pub(crate) async fn run_sweeper(state: AppState) {
     loop {
+        // Heartbeats this process could not store while its database was away would
+        // make live launchers look dead: judge only once it has answered for a full
+        // worker timeout (after the start too).
+        if has_had_its_database(&state).await
+            && let Err(error) = sweep_once(&state).await
+        {
+            if let ApiError::Store(error) = &error {
+                state.database.observe(error);
+            }
+            tracing::warn!(%error, "liveness sweep failed; retrying on the next interval");
+        }
         tokio::select! {
             () = tokio::time::sleep(state.timings.sweep_interval) => {}
             () = state.shutdown.cancelled() => return,
         }
-        if let Err(error) = sweep_once(&state).await {
-            tracing::warn!(%error, "liveness sweep failed; retrying on the next interval");
-        }
     }
+}
+
+/// Asks the database, and says whether it has answered without a break for a full
+/// worker timeout (see `database_watch`).
+async fn has_had_its_database(state: &AppState) -> bool {
+    let asked_at = std::time::Instant::now();
+    match tokio::time::timeout(state.timings.sweep_interval, state.store.ping()).await {
+        Ok(Ok(())) => state.database.answered(asked_at),
+        Ok(Err(error)) => state.database.observe(&error),
+        Err(_) => state.database.failed(),
+    }
+    state.database.answered_for(state.timings.worker_timeout, std::time::Instant::now())
 }
 
 /// One sweep, unless another server process sharing the store swept this interval.

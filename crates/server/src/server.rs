@@ -183,6 +183,7 @@ impl Server {
             max_blob_size: config.max_blob_size,
             kept_state_versions: config.kept_state_versions,
             max_run_log_size: config.max_run_log_size,
+            database: crate::database_watch::DatabaseWatch::default(),
             ca: pki.ca,
             token_server_ca: pki.token_server_ca,
             public_url,

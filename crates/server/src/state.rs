@@ -29,6 +29,9 @@ pub struct Shared {
     pub kept_state_versions: u32,
     /// The most of a run's log kept: its head and its tail, the middle cut.
     pub max_run_log_size: u64,
+    /// How long this process has had its database without a break: the liveness
+    /// sweep waits for a full worker timeout of it.
+    pub(crate) database: crate::database_watch::DatabaseWatch,
     pub ca: CertificateAuthority,
     /// The CA written into pool tokens for launchers to trust.
     pub token_server_ca: Option<String>,

@@ -13,8 +13,10 @@ pub(super) async fn heartbeat(
     session: AgentSession,
     Json(request): Json<Heartbeat>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
-    let unknown_worker_ids =
-        state.store.touch_workers(session.launcher_id, &request.worker_ids, now()).await?;
+    let touched = state.store.touch_workers(session.launcher_id, &request.worker_ids, now()).await;
+    // A heartbeat this process cannot store (503: the launcher sends the next one) must
+    // not count against the launcher: liveness waits until the database is back for long.
+    let unknown_worker_ids = touched.inspect_err(|error| state.database.observe(error))?;
 
     let mut stop_run_ids = Vec::new();
     for run_id in request.running_run_ids {
