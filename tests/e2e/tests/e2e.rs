@@ -10,6 +10,7 @@ mod hostile;
 mod launcher_options;
 mod logs;
 mod master_key;
+mod outages;
 mod pod_protocol;
 mod replicas;
 mod scheduling;
