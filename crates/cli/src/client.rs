@@ -12,10 +12,10 @@ use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
 use gantry_domain::{RunId, WorkerId};
 use gantry_proto::api::{
-    AddDependency, CreatePool, CreateStack, Dependencies, Drained, ErrorResponse, FailRun, Health,
-    LogChunk, LogPage, Pool, PoolCertificate, PoolCreated, PoolList, Queue, ResetPool,
-    RollbackState, Run, RunList, SetStackSecrets, Stack, StackList, StateVersion, StateVersionList,
-    StreamEnd, TriggerRun, WorkerList,
+    AddDependency, AdoptState, CreatePool, CreateStack, Dependencies, Drained, ErrorResponse,
+    FailRun, Health, LogChunk, LogPage, Pool, PoolCertificate, PoolCreated, PoolList, Queue,
+    ResetPool, RollbackState, Run, RunList, SetStackSecrets, Stack, StackList, StateVersion,
+    StateVersionList, StreamEnd, TriggerRun, WorkerList,
 };
 use gantry_proto::audit::{AuditList, AuditVerified};
 use gantry_proto::keys::{ApiKey, CreateKey, KeyCreated, KeyList};
@@ -307,6 +307,17 @@ impl ApiClient {
     pub async fn rollback_state(&self, stack: &str, to: u64) -> Result<StateVersion, ClientError> {
         let url = self.url(&["stacks", stack, "state", "rollback"]);
         self.call(Method::POST, url, Some(&RollbackState { to })).await
+    }
+
+    /// `POST /api/v1/stacks/{stack}/state/adopt`: makes the orphaned version `version`
+    /// current, as a new version; returns it.
+    pub async fn adopt_state(
+        &self,
+        stack: &str,
+        version: u64,
+    ) -> Result<StateVersion, ClientError> {
+        let url = self.url(&["stacks", stack, "state", "adopt"]);
+        self.call(Method::POST, url, Some(&AdoptState { version })).await
     }
 
     /// `POST /api/v1/stacks/{stack}/runs`

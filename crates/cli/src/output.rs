@@ -379,7 +379,7 @@ pub fn state_versions_table(list: &StateVersionList, now: Timestamp) -> String {
     for version in &list.versions {
         table.add_row(vec![
             version.version.to_string(),
-            yes_no(version.current),
+            if version.orphaned { "orphaned".to_owned() } else { yes_no(version.current) },
             version.run_id.to_string(),
             byte_size(version.size),
             relative_time(version.created_at, now),
@@ -391,15 +391,26 @@ pub fn state_versions_table(list: &StateVersionList, now: Timestamp) -> String {
         "\nThe server keeps the newest {} versions of each stack. Return to one with: gantry stack state rollback {} --to VERSION\n",
         list.kept, list.stack
     ));
+    if list.versions.iter().any(|version| version.orphaned) {
+        text.push_str(&format!(
+            "Orphaned versions were stored by runs that had lost the stack's lock; they are kept until adopted: gantry stack state adopt {} VERSION\n",
+            list.stack
+        ));
+    }
     text
 }
 
-/// `3 (by admin)`: the version a rollback restored and who asked, `-` for others.
+/// `3 (by admin)`: the version a rollback restored and who asked, `adopts 5 (by admin)`
+/// for an adoption, `-` for others.
 fn rollback_of(version: &StateVersion) -> String {
-    match (version.rollback_of, &version.rolled_back_by) {
-        (Some(of), Some(by)) => format!("{of} (by {by})"),
-        (Some(of), None) => of.to_string(),
-        (None, _) => "-".to_owned(),
+    let restored = |of: u64, by: &Option<String>| match by {
+        Some(by) => format!("{of} (by {by})"),
+        None => of.to_string(),
+    };
+    match (version.rollback_of, version.adopted_from) {
+        (Some(of), _) => restored(of, &version.rolled_back_by),
+        (None, Some(of)) => format!("adopts {}", restored(of, &version.adopted_by)),
+        (None, None) => "-".to_owned(),
     }
 }
 
@@ -409,6 +420,17 @@ pub fn rollback_text(stack: &str, version: &StateVersion) -> String {
         "Stack {stack}'s current state is now version {}, a copy of version {} as run {} stored it ({}).\nThe next run starts from it.\n",
         version.version,
         version.rollback_of.map_or_else(|| "?".to_owned(), |of| of.to_string()),
+        version.run_id,
+        byte_size(version.size),
+    )
+}
+
+/// What an adoption made: the new current version and the orphaned one it copies.
+pub fn adoption_text(stack: &str, version: &StateVersion) -> String {
+    format!(
+        "Stack {stack}'s current state is now version {}, a copy of orphaned version {} as run {} stored it ({}).\nThe next run starts from it.\n",
+        version.version,
+        version.adopted_from.map_or_else(|| "?".to_owned(), |of| of.to_string()),
         version.run_id,
         byte_size(version.size),
     )
@@ -1030,6 +1052,9 @@ mod tests {
             created_at: at(n as i64 * 100),
             rollback_of,
             rolled_back_by: rollback_of.map(|_| "admin".to_owned()),
+            orphaned: false,
+            adopted_from: None,
+            adopted_by: None,
         };
         let list = StateVersionList {
             stack: "network".to_owned(),
@@ -1051,6 +1076,32 @@ mod tests {
             rollback_text("network", &list.versions[0]),
             "Stack network's current state is now version 4, a copy of version 1 as run \
              00000000000000000000000001 stored it (2.3 KiB).\nThe next run starts from it.\n"
+        );
+
+        // An orphaned version is marked, and an adoption names the one it copies.
+        let adopted = StateVersion {
+            rollback_of: None,
+            rolled_back_by: None,
+            adopted_from: Some(5),
+            adopted_by: Some("ops".to_owned()),
+            current: true,
+            ..version(6, 7, 900, None)
+        };
+        let orphaned = StateVersion { orphaned: true, ..version(5, 7, 900, None) };
+        let earlier =
+            list.versions.iter().map(|earlier| StateVersion { current: false, ..earlier.clone() });
+        let list = StateVersionList {
+            versions: [adopted.clone(), orphaned].into_iter().chain(earlier).collect(),
+            ..list
+        };
+        insta::assert_snapshot!(
+            "state_versions_table_with_an_adopted_orphan",
+            super::state_versions_table(&list, at(700))
+        );
+        assert_eq!(
+            adoption_text("network", &adopted),
+            "Stack network's current state is now version 6, a copy of orphaned version 5 as \
+             run 00000000000000000000000007 stored it (900 B).\nThe next run starts from it.\n"
         );
     }
 

@@ -176,6 +176,7 @@ fn every_command_group_has_help() {
         (&["run", "fail", "--help"], "--reason <REASON>"),
         (&["stack", "state", "--help"], "rollback"),
         (&["stack", "state", "rollback", "--help"], "--to <VERSION>"),
+        (&["stack", "state", "adopt", "--help"], "gantry stack state adopt network 42"),
     ];
     for (args, expect) in cases {
         let ran = run_sync(dir.path(), args);
@@ -739,39 +740,61 @@ async fn the_cli_speaks_the_real_servers_api() {
     server.stop().await;
 }
 
+/// A real server with a managed-state stack `db` on pool `build`, whose one worker the
+/// test drives as a launcher would; the directory holds the server's CA for the binary.
+struct ManagedDb {
+    server: gantry_testkit::TestServer,
+    dir: tempfile::TempDir,
+    launcher: gantry_testkit::ScriptedLauncher,
+    client: ApiClient,
+}
+
+impl ManagedDb {
+    async fn start() -> Self {
+        let server = gantry_testkit::TestServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &server.ca_pem).unwrap();
+        let pool = server.create_pool("build").await;
+        let pool_id = gantry_crypto::PoolToken::decode(&pool.token).unwrap().pool_id;
+        let launcher = gantry_testkit::ScriptedLauncher::connect(
+            &server,
+            &pool_id,
+            &pool.private_key_pem,
+            serde_json::json!({}),
+        )
+        .await;
+        let create = ["stack", "create", "--name", "db", "--repository", "file:///srv/git/db.git"];
+        let args = [&create[..], &["--pool", "build", "--managed-state"]].concat();
+        let ran = gantry_on(&server, dir.path(), &args).await;
+        assert_eq!(ran.code, 0, "{ran:?}");
+        let client = ApiClient::builder(&server.url)
+            .api_key(&server.admin_key)
+            .trust_ca_pem(server.ca_pem.clone())
+            .build()
+            .unwrap();
+        Self { server, dir, launcher, client }
+    }
+}
+
+/// A task that changes the stack's state.
+fn task_applying() -> gantry_proto::api::TriggerRun {
+    gantry_proto::api::TriggerRun {
+        run_type: gantry_domain::RunType::Task,
+        commit: None,
+        command: Some("terraform apply -auto-approve".to_owned()),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_versions_are_listed_and_rolled_back_on_the_real_server() {
-    use gantry_proto::api::{StateVersion, StateVersionList, TriggerRun};
-    let server = gantry_testkit::TestServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), &server.ca_pem).unwrap();
+    use gantry_proto::api::{StateVersion, StateVersionList};
+    let ManagedDb { server, dir, launcher, client } = ManagedDb::start().await;
     let gantry = |args: &[&str]| gantry_on(&server, dir.path(), args);
-    let pool = server.create_pool("build").await;
-    let pool_id = gantry_crypto::PoolToken::decode(&pool.token).unwrap().pool_id;
-    let launcher = gantry_testkit::ScriptedLauncher::connect(
-        &server,
-        &pool_id,
-        &pool.private_key_pem,
-        serde_json::json!({}),
-    )
-    .await;
-    let create = ["stack", "create", "--name", "db", "--repository", "file:///srv/git/db.git"];
-    let ran = gantry(&[&create[..], &["--pool", "build", "--managed-state"]].concat()).await;
-    assert_eq!(ran.code, 0, "{ran:?}");
     let ran = gantry(&["stack", "state", "list", "db"]).await;
     assert_eq!(ran.stdout, "Stack db has no state yet: its first apply stores one.\n", "{ran:?}");
 
     // Two tasks store two versions, through the agent plane as a launcher would.
-    let client = ApiClient::builder(&server.url)
-        .api_key(&server.admin_key)
-        .trust_ca_pem(server.ca_pem.clone())
-        .build()
-        .unwrap();
-    let task = || TriggerRun {
-        run_type: gantry_domain::RunType::Task,
-        commit: None,
-        command: Some("terraform apply -auto-approve".to_owned()),
-    };
+    let task = task_applying;
     let mut runs = Vec::new();
     for state in ["sealed state 1", "sealed state 2"] {
         let run = client.trigger_run("db", &task()).await.unwrap().id.to_string();
@@ -828,6 +851,65 @@ async fn state_versions_are_listed_and_rolled_back_on_the_real_server() {
     let ran = gantry(&["stack", "state", "rollback", "db"]).await;
     assert_eq!(ran.code, 2, "{ran:?}");
     assert!(ran.stderr.contains("--to <VERSION>"), "{ran:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphaned_state_version_is_listed_and_adopted_on_the_real_server() {
+    use gantry_proto::api::{StateVersion, StateVersionList};
+    let ManagedDb { server, dir, launcher, client } = ManagedDb::start().await;
+    let gantry = |args: &[&str]| gantry_on(&server, dir.path(), args);
+    let task = task_applying;
+    let first = client.trigger_run("db", &task()).await.unwrap().id.to_string();
+    launcher.perform_storing_state(&first, b"sealed state 1").await;
+    // A task whose run ended before the state it applied arrived: kept, orphaned.
+    let late = client.trigger_run("db", &task()).await.unwrap().id.to_string();
+    launcher.take(&late, "plan").await;
+    launcher
+        .report(&late, serde_json::json!({"kind": "phase_started", "phase": "PERFORMING"}))
+        .await;
+    launcher.report(&late, serde_json::json!({"kind": "failed", "message": "interrupted"})).await;
+    let (status, stored) = launcher.put_blob(&late, "state", b"sealed state 2").await;
+    assert_eq!((status, &stored["orphaned"]), (202, &serde_json::json!(true)), "{stored}");
+
+    let ran = gantry(&["stack", "state", "list", "db"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert!(lines[1].starts_with(&format!("2        orphaned  {late}  14 B")), "{ran:?}");
+    assert!(lines[2].starts_with(&format!("1        yes       {first}  14 B")), "{ran:?}");
+    assert!(
+        ran.stdout.contains("kept until adopted: gantry stack state adopt db VERSION"),
+        "{ran:?}"
+    );
+    let ran = gantry(&["stack", "state", "list", "db", "--output", "json"]).await;
+    let list: StateVersionList = serde_json::from_str(&ran.stdout).unwrap();
+    let orphaned: Vec<(u64, bool, bool)> =
+        list.versions.iter().map(|v| (v.version, v.current, v.orphaned)).collect();
+    assert_eq!(orphaned, [(2, false, true), (1, true, false)]);
+
+    // Only an orphaned version is adopted; a rollback to one is pointed at adoption.
+    let ran = gantry(&["stack", "state", "adopt", "db", "1"]).await;
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stderr.contains("version 1 of stack db is not orphaned"), "{ran:?}");
+    let ran = gantry(&["stack", "state", "rollback", "db", "--to", "2"]).await;
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stderr.contains("adopt it instead, with gantry stack state adopt db 2"), "{ran:?}");
+    let ran = gantry(&["stack", "state", "adopt", "db", "2"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(
+        ran.stdout.starts_with(&format!(
+            "Stack db's current state is now version 3, a copy of orphaned version 2 as run {late}"
+        )),
+        "{ran:?}"
+    );
+    let ran = gantry(&["stack", "state", "list", "db"]).await;
+    assert!(ran.stdout.lines().nth(1).unwrap().ends_with("adopts 2 (by admin)"), "{ran:?}");
+    let ran = gantry(&["--output", "json", "stack", "state", "adopt", "db", "2"]).await;
+    let again: StateVersion = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!((again.version, again.adopted_from, again.current), (4, Some(2), true));
+    let ran = gantry(&["stack", "state", "adopt", "db"]).await;
+    assert_eq!(ran.code, 2, "{ran:?}");
+    assert!(ran.stderr.contains("<VERSION>"), "{ran:?}");
     server.stop().await;
 }
 

@@ -1,6 +1,6 @@
-//! `gantry stack state list|rollback`: the versions of a stack's managed state that the
-//! server keeps, and returning to an earlier one when a run left a state the stack
-//! cannot run from.
+//! `gantry stack state list|rollback|adopt`: the versions of a stack's managed state that
+//! the server keeps, returning to an earlier one when a run left a state the stack
+//! cannot run from, and adopting an orphaned one that a fenced-off run stored.
 
 use clap::Subcommand;
 
@@ -16,6 +16,17 @@ would store its own state over it.
 Example:
   gantry stack state list network
   gantry stack state rollback network --to 41";
+
+const ADOPT_AFTER_HELP: &str = "\
+An orphaned version holds the state a run stored after it had lost the stack's lock (the
+server had ended it, say as \"worker lost\", while it went on applying, or the lock had
+passed on): the server keeps it, never as the current state. Adopting it adds a version:
+a copy of it, with the run that produced it. It is refused while a tracked run or task of
+the stack holds its lock, since that run would store its own state over it.
+
+Example:
+  gantry stack state list network
+  gantry stack state adopt network 42";
 
 #[derive(Debug, Subcommand)]
 pub enum StateCommand {
@@ -33,6 +44,16 @@ pub enum StateCommand {
         /// The version to return to, as `state list` shows it
         #[arg(long, value_name = "VERSION")]
         to: u64,
+    },
+    /// Make an orphaned version (stored by a run that had lost the stack's lock) the
+    /// stack's current state, as a new version
+    #[command(after_help = ADOPT_AFTER_HELP)]
+    Adopt {
+        /// Stack name or id
+        stack: String,
+        /// The orphaned version to adopt, as `state list` shows it
+        #[arg(value_name = "VERSION")]
+        orphan: u64,
     },
 }
 
@@ -53,6 +74,14 @@ pub async fn run(context: &Context, command: &StateCommand) -> anyhow::Result<Ou
                 print_json(&version)?;
             } else {
                 print!("{}", output::rollback_text(stack, &version));
+            }
+        }
+        StateCommand::Adopt { stack, orphan } => {
+            let adopted = client.adopt_state(stack, *orphan).await?;
+            if context.is_json() {
+                print_json(&adopted)?;
+            } else {
+                print!("{}", output::adoption_text(stack, &adopted));
             }
         }
     }
