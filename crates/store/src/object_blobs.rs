@@ -32,8 +32,10 @@ const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts uploading at once, per blob: a slow part does not stall the body, and an upload
 /// holds at most this many parts plus the one being filled.
 const PARTS_IN_FLIGHT: usize = 2;
-/// Written and removed by `open` to prove the store takes writes. Blob keys cannot start
-/// with a dot, so no blob is ever touched.
+/// The name's start of the object written and removed by `open` to prove the store takes
+/// writes; a random suffix follows, since replicas sharing a store open it at once and
+/// one's removal must not take the object another is about to remove. Blob keys cannot
+/// start with a dot, so no blob is ever touched.
 const WRITE_CHECK: &str = ".gantry-write-check";
 /// The previous directory store staged uploads here; only broken-off uploads remain.
 const OLD_STAGING_DIR: &str = ".partial";
@@ -233,7 +235,10 @@ impl ObjectBlobStore {
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
-        let location = self.object_path(WRITE_CHECK);
+        let mut suffix = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut suffix)
+            .map_err(|_| StoreError::Blob("no random bytes for the write check".to_owned()))?;
+        let location = self.object_path(&format!("{WRITE_CHECK}-{}", hex::encode(suffix)));
         let payload = PutPayload::from_static(b"gantry checks that it may write here\n");
         self.store.put(&location, payload).await.map_err(|e| self.unusable(e))?;
         self.store.delete(&location).await.map_err(|e| self.unusable(e))?;
@@ -541,5 +546,26 @@ mod tests {
         assert!(is_valid_blob_key("gantry/prod"));
         let error = ObjectBlobStore::new(store, Some("../up"), "x").unwrap_err();
         assert!(matches!(error, StoreError::InvalidKey(_)), "{error}");
+    }
+
+    /// Replicas sharing one blob directory start together: each one's write check must
+    /// leave the others' alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_open_one_directory_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = BlobLocation::Directory(dir.path().to_path_buf());
+        let opens = (0..16).map(|_| {
+            let location = location.clone();
+            tokio::spawn(async move { ObjectBlobStore::open(&location).await.map(|_| ()) })
+        });
+        for opened in futures_util::future::join_all(opens).await {
+            opened.unwrap().unwrap();
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .filter(|name| name.to_string_lossy().starts_with(WRITE_CHECK))
+            .collect();
+        assert!(left.is_empty(), "write checks left behind: {left:?}");
     }
 }
