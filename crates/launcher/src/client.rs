@@ -12,10 +12,10 @@ use gantry_crypto::{PoolPrivateKey, PoolToken, session_message};
 use gantry_domain::{PoolId, RunId, WorkerId};
 use gantry_proto::agent::{
     Acknowledge, BlobRef, ChallengeRequest, ChallengeResponse, Directive, Heartbeat,
-    HeartbeatResponse, HeldAssignment, LauncherInfo, LeaveWorkers, LogUpload, LogsAccepted,
-    OpenSession, PROTOCOL_VERSION, Poll, PollResponse, RegisterWorkers, ReportRequest,
-    ReportResponse, RunReport, SHA256_HEADER, STATE_RUN_HEADER, SessionOpened, UploadLogs,
-    WorkerBinary, WorkerRegistration, WorkersLeft, WorkersRegistered,
+    HeartbeatResponse, HeldAssignment, LOCK_GENERATION_HEADER, LauncherInfo, LeaveWorkers,
+    LogUpload, LogsAccepted, OpenSession, PROTOCOL_VERSION, Poll, PollResponse, RegisterWorkers,
+    ReportRequest, ReportResponse, RunReport, SHA256_HEADER, STATE_RUN_HEADER, SessionOpened,
+    StateStored, UploadLogs, WorkerBinary, WorkerRegistration, WorkersLeft, WorkersRegistered,
 };
 use gantry_proto::api::ErrorResponse;
 use serde::Serialize;
@@ -244,8 +244,8 @@ impl AgentClient {
         ClientError::Unreachable { url: self.endpoint.clone(), cause: describe(error) }
     }
 
-    /// Uploads `file` as the run's `what` blob (`workspace`, `state`), announcing its
-    /// SHA-256 so that the server can tell a damaged upload.
+    /// Uploads `file` as the run's `what` blob (`workspace`, `sensitive-outputs`),
+    /// announcing its SHA-256 so that the server can tell a damaged upload.
     pub async fn upload_blob(
         &self,
         run_id: RunId,
@@ -253,6 +253,32 @@ impl AgentClient {
         file: &Path,
         sha256: &str,
     ) -> Result<BlobRef, ClientError> {
+        self.put_file(run_id, what, file, sha256, None).await
+    }
+
+    /// Uploads `file` as the run's new managed state with the lock generation of its
+    /// assignment (its fencing token; none from a server that gave none): the answer
+    /// says which version it became, and whether the server kept it as an orphaned one
+    /// because the run no longer held its stack's lock.
+    pub async fn upload_state(
+        &self,
+        run_id: RunId,
+        file: &Path,
+        sha256: &str,
+        lock_generation: Option<u64>,
+    ) -> Result<StateStored, ClientError> {
+        let generation = lock_generation.map(|generation| (LOCK_GENERATION_HEADER, generation));
+        self.put_file(run_id, "state", file, sha256, generation).await
+    }
+
+    async fn put_file<T: DeserializeOwned>(
+        &self,
+        run_id: RunId,
+        what: &str,
+        file: &Path,
+        sha256: &str,
+        extra_header: Option<(&'static str, u64)>,
+    ) -> Result<T, ClientError> {
         let url = format!("{}/agent/v1/runs/{run_id}/{what}", self.endpoint);
         self.with_session(|token| {
             let url = url.clone();
@@ -271,12 +297,16 @@ impl AgentClient {
                     handle,
                     256 * 1024,
                 ));
-                let response = self
+                let mut request = self
                     .http
                     .put(&url)
                     .bearer_auth(&token)
                     .header(SHA256_HEADER, sha256)
-                    .header(reqwest::header::CONTENT_LENGTH, size)
+                    .header(reqwest::header::CONTENT_LENGTH, size);
+                if let Some((name, value)) = extra_header {
+                    request = request.header(name, value);
+                }
+                let response = request
                     .body(body)
                     .timeout(BLOB_TIMEOUT)
                     .send()

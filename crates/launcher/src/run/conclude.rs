@@ -36,7 +36,7 @@ pub(crate) async fn conclude(
         (Some(Conclusion::Ended), None) => return,
         (_, Some(Interruption::Stopped)) => {
             logs.append("\nThe run was stopped.\n");
-            if let Some(Some(Err(problem))) = secure_state(endpoint).await {
+            if let Some(Some(Err(problem))) = secure_state(endpoint, logs).await {
                 logs.append(&format!("{problem}\n"));
             }
             journal_final_report(endpoint, logs, &RunReport::Stopped);
@@ -47,7 +47,7 @@ pub(crate) async fn conclude(
         (_, Some(Interruption::LogsTimeout)) => silence_message(context),
         (None, None) => end.unexplained,
     };
-    let message = match secure_state(endpoint).await {
+    let message = match secure_state(endpoint, logs).await {
         Some(Some(Err(problem))) => format!("{message}; besides, {problem}"),
         _ => message,
     };
@@ -65,9 +65,16 @@ fn journal_final_report(endpoint: &RunEndpoint, logs: &LogRelay, report: &RunRep
 }
 
 /// Stores the state an interrupted apply may have changed: never lose what it created.
-async fn secure_state(endpoint: &RunEndpoint) -> Option<Option<Result<bool, String>>> {
+async fn secure_state(
+    endpoint: &RunEndpoint,
+    logs: &LogRelay,
+) -> Option<Option<Result<bool, String>>> {
     let managed = endpoint.managed_state.as_ref()?;
-    Some(managed.store_after_apply().await)
+    let stored = managed.store_after_apply().await;
+    if let Some(notice) = managed.take_orphan_notice() {
+        logs.append(&notice);
+    }
+    Some(stored)
 }
 
 /// After a plan that waits for confirmation: pack, seal and upload the workspace, then

@@ -198,7 +198,12 @@ impl RunEndpoint {
         }
         match (managed.store_after_apply().await, report) {
             (Some(Ok(true)), report) => {
-                self.logs.append("\nThe new state is stored, encrypted to the pool key.\n");
+                match managed.take_orphan_notice() {
+                    Some(notice) => self.logs.append(&notice),
+                    None => {
+                        self.logs.append("\nThe new state is stored, encrypted to the pool key.\n")
+                    }
+                }
                 report
             }
             (Some(Err(problem)), RunReport::Applied) => {

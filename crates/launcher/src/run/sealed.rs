@@ -13,7 +13,7 @@ use gantry_crypto::{
     EnvelopeContext, EnvelopeError, OpeningReader, PoolPrivateKey, Purpose, SealingWriter,
 };
 use gantry_domain::RunId;
-use gantry_proto::agent::{Assignment, BlobRef, SealedInput};
+use gantry_proto::agent::{Assignment, BlobRef, SealedInput, StateStored};
 use gantry_proto::local::SensitiveOutput;
 
 use super::RunContext;
@@ -142,6 +142,30 @@ pub(super) async fn upload(
     .await;
     match delivery {
         Delivery::Acknowledged(_) => Ok(()),
+        Delivery::Refused(error) | Delivery::Abandoned(error) => Err(error),
+    }
+}
+
+/// Uploads a sealed state as `upload` does, with the lock generation of the run's
+/// assignment: the answer says whether it became the stack's current version or was
+/// kept as an orphaned one.
+pub(super) async fn upload_state(
+    run_context: &RunContext,
+    assignment: &Assignment,
+    file: &Path,
+    blob: &BlobRef,
+) -> Result<StateStored, ClientError> {
+    let (client, run_id) = (&run_context.client, assignment.run_id);
+    let delivery = until_acknowledged(
+        run_id,
+        "state",
+        &client.deliveries_abandoned(),
+        || client.upload_state(run_id, file, &blob.sha256, assignment.lock_generation),
+        tokio::time::sleep,
+    )
+    .await;
+    match delivery {
+        Delivery::Acknowledged(stored) => Ok(stored),
         Delivery::Refused(error) | Delivery::Abandoned(error) => Err(error),
     }
 }

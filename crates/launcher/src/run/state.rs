@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gantry_crypto::{EnvelopeContext, OpeningReader, PoolPrivateKey, Purpose};
-use gantry_proto::agent::{Assignment, BlobRef};
+use gantry_proto::agent::{Assignment, BlobRef, StateStored};
 
 use super::RunContext;
 use super::sealed::{
-    Hashing, Scratch, context, download, envelope_error, explain, open_scratch, seal_into, upload,
+    Hashing, Scratch, context, download, envelope_error, explain, open_scratch, seal_into,
+    upload_state,
 };
 use crate::confined::{Confined, FileRefusal};
 use crate::state_check::{self, StateIdentity};
@@ -39,6 +40,9 @@ pub(crate) struct ManagedState {
     pub(crate) applying: std::sync::atomic::AtomicBool,
     /// The state was stored (or storing it failed): once per run.
     pub(crate) stored: tokio::sync::Mutex<Option<Result<bool, String>>>,
+    /// The server kept the stored state as this orphaned version (the run no longer
+    /// held its stack's lock), until the run's log says so.
+    orphaned_as: std::sync::Mutex<Option<u64>>,
 }
 
 impl ManagedState {
@@ -59,6 +63,7 @@ impl ManagedState {
                 assignment.job == gantry_proto::agent::Job::Apply,
             ),
             stored: tokio::sync::Mutex::new(None),
+            orphaned_as: std::sync::Mutex::new(None),
         })
     }
 
@@ -69,13 +74,39 @@ impl ManagedState {
         }
         let mut stored = self.stored.lock().await;
         if stored.is_none() {
-            let result =
-                store_state(&self.context, &self.assignment, &self.files, self.before.as_ref())
-                    .await;
-            *stored = Some(result);
+            let result = store_state_version(
+                &self.context,
+                &self.assignment,
+                &self.files,
+                self.before.as_ref(),
+            )
+            .await;
+            if let Ok(Some(version)) = &result
+                && version.orphaned
+                && let Ok(mut orphaned_as) = self.orphaned_as.lock()
+            {
+                *orphaned_as = version.version;
+            }
+            *stored = Some(result.map(|version| version.is_some()));
         }
         stored.clone()
     }
+
+    /// Once, after the state was stored as an orphaned version: the run's log line that
+    /// says so and how to make it current. The run's ending is unaffected.
+    pub(crate) fn take_orphan_notice(&self) -> Option<String> {
+        let version = self.orphaned_as.lock().ok()?.take()?;
+        Some(orphan_notice(&self.assignment.stack.name, version))
+    }
+}
+
+/// What the run's log says when the server kept its state as an orphaned version.
+fn orphan_notice(stack: &str, version: u64) -> String {
+    format!(
+        "\nThe server kept the new state as orphaned state version {version} of stack {stack}, not as its current state: \
+         this run no longer held the stack's lock (the server had ended it, or the lock had passed on). \
+         Nothing is lost; to make it current: gantry stack state adopt {stack} {version}\n"
+    )
 }
 
 /// A managed-state run's files: its workspace as the launcher opened it before any of
@@ -285,13 +316,25 @@ enum SealedState {
 /// and stores the state it left, if it changed and is a valid successor of the state the
 /// run started from. On an upload failure the sealed state is kept on this machine and
 /// the error says where; a refused state is never sealed, and the stack keeps its
-/// previous version.
+/// previous version. Returns whether a state was stored.
 pub(crate) async fn store_state(
     run_context: &RunContext,
     assignment: &Assignment,
     files: &Arc<ProjectFiles>,
     before: Option<&StateBefore>,
 ) -> Result<bool, String> {
+    Ok(store_state_version(run_context, assignment, files, before).await?.is_some())
+}
+
+/// `store_state`, answering with what the server made of the state (`None`: the run left
+/// it unchanged): the stack's current version, or an orphaned one when the run no longer
+/// held the stack's lock.
+pub(crate) async fn store_state_version(
+    run_context: &RunContext,
+    assignment: &Assignment,
+    files: &Arc<ProjectFiles>,
+    before: Option<&StateBefore>,
+) -> Result<Option<StateStored>, String> {
     let name = format!("{}.state-out.gantry", assignment.run_id);
     let path = run_context.scratch_dir.join(&name);
     let key = std::sync::Arc::clone(&run_context.config.key);
@@ -307,7 +350,7 @@ pub(crate) async fn store_state(
     let blob = match outcome {
         Ok(SealedState::Unchanged) => {
             let _ = tokio::fs::remove_file(&path).await;
-            return Ok(false);
+            return Ok(None);
         }
         Ok(SealedState::Sealed(blob)) => blob,
         Err(problem) => {
@@ -315,10 +358,13 @@ pub(crate) async fn store_state(
             return Err(problem);
         }
     };
-    match upload(run_context, assignment.run_id, "state", &path, &blob).await {
-        Ok(()) => {
+    match upload_state(run_context, assignment, &path, &blob).await {
+        Ok(stored) => {
             let _ = tokio::fs::remove_file(&path).await;
-            Ok(true)
+            if stored.orphaned {
+                tracing::warn!(run = %assignment.run_id, version = ?stored.version, "the server kept the run's state as an orphaned version: the run no longer held its stack's lock");
+            }
+            Ok(Some(stored))
         }
         Err(error) => {
             // Never lose state: keep the sealed file where an operator can find it.
