@@ -682,3 +682,66 @@ fn a_sensitive_output_crosses_to_a_dependent_stack_sealed_and_only_when_shared()
     );
     cluster.server.assert_nothing_contains(SHARED_SECRET);
 }
+
+#[test]
+fn a_state_applied_after_the_server_failed_its_run_is_kept_orphaned_and_adopted() {
+    // A short lease: the stack stays fenced after the failure for lease + grace only.
+    let cluster = Cluster::start_with(&[
+        ("GANTRY_SERVER_HEARTBEAT_INTERVAL", "1s"),
+        ("GANTRY_SERVER_WORKER_LEASE", "3s"),
+        ("GANTRY_SERVER_WORKER_LEASE_GRACE", "2s"),
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let pool = cluster.private_pool(work.path(), "p");
+    let _launcher = Launcher::of(&cluster, &pool, &[]);
+    let repository = GitRepository::create(
+        &work.path().join("repo"),
+        &[("main.tf", &half_applied_config("43.5"))],
+    );
+    let url = repository.url();
+    let create = ["--name", "app", "--repository", &url, "--pool", "p", "--autodeploy"];
+    cluster.gantry.ok(&[&["stack", "create", "--managed-state"], &create[..]].concat());
+    let run = wait_until_applying(&cluster, &cluster.gantry.trigger("app", &[]));
+    cluster.gantry.wait_for(Duration::from_secs(60), || {
+        (!processes_running("sleep 43.5").is_empty()).then_some(())
+    });
+
+    // The server ends the run while it applies (an administrator, here; the liveness
+    // sweep does the same to a launcher it believes lost).
+    cluster.gantry.ok(&["run", "fail", id(&run), "--reason", "its launcher looked lost"]);
+    let failed = cluster.gantry.wait_for_state(&run, &["FAILED"]);
+    assert!(failed["failure"].as_str().unwrap().contains("its launcher looked lost"), "{failed}");
+
+    // The launcher, alive, stops the apply and stores the state it made: the run had
+    // lost the stack's lock, so the state is kept as an orphaned version, not current.
+    let list = cluster.gantry.wait_for(Duration::from_secs(60), || {
+        let list = cluster.gantry.json(&["stack", "state", "list", "app"]);
+        (!list["versions"].as_array().unwrap().is_empty()).then_some(list)
+    });
+    let orphan = &list["versions"][0];
+    assert_eq!(
+        (&orphan["version"], &orphan["orphaned"], &orphan["current"], &orphan["run_id"]),
+        (&serde_json::json!(1), &serde_json::json!(true), &serde_json::json!(false), &run["id"]),
+        "{list}"
+    );
+    let log = cluster.gantry.wait_for(Duration::from_secs(30), || {
+        let log = cluster.gantry.log(&run);
+        log.contains("orphaned state version 1").then_some(log)
+    });
+    assert!(log.contains("gantry stack state adopt app 1"), "{log}");
+    let failed = cluster.gantry.json(&["run", "show", id(&run)]);
+    assert_eq!(failed["state"], "FAILED", "how the run ended is unchanged: {failed}");
+
+    // Adopted, it is the state the stack's next run starts from.
+    let adopted = cluster.gantry.json(&["stack", "state", "adopt", "app", "1"]);
+    assert_eq!(
+        (&adopted["version"], &adopted["current"], &adopted["adopted_from"]),
+        (&serde_json::json!(2), &serde_json::json!(true), &serde_json::json!(1)),
+        "{adopted}"
+    );
+    let task = cluster.gantry.json(&["run", "task", "app", "--", "terraform", "state", "list"]);
+    let task = cluster.gantry.wait_for_state(&task, &["FINISHED", "FAILED"]);
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    let log = cluster.gantry.log(&task);
+    assert!(log.lines().any(|line| line == "terraform_data.first"), "{log}");
+}
