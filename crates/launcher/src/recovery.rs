@@ -225,6 +225,14 @@ async fn recover_run(
         logs.append(&format!("The worker exited with {exit}.\n"));
     }
     let workspace = context.workspace(run_id);
+    // The tool may outlive its worker (a process worker's tool has a group of its own):
+    // the state is read once nothing works in the workspace any more.
+    if let Some(left) = processes_in(&workspace, patience).await {
+        logs.append(&format!(
+            "gantry-launcher: {left} process(es) of the run were still working in its workspace after {}: killed\n",
+            humantime::format_duration(patience)
+        ));
+    }
     let report = match entry.final_report.clone() {
         // Its state was stored before that report was written.
         Some(report) => report,
@@ -290,6 +298,39 @@ async fn store_left_state(
     Some(store_state(context, assignment, &files, state.before().as_ref()).await)
 }
 
+/// Waits, at most `patience`, until no process has its working directory in
+/// `workspace`, then kills those left (they are the run's). Returns how many were killed.
+async fn processes_in(workspace: &Path, patience: Duration) -> Option<usize> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let working = working_in(workspace);
+        if working.is_empty() {
+            return None;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            for pid in &working {
+                let _ = nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            return Some(working.len());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The processes whose working directory is in `workspace`.
+fn working_in(workspace: &Path) -> Vec<nix::unistd::Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .is_ok_and(|cwd| cwd.starts_with(workspace))
+        })
+        .map(nix::unistd::Pid::from_raw)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,5 +369,24 @@ mod tests {
         assert_eq!(dirs, [&dead]);
         // Claimed: a second launcher starting now leaves it to this one.
         assert!(scan(work.path(), &own).0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn processes_working_in_a_workspace_are_waited_for_then_killed() {
+        let workspace = tempfile::tempdir().unwrap();
+        let workspace = workspace.path().canonicalize().unwrap();
+        let patience = Duration::from_millis(400);
+        assert_eq!(processes_in(&workspace, patience).await, None, "none works there");
+        let mut ending =
+            std::process::Command::new("sleep").arg("0.2").current_dir(&workspace).spawn().unwrap();
+        let reaping = std::thread::spawn(move || ending.wait().unwrap());
+        assert_eq!(processes_in(&workspace, Duration::from_secs(5)).await, None, "waited for");
+        assert!(reaping.join().unwrap().success());
+        let mut lingering =
+            std::process::Command::new("sleep").arg("30").current_dir(&workspace).spawn().unwrap();
+        let reaping = std::thread::spawn(move || lingering.wait().unwrap());
+        assert_eq!(processes_in(&workspace, patience).await, Some(1));
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(reaping.join().unwrap().signal(), Some(9));
     }
 }
