@@ -11,6 +11,7 @@ use gantry_domain::{
 };
 
 use crate::StateFence;
+use crate::LockFenceRecord;
 use crate::UiSessionRecord;
 use crate::{
     ApiKeyRecord, BlobRecord, BlobStore, DependencyRecord, OutputRecord, OutputReferenceRecord,
@@ -52,6 +53,7 @@ macro_rules! store_contract_tests {
             run_changes_are_compare_and_set,
             a_run_is_readable_before_its_insert_returns,
             releasing_a_worker_clears_both_sides,
+            a_run_failed_under_its_worker_fences_its_stack_in_the_same_change,
             assignment_is_all_or_nothing,
             a_pass_promotes_and_assigns_in_batches,
             a_pass_assigns_the_runs_it_promotes_in_one_commit,
@@ -591,6 +593,63 @@ pub async fn releasing_a_worker_clears_both_sides<S: Store>(store: Arc<S>) {
     let finished = store.change_run(&leave).await.unwrap();
     assert_eq!(finished.worker_id, None);
     assert_eq!(store.get_worker(worker.id).await.unwrap().unwrap().current_run_id, None);
+}
+
+pub async fn a_run_failed_under_its_worker_fences_its_stack_in_the_same_change<S: Store>(
+    store: Arc<S>,
+) {
+    let (pool, stack, worker) = world(&*store).await;
+    let other = stack_record(pool.id, "other");
+    store.insert_stack(&other).await.unwrap();
+    let run = run_record(&stack, RunState::Ready, 5);
+    store.insert_run(&run).await.unwrap();
+    assert!(store.assign_run(run.id, worker.id, at(6)).await.unwrap());
+    store
+        .change_run(&RunChange::new(run.id, RunState::Ready, RunState::Applying, at(7)))
+        .await
+        .unwrap();
+
+    // A change that loses its race fences nothing.
+    let mut stale = RunChange::new(run.id, RunState::Planning, RunState::Failed, at(8));
+    stale.fence_stack_until = Some(at(100));
+    assert!(matches!(store.change_run(&stale).await, Err(StoreError::StateConflict { .. })));
+    assert_eq!(store.lock_fences(at(8)).await.unwrap(), Vec::new());
+
+    let mut fail = RunChange::new(run.id, RunState::Applying, RunState::Failed, at(8));
+    fail.release_worker = true;
+    fail.fence_stack_until = Some(at(100));
+    let failed = store.change_run(&fail).await.unwrap();
+    assert_eq!((failed.state, failed.worker_id), (RunState::Failed, None));
+    let fence =
+        LockFenceRecord { stack_id: stack.id, run_id: run.id, until: at(100), created_at: at(8) };
+    assert_eq!(store.lock_fences(at(99)).await.unwrap(), vec![fence.clone()]);
+    assert_eq!(store.lock_fences(at(100)).await.unwrap(), Vec::new(), "a fence ends at its time");
+
+    // A later fence of the stack wins over an earlier one, never the other way round.
+    let earlier = run_record(&stack, RunState::Applying, 9);
+    store.insert_run(&earlier).await.unwrap();
+    let mut short = RunChange::new(earlier.id, RunState::Applying, RunState::Failed, at(10));
+    short.fence_stack_until = Some(at(50));
+    store.change_run(&short).await.unwrap();
+    assert_eq!(store.lock_fences(at(10)).await.unwrap(), vec![fence.clone()]);
+    let later = run_record(&stack, RunState::Applying, 11);
+    store.insert_run(&later).await.unwrap();
+    let mut long = RunChange::new(later.id, RunState::Applying, RunState::Failed, at(12));
+    long.fence_stack_until = Some(at(200));
+    store.change_run(&long).await.unwrap();
+    let longer = LockFenceRecord {
+        stack_id: stack.id,
+        run_id: later.id,
+        until: at(200),
+        created_at: at(12),
+    };
+    assert_eq!(store.lock_fences(at(12)).await.unwrap(), vec![longer.clone()]);
+
+    // Lifting is per stack; a stack without a fence in force has nothing to lift.
+    assert_eq!(store.lift_lock_fence(other.id, at(13)).await.unwrap(), None);
+    assert_eq!(store.lift_lock_fence(stack.id, at(13)).await.unwrap(), Some(longer));
+    assert_eq!(store.lock_fences(at(13)).await.unwrap(), Vec::new());
+    assert_eq!(store.lift_lock_fence(stack.id, at(14)).await.unwrap(), None);
 }
 
 pub async fn assignment_is_all_or_nothing<S: Store>(store: Arc<S>) {

@@ -31,6 +31,7 @@ pub use error::StoreError;
 pub use object_blobs::{BlobLocation, ObjectBlobStore, S3Credentials, S3Settings};
 pub use postgres::{PostgresStore, redact_url};
 pub use records::CommitAuthorRecord;
+pub use records::LockFenceRecord;
 pub use records::LogCutRecord;
 pub use records::StateFence;
 pub use records::UiSessionRecord;

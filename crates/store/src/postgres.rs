@@ -11,6 +11,7 @@ use gantry_domain::{LauncherId, PoolId, RunId, StackId, Timestamp, WorkerId};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Row, Transaction};
 
+use crate::LockFenceRecord;
 use crate::LogCutRecord;
 use crate::UiSessionRecord;
 use crate::log_sizes::{LOG_SIZE_COLUMNS, LogSizes, signed};

@@ -258,6 +258,10 @@ pub struct RunChange {
     /// The run's blobs of these purposes are forgotten in the change's transaction, and
     /// their deletion recorded as pending effects.
     pub release_blobs: Vec<String>,
+    /// The run's worker may still be executing it (its launcher was lost, or the run was
+    /// failed under it): the run's stack stays fenced until then, recorded in the same
+    /// transaction as the change (`Store::lock_fences`).
+    pub fence_stack_until: Option<Timestamp>,
 }
 
 impl RunChange {
@@ -272,8 +276,20 @@ impl RunChange {
             has_changes: None,
             effects: Vec::new(),
             release_blobs: Vec::new(),
+            fence_stack_until: None,
         }
     }
+}
+
+/// A stack whose lock stays taken after its holder ended, because the holder's worker
+/// may still be executing it: no lock-taking run of the stack starts before `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockFenceRecord {
+    pub stack_id: StackId,
+    /// The run whose worker may still be executing it.
+    pub run_id: RunId,
+    pub until: Timestamp,
+    pub created_at: Timestamp,
 }
 
 /// What a scheduling pass's commit did (`Store::commit_pass`).

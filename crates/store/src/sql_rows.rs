@@ -10,6 +10,7 @@ use gantry_domain::{EnvironmentVariable, Timestamp};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use crate::LockFenceRecord;
 use crate::UiSessionRecord;
 use crate::store::Result;
 use crate::{
@@ -320,6 +321,15 @@ pub(crate) fn run_from_row(row: &impl Columns) -> Result<RunRecord> {
             .optional_integer("lock_generation")?
             .map(|generation| u64::try_from(generation).map_err(|e| corrupt("lock_generation", e)))
             .transpose()?,
+    })
+}
+
+pub(crate) fn lock_fence_from_row(row: &impl Columns) -> Result<LockFenceRecord> {
+    Ok(LockFenceRecord {
+        stack_id: parsed(row, "stack_id")?,
+        run_id: parsed(row, "run_id")?,
+        until: timestamp(row, "until_at")?,
+        created_at: timestamp(row, "created_at")?,
     })
 }
 

@@ -1077,12 +1077,63 @@ macro_rules! sql_store {
                     });
                 };
                 let run = run_from_row(&row)?;
+                if let Some(until) = change.fence_stack_until {
+                    // In the run's transaction: no scheduling pass sees the run ended and
+                    // its stack unfenced.
+                    sqlx::query(
+                        "INSERT INTO stack_lock_fences (stack_id, run_id, until_at, created_at)
+                         VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (stack_id) DO UPDATE SET
+                             run_id = CASE WHEN excluded.until_at >= stack_lock_fences.until_at
+                                 THEN excluded.run_id ELSE stack_lock_fences.run_id END,
+                             created_at = CASE WHEN excluded.until_at >= stack_lock_fences.until_at
+                                 THEN excluded.created_at ELSE stack_lock_fences.created_at END,
+                             until_at = CASE WHEN excluded.until_at >= stack_lock_fences.until_at
+                                 THEN excluded.until_at ELSE stack_lock_fences.until_at END",
+                    )
+                    .bind(run.stack_id.to_string())
+                    .bind(run.id.to_string())
+                    .bind(until.unix_millis())
+                    .bind(change.at.unix_millis())
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 // In the run's transaction too: what must follow the change survives a
                 // crash right after it.
                 Self::record_effects(&mut tx, &change.effects, change.at).await?;
                 Self::release_run_blobs(&mut tx, run.id, &change.release_blobs, change.at).await?;
                 self.commit(tx).await?;
                 Ok(run)
+            }
+
+            async fn lock_fences(&self, now: Timestamp) -> Result<Vec<LockFenceRecord>> {
+                let rows = sqlx::query(
+                    "SELECT stack_id, run_id, until_at, created_at FROM stack_lock_fences
+                     WHERE until_at > $1 ORDER BY until_at, stack_id",
+                )
+                .bind(now.unix_millis())
+                .fetch_all(&self.reader)
+                .await?;
+                rows.iter().map(lock_fence_from_row).collect()
+            }
+
+            async fn lift_lock_fence(
+                &self,
+                stack_id: StackId,
+                now: Timestamp,
+            ) -> Result<Option<LockFenceRecord>> {
+                // Every fence of the stack goes, the past ones too; only one in force counts
+                // as lifted.
+                let row = sqlx::query(
+                    "DELETE FROM stack_lock_fences WHERE stack_id = $1
+                     RETURNING stack_id, run_id, until_at, created_at",
+                )
+                .bind(stack_id.to_string())
+                .fetch_optional(&self.writer)
+                .await?;
+                self.durable().await?;
+                let lifted = row.as_ref().map(lock_fence_from_row).transpose()?;
+                Ok(lifted.filter(|fence| fence.until > now))
             }
 
             async fn set_run_commit(

@@ -12,6 +12,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
+use crate::LockFenceRecord;
 use crate::LogCutRecord;
 use crate::UiSessionRecord;
 use crate::group_commit::GroupCommit;

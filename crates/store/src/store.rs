@@ -197,7 +197,19 @@ pub trait Store: Send + Sync + 'static {
     async fn active_runs(&self) -> Result<Vec<RunRecord>>;
     async fn run_history(&self, id: RunId) -> Result<Vec<StateChangeRecord>>;
     /// Applies the change if the run is still in `change.from`, else `StateConflict`.
+    /// With `fence_stack_until`, fences the run's stack until then in the same
+    /// transaction (a later fence of the stack wins over an earlier one).
     async fn change_run(&self, change: &RunChange) -> Result<RunRecord>;
+    /// The stacks fenced at `now` (`RunChange::fence_stack_until`), whose lock-taking
+    /// runs must not start yet.
+    async fn lock_fences(&self, now: Timestamp) -> Result<Vec<crate::LockFenceRecord>>;
+    /// Lifts the stack's fence before its time (an administrator knows its holder
+    /// stopped); returns the fence lifted, `None` when none was in force at `now`.
+    async fn lift_lock_fence(
+        &self,
+        stack_id: StackId,
+        now: Timestamp,
+    ) -> Result<Option<crate::LockFenceRecord>>;
     /// Records the commit a run's plan checked out, with its author when the launcher
     /// said who it is (launchers before that did not).
     async fn set_run_commit(
