@@ -4,7 +4,8 @@
 //!
 //! Invariants (property-tested below): a worker never receives a run while it holds one
 //! or is drained; a run is assigned at most once; lock-taking runs of one stack never
-//! overlap; a lock-taking run never starts while a stack it depends on has one
+//! overlap (nor start while the stack is fenced, `schedule_fenced`, unit-tested); a
+//! lock-taking run never starts while a stack it depends on has one
 //! unfinished; and no run waits while an idle, undrained worker that may take it is left
 //! unassigned.
 
@@ -107,6 +108,9 @@ pub struct Assignment {
 pub enum WaitReason {
     /// Another tracked run or task of the stack holds its lock.
     StackLocked { holder: RunId },
+    /// The stack's last lock holder ended while its worker may still be executing it (its
+    /// launcher was lost, or it was failed under it): the lock stays taken until `until`.
+    StackFenced { run: RunId, until: Timestamp },
     /// A stack this one depends on has a tracked run or task that has not ended.
     Dependency { stack: StackId, run: RunId },
     /// Every worker of the pool that could take the run is busy.
@@ -154,6 +158,26 @@ pub fn schedule(
     workers: &WorkerAvailability,
     dependencies: &DependencyGraph,
 ) -> Decision {
+    schedule_fenced(runs, workers, dependencies, &HashMap::new())
+}
+
+/// A stack's lock kept taken after its holder ended: `run`'s worker may still be
+/// executing it until `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockFence {
+    pub run: RunId,
+    pub until: Timestamp,
+}
+
+/// [`schedule`], with the stacks whose lock is fenced now: no lock-taking run of theirs
+/// starts, as if the fenced run still held the lock. Runs that take no lock are not
+/// held back.
+pub fn schedule_fenced(
+    runs: &[RunSnapshot],
+    workers: &WorkerAvailability,
+    dependencies: &DependencyGraph,
+    fences: &HashMap<StackId, LockFence>,
+) -> Decision {
     let mut decision = Decision::default();
 
     // The oldest unfinished lock-taking run of each stack: what a downstream run waits for.
@@ -181,6 +205,11 @@ pub fn schedule(
         if run.run_type.takes_stack_lock() {
             if let Some(holder) = lock_holders.get(&run.stack_id) {
                 lock_waits.push((run, WaitReason::StackLocked { holder: *holder }));
+                continue;
+            }
+            if let Some(fence) = fences.get(&run.stack_id) {
+                lock_waits
+                    .push((run, WaitReason::StackFenced { run: fence.run, until: fence.until }));
                 continue;
             }
             let blocking_upstream = dependencies
@@ -314,6 +343,36 @@ mod tests {
                 reason: WaitReason::StackLocked { holder: RunId::from_u128(1) }
             }]
         );
+    }
+
+    #[test]
+    fn a_fenced_stacks_lock_takers_wait_for_the_fence_and_its_other_runs_do_not() {
+        let runs = [
+            run(2, 1, RunType::Tracked, RunState::Queued),
+            run(3, 1, RunType::Proposed, RunState::Queued),
+            run(4, 1, RunType::Task, RunState::Queued),
+            run(5, 2, RunType::Tracked, RunState::Queued),
+        ];
+        let fence = LockFence { run: RunId::from_u128(1), until: Timestamp::from_unix_millis(60) };
+        let fences = HashMap::from([(StackId::from_u128(1), fence)]);
+        let workers = WorkerAvailability::of(&[worker(8), worker(9)]);
+        let decision = schedule_fenced(&runs, &workers, &no_dependencies(), &fences);
+        let promoted: Vec<_> = decision.promotions.iter().map(|id| id.to_u128()).collect();
+        assert_eq!(promoted, [3, 5], "the proposed run and the other stack's run go on");
+        assert_eq!(assigned(&decision), [(5, 8), (3, 9)]);
+        let fenced = WaitReason::StackFenced { run: fence.run, until: fence.until };
+        assert_eq!(
+            decision.waiting,
+            [
+                Waiting { run_id: RunId::from_u128(2), reason: fenced },
+                Waiting { run_id: RunId::from_u128(4), reason: fenced },
+            ]
+        );
+
+        // Once the fence has passed (the caller no longer lists it), the oldest goes.
+        let decision = schedule_fenced(&runs, &workers, &no_dependencies(), &HashMap::new());
+        assert!(decision.promotions.contains(&RunId::from_u128(2)));
+        assert!(!decision.promotions.contains(&RunId::from_u128(4)));
     }
 
     #[test]
