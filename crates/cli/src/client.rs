@@ -296,6 +296,12 @@ impl ApiClient {
         self.call(Method::GET, self.url(&["stacks", stack]), None::<&()>).await
     }
 
+    /// `POST /api/v1/stacks/{stack}/unfence`: an administrator lifts the stack's lock
+    /// fence; its next tracked run or task may start at once.
+    pub async fn unfence_stack(&self, stack: &str) -> Result<Stack, ClientError> {
+        self.call(Method::POST, self.url(&["stacks", stack, "unfence"]), None::<&()>).await
+    }
+
     /// `GET /api/v1/stacks/{stack}/state/versions`: the kept versions of the stack's
     /// managed state, newest (current) first.
     pub async fn state_versions(&self, stack: &str) -> Result<StateVersionList, ClientError> {

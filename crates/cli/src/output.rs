@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use comfy_table::{ContentArrangement, Table, presets};
 use gantry_domain::{PoolId, RunState, Timestamp};
+use gantry_proto::api::StackLockFence;
 use gantry_proto::api::{
     Dependencies, Output, Pool, PoolKind, Queue, Run, Stack, StateVersion, StateVersionList, Worker,
 };
@@ -522,6 +523,15 @@ pub fn pool_details(pool: &Pool, workers: &[Worker], now: Timestamp) -> String {
     text
 }
 
+/// A fenced stack's lock, for `stack show`.
+fn lock_fence_text(fence: &StackLockFence) -> String {
+    format!(
+        "fenced until {} (the worker of run {} may still be stopping; `gantry stack unfence` lifts it)",
+        absolute_time(fence.until),
+        fence.run_id
+    )
+}
+
 pub fn stack_details(stack: &Stack, runs: &[Run], now: Timestamp) -> String {
     let mut text = fields(&[
         ("Stack", stack.name.clone()),
@@ -538,6 +548,7 @@ pub fn stack_details(stack: &Stack, runs: &[Run], now: Timestamp) -> String {
         ),
         ("Autodeploy", yes_no(stack.autodeploy)),
         ("Managed state", yes_no(stack.managed_state)),
+        ("Lock", stack.lock_fence.as_ref().map(lock_fence_text).unwrap_or_default()),
         (
             "Sensitive outputs",
             if stack.share_sensitive_outputs {
@@ -825,6 +836,7 @@ mod tests {
             description: String::new(),
             labels: vec!["core".to_owned()],
             created_at: at(-86_400 * 3),
+            lock_fence: None,
         }
     }
 
@@ -881,6 +893,18 @@ mod tests {
             created_at: at(0),
             updated_at: at(end as i64),
         }
+    }
+
+    #[test]
+    fn a_fenced_stack_says_until_when_and_how_to_lift_it() {
+        let mut fenced = stack();
+        assert!(!super::stack_details(&fenced, &[], at(0)).contains("Lock:"));
+        fenced.lock_fence = Some(StackLockFence { run_id: RunId::from_u128(7), until: at(600) });
+        let text = super::stack_details(&fenced, &[], at(0));
+        let line = text.lines().find(|line| line.starts_with("Lock:")).unwrap();
+        assert!(line.contains(&format!("fenced until {}", absolute_time(at(600)))), "{line}");
+        assert!(line.contains(&RunId::from_u128(7).to_string()), "{line}");
+        assert!(line.contains("gantry stack unfence"), "{line}");
     }
 
     #[test]

@@ -219,6 +219,23 @@ pub struct Stack {
     pub labels: Vec<String>,
     #[serde_as(as = "Rfc3339")]
     pub created_at: Timestamp,
+    /// The stack's lock stays taken after its last holder ended, while that run's worker
+    /// may still be stopping; absent when it is not fenced (and from older servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_fence: Option<StackLockFence>,
+}
+
+/// A stack's lock fenced after its holder ended (docs/scheduling.md, "Fencing"): no
+/// tracked run or task of the stack starts before `until`, unless an administrator
+/// lifts the fence (`POST /api/v1/stacks/{stack}/unfence`).
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackLockFence {
+    /// The run whose worker may still be executing it.
+    #[serde_as(as = "DisplayFromStr")]
+    pub run_id: RunId,
+    #[serde_as(as = "Rfc3339")]
+    pub until: Timestamp,
 }
 
 /// `POST /api/v1/stacks/{stack}/runs`

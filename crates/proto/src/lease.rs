@@ -10,8 +10,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The lease a worker holds until its launcher says otherwise, in seconds.
-pub const DEFAULT_LEASE_SECONDS: u64 = 30;
+/// The lease a worker holds until its launcher says otherwise, in seconds. Ten minutes:
+/// a launcher cut off from the server (a server restart, a database outage) keeps its
+/// runs going that long. A run whose launcher died fails within seconds all the same;
+/// only its stack stays fenced for lease + grace (docs/scheduling.md, "Fencing").
+pub const DEFAULT_LEASE_SECONDS: u64 = 600;
 /// How long the tool has to stop after SIGINT before it is killed, in seconds.
 pub const DEFAULT_GRACE_SECONDS: u64 = 30;
 

@@ -100,11 +100,13 @@ impl AgentTimings {
 impl Default for AgentTimings {
     fn default() -> Self {
         Self {
-            heartbeat_interval: Duration::from_secs(10),
-            worker_timeout: Duration::from_secs(40),
+            // A dead launcher's runs fail within timeout + sweep interval (12 s) of its
+            // last heartbeat; three heartbeats may be late or lost before that.
+            heartbeat_interval: Duration::from_secs(3),
+            worker_timeout: Duration::from_secs(10),
             poll_timeout: Duration::from_secs(30),
             session_ttl: Duration::from_secs(3600),
-            sweep_interval: Duration::from_secs(5),
+            sweep_interval: Duration::from_secs(2),
             log_archive_after: Duration::from_secs(60),
             worker_lease: Duration::from_secs(gantry_proto::lease::DEFAULT_LEASE_SECONDS),
             worker_lease_grace: Duration::from_secs(gantry_proto::lease::DEFAULT_GRACE_SECONDS),
@@ -785,15 +787,26 @@ mod tests {
     #[test]
     fn the_worker_lease_is_set_with_its_grace_and_must_outlast_two_heartbeats() {
         let config = ServerConfig::resolve(None, &env(&[])).unwrap();
-        assert_eq!(config.timings.lock_fence(), Duration::from_secs(60));
+        assert_eq!(config.timings.lock_fence(), Duration::from_secs(630));
         let config = ServerConfig::resolve(
             None,
             &env(&[(WORKER_LEASE, "8s"), (WORKER_LEASE_GRACE, "3s"), (HEARTBEAT_INTERVAL, "2s")]),
         )
         .unwrap();
         assert_eq!(config.timings.lock_fence(), Duration::from_secs(11));
-        let error = ServerConfig::resolve(None, &env(&[(WORKER_LEASE, "15s")])).unwrap_err();
+        let error = ServerConfig::resolve(None, &env(&[(WORKER_LEASE, "5s")])).unwrap_err();
         assert!(error.to_string().contains("must be at least twice"), "{error}");
+    }
+
+    #[test]
+    fn by_default_a_dead_launchers_runs_fail_within_15_seconds_of_its_last_heartbeat() {
+        let timings = ServerConfig::resolve(None, &env(&[])).unwrap().timings;
+        // The sweep that finds it runs at most one interval after the timeout.
+        assert!(timings.worker_timeout + timings.sweep_interval <= Duration::from_secs(12));
+        // Three heartbeats in a row may be late before a healthy launcher is lost.
+        assert!(timings.worker_timeout >= timings.heartbeat_interval * 3);
+        // Outages of up to ten minutes interrupt no run (issue 17).
+        assert!(timings.worker_lease >= Duration::from_secs(600));
     }
 
     #[test]

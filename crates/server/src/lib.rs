@@ -24,6 +24,7 @@ mod lookup;
 mod master_key;
 mod metrics;
 mod pki;
+mod reconcile;
 mod scheduling;
 mod server;
 mod session_cache;

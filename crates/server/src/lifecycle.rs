@@ -16,6 +16,9 @@ const MAX_FAILURE_LENGTH: usize = 4096;
 pub(crate) struct Details {
     pub failure: Option<String>,
     pub has_changes: Option<bool>,
+    /// The run's worker may go on executing it until then: a lock-taking run leaves its
+    /// stack fenced until then.
+    pub fence_stack_until: Option<Timestamp>,
 }
 
 /// Queues a new run of `stack`.
@@ -91,6 +94,8 @@ pub(crate) async fn apply(
     change.release_worker = run.worker_id.is_some() && !to.occupies_worker();
     change.failure = details.failure.map(|message| truncate(&message));
     change.has_changes = details.has_changes;
+    change.fence_stack_until =
+        details.fence_stack_until.filter(|_| run.run_type.takes_stack_lock());
     commit(state, change).await
 }
 
@@ -100,14 +105,31 @@ pub(crate) async fn fail(
     run: &RunRecord,
     reason: &str,
 ) -> Result<RunRecord, ApiError> {
+    fail_until(state, run, reason, None).await
+}
+
+/// Fails a run whose worker may go on executing it until `fenced_until` (its launcher
+/// was lost, or it is failed under a live one): a run that holds its stack's lock leaves
+/// the stack fenced until then, so the next lock-taking run cannot overlap with it.
+pub(crate) async fn fail_fencing(
+    state: &AppState,
+    run: &RunRecord,
+    reason: &str,
+    fenced_until: Timestamp,
+) -> Result<RunRecord, ApiError> {
+    fail_until(state, run, reason, Some(fenced_until)).await
+}
+
+async fn fail_until(
+    state: &AppState,
+    run: &RunRecord,
+    reason: &str,
+    fence_stack_until: Option<Timestamp>,
+) -> Result<RunRecord, ApiError> {
     tracing::warn!(run = %run.id, reason, "run failed");
-    apply(
-        state,
-        run,
-        &RunEvent::Fail,
-        Details { failure: Some(reason.to_owned()), ..Details::default() },
-    )
-    .await
+    let failure = Some(reason.to_owned());
+    apply(state, run, &RunEvent::Fail, Details { failure, fence_stack_until, ..Details::default() })
+        .await
 }
 
 /// Stops a run: one that has not started is canceled at once; one executing gets a stop

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use gantry_domain::dependencies::DependencyGraph;
 use gantry_domain::scheduler::{
-    self, Decision, PoolWorkers, RunSnapshot, WaitReason, WorkerAvailability,
+    self, Decision, LockFence, PoolWorkers, RunSnapshot, WaitReason, WorkerAvailability,
 };
-use gantry_domain::{LauncherId, PoolId, RunId, RunState, WorkerId};
+use gantry_domain::{LauncherId, PoolId, RunId, RunState, StackId, WorkerId};
 use gantry_store::{RunRecord, WorkerCountsRecord};
 
 use crate::error::ApiError;
@@ -108,6 +108,9 @@ pub(crate) struct Pass {
 /// when a run that takes its stack's lock waits in the queue.
 pub(crate) async fn pass(state: &AppState) -> Result<Pass, ApiError> {
     let runs = state.store.active_runs().await?;
+    // Read after the runs: a run failed with its stack fenced (one transaction) is either
+    // still active above, holding the lock, or ended with its fence visible here.
+    let fences = lock_fences(state, &runs).await?;
     let snapshots: Vec<RunSnapshot> = runs.iter().map(snapshot).collect();
     let mut workers = WorkerAvailability::default();
     let mut launchers = HashMap::new();
@@ -147,10 +150,34 @@ pub(crate) async fn pass(state: &AppState) -> Result<Pass, ApiError> {
         true => dependency_graph(state).await?,
         false => DependencyGraph::default(),
     };
-    let decision = scheduler::schedule(&snapshots, &workers, &graph);
+    let decision = scheduler::schedule_fenced(&snapshots, &workers, &graph, &fences);
     // A run whose end is still to reach its dependents holds them back.
     let decision = crate::effects::hold_back(state, decision, &runs, &graph).await?;
     Ok(Pass { decision, launchers })
+}
+
+/// The fences of the stacks with a lock-taking run in the queue, in force now; none read
+/// when no such run waits.
+async fn lock_fences(
+    state: &AppState,
+    runs: &[RunRecord],
+) -> Result<HashMap<StackId, LockFence>, ApiError> {
+    let waiting: std::collections::HashSet<StackId> = runs
+        .iter()
+        .filter(|run| run.state == RunState::Queued && run.run_type.takes_stack_lock())
+        .map(|run| run.stack_id)
+        .collect();
+    if waiting.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(state
+        .store
+        .lock_fences(now())
+        .await?
+        .into_iter()
+        .filter(|fence| waiting.contains(&fence.stack_id))
+        .map(|fence| (fence.stack_id, LockFence { run: fence.run_id, until: fence.until }))
+        .collect())
 }
 
 /// The dependency graph of all stacks.

@@ -192,6 +192,7 @@ impl Server {
             events: Events::default(),
             dispatch_metrics: crate::metrics::DispatchMetrics::default(),
             waiting: crate::state::WaitingRuns::default(),
+            unlisted_runs: crate::reconcile::UnlistedRuns::default(),
             sessions: crate::session_cache::SessionCache::default(),
             worker_release,
             timings: config.timings.clone(),

@@ -53,6 +53,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Failed authentications per address and pool; the HTTP layer's bounds.
     pub(crate) http_guards: crate::http_limits::HttpGuards,
+    /// The executing runs each launcher's last heartbeats left out.
+    pub(crate) unlisted_runs: crate::reconcile::UnlistedRuns,
 }
 
 impl AppState {

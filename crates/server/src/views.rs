@@ -109,6 +109,7 @@ pub(crate) fn stack(record: &StackRecord, pool_name: &str) -> api::Stack {
         description: record.description.clone(),
         labels: record.labels.clone(),
         created_at: record.created_at,
+        lock_fence: None,
     }
 }
 
@@ -151,6 +152,10 @@ pub(crate) fn wait_reason_text(
         WaitReason::StackLocked { holder } => {
             format!("waiting for run {holder} to end: it holds the stack's lock")
         }
+        WaitReason::StackFenced { run, until } => format!(
+            "waiting for the stack's lock: fenced until {} (the worker of run {run} may still be stopping)",
+            gantry_proto::format_timestamp(until)
+        ),
         WaitReason::Dependency { stack, run } => {
             format!("waiting on dependency {}: its run {run} has not ended", stack_name(stack))
         }

@@ -40,10 +40,11 @@ Examples:
 const FAIL_AFTER_HELP: &str = "\
 For a run that will not end by itself: its launcher's host is gone, or it keeps
 heart-beating but never reports. Unlike stop, nothing waits for the launcher: the run is
-FAILED at once, its worker is released, its stack's lock is freed, its downstream runs
-are skipped and the next queued run may start. A launcher that is in fact still running
-it is told to stop, but may still be writing state when the next run starts: prefer
-gantry run stop while the launcher answers. A run that has ended is refused.
+FAILED at once, its worker is released, its downstream runs are skipped and the next
+queued run may start. A launcher that is in fact still running it is told to stop; as
+its worker may go on until then, the stack's lock stays fenced for the worker's lease
+(gantry stack show says until when; gantry stack unfence lifts it once you know the
+worker stopped). A run that has ended is refused.
 
 Examples:
   gantry run fail 01JDQ3W9ZK6S7R4P8X2V5T1M0N --reason \"launcher host decommissioned\"";

@@ -1,4 +1,4 @@
-//! `gantry stack create|list|show|depend|undepend|dependencies|state|secrets|move`: stacks,
+//! `gantry stack create|list|show|unfence|depend|undepend|dependencies|state|secrets|move`: stacks,
 //! the source and settings that runs execute (`state`: `stack_state.rs`; `secrets` and
 //! `move`: `stack_secrets.rs`).
 
@@ -32,6 +32,16 @@ Examples:
   gantry stack create --name web --repository file:///srv/git/web.git --pool build \\
       --tool opentofu --autodeploy --secret-env TF_VAR_db_password=hunter2";
 
+const UNFENCE_AFTER_HELP: &str = "\
+A stack is fenced when the run holding its lock failed while its worker may still be
+executing it: its launcher stopped heart-beating, or the run was failed under it. The
+server keeps the lock until that worker's lease has surely run out (gantry stack show
+says until when). Lift the fence only when you know the worker stopped (its machine is
+off, its container or Pod gone): otherwise two runs may write the stack's state at once.
+
+Example:
+  gantry stack unfence network";
+
 #[derive(Debug, Subcommand)]
 pub enum StackCommand {
     /// Create a stack
@@ -42,6 +52,12 @@ pub enum StackCommand {
     /// Show a stack and its latest runs
     #[command(after_help = "Example:\n  gantry stack show network")]
     Show {
+        /// Stack name or id
+        stack: String,
+    },
+    /// Lift a stack's lock fence: its next tracked run or task may start at once (admin only)
+    #[command(after_help = UNFENCE_AFTER_HELP)]
+    Unfence {
         /// Stack name or id
         stack: String,
     },
@@ -223,6 +239,7 @@ pub async fn run(context: &Context, command: &StackCommand) -> anyhow::Result<Ou
         StackCommand::Create(args) => create(context, args).await,
         StackCommand::List => list(context).await,
         StackCommand::Show { stack } => show(context, stack).await,
+        StackCommand::Unfence { stack } => unfence(context, stack).await,
         StackCommand::Depend(args) => depend(context, args).await,
         StackCommand::Undepend { stack, upstream } => {
             let client = context.api_client()?;
@@ -294,6 +311,17 @@ async fn list(context: &Context) -> anyhow::Result<Outcome> {
         print_json(&stacks)?;
     } else {
         print!("{}", output::stacks_table(&stacks.stacks, output::now()));
+    }
+    Ok(Outcome::Success)
+}
+
+async fn unfence(context: &Context, stack: &str) -> anyhow::Result<Outcome> {
+    let client = context.api_client()?;
+    let stack = client.unfence_stack(stack).await?;
+    if context.is_json() {
+        print_json(&stack)?;
+    } else {
+        println!("Lifted the lock fence of stack {}: its next run may start.", stack.name);
     }
     Ok(Outcome::Success)
 }

@@ -119,6 +119,7 @@ pub fn stack(name: &str) -> Stack {
         description: String::new(),
         labels: Vec::new(),
         created_at: at(0),
+        lock_fence: None,
     }
 }
 

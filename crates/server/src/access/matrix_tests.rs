@@ -184,6 +184,8 @@ fn api_probe(method: &Method, path: &str, f: &Fixtures) -> Option<Probe> {
             ),
         ),
         ("POST", "/stacks/{stack}/runs") => probe(S::BAD_REQUEST, Some(json!({"type": "TASK"}))),
+        // The stack is not fenced: there is nothing to lift.
+        ("POST", "/stacks/{stack}/unfence") => probe(S::CONFLICT, None),
         ("PUT", "/stacks/{stack}/secrets") => probe(S::BAD_REQUEST, Some(json!({"x": 1}))),
         ("POST", "/stacks/{stack}/state/rollback") => probe(S::NOT_FOUND, Some(json!({"to": 99}))),
         ("POST", "/stacks/{stack}/state/adopt") => {

@@ -2,6 +2,7 @@
 //! with the least role it needs and what its scope is checked against.
 
 mod dependencies;
+mod lock_fences;
 pub(crate) mod logs;
 pub(crate) mod pools;
 pub(crate) mod runs;
@@ -73,6 +74,12 @@ pub(crate) fn routes() -> Vec<Guarded> {
         Guarded::new(Method::POST, "/stacks", needs(Operator, NewStack), stacks::create),
         Guarded::new(Method::GET, "/stacks/{stack}", needs(Reader, Stack), stacks::show),
         Guarded::new(Method::POST, "/stacks/{stack}/runs", needs(Writer, Stack), runs::trigger),
+        Guarded::new(
+            Method::POST,
+            "/stacks/{stack}/unfence",
+            needs(Admin, Stack),
+            lock_fences::unfence,
+        ),
         Guarded::new(
             Method::PUT,
             "/stacks/{stack}/secrets",

@@ -12,7 +12,7 @@ use crate::access::{Actor, visible};
 use crate::error::{ApiError, ApiResult, Json, PathParam, QueryParams};
 use crate::lifecycle::{self, Details};
 use crate::lookup;
-use crate::state::AppState;
+use crate::state::{AppState, now};
 use crate::views::{self, RunViews};
 
 pub(super) async fn trigger(
@@ -177,7 +177,15 @@ pub(super) async fn fail(
         )));
     }
     let message = format!("failed by administrator {:?}: {reason}", actor.key_name);
-    let failed = lifecycle::fail(&state, &run, &message).await?;
+    let failed = if run.state.occupies_worker() {
+        // Its worker may go on until its launcher stops it, or, with its launcher gone,
+        // until its lease runs out: the stack stays fenced for as long (`gantry stack
+        // unfence` lifts it for one who knows the machine stopped).
+        let fenced_until = now().plus(state.timings.lock_fence());
+        lifecycle::fail_fencing(&state, &run, &message, fenced_until).await?
+    } else {
+        lifecycle::fail(&state, &run, &message).await?
+    };
     // A launcher still alive hears at once that its run is over and stops it.
     if let Some(worker) = run.worker_id
         && let Some(worker) = state.store.get_worker(worker).await?

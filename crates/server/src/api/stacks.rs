@@ -100,13 +100,17 @@ pub(super) async fn list(
 pub(crate) async fn all_stacks(state: &AppState) -> Result<Vec<Stack>, ApiError> {
     let pools: std::collections::HashMap<_, _> =
         state.store.list_pools().await?.into_iter().map(|pool| (pool.id, pool.name)).collect();
+    let mut fences = super::lock_fences::in_force(state).await?;
     Ok(state
         .store
         .list_stacks()
         .await?
         .iter()
         .map(|stack| {
-            views::stack(stack, pools.get(&stack.pool_id).map(String::as_str).unwrap_or("?"))
+            let mut view =
+                views::stack(stack, pools.get(&stack.pool_id).map(String::as_str).unwrap_or("?"));
+            view.lock_fence = fences.remove(&stack.id);
+            view
         })
         .collect())
 }
@@ -123,5 +127,7 @@ pub(super) async fn show(
 pub(crate) async fn one_stack(state: &AppState, stack: &StackRecord) -> Result<Stack, ApiError> {
     let pool_name =
         state.store.get_pool(stack.pool_id).await?.map(|pool| pool.name).unwrap_or_default();
-    Ok(views::stack(stack, &pool_name))
+    let mut view = views::stack(stack, &pool_name);
+    view.lock_fence = super::lock_fences::in_force(state).await?.remove(&stack.id);
+    Ok(view)
 }

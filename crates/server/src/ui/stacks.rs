@@ -100,6 +100,11 @@ pub(super) async fn show(
                 @else { "in the stack's own backend" } }
             dt { "Environment" } dd { (environment(&stack.environment)) }
             dt { "Labels" } dd { (labels(&stack.labels)) }
+            @if let Some(fence) = &stack.lock_fence {
+                dt { "Lock" } dd #lock-fence { "fenced until " (time(fence.until)) " (the worker of run "
+                    a href={ "/ui/runs/" (fence.run_id) } { code { (fence.run_id) } }
+                    " may still be stopping)" }
+            }
         }
         section.actions aria-labelledby="trigger-heading" {
             h2 #trigger-heading { "Trigger a run" }

@@ -3,6 +3,7 @@
 
 mod fail;
 mod http_limits;
+mod liveness;
 mod queue;
 mod state_versions;
 mod ui;
