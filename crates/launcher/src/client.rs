@@ -106,7 +106,7 @@ pub struct AgentClient {
 }
 
 /// The heartbeat interval until a session says otherwise.
-const DEFAULT_HEARTBEAT_INTERVAL_SECONDS: u64 = 10;
+const DEFAULT_HEARTBEAT_INTERVAL_SECONDS: u64 = 3;
 
 impl AgentClient {
     pub fn new(config: &LauncherConfig) -> Result<Self, ClientError> {
@@ -580,8 +580,10 @@ impl AgentClient {
 
     pub async fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatResponse, ClientError> {
         let sent_at = std::time::Instant::now();
-        let response: HeartbeatResponse =
-            self.call("/heartbeat", heartbeat, REQUEST_TIMEOUT).await?;
+        // Given up after two intervals rather than the usual request timeout: the next
+        // one, perhaps on a fresh connection, goes out before the server's worker timeout.
+        let timeout = (self.heartbeat_interval() * 2).min(REQUEST_TIMEOUT);
+        let response: HeartbeatResponse = self.call("/heartbeat", heartbeat, timeout).await?;
         self.lease.acknowledged(sent_at);
         Ok(response)
     }

@@ -348,11 +348,15 @@ async fn heartbeat_loop(
     stop: CancellationToken,
     cycle: CancellationToken,
 ) {
+    // At a fixed rate, not a fixed pause after each answer: a slow answer does not push
+    // the next heartbeat back (the server counts the time between them).
+    let mut sent_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            () = tokio::time::sleep(context.client.heartbeat_interval()) => {}
+            () = tokio::time::sleep_until(sent_at + context.client.heartbeat_interval()) => {}
             () = stop.cancelled() => return,
         }
+        sent_at = tokio::time::Instant::now();
         let heartbeat = {
             let slots = lock(&slots);
             Heartbeat {
