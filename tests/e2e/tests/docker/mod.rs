@@ -175,12 +175,13 @@ resource "terraform_data" "second" {
 
 #[test]
 fn a_launcher_started_again_recovers_the_apply_its_killed_instance_left() {
-    // The server fails a lock holder's run lease + grace after its launcher's last
-    // heartbeat: long enough here for the launcher started again to report first.
+    // The server fails a dead launcher's run a worker timeout after its last heartbeat:
+    // long enough here for the launcher started again to report first.
     let setup = DockerSetup::with_server(
         &bin("gantry-worker"),
         &[
             ("GANTRY_SERVER_HEARTBEAT_INTERVAL", "1s"),
+            ("GANTRY_SERVER_WORKER_TIMEOUT", "40s"),
             ("GANTRY_SERVER_WORKER_LEASE", "6s"),
             ("GANTRY_SERVER_WORKER_LEASE_GRACE", "20s"),
         ],
