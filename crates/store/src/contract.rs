@@ -10,8 +10,8 @@ use gantry_domain::{
     Timestamp, Tool, WorkerId,
 };
 
-use crate::StateFence;
 use crate::LockFenceRecord;
+use crate::StateFence;
 use crate::UiSessionRecord;
 use crate::{
     ApiKeyRecord, BlobRecord, BlobStore, DependencyRecord, OutputRecord, OutputReferenceRecord,

@@ -254,9 +254,7 @@ fn ui_probe(method: &Method, path: &str, f: &Fixtures) -> Option<Probe> {
         ("POST", "/runs/{run}/prioritize") => probe(S::BAD_REQUEST, form(&[])),
         ("POST", "/stacks/{stack}/runs") => probe(S::BAD_REQUEST, form(&[("type", "TASK")])),
         ("POST", "/stacks/{stack}/state/rollback") => probe(S::NOT_FOUND, form(&[("to", "99")])),
-        ("POST", "/stacks/{stack}/state/adopt") => {
-            probe(S::NOT_FOUND, form(&[("version", "99")]))
-        }
+        ("POST", "/stacks/{stack}/state/adopt") => probe(S::NOT_FOUND, form(&[("version", "99")])),
         ("POST", "/runs/{run}/confirm" | "/runs/{run}/discard" | "/runs/{run}/stop") => {
             probe(S::CONFLICT, form(&[]))
         }
