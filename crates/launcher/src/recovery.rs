@@ -20,15 +20,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_domain::LauncherId;
-use gantry_proto::agent::RunReport;
+use gantry_proto::agent::{Assignment, RunReport, StateStored};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::AgentClient;
 use crate::executor::{Executor, TERMINATE_GRACE};
+use crate::logs::LogRelay;
 use crate::run::journal::{self, JournalEntry};
-use crate::run::state::{ProjectFiles, store_state};
+use crate::run::state::{ProjectFiles, store_state_version};
 use crate::run::{RunContext, report_ending, start_log};
 use crate::workspace;
 
@@ -238,26 +239,7 @@ async fn recover_run(
         Some(report) => report,
         None => {
             let stored = store_left_state(context, &entry, &workspace).await;
-            let message = match &stored {
-                Some(Ok(true)) => {
-                    logs.append("The state the run left is stored, encrypted to the pool key.\n");
-                    format!(
-                        "The launcher on {} died while the run was executing; the state the run left was recovered and stored",
-                        context.config.hostname
-                    )
-                }
-                Some(Err(problem)) => {
-                    logs.append(&format!("{problem}\n"));
-                    format!(
-                        "The launcher on {} died while the run was executing; besides, {problem}",
-                        context.config.hostname
-                    )
-                }
-                Some(Ok(false)) | None => format!(
-                    "The launcher on {} died while the run was executing",
-                    context.config.hostname
-                ),
-            };
+            let message = ending_message(context, &entry.assignment, &logs, stored);
             logs.append(&format!("{message}\n"));
             RunReport::Failed { message }
         }
@@ -279,7 +261,7 @@ async fn store_left_state(
     context: &RunContext,
     entry: &JournalEntry,
     workspace: &Path,
-) -> Option<Result<bool, String>> {
+) -> Option<Result<Option<StateStored>, String>> {
     let assignment = &entry.assignment;
     if !(assignment.managed_state && assignment.run_type.takes_stack_lock()) {
         return None;
@@ -295,7 +277,42 @@ async fn store_left_state(
         Ok(files) => Arc::new(files),
         Err(problem) => return Some(Err(problem)),
     };
-    Some(store_state(context, assignment, &files, state.before().as_ref()).await)
+    Some(store_state_version(context, assignment, &files, state.before().as_ref()).await)
+}
+
+/// The failure a recovered run is reported with, after the run's log says what became of
+/// the state it left.
+fn ending_message(
+    context: &RunContext,
+    assignment: &Assignment,
+    logs: &LogRelay,
+    stored: Option<Result<Option<StateStored>, String>>,
+) -> String {
+    let died =
+        format!("The launcher on {} died while the run was executing", context.config.hostname);
+    let stack = &assignment.stack.name;
+    match stored {
+        Some(Ok(Some(StateStored { orphaned: true, version, .. }))) => {
+            let version = version.map_or_else(String::new, |version| format!(" {version}"));
+            logs.append(&format!(
+                "The server kept the state the run left as orphaned state version{version} of stack {stack}, not as its current state: the run no longer held the stack's lock. Nothing is lost; to make it current: gantry stack state adopt {stack}{version}\n"
+            ));
+            format!(
+                "{died}; the state the run left was recovered and kept as orphaned state version{version}"
+            )
+        }
+        Some(Ok(Some(StateStored { version, .. }))) => {
+            logs.append("The state the run left is stored, encrypted to the pool key.\n");
+            let version =
+                version.map_or_else(String::new, |version| format!(" as version {version}"));
+            format!("{died}; the state the run left was recovered and stored{version}")
+        }
+        Some(Err(problem)) => {
+            logs.append(&format!("{problem}\n"));
+            format!("{died}; besides, {problem}")
+        }
+        Some(Ok(None)) | None => died,
+    }
 }
 
 /// Waits, at most `patience`, until no process has its working directory in

@@ -316,18 +316,8 @@ enum SealedState {
 /// and stores the state it left, if it changed and is a valid successor of the state the
 /// run started from. On an upload failure the sealed state is kept on this machine and
 /// the error says where; a refused state is never sealed, and the stack keeps its
-/// previous version. Returns whether a state was stored.
-pub(crate) async fn store_state(
-    run_context: &RunContext,
-    assignment: &Assignment,
-    files: &Arc<ProjectFiles>,
-    before: Option<&StateBefore>,
-) -> Result<bool, String> {
-    Ok(store_state_version(run_context, assignment, files, before).await?.is_some())
-}
-
-/// `store_state`, answering with what the server made of the state (`None`: the run left
-/// it unchanged): the stack's current version, or an orphaned one when the run no longer
+/// previous version. Answers what the server made of the state (`None`: the run left it
+/// unchanged): the stack's current version, or an orphaned one when the run no longer
 /// held the stack's lock.
 pub(crate) async fn store_state_version(
     run_context: &RunContext,

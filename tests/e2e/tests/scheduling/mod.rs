@@ -382,6 +382,52 @@ fn a_launcher_started_again_recovers_the_apply_its_killed_instance_left() {
 }
 
 #[test]
+fn a_launcher_started_again_after_its_run_was_failed_keeps_the_state_as_an_orphaned_version() {
+    let cluster = Cluster::start_with(&[
+        ("GANTRY_SERVER_HEARTBEAT_INTERVAL", "1s"),
+        ("GANTRY_SERVER_WORKER_TIMEOUT", "3s"),
+        ("GANTRY_SERVER_WORKER_LEASE", "2s"),
+        ("GANTRY_SERVER_WORKER_LEASE_GRACE", "1s"),
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let pool = cluster.private_pool(work.path(), "p");
+    let launcher_dir = work.path().join("launcher");
+    let start = || {
+        let mut launcher = Launcher::spawn_for(&pool.token, &pool.key, &launcher_dir, &[]);
+        launcher.wait_for_stderr("launcher connected", Duration::from_secs(60));
+        launcher
+    };
+    let first = start();
+    let repository = GitRepository::create(
+        &work.path().join("repo"),
+        &[("main.tf", &half_applied_config("46.25"))],
+    );
+    let url = repository.url();
+    let create = ["--name", "app", "--repository", &url, "--pool", "p", "--autodeploy"];
+    cluster.gantry.ok(&[&["stack", "create", "--managed-state"], &create[..]].concat());
+    let run = wait_until_applying(&cluster, &cluster.gantry.trigger("app", &[]));
+    cluster.gantry.wait_for(Duration::from_secs(60), || {
+        (!processes_running("sleep 46.25").is_empty()).then_some(())
+    });
+
+    first.kill();
+    // The server fails the run before any launcher comes back, and the stack's lock
+    // passes on: the state the interrupted apply left is the launcher's to hand in.
+    let failed = cluster.gantry.wait_for_state(&run, &["FAILED"]);
+    assert!(failed["failure"].as_str().unwrap().starts_with("worker lost"), "{failed}");
+    let _second = start();
+    let versions = cluster.gantry.wait_for(Duration::from_secs(30), || {
+        let versions = cluster.gantry.json(&["stack", "state", "list", "app"]);
+        (!versions["versions"].as_array()?.is_empty()).then_some(versions)
+    });
+    let kept = &versions["versions"][0];
+    assert_eq!(kept["run_id"], run["id"], "{versions}");
+    assert_eq!((&kept["orphaned"], &kept["current"]), (&Value::Bool(true), &Value::Bool(false)));
+    let left = left_of_run(&launcher_dir, &run);
+    assert!(left.is_empty(), "nothing of the run is left in the work directory: {left:?}");
+}
+
+#[test]
 fn a_stack_receives_its_upstream_output_and_is_skipped_when_the_upstream_fails() {
     let cluster = Cluster::start();
     let work = tempfile::tempdir().unwrap();
