@@ -295,7 +295,7 @@ impl Executor for DockerExecutor {
             ));
         }
         tokio::spawn(forward_output(self.docker.clone(), id.clone(), output));
-        Ok(Box::new(ContainerWorker { docker: self.docker.clone(), id, exit: None }))
+        Ok(Box::new(ContainerWorker::new(self.docker.clone(), id)))
     }
 
     /// Found by its labels: the journal may have been written before the container was.
@@ -311,7 +311,7 @@ impl Executor for DockerExecutor {
             // Ends once the container stops: everything it printed is read by then.
             let forwarding =
                 tokio::spawn(forward_output(self.docker.clone(), id.clone(), output.clone()));
-            let mut worker = ContainerWorker { docker: self.docker.clone(), id, exit: None };
+            let mut worker = ContainerWorker::new(self.docker.clone(), id);
             let ended = match tokio::time::timeout(patience, worker.wait_for_exit_keeping()).await {
                 Ok(ended) => ended,
                 Err(_) => {
@@ -366,14 +366,24 @@ struct ContainerWorker {
     docker: Docker,
     id: String,
     exit: Option<WorkerExit>,
+    /// Known apart from `exit`: an exit can be known while the container is still there.
+    removed: bool,
 }
 
 impl ContainerWorker {
+    fn new(docker: Docker, id: String) -> Self {
+        Self { docker, id, exit: None, removed: false }
+    }
+
+    /// Waits for the container to stop, and removes it. A call cancelled after the exit
+    /// was learnt but before the removal finished (the run's select loop drops it for a
+    /// line of output or a stop) leaves the container to the next call, whichever of
+    /// `wait` or `terminate` that is.
     async fn wait_for_exit(&mut self) -> Result<WorkerExit, ExecutorError> {
-        let known = self.exit.is_some();
         let exit = self.wait_for_exit_keeping().await?;
-        if !known {
+        if !self.removed {
             remove(&self.docker, &self.id).await;
+            self.removed = true;
         }
         Ok(exit)
     }
@@ -433,8 +443,10 @@ impl RunningWorker for ContainerWorker {
 
 async fn remove(docker: &Docker, id: &str) {
     let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
-    if let Err(error) = docker.remove_container(id, Some(options)).await {
-        tracing::warn!(container = %id, %error, "cannot remove the run container");
+    match docker.remove_container(id, Some(options)).await {
+        // Removed already, by a removal whose caller stopped waiting for its answer.
+        Ok(()) | Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
+        Err(error) => tracing::warn!(container = %id, %error, "cannot remove the run container"),
     }
 }
 
@@ -455,6 +467,44 @@ mod tests {
     use super::*;
 
     use gantry_domain::options::env_of as env;
+
+    /// The state a cancelled `wait` leaves when the run's select loop drops it between
+    /// learning the exit and removing the container (an output line, or the server's
+    /// stop in the heartbeat answer, arriving then): the next `wait` or `terminate`
+    /// must still remove the container.
+    #[tokio::test]
+    async fn a_container_whose_exit_is_known_is_removed_by_the_next_wait_or_terminate() {
+        let image = gantry_testkit::runner_image(&std::env::current_exe().unwrap());
+        let docker = Docker::connect_with_local_defaults().unwrap();
+        for terminate in [false, true] {
+            let body = ContainerCreateBody {
+                image: Some(image.to_owned()),
+                entrypoint: Some(vec!["true".to_owned()]),
+                ..ContainerCreateBody::default()
+            };
+            let id = docker.create_container(None, body).await.unwrap().id;
+            docker.start_container(&id, None).await.unwrap();
+            let mut worker = ContainerWorker::new(docker.clone(), id.clone());
+            let exit = worker.wait_for_exit_keeping().await.unwrap();
+            assert!(exit.success(), "{exit}");
+            assert!(docker.inspect_container(&id, None).await.is_ok(), "kept until removed");
+
+            let again = if terminate {
+                worker.terminate(Duration::from_secs(1)).await
+            } else {
+                worker.wait().await
+            };
+            assert_eq!(again.unwrap(), exit);
+            let inspected = docker.inspect_container(&id, None).await;
+            assert!(
+                matches!(
+                    inspected,
+                    Err(DockerError::DockerResponseServerError { status_code: 404, .. })
+                ),
+                "the exited container {id} is still there (terminate: {terminate}): {inspected:?}"
+            );
+        }
+    }
 
     #[test]
     fn mounts_are_checked_and_scoped_to_run_types() {
