@@ -15,22 +15,11 @@ mod harness;
 use gantry_chaos::faults::{FaultKind, enabled_kinds};
 use harness::scenario::{Database, Settings, run};
 
-/// The fault kinds a plain `cargo nextest run` injects: all but `restart-postgres`.
-///
-/// `restart-postgres` waits for issue 17's item 3, "Outages fail nothing": with today's
-/// launcher a PostgreSQL restart (1–6 s down) during a run's last steps leaves the run
-/// executing for ever: its worker ended, but the launcher never gets its final report
-/// accepted, so the run stays `APPLYING` or `INITIALIZING`, its worker `BUSY`, the stack
-/// locked, and the runs behind it `QUEUED` (docs/reliability.md has the seeds and runs).
-/// Enable it with `GANTRY_CHAOS_FAULTS=all` once item 3 has landed, and add it here.
-const DEFAULT_FAULTS: [FaultKind; 6] = [
-    FaultKind::KillReplica,
-    FaultKind::KillLauncher,
-    FaultKind::KillWorker,
-    FaultKind::KillContainer,
-    FaultKind::DropAgentConnections,
-    FaultKind::StallAgentConnections,
-];
+/// The fault kinds a plain `cargo nextest run` injects: all of them. PostgreSQL restarts
+/// joined the others once outages failed nothing (issue 17 item 3): a launcher keeps a
+/// run's reports, state and log until the server takes them, and the liveness sweep
+/// waits a worker timeout after its database is back (docs/reliability.md).
+const DEFAULT_FAULTS: [FaultKind; 7] = FaultKind::ALL;
 
 fn settings(scenarios: usize) -> Settings {
     let seed = match std::env::var("GANTRY_CHAOS_SEED") {
