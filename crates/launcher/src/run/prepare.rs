@@ -18,6 +18,7 @@ use super::{
     RunContext, mask_sealed_inputs, report_ending, report_failure, silence_message, timeout_message,
 };
 use crate::config::LauncherConfig;
+use crate::delivery::PendingReport;
 use crate::logs::LogRelay;
 use crate::metrics::Stage;
 use crate::passed_env;
@@ -117,10 +118,11 @@ async fn prepare(
                 message: checkout.message,
                 author: Some(checkout.author),
             };
+            // Part of the run's record: kept until the server takes it, as every report
+            // is, so that a database outage or a server restart does not lose it; bounded
+            // like the rest of the preparation. A refusal or abandonment is logged there.
             let report = logs.masked_report(report);
-            if let Err(error) = context.client.report(assignment.run_id, report).await {
-                tracing::warn!(run = %assignment.run_id, %error, "cannot record the commit");
-            }
+            PendingReport { run_id: assignment.run_id, report }.deliver(&context.client).await;
             // Judged once its commit is known (the denied commit is recorded too), and
             // before anything of it runs.
             if let Some(refusal) = refused_by_policy(&context.config, assignment, &commit).await {
