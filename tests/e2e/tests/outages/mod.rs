@@ -64,14 +64,15 @@ fn a_task_outlives_a_server_down_for_longer_than_the_worker_timeout_with_its_who
         GitRepository::create(&dir.path().join("repo"), &[("infra/main.tf", EMPTY_CONFIG)]);
     gantry.create_stack_at("app", &repository.url(), Some("p"), &[]);
 
-    let command = "for i in $(seq 1 30); do echo tick-$i; sleep 0.5; done";
+    // Marked, so that the wait below never sees another test's ticking process.
+    let command = "for i in $(seq 1 30); do echo tick-$i; sleep 0.5; done # outlives-the-server";
     let task = gantry.json(&["run", "task", "app", "--", command]);
     wait_for_log_line(&gantry, &task, "tick-3");
     server.kill();
     let killed_at = Instant::now();
     // The task ends while the server is away: its last output and its report wait.
     gantry.wait_for(Duration::from_secs(60), || {
-        processes_running("echo tick-$i").is_empty().then_some(())
+        processes_running("# outlives-the-server").is_empty().then_some(())
     });
     assert!(killed_at.elapsed() < Duration::from_secs(20), "the task ended during the outage");
     launcher.wait_for_stderr("log upload failed", Duration::from_secs(10));
