@@ -148,14 +148,16 @@ impl RunEndpoint {
         let _relaying = self.relaying.lock().await;
         let report = self.secure_state(report).await;
         self.phases.observe(&self.metrics, &report);
-        self.logs.flush().await;
         // What the worker and the state's storage said may quote a masked value.
         let report = self.logs.masked_report(report);
+        // Journaled before the log's flush, which waits for the server: a launcher killed
+        // while the server is away leaves the report to the next one (`recovery`).
         if let Some(journal) = self.journal.get()
             && super::journal::ends_the_run(&report)
         {
             journal.final_report(&report);
         }
+        self.logs.flush().await;
         let pending = PendingReport { run_id: self.run_id, report: report.clone() };
         let directive = match pending.deliver(&self.client).await {
             Delivery::Acknowledged(directive) => {

@@ -2,7 +2,8 @@
 //! PostgreSQL database down for five minutes, while a run executes. The launcher keeps
 //! the run going, holds its log and its final report (and state) until the server takes
 //! them, and the server's liveness sweep waits a full worker timeout after it has its
-//! database again, so the run ends as it would have, with its whole log.
+//! database again, so the run ends as it would have, with its whole log. A launcher
+//! killed while its final report waits for the server leaves it, journaled, to the next.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,7 +12,8 @@ use gantry_testkit::{GitRepository, KeyKind, OpensslKey};
 use serde_json::Value;
 
 use crate::harness::{
-    Gantry, Launcher, PoolAccess, ServerProcess, base64_of, free_port, id, processes_running,
+    Gantry, Launcher, PoolAccess, ServerProcess, base64_of, free_port, id, left_of_run,
+    processes_running, states,
 };
 
 /// A configuration with nothing to create: a task's `init` takes a fraction of a second.
@@ -169,4 +171,65 @@ fn an_apply_runs_through_a_five_minute_database_outage_and_stores_its_state() {
     let current = &versions["versions"][0];
     assert_eq!(current["run_id"], id(&run), "{versions}");
     assert_eq!(current["current"], true, "{versions}");
+}
+
+/// The journal of `run` under the launcher's `work_dir`, once it holds the final report
+/// the launcher is about to send.
+fn journaled_final_report(work_dir: &Path, run: &Value) -> Option<Value> {
+    left_of_run(work_dir, run)
+        .into_iter()
+        .filter(|path| path.ends_with(".json"))
+        .filter_map(|path| serde_json::from_slice::<Value>(&std::fs::read(path).ok()?).ok())
+        .map(|entry| entry["final_report"].clone())
+        .find(|report| !report.is_null())
+}
+
+#[test]
+fn a_launcher_killed_during_its_final_report_has_it_delivered_by_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let settings = [
+        ("GANTRY_SERVER_HEARTBEAT_INTERVAL", "2s"),
+        // Long enough for the launcher started again to deliver the report before the
+        // server could call the run lost.
+        ("GANTRY_SERVER_WORKER_TIMEOUT", "40s"),
+    ];
+    let server = ServerProcess::start_with(&data, &listen, &settings);
+    let gantry = Gantry::for_server(&server);
+    let key = OpensslKey::generate(dir.path(), "p", KeyKind::P256);
+    let pool = PoolAccess { token: gantry.create_pool("p", &key), key: base64_of(&key.key_pem) };
+    let work = dir.path().join("launcher");
+    let start = || {
+        let mut launcher = Launcher::spawn_for(&pool.token, &pool.key, &work, &[]);
+        launcher.wait_for_stderr("launcher connected", Duration::from_secs(60));
+        launcher
+    };
+    let first = start();
+    let repository =
+        GitRepository::create(&dir.path().join("repo"), &[("infra/main.tf", EMPTY_CONFIG)]);
+    gantry.create_stack_at("app", &repository.url(), Some("p"), &[]);
+
+    let command = "for i in $(seq 1 6); do echo tick-$i; sleep 0.5; done # killed-in-its-report";
+    let task = gantry.json(&["run", "task", "app", "--", command]);
+    wait_for_log_line(&gantry, &task, "tick-1");
+    // The server goes away: the task ends meanwhile and its final report cannot go out.
+    server.kill();
+    let report = gantry.wait_for(Duration::from_secs(60), || journaled_final_report(&work, &task));
+    first.kill();
+
+    let _server = ServerProcess::start_with(&data, &listen, &settings);
+    let _second = start();
+    let ended =
+        gantry.wait_for_state_within(&task, &["FINISHED", "FAILED"], Duration::from_secs(120));
+    let log = gantry.log(&ended);
+    assert_eq!(
+        ended["state"], "FINISHED",
+        "the journaled report {report} was delivered:\n{ended}\n{log}"
+    );
+    assert!(ticks(&log).starts_with(&numbered_ticks(1)), "{log}");
+    assert!(log.contains("takes the run over. What the run printed"), "the gap is said:\n{log}");
+    let finals = states(&ended).iter().filter(|state| *state == "FINISHED").count();
+    assert_eq!(finals, 1, "ended exactly once: {ended}");
+    gantry.wait_for(Duration::from_secs(30), || left_of_run(&work, &task).is_empty().then_some(()));
 }
