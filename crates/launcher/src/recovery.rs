@@ -6,7 +6,7 @@
 //!
 //! For each run journaled there, acting as the dead launcher (its id, so the server
 //! knows the run as held by it): wait for the worker it left to end (a container's
-//! worker stops on its lease, a process gets SIGTERM when its launcher dies), stopping
+//! worker stops on its lease, a process gets SIGHUP when its launcher dies), stopping
 //! it after lease + grace; store the state the run left, as `conclude` does, through the
 //! workspace as the launcher opened it; say in the run's log what was lost; report how
 //! the run ended (the final report the dead launcher was sending, or a failure saying it

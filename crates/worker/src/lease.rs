@@ -5,6 +5,7 @@
 //! while this one still runs, even when the launcher died with the worker left behind
 //! in a container.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use gantry_proto::lease::{LeaseTerms, WorkerLease};
@@ -60,13 +61,16 @@ async fn keep(client: LauncherClient, initial: LeaseTerms, requester: Requester)
         }
         tokio::time::sleep_until((now + renewal).min(expires_at)).await;
     }
-    eprintln!(
+    // Not `eprintln!`: a process worker's stderr is a pipe to the launcher, which may
+    // be dead, and a panic here would leave the tool running past the lease.
+    let _ = writeln!(
+        std::io::stderr(),
         "gantry-worker: the lease from the launcher ran out (it cannot be reached, or it cannot reach the server): interrupting the tool, killing it after {}s",
         grace.as_secs()
     );
-    requester.request();
+    requester.interrupt();
     tokio::time::sleep(grace).await;
-    requester.request();
+    requester.force();
 }
 
 #[cfg(test)]
@@ -105,6 +109,28 @@ mod tests {
         assert_eq!(seen.len(), 2, "an interrupt, then a kill: {seen:?}");
         assert!(seen[0] >= Duration::from_secs(1) && seen[0] < Duration::from_millis(1500));
         assert!(seen[1] >= Duration::from_secs(2) && seen[1] < Duration::from_millis(2500));
+    }
+
+    #[tokio::test]
+    async fn a_worker_already_stopping_is_killed_only_after_the_grace() {
+        // The kernel's SIGHUP when the launcher died came first: the lease running out
+        // adds nothing, and the kill comes a grace after it, not with it.
+        let dir = tempfile::tempdir().unwrap();
+        let client = LauncherClient::for_socket(&dir.path().join("gone.sock"));
+        let termination = Termination::from_signals().unwrap();
+        termination.requester().interrupt();
+        let start = Instant::now();
+        let _lease = hold(
+            client,
+            LeaseTerms { lease_seconds: 1, grace_seconds: 1 },
+            termination.requester(),
+        );
+        let mut requests = termination.watch();
+        requests.mark_unchanged();
+        tokio::time::timeout(Duration::from_secs(4), requests.changed()).await.unwrap().unwrap();
+        let killed_after = start.elapsed();
+        assert!(termination.is_forced());
+        assert!(killed_after >= Duration::from_secs(2), "killed after {killed_after:?}");
     }
 
     /// Answers every request on `socket` with `lease` as the launcher's grant.

@@ -152,7 +152,7 @@ pub(crate) async fn run_streamed(
     let mut buffer = vec![0; READ_BUFFER_BYTES];
     let mut output_open = true;
     let mut status: Option<io::Result<ExitStatus>> = None;
-    let mut n_forwarded = 0_u32;
+    let mut forwarded: Option<Signal> = None;
     let drain_deadline = tokio::time::sleep(OUTPUT_DRAIN_AFTER_EXIT);
     tokio::pin!(drain_deadline);
     while output_open || status.is_none() {
@@ -171,18 +171,20 @@ pub(crate) async fn run_streamed(
             }
             () = &mut drain_deadline, if status.is_some() && output_open => break,
             () = termination.requested() => {
-                n_forwarded += 1;
-                let signal = if n_forwarded == 1 { Signal::SIGINT } else { Signal::SIGKILL };
-                if let Some(group) = process_group {
-                    // The group may be gone already, which is what was asked for.
-                    let _ = killpg(group, signal);
+                let signal = if termination.is_forced() { Signal::SIGKILL } else { Signal::SIGINT };
+                if forwarded != Some(signal) && forwarded != Some(Signal::SIGKILL) {
+                    forwarded = Some(signal);
+                    if let Some(group) = process_group {
+                        // The group may be gone already, which is what was asked for.
+                        let _ = killpg(group, signal);
+                    }
                 }
             }
         }
     }
     log.write(decoder.finish());
 
-    if n_forwarded > 0 {
+    if forwarded.is_some() {
         return Ending::Terminated;
     }
     match status {

@@ -832,6 +832,33 @@ async fn a_second_sigterm_kills_a_tool_that_ignores_the_first() {
 }
 
 #[tokio::test]
+async fn a_launcher_death_signalled_twice_still_lets_the_tool_stop_gracefully() {
+    // The kernel's SIGHUP for a dead launcher comes once per launcher thread the worker
+    // is passed through: however often, it is one request to stop, never a kill, so
+    // terraform can finish writing its state.
+    let workspace = tempfile::tempdir().unwrap();
+    let mut job = job(Job::Plan, RunType::Tracked, workspace.path());
+    job.tool_executable = script_tool(
+        workspace.path(),
+        "trap 'echo interrupted; sleep 0.5; echo state written; exit 1' INT\n\
+         echo waiting for a signal\nwhile true; do sleep 0.1; done\n",
+    );
+    let launcher = Launcher::start(job, always_continue).await;
+    let worker = launcher.worker().spawn().unwrap();
+    launcher.wait_for_log("waiting for a signal").await;
+
+    let pid = Pid::from_raw(i32::try_from(worker.id().unwrap()).unwrap());
+    for _ in 0..3 {
+        kill(pid, Signal::SIGHUP).unwrap();
+    }
+    let finished = finish(worker).await;
+
+    assert_eq!(finished.code(), Some(143), "{finished:?}");
+    let log = launcher.log();
+    assert!(log.contains("interrupted\nstate written\n"), "{log}");
+}
+
+#[tokio::test]
 async fn sigterm_while_waiting_for_the_launcher_exits_at_once() {
     let workspace = configuration(TRACKED_CONFIG);
     let job = job(Job::Plan, RunType::Tracked, workspace.path());

@@ -215,7 +215,7 @@ impl Executor for ProcessExecutor {
     }
 
     /// The worker is no child of this launcher: it is watched through `/proc`. When its
-    /// launcher died, the kernel sent it SIGTERM (see `gantry-worker`): it is usually
+    /// launcher died, the kernel sent it SIGHUP (see `gantry-worker`): it is usually
     /// gone or going.
     async fn reclaim(
         &self,

@@ -196,7 +196,7 @@ fn a_launcher_killed_mid_run_fails_its_run_fast_and_fences_its_stack_for_lease_a
     let survivors = workers(&cluster, "p");
     assert_eq!(survivors.len(), 1);
     assert_eq!(survivors[0]["metadata"]["name"], if victim == "a" { "b" } else { "a" });
-    // The orphaned worker got SIGTERM from the kernel as its launcher died and stopped.
+    // The orphaned worker got SIGHUP from the kernel as its launcher died and stopped.
     cluster.gantry.wait_for(Duration::from_secs(30), || {
         processes_running("sleep 43.25").is_empty().then_some(())
     });
@@ -352,7 +352,7 @@ fn a_launcher_started_again_recovers_the_apply_its_killed_instance_left() {
     });
 
     first.kill();
-    // The worker got SIGTERM from the kernel as its launcher died: it interrupted the
+    // The worker got SIGHUP from the kernel as its launcher died: it interrupted the
     // apply, whose state stays in the workspace.
     cluster.gantry.wait_for(Duration::from_secs(30), || {
         processes_running("sleep 45.75").is_empty().then_some(())
@@ -415,13 +415,13 @@ fn a_launcher_started_again_after_its_run_was_failed_keeps_the_state_as_an_orpha
     // passes on: the state the interrupted apply left is the launcher's to hand in.
     let failed = cluster.gantry.wait_for_state(&run, &["FAILED"]);
     assert!(failed["failure"].as_str().unwrap().starts_with("worker lost"), "{failed}");
-    let _second = start();
-    let versions = cluster.gantry.wait_for(Duration::from_secs(30), || {
-        let versions = cluster.gantry.json(&["stack", "state", "list", "app"]);
-        (!versions["versions"].as_array()?.is_empty()).then_some(versions)
-    });
+    let mut second = start();
+    second
+        .wait_for_stderr("recovered the run the launcher that died left", Duration::from_secs(60));
+    let log = cluster.gantry.log(&run);
+    let versions = cluster.gantry.json(&["stack", "state", "list", "app"]);
     let kept = &versions["versions"][0];
-    assert_eq!(kept["run_id"], run["id"], "{versions}");
+    assert_eq!(kept["run_id"], run["id"], "{versions}\nthe run's log:\n{log}");
     assert_eq!((&kept["orphaned"], &kept["current"]), (&Value::Bool(true), &Value::Bool(false)));
     let left = left_of_run(&launcher_dir, &run);
     assert!(left.is_empty(), "nothing of the run is left in the work directory: {left:?}");
