@@ -786,8 +786,12 @@ echo not interrupted
 "#;
 
 fn terminate(worker: &Child) {
+    send(worker, Signal::SIGTERM);
+}
+
+fn send(worker: &Child, signal: Signal) {
     let pid = Pid::from_raw(i32::try_from(worker.id().unwrap()).unwrap());
-    kill(pid, Signal::SIGTERM).unwrap();
+    kill(pid, signal).unwrap();
 }
 
 #[tokio::test]
@@ -847,9 +851,8 @@ async fn a_launcher_death_signalled_twice_still_lets_the_tool_stop_gracefully() 
     let worker = launcher.worker().spawn().unwrap();
     launcher.wait_for_log("waiting for a signal").await;
 
-    let pid = Pid::from_raw(i32::try_from(worker.id().unwrap()).unwrap());
     for _ in 0..3 {
-        kill(pid, Signal::SIGHUP).unwrap();
+        send(&worker, Signal::SIGHUP);
     }
     let finished = finish(worker).await;
 
