@@ -39,13 +39,19 @@ pub struct LoggedExecution {
     pub ended: bool,
 }
 
+/// The first character of every line of a Terraform diagnostic's box, as a run's log
+/// shows it (Gantry runs Terraform with colours; read with `--color never`, the box stays).
+const DIAGNOSTIC_MARGIN: char = '│';
+
 /// The executions a run's log shows, in the order they first appear. Marks may follow a
 /// prefix (Terraform writes `terraform_data.chaos (local-exec): ` before each line); the
 /// script's own text (Terraform echoes the command it executes) names `$n`, not a nonce,
-/// and is ignored.
+/// and is ignored. So are Terraform's diagnostics: a failed or interrupted `local-exec`
+/// provisioner's error quotes everything the command printed ("… signal: killed. Output:
+/// chaos-begin …"), which is not a second delivery of those lines.
 pub fn logged_executions(log: &str) -> Vec<LoggedExecution> {
     let mut found: Vec<LoggedExecution> = Vec::new();
-    for line in log.lines() {
+    for line in log.lines().filter(|line| !line.trim_start().starts_with(DIAGNOSTIC_MARGIN)) {
         let words: Vec<&str> = line.split_whitespace().collect();
         for (at, word) in words.iter().enumerate() {
             if ![BEGIN, LINE, END].contains(word) {
@@ -120,6 +126,69 @@ mod tests {
         assert_eq!(found[0].numbers, vec![1, 1]);
         assert!(!found[0].ended);
         assert_eq!(found[1].numbers, vec![2]);
+    }
+
+    /// Terraform's own output for a `local-exec` provisioner that fails after printing:
+    /// its live lines, then the error diagnostic quoting them.
+    fn terraform_apply_of_a_failing_script(script: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let command = serde_json::to_string(&format!("{script}; exit 3")).unwrap();
+        std::fs::write(
+            dir.path().join("main.tf"),
+            format!(
+                "resource \"terraform_data\" \"chaos\" {{\n  provisioner \"local-exec\" {{\n    command = {command}\n  }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let terraform = |args: &[&str]| {
+            std::process::Command::new("terraform")
+                .args(args)
+                .current_dir(dir.path())
+                .env("TF_IN_AUTOMATION", "1")
+                .output()
+                .expect("terraform is on PATH")
+        };
+        let init = terraform(&["init", "-input=false"]);
+        assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+        let apply = terraform(&["apply", "-auto-approve", "-input=false"]);
+        assert!(!apply.status.success(), "the provisioner fails");
+        let output = [apply.stdout, apply.stderr].concat();
+        without_colours(&String::from_utf8(output).unwrap())
+    }
+
+    /// What `gantry run logs --color never` prints of coloured text.
+    fn without_colours(text: &str) -> String {
+        let mut plain = String::new();
+        let mut chars = text.chars();
+        while let Some(char) = chars.next() {
+            if char == '\u{1b}' {
+                // A CSI sequence ends with its first letter.
+                chars.by_ref().find(char::is_ascii_alphabetic);
+            } else {
+                plain.push(char);
+            }
+        }
+        plain
+    }
+
+    #[test]
+    fn a_failed_provisioners_output_quoted_by_terraforms_diagnostic_is_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = run_script(&dir.path().join("s.journal").display().to_string(), 3, "0");
+        let log = terraform_apply_of_a_failing_script(&script);
+        let quoted: Vec<&str> = log
+            .lines()
+            .filter_map(|line| line.trim_start().strip_prefix(DIAGNOSTIC_MARGIN))
+            .collect();
+        let quoted = logged_executions(&quoted.join("\n"));
+        assert!(
+            quoted.iter().any(|execution| !execution.numbers.is_empty()),
+            "Terraform's diagnostic quotes numbered lines:\n{log}"
+        );
+        let executions = logged_executions(&log);
+        assert_eq!(executions.len(), 1, "{log}");
+        assert_eq!(executions[0].numbers, vec![1, 2, 3], "{log}");
+        assert!(executions[0].ended);
     }
 
     #[test]

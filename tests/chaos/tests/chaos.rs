@@ -52,26 +52,11 @@ fn settings(scenarios: usize) -> Settings {
     Settings { seed, runs: runs.div_ceil(scenarios), faults }
 }
 
-/// A violation of an open issue-17 bug the test command reports but does not fail on:
-/// a FAILED run's log showing lines of its execution twice (docs/reliability.md, "A
-/// violation still open"). `GANTRY_CHAOS_STRICT=1` fails on it too. Anything else fails.
-fn known_open(violation: &gantry_chaos::invariants::Violation) -> bool {
-    violation.invariant == gantry_chaos::invariants::Invariant::LogsComplete
-        && violation.detail.contains(" (FAILED): the log of execution ")
-        && violation.detail.contains("has gaps or duplicates")
-}
-
 fn assert_held(name: &str, settings: &Settings, report: &harness::scenario::Report) {
-    let strict = std::env::var("GANTRY_CHAOS_STRICT").is_ok_and(|value| value == "1");
-    let (open, failing): (Vec<_>, Vec<_>) =
-        report.violations.iter().partition(|violation| !strict && known_open(violation));
-    for violation in &open {
-        eprintln!("chaos {name}: known open bug (issue 17), not failing: {}", violation.detail);
-    }
     assert!(
-        failing.is_empty(),
+        report.violations.is_empty(),
         "chaos {name}: {} invariant violation(s) with seed {} (the report above says which and how to replay)",
-        failing.len(),
+        report.violations.len(),
         settings.seed
     );
 }
