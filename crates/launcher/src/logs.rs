@@ -9,9 +9,11 @@
 //! never gives up on a log while its run lives: only a server saying the log is sealed
 //! (the run ended and its log was archived) or the run is gone stops it. What waits for
 //! the server waits in the run's `backlog`, on disk beyond a few MiB, within the
-//! launcher's log buffer.
+//! launcher's log buffer; and in its `tail` on disk until the server has it, for the
+//! launcher that recovers the run if this one dies.
 
 mod backlog;
+mod tail;
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -29,6 +31,7 @@ use crate::client::{AgentClient, ClientError};
 use crate::mask::Masker;
 use backlog::Backlog;
 pub(crate) use backlog::{DEFAULT_LOG_BUFFER_SIZE, LOG_BUFFER_SIZE, LogBufferBudget};
+pub(crate) use tail::read_left as undelivered_tail;
 
 /// Chunks larger than this are split: keeps each request well under the server's limit.
 const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -65,7 +68,8 @@ pub(crate) struct LogRelay {
 impl LogRelay {
     /// Starts relaying a run's log whose next chunk is `first_seq`; nothing `masker`
     /// masks is uploaded (or printed, with `echo`). What the server cannot take yet is
-    /// kept in `spool_dir` beyond a few MiB, within `budget`.
+    /// kept in `spool_dir` beyond a few MiB, within `budget`, and written ahead there
+    /// until the server has it.
     pub(crate) fn start(
         client: Arc<AgentClient>,
         run_id: RunId,
@@ -75,12 +79,11 @@ impl LogRelay {
         spool_dir: &Path,
         budget: Arc<LogBufferBudget>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let spool = spool_dir.join(format!("{run_id}.log-backlog"));
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer {
                 masker,
                 echo: echo.then_some(run_id),
-                backlog: Backlog::new(first_seq, spool, budget),
+                backlog: Backlog::new(first_seq, spool_dir, run_id, budget),
                 last_activity: Instant::now(),
             }),
             wake: Notify::new(),
@@ -299,6 +302,7 @@ async fn upload(client: Arc<AgentClient>, run_id: RunId, shared: Arc<Shared>) {
                 continue;
             }
             Refusal::Closed => {
+                shared.buffer.lock().unwrap_or_else(PoisonError::into_inner).backlog.discard_tail();
                 tracing::warn!(run = %run_id, %error, "the server takes no more of this run's log: it ended and its log is archived, or the run is gone");
                 shared.abandoned.cancel();
                 return;
@@ -343,7 +347,7 @@ mod tests {
         Buffer {
             masker: Masker::new(masked.iter().copied()),
             echo: None,
-            backlog: Backlog::new(7, spool_dir.join("run.log-backlog"), budget),
+            backlog: Backlog::new(7, spool_dir, RunId::generate(), budget),
             last_activity: Instant::now(),
         }
     }

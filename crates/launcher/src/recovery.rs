@@ -8,7 +8,8 @@
 //! knows the run as held by it): wait for the worker it left to end (a container's
 //! worker stops on its lease, a process gets SIGHUP when its launcher dies), stopping
 //! it after lease + grace; store the state the run left, as `conclude` does, through the
-//! workspace as the launcher opened it; say in the run's log what was lost; report how
+//! workspace as the launcher opened it; send the output it had taken from the worker
+//! but not delivered (the log's tail on disk) and say in the log what was lost; report how
 //! the run ended (the final report the dead launcher was sending, or a failure saying it
 //! died); then remove the container, the workspace and the journal. What cannot be
 //! finished (the server unreachable, a refused state) stays for the next start, and a
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_domain::LauncherId;
+use gantry_domain::{LauncherId, RunId};
 use gantry_proto::agent::{Assignment, RunReport, StateStored};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::mpsc;
@@ -214,9 +215,22 @@ async fn recover_run(
             return false;
         }
     };
+    // Read before the relay starts: its own tail replaces what the dead one left.
+    let undelivered = undelivered_output(context, run_id, next_seq);
     let (logs, upload_task) = start_log(context, assignment, next_seq);
+    for text in &undelivered {
+        logs.append(text);
+    }
+    let bytes: usize = undelivered.iter().map(String::len).sum();
+    let delivered_now = if bytes == 0 {
+        String::new()
+    } else {
+        format!(
+            " The {bytes} bytes above are output the launcher that died had taken from the run but not yet delivered."
+        )
+    };
     logs.append(&format!(
-        "\nThe launcher on {} died while this run was on it; a launcher started again with its work directory takes the run over. What the run printed that the launcher had not delivered is lost.\n",
+        "\nThe launcher on {} died while this run was on it; a launcher started again with its work directory takes the run over.{delivered_now} What the run printed after its launcher died is lost.\n",
         context.config.hostname
     ));
     while let Ok(line) = output.try_recv() {
@@ -252,6 +266,22 @@ async fn recover_run(
     journal::remove(journal_path);
     tracing::info!(run = %run_id, "recovered the run the launcher that died left");
     true
+}
+
+/// The output the dead launcher took from the run's worker but the server does not have
+/// (from `next_seq` on), from the run log's tail it left on disk.
+fn undelivered_output(context: &RunContext, run_id: RunId, next_seq: u64) -> Vec<String> {
+    match crate::logs::undelivered_tail(&context.scratch_dir, run_id) {
+        Ok(chunks) => chunks
+            .into_iter()
+            .filter(|chunk| chunk.seq >= next_seq)
+            .map(|chunk| chunk.text)
+            .collect(),
+        Err(error) => {
+            tracing::warn!(run = %run_id, %error, "cannot read the log tail the launcher that died left: its undelivered output is lost");
+            Vec::new()
+        }
+    }
 }
 
 /// The state a run that may change its stack's managed state left, stored as `conclude`

@@ -8,7 +8,7 @@
 //! (up to the bound) and everything from the moment the server took the backlog again.
 //!
 //! The file is a spool for outages, not a journal: it is not synced, and it is removed
-//! with the backlog.
+//! with the backlog. What must outlive the launcher's process is in the run's `tail`.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use gantry_domain::RunId;
 use gantry_proto::agent::LogUpload;
+
+use super::tail::{LogTail, RECORD_HEADER, decode_header, encode_record};
 
 /// The variable that bounds the backlog of every run of a launcher together.
 pub(crate) const LOG_BUFFER_SIZE: &str = "GANTRY_LAUNCHER_LOG_BUFFER_SIZE";
@@ -25,8 +28,6 @@ pub(crate) const LOG_BUFFER_SIZE: &str = "GANTRY_LAUNCHER_LOG_BUFFER_SIZE";
 pub(crate) const DEFAULT_LOG_BUFFER_SIZE: u64 = 256 * 1024 * 1024;
 /// The most of a run's backlog kept in memory; what comes after it goes to the file.
 const MEMORY_BYTES: usize = 4 * 1024 * 1024;
-/// Bytes of a record's header in the file: the sequence number and the text's length.
-const RECORD_HEADER: usize = 12;
 
 /// The room all runs of one launcher share for log text the server has not taken.
 #[derive(Debug)]
@@ -84,6 +85,8 @@ pub(crate) struct Backlog {
     memory: VecDeque<LogUpload>,
     memory_bytes: usize,
     spool: Spool,
+    /// Every chunk not yet acknowledged, on disk for a launcher recovering the run.
+    tail: LogTail,
     budget: Arc<LogBufferBudget>,
     /// Room taken from the budget for the chunks in memory and in the spool.
     held: u64,
@@ -91,13 +94,20 @@ pub(crate) struct Backlog {
 }
 
 impl Backlog {
-    /// An empty backlog numbering from `next_seq`, spooling to `spool_path` if needed.
-    pub(crate) fn new(next_seq: u64, spool_path: PathBuf, budget: Arc<LogBufferBudget>) -> Self {
+    /// An empty backlog of `run_id`'s log numbering from `next_seq`, spooling in `dir`
+    /// if needed and writing every chunk ahead to its tail there.
+    pub(crate) fn new(
+        next_seq: u64,
+        dir: &Path,
+        run_id: RunId,
+        budget: Arc<LogBufferBudget>,
+    ) -> Self {
         Self {
             next_seq,
             memory: VecDeque::new(),
             memory_bytes: 0,
-            spool: Spool::new(spool_path),
+            spool: Spool::new(dir.join(format!("{run_id}.log-backlog"))),
+            tail: LogTail::new(dir, run_id),
             budget,
             held: 0,
             dropped: None,
@@ -172,6 +182,7 @@ impl Backlog {
         queued: &mut impl FnMut(u64, &str),
     ) -> std::io::Result<()> {
         let chunk = LogUpload { seq: self.next_seq, text: text.to_owned() };
+        self.tail.record(&chunk);
         if self.spool.is_empty() && self.memory_bytes + text.len() <= MEMORY_BYTES {
             self.memory_bytes += text.len();
             self.memory.push_back(chunk);
@@ -187,6 +198,7 @@ impl Backlog {
     /// The server has every chunk before `next_seq`: they leave the backlog, and memory
     /// is filled again from the file.
     pub(crate) fn acknowledged(&mut self, next_seq: u64) {
+        self.tail.acknowledged(next_seq);
         while self.memory.front().is_some_and(|chunk| chunk.seq < next_seq) {
             if let Some(chunk) = self.memory.pop_front() {
                 self.release(chunk.text.len());
@@ -208,6 +220,11 @@ impl Backlog {
                 }
             }
         }
+    }
+
+    /// The server takes no more of the log: nothing of it is left for a recovery.
+    pub(crate) fn discard_tail(&mut self) {
+        self.tail.discard();
     }
 
     fn release(&mut self, size: usize) {
@@ -270,11 +287,7 @@ impl Spool {
             Some(file) => file,
             None => self.file.insert(create_private(&self.path)?),
         };
-        let length = u32::try_from(chunk.text.len()).map_err(std::io::Error::other)?;
-        let mut record = Vec::with_capacity(RECORD_HEADER + chunk.text.len());
-        record.extend_from_slice(&chunk.seq.to_le_bytes());
-        record.extend_from_slice(&length.to_le_bytes());
-        record.extend_from_slice(chunk.text.as_bytes());
+        let record = encode_record(chunk)?;
         file.write_all_at(&record, self.write_at)?;
         self.write_at += record.len() as u64;
         self.bytes += chunk.text.len() as u64;
@@ -286,10 +299,8 @@ impl Spool {
         let (Some(file), Some(_)) = (&self.file, self.first_seq) else { return Ok(None) };
         let mut header = [0u8; RECORD_HEADER];
         file.read_exact_at(&mut header, self.read_at)?;
-        let (seq, length) = header.split_at(8);
-        let seq = u64::from_le_bytes(seq.try_into().map_err(std::io::Error::other)?);
-        let length = u32::from_le_bytes(length.try_into().map_err(std::io::Error::other)?);
-        let mut text = vec![0u8; length as usize];
+        let (seq, length) = decode_header(&header);
+        let mut text = vec![0u8; length];
         file.read_exact_at(&mut text, self.read_at + RECORD_HEADER as u64)?;
         let text = String::from_utf8(text)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
@@ -331,9 +342,9 @@ impl Drop for Spool {
     }
 }
 
-/// Creates the spool file anew, readable by the launcher's user only, never through a
+/// Creates a spool or tail file anew, readable by the launcher's user only, never through a
 /// link left in its place.
-fn create_private(path: &Path) -> std::io::Result<File> {
+pub(super) fn create_private(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::remove_file(path) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
@@ -353,20 +364,22 @@ mod tests {
     use super::*;
 
     struct Fixture {
-        _dir: tempfile::TempDir,
+        dir: tempfile::TempDir,
+        run_id: RunId,
         path: PathBuf,
         budget: Arc<LogBufferBudget>,
     }
 
     fn fixture(limit: u64) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("run.log-backlog");
-        Fixture { _dir: dir, path, budget: Arc::new(LogBufferBudget::new(limit)) }
+        let run_id = RunId::generate();
+        let path = dir.path().join(format!("{run_id}.log-backlog"));
+        Fixture { dir, run_id, path, budget: Arc::new(LogBufferBudget::new(limit)) }
     }
 
     impl Fixture {
         fn backlog(&self, next_seq: u64) -> Backlog {
-            Backlog::new(next_seq, self.path.clone(), Arc::clone(&self.budget))
+            Backlog::new(next_seq, self.dir.path(), self.run_id, Arc::clone(&self.budget))
         }
     }
 
@@ -461,8 +474,8 @@ mod tests {
     fn runs_share_the_bound_and_a_finished_run_gives_its_room_back() {
         let fixture = fixture(3100);
         let mut first = fixture.backlog(0);
-        let second_path = fixture.path.with_extension("second");
-        let mut second = Backlog::new(0, second_path, Arc::clone(&fixture.budget));
+        let mut second =
+            Backlog::new(0, fixture.dir.path(), RunId::generate(), Arc::clone(&fixture.budget));
         first.push(&line(0), |_, _| {});
         first.push(&line(1), |_, _| {});
         let mut kept = 0;
