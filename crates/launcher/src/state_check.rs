@@ -96,9 +96,11 @@ impl<'de> serde::de::Visitor<'de> for AnyMap {
 pub(crate) fn identify(input: impl Read) -> Result<StateIdentity, StateRefusal> {
     let header: StateHeader = serde_json::from_reader(std::io::BufReader::new(input))
         .map_err(|error| StateRefusal::NotState(describe(&error)))?;
-    if header.version < 3 {
+    // A later version would be stored, and then refused by the next run's `terraform
+    // init` ("Unsupported state file format"): the stack could no longer run.
+    if !(3..=4).contains(&header.version) {
         return Err(StateRefusal::NotState(format!(
-            "its format version is {}, and Terraform 0.12 and later write 4",
+            "its format version is {}, and Terraform 0.12 and later and OpenTofu read 3 and 4 and write 4",
             header.version
         )));
     }
@@ -191,6 +193,7 @@ mod tests {
         check(r#"{"version":4,"serial":1}"#, Err("missing field `lineage`"));
         check(r#"{"version":4,"lineage":"x","serial":-1}"#, Err("not Terraform or OpenTofu state"));
         check(r#"{"version":2,"lineage":"x","serial":1}"#, Err("format version is 2"));
+        check(r#"{"version":5,"lineage":"x","serial":1}"#, Err("format version is 5"));
         check(r#"{"version":4,"lineage":"","serial":1}"#, Err("non-empty string"));
         check(
             r#"{"version":4,"lineage":"x","serial":1,"resources":5}"#,

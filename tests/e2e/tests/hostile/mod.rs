@@ -70,6 +70,7 @@ on_each_executor!(
     a_state_that_is_not_json_is_refused,
     a_state_of_another_lineage_is_refused,
     a_state_whose_serial_goes_back_is_refused,
+    a_state_of_a_format_version_terraform_cannot_read_is_refused,
     an_oversized_state_is_refused_with_the_option_that_bounds_it,
     a_task_that_deletes_the_state_leaves_the_stack_its_state,
     a_task_that_truncates_the_state_is_refused,
@@ -293,6 +294,16 @@ fn a_state_whose_serial_goes_back_is_refused(executor: Executor) {
         r#"sed -i 's/"serial": [0-9]*/"serial": 0/' gantry.tfstate && grep -q '"serial": 0' gantry.tfstate"#,
     );
     attacked.assert_failed_with(&run, "its serial went back from");
+    attacked.assert_unharmed();
+}
+
+fn a_state_of_a_format_version_terraform_cannot_read_is_refused(executor: Executor) {
+    let attacked = Attacked::with_state(executor, &[], &[]);
+    // Stored, it would brick the stack: `terraform init` refuses format 5.
+    let run = attacked.task(
+        r#"sed -i 's/"version": 4/"version": 5/' gantry.tfstate && grep -q '"version": 5' gantry.tfstate"#,
+    );
+    attacked.assert_failed_with(&run, "its format version is 5");
     attacked.assert_unharmed();
 }
 
