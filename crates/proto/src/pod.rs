@@ -33,7 +33,7 @@ pub const SOCKET_FILE: &str = "worker.sock";
 /// sidecar writes each new text into the run log, since it alone writes the log once
 /// init has started.
 pub const NOTES_FILE: &str = "notes";
-/// The hand-off file's name in the workspace volume.
+/// The hand-off file's name in the scratch volume (init and the sidecar only).
 pub const HANDOFF_FILE: &str = "gantry-handoff.json";
 
 /// The hand-off format this crate writes and reads.

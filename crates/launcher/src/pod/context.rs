@@ -108,25 +108,25 @@ pub(super) async fn connect(
     }
 }
 
-pub(super) fn handoff_path(workspace_dir: &Path) -> PathBuf {
-    workspace_dir.join(HANDOFF_FILE)
+/// The hand-off lives in the scratch volume, which only init and the sidecar mount: a
+/// sidecar restarted while the run's code runs reads what init wrote, not a file the
+/// worker container could have rewritten (its lineage and serial rules, its deadline, the
+/// environment whose opened inputs it masks).
+pub(super) fn handoff_path(scratch_dir: &Path) -> PathBuf {
+    scratch_dir.join(HANDOFF_FILE)
 }
 
 /// Writes the hand-off whole or not at all (a temporary file renamed), readable only by
 /// the user init and the sidecar run as.
-pub(super) async fn write_handoff(
-    workspace_dir: &Path,
-    handoff: &PodHandoff,
-) -> Result<(), String> {
+pub(super) async fn write_handoff(scratch_dir: &Path, handoff: &PodHandoff) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = handoff_path(workspace_dir);
+    let path = handoff_path(scratch_dir);
     let partial = path.with_extension("partial");
     let text =
         serde_json::to_vec(handoff).map_err(|e| format!("cannot encode the hand-off: {e}"))?;
     let written = (|| -> std::io::Result<()> {
         use std::io::Write;
-        // The workspace volume may outlive a Pod whose worker left a link here: replace
-        // whatever is in the way, never write through it.
+        // Replace whatever is in the way, never write through it.
         match std::fs::remove_file(&partial) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
             _ => {}
@@ -149,15 +149,16 @@ const MAX_HANDOFF_BYTES: u64 = 64 << 20;
 
 /// Reads init's hand-off and checks it is for this run.
 pub(super) fn read_handoff(
-    workspace_dir: &Path,
+    scratch_dir: &Path,
     assignment: &Assignment,
 ) -> Result<PodHandoff, PodError> {
-    let path = handoff_path(workspace_dir);
+    let path = handoff_path(scratch_dir);
     let unusable =
         |problem: String| PodError::Handoff { path: path.display().to_string(), problem };
-    // The worker container shares this volume: a link in the hand-off's place is refused,
-    // and so is a hard link, a fifo or a file larger than any hand-off.
-    let volume = crate::confined::Confined::open(workspace_dir).map_err(|e| {
+    // No container of the run's mounts this volume; read as if one did all the same (a
+    // volume misconfigured by hand): a link in the hand-off's place is refused, and so is
+    // a hard link, a fifo or a file larger than any hand-off.
+    let volume = crate::confined::Confined::open(scratch_dir).map_err(|e| {
         unusable(format!("{e} (did the init container succeed in this Pod's volume?)"))
     })?;
     let mut file = match volume.read(Path::new(HANDOFF_FILE), MAX_HANDOFF_BYTES) {

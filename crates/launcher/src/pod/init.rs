@@ -112,7 +112,7 @@ async fn hand_over(
         state_lineage: before.map(|before| before.identity.lineage.clone()),
         state_serial: before.map(|before| before.identity.serial),
     };
-    write_handoff(&init.pod.workspace_dir, &handoff).await
+    write_handoff(&init.pod.scratch_dir, &handoff).await
 }
 
 /// The verified worker binary, as `gantry-worker` in the binaries volume: copied under a

@@ -47,7 +47,7 @@ pub async fn sidecar(
     let workspace_dir = &sidecar.pod.workspace_dir;
     // No worker binary is fetched here: the binaries directory is never used.
     let context = run_context(sidecar.pod.adopt(config), &sidecar.pod, workspace_dir)?;
-    let handoff = match read_handoff(workspace_dir, assignment) {
+    let handoff = match read_handoff(&sidecar.pod.scratch_dir, assignment) {
         Ok(handoff) => handoff,
         Err(error) => {
             // No log position to go on from: the failure itself says why.
@@ -125,13 +125,29 @@ pub async fn sidecar(
     terminated.cancelled().await;
     // A workspace volume may outlive the Pod (`spec.pod.workspaceVolume`).
     crate::workspace::remove(&workspace).await;
-    let _ = tokio::fs::remove_file(super::context::handoff_path(workspace_dir)).await;
+    let _ = tokio::fs::remove_file(super::context::handoff_path(&sidecar.pod.scratch_dir)).await;
     Ok(())
 }
 
+/// Opens the socket to every user. The socket volume is the worker container's too, and a
+/// restarted sidecar binds while the run's code runs: whatever it put in the socket's
+/// place by then is not followed. The file is opened as a path without following a link,
+/// checked to be a socket, and changed through that descriptor.
 fn open_socket(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_PATH | nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    if !opened.metadata()?.file_type().is_socket() {
+        return Err(std::io::Error::other(format!(
+            "{} is not the socket the sidecar bound",
+            path.display()
+        )));
+    }
+    // A descriptor opened with O_PATH takes no fchmod; its /proc link names the same file.
+    let by_descriptor = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&opened));
+    std::fs::set_permissions(by_descriptor, std::fs::Permissions::from_mode(0o666))
 }
 
 /// Waits until the worker reported how the run ended, a time limit passed, or kubelet
@@ -229,5 +245,43 @@ async fn report_failed(client: &AgentClient, run_id: RunId, message: String) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::open_socket;
+
+    fn mode(path: &std::path::Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_bound_socket_is_opened_to_every_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("worker.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        open_socket(&socket).unwrap();
+        assert_eq!(mode(&socket), 0o666);
+    }
+
+    #[test]
+    fn what_the_run_put_in_the_sockets_place_is_not_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "the sidecar's own file").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let socket = dir.path().join("worker.sock");
+        std::os::unix::fs::symlink(&victim, &socket).unwrap();
+        assert!(open_socket(&socket).is_err(), "a link is not followed");
+        assert_eq!(mode(&victim), 0o600);
+
+        std::fs::remove_file(&socket).unwrap();
+        std::fs::hard_link(&victim, &socket).unwrap();
+        let error = open_socket(&socket).unwrap_err().to_string();
+        assert!(error.contains("is not the socket"), "{error}");
+        assert_eq!(mode(&victim), 0o600);
     }
 }

@@ -146,6 +146,9 @@ impl Operator {
     }
 }
 
+/// Where init leaves its hand-off for the sidecar: the scratch volume, not the worker's.
+const HANDOFF: &str = "scratch/gantry-handoff.json";
+
 /// The volumes the worker container mounts (`docs/operator.md`): everything of the Pod
 /// the run's code can reach. The launcher containers also mount `scratch` and
 /// `assignment`.
@@ -277,7 +280,7 @@ impl Pod {
         self.terminate_sidecar(running.sidecar);
         let workspace = self.volume(&format!("workspace/{}", self.run_id));
         assert!(!workspace.exists(), "the sidecar leaves no workspace behind");
-        assert!(!self.volume("workspace/gantry-handoff.json").exists(), "nor the hand-off");
+        assert!(!self.volume(HANDOFF).exists(), "nor the hand-off");
         let blobs: Vec<_> = std::fs::read_dir(self.volume("scratch/blobs")).unwrap().collect();
         assert!(blobs.is_empty(), "the sidecar leaves no sealed blob behind: {blobs:?}");
         running.worker_environment
@@ -492,10 +495,7 @@ fn init_that_cannot_check_out_fails_the_run_with_the_reason_in_its_log() {
     let log = setup.cluster.gantry.log(&failed);
     assert_in_order(&log, &["Preparing the workspace on", "Cannot check out"]);
     assert!(log.contains("no-such-repository"), "{log}");
-    assert!(
-        !pod.volume("workspace/gantry-handoff.json").exists(),
-        "a failed init leaves no hand-off for a sidecar"
-    );
+    assert!(!pod.volume(HANDOFF).exists(), "a failed init leaves no hand-off for a sidecar");
     assert!(!pod.volume(&format!("workspace/{}", assignment.run_id)).exists(), "nor a workspace");
 }
 
@@ -542,7 +542,7 @@ fn init_judges_the_apply_too_on_the_commit_its_plan_checked_out() {
     assert!(failed["failure"].as_str().unwrap().contains(message), "{failed}");
     let log = setup.cluster.gantry.log(&failed);
     assert_in_order(&log, &["Applying the confirmed plan on", message]);
-    assert!(!apply_pod.volume("workspace/gantry-handoff.json").exists(), "no sidecar follows");
+    assert!(!apply_pod.volume(HANDOFF).exists(), "no sidecar follows");
     assert!(!apply_pod.volume(&format!("workspace/{}", apply.run_id)).exists(), "nor a workspace");
 }
 
@@ -595,6 +595,47 @@ fn a_worker_killed_before_it_reported_fails_the_run_when_the_sidecar_is_terminat
         &log,
         &["▶ Performing", "The worker container exited without reporting how the run ended"],
     );
+}
+
+/// A run's code rewrites what a sidecar reads at start, as it could before the hand-off
+/// left the workspace volume: a sidecar restarted by kubelet (`restartPolicy: Always`)
+/// while the run's code runs would have taken the forged file's environment for the
+/// tool, and its lineage and serial rules and deadline. Emulated by forging the file
+/// where the worker container can write before the sidecar starts: what the tool sees
+/// must be what init worked out.
+#[test]
+fn a_hand_off_the_run_forges_in_its_volumes_is_not_what_the_sidecar_reads() {
+    let setup = Setup::start();
+    let repository = setup.repository("# nothing to manage\n");
+    setup.stack("forger", &repository, &["--env", "CHOSEN_BY=the-stack"]);
+    let task = setup.cluster.gantry.json(&[
+        "run",
+        "task",
+        "forger",
+        "--",
+        "echo \"tool sees CHOSEN_BY=$CHOSEN_BY FORGED=${FORGED:-absent}\"",
+    ]);
+    let assignment = setup.operator.take_assignment(Job::Plan);
+    let pod = Pod::new(&setup.operator, &assignment);
+    assert_eq!(pod.init(), Some(0), "init:\n{}", pod.output_of("init"));
+    pod.assert_worker_volumes_lack("\"log_next_seq\"");
+
+    let mut forged: Value =
+        serde_json::from_slice(&std::fs::read(pod.volume(HANDOFF)).unwrap()).unwrap();
+    forged["job"]["environment"] = serde_json::json!([["CHOSEN_BY", "the-run"], ["FORGED", "yes"]]);
+    let forged = serde_json::to_vec(&forged).unwrap();
+    for volume in WORKER_VOLUMES {
+        std::fs::write(pod.volume(&format!("{volume}/gantry-handoff.json")), &forged).unwrap();
+    }
+    let running = pod.start();
+    let mut worker = running.worker;
+    assert_eq!(wait_with_timeout(&mut worker, Duration::from_secs(120)), Some(0));
+    pod.terminate_sidecar(running.sidecar);
+
+    let finished = setup.wait_for(&task, &["FINISHED", "FAILED"]);
+    assert_eq!(finished["state"], "FINISHED", "{finished}");
+    let log = setup.cluster.gantry.log(&finished);
+    assert!(log.contains("tool sees CHOSEN_BY=the-stack FORGED=absent"), "{log}");
 }
 
 #[test]
