@@ -96,6 +96,14 @@ pub(crate) async fn apply(
     change.has_changes = details.has_changes;
     change.fence_stack_until =
         details.fence_stack_until.filter(|_| run.run_type.takes_stack_lock());
+    // Read before the change releases the worker: its launcher's word that the execution
+    // ended is what may lift the fence early.
+    if change.fence_stack_until.is_some()
+        && let Some(worker_id) = run.worker_id
+    {
+        change.fence_holder =
+            state.store.get_worker(worker_id).await?.map(|worker| worker.launcher_id);
+    }
     commit(state, change).await
 }
 

@@ -54,6 +54,7 @@ macro_rules! store_contract_tests {
             a_run_is_readable_before_its_insert_returns,
             releasing_a_worker_clears_both_sides,
             a_run_failed_under_its_worker_fences_its_stack_in_the_same_change,
+            a_fence_is_lifted_early_only_by_the_launcher_that_held_its_run,
             assignment_is_all_or_nothing,
             a_pass_promotes_and_assigns_in_batches,
             a_pass_assigns_the_runs_it_promotes_in_one_commit,
@@ -650,6 +651,52 @@ pub async fn a_run_failed_under_its_worker_fences_its_stack_in_the_same_change<S
     assert_eq!(store.lift_lock_fence(stack.id, at(13)).await.unwrap(), Some(longer));
     assert_eq!(store.lock_fences(at(13)).await.unwrap(), Vec::new());
     assert_eq!(store.lift_lock_fence(stack.id, at(14)).await.unwrap(), None);
+}
+
+pub async fn a_fence_is_lifted_early_only_by_the_launcher_that_held_its_run<S: Store>(
+    store: Arc<S>,
+) {
+    let (_, stack, worker) = world(&*store).await;
+    let run = run_record(&stack, RunState::Applying, 5);
+    store.insert_run(&run).await.unwrap();
+    let mut fail = RunChange::new(run.id, RunState::Applying, RunState::Failed, at(8));
+    fail.fence_stack_until = Some(at(100));
+    fail.fence_holder = Some(worker.launcher_id);
+    store.change_run(&fail).await.unwrap();
+    let fence =
+        LockFenceRecord { stack_id: stack.id, run_id: run.id, until: at(100), created_at: at(8) };
+
+    // Another launcher, or the holder speaking of another run, lifts nothing.
+    let stranger = LauncherId::generate();
+    assert_eq!(store.lift_lock_fence_of_run(run.id, stranger, at(9)).await.unwrap(), None);
+    let other_run = RunId::generate();
+    assert_eq!(
+        store.lift_lock_fence_of_run(other_run, worker.launcher_id, at(9)).await.unwrap(),
+        None
+    );
+    assert_eq!(store.lock_fences(at(9)).await.unwrap(), vec![fence.clone()]);
+    // A fence already past is not lifted again.
+    assert_eq!(
+        store.lift_lock_fence_of_run(run.id, worker.launcher_id, at(100)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.lift_lock_fence_of_run(run.id, worker.launcher_id, at(10)).await.unwrap(),
+        Some(fence)
+    );
+    assert_eq!(store.lock_fences(at(10)).await.unwrap(), Vec::new());
+
+    // A fence whose holder was not known (its worker was gone) waits for its time.
+    let unknown = run_record(&stack, RunState::Applying, 11);
+    store.insert_run(&unknown).await.unwrap();
+    let mut fail = RunChange::new(unknown.id, RunState::Applying, RunState::Failed, at(12));
+    fail.fence_stack_until = Some(at(100));
+    store.change_run(&fail).await.unwrap();
+    assert_eq!(
+        store.lift_lock_fence_of_run(unknown.id, worker.launcher_id, at(13)).await.unwrap(),
+        None
+    );
+    assert_eq!(store.lock_fences(at(13)).await.unwrap().len(), 1);
 }
 
 pub async fn assignment_is_all_or_nothing<S: Store>(store: Arc<S>) {

@@ -262,6 +262,9 @@ pub struct RunChange {
     /// failed under it): the run's stack stays fenced until then, recorded in the same
     /// transaction as the change (`Store::lock_fences`).
     pub fence_stack_until: Option<Timestamp>,
+    /// The launcher whose worker may still be executing the run, when known: its report
+    /// that the execution ended lifts the fence early (`Store::lift_lock_fence_of_run`).
+    pub fence_holder: Option<LauncherId>,
 }
 
 impl RunChange {
@@ -277,6 +280,7 @@ impl RunChange {
             effects: Vec::new(),
             release_blobs: Vec::new(),
             fence_stack_until: None,
+            fence_holder: None,
         }
     }
 }

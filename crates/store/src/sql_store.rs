@@ -1081,11 +1081,13 @@ macro_rules! sql_store {
                     // In the run's transaction: no scheduling pass sees the run ended and
                     // its stack unfenced.
                     sqlx::query(
-                        "INSERT INTO stack_lock_fences (stack_id, run_id, until_at, created_at)
-                         VALUES ($1, $2, $3, $4)
+                        "INSERT INTO stack_lock_fences (stack_id, run_id, until_at, created_at, holder_launcher_id)
+                         VALUES ($1, $2, $3, $4, $5)
                          ON CONFLICT (stack_id) DO UPDATE SET
                              run_id = CASE WHEN excluded.until_at >= stack_lock_fences.until_at
                                  THEN excluded.run_id ELSE stack_lock_fences.run_id END,
+                             holder_launcher_id = CASE WHEN excluded.until_at >= stack_lock_fences.until_at
+                                 THEN excluded.holder_launcher_id ELSE stack_lock_fences.holder_launcher_id END,
                              created_at = CASE WHEN excluded.until_at >= stack_lock_fences.until_at
                                  THEN excluded.created_at ELSE stack_lock_fences.created_at END,
                              until_at = CASE WHEN excluded.until_at >= stack_lock_fences.until_at
@@ -1095,6 +1097,7 @@ macro_rules! sql_store {
                     .bind(run.id.to_string())
                     .bind(until.unix_millis())
                     .bind(change.at.unix_millis())
+                    .bind(change.fence_holder.map(|launcher| launcher.to_string()))
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -1134,6 +1137,28 @@ macro_rules! sql_store {
                 self.durable().await?;
                 let lifted = row.as_ref().map(lock_fence_from_row).transpose()?;
                 Ok(lifted.filter(|fence| fence.until > now))
+            }
+
+            async fn lift_lock_fence_of_run(
+                &self,
+                run_id: RunId,
+                holder: LauncherId,
+                now: Timestamp,
+            ) -> Result<Option<LockFenceRecord>> {
+                let row = sqlx::query(
+                    "DELETE FROM stack_lock_fences
+                     WHERE run_id = $1 AND holder_launcher_id = $2 AND until_at > $3
+                     RETURNING stack_id, run_id, until_at, created_at",
+                )
+                .bind(run_id.to_string())
+                .bind(holder.to_string())
+                .bind(now.unix_millis())
+                .fetch_optional(&self.writer)
+                .await?;
+                if row.is_some() {
+                    self.durable().await?;
+                }
+                row.as_ref().map(lock_fence_from_row).transpose()
             }
 
             async fn set_run_commit(

@@ -210,6 +210,15 @@ pub trait Store: Send + Sync + 'static {
         stack_id: StackId,
         now: Timestamp,
     ) -> Result<Option<crate::LockFenceRecord>>;
+    /// Lifts the fence `run_id` left on its stack before its time, if `holder` is the
+    /// launcher recorded as executing it (it reported that the execution ended); returns
+    /// the fence lifted, `None` when no such fence was in force at `now`.
+    async fn lift_lock_fence_of_run(
+        &self,
+        run_id: RunId,
+        holder: LauncherId,
+        now: Timestamp,
+    ) -> Result<Option<crate::LockFenceRecord>>;
     /// Records the commit a run's plan checked out, with its author when the launcher
     /// said who it is (launchers before that did not).
     async fn set_run_commit(

@@ -49,6 +49,9 @@ pub(super) async fn report(
     Json(request): Json<ReportRequest>,
 ) -> ApiResult<Json<ReportResponse>> {
     let (run, held_here) = lookup::launcher_run(&state, &session, &key).await?;
+    if run.state.is_terminal() && ends_execution(&request.report) {
+        lift_fence_of_ended_execution(&state, &session, &run).await?;
+    }
     let directive = if let Some(directive) = already_reported(&run, &request.report) {
         directive
     } else if run.state.is_terminal() {
@@ -63,6 +66,35 @@ pub(super) async fn report(
         apply_report(&state, &run, request.report).await?
     };
     Ok(Json(ReportResponse { directive }))
+}
+
+/// A report its launcher sends only once the run's worker is done with the tool.
+fn ends_execution(report: &RunReport) -> bool {
+    matches!(
+        report,
+        RunReport::Applied | RunReport::Performed | RunReport::Stopped | RunReport::Failed { .. }
+    )
+}
+
+/// The launcher that was executing `run` when the server ended it (its heartbeats
+/// stopped, or left the run out) now reports that the execution ended: its worker no
+/// longer runs the tool, so the fence the run left on its stack has done its work.
+async fn lift_fence_of_ended_execution(
+    state: &AppState,
+    session: &AgentSession,
+    run: &RunRecord,
+) -> Result<(), ApiError> {
+    let lifted = state.store.lift_lock_fence_of_run(run.id, session.launcher_id, now()).await?;
+    if let Some(fence) = lifted {
+        tracing::info!(
+            run = %run.id,
+            stack = %fence.stack_id,
+            launcher = %session.launcher_id,
+            "the launcher that executed the run reports its end: the stack's fence is lifted before its time"
+        );
+        state.events.request_scheduling();
+    }
+    Ok(())
 }
 
 /// The answer to a report the server already applied (a retry after a lost response).

@@ -189,12 +189,7 @@ fn a_launcher_started_again_recovers_the_apply_its_killed_instance_left() {
     let launcher_dir = setup.work.path().join("launcher");
     let mount = setup.shared_mount();
     let settings = setup.settings(&mount, &[]);
-    let start = || {
-        let mut launcher =
-            Launcher::spawn_for(&setup.pool.token, &setup.pool.key, &launcher_dir, &settings);
-        launcher.wait_for_stderr("launcher connected", Duration::from_secs(90));
-        launcher
-    };
+    let start = || setup.pool.start_launcher(&launcher_dir, &settings);
     let first = start();
     let repository = GitRepository::create(
         &setup.work.path().join("half"),

@@ -494,6 +494,16 @@ pub(crate) struct PoolAccess {
     pub(crate) key: String,
 }
 
+impl PoolAccess {
+    /// A launcher of the pool working in `work_dir`, once connected: a test that kills
+    /// it starts another with the same directory, as a restarted machine would.
+    pub(crate) fn start_launcher(&self, work_dir: &Path, extra: &[(&str, &str)]) -> Launcher {
+        let mut launcher = Launcher::spawn_for(&self.token, &self.key, work_dir, extra);
+        launcher.wait_for_stderr("launcher connected", Duration::from_secs(90));
+        launcher
+    }
+}
+
 /// `gantry-launcher` in its own process.
 pub(crate) struct Launcher {
     child: Child,

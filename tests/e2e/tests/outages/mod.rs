@@ -201,11 +201,7 @@ fn a_launcher_killed_during_its_final_report_has_it_and_its_undelivered_log_deli
     let key = OpensslKey::generate(dir.path(), "p", KeyKind::P256);
     let pool = PoolAccess { token: gantry.create_pool("p", &key), key: base64_of(&key.key_pem) };
     let work = dir.path().join("launcher");
-    let start = || {
-        let mut launcher = Launcher::spawn_for(&pool.token, &pool.key, &work, &[]);
-        launcher.wait_for_stderr("launcher connected", Duration::from_secs(60));
-        launcher
-    };
+    let start = || pool.start_launcher(&work, &[]);
     let first = start();
     let repository =
         GitRepository::create(&dir.path().join("repo"), &[("infra/main.tf", EMPTY_CONFIG)]);

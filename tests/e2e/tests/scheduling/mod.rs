@@ -333,11 +333,7 @@ fn a_launcher_started_again_recovers_the_apply_its_killed_instance_left() {
     let work = tempfile::tempdir().unwrap();
     let pool = cluster.private_pool(work.path(), "p");
     let launcher_dir = work.path().join("launcher");
-    let start = || {
-        let mut launcher = Launcher::spawn_for(&pool.token, &pool.key, &launcher_dir, &[]);
-        launcher.wait_for_stderr("launcher connected", Duration::from_secs(60));
-        launcher
-    };
+    let start = || pool.start_launcher(&launcher_dir, &[]);
     let first = start();
     let repository = GitRepository::create(
         &work.path().join("repo"),
@@ -392,11 +388,7 @@ fn a_launcher_started_again_after_its_run_was_failed_keeps_the_state_as_an_orpha
     let work = tempfile::tempdir().unwrap();
     let pool = cluster.private_pool(work.path(), "p");
     let launcher_dir = work.path().join("launcher");
-    let start = || {
-        let mut launcher = Launcher::spawn_for(&pool.token, &pool.key, &launcher_dir, &[]);
-        launcher.wait_for_stderr("launcher connected", Duration::from_secs(60));
-        launcher
-    };
+    let start = || pool.start_launcher(&launcher_dir, &[]);
     let first = start();
     let repository = GitRepository::create(
         &work.path().join("repo"),
@@ -425,6 +417,57 @@ fn a_launcher_started_again_after_its_run_was_failed_keeps_the_state_as_an_orpha
     assert_eq!((&kept["orphaned"], &kept["current"]), (&Value::Bool(true), &Value::Bool(false)));
     let left = left_of_run(&launcher_dir, &run);
     assert!(left.is_empty(), "nothing of the run is left in the work directory: {left:?}");
+}
+
+/// With a ten-minute lease (the default), a launcher's death fences its stack for the
+/// lease and its grace: the next run cannot overlap a worker that might still run. A launcher
+/// started again reports the run's end once the worker it left is gone, and that lifts
+/// the fence at once: the next run does not wait out the ten minutes.
+#[test]
+fn a_launcher_started_again_lifts_the_fence_its_dead_instance_left_once_its_run_is_over() {
+    let cluster = Cluster::start_with(&[
+        ("GANTRY_SERVER_HEARTBEAT_INTERVAL", "1s"),
+        ("GANTRY_SERVER_WORKER_TIMEOUT", "3s"),
+        ("GANTRY_SERVER_WORKER_LEASE", "10m"),
+        ("GANTRY_SERVER_WORKER_LEASE_GRACE", "30s"),
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let pool = cluster.private_pool(work.path(), "p");
+    let launcher_dir = work.path().join("launcher");
+    let start = || pool.start_launcher(&launcher_dir, &[]);
+    let first = start();
+    let repository = GitRepository::create(&work.path().join("repo"), &[("main.tf", "")]);
+    let url = repository.url();
+    cluster.gantry.ok(&["stack", "create", "--name", "app", "--repository", &url, "--pool", "p"]);
+    let sleeper = cluster.gantry.json(&["run", "task", "app", "--", "sleep 47.75"]);
+    cluster.gantry.wait_for_state(&sleeper, &["PERFORMING"]);
+    cluster.gantry.wait_for(Duration::from_secs(60), || {
+        (!processes_running("sleep 47.75").is_empty()).then_some(())
+    });
+
+    first.kill();
+    let failed = cluster.gantry.wait_for_state(&sleeper, &["FAILED"]);
+    assert!(failed["failure"].as_str().unwrap().starts_with("worker lost"), "{failed}");
+    // Fenced: queued behind the fence until someone says the worker is gone.
+    let next = cluster.gantry.json(&["run", "task", "app", "--", "echo the next run"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let waiting = cluster.gantry.json(&["run", "show", id(&next)]);
+    assert_eq!(waiting["state"], "QUEUED", "the fence holds the next run: {waiting}");
+
+    let mut second = start();
+    second
+        .wait_for_stderr("recovered the run the launcher that died left", Duration::from_secs(60));
+    cluster
+        .server
+        .wait_for_stderr("the stack's fence is lifted before its time", Duration::from_secs(30));
+    // Far sooner than the fence's ten and a half minutes.
+    let ended = cluster.gantry.wait_for_state_within(
+        &next,
+        &["FINISHED", "FAILED"],
+        Duration::from_secs(90),
+    );
+    assert_eq!(ended["state"], "FINISHED", "{ended}");
+    assert!(processes_running("sleep 47.75").is_empty(), "the first run's command is gone");
 }
 
 #[test]
