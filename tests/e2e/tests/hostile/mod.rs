@@ -65,6 +65,7 @@ on_each_executor!(
     a_link_to_the_key_file_in_place_of_the_state_is_refused,
     a_link_to_etc_shadow_in_place_of_the_state_is_refused,
     a_hard_link_to_the_key_file_in_place_of_the_state_is_refused,
+    a_hard_link_the_run_makes_in_place_of_the_state_is_refused,
     a_fifo_in_place_of_the_state_is_refused_without_waiting_for_a_writer,
     a_directory_in_place_of_the_state_is_refused,
     a_state_that_is_not_json_is_refused,
@@ -77,6 +78,7 @@ on_each_executor!(
     a_committed_link_in_place_of_the_state_is_replaced_not_followed,
     a_committed_link_in_place_of_the_backend_override_is_replaced_not_followed,
     a_committed_link_to_the_launchers_environment_fails_the_plan_before_anything_is_stored,
+    a_committed_link_in_place_of_the_plan_is_not_followed_when_it_is_packed,
     a_project_root_swapped_for_a_link_during_the_run_is_refused,
     the_tool_cannot_read_its_workers_capability,
     runs_of_two_slots_cannot_reach_each_other,
@@ -257,6 +259,16 @@ fn a_hard_link_to_the_key_file_in_place_of_the_state_is_refused(executor: Execut
     attacked.assert_unharmed();
 }
 
+/// The refusal itself, whoever runs the run: a hard link the run can always make (to a
+/// copy of its own state), which a link to a file outside would look just like.
+fn a_hard_link_the_run_makes_in_place_of_the_state_is_refused(executor: Executor) {
+    let attacked = Attacked::with_state(executor, &[], &[]);
+    let run = attacked
+        .task("cp gantry.tfstate ../kept && rm gantry.tfstate && ln ../kept gantry.tfstate");
+    attacked.assert_failed_with(&run, "has 2 hard links");
+    attacked.assert_unharmed();
+}
+
 fn a_fifo_in_place_of_the_state_is_refused_without_waiting_for_a_writer(executor: Executor) {
     let attacked = Attacked::with_state(executor, &[], &[]);
     let run = attacked.task("rm -f gantry.tfstate && mkfifo gantry.tfstate");
@@ -366,6 +378,19 @@ fn a_committed_link_to_the_launchers_environment_fails_the_plan_before_anything_
         Attacked::start_with(executor, &[("infra/environ", "->/proc/self/environ")], &[], false);
     let run = attacked.tracked();
     attacked.assert_failed_with(&run, "is absolute");
+    attacked.assert_no_leak();
+}
+
+fn a_committed_link_in_place_of_the_plan_is_not_followed_when_it_is_packed(executor: Executor) {
+    // Terraform writes its plan through whatever is at `gantry.tfplan`, here a file the
+    // run may write outside its workspace; the launcher must not read it back through the
+    // link as it packs the planned workspace for the apply.
+    let outside = format!("/tmp/gantry-hostile-plan-{}", std::process::id());
+    let link = format!("->{outside}");
+    let attacked = Attacked::start_with(executor, &[("infra/gantry.tfplan", &link)], &[], false);
+    let run = attacked.tracked();
+    let _ = std::fs::remove_file(&outside);
+    attacked.assert_failed_with(&run, "gantry.tfplan");
     attacked.assert_no_leak();
 }
 
@@ -488,6 +513,23 @@ fn runs_of_two_slots_cannot_reach_each_other(executor: Executor) {
     assert!(!log.contains("GANTRY_WORKER_CAPABILITY="), "a capability reached the probe:\n{log}");
     assert!(!log.contains("VICTIM_SECRET="), "the victim's environment reached the probe:\n{log}");
     cluster.gantry.ok(&["run", "stop", &victim_id]);
+    cluster.gantry.wait_for_state(&victim, &["STOPPED", "FAILED", "FINISHED"]);
+
+    // Neither run's secrets nor the pool key reached the server, and both stacks run on.
+    let pem = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &pool.key)
+        .expect("the pool key is base64 of its PEM");
+    let pem = String::from_utf8(pem).unwrap();
+    let server = &cluster.server;
+    for secret in
+        key_lines(&pem).iter().map(String::as_str).chain(["victim-secret-4e1d", "probe-own-9c2b"])
+    {
+        server.assert_nothing_contains(secret);
+    }
+    for stack in ["victim", "probe"] {
+        let next = cluster.gantry.json(&["run", "task", stack, "--", "echo the stack runs on"]);
+        let next = cluster.gantry.wait_for_state(&next, &["FINISHED", "FAILED"]);
+        assert_eq!(next["state"], "FINISHED", "{next}\n{}", cluster.gantry.log(&next));
+    }
 }
 
 /// The tool looks for its worker's capability in the environment of every process it can
