@@ -53,7 +53,7 @@ struct ArchivedChunk {
 /// A fresh key for one archive of the run: an archive already written is never written
 /// over, even by two passes archiving the same run at once.
 fn key(run_id: RunId) -> String {
-    let token = &gantry_crypto::sha256_hex(gantry_crypto::random_secret("").as_bytes())[..16];
+    let token = crate::agent::blobs::fresh_token();
     format!("runs/{}/log-{token}", run_id.to_string().to_ascii_lowercase())
 }
 

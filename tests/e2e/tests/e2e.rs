@@ -646,19 +646,21 @@ fn a_server_with_an_s3_blob_store_keeps_workspaces_and_state_in_the_bucket() {
     ]);
     let _launcher = stack.launcher();
     let run = stack.plan();
-    let workspace = format!("gantry/runs/{}/workspace", id(&run).to_ascii_lowercase());
-    assert!(moto.object(&bucket, &workspace).is_some(), "{:?}", moto.keys(&bucket));
+    // Each upload has a key of its own: `workspace.<token>`.
+    let workspace = format!("gantry/runs/{}/workspace.", id(&run).to_ascii_lowercase());
+    let stored = |keys: &[String]| keys.iter().any(|key| key.starts_with(&workspace));
+    assert!(stored(&moto.keys(&bucket)), "{:?}", moto.keys(&bucket));
     assert!(!stack.cluster.server.data_dir.join("blobs").exists(), "nothing in the data directory");
 
     let applied = stack.confirm_and_wait(&run);
     assert_eq!(applied["state"], "FINISHED", "{applied}");
     let keys = moto.keys(&bucket);
-    let state_suffix = format!("/state/{}", id(&run).to_ascii_lowercase());
+    let state = format!("/state/{}.", id(&run).to_ascii_lowercase());
     assert!(
-        keys.iter().any(|key| key.starts_with("gantry/stacks/") && key.ends_with(&state_suffix)),
+        keys.iter().any(|key| key.starts_with("gantry/stacks/") && key.contains(&state)),
         "the new state version is in the bucket: {keys:?}"
     );
-    assert!(!keys.contains(&workspace), "the workspace goes once the run ends: {keys:?}");
+    assert!(!stored(&keys), "the workspace goes once the run ends: {keys:?}");
 
     // The next run starts from the state kept in the bucket.
     let again = stack.cluster.gantry.trigger("db", &[]);

@@ -38,10 +38,23 @@ fn state_key(run: &RunRecord) -> String {
     )
 }
 
-/// Where a fenced-off run's state goes: apart from the state it may have stored while it
-/// held the lock (which a version may still name), one blob per distinct upload.
-fn orphaned_state_key(run: &RunRecord, sha256: &str) -> String {
-    format!("{}.orphaned.{sha256}", state_key(run))
+/// Where a fenced-off run's state goes: apart from the states it stored while it held
+/// the lock.
+fn orphaned_state_key(run: &RunRecord) -> String {
+    format!("{}.orphaned", state_key(run))
+}
+
+/// Sixteen random hex digits: what makes a blob's key its own.
+pub(crate) fn fresh_token() -> String {
+    gantry_crypto::sha256_hex(gantry_crypto::random_secret("").as_bytes())[..16].to_owned()
+}
+
+/// Removes a blob no record names any more, through the effects loop, which tries
+/// again until it is gone.
+async fn forget_blob(state: &AppState, key: String) -> Result<(), ApiError> {
+    state.store.add_effects(&[gantry_store::Effect::DeleteBlob { key }], now()).await?;
+    state.events.wake_effects();
+    Ok(())
 }
 
 /// The run, if it executes on this launcher.
@@ -124,33 +137,28 @@ async fn stack_allowing(
     Ok(stack)
 }
 
-/// Streams the request body into the blob store and checks the digest the launcher sent.
+/// Streams the request body into the blob store under a key of its own (`prefix` and a
+/// fresh token) and checks the digest the launcher sent. An upload never writes over a
+/// blob a record names, not even a retry by the same run (a recovering launcher seals
+/// the same state again, into other bytes), and a damaged one removes only itself.
 async fn receive(
     state: &AppState,
-    key: &str,
+    prefix: &str,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<BlobRecord, ApiError> {
-    let expected = headers
-        .get(SHA256_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_ascii_lowercase)
-        .ok_or_else(|| ApiError::invalid(format!("uploads need the {SHA256_HEADER} header")))?;
+    let expected = announced_sha256(headers)?;
+    let key = format!("{prefix}.{}", fresh_token());
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let written = state.blobs.put(key, Box::pin(stream), state.max_blob_size).await?;
+    let written = state.blobs.put(&key, Box::pin(stream), state.max_blob_size).await?;
     if written.sha256 != expected {
-        state.blobs.delete(key).await?;
+        state.blobs.delete(&key).await?;
         return Err(ApiError::invalid(format!(
             "the upload arrived damaged: its SHA-256 is {}, the launcher sent {expected}",
             written.sha256
         )));
     }
-    Ok(BlobRecord {
-        key: key.to_owned(),
-        sha256: written.sha256,
-        size: written.size,
-        created_at: now(),
-    })
+    Ok(BlobRecord { key, sha256: written.sha256, size: written.size, created_at: now() })
 }
 
 /// A blob as a streamed response with its size and digest.
@@ -196,8 +204,12 @@ pub(super) async fn put_workspace(
             run.id, run.state
         )));
     }
+    let replaced = state.store.run_blob(run.id, WORKSPACE).await?;
     let blob = receive(&state, &workspace_key(&run), &headers, body).await?;
     state.store.put_run_blob(run.id, WORKSPACE, &blob).await?;
+    if let Some(replaced) = replaced {
+        forget_blob(&state, replaced.key).await?;
+    }
     tracing::info!(run = %run.id, bytes = blob.size, "encrypted workspace stored");
     Ok(Json(BlobRef { sha256: blob.sha256, size: blob.size }))
 }
@@ -245,13 +257,17 @@ pub(super) async fn put_state(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<StateStored>)> {
     let (run, stack, fence) = state_uploader(&state, &session, &key, &headers).await?;
-    let blob_key = match fence {
+    let blob_prefix = match fence {
         Some(_) => state_key(&run),
-        None => orphaned_state_key(&run, &announced_sha256(&headers)?),
+        None => orphaned_state_key(&run),
     };
-    let blob = receive(&state, &blob_key, &headers, body).await?;
+    let blob = receive(&state, &blob_prefix, &headers, body).await?;
     let (version, added) =
         state.store.add_run_state_version(run.stack_id, run.id, fence, &blob).await?;
+    if !added {
+        // A retry: the version names the blob its first upload wrote.
+        forget_blob(&state, blob.key).await?;
+    }
     let status = if version.orphaned {
         tracing::warn!(
             run = %run.id,
@@ -325,7 +341,7 @@ async fn state_uploader(
     Ok((run, stack, None))
 }
 
-/// The SHA-256 an upload announces, when it is one (it names the blob).
+/// The SHA-256 an upload announces, when it is one.
 fn announced_sha256(headers: &HeaderMap) -> Result<String, ApiError> {
     headers
         .get(SHA256_HEADER)
@@ -348,8 +364,12 @@ pub(super) async fn put_sensitive_outputs(
     body: Body,
 ) -> ApiResult<Json<BlobRef>> {
     let (run, stack) = uploader(&state, &session, &key, &OUTPUTS_UPLOAD).await?;
+    let replaced = state.store.run_blob(run.id, SENSITIVE_OUTPUTS).await?;
     let blob = receive(&state, &sensitive_outputs_key(&run), &headers, body).await?;
     state.store.put_run_blob(run.id, SENSITIVE_OUTPUTS, &blob).await?;
+    if let Some(replaced) = replaced {
+        forget_blob(&state, replaced.key).await?;
+    }
     tracing::info!(run = %run.id, stack = %stack.name, "sealed sensitive outputs stored");
     Ok(Json(BlobRef { sha256: blob.sha256, size: blob.size }))
 }

@@ -2,7 +2,7 @@
 //! network. Authentication is a proof of possession of the pool private key, exchanged
 //! for a short-lived session token.
 
-mod blobs;
+pub(crate) mod blobs;
 mod heartbeat;
 mod poll;
 mod runs;

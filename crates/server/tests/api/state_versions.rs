@@ -83,15 +83,25 @@ impl ManagedStack {
 
     /// Whether a blob with exactly these bytes is in the server's blob directory.
     fn blob_stored(&self, bytes: &str) -> bool {
-        fn walk(dir: &Path, bytes: &[u8]) -> bool {
-            std::fs::read_dir(dir).into_iter().flatten().flatten().any(|entry| {
-                let path = entry.path();
-                if path.is_dir() {
-                    walk(&path, bytes)
-                } else {
-                    std::fs::read(&path).unwrap() == bytes
-                }
-            })
+        self.blobs_holding(bytes) > 0
+    }
+
+    /// How many blobs in the server's blob directory hold exactly these bytes.
+    fn blobs_holding(&self, bytes: &str) -> usize {
+        fn walk(dir: &Path, bytes: &[u8]) -> usize {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        walk(&path, bytes)
+                    } else {
+                        usize::from(std::fs::read(&path).unwrap() == bytes)
+                    }
+                })
+                .sum()
         }
         walk(&self.api.server.data_dir.path().join("blobs"), bytes.as_bytes())
     }
@@ -439,6 +449,61 @@ async fn a_fenced_off_runs_state_is_kept_orphaned_never_pruned_and_adopted() {
         (StatusCode::ACCEPTED, &json!(7), &json!(true))
     );
     assert_eq!(stack.marks().await[..2], [(7, false, true), (6, true, false)]);
+}
+
+/// A launcher that recovers a run seals the state it left again, into other bytes, and
+/// uploads it as the same run: every version keeps its own bytes. A retry of the same
+/// bytes is the same version, and its copy goes; a damaged upload removes only itself.
+#[tokio::test]
+async fn uploads_never_write_over_a_blob_a_version_names() {
+    let stack = ManagedStack::start(None).await;
+    stack.store_state("sealed state 1").await;
+    let run = stack.trigger_task().await;
+    stack.launcher.call("/poll", json!({"wait_seconds": 5})).await;
+    let ack = json!({"worker_id": stack.launcher.worker, "job": "plan"});
+    stack.launcher.call(&format!("/runs/{run}/ack"), ack).await;
+    stack.launcher.report(&run, json!({"kind": "phase_started", "phase": "PERFORMING"})).await;
+
+    let (status, stored) = stack.put_state_with_generation(&run, b"sealed once", "2").await;
+    assert_eq!((status, &stored["version"]), (StatusCode::CREATED, &json!(2)), "{stored}");
+    let (status, stored) = stack.put_state_with_generation(&run, b"sealed once", "2").await;
+    assert_eq!((status, &stored["version"]), (StatusCode::OK, &json!(2)), "a retry: {stored}");
+    let (status, stored) = stack.put_state_with_generation(&run, b"sealed again", "2").await;
+    assert_eq!((status, &stored["version"]), (StatusCode::CREATED, &json!(3)), "{stored}");
+
+    let damaged = stack
+        .api
+        .http
+        .put(format!("{}/agent/v1/runs/{run}/state", stack.api.server.url))
+        .bearer_auth(&stack.launcher.session)
+        .header("x-gantry-sha256", gantry_crypto::sha256_hex(b"sealed again"))
+        .header("x-gantry-lock-generation", "2")
+        .body(b"damaged on the way".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(damaged.status(), StatusCode::BAD_REQUEST);
+
+    for bytes in ["sealed state 1", "sealed again", "damaged on the way"] {
+        let expected = usize::from(bytes != "damaged on the way");
+        assert_eq!(stack.blobs_holding(bytes), expected, "blobs holding {bytes:?}");
+    }
+    // The retry's copy is removed by the effects loop.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stack.blobs_holding("sealed once") != 1 {
+        assert!(std::time::Instant::now() < deadline, "the retry's copy stays");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let versions = stack.versions().await;
+    let shas: Vec<&str> = versions["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|version| version["sha256"].as_str().unwrap())
+        .collect();
+    let expected = ["sealed again", "sealed once", "sealed state 1"]
+        .map(|bytes| gantry_crypto::sha256_hex(bytes.as_bytes()));
+    assert_eq!(shas, expected, "{versions}");
 }
 
 #[tokio::test]

@@ -139,9 +139,21 @@ pub(crate) struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Where the server keeps a run's stored workspace.
+    /// Where the server keeps a run's stored workspace (`workspace.<token>`: each upload
+    /// has a key of its own); a path that does not exist when it keeps none.
     pub(crate) fn workspace_blob(&self, run_id: &str) -> PathBuf {
-        self.data_dir.join("blobs/runs").join(run_id.to_ascii_lowercase()).join("workspace")
+        let dir = self.data_dir.join("blobs/runs").join(run_id.to_ascii_lowercase());
+        std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|path| {
+                path.file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| name.starts_with("workspace."))
+            })
+            .unwrap_or_else(|| dir.join("workspace"))
     }
 
     /// Plays a malicious or broken server: records `path`'s current content as the run's
