@@ -381,9 +381,17 @@ mod tests {
     use super::*;
 
     /// A process in a group of its own, as workers are started.
+    /// `sh -c command` leading a process group of its own. Its output goes nowhere: a
+    /// child `sh` forks (its `sleep`) must not hold the test's output open after it.
     fn group_leader(command: &str) -> std::process::Child {
         use std::os::unix::process::CommandExt;
-        std::process::Command::new("sh").args(["-c", command]).process_group(0).spawn().unwrap()
+        std::process::Command::new("sh")
+            .args(["-c", command])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap()
     }
 
     fn handle_of(child: &std::process::Child) -> WorkerHandle {
@@ -433,7 +441,9 @@ mod tests {
         let reclaimed = executor.reclaim(run_id, Some(&stale), Duration::from_millis(100), output);
         assert!(reclaimed.await.unwrap().is_none());
         assert!(other.try_wait().unwrap().is_none(), "left alone");
-        other.kill().unwrap();
+        // The whole group: `sh` may have forked its `sleep` rather than become it.
+        let group = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+        nix::sys::signal::killpg(group, Signal::SIGKILL).unwrap();
         other.wait().unwrap();
     }
 }
