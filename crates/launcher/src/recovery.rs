@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_domain::{LauncherId, RunId};
+use gantry_domain::LauncherId;
 use gantry_proto::agent::{Assignment, RunReport, StateStored};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::mpsc;
@@ -216,7 +216,7 @@ async fn recover_run(
         }
     };
     // Read before the relay starts: its own tail replaces what the dead one left.
-    let undelivered = undelivered_output(context, run_id, next_seq);
+    let undelivered = crate::run::undelivered_output(context, run_id, next_seq);
     let (logs, upload_task) = start_log(context, assignment, next_seq);
     for text in &undelivered {
         logs.append(text);
@@ -266,22 +266,6 @@ async fn recover_run(
     journal::remove(journal_path);
     tracing::info!(run = %run_id, "recovered the run the launcher that died left");
     true
-}
-
-/// The output the dead launcher took from the run's worker but the server does not have
-/// (from `next_seq` on), from the run log's tail it left on disk.
-fn undelivered_output(context: &RunContext, run_id: RunId, next_seq: u64) -> Vec<String> {
-    match crate::logs::undelivered_tail(&context.scratch_dir, run_id) {
-        Ok(chunks) => chunks
-            .into_iter()
-            .filter(|chunk| chunk.seq >= next_seq)
-            .map(|chunk| chunk.text)
-            .collect(),
-        Err(error) => {
-            tracing::warn!(run = %run_id, %error, "cannot read the log tail the launcher that died left: its undelivered output is lost");
-            Vec::new()
-        }
-    }
 }
 
 /// The state a run that may change its stack's managed state left, stored as `conclude`

@@ -91,7 +91,22 @@ pub async fn sidecar(
         false => None,
     };
     let deadline = instant_of(handoff.deadline_unix_ms);
-    let (logs, upload) = run::start_log(&context, assignment, handoff.log_next_seq);
+    // A sidecar restarted by kubelet goes on where the server's log is (its predecessor
+    // delivered more than init did), after what that one had taken from the worker but
+    // not delivered. Numbered from the hand-off instead, its lines would be taken for
+    // ones the server has, and dropped.
+    let next_seq = match context.client.upload_logs(assignment.run_id, Vec::new()).await {
+        Ok(next_seq) => next_seq.max(handoff.log_next_seq),
+        Err(error) => {
+            tracing::warn!(%error, "cannot ask the server where the run's log is; going on from init's hand-off");
+            handoff.log_next_seq
+        }
+    };
+    let undelivered = run::undelivered_output(&context, assignment.run_id, next_seq);
+    let (logs, upload) = run::start_log(&context, assignment, next_seq);
+    for text in &undelivered {
+        logs.append(text);
+    }
     // Init opened them into the worker's environment; they are masked here too.
     run::mask_sealed_inputs(&logs, assignment, &job.environment);
     // A sidecar restarted by kubelet finds its predecessor's socket.

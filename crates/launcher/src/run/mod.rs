@@ -91,6 +91,28 @@ pub(crate) fn start_log(
     )
 }
 
+/// The output a launcher (or a Pod's sidecar) that died had taken from the run's worker
+/// but the server does not have (from `next_seq` on), from the run log's tail it left in
+/// `context`'s scratch directory. Read before a relay of the run starts there: that one's
+/// own tail replaces it.
+pub(crate) fn undelivered_output(
+    context: &RunContext,
+    run_id: RunId,
+    next_seq: u64,
+) -> Vec<String> {
+    match crate::logs::undelivered_tail(&context.scratch_dir, run_id) {
+        Ok(chunks) => chunks
+            .into_iter()
+            .filter(|chunk| chunk.seq >= next_seq)
+            .map(|chunk| chunk.text)
+            .collect(),
+        Err(error) => {
+            tracing::warn!(run = %run_id, %error, "cannot read the log tail a launcher that died left: its undelivered output is lost");
+            Vec::new()
+        }
+    }
+}
+
 /// What the run's log must never show, known before it starts: the values of
 /// `GANTRY_MASK_ENVS` and the stack's secret variables. Sensitive inputs are added once
 /// opened ([`mask_sealed_inputs`]).

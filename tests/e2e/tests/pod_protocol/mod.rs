@@ -597,6 +597,49 @@ fn a_worker_killed_before_it_reported_fails_the_run_when_the_sidecar_is_terminat
     );
 }
 
+/// Kubelet restarts a sidecar that died (`restartPolicy: Always`): the new one goes on
+/// with the log where the server has it, not where init left it, or the server would
+/// take its lines for ones it has and drop them (here, why the run failed).
+#[test]
+fn a_sidecar_restarted_by_kubelet_goes_on_with_the_log_where_the_server_has_it() {
+    let setup = Setup::start();
+    let repository = setup.repository("# nothing to manage\n");
+    setup.stack("restarted", &repository, &[]);
+    let command = "echo before-the-restart; sleep 43.1";
+    let task = setup.cluster.gantry.json(&["run", "task", "restarted", "--", command]);
+    let assignment = setup.operator.take_assignment(Job::Plan);
+    let pod = Pod::new(&setup.operator, &assignment);
+    assert_eq!(pod.init(), Some(0), "init:\n{}", pod.output_of("init"));
+    let mut running = pod.start();
+    setup.cluster.gantry.wait_for(Duration::from_secs(60), || {
+        setup.cluster.gantry.log(&task).contains("\nbefore-the-restart").then_some(())
+    });
+
+    running.sidecar.kill().unwrap();
+    let _ = running.sidecar.wait();
+    let socket = pod.volume("socket/worker.sock");
+    let restarted = pod.launcher("sidecar").spawn().unwrap();
+    // The dead sidecar's socket file refuses connections; the new one's takes them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "never bound again:\n{}", pod.output_of("sidecar"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The worker container ends without a word to the new sidecar.
+    running.worker.kill().unwrap();
+    let _ = running.worker.wait();
+    kill_command("43.1");
+    pod.terminate_sidecar(restarted);
+
+    let failed = setup.wait_for(&task, &["FAILED", "STOPPED", "FINISHED"]);
+    assert_eq!(failed["state"], "FAILED", "{failed}");
+    let log = setup.cluster.gantry.log(&failed);
+    assert_in_order(
+        &log,
+        &["before-the-restart", "The worker container exited without reporting how the run ended"],
+    );
+}
+
 /// A run's code rewrites what a sidecar reads at start, as it could before the hand-off
 /// left the workspace volume: a sidecar restarted by kubelet (`restartPolicy: Always`)
 /// while the run's code runs would have taken the forged file's environment for the
