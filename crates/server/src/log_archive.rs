@@ -263,11 +263,8 @@ async fn archive(state: &AppState, run_id: RunId) -> Result<(), ApiError> {
         let blob =
             BlobRecord { key, sha256: written.sha256, size: written.size, created_at: now() };
         if !state.store.put_run_blob_once(run_id, LOG, &blob).await? {
-            // Another pass archived the run meanwhile: its archive stays, this copy goes,
-            // through the effects loop, which tries again until it is gone.
-            let duplicate = gantry_store::Effect::DeleteBlob { key: blob.key.clone() };
-            state.store.add_effects(&[duplicate], now()).await?;
-            state.events.wake_effects();
+            // Another pass archived the run meanwhile: its archive stays, this copy goes.
+            crate::agent::blobs::forget_blob(state, blob.key).await?;
         }
     }
     // Archived now (or before a crash left its chunks): they are all in the archive.

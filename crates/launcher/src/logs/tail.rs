@@ -128,7 +128,7 @@ impl LogTail {
 pub(crate) fn read_left(dir: &Path, run_id: RunId) -> std::io::Result<Vec<LogUpload>> {
     let mut chunks: Vec<LogUpload> = Vec::new();
     'segments: for path in segments_left(dir, run_id)? {
-        let bytes = std::fs::read(&path)?;
+        let bytes = read_segment(&path)?;
         let mut rest = bytes.as_slice();
         while let Some(header) = rest.first_chunk::<RECORD_HEADER>() {
             let (seq, length) = decode_header(header);
@@ -148,6 +148,17 @@ pub(crate) fn read_left(dir: &Path, run_id: RunId) -> std::io::Result<Vec<LogUpl
         }
     }
     Ok(chunks)
+}
+
+/// A segment's bytes, never read through a link left in its place.
+fn read_segment(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file =
+        std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// The files of `run_id`'s tail in `dir`, oldest first.
@@ -181,7 +192,7 @@ fn segments_left(dir: &Path, run_id: RunId) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Removes what is left of `run_id`'s tail in `dir`.
-pub(crate) fn remove_left(dir: &Path, run_id: RunId) {
+fn remove_left(dir: &Path, run_id: RunId) {
     for path in segments_left(dir, run_id).unwrap_or_default() {
         let _ = std::fs::remove_file(path);
     }
@@ -257,6 +268,18 @@ mod tests {
         tail.discard();
         assert!(read_left(dir.path(), run).unwrap().is_empty());
         assert_eq!(read_left(dir.path(), other).unwrap(), vec![chunk(0, "other run\n")]);
+    }
+
+    #[test]
+    fn a_link_in_a_segments_place_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunId::generate();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, encode_record(&chunk(0, "not the tail\n")).unwrap()).unwrap();
+        let segment = format!("{}{:020}", prefix(dir.path(), run).display(), 0);
+        std::os::unix::fs::symlink(&elsewhere, &segment).unwrap();
+        assert!(read_left(dir.path(), run).unwrap().is_empty());
+        assert!(read_segment(Path::new(&segment)).is_err(), "opened without following it");
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub(crate) fn fresh_token() -> String {
 
 /// Removes a blob no record names any more, through the effects loop, which tries
 /// again until it is gone.
-async fn forget_blob(state: &AppState, key: String) -> Result<(), ApiError> {
+pub(crate) async fn forget_blob(state: &AppState, key: String) -> Result<(), ApiError> {
     state.store.add_effects(&[gantry_store::Effect::DeleteBlob { key }], now()).await?;
     state.events.wake_effects();
     Ok(())
