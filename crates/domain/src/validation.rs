@@ -1,5 +1,6 @@
 //! Checks of user input that the domain owns: what makes a branch, a project root, an
-//! environment variable name, a secret value or a repository address acceptable.
+//! environment variable name, a secret value, a repository address or a tool version
+//! acceptable.
 
 /// A field's value was refused; the message names the field, the value and the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +41,15 @@ pub fn validate_project_root(value: &str) -> Result<(), InvalidInput> {
         && !value.chars().any(char::is_control)
         && value.split('/').all(|part| part != "..");
     check("project_root", value, ok, "a relative directory inside the repository, without ..")
+}
+
+/// A tool's version as a pool owner declares it for a runner image (`1.9.5`,
+/// `1.10.0-beta1`): it reaches the run initialization policy, which compares versions.
+pub fn validate_tool_version(value: &str) -> Result<(), InvalidInput> {
+    let ok = value.len() <= 64
+        && value.starts_with(|c: char| c.is_ascii_digit())
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || ".+-".contains(c));
+    check("tool version", value, ok, "a version such as 1.9.5 or 1.10.0-beta1")
 }
 
 /// A POSIX environment variable name.
@@ -121,6 +131,17 @@ mod tests {
         }
         for bad in ["/etc", "../up", "a/../../b", "a\\b"] {
             assert!(validate_project_root(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tool_versions() {
+        for good in ["1.9.5", "1.10.0-beta1", "0.15.5+ent"] {
+            assert_eq!(validate_tool_version(good), Ok(()), "{good}");
+        }
+        let too_long = format!("1.{}", "0".repeat(63));
+        for bad in ["", "v1.9.5", "latest", "1.9 ", "1.9\n", "1;rm", too_long.as_str()] {
+            assert!(validate_tool_version(bad).is_err(), "{bad}");
         }
     }
 

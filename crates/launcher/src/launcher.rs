@@ -101,6 +101,7 @@ pub async fn run(
             config.worker.clone(),
             &config.work_dir,
         ),
+        pod_runner: None,
         config,
     });
     prepare_dirs(&context, &instance_dir)?;

@@ -161,6 +161,7 @@ async fn recover_instance(
             config.worker.clone(),
             &config.work_dir,
         ),
+        pod_runner: None,
         config,
     });
     // Its workers renewed their lease at most a lease ago; they stop within the grace

@@ -163,6 +163,30 @@ pub struct ContainerOptions {
     pub volume_mounts: Vec<VolumeMount>,
 }
 
+/// A runner image, exactly as stacks or the operator's default name it, and the versions
+/// of the tools it carries.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerImage {
+    pub image: String,
+    /// The version of `terraform` in the image, like `1.9.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terraform_version: Option<String>,
+    /// The version of `tofu` in the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_tofu_version: Option<String>,
+}
+
+impl RunnerImage {
+    /// The version this image carries of `tool`, if declared.
+    pub fn version_of(&self, tool: gantry_domain::Tool) -> Option<&str> {
+        match tool {
+            gantry_domain::Tool::Terraform => self.terraform_version.as_deref(),
+            gantry_domain::Tool::OpenTofu => self.open_tofu_version.as_deref(),
+        }
+    }
+}
+
 /// How run Pods are made; every field is optional.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -203,6 +227,11 @@ pub struct PodOptions {
     /// operator's own launcher image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launcher_image: Option<String>,
+    /// What the pool knows of its runner images: the tool versions each carries, which
+    /// the run initialization policy reads (`static_run_environment.terraform_version`).
+    /// The operator cannot look inside an image; without an entry the version is `null`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runner_images: Vec<RunnerImage>,
     /// Init containers run before Gantry's `init`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub custom_init_containers: Vec<Container>,

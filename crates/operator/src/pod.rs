@@ -13,8 +13,9 @@ use gantry_proto::agent::{Assignment, Job};
 // `sidecar` modes, which read them.
 use gantry_proto::local::{CAPABILITY_ENV, SOCKET_ENV, SOCKET_WAIT_ENV};
 use gantry_proto::pod::{
-    ASSIGNMENT_FILE_ENV, BINARIES_DIR_ENV, LAUNCHER_ID_ENV, NOTES_FILE, SCRATCH_DIR_ENV,
-    SOCKET_DIR_ENV, SOCKET_FILE, WORKER_BINARY_FILE, WORKSPACE_DIR_ENV,
+    ASSIGNMENT_FILE_ENV, BINARIES_DIR_ENV, LAUNCHER_ID_ENV, NOTES_FILE, RUNNER_IMAGE_ENV,
+    RUNNER_TOOL_VERSION_ENV, SCRATCH_DIR_ENV, SOCKET_DIR_ENV, SOCKET_FILE, WORKER_BINARY_FILE,
+    WORKSPACE_DIR_ENV,
 };
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, Pod, PodSpec, Secret,
@@ -153,6 +154,8 @@ pub enum PodError {
         "WorkerPool {pool:?} has no usable credentials: give spec.token and spec.privateKey together, or spec.registration"
     )]
     NoCredentials { pool: String },
+    #[error("WorkerPool {pool:?}: spec.pod.runnerImages[{index}]: {problem}")]
+    RunnerImage { pool: String, index: usize, problem: String },
     #[error(
         "WorkerPool {pool:?}: spec.pod names a {kind} {name:?}, a name Gantry's run pod uses for its own"
     )]
@@ -281,6 +284,7 @@ pub fn build_run_pod(
     let credentials = pool_credentials(pool)?;
     check_worker_sees_no_credentials(pool, &credentials)?;
     check_worker_mounts(pool)?;
+    check_runner_images(pool)?;
     let runner_image = request
         .assignment
         .stack
@@ -329,6 +333,9 @@ pub fn build_run_pod(
     let mut annotations = options.annotations.clone();
     annotations.extend(DO_NOT_EVICT.map(|(key, value)| (key.to_owned(), value.to_owned())));
 
+    let declared = options.runner_images.iter().find(|declared| declared.image == runner_image);
+    let tool_version =
+        declared.and_then(|declared| declared.version_of(request.assignment.stack.tool));
     let launcher_env = |sidecar: bool| {
         let mut env = vec![
             from_secret(options::TOKEN, &credentials.token),
@@ -343,6 +350,9 @@ pub fn build_run_pod(
         ];
         if sidecar {
             env.push(capability(&name));
+        } else {
+            env.push(value(RUNNER_IMAGE_ENV, &runner_image));
+            env.extend(tool_version.map(|version| value(RUNNER_TOOL_VERSION_ENV, version)));
         }
         env
     };
@@ -542,6 +552,27 @@ fn check_names(pool: &WorkerPool) -> Result<(), PodError> {
         .find(|container| CONTAINERS.contains(&container.name.as_str()))
     {
         return Err(taken("container", &container.name));
+    }
+    Ok(())
+}
+
+/// Refuses a runner image entry the policy could not rely on: no image, a version that
+/// is not one, or the same image declared twice (which would make one entry a lie).
+fn check_runner_images(pool: &WorkerPool) -> Result<(), PodError> {
+    let entries = &pool.spec.pod.runner_images;
+    for (index, entry) in entries.iter().enumerate() {
+        let refuse =
+            |problem: String| PodError::RunnerImage { pool: pool.name_any(), index, problem };
+        if entry.image.trim().is_empty() {
+            return Err(refuse("image is empty: name the image as stacks do".to_owned()));
+        }
+        if entries[..index].iter().any(|earlier| earlier.image == entry.image) {
+            return Err(refuse(format!("image {:?} is declared twice", entry.image)));
+        }
+        for version in [&entry.terraform_version, &entry.open_tofu_version].into_iter().flatten() {
+            gantry_domain::validation::validate_tool_version(version)
+                .map_err(|error| refuse(error.to_string()))?;
+        }
     }
     Ok(())
 }

@@ -598,6 +598,18 @@ fn what_cannot_be_built_is_refused_with_the_reason() {
             "spec.pod.workerContainer.volumeMounts[0] mounts the volume \"assignment\" in the worker container:",
         ),
         (
+            "    runnerImages: [{ image: \"\", terraformVersion: 1.9.5 }]\n",
+            "spec.pod.runnerImages[0]: image is empty",
+        ),
+        (
+            "    runnerImages: [{ image: r:1, terraformVersion: latest }]\n",
+            "spec.pod.runnerImages[0]: tool version \"latest\" is not valid: expected a version",
+        ),
+        (
+            "    runnerImages: [{ image: r:1 }, { image: r:1, openTofuVersion: 1.8.0 }]\n",
+            "spec.pod.runnerImages[1]: image \"r:1\" is declared twice",
+        ),
+        (
             "    customInitContainers: [{ name: init, image: busybox }]\n",
             "spec.pod names a container \"init\"",
         ),
@@ -617,6 +629,48 @@ fn what_cannot_be_built_is_refused_with_the_reason() {
         build(&no_credentials, &tracked).unwrap_err(),
         PodError::NoCredentials { pool: "staging".to_owned() }
     );
+}
+
+/// The policy's `docker_image` and `terraform_version` in a Pod: init runs in the
+/// launcher image and cannot look inside the worker's, so the operator tells it which image
+/// that is and, when the pool declares it, which version of the stack's tool it carries.
+#[test]
+fn init_alone_learns_the_runner_image_and_the_tool_version_the_pool_declares() {
+    let every_option = pool(EVERY_OPTION);
+    let runner_facts = |assignment: &Assignment| {
+        let built = build(&every_option, assignment).unwrap();
+        let sidecar = init_container(&built.pod, "launcher-sidecar");
+        let worker = container(&built.pod, "worker");
+        for (name, container) in [("sidecar", sidecar), ("worker", worker)] {
+            for variable_name in ["GANTRY_RUNNER_IMAGE", "GANTRY_RUNNER_TOOL_VERSION"] {
+                assert_eq!(variable(&container, variable_name), None, "{name}: {variable_name}");
+            }
+        }
+        let init = init_container(&built.pod, "init");
+        (
+            variable(&init, "GANTRY_RUNNER_IMAGE").map(str::to_owned),
+            variable(&init, "GANTRY_RUNNER_TOOL_VERSION").map(str::to_owned),
+        )
+    };
+    let facts = |image: Option<&str>, version: Option<&str>| {
+        (image.map(str::to_owned), version.map(str::to_owned))
+    };
+    let declared = assignment(serde_json::json!({}));
+    assert_eq!(runner_facts(&declared), facts(Some("ghcr.io/example/runner:1.9"), Some("1.9.5")));
+    // Declared for Terraform only: an OpenTofu stack's version is not known.
+    let tofu_on_it = assignment(serde_json::json!({ "stack": { "tool": "opentofu" } }));
+    assert_eq!(runner_facts(&tofu_on_it), facts(Some("ghcr.io/example/runner:1.9"), None));
+    let tofu = assignment(serde_json::json!({
+        "stack": { "tool": "opentofu", "runner_image": "ghcr.io/example/tofu-runner:1.8" }
+    }));
+    assert_eq!(runner_facts(&tofu), facts(Some("ghcr.io/example/tofu-runner:1.8"), Some("1.8.3")));
+    // A name is matched as written: another tag is another image.
+    let other_tag =
+        assignment(serde_json::json!({ "stack": { "runner_image": "ghcr.io/example/runner:2" } }));
+    assert_eq!(runner_facts(&other_tag), facts(Some("ghcr.io/example/runner:2"), None));
+    // The operator's default, when the stack names none.
+    let default = assignment(serde_json::json!({ "stack": { "runner_image": null } }));
+    assert_eq!(runner_facts(&default), facts(Some("ghcr.io/gantry-dev/runner:latest"), None));
 }
 
 #[test]

@@ -24,6 +24,15 @@ pub const SOCKET_DIR_ENV: &str = "GANTRY_SOCKET_DIR";
 /// the sidecar mount it; the worker container, which runs the run's code, never does.
 pub const SCRATCH_DIR_ENV: &str = "GANTRY_SCRATCH_DIR";
 
+/// Init only: the worker container's image as the operator chose it (the stack's runner
+/// image or the operator's default), which the run initialization policy reads as
+/// `docker_image`.
+pub const RUNNER_IMAGE_ENV: &str = "GANTRY_RUNNER_IMAGE";
+/// Init only: the version of the stack's tool that image carries, when the pool declares
+/// it (`spec.pod.runnerImages`). Init cannot look inside the image, and nothing of it may
+/// run before the policy allows the run.
+pub const RUNNER_TOOL_VERSION_ENV: &str = "GANTRY_RUNNER_TOOL_VERSION";
+
 /// The worker binary's name in the binaries volume.
 pub const WORKER_BINARY_FILE: &str = "gantry-worker";
 /// The local API socket's name in the socket volume.

@@ -8,8 +8,8 @@ use gantry_domain::options::{self, Env, OptionError};
 use gantry_proto::agent::Assignment;
 use gantry_proto::local::CAPABILITY_ENV;
 use gantry_proto::pod::{
-    ASSIGNMENT_FILE_ENV, BINARIES_DIR_ENV, LAUNCHER_ID_ENV, SCRATCH_DIR_ENV, SOCKET_DIR_ENV,
-    SOCKET_FILE, WORKSPACE_DIR_ENV,
+    ASSIGNMENT_FILE_ENV, BINARIES_DIR_ENV, LAUNCHER_ID_ENV, RUNNER_IMAGE_ENV,
+    RUNNER_TOOL_VERSION_ENV, SCRATCH_DIR_ENV, SOCKET_DIR_ENV, SOCKET_FILE, WORKSPACE_DIR_ENV,
 };
 
 use gantry_domain::LauncherId;
@@ -41,6 +41,32 @@ pub struct InitConfig {
     pub pod: PodConfig,
     /// The binaries volume, where the worker binary goes.
     pub binaries_dir: PathBuf,
+    /// The worker container, as the run initialization policy is told of it.
+    pub runner: PodRunner,
+}
+
+/// The Pod's worker container as the operator made it: init judges the run on this, not
+/// on what its own image or a Docker daemon would say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodRunner {
+    pub image: Option<String>,
+    /// Declared by the pool for that image; unknown otherwise.
+    pub tool_version: Option<String>,
+}
+
+impl PodRunner {
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let image = options::get(env, RUNNER_IMAGE_ENV).map(str::to_owned);
+        let tool_version = options::get(env, RUNNER_TOOL_VERSION_ENV)
+            .map(|version| {
+                gantry_domain::validation::validate_tool_version(version).map_err(|error| {
+                    OptionError::invalid(RUNNER_TOOL_VERSION_ENV, version, error.expected)
+                })?;
+                Ok::<_, OptionError>(version.to_owned())
+            })
+            .transpose()?;
+        Ok(Self { image, tool_version })
+    }
 }
 
 /// `gantry-launcher sidecar`.
@@ -67,7 +93,8 @@ impl InitConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let pod = PodConfig::from_env(env)?;
         let binaries_dir = directory(env, BINARIES_DIR_ENV, "the binaries volume's directory")?;
-        Ok(Self { pod, binaries_dir })
+        let runner = PodRunner::from_env(env)?;
+        Ok(Self { pod, binaries_dir, runner })
     }
 }
 

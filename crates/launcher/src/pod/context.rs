@@ -61,6 +61,7 @@ pub(super) fn run_context(
     config: LauncherConfig,
     pod: &PodConfig,
     binaries_dir: &Path,
+    pod_runner: Option<super::PodRunner>,
 ) -> Result<Arc<RunContext>, PodError> {
     use std::os::unix::fs::DirBuilderExt;
     // An emptyDir's own directory is open to every user, and its mode is kubelet's: the
@@ -80,6 +81,7 @@ pub(super) fn run_context(
             config.worker.clone(),
             binaries_dir,
         ),
+        pod_runner,
         config,
     }))
 }

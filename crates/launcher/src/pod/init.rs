@@ -35,7 +35,12 @@ pub async fn init(
     // acknowledgement; the sidecar goes on with the same deadline.
     let deadline = Instant::now() + run_timeout;
     let deadline_unix_ms = unix_ms(SystemTime::now() + run_timeout);
-    let context = run_context(init.pod.adopt(config), &init.pod, &init.binaries_dir)?;
+    let context = run_context(
+        init.pod.adopt(config),
+        &init.pod,
+        &init.binaries_dir,
+        Some(init.runner.clone()),
+    )?;
     connect(&context.client, &stop, deadline).await?;
     let assignment = &init.pod.assignment;
     tracing::info!(run = %assignment.run_id, job = ?assignment.job, "preparing the run");

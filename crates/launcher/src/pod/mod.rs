@@ -9,7 +9,7 @@ mod context;
 mod init;
 mod sidecar;
 
-pub use config::{InitConfig, PodConfig, SidecarConfig};
+pub use config::{InitConfig, PodConfig, PodRunner, SidecarConfig};
 pub use context::PodError;
 pub use init::init;
 pub use sidecar::sidecar;

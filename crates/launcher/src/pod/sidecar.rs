@@ -46,7 +46,7 @@ pub async fn sidecar(
     let assignment = &sidecar.pod.assignment;
     let workspace_dir = &sidecar.pod.workspace_dir;
     // No worker binary is fetched here: the binaries directory is never used.
-    let context = run_context(sidecar.pod.adopt(config), &sidecar.pod, workspace_dir)?;
+    let context = run_context(sidecar.pod.adopt(config), &sidecar.pod, workspace_dir, None)?;
     let handoff = match read_handoff(&sidecar.pod.scratch_dir, assignment) {
         Ok(handoff) => handoff,
         Err(error) => {

@@ -39,6 +39,9 @@ pub(crate) struct RunContext {
     pub(crate) scratch_dir: PathBuf,
     pub(crate) metrics: Arc<LauncherMetrics>,
     pub(crate) worker_binaries: WorkerBinaries,
+    /// In a run Pod's init: the worker container the operator made, which the run
+    /// initialization policy is told of instead of what this launcher's executor runs.
+    pub(crate) pod_runner: Option<crate::pod::PodRunner>,
 }
 
 impl RunContext {

@@ -17,7 +17,6 @@ use super::state::{ManagedState, ProjectFiles, bring_in_state};
 use super::{
     RunContext, mask_sealed_inputs, report_ending, report_failure, silence_message, timeout_message,
 };
-use crate::config::LauncherConfig;
 use crate::delivery::PendingReport;
 use crate::logs::LogRelay;
 use crate::metrics::Stage;
@@ -125,7 +124,7 @@ async fn prepare(
             PendingReport { run_id: assignment.run_id, report }.deliver(&context.client).await;
             // Judged once its commit is known (the denied commit is recorded too), and
             // before anything of it runs.
-            if let Some(refusal) = refused_by_policy(&context.config, assignment, &commit).await {
+            if let Some(refusal) = refused_by_policy(context, assignment, &commit).await {
                 return Err(refusal);
             }
         }
@@ -136,7 +135,7 @@ async fn prepare(
             ));
             // The plan's commit, as the server recorded it: no checkout to learn it from.
             let commit = JudgedCommit::recorded(assignment);
-            if let Some(refusal) = refused_by_policy(&context.config, assignment, &commit).await {
+            if let Some(refusal) = refused_by_policy(context, assignment, &commit).await {
                 return Err(refusal);
             }
             sealed::restore_workspace(context, assignment, workspace).await?;
@@ -202,17 +201,20 @@ async fn prepare(
 /// or why it could not be evaluated. Every job is judged, an apply as much as its plan:
 /// the input says which one it is.
 async fn refused_by_policy(
-    config: &LauncherConfig,
+    context: &RunContext,
     assignment: &Assignment,
     commit: &JudgedCommit,
 ) -> Option<String> {
+    let config = &context.config;
     let policy = config.initialization_policy.as_ref()?;
     // The process executor's worker runs the tool its PATH, the launcher's, finds; a
     // container's comes with its image, which nothing runs before the policy allows it:
-    // its label says which version it carries.
+    // its label says which version it carries. A Pod's init sees neither: the operator
+    // says which image the worker container runs, and the pool what that image carries.
     let tool = assignment.stack.tool;
-    let (image, tool_version) = match &config.executor {
-        crate::config::ExecutorKind::Docker(settings) => {
+    let (image, tool_version) = match (&context.pod_runner, &config.executor) {
+        (Some(runner), _) => (runner.image.as_deref(), runner.tool_version.clone()),
+        (None, crate::config::ExecutorKind::Docker(settings)) => {
             let image =
                 assignment.stack.runner_image.as_deref().or(settings.default_image.as_deref());
             let version = match image {
@@ -221,7 +223,7 @@ async fn refused_by_policy(
             };
             (image, version)
         }
-        crate::config::ExecutorKind::Process => {
+        (None, crate::config::ExecutorKind::Process) => {
             let path = std::env::var_os("PATH");
             (
                 assignment.stack.runner_image.as_deref(),

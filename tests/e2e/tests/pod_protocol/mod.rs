@@ -198,6 +198,13 @@ impl Pod {
         Self { dir, launcher_env, capability, run_id: assignment.run_id }
     }
 
+    /// The launcher containers judge the run with this initialization policy file.
+    fn judged_by(mut self, policy: &Path) -> Self {
+        let variable = "GANTRY_LAUNCHER_RUN_INITIALIZATION_POLICY".to_owned();
+        self.launcher_env.push((variable, policy.display().to_string()));
+        self
+    }
+
     fn volume(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -376,6 +383,13 @@ impl Setup {
         self.cluster.gantry.ok(&args);
     }
 
+    /// An initialization policy file of this Rego text.
+    fn policy(&self, rego: &str) -> PathBuf {
+        let policy = self.work.path().join("policy.rego");
+        std::fs::write(&policy, rego).unwrap();
+        policy
+    }
+
     fn repository(&self, config: &str) -> String {
         GitRepository::create(&self.work.path().join("repo"), &[("infra/main.tf", config)]).url()
     }
@@ -511,19 +525,13 @@ deny contains msg if {
 #[test]
 fn init_judges_the_apply_too_on_the_commit_its_plan_checked_out() {
     let setup = Setup::start();
-    let policy = setup.work.path().join("policy.rego");
-    std::fs::write(&policy, APPLY_POLICY).unwrap();
-    let with_policy = |mut pod: Pod| {
-        let variable = "GANTRY_LAUNCHER_RUN_INITIALIZATION_POLICY".to_owned();
-        pod.launcher_env.push((variable, policy.display().to_string()));
-        pod
-    };
+    let policy = setup.policy(APPLY_POLICY);
     let repository = setup.repository(POD_CONFIG);
     setup.stack("app", &repository, &[]);
     let run = setup.cluster.gantry.trigger("app", &[]);
 
     let plan = setup.operator.take_assignment(Job::Plan);
-    with_policy(Pod::new(&setup.operator, &plan)).run_to_end(&[]);
+    Pod::new(&setup.operator, &plan).judged_by(&policy).run_to_end(&[]);
     let waiting = setup.wait_for(&run, &["UNCONFIRMED", "FAILED", "FINISHED"]);
     assert_eq!(waiting["state"], "UNCONFIRMED", "{waiting}");
 
@@ -534,7 +542,7 @@ fn init_judges_the_apply_too_on_the_commit_its_plan_checked_out() {
         (author.name.as_str(), author.email.as_str()),
         ("Gantry Tests", "tests@gantry.invalid")
     );
-    let apply_pod = with_policy(Pod::new(&setup.operator, &apply));
+    let apply_pod = Pod::new(&setup.operator, &apply).judged_by(&policy);
     assert_eq!(apply_pod.init(), Some(1), "init:\n{}", apply_pod.output_of("init"));
     let failed = setup.wait_for(&run, &["FAILED", "FINISHED"]);
     assert_eq!(failed["state"], "FAILED", "{failed}");
@@ -544,6 +552,64 @@ fn init_judges_the_apply_too_on_the_commit_its_plan_checked_out() {
     assert_in_order(&log, &["Applying the confirmed plan on", message]);
     assert!(!apply_pod.volume(HANDOFF).exists(), "no sidecar follows");
     assert!(!apply_pod.volume(&format!("workspace/{}", apply.run_id)).exists(), "nor a workspace");
+}
+
+/// Denies every run, saying what it was told of the worker container's image and tool.
+const RUNNER_POLICY: &str = r#"package gantry
+
+deny contains msg if {
+  environment := input.static_run_environment
+  is_string(environment.terraform_version)
+  msg := sprintf("judged %s with %s %s", [input.docker_image, environment.tool, environment.terraform_version])
+}
+
+deny contains msg if {
+  input.static_run_environment.terraform_version == null
+  msg := sprintf("judged %s with an unknown version", [input.docker_image])
+}
+"#;
+
+/// Init runs in the launcher image: the tool its own PATH finds (or a Docker daemon
+/// beside it) says nothing of the worker container. The policy sees the image the
+/// operator chose and the version the pool declares for it, or none.
+#[test]
+fn init_judges_the_runner_image_the_operator_names_with_the_version_the_pool_declares() {
+    let setup = Setup::start();
+    let policy = setup.policy(RUNNER_POLICY);
+    let repository = setup.repository(POD_CONFIG);
+    setup.stack("app", &repository, &[]);
+    let judged = |extra_env: &[(&str, &str)]| {
+        let run = setup.cluster.gantry.trigger("app", &[]);
+        let plan = setup.operator.take_assignment(Job::Plan);
+        let mut pod = Pod::new(&setup.operator, &plan).judged_by(&policy);
+        pod.launcher_env.extend(
+            extra_env.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
+        );
+        assert_eq!(pod.init(), Some(1), "init:\n{}", pod.output_of("init"));
+        let failed = setup.wait_for(&run, &["FAILED", "FINISHED"]);
+        assert_eq!(failed["state"], "FAILED", "{failed}");
+        failed["failure"].as_str().unwrap().to_owned()
+    };
+
+    let declared = judged(&[
+        ("GANTRY_RUNNER_IMAGE", "registry.example/runner:1.9"),
+        ("GANTRY_RUNNER_TOOL_VERSION", "1.9.5"),
+    ]);
+    assert!(
+        declared.contains("judged registry.example/runner:1.9 with terraform 1.9.5"),
+        "{declared}"
+    );
+
+    // The test's PATH finds a real terraform, which a process executor's worker would
+    // run: not this Pod's.
+    let undeclared = judged(&[
+        ("GANTRY_RUNNER_IMAGE", "registry.example/runner:2"),
+        ("GANTRY_LAUNCHER_EXECUTOR", "process"),
+    ]);
+    assert!(
+        undeclared.contains("judged registry.example/runner:2 with an unknown version"),
+        "{undeclared}"
+    );
 }
 
 /// A task that sleeps for an odd, recognizable time, so that its process can be found.
