@@ -428,13 +428,17 @@ fn remove_partial(dir: &Path) {
 fn make_directories_writable(dir: &Path) {
     // Best effort: whatever still fails is reported by the removal that follows. By path,
     // since a directory without the read bit cannot be opened; only real directories get
-    // here (the walk below does not follow links).
-    let _ = fs::set_permissions(dir, Permissions::from_mode(0o700));
-    let Ok(children) = fs::read_dir(dir) else { return };
-    for child in children.flatten() {
-        // `DirEntry::file_type` does not follow links: only real directories are visited.
-        if child.file_type().is_ok_and(|file_type| file_type.is_dir()) {
-            make_directories_writable(&child.path());
+    // here (the walk does not follow links). A loop, not recursion: the archive chose the
+    // tree's depth, and a thread's stack must not be what bounds it.
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(directory) = pending.pop() {
+        let _ = fs::set_permissions(&directory, Permissions::from_mode(0o700));
+        let Ok(children) = fs::read_dir(&directory) else { continue };
+        for child in children.flatten() {
+            // `DirEntry::file_type` does not follow links: only real directories are visited.
+            if child.file_type().is_ok_and(|file_type| file_type.is_dir()) {
+                pending.push(child.path());
+            }
         }
     }
 }
@@ -1001,6 +1005,25 @@ mod integration_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed unpacking's leftovers are as deep as the archive made them: opening them
+    /// for removal walks them without a stack frame per level.
+    #[test]
+    fn a_partial_tree_as_deep_as_paths_go_is_opened_for_removal_on_a_small_stack() {
+        let root = tempfile::tempdir().unwrap();
+        let deepest = gantry_testkit::fuzz::deep_tree(root.path());
+        let mut directory = deepest.clone();
+        while directory != root.path() {
+            fs::set_permissions(&directory, Permissions::from_mode(0o500)).unwrap();
+            directory.pop();
+        }
+        let tree = root.path().join("d");
+        gantry_testkit::fuzz::on_small_stack(move || make_directories_writable(&tree));
+        for directory in [&deepest, &root.path().join("d")] {
+            let mode = fs::metadata(directory).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", directory.display());
+        }
+    }
 
     fn check_path(raw: &str, expect: Result<&str, &str>) {
         let actual = entry_path(raw.as_bytes(), raw);

@@ -163,16 +163,22 @@ pub(crate) async fn remove(dir: &Path) {
 /// one but the run's own parties can reach (a run container's mount, a run Pod's volume).
 pub(crate) fn hand_over_tree(path: &Path, owner: Option<u32>) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let metadata = std::fs::symlink_metadata(path)?;
-    let owned =
-        owner.is_some_and(|uid| std::os::unix::fs::lchown(path, Some(uid), Some(uid)).is_ok());
-    if !owned && !metadata.is_symlink() {
-        let mode = metadata.permissions().mode() | if metadata.is_dir() { 0o777 } else { 0o666 };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    }
-    if metadata.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            hand_over_tree(&entry?.path(), owner)?;
+    // A loop, not recursion: the repository or the run chose the tree's depth, and a
+    // thread's stack must not be what bounds it.
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let metadata = std::fs::symlink_metadata(&path)?;
+        let owned =
+            owner.is_some_and(|uid| std::os::unix::fs::lchown(&path, Some(uid), Some(uid)).is_ok());
+        if !owned && !metadata.is_symlink() {
+            let mode =
+                metadata.permissions().mode() | if metadata.is_dir() { 0o777 } else { 0o666 };
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        }
+        if metadata.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
         }
     }
     Ok(())
@@ -300,5 +306,20 @@ mod tests {
         assert!(project_directory(root.path(), "missing").unwrap_err().contains("does not exist"));
         std::os::unix::fs::symlink("/etc", root.path().join("escape")).unwrap();
         assert!(project_directory(root.path(), "escape").unwrap_err().contains("outside"));
+    }
+
+    /// The repository or the run chose the tree's depth: handing it over walks it without
+    /// a stack frame per level.
+    #[test]
+    fn a_tree_as_deep_as_paths_go_is_handed_over_on_a_small_stack() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let deepest = gantry_testkit::fuzz::deep_tree(root.path());
+        std::fs::write(deepest.join("main.tf"), "").unwrap();
+        let tree = root.path().to_path_buf();
+        gantry_testkit::fuzz::on_small_stack(move || hand_over_tree(&tree, None)).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&deepest), 0o777);
+        assert_eq!(mode(&deepest.join("main.tf")) & 0o666, 0o666);
     }
 }

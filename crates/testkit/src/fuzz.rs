@@ -263,6 +263,33 @@ pub fn answered_cleanly(
     Ok(())
 }
 
+/// How deep [`deep_tree`] goes: a path of one-letter directories this deep still fits the
+/// 4,096 bytes of `PATH_MAX` from a temporary directory, so every call by path works.
+pub const DEEP_TREE_DEPTH: usize = 1_500;
+
+/// A chain of [`DEEP_TREE_DEPTH`] directories `d/d/…` under `root`, as a repository or a
+/// run may hold; returns the deepest.
+pub fn deep_tree(root: &std::path::Path) -> std::path::PathBuf {
+    let mut deepest = root.to_path_buf();
+    for _ in 0..DEEP_TREE_DEPTH {
+        deepest.push("d");
+        std::fs::create_dir(&deepest).expect("a directory of the deep tree");
+    }
+    deepest
+}
+
+/// Runs `walk` on a thread whose stack is far smaller than a tokio blocking thread's (2 MiB):
+/// a walk that recurses once per level of a [`deep_tree`] overflows it and aborts the test.
+pub fn on_small_stack<T: Send + 'static>(walk: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .name("small-stack".to_owned())
+        .stack_size(128 * 1024)
+        .spawn(walk)
+        .expect("a thread for the walk")
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -193,17 +193,21 @@ enum Node {
     Link { target: PathBuf },
 }
 
+/// Every node under `root` by its relative path; a loop, since a tree may be as deep as
+/// paths go.
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
-    fn walk(root: &Path, relative: &Path, nodes: &mut BTreeMap<PathBuf, Node>) {
-        for child in fs::read_dir(root.join(relative)).unwrap() {
-            let relative = relative.join(child.unwrap().file_name());
+    let mut nodes = BTreeMap::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(directory) = pending.pop() {
+        for child in fs::read_dir(root.join(&directory)).unwrap() {
+            let relative = directory.join(child.unwrap().file_name());
             let path = root.join(&relative);
             let metadata = fs::symlink_metadata(&path).unwrap();
             let mode = metadata.mode() & 0o7777;
             let node = if metadata.file_type().is_symlink() {
                 Node::Link { target: fs::read_link(&path).unwrap() }
             } else if metadata.is_dir() {
-                walk(root, &relative, nodes);
+                pending.push(relative.clone());
                 Node::Dir { mode }
             } else {
                 Node::File { mode, contents: fs::read(&path).unwrap() }
@@ -211,8 +215,6 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
             nodes.insert(relative, node);
         }
     }
-    let mut nodes = BTreeMap::new();
-    walk(root, Path::new(""), &mut nodes);
     nodes
 }
 

@@ -192,46 +192,48 @@ fn normalized(path: &Path) -> PathBuf {
 
 /// Walks what was unpacked, checking each node and opening up directories whose archived
 /// mode would stop the walk (and the removal of the temporary directory). Returns the
-/// number of entries and the bytes of the files.
-fn check_tree(root: &Path, dir: &Path) -> Result<(u64, u64), TestCaseError> {
+/// number of entries and the bytes of the files. A loop, not recursion: an archive's
+/// tree may be as deep as paths go.
+fn check_tree(root: &Path) -> Result<(u64, u64), TestCaseError> {
     let real_root = fs::canonicalize(root).unwrap();
     let (mut entries, mut bytes) = (0, 0);
-    for child in fs::read_dir(dir).unwrap() {
-        let path = child.unwrap().path();
-        let metadata = fs::symlink_metadata(&path).unwrap();
-        let file_type = metadata.file_type();
-        prop_assert_eq!(
-            metadata.mode() & 0o7000,
-            0,
-            "{:?} keeps a setuid, setgid or sticky bit",
-            path
-        );
-        entries += 1;
-        if file_type.is_symlink() {
-            // Followed as the kernel would, a link ends inside the workspace; a dangling
-            // one points inside it by its very text.
-            let end = fs::canonicalize(&path).unwrap_or_else(|_| {
-                normalized(&path.parent().unwrap().join(fs::read_link(&path).unwrap()))
-            });
-            prop_assert!(
-                end.starts_with(&real_root) || end.starts_with(root),
-                "{:?} leads to {:?}",
-                path,
-                end
-            );
-        } else if file_type.is_dir() {
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-            let (below, below_bytes) = check_tree(root, &path)?;
-            entries += below;
-            bytes += below_bytes;
-        } else {
-            prop_assert!(
-                file_type.is_file(),
-                "{:?} is neither a file, a directory nor a link",
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for child in fs::read_dir(dir).unwrap() {
+            let path = child.unwrap().path();
+            let metadata = fs::symlink_metadata(&path).unwrap();
+            let file_type = metadata.file_type();
+            prop_assert_eq!(
+                metadata.mode() & 0o7000,
+                0,
+                "{:?} keeps a setuid, setgid or sticky bit",
                 path
             );
-            prop_assert_eq!(metadata.nlink(), 1, "{:?} is hard-linked", path);
-            bytes += metadata.len();
+            entries += 1;
+            if file_type.is_symlink() {
+                // Followed as the kernel would, a link ends inside the workspace; a dangling
+                // one points inside it by its very text.
+                let end = fs::canonicalize(&path).unwrap_or_else(|_| {
+                    normalized(&path.parent().unwrap().join(fs::read_link(&path).unwrap()))
+                });
+                prop_assert!(
+                    end.starts_with(&real_root) || end.starts_with(root),
+                    "{:?} leads to {:?}",
+                    path,
+                    end
+                );
+            } else if file_type.is_dir() {
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+                pending.push(path);
+            } else {
+                prop_assert!(
+                    file_type.is_file(),
+                    "{:?} is neither a file, a directory nor a link",
+                    path
+                );
+                prop_assert_eq!(metadata.nlink(), 1, "{:?} is hard-linked", path);
+                bytes += metadata.len();
+            }
         }
     }
     Ok((entries, bytes))
@@ -254,7 +256,7 @@ proptest! {
                 return Ok(());
             };
             fs::set_permissions(&destination, fs::Permissions::from_mode(0o755)).unwrap();
-            let (entries, bytes) = check_tree(&destination, &destination)?;
+            let (entries, bytes) = check_tree(&destination)?;
             // Parents made on the way are not counted; what was written is.
             prop_assert!(stats.entries <= limits.max_entries);
             prop_assert!(entries >= stats.entries);
