@@ -20,7 +20,9 @@ use crate::{
 };
 
 mod effects;
+mod webhooks;
 pub use effects::*;
+pub use webhooks::*;
 
 /// Generates one `#[tokio::test]` per contract case. `$make` is an async expression
 /// producing a fresh, empty store (and anything that must live as long as it).
@@ -90,7 +92,10 @@ macro_rules! store_contract_tests {
             ended_runs_logs_are_offered_for_archiving,
             a_sealed_log_refuses_appends,
             a_seal_waits_for_the_appends_under_way,
-            a_log_over_its_limit_keeps_its_head_and_tail
+            a_log_over_its_limit_keeps_its_head_and_tail,
+            webhooks_are_one_per_provider_and_repository,
+            a_delivery_keeps_its_first_record_and_old_ones_are_forgotten,
+            a_delivery_triggers_one_run_per_stack
         );
     };
     (@cases required $make:expr; $($case:ident),* $(,)?) => {

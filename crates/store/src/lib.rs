@@ -18,6 +18,7 @@ mod sql_rows;
 mod sql_store;
 mod sqlite;
 mod store;
+mod webhooks;
 
 #[cfg(feature = "contract")]
 pub mod contract;
@@ -43,3 +44,4 @@ pub use records::{
 };
 pub use sqlite::SqliteStore;
 pub use store::{Signal, SignalStream, Store};
+pub use webhooks::{DELIVERY_RETENTION, DeliveryRecord, WebhookRecord};

@@ -225,6 +225,7 @@ macro_rules! sql_store {
         }
 
         $crate::effects::sql_effects!($store);
+        $crate::webhooks::sql_webhooks!($store);
 
         #[async_trait::async_trait]
         impl $crate::Store for $store {
@@ -258,6 +259,34 @@ macro_rules! sql_store {
 
             async fn add_effects(&self, effects: &[$crate::Effect], at: Timestamp) -> Result<()> {
                 self.insert_effects(effects, at).await
+            }
+
+            async fn insert_webhook(&self, webhook: &$crate::WebhookRecord) -> Result<()> {
+                self.write_webhook(webhook).await
+            }
+
+            async fn list_webhooks(&self) -> Result<Vec<$crate::WebhookRecord>> {
+                self.read_webhooks().await
+            }
+
+            async fn delete_webhook(&self, id: &str) -> Result<bool> {
+                self.remove_webhook(id).await
+            }
+
+            async fn record_delivery(&self, delivery: &$crate::DeliveryRecord) -> Result<bool> {
+                self.write_delivery(delivery).await
+            }
+
+            async fn get_delivery(
+                &self,
+                provider: &str,
+                digest: &str,
+            ) -> Result<Option<$crate::DeliveryRecord>> {
+                self.read_delivery(provider, digest).await
+            }
+
+            async fn list_deliveries(&self, limit: u32) -> Result<Vec<$crate::DeliveryRecord>> {
+                self.read_deliveries(limit).await
             }
 
             async fn claim_periodic(

@@ -413,6 +413,24 @@ pub trait Store: Send + Sync + 'static {
     /// Records effects that follow no run change (a duplicate blob to delete), durably.
     async fn add_effects(&self, effects: &[crate::Effect], at: Timestamp) -> Result<()>;
 
+    /// Registers a repository's webhook; `AlreadyExists` when its provider and repository
+    /// key have one.
+    async fn insert_webhook(&self, webhook: &crate::WebhookRecord) -> Result<()>;
+    /// Every webhook, oldest first.
+    async fn list_webhooks(&self) -> Result<Vec<crate::WebhookRecord>>;
+    /// Removes a webhook; whether there was one.
+    async fn delete_webhook(&self, id: &str) -> Result<bool>;
+    /// Adds a delivery to the log (and forgets those older than `DELIVERY_RETENTION`);
+    /// `false` when its digest was recorded before, whose record stays.
+    async fn record_delivery(&self, delivery: &crate::DeliveryRecord) -> Result<bool>;
+    async fn get_delivery(
+        &self,
+        provider: &str,
+        digest: &str,
+    ) -> Result<Option<crate::DeliveryRecord>>;
+    /// The newest deliveries first.
+    async fn list_deliveries(&self, limit: u32) -> Result<Vec<crate::DeliveryRecord>>;
+
     /// Whether several server processes may share this store (and hear each other's
     /// signals). An embedded engine belongs to one process.
     fn shared(&self) -> bool {
