@@ -41,6 +41,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Stack(command) => commands::stack::run(&context, command).await,
         Command::Run(command) => commands::run::run(&context, command).await,
         Command::Key(command) => commands::key::run(&context, command).await,
+        Command::Webhook(command) => commands::webhook::run(&context, command).await,
         Command::Audit(command) => commands::audit::run(&context, command).await,
         Command::Server(args) => commands::server::run(args).await,
         Command::WorkerBinary(command) => commands::release::run(&context, command),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{audit, key, keygen, pool, release, run, server, stack, up, worker};
+use crate::commands::{audit, key, keygen, pool, release, run, server, stack, up, webhook, worker};
 use crate::config::ConfigFlags;
 use crate::output::OutputFormat;
 
@@ -91,6 +91,9 @@ pub enum Command {
     /// Create, list and revoke API keys, each with a role and an optional scope (admins)
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Webhooks: pushes and pull requests that trigger runs, and their deliveries (admins)
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
     /// List the audit log of changes and check its hash chain (admins)
     #[command(subcommand)]
     Audit(audit::AuditCommand),

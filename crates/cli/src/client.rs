@@ -19,6 +19,9 @@ use gantry_proto::api::{
 };
 use gantry_proto::audit::{AuditList, AuditVerified};
 use gantry_proto::keys::{ApiKey, CreateKey, KeyCreated, KeyList};
+use gantry_proto::webhooks::{
+    CreateWebhook, CreatedWebhook, DeliveryList, Webhook, WebhookList, WebhookSecret,
+};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
@@ -414,6 +417,36 @@ impl ApiClient {
     /// `DELETE /api/v1/keys/{key}`: by id, or the name of an active key.
     pub async fn revoke_key(&self, key: &str) -> Result<ApiKey, ClientError> {
         self.call(Method::DELETE, self.url(&["keys", key]), None::<&()>).await
+    }
+
+    /// `POST /api/v1/webhooks`
+    pub async fn create_webhook(
+        &self,
+        request: &CreateWebhook,
+    ) -> Result<CreatedWebhook, ClientError> {
+        self.call(Method::POST, self.url(&["webhooks"]), Some(request)).await
+    }
+
+    /// `GET /api/v1/webhooks`
+    pub async fn list_webhooks(&self) -> Result<WebhookList, ClientError> {
+        self.call(Method::GET, self.url(&["webhooks"]), None::<&()>).await
+    }
+
+    /// `GET /api/v1/webhooks/{webhook}/secret`
+    pub async fn webhook_secret(&self, webhook: &str) -> Result<WebhookSecret, ClientError> {
+        self.call(Method::GET, self.url(&["webhooks", webhook, "secret"]), None::<&()>).await
+    }
+
+    /// `DELETE /api/v1/webhooks/{webhook}`
+    pub async fn delete_webhook(&self, webhook: &str) -> Result<Webhook, ClientError> {
+        self.call(Method::DELETE, self.url(&["webhooks", webhook]), None::<&()>).await
+    }
+
+    /// `GET /api/v1/webhooks/deliveries?limit=`: newest first.
+    pub async fn list_deliveries(&self, limit: u32) -> Result<DeliveryList, ClientError> {
+        let mut url = self.url(&["webhooks", "deliveries"]);
+        url.query_pairs_mut().append_pair("limit", &limit.to_string());
+        self.call(Method::GET, url, None::<&()>).await
     }
 
     /// `GET /api/v1/audit?since=&actor=`: oldest first.

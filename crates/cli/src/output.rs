@@ -14,6 +14,7 @@ use gantry_proto::api::{
 };
 use gantry_proto::format_timestamp;
 use gantry_proto::keys::ApiKey;
+use gantry_proto::webhooks::{Delivery, Webhook};
 use serde::Serialize;
 
 /// How results are printed.
@@ -700,6 +701,42 @@ pub fn audit_table(entries: &[gantry_proto::audit::AuditEntry]) -> String {
             entry.target.clone(),
             entry.source.clone(),
             entry.outcome.clone(),
+        ]);
+    }
+    finish(table)
+}
+
+/// The registered webhooks, oldest first.
+pub fn webhooks_table(webhooks: &[Webhook], now: Timestamp) -> String {
+    let mut table =
+        table(&["ID", "PROVIDER", "REPOSITORY", "PAYLOAD URL", "CREATED BY", "CREATED"]);
+    for webhook in webhooks {
+        table.add_row(vec![
+            webhook.id.clone(),
+            webhook.provider.clone(),
+            webhook.repository.clone(),
+            webhook.url.clone(),
+            webhook.created_by.clone(),
+            relative_time(webhook.created_at, now),
+        ]);
+    }
+    finish(table)
+}
+
+/// Deliveries, newest first: what each triggered or why it triggered nothing.
+pub fn deliveries_table(deliveries: &[Delivery], now: Timestamp) -> String {
+    let mut table =
+        table(&["RECEIVED", "PROVIDER", "EVENT", "STATUS", "RUNS", "OUTCOME", "DELIVERY"]);
+    for delivery in deliveries {
+        let runs: Vec<String> = delivery.runs.iter().map(ToString::to_string).collect();
+        table.add_row(vec![
+            relative_time(delivery.received_at, now),
+            delivery.provider.clone(),
+            delivery.event.clone(),
+            delivery.status.to_string(),
+            if runs.is_empty() { "-".to_owned() } else { runs.join(",") },
+            delivery.outcome.clone(),
+            delivery.delivery_id.clone(),
         ]);
     }
     finish(table)

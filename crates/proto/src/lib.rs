@@ -14,5 +14,6 @@ pub mod lease;
 pub mod local;
 pub mod pod;
 mod text;
+pub mod webhooks;
 
 pub use text::{Rfc3339, format_timestamp};

@@ -33,6 +33,7 @@ mod stack_secrets;
 mod state;
 mod ui;
 mod views;
+mod webhooks;
 
 pub use access::Actor;
 pub use bootstrap::API_KEY_PREFIX;

@@ -30,6 +30,29 @@ pub(crate) async fn trigger(
     command: Option<String>,
     triggered_by: &str,
 ) -> Result<RunRecord, ApiError> {
+    let on = TriggerOn { run_type, branch: stack.branch.clone(), commit };
+    trigger_on(state, stack, on, command, triggered_by).await
+}
+
+/// What a run is of: its type, the branch it is checked out from (the stack's, or a pull
+/// request's head for its proposed runs) and the commit, when one is named.
+#[derive(Debug, Clone)]
+pub(crate) struct TriggerOn {
+    pub(crate) run_type: RunType,
+    pub(crate) branch: String,
+    pub(crate) commit: Option<String>,
+}
+
+/// Queues a run of `stack` on `on.branch`: a newer commit of a proposed run on the same
+/// branch stops the older ones.
+pub(crate) async fn trigger_on(
+    state: &AppState,
+    stack: &StackRecord,
+    on: TriggerOn,
+    command: Option<String>,
+    triggered_by: &str,
+) -> Result<RunRecord, ApiError> {
+    let TriggerOn { run_type, branch, commit } = on;
     let at = now();
     let run = RunRecord {
         id: RunId::generate(),
@@ -37,7 +60,7 @@ pub(crate) async fn trigger(
         pool_id: stack.pool_id,
         run_type,
         state: RunState::Queued,
-        branch: stack.branch.clone(),
+        branch,
         commit_sha: commit,
         commit_message: None,
         autodeploy: stack.autodeploy,
@@ -170,7 +193,10 @@ const STOP_RETRIES: usize = 3;
 /// Stops the run in whatever state it has reached: a scheduling pass may promote or
 /// assign it between the read that found it and the stop, and the stop then applies to
 /// the run as it is now. A run that ended meanwhile is left as it ended.
-async fn stop_as_it_is_now(state: &AppState, mut run: RunRecord) -> Result<(), ApiError> {
+pub(crate) async fn stop_as_it_is_now(
+    state: &AppState,
+    mut run: RunRecord,
+) -> Result<(), ApiError> {
     for _ in 0..STOP_RETRIES {
         match stop(state, &run).await {
             Ok(_) => return Ok(()),

@@ -158,6 +158,14 @@ impl Server {
                 now(),
             )
             .await?;
+        let webhook_key = secrets
+            .get_or_insert(
+                store.as_ref(),
+                crate::webhooks::WEBHOOK_KEY_SECRET,
+                &ChallengeSigner::generate_key(),
+                now(),
+            )
+            .await?;
         let metrics_listener = match config.metrics_listen {
             Some(address) => Some(
                 gantry_metrics::MetricsListener::bind(address)
@@ -193,6 +201,7 @@ impl Server {
             dispatch_metrics: crate::metrics::DispatchMetrics::default(),
             waiting: crate::state::WaitingRuns::default(),
             unlisted_runs: crate::reconcile::UnlistedRuns::default(),
+            webhook_key: crate::webhooks::WebhookKey::new(webhook_key),
             sessions: crate::session_cache::SessionCache::default(),
             worker_release,
             timings: config.timings.clone(),

@@ -53,6 +53,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Failed authentications per address and pool; the HTTP layer's bounds.
     pub(crate) http_guards: crate::http_limits::HttpGuards,
+    /// What every webhook's secret is derived from.
+    pub(crate) webhook_key: crate::webhooks::WebhookKey,
     /// The executing runs each launcher's last heartbeats left out.
     pub(crate) unlisted_runs: crate::reconcile::UnlistedRuns,
 }

@@ -16,6 +16,7 @@ mod replicas;
 mod scheduling;
 mod sealed_secrets;
 mod secrets;
+mod webhooks;
 
 use std::time::Duration;
 

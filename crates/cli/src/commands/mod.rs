@@ -14,6 +14,7 @@ pub mod stack;
 pub mod stack_secrets;
 pub mod stack_state;
 pub mod up;
+pub mod webhook;
 pub mod worker;
 
 pub use context::{Context, Outcome, UsageError};

@@ -164,8 +164,27 @@ fn api_probe(method: &Method, path: &str, f: &Fixtures) -> Option<Probe> {
     };
     let m = method.as_str();
     match (m, path) {
+        ("GET", "/webhooks/{webhook}/secret") => Some(Probe {
+            path: "/webhooks/no-such-webhook/secret".into(),
+            body: None,
+            authorized: S::NOT_FOUND,
+        }),
         ("GET", _) => probe(S::OK, None),
         ("POST", "/keys") => probe(S::BAD_REQUEST, Some(json!({"name": "", "role": "reader"}))),
+        ("POST", "/webhooks") => {
+            probe(S::BAD_REQUEST, Some(json!({"provider": "svn", "repository": "x"})))
+        }
+        ("DELETE", "/webhooks/{webhook}") => Some(Probe {
+            path: "/webhooks/no-such-webhook".into(),
+            body: None,
+            authorized: S::NOT_FOUND,
+        }),
+        // Public: a delivery without its event header is refused as such, whoever sends it.
+        ("POST", "/webhooks/{webhook}") => Some(Probe {
+            path: "/webhooks/github".into(),
+            body: Some(json!({})),
+            authorized: S::BAD_REQUEST,
+        }),
         ("DELETE", "/keys/{key}") => {
             Some(Probe { path: "/keys/no-such-key".into(), body: None, authorized: S::NOT_FOUND })
         }

@@ -23,6 +23,7 @@ use crate::access::keys;
 use crate::access::routes::{self, Guarded, PUBLIC, Plane, Target, needs};
 use crate::error::{ApiError, Json};
 use crate::state::AppState;
+use crate::webhooks;
 
 /// Every route of the REST API with who may call it: the router is built from this
 /// table, and the authorization matrix test reads it.
@@ -36,6 +37,28 @@ pub(crate) fn routes() -> Vec<Guarded> {
         Guarded::new(Method::POST, "/keys", needs(Admin, Unscoped), keys::create),
         Guarded::new(Method::DELETE, "/keys/{key}", needs(Admin, Unscoped), keys::revoke),
         Guarded::new(Method::GET, "/audit", needs(Admin, Unscoped), crate::audit::list),
+        Guarded::new(Method::GET, "/webhooks", needs(Admin, Unscoped), webhooks::list),
+        Guarded::new(Method::POST, "/webhooks", needs(Admin, Unscoped), webhooks::create),
+        Guarded::new(
+            Method::GET,
+            "/webhooks/deliveries",
+            needs(Admin, Unscoped),
+            webhooks::deliveries,
+        ),
+        // The provider's name: a delivery is authenticated by its signature, not a key.
+        Guarded::new(Method::POST, "/webhooks/{webhook}", PUBLIC, webhooks::receive),
+        Guarded::new(
+            Method::DELETE,
+            "/webhooks/{webhook}",
+            needs(Admin, Unscoped),
+            webhooks::delete,
+        ),
+        Guarded::new(
+            Method::GET,
+            "/webhooks/{webhook}/secret",
+            needs(Admin, Unscoped),
+            webhooks::secret,
+        ),
         Guarded::new(Method::GET, "/audit/verify", needs(Admin, Unscoped), crate::audit::verify),
         Guarded::new(Method::GET, "/pools", needs(Reader, Listed), pools::list),
         Guarded::new(Method::POST, "/pools", needs(Operator, NewPool), pools::create),

@@ -31,7 +31,10 @@ pub(super) async fn trigger(
 
 /// Refuses a run whose stack's secrets would not open on its pool (sealed before a
 /// pool reset): the user learns at once which values to give again.
-async fn refuse_stale_secrets(state: &AppState, stack: &StackRecord) -> Result<(), ApiError> {
+pub(crate) async fn refuse_stale_secrets(
+    state: &AppState,
+    stack: &StackRecord,
+) -> Result<(), ApiError> {
     let Some(pool) = state.store.get_pool(stack.pool_id).await? else { return Ok(()) };
     let certificate = crate::stack_secrets::pool_certificate(&pool)?;
     let stale = crate::stack_secrets::stale_secrets(stack, &certificate);
