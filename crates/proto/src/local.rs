@@ -12,6 +12,14 @@ use crate::agent::{Directive, Job, RunReport};
 pub const SOCKET_ENV: &str = "GANTRY_WORKER_SOCKET";
 /// Environment variable holding the run's capability.
 pub const CAPABILITY_ENV: &str = "GANTRY_WORKER_CAPABILITY";
+/// Environment variable: what the worker's standard input carries. `capability`
+/// ([`INPUT_CAPABILITY`]) when the capability comes there instead of in
+/// [`CAPABILITY_ENV`] (the process executor's way), one line then the end of input. The
+/// worker then has no secret in its environment block, so it need not re-execute itself
+/// to drop one: a process start saved on every run.
+pub const INPUT_ENV: &str = "GANTRY_WORKER_INPUT";
+/// [`INPUT_ENV`]'s value when standard input carries the capability.
+pub const INPUT_CAPABILITY: &str = "capability";
 /// Environment variable: how many seconds the worker waits for the launcher's socket to
 /// appear (a Kubernetes run Pod's sidecar may still be binding it); 0 when unset.
 pub const SOCKET_WAIT_ENV: &str = "GANTRY_WORKER_SOCKET_WAIT_SECONDS";

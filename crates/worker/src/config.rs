@@ -5,7 +5,9 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use gantry_proto::local::{CAPABILITY_ENV, SOCKET_ENV, SOCKET_WAIT_ENV};
+use gantry_proto::local::{
+    CAPABILITY_ENV, INPUT_CAPABILITY, INPUT_ENV, SOCKET_ENV, SOCKET_WAIT_ENV,
+};
 use hyper::header::HeaderValue;
 
 use crate::WorkerError;
@@ -20,13 +22,40 @@ pub struct Config {
     pub socket_wait: std::time::Duration,
 }
 
+/// The longest capability read from standard input: far more than any the launcher makes.
+const MAX_CAPABILITY_BYTES: u64 = 4096;
+
+/// The capability the launcher writes on standard input: one line, then the end of input.
+/// Read to the end, so that nothing of it stays for a process that inherits the input.
+fn capability_from(input: impl std::io::Read) -> Result<OsString, WorkerError> {
+    use std::io::Read as _;
+    let invalid =
+        || WorkerError::InvalidCapability { variable: "the capability on standard input" };
+    let mut bytes = Vec::new();
+    input.take(MAX_CAPABILITY_BYTES + 1).read_to_end(&mut bytes).map_err(|_| invalid())?;
+    if bytes.len() as u64 > MAX_CAPABILITY_BYTES {
+        return Err(invalid());
+    }
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    Ok(OsString::from(text.strip_suffix('\n').unwrap_or(&text)))
+}
+
 impl Config {
     /// Reads [`SOCKET_ENV`] and [`CAPABILITY_ENV`] from `secrets` (what
     /// [`gantry_secret_env::take_from_environment`] took out of the environment), then
     /// from the process environment.
     pub fn from_env(secrets: &gantry_secret_env::Secrets) -> Result<Self, WorkerError> {
+        let from_stdin = match std::env::var_os(INPUT_ENV) {
+            Some(input) if input == INPUT_CAPABILITY => {
+                Some(capability_from(std::io::stdin().lock())?)
+            }
+            _ => None,
+        };
         Self::from_lookup(|name| {
-            secrets.get(name).map(OsString::from).or_else(|| std::env::var_os(name))
+            let handed = (name == CAPABILITY_ENV).then(|| from_stdin.clone()).flatten();
+            handed
+                .or_else(|| secrets.get(name).map(OsString::from))
+                .or_else(|| std::env::var_os(name))
         })
     }
 
@@ -86,6 +115,21 @@ mod tests {
             }
             (Err(error), Err(message)) => assert_eq!(error.to_string(), message),
             (result, expect) => panic!("got {result:?}, expected {expect:?}"),
+        }
+    }
+
+    #[test]
+    fn a_capability_on_standard_input_is_its_one_line_and_bounded() {
+        let read = |bytes: &[u8]| capability_from(bytes);
+        assert_eq!(read(b"gwc_secret\n").unwrap(), OsString::from("gwc_secret"));
+        assert_eq!(read(b"gwc_secret").unwrap(), OsString::from("gwc_secret"));
+        let long = vec![b'a'; 4097];
+        for refused in [&long[..], &[0xff, 0xfe][..]] {
+            let error = read(refused).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "the capability on standard input is not a valid bearer token: expected visible ASCII characters"
+            );
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gantry_proto::local::{CAPABILITY_ENV, LAUNCHER_PID_ENV, SOCKET_ENV};
+use gantry_proto::local::{INPUT_CAPABILITY, INPUT_ENV, LAUNCHER_PID_ENV, SOCKET_ENV};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -190,12 +190,14 @@ impl Executor for ProcessExecutor {
         }
         let mut child = command
             .env(SOCKET_ENV, &launch.socket_path)
-            .env(CAPABILITY_ENV, &launch.capability)
+            // On its input rather than in its environment block: the worker has nothing to
+            // re-execute itself without, and no other process inherits the pipe.
+            .env(INPUT_ENV, INPUT_CAPABILITY)
             // A launcher killed outright must not leave a run applying behind its back.
             .env(LAUNCHER_PID_ENV, std::process::id().to_string())
             .current_dir(&launch.workspace)
             .process_group(0)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -204,6 +206,12 @@ impl Executor for ProcessExecutor {
                 binary: launch.worker_binary.display().to_string(),
                 source,
             })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt as _;
+            let line = format!("{}\n", launch.capability);
+            // A worker that died before reading says why on its own output.
+            let _ = stdin.write_all(line.as_bytes()).await;
+        }
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(forward_lines(stdout, output.clone()));
         }
