@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 
 use crate::access::Actor;
 use crate::error::{ApiError, ApiResult, Json, PathParam, QueryParams};
-use crate::http_limits::Source;
+use crate::http_limits::{Failure, Source, authentication_failed};
 use crate::lifecycle;
 use crate::state::{AppState, now};
 
@@ -211,6 +211,12 @@ pub(crate) async fn receive(
         );
         return Ok(answer(StatusCode::ACCEPTED, delivery_id, outcome, vec![], false));
     }
+    // Guessing a signature is guessing a key: an address that failed too often is refused
+    // before anything is verified (or audited) again; its API keys still work.
+    state.http_guards.admit_webhook(source)?;
+    // Guessing a signature counts as guessing a key: an address that failed too often is
+    // refused before anything is verified (or audited) again.
+    state.http_guards.admit(source, None)?;
     let signed = webhooks.iter().any(|webhook| {
         let secret = state.webhook_key.secret_of(&webhook.id);
         gantry_webhooks::verify(provider, &headers, &body, secret.as_bytes()).is_ok()
@@ -221,13 +227,7 @@ pub(crate) async fn receive(
             .err()
             .map(|error| error.to_string())
             .unwrap_or_default();
-        crate::audit::refused_credential(
-            &state,
-            source,
-            &format!("{provider} webhook delivery"),
-            None,
-        )
-        .await;
+        authentication_failed(&state, source, Failure::WebhookSignature).await;
         return Err(ApiError::InvalidProof(reason));
     }
     if let Some(first) = state.store.get_delivery(provider.as_str(), &digest).await? {

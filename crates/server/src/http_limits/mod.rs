@@ -44,6 +44,9 @@ pub(crate) struct HttpGuards {
     /// Failed launcher session proofs per source address: counted apart, so that a
     /// launcher with a wrong key does not lock out the admins of its machine.
     pool_keys: Limiter<Address>,
+    /// Webhook deliveries whose signature did not verify, per source address: counted
+    /// apart too, so that forged deliveries do not lock out the admins behind that address.
+    webhook_signatures: Limiter<Address>,
     pools: Limiter<PoolId>,
 }
 
@@ -52,6 +55,7 @@ impl HttpGuards {
         Self {
             api_keys: Limiter::per_minute(limits.auth_failures_per_minute),
             pool_keys: Limiter::per_minute(limits.auth_failures_per_minute),
+            webhook_signatures: Limiter::per_minute(limits.auth_failures_per_minute),
             pools: Limiter::per_minute(limits.pool_auth_failures_per_minute),
             limits: limits.clone(),
             poll_timeout,
@@ -82,8 +86,28 @@ impl HttpGuards {
         Ok(())
     }
 
+    /// Refuses a webhook delivery from `source` while its deliveries failed to verify too
+    /// often.
+    pub(crate) fn admit_webhook(&self, source: Source) -> Result<(), ApiError> {
+        let Some(ip) = source.0 else { return Ok(()) };
+        self.webhook_signatures.admit(Address::from(ip), Instant::now()).map_err(|wait| {
+            ApiError::RateLimited {
+                message: format!("too many webhook deliveries from {ip} failed to verify"),
+                retry_after: Duration::from_secs(wait.as_secs_f64().ceil().max(1.0) as u64),
+            }
+        })
+    }
+
     fn addresses(&self, pool_key: bool) -> &Limiter<Address> {
         if pool_key { &self.pool_keys } else { &self.api_keys }
+    }
+
+    fn addresses_of(&self, failure: Failure) -> &Limiter<Address> {
+        match failure {
+            Failure::WebhookSignature => &self.webhook_signatures,
+            Failure::SessionProof(_) => &self.pool_keys,
+            Failure::ApiKey | Failure::UiSignIn => &self.api_keys,
+        }
     }
 }
 
@@ -96,13 +120,15 @@ pub(crate) enum Failure {
     UiSignIn,
     /// A launcher's proof of a pool's key did not verify.
     SessionProof(PoolId),
+    /// A VCS delivery's signature or token did not verify with its repository's webhook.
+    WebhookSignature,
 }
 
 impl Failure {
     fn pool(self) -> Option<PoolId> {
         match self {
             Self::SessionProof(pool) => Some(pool),
-            Self::ApiKey | Self::UiSignIn => None,
+            Self::ApiKey | Self::UiSignIn | Self::WebhookSignature => None,
         }
     }
 
@@ -111,6 +137,7 @@ impl Failure {
             Self::ApiKey => "API key",
             Self::UiSignIn => "web UI sign-in",
             Self::SessionProof(_) => "launcher session proof",
+            Self::WebhookSignature => "webhook delivery signature",
         }
     }
 }
@@ -121,7 +148,7 @@ pub(crate) async fn authentication_failed(state: &AppState, source: Source, fail
     let guards = &state.http_guards;
     let now = Instant::now();
     if let Some(ip) = source.0 {
-        guards.addresses(failure.pool().is_some()).record(Address::from(ip), now);
+        guards.addresses_of(failure).record(Address::from(ip), now);
     }
     if let Some(pool) = failure.pool() {
         guards.pools.record(pool, now);
