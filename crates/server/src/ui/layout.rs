@@ -33,6 +33,7 @@ pub(super) fn page(title: &str, session: Option<&UiSession>, main: Markup) -> Ma
                                 @if session.actor.role == Role::Admin {
                                     li { a href="/ui/keys" { "API keys" } }
                                     li { a href="/ui/audit" { "Audit log" } }
+                                    li { a href="/ui/webhooks" { "Webhooks" } }
                                 }
                             }
                         }

@@ -14,6 +14,7 @@ mod pools;
 mod runs;
 mod session;
 mod stacks;
+mod webhooks;
 
 use axum::Router;
 use axum::http::Method;
@@ -44,6 +45,7 @@ pub(crate) fn routes() -> Vec<Guarded> {
         Guarded::new(M::POST, "/keys", needs(Admin, Unscoped), keys::create),
         Guarded::new(M::POST, "/keys/{key}/revoke", needs(Admin, Unscoped), keys::revoke),
         Guarded::new(M::GET, "/audit", needs(Admin, Unscoped), audit::list),
+        Guarded::new(M::GET, "/webhooks", needs(Admin, Unscoped), webhooks::list),
         Guarded::new(M::GET, "/pools", needs(Reader, Listed), pools::list),
         Guarded::new(M::POST, "/pools", needs(Operator, NewPool), pool_form::create),
         Guarded::new(M::GET, "/pools/new", needs(Operator, Caller), pool_form::new_pool),

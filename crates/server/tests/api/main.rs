@@ -7,6 +7,7 @@ mod liveness;
 mod queue;
 mod state_versions;
 mod ui;
+mod webhooks;
 
 use base64::Engine;
 use gantry_crypto::{PoolPrivateKey, PoolToken, session_message};

@@ -14,14 +14,14 @@ use super::Api;
 
 /// A browser without JavaScript: it keeps no cookies and follows no redirects by itself,
 /// so every test says exactly what it sends.
-struct Browser {
+pub(crate) struct Browser {
     base: String,
     http: reqwest::Client,
     cookies: Vec<String>,
 }
 
 impl Browser {
-    fn new(api: &Api) -> Self {
+    pub(crate) fn new(api: &Api) -> Self {
         let ca = reqwest::Certificate::from_pem(api.server.ca_pem.as_bytes()).unwrap();
         let http = reqwest::Client::builder()
             .tls_certs_only([ca])
@@ -42,7 +42,7 @@ impl Browser {
         }
     }
 
-    async fn get(&mut self, path: &str) -> (StatusCode, String) {
+    pub(crate) async fn get(&mut self, path: &str) -> (StatusCode, String) {
         let response = self.get_response(path).await;
         (response.status(), response.text().await.unwrap())
     }
@@ -94,7 +94,7 @@ impl Browser {
         response
     }
 
-    async fn sign_in(&mut self, key: &str) -> reqwest::Response {
+    pub(crate) async fn sign_in(&mut self, key: &str) -> reqwest::Response {
         let (_, page) = self.get("/ui/sign-in").await;
         let origin = self.base.clone();
         self.post("/ui/sign-in", &[("csrf", &csrf(&page)), ("api_key", key)], Some(&origin)).await
