@@ -39,6 +39,11 @@ impl WorkerBinaries {
         }
     }
 
+    /// Whether the binary is the launcher's own (of its release) rather than the server's.
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self.source, WorkerSource::Local(_))
+    }
+
     /// The binary to run now; a message saying why there is none.
     pub(crate) async fn current(&self, client: &AgentClient) -> Result<PathBuf, String> {
         let key = match &self.source {

@@ -36,6 +36,10 @@ pub struct WorkerLaunch {
     pub socket_path: PathBuf,
     /// The per-run capability the worker presents on that socket.
     pub capability: String,
+    /// Whether the worker reads its capability on standard input. Only a worker of this
+    /// launcher's own release is known to: one downloaded from the server may be older,
+    /// and reads it only from its environment (which it scrubs before running anything).
+    pub capability_on_input: bool,
     pub runner_image: Option<String>,
 }
 

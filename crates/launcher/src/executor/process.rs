@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gantry_proto::local::{INPUT_CAPABILITY, INPUT_ENV, LAUNCHER_PID_ENV, SOCKET_ENV};
+use gantry_proto::local::{
+    CAPABILITY_ENV, INPUT_CAPABILITY, INPUT_ENV, LAUNCHER_PID_ENV, SOCKET_ENV,
+};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -188,16 +190,19 @@ impl Executor for ProcessExecutor {
                 .env("USER", format!("gantry-run-{}", user.uid));
             home = Some(run_home);
         }
-        let mut child = command
-            .env(SOCKET_ENV, &launch.socket_path)
+        if launch.capability_on_input {
             // On its input rather than in its environment block: the worker has nothing to
             // re-execute itself without, and no other process inherits the pipe.
-            .env(INPUT_ENV, INPUT_CAPABILITY)
+            command.env(INPUT_ENV, INPUT_CAPABILITY).stdin(Stdio::piped());
+        } else {
+            command.env(CAPABILITY_ENV, &launch.capability).stdin(Stdio::null());
+        }
+        let mut child = command
+            .env(SOCKET_ENV, &launch.socket_path)
             // A launcher killed outright must not leave a run applying behind its back.
             .env(LAUNCHER_PID_ENV, std::process::id().to_string())
             .current_dir(&launch.workspace)
             .process_group(0)
-            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)

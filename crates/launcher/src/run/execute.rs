@@ -53,6 +53,7 @@ pub(crate) async fn execute(
         workspace: workspace.to_path_buf(),
         socket_path: socket_path.clone(),
         capability: capability.clone(),
+        capability_on_input: context.worker_binaries.is_local(),
         runner_image: assignment.stack.runner_image.clone(),
     };
     let run_worker = async |endpoint: &RunEndpoint| {

@@ -589,13 +589,18 @@ fn gantry_offline(args: &[&str]) -> String {
 }
 
 #[test]
-fn a_launcher_runs_the_servers_worker_binary_only_when_its_signature_verifies() {
+fn a_launcher_runs_the_servers_older_worker_binary_only_when_its_signature_verifies() {
     let work = tempfile::tempdir().unwrap();
-    // A release: a copy of the worker binary, signed with a release key.
+    // A release, signed with a release key, of a worker older than this launcher: it knows
+    // its capability only from its environment, never from its input.
     let release = work.path().join("release");
     std::fs::create_dir_all(&release).unwrap();
     let worker = release.join("gantry-worker");
-    std::fs::copy(crate::harness::bin("gantry-worker"), &worker).unwrap();
+    let older_worker = format!(
+        "#!/bin/sh\nunset GANTRY_WORKER_INPUT\nexec '{}' \"$@\" </dev/null\n",
+        crate::harness::bin("gantry-worker").display()
+    );
+    std::fs::write(&worker, older_worker).unwrap();
     let keys = work.path().join("keys");
     gantry_offline(&["worker-binary", "keygen", "--out-dir", keys.to_str().unwrap()]);
     let key_file = keys.join("release.key");
