@@ -19,6 +19,7 @@ use gantry_proto::api::{
 };
 use gantry_proto::audit::{AuditList, AuditVerified};
 use gantry_proto::keys::{ApiKey, CreateKey, KeyCreated, KeyList};
+use gantry_proto::schedules::{CreateSchedule, Schedule, ScheduleList};
 use gantry_proto::webhooks::{
     CreateWebhook, CreatedWebhook, DeliveryList, Webhook, WebhookList, WebhookSecret,
 };
@@ -440,6 +441,30 @@ impl ApiClient {
     /// `DELETE /api/v1/webhooks/{webhook}`
     pub async fn delete_webhook(&self, webhook: &str) -> Result<Webhook, ClientError> {
         self.call(Method::DELETE, self.url(&["webhooks", webhook]), None::<&()>).await
+    }
+
+    /// `POST /api/v1/stacks/{stack}/schedules`
+    pub async fn create_schedule(
+        &self,
+        stack: &str,
+        request: &CreateSchedule,
+    ) -> Result<Schedule, ClientError> {
+        self.call(Method::POST, self.url(&["stacks", stack, "schedules"]), Some(request)).await
+    }
+
+    /// `GET /api/v1/stacks/{stack}/schedules`
+    pub async fn list_schedules(&self, stack: &str) -> Result<ScheduleList, ClientError> {
+        self.call(Method::GET, self.url(&["stacks", stack, "schedules"]), None::<&()>).await
+    }
+
+    /// `DELETE /api/v1/stacks/{stack}/schedules/{schedule}`
+    pub async fn delete_schedule(
+        &self,
+        stack: &str,
+        schedule: &str,
+    ) -> Result<Schedule, ClientError> {
+        let url = self.url(&["stacks", stack, "schedules", schedule]);
+        self.call(Method::DELETE, url, None::<&()>).await
     }
 
     /// `GET /api/v1/webhooks/deliveries?limit=`: newest first.

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use comfy_table::{ContentArrangement, Table, presets};
 use gantry_domain::{PoolId, RunState, Timestamp};
-use gantry_proto::api::StackLockFence;
 use gantry_proto::api::{
     Dependencies, Output, Pool, PoolKind, Queue, Run, Stack, StateVersion, StateVersionList, Worker,
 };
+use gantry_proto::api::{StackDrift, StackLockFence};
 use gantry_proto::format_timestamp;
 use gantry_proto::keys::ApiKey;
+use gantry_proto::schedules::Schedule;
 use gantry_proto::webhooks::{Delivery, Webhook};
 use serde::Serialize;
 
@@ -314,7 +315,8 @@ pub fn stacks_table(stacks: &[Stack], now: Timestamp) -> String {
     if stacks.is_empty() {
         return "No stacks yet. Create one with: gantry stack create --name NAME --repository URL --pool POOL\n".to_owned();
     }
-    let mut table = table(&["NAME", "ID", "POOL", "TOOL", "SOURCE", "AUTODEPLOY", "CREATED"]);
+    let mut table =
+        table(&["NAME", "ID", "POOL", "TOOL", "SOURCE", "AUTODEPLOY", "DRIFTED", "CREATED"]);
     for stack in stacks {
         table.add_row(vec![
             stack.name.clone(),
@@ -323,6 +325,7 @@ pub fn stacks_table(stacks: &[Stack], now: Timestamp) -> String {
             stack.tool.to_string(),
             stack_source(stack),
             yes_no(stack.autodeploy),
+            stack.drift.as_ref().map_or_else(|| "-".to_owned(), |d| relative_time(d.since, now)),
             relative_time(stack.created_at, now),
         ]);
     }
@@ -533,6 +536,15 @@ fn lock_fence_text(fence: &StackLockFence) -> String {
     )
 }
 
+/// A drifted stack, for `stack show`.
+fn drift_text(drift: &StackDrift) -> String {
+    format!(
+        "drifted since {} (found by drift check {}; a tracked run that finishes clears it)",
+        absolute_time(drift.since),
+        drift.run_id
+    )
+}
+
 pub fn stack_details(stack: &Stack, runs: &[Run], now: Timestamp) -> String {
     let mut text = fields(&[
         ("Stack", stack.name.clone()),
@@ -550,6 +562,7 @@ pub fn stack_details(stack: &Stack, runs: &[Run], now: Timestamp) -> String {
         ("Autodeploy", yes_no(stack.autodeploy)),
         ("Managed state", yes_no(stack.managed_state)),
         ("Lock", stack.lock_fence.as_ref().map(lock_fence_text).unwrap_or_default()),
+        ("Drift", stack.drift.as_ref().map(drift_text).unwrap_or_default()),
         (
             "Sensitive outputs",
             if stack.share_sensitive_outputs {
@@ -723,6 +736,28 @@ pub fn webhooks_table(webhooks: &[Webhook], now: Timestamp) -> String {
     finish(table)
 }
 
+/// A stack's schedules: when each fires next and what its last firing did.
+pub fn schedules_table(schedules: &[Schedule], now: Timestamp) -> String {
+    let mut table =
+        table(&["ID", "KIND", "CRON", "TIME ZONE", "NEXT (UTC)", "LAST FIRED", "LAST OUTCOME"]);
+    for schedule in schedules {
+        let kind = match &schedule.command {
+            Some(command) => format!("{}: {command}", schedule.kind),
+            None => schedule.kind.clone(),
+        };
+        table.add_row(vec![
+            schedule.id.clone(),
+            kind,
+            schedule.cron.clone(),
+            schedule.time_zone.clone(),
+            schedule.next_fire_at.map_or_else(|| "never".to_owned(), absolute_time),
+            schedule.last_fired_at.map_or_else(|| "-".to_owned(), |at| relative_time(at, now)),
+            schedule.last_outcome.clone().unwrap_or_else(|| "-".to_owned()),
+        ]);
+    }
+    finish(table)
+}
+
 /// Deliveries, newest first: what each triggered or why it triggered nothing.
 pub fn deliveries_table(deliveries: &[Delivery], now: Timestamp) -> String {
     let mut table =
@@ -874,6 +909,7 @@ mod tests {
             labels: vec!["core".to_owned()],
             created_at: at(-86_400 * 3),
             lock_fence: None,
+            drift: None,
         }
     }
 
@@ -942,6 +978,19 @@ mod tests {
         assert!(line.contains(&format!("fenced until {}", absolute_time(at(600)))), "{line}");
         assert!(line.contains(&RunId::from_u128(7).to_string()), "{line}");
         assert!(line.contains("gantry stack unfence"), "{line}");
+    }
+
+    #[test]
+    fn a_drifted_stack_says_since_when_and_what_clears_it() {
+        let mut drifted = stack();
+        assert!(!super::stack_details(&drifted, &[], at(0)).contains("Drift:"));
+        drifted.drift = Some(StackDrift { run_id: RunId::from_u128(9), since: at(-7_200) });
+        let text = super::stack_details(&drifted, &[], at(0));
+        let line = text.lines().find(|line| line.starts_with("Drift:")).unwrap();
+        assert!(line.contains(&format!("drifted since {}", absolute_time(at(-7_200)))), "{line}");
+        assert!(line.contains(&RunId::from_u128(9).to_string()), "{line}");
+        let listed = super::stacks_table(&[drifted], at(0));
+        assert!(listed.lines().nth(1).unwrap().contains("2h ago"), "{listed}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod ids;
 mod names;
 pub mod options;
 mod run;
+mod schedule;
 pub mod scheduler;
 mod stack;
 mod time;
@@ -20,6 +21,7 @@ pub use run::{
     InvalidTransition, Phase, RunContext, RunEvent, RunState, RunType, UnknownRunState,
     UnknownRunType, transition,
 };
+pub use schedule::{ScheduleKind, UnknownScheduleKind};
 pub use stack::{EnvironmentVariable, PoolKind, Tool, UnknownTool};
 pub use time::Timestamp;
 pub use worker::{UnknownWorkerStatus, WorkerStatus};

@@ -223,6 +223,22 @@ pub struct Stack {
     /// may still be stopping; absent when it is not fenced (and from older servers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_fence: Option<StackLockFence>,
+    /// A drift check found the infrastructure changed outside Gantry; absent when none did
+    /// since the last tracked run finished (and from older servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<StackDrift>,
+}
+
+/// A stack found drifted: its real infrastructure differs from its state.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackDrift {
+    /// The drift check (a proposed run) that found it last.
+    #[serde_as(as = "DisplayFromStr")]
+    pub run_id: RunId,
+    /// When a check first found it.
+    #[serde_as(as = "Rfc3339")]
+    pub since: Timestamp,
 }
 
 /// A stack's lock fenced after its holder ended (docs/scheduling.md, "Fencing"): no

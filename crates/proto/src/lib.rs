@@ -13,6 +13,7 @@ pub mod keys;
 pub mod lease;
 pub mod local;
 pub mod pod;
+pub mod schedules;
 mod text;
 pub mod webhooks;
 

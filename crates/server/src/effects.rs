@@ -1,5 +1,6 @@
 //! The effects loop: carries out what committed changes left in the store's outbox (a
-//! run's end reaching the stacks that depend on its stack, blobs nothing names any more),
+//! run's end reaching the stacks that depend on its stack and its stack's drift, blobs
+//! nothing names any more),
 //! in every server process. The change and its effect are recorded in one transaction
 //! (`RunChange::effects`), so a crash between the change and its effect delays the effect
 //! and loses nothing: the next process to claim it carries it out. Each effect is claimed
@@ -110,7 +111,10 @@ fn retry_delay(attempts: u32) -> Duration {
 async fn carry_out(state: &AppState, effect: &Effect) -> Result<(), ApiError> {
     match effect {
         Effect::RunEnded { run_id } => match state.store.get_run(*run_id).await? {
-            Some(run) => crate::cascade::after_run_ended(state, &run).await,
+            Some(run) => {
+                crate::cascade::after_run_ended(state, &run).await?;
+                crate::drift::after_run_ended(state, &run).await
+            }
             None => Ok(()),
         },
         Effect::DeleteBlob { key } => Ok(state.blobs.delete(key).await?),
@@ -179,6 +183,8 @@ async fn pending_run_ends(state: &AppState) -> Result<Vec<(StackId, RunId)>, Api
         if let Effect::RunEnded { run_id } = pending.effect
             && let Some(run) = state.store.get_run(run_id).await?
             && run.state.is_terminal()
+            // A drift check's end holds nothing back.
+            && run_end_cascades(&run, run.state)
         {
             ends.push((run.stack_id, run.id));
         }
@@ -190,7 +196,7 @@ async fn pending_run_ends(state: &AppState) -> Result<Vec<(StackId, RunId)>, Api
 /// depend on its stack react, and the workspace kept for its apply goes (ciphertext or
 /// not) once no row names it.
 pub(crate) fn record_end(run: &RunRecord, to: RunState, change: &mut RunChange) {
-    if run_end_cascades(run, to) {
+    if run_end_cascades(run, to) || crate::drift::run_end_tells(run, to) {
         change.effects.push(Effect::RunEnded { run_id: run.id });
     }
     change.release_blobs.push(crate::agent::WORKSPACE.to_owned());

@@ -84,6 +84,13 @@ pub(crate) async fn render(state: &AppState) -> Result<String, ApiError> {
         Unit::Seconds,
         state.dispatch_metrics.latency.clone(),
     );
+    let drifted = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    drifted.set(i64::try_from(state.store.drifted_stacks().await?.len()).unwrap_or(i64::MAX));
+    registry.register(
+        "gantry_stacks_drifted",
+        "Stacks whose last drift check found changes made outside Gantry, until a tracked run finishes",
+        drifted,
+    );
     let pending_effects = state.store.pending_effects().await?;
     crate::effects::register_metrics(&mut registry, &pending_effects, crate::state::now());
     Ok(gantry_metrics::encode(&registry))

@@ -195,7 +195,7 @@ fn snapshot(run: &RunRecord) -> RunSnapshot {
         state: run.state,
         worker_id: run.worker_id,
         prioritized: run.prioritized,
-        drift: false,
+        drift: crate::schedules::is_drift_check(&run.triggered_by),
         queued_at: run.created_at,
     }
 }

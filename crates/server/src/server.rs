@@ -278,6 +278,7 @@ impl Server {
         let sweeper = tokio::spawn(liveness::run_sweeper(state.clone()));
         let archiver = tokio::spawn(log_archive::run_archiver(state.clone()));
         let effects = tokio::spawn(effects::run_effects_loop(state.clone()));
+        let schedules = tokio::spawn(crate::schedules::run_schedules(state.clone()));
         let shared_launcher = self.start_shared_launcher();
         state.events.request_scheduling();
         let metrics = self.metrics_listener.map(|listener| {
@@ -331,7 +332,7 @@ impl Server {
         };
         let (served, ()) = tokio::join!(server, stopper);
         state.shutdown.cancel();
-        let _ = tokio::join!(scheduler, sweeper, archiver, effects);
+        let _ = tokio::join!(scheduler, sweeper, archiver, effects, schedules);
         for task in cluster {
             let _ = task.await;
         }

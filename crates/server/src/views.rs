@@ -110,6 +110,7 @@ pub(crate) fn stack(record: &StackRecord, pool_name: &str) -> api::Stack {
         labels: record.labels.clone(),
         created_at: record.created_at,
         lock_fence: None,
+        drift: None,
     }
 }
 

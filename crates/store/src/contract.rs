@@ -20,8 +20,10 @@ use crate::{
 };
 
 mod effects;
+mod schedules;
 mod webhooks;
 pub use effects::*;
+pub use schedules::*;
 pub use webhooks::*;
 
 /// Generates one `#[tokio::test]` per contract case. `$make` is an async expression
@@ -95,7 +97,11 @@ macro_rules! store_contract_tests {
             a_log_over_its_limit_keeps_its_head_and_tail,
             webhooks_are_one_per_provider_and_repository,
             a_delivery_keeps_its_first_record_and_old_ones_are_forgotten,
-            a_delivery_triggers_one_run_per_stack
+            a_delivery_triggers_one_run_per_stack,
+            schedules_are_listed_per_stack_and_found_when_due,
+            a_firing_is_taken_once,
+            a_firing_triggers_one_run_per_stack,
+            a_stack_stays_drifted_since_it_was_first_found_until_cleared
         );
     };
     (@cases required $make:expr; $($case:ident),* $(,)?) => {

@@ -14,6 +14,7 @@ mod log_sizes;
 mod object_blobs;
 mod postgres;
 mod records;
+mod schedules;
 mod sql_rows;
 mod sql_store;
 mod sqlite;
@@ -42,6 +43,7 @@ pub use records::{
     RunFilter, RunRecord, SessionRecord, StackRecord, StateChangeRecord, StateRollbackRecord,
     StateVersionRecord, WorkerCountsRecord, WorkerRecord,
 };
+pub use schedules::{DriftRecord, ScheduleRecord};
 pub use sqlite::SqliteStore;
 pub use store::{Signal, SignalStream, Store};
 pub use webhooks::{DELIVERY_RETENTION, DeliveryRecord, WebhookRecord};

@@ -226,6 +226,7 @@ macro_rules! sql_store {
 
         $crate::effects::sql_effects!($store);
         $crate::webhooks::sql_webhooks!($store);
+        $crate::schedules::sql_schedules!($store);
 
         #[async_trait::async_trait]
         impl $crate::Store for $store {
@@ -287,6 +288,51 @@ macro_rules! sql_store {
 
             async fn list_deliveries(&self, limit: u32) -> Result<Vec<$crate::DeliveryRecord>> {
                 self.read_deliveries(limit).await
+            }
+
+            async fn insert_schedule(&self, schedule: &$crate::ScheduleRecord) -> Result<()> {
+                self.write_schedule(schedule).await
+            }
+
+            async fn list_schedules(
+                &self,
+                stack_id: Option<StackId>,
+            ) -> Result<Vec<$crate::ScheduleRecord>> {
+                self.read_schedules(stack_id).await
+            }
+
+            async fn due_schedules(
+                &self,
+                now: Timestamp,
+                limit: u32,
+            ) -> Result<Vec<$crate::ScheduleRecord>> {
+                self.read_due_schedules(now, limit).await
+            }
+
+            async fn advance_schedule(
+                &self,
+                id: &str,
+                fired_at: Timestamp,
+                next_fire_at: Timestamp,
+                outcome: &str,
+            ) -> Result<bool> {
+                self.move_schedule_on(id, fired_at, next_fire_at, outcome).await
+            }
+
+            async fn delete_schedule(&self, id: &str) -> Result<bool> {
+                self.remove_schedule(id).await
+            }
+
+            async fn mark_drifted(&self, drift: &$crate::DriftRecord) -> Result<()> {
+                self.write_drift(drift).await
+            }
+
+            async fn clear_drift(&self, stack_id: StackId) -> Result<bool> {
+                self.remove_drift(stack_id).await
+            }
+
+            async fn drifted_stacks(&self) -> Result<Vec<$crate::DriftRecord>> {
+                self.read_drift().await
             }
 
             async fn claim_periodic(

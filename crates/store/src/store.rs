@@ -431,6 +431,34 @@ pub trait Store: Send + Sync + 'static {
     /// The newest deliveries first.
     async fn list_deliveries(&self, limit: u32) -> Result<Vec<crate::DeliveryRecord>>;
 
+    /// Adds a stack's schedule.
+    async fn insert_schedule(&self, schedule: &crate::ScheduleRecord) -> Result<()>;
+    /// The schedules of one stack, or of every stack; oldest first.
+    async fn list_schedules(&self, stack_id: Option<StackId>)
+    -> Result<Vec<crate::ScheduleRecord>>;
+    /// Schedules due at `now`, the longest due first.
+    async fn due_schedules(&self, now: Timestamp, limit: u32)
+    -> Result<Vec<crate::ScheduleRecord>>;
+    /// Records that the firing at `fired_at` was taken, with `outcome`, and that the
+    /// schedule fires next at `next_fire_at` — only while it is still due at `fired_at`:
+    /// `false` when another process took that firing first (or the schedule is gone).
+    async fn advance_schedule(
+        &self,
+        id: &str,
+        fired_at: Timestamp,
+        next_fire_at: Timestamp,
+        outcome: &str,
+    ) -> Result<bool>;
+    /// Removes a schedule; whether there was one.
+    async fn delete_schedule(&self, id: &str) -> Result<bool>;
+    /// Marks a stack drifted, as `drift.run_id` found it; a stack drifted already keeps
+    /// when it was first found.
+    async fn mark_drifted(&self, drift: &crate::DriftRecord) -> Result<()>;
+    /// Marks a stack not drifted; whether it was.
+    async fn clear_drift(&self, stack_id: StackId) -> Result<bool>;
+    /// The drifted stacks, the longest drifted first.
+    async fn drifted_stacks(&self) -> Result<Vec<crate::DriftRecord>>;
+
     /// Whether several server processes may share this store (and hear each other's
     /// signals). An embedded engine belongs to one process.
     fn shared(&self) -> bool {

@@ -13,6 +13,7 @@ mod master_key;
 mod outages;
 mod pod_protocol;
 mod replicas;
+mod schedules;
 mod scheduling;
 mod sealed_secrets;
 mod secrets;

@@ -11,6 +11,7 @@ pub mod run;
 pub mod server;
 mod signals;
 pub mod stack;
+pub mod stack_schedule;
 pub mod stack_secrets;
 pub mod stack_state;
 pub mod up;

@@ -9,6 +9,7 @@ use gantry_proto::api::{
 };
 use serde::Serialize;
 
+use super::stack_schedule::{self, ScheduleCommand};
 use super::stack_secrets::{self, MoveArgs, SecretsCommand};
 use super::stack_state::{self, StateCommand};
 use super::{Context, Outcome};
@@ -84,6 +85,9 @@ pub enum StackCommand {
     /// A stack's secret variables: give them again, or reseal them with the old pool key
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Cron schedules that trigger tracked runs, tasks and drift checks
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Run the stack on another pool: its secret values are sealed to the new pool
     Move(MoveArgs),
 }
@@ -253,6 +257,7 @@ pub async fn run(context: &Context, command: &StackCommand) -> anyhow::Result<Ou
         }
         StackCommand::State(command) => stack_state::run(context, command).await,
         StackCommand::Secrets(command) => stack_secrets::run(context, command).await,
+        StackCommand::Schedule(command) => stack_schedule::run(context, command).await,
         StackCommand::Move(args) => stack_secrets::move_stack(context, args).await,
     }
 }

@@ -120,6 +120,7 @@ pub fn stack(name: &str) -> Stack {
         labels: Vec::new(),
         created_at: at(0),
         lock_fence: None,
+        drift: None,
     }
 }
 

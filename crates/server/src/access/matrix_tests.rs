@@ -218,6 +218,14 @@ fn api_probe(method: &Method, path: &str, f: &Fixtures) -> Option<Probe> {
             body: None,
             authorized: S::NOT_FOUND,
         }),
+        ("POST", "/stacks/{stack}/schedules") => {
+            probe(S::BAD_REQUEST, Some(json!({"kind": "nightly", "cron": "0 3 * * *"})))
+        }
+        ("DELETE", "/stacks/{stack}/schedules/{schedule}") => Some(Probe {
+            path: format!("/stacks/{}/schedules/no-such-schedule", f.stack),
+            body: None,
+            authorized: S::NOT_FOUND,
+        }),
         ("POST", "/runs/{run}/confirm" | "/runs/{run}/discard" | "/runs/{run}/stop") => {
             probe(S::CONFLICT, None)
         }
@@ -274,6 +282,14 @@ fn ui_probe(method: &Method, path: &str, f: &Fixtures) -> Option<Probe> {
         ("POST", "/stacks/{stack}/runs") => probe(S::BAD_REQUEST, form(&[("type", "TASK")])),
         ("POST", "/stacks/{stack}/state/rollback") => probe(S::NOT_FOUND, form(&[("to", "99")])),
         ("POST", "/stacks/{stack}/state/adopt") => probe(S::NOT_FOUND, form(&[("version", "99")])),
+        ("POST", "/stacks/{stack}/schedules") => {
+            probe(S::BAD_REQUEST, Some(json!({"kind": "nightly", "cron": "0 3 * * *"})))
+        }
+        ("DELETE", "/stacks/{stack}/schedules/{schedule}") => Some(Probe {
+            path: format!("/stacks/{}/schedules/no-such-schedule", f.stack),
+            body: None,
+            authorized: S::NOT_FOUND,
+        }),
         ("POST", "/runs/{run}/confirm" | "/runs/{run}/discard" | "/runs/{run}/stop") => {
             probe(S::CONFLICT, form(&[]))
         }

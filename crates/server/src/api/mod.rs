@@ -23,7 +23,7 @@ use crate::access::keys;
 use crate::access::routes::{self, Guarded, PUBLIC, Plane, Target, needs};
 use crate::error::{ApiError, Json};
 use crate::state::AppState;
-use crate::webhooks;
+use crate::{schedules, webhooks};
 
 /// Every route of the REST API with who may call it: the router is built from this
 /// table, and the authorization matrix test reads it.
@@ -144,6 +144,24 @@ pub(crate) fn routes() -> Vec<Guarded> {
             "/stacks/{stack}/dependencies/{upstream}",
             needs(Operator, StackAndUpstream),
             dependencies::remove,
+        ),
+        Guarded::new(
+            Method::GET,
+            "/stacks/{stack}/schedules",
+            needs(Reader, Stack),
+            schedules::list,
+        ),
+        Guarded::new(
+            Method::POST,
+            "/stacks/{stack}/schedules",
+            needs(Operator, Stack),
+            schedules::create,
+        ),
+        Guarded::new(
+            Method::DELETE,
+            "/stacks/{stack}/schedules/{schedule}",
+            needs(Operator, Stack),
+            schedules::delete,
         ),
         Guarded::new(Method::GET, "/runs", needs(Reader, Listed), runs::list),
         Guarded::new(Method::GET, "/runs/{run}", needs(Reader, Run), runs::show),

@@ -101,6 +101,7 @@ pub(crate) async fn all_stacks(state: &AppState) -> Result<Vec<Stack>, ApiError>
     let pools: std::collections::HashMap<_, _> =
         state.store.list_pools().await?.into_iter().map(|pool| (pool.id, pool.name)).collect();
     let mut fences = super::lock_fences::in_force(state).await?;
+    let mut drifts = crate::drift::by_stack(state).await?;
     Ok(state
         .store
         .list_stacks()
@@ -110,6 +111,7 @@ pub(crate) async fn all_stacks(state: &AppState) -> Result<Vec<Stack>, ApiError>
             let mut view =
                 views::stack(stack, pools.get(&stack.pool_id).map(String::as_str).unwrap_or("?"));
             view.lock_fence = fences.remove(&stack.id);
+            view.drift = drifts.remove(&stack.id);
             view
         })
         .collect())
@@ -129,5 +131,6 @@ pub(crate) async fn one_stack(state: &AppState, stack: &StackRecord) -> Result<S
         state.store.get_pool(stack.pool_id).await?.map(|pool| pool.name).unwrap_or_default();
     let mut view = views::stack(stack, &pool_name);
     view.lock_fence = super::lock_fences::in_force(state).await?.remove(&stack.id);
+    view.drift = crate::drift::by_stack(state).await?.remove(&stack.id);
     Ok(view)
 }

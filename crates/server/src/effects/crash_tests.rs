@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request};
+use axum::http::Method;
 use gantry_domain::scheduler::WaitReason;
 use gantry_domain::{RunEvent, RunState};
 use gantry_store::{
@@ -20,7 +19,6 @@ use gantry_store::{
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 use crate::config::Database;
 use crate::lifecycle::{self, Details};
@@ -61,17 +59,8 @@ impl Process {
     }
 
     async fn api(&self, admin: &str, method: Method, path: &str, body: Value) -> Value {
-        let request = Request::builder()
-            .method(method)
-            .uri(format!("/api/v1{path}"))
-            .header("authorization", format!("Bearer {admin}"))
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-        let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let (status, answer) =
+            crate::test_routes::call_api(&self.router, admin, method, path, body).await;
         assert!(status.is_success(), "{path}: {status} {answer}");
         answer
     }

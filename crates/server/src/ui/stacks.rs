@@ -1,6 +1,6 @@
 //! Stacks: the list, and a stack's page with its settings, its run history (live), the
-//! buttons that trigger a tracked or a proposed run, and for a stack whose state Gantry
-//! manages, the kept state versions with a button to roll back to each earlier one.
+//! buttons that trigger a tracked or a proposed run, its schedules, and for a stack whose
+//! state Gantry manages, the kept state versions with a button to roll back to each earlier one.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Redirect};
@@ -43,7 +43,8 @@ pub(super) async fn list(State(state): State<AppState>, session: UiSession) -> U
                     tbody {
                         @for (stack, run) in stacks.iter().zip(&latest) {
                             tr {
-                                th scope="row" { a href={ "/ui/stacks/" (stack.id) } { (stack.name) } }
+                                th scope="row" { a href={ "/ui/stacks/" (stack.id) } { (stack.name) }
+                                    @if stack.drift.is_some() { " " (badge("DRIFTED")) } }
                                 td { a href={ "/ui/pools/" (stack.pool_id) } { (stack.pool_name) } }
                                 td { (source(stack)) }
                                 td { (stack.tool.to_string()) }
@@ -82,6 +83,7 @@ pub(super) async fn show(
     let record = lookup::stack(&state, &key).await?;
     let stack = stack_ops::one_stack(&state, &record).await?;
     let history = history_panel(&state, &record).await?;
+    let schedules = crate::schedules::of_stack(&state, &record).await?;
     let versions = match record.managed_state {
         true => Some(state_ops::versions(&state, &record).await?),
         false => None,
@@ -105,6 +107,11 @@ pub(super) async fn show(
                     a href={ "/ui/runs/" (fence.run_id) } { code { (fence.run_id) } }
                     " may still be stopping)" }
             }
+            @if let Some(drift) = &stack.drift {
+                dt { "Drift" } dd #drift { (badge("DRIFTED")) " since " (time(drift.since))
+                    " (found by drift check " a href={ "/ui/runs/" (drift.run_id) } { code { (drift.run_id) } }
+                    "; a tracked run that finishes clears it)" }
+            }
         }
         section.actions aria-labelledby="trigger-heading" {
             h2 #trigger-heading { "Trigger a run" }
@@ -115,6 +122,7 @@ pub(super) async fn show(
                     "Plans only"))
             }
         }
+        (schedules_section(&schedules))
         section aria-labelledby="runs-heading" {
             h2 #runs-heading { "Runs" }
             div #panel.panel data-live={ "/ui/stacks/" (stack.id) "/live" } { (history) }
@@ -122,6 +130,44 @@ pub(super) async fn show(
         @if let Some(versions) = &versions { (state_versions(&session, &stack, versions)) }
     };
     Ok(page(&format!("{} · Stack", stack.name), Some(&session), body).into_response())
+}
+
+/// The stack's schedules: when each fires next and what its last firing did.
+fn schedules_section(schedules: &[gantry_proto::schedules::Schedule]) -> Markup {
+    html! {
+        section aria-labelledby="schedules-heading" {
+            h2 #schedules-heading { "Schedules" }
+            @if schedules.is_empty() {
+                p { "None: add one with " code { "gantry stack schedule add" } "." }
+            } @else {
+                div.table-scroll {
+                    table #schedules {
+                        caption.visually-hidden { "Schedules" }
+                        thead { (header_row(&["Kind", "Cron", "Next", "Last fired", "Last outcome"])) }
+                        tbody {
+                            @for schedule in schedules {
+                                tr {
+                                    th scope="row" { (schedule.kind)
+                                        @if let Some(command) = &schedule.command { ": " code { (command) } }
+                                        @if schedule.reconcile { span.muted { " (reconciles)" } } }
+                                    td { code { (schedule.cron) } " " span.muted { (schedule.time_zone) } }
+                                    td { @match schedule.next_fire_at {
+                                        Some(at) => (time(at)),
+                                        None => span.muted { "never" },
+                                    } }
+                                    td { @match schedule.last_fired_at {
+                                        Some(at) => (time(at)),
+                                        None => span.muted { "not yet" },
+                                    } }
+                                    td { (schedule.last_outcome.as_deref().unwrap_or("")) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The kept state versions, newest first, each earlier one with its rollback button and

@@ -647,3 +647,22 @@ async fn a_revoked_key_ends_its_ui_sessions_and_api_calls_at_once_and_signing_ou
     let response = Browser::new(&api).sign_in(&secret).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_stack_page_lists_its_schedules_with_their_next_firing() {
+    let stack = super::state_versions::ManagedStack::start(None).await;
+    let request = json!({"kind": "drift", "cron": "0 3 * * *", "time_zone": "Europe/Berlin", "reconcile": true});
+    let (status, created) = stack.api.post("/stacks/db/schedules", request).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let mut browser = Browser::new(&stack.api);
+    browser.sign_in(&stack.api.server.admin_key).await;
+    let (status, page) = browser.get(&format!("/ui/stacks/{}", stack.stack_id)).await;
+    assert_eq!(status, StatusCode::OK);
+    let table = page.split(r#"<table id="schedules">"#).nth(1).expect("a schedules table");
+    let row = table.split("</tr>").nth(1).unwrap();
+    for shown in ["drift", "(reconciles)", "0 3 * * *", "Europe/Berlin", "not yet"] {
+        assert!(row.contains(shown), "{shown:?} in {row}");
+    }
+    let next = created["next_fire_at"].as_str().unwrap();
+    assert!(row.contains(&next[..16]), "the next firing {next} in {row}");
+}
