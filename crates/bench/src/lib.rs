@@ -162,6 +162,7 @@ pub async fn dispatch(
             environment: vec![],
             description: String::new(),
             labels: vec![],
+            trigger_paths: vec![],
         })
         .await?;
     wait_for_worker(&client).await?;

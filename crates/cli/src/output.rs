@@ -573,6 +573,7 @@ pub fn stack_details(stack: &Stack, runs: &[Run], now: Timestamp) -> String {
             .to_owned(),
         ),
         ("Labels", stack.labels.join(", ")),
+        ("Trigger paths", stack.trigger_paths.join(", ")),
         (
             "Created",
             format!(
@@ -907,6 +908,7 @@ mod tests {
             ],
             description: String::new(),
             labels: vec!["core".to_owned()],
+            trigger_paths: vec!["modules/**".to_owned()],
             created_at: at(-86_400 * 3),
             lock_fence: None,
             drift: None,

@@ -193,6 +193,10 @@ pub struct CreateStack {
     pub description: String,
     #[serde(default)]
     pub labels: Vec<String>,
+    /// Globs of repository paths outside the project root whose pushes trigger the stack
+    /// too (a shared module, a variables file): `modules/**`, `shared/*.tf`.
+    #[serde(default)]
+    pub trigger_paths: Vec<String>,
 }
 
 #[serde_as]
@@ -217,6 +221,9 @@ pub struct Stack {
     pub environment: Vec<EnvironmentVariable>,
     pub description: String,
     pub labels: Vec<String>,
+    /// Absent from older servers.
+    #[serde(default)]
+    pub trigger_paths: Vec<String>,
     #[serde_as(as = "Rfc3339")]
     pub created_at: Timestamp,
     /// The stack's lock stays taken after its last holder ended, while that run's worker

@@ -108,6 +108,7 @@ pub(crate) fn stack(record: &StackRecord, pool_name: &str) -> api::Stack {
         environment: environment(record),
         description: record.description.clone(),
         labels: record.labels.clone(),
+        trigger_paths: record.trigger_paths.clone(),
         created_at: record.created_at,
         lock_fence: None,
         drift: None,

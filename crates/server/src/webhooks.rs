@@ -316,9 +316,14 @@ async fn on_push(
     let mut notes = Vec::new();
     let mut runs = Vec::new();
     for stack in &stacks {
-        if !gantry_webhooks::touches(push.changed_paths.as_deref(), &stack.project_root) {
+        let changed = push.changed_paths.as_deref();
+        if !gantry_webhooks::touches(changed, &stack.project_root, &stack.trigger_paths) {
+            let also = match stack.trigger_paths.as_slice() {
+                [] => String::new(),
+                paths => format!(" nor matching its trigger paths {paths:?}"),
+            };
             notes.push(format!(
-                "{}: nothing under its project root {:?} changed",
+                "{}: nothing under its project root {:?}{also} changed",
                 stack.name, stack.project_root
             ));
             continue;

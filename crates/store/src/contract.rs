@@ -174,6 +174,7 @@ fn stack_record(pool_id: PoolId, name: &str) -> StackRecord {
         ],
         description: String::new(),
         labels: vec![],
+        trigger_paths: vec!["modules/**".to_owned()],
         created_at: at(2),
     }
 }

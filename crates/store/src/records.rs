@@ -174,6 +174,8 @@ pub struct StackRecord {
     pub environment: Vec<EnvironmentVariable>,
     pub description: String,
     pub labels: Vec<String>,
+    /// Globs of repository paths outside the project root whose pushes trigger it too.
+    pub trigger_paths: Vec<String>,
     pub created_at: Timestamp,
 }
 

@@ -213,7 +213,7 @@ pub(crate) fn worker_from_row(row: &impl Columns) -> Result<WorkerRecord> {
     })
 }
 
-pub(crate) const STACK_COLUMNS: &str = "id, name, repository, branch, project_root, pool_id, tool, runner_image, autodeploy, managed_state, share_sensitive_outputs, environment, description, labels, created_at";
+pub(crate) const STACK_COLUMNS: &str = "id, name, repository, branch, project_root, pool_id, tool, runner_image, autodeploy, managed_state, share_sensitive_outputs, environment, description, labels, trigger_paths, created_at";
 
 pub(crate) fn stack_from_row(row: &impl Columns) -> Result<StackRecord> {
     let environment: Vec<StoredVariable> = json(row, "environment")?;
@@ -235,6 +235,7 @@ pub(crate) fn stack_from_row(row: &impl Columns) -> Result<StackRecord> {
             .collect(),
         description: text(row, "description")?,
         labels: json(row, "labels")?,
+        trigger_paths: json(row, "trigger_paths")?,
         created_at: timestamp(row, "created_at")?,
     })
 }

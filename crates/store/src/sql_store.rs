@@ -927,8 +927,8 @@ macro_rules! sql_store {
                     })
                     .collect();
                 sqlx::query(
-                    "INSERT INTO stacks (id, name, repository, branch, project_root, pool_id, tool, runner_image, autodeploy, managed_state, share_sensitive_outputs, environment, description, labels, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                    "INSERT INTO stacks (id, name, repository, branch, project_root, pool_id, tool, runner_image, autodeploy, managed_state, share_sensitive_outputs, environment, description, labels, trigger_paths, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
                 )
                 .bind(stack.id.to_string())
                 .bind(&stack.name)
@@ -944,6 +944,7 @@ macro_rules! sql_store {
                 .bind(to_json(&environment))
                 .bind(&stack.description)
                 .bind(to_json(&stack.labels))
+                .bind(to_json(&stack.trigger_paths))
                 .bind(stack.created_at.unix_millis())
                 .execute(&self.writer)
                 .await

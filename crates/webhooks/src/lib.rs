@@ -9,6 +9,7 @@ mod event;
 mod parse;
 mod provider;
 mod repository;
+pub mod trigger_paths;
 mod verify;
 
 pub use event::{Action, Event, PullRequest, PullRequestAction, Push, is_full_commit_id};

@@ -37,11 +37,12 @@ pub fn repository_key(url: &str) -> String {
 }
 
 /// Whether a push touching `changed` concerns a stack whose project root is
-/// `project_root` ("" or "." for the whole repository): a changed path equal to it or
-/// under it. None (the payload could not say what changed) concerns every stack. Only the
-/// root counts: a module that the stack's configuration reads from elsewhere in the
-/// repository is not looked for.
-pub fn touches(changed: Option<&[String]>, project_root: &str) -> bool {
+/// `project_root` ("" or "." for the whole repository) and whose trigger paths are
+/// `trigger_paths`: a changed path equal to the root or under it, or matching one of the
+/// trigger paths (globs, see [`crate::trigger_paths`]). None (the payload could not say
+/// what changed) concerns every stack. A module that the stack's configuration reads from
+/// elsewhere in the repository counts only when a trigger path names it.
+pub fn touches(changed: Option<&[String]>, project_root: &str, trigger_paths: &[String]) -> bool {
     let Some(changed) = changed else {
         return true;
     };
@@ -51,6 +52,7 @@ pub fn touches(changed: Option<&[String]>, project_root: &str) -> bool {
         root.is_empty()
             || path == root
             || path.strip_prefix(root).is_some_and(|rest| rest.starts_with('/'))
+            || trigger_paths.iter().any(|pattern| crate::trigger_paths::matches(pattern, path))
     })
 }
 

@@ -1,12 +1,15 @@
 //! Fuzz tests of what the server hands over from an unauthenticated request: `parse`,
 //! `verify` and `delivery_id` must answer every body and header set, of every provider,
-//! with a value or an error and never a panic. Bodies are arbitrary bytes, JSON built from
+//! with a value or an error and never a panic; so must trigger paths and the paths they
+//! are matched against. Bodies are arbitrary bytes, JSON built from
 //! the field names the readers look for, and recorded payloads with a byte changed.
 //! `GANTRY_FUZZ_CASES=100000` runs a long search.
 
 mod support;
 
-use gantry_webhooks::{Headers, Provider, delivery_id, parse, repository_key, verify};
+use gantry_webhooks::{
+    Headers, Provider, delivery_id, parse, repository_key, trigger_paths, verify,
+};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::Value;
@@ -224,6 +227,19 @@ proptest! {
     ) {
         let headers = vec![(provider.event_header().to_owned(), event.to_owned())];
         read_everything(provider, &headers, &body);
+    }
+
+    /// A stack's trigger paths are written by its operators and the paths by a pusher:
+    /// any of either is answered, and a literal pattern matches itself.
+    #[test]
+    fn arbitrary_trigger_paths_never_panic(
+        pattern in prop_oneof![any::<String>(), "[a-z*?/.]{0,40}"],
+        path in prop_oneof![any::<String>(), "[a-z/.]{0,40}"],
+    ) {
+        let _ = trigger_paths::validate(&pattern);
+        let _ = trigger_paths::matches(&pattern, &path);
+        let literal = path.replace(['*', '?'], "");
+        prop_assert!(trigger_paths::matches(&literal, &literal) || literal.trim().is_empty() || literal.split('/').all(|s| s.trim().is_empty() || s == "."));
     }
 
     #[test]

@@ -77,25 +77,34 @@ fn a_change_under_the_project_root_touches_it() {
     for root in
         ["stacks/prod", "stacks/prod/", "./stacks/prod", "/stacks/prod", "modules", "README.md"]
     {
-        assert!(touches(Some(&changed), root), "{root}");
+        assert!(touches(Some(&changed), root, &[]), "{root}");
     }
     for root in ["stacks/staging", "stacks/pro", "stacks/prod/network", "modules/vp", "docs"] {
-        assert!(!touches(Some(&changed), root), "{root}");
+        assert!(!touches(Some(&changed), root, &[]), "{root}");
     }
+}
+
+#[test]
+fn a_change_matching_a_trigger_path_touches_a_stack_elsewhere() {
+    let changed = paths(&["modules/vpc/variables.tf"]);
+    let trigger = paths(&["docs/*.md", "modules/**"]);
+    assert!(touches(Some(&changed), "stacks/prod", &trigger));
+    assert!(!touches(Some(&changed), "stacks/prod", &paths(&["modules/*.tf", "module/**"])));
+    assert!(!touches(Some(&paths(&["docs/guide/a.md"])), "stacks/prod", &trigger));
 }
 
 #[test]
 fn the_whole_repository_is_touched_by_any_change() {
     let changed = paths(&["README.md"]);
     for root in ["", ".", "./", "/"] {
-        assert!(touches(Some(&changed), root), "{root:?}");
-        assert!(!touches(Some(&[]), root), "{root:?}");
+        assert!(touches(Some(&changed), root, &[]), "{root:?}");
+        assert!(!touches(Some(&[]), root, &[]), "{root:?}");
     }
 }
 
 #[test]
 fn unknown_changes_touch_every_root() {
     for root in ["", "stacks/prod", "anything"] {
-        assert!(touches(None, root), "{root}");
+        assert!(touches(None, root, &[]), "{root}");
     }
 }

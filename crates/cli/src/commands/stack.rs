@@ -188,6 +188,10 @@ pub struct CreateArgs {
     /// A description, shown by stack show
     #[arg(long, default_value = "")]
     pub description: String,
+    /// A glob of repository paths outside the project root whose pushes trigger the
+    /// stack too, e.g. 'modules/**' or 'shared/*.tf' (repeatable; webhooks)
+    #[arg(long = "trigger-path", value_name = "GLOB")]
+    pub trigger_paths: Vec<String>,
 }
 
 fn parse_stack_name(value: &str) -> Result<String, String> {
@@ -233,6 +237,7 @@ impl CreateArgs {
             share_sensitive_outputs: self.share_sensitive_outputs,
             environment: plain.chain(sealed).collect(),
             description: self.description.clone(),
+            trigger_paths: self.trigger_paths.clone(),
             labels: self.labels.clone(),
         }
     }
@@ -387,6 +392,8 @@ mod tests {
             "--autodeploy",
             "--managed-state",
             "--share-sensitive-outputs",
+            "--trigger-path",
+            "modules/**",
         ])
         .unwrap();
         let Command::Stack(StackCommand::Create(args)) = cli.command else { panic!() };
@@ -409,7 +416,7 @@ mod tests {
                     {"name": "A", "value": "1", "secret": false},
                     {"name": "S", "secret": true, "sealed_value": "R05UUllTRUM="}
                 ],
-                "description": "", "labels": ["x"]
+                "description": "", "labels": ["x"], "trigger_paths": ["modules/**"]
             })
         );
     }

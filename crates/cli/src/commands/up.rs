@@ -262,6 +262,7 @@ async fn example_run(client: &ApiClient, data_dir: &Path) -> anyhow::Result<()> 
                 environment: vec![],
                 description: "The example gantry up runs: two terraform_data resources".to_owned(),
                 labels: vec!["example".to_owned()],
+                trigger_paths: vec![],
             };
             client.create_stack(&request).await?;
             println!(

@@ -118,6 +118,7 @@ pub fn stack(name: &str) -> Stack {
         environment: Vec::new(),
         description: String::new(),
         labels: Vec::new(),
+        trigger_paths: Vec::new(),
         created_at: at(0),
         lock_fence: None,
         drift: None,

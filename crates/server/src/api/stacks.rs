@@ -32,6 +32,7 @@ pub(super) async fn create(
         None => lookup::pool(&state, crate::shared_pool::NAME).await?,
     };
     let environment = stored_environment(&pool, &request.name, request.environment)?;
+    let trigger_paths = trigger_paths(request.trigger_paths)?;
     let record = StackRecord {
         id: StackId::generate(),
         name: request.name,
@@ -51,11 +52,31 @@ pub(super) async fn create(
         environment,
         description: request.description,
         labels: request.labels,
+        trigger_paths,
         created_at: now(),
     };
     state.store.insert_stack(&record).await?;
     tracing::info!(stack = %record.id, name = %record.name, pool = %pool.name, "stack created");
     Ok((StatusCode::CREATED, Json(views::stack(&record, &pool.name))))
+}
+
+/// Trigger paths as the server keeps them: trimmed, each checked, no more than a stack may
+/// have.
+fn trigger_paths(patterns: Vec<String>) -> Result<Vec<String>, ApiError> {
+    use gantry_webhooks::trigger_paths::{MAX_PATTERNS, validate};
+    if patterns.len() > MAX_PATTERNS {
+        return Err(ApiError::invalid(format!(
+            "{} trigger paths are given: a stack may have at most {MAX_PATTERNS}",
+            patterns.len()
+        )));
+    }
+    patterns
+        .into_iter()
+        .map(|pattern| {
+            validate(&pattern).map_err(ApiError::invalid)?;
+            Ok(pattern.trim().to_owned())
+        })
+        .collect()
 }
 
 /// The variables as the server keeps them, secrets sealed to `pool`'s certificate for

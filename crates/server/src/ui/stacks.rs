@@ -102,6 +102,10 @@ pub(super) async fn show(
                 @else { "in the stack's own backend" } }
             dt { "Environment" } dd { (environment(&stack.environment)) }
             dt { "Labels" } dd { (labels(&stack.labels)) }
+            @if !stack.trigger_paths.is_empty() {
+                dt { "Trigger paths" } dd { @for (i, path) in stack.trigger_paths.iter().enumerate() {
+                    @if i > 0 { ", " } code { (path) } } }
+            }
             @if let Some(fence) = &stack.lock_fence {
                 dt { "Lock" } dd #lock-fence { "fenced until " (time(fence.until)) " (the worker of run "
                     a href={ "/ui/runs/" (fence.run_id) } { code { (fence.run_id) } }

@@ -344,6 +344,13 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
             "the value of TF_VAR_pin is shorter than 4 characters",
         ),
         (
+            "/stacks",
+            json!({"name": "s6", "repository": repository.url(), "pool": "pool", "trigger_paths": ["modules/**", "../elsewhere/*"]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "trigger path \"../elsewhere/*\" leaves the repository",
+        ),
+        (
             "/stacks/stack/runs",
             json!({"type": "DRIFT"}),
             StatusCode::BAD_REQUEST,

@@ -287,6 +287,31 @@ fn pushes_and_pull_requests_delivered_by_a_signed_webhook_trigger_runs_of_their_
     let table = cluster.gantry.ok(&["webhook", "deliveries"]);
     assert!(table.contains(id(&app_run)), "{table}");
 
+    // A stack whose trigger paths name a shared module: a push there triggers it alone.
+    let modules = ["--project-root", "infra", "--trigger-path", "modules/**"];
+    cluster.gantry.ok(&[
+        &["stack", "create", "--name", "uses-modules", "--repository", &url, "--pool", "idle"][..],
+        &modules[..],
+    ]
+    .concat());
+    let module = repository.commit(&[("modules/net/main.tf", "locals { m = 1 }\n")], "module");
+    let paths = ["modules/net/main.tf"];
+    let shared = vcs.deliver("push", "delivery-5", &push_payload(&url, "main", &module, &paths));
+    assert_eq!(shared.status, 200, "{}", shared.body);
+    let triggered = runs_of(&cluster, "uses-modules");
+    assert_eq!(triggered.len(), 1, "{}", shared.body);
+    assert_eq!(run_of(&shared)["id"], triggered[0]["id"], "{}", shared.body);
+    let outcome = shared.body["outcome"].as_str().unwrap();
+    assert!(outcome.contains("app: nothing under its project root \"infra\" changed"), "{outcome}");
+
+    // A push to a branch no stack tracks: accepted, nothing triggered, the reason logged.
+    let untracked = push_payload(&url, "experiment", &module, &["infra/main.tf"]);
+    let ignored = vcs.deliver("push", "delivery-6", &untracked);
+    assert_eq!(ignored.status, 202, "{}", ignored.body);
+    let outcome = ignored.body["outcome"].as_str().unwrap();
+    assert!(outcome.contains("no stack tracks branch \"experiment\""), "{outcome}");
+    assert_eq!(runs_of(&cluster, "uses-modules").len(), 1);
+
     // Guessing signatures from one address: refused (429) once it failed too often, before
     // anything is verified; the admins behind that address keep their API keys.
     let limited = (0..40)
