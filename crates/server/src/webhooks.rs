@@ -79,6 +79,15 @@ pub(crate) async fn create(
     axum::Extension(actor): axum::Extension<Actor>,
     Json(request): Json<CreateWebhook>,
 ) -> ApiResult<(StatusCode, Json<CreatedWebhook>)> {
+    Ok((StatusCode::CREATED, Json(register(&state, &actor, &request).await?)))
+}
+
+/// Registers a repository's webhook for the API and the UI: the webhook and its secret.
+pub(crate) async fn register(
+    state: &AppState,
+    actor: &Actor,
+    request: &CreateWebhook,
+) -> Result<CreatedWebhook, ApiError> {
     let provider = provider(&request.provider)?;
     validate_repository(&request.repository).map_err(|e| ApiError::invalid(e.to_string()))?;
     let record = WebhookRecord {
@@ -97,13 +106,18 @@ pub(crate) async fn create(
         other => other.into(),
     })?;
     let secret = state.webhook_key.secret_of(&record.id).to_string();
-    Ok((StatusCode::CREATED, Json(CreatedWebhook { webhook: view(&state, &record), secret })))
+    Ok(CreatedWebhook { webhook: view(state, &record), secret })
 }
 
 /// `GET /api/v1/webhooks`
 pub(crate) async fn list(State(state): State<AppState>) -> ApiResult<Json<WebhookList>> {
+    Ok(Json(WebhookList { webhooks: all(&state).await? }))
+}
+
+/// Every webhook, oldest first, as the API and the UI show them.
+pub(crate) async fn all(state: &AppState) -> Result<Vec<Webhook>, ApiError> {
     let records = state.store.list_webhooks().await?;
-    Ok(Json(WebhookList { webhooks: records.iter().map(|record| view(&state, record)).collect() }))
+    Ok(records.iter().map(|record| view(state, record)).collect())
 }
 
 async fn find(state: &AppState, id: &str) -> Result<WebhookRecord, ApiError> {
@@ -129,11 +143,16 @@ pub(crate) async fn delete(
     State(state): State<AppState>,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<Webhook>> {
-    let webhook = find(&state, &id).await?;
-    if !state.store.delete_webhook(&id).await? {
+    Ok(Json(unregister(&state, &id).await?))
+}
+
+/// Deletes a webhook for the API and the UI: the webhook as it was.
+pub(crate) async fn unregister(state: &AppState, id: &str) -> Result<Webhook, ApiError> {
+    let webhook = find(state, id).await?;
+    if !state.store.delete_webhook(id).await? {
         return Err(ApiError::not_found("webhook", id));
     }
-    Ok(Json(view(&state, &webhook)))
+    Ok(view(state, &webhook))
 }
 
 #[derive(Debug, Deserialize)]

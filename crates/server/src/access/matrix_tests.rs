@@ -266,6 +266,14 @@ fn ui_probe(method: &Method, path: &str, f: &Fixtures) -> Option<Probe> {
             body: form(&[]),
             authorized: S::NOT_FOUND,
         }),
+        ("POST", "/webhooks") => {
+            probe(S::BAD_REQUEST, form(&[("provider", "svn"), ("repository", "x")]))
+        }
+        ("POST", "/webhooks/{webhook}/delete") => Some(Probe {
+            path: "/webhooks/no-such-webhook/delete".into(),
+            body: form(&[]),
+            authorized: S::NOT_FOUND,
+        }),
         // The CSR is checked before the name: the form comes back with the error.
         ("POST", "/pools") => probe(
             S::UNPROCESSABLE_ENTITY,

@@ -9,7 +9,7 @@ use gantry_proto::keys::{CreateKey, KeyCreated};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::layout::{UiResult, header_row, page, time};
+use super::layout::{UiResult, created_or_refused, header_row, page, time};
 use super::session::{CheckedForm, NoFields, UiSession, token_field};
 use crate::access::{create_key, revoke_key};
 use crate::error::{ApiError, PathParam};
@@ -139,13 +139,12 @@ pub(super) async fn create(State(state): State<AppState>, form: CheckedForm<KeyF
         Ok(request) => create_key(&state, &session.actor, request).await,
         Err(message) => Err(ApiError::invalid(message)),
     };
-    match created {
-        Ok(created) => Ok(created_page(&session, &created)),
-        Err(error) if error.status().is_client_error() => {
-            Ok(list_page(&state, &session, error.status(), Some(error.to_string())).await?)
-        }
-        Err(error) => Err(error.into()),
-    }
+    created_or_refused(
+        created,
+        |created| created_page(&session, created),
+        async |status, error| list_page(&state, &session, status, Some(error)).await,
+    )
+    .await
 }
 
 /// The secret, this once.

@@ -1,6 +1,7 @@
 //! The page shell every UI page shares (landmarks, navigation, sign-out form), the error
 //! page, and small formatting helpers.
 
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use gantry_domain::Timestamp;
 use gantry_domain::access::Role;
@@ -90,6 +91,22 @@ impl IntoResponse for UiError {
 }
 
 pub(super) type UiResult<T = Response> = Result<T, UiError>;
+
+/// What a form that creates something answers: the page of what it created, or, when its
+/// input was refused, the form's page again with the reason.
+pub(super) async fn created_or_refused<T>(
+    created: Result<T, ApiError>,
+    created_page: impl FnOnce(&T) -> Response,
+    form_page: impl AsyncFnOnce(StatusCode, String) -> Result<Response, ApiError>,
+) -> UiResult {
+    match created {
+        Ok(created) => Ok(created_page(&created)),
+        Err(error) if error.status().is_client_error() => {
+            Ok(form_page(error.status(), error.to_string()).await?)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
 
 /// A point in time, readable by people and machines.
 pub(super) fn time(at: Timestamp) -> Markup {

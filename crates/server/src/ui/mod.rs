@@ -46,6 +46,13 @@ pub(crate) fn routes() -> Vec<Guarded> {
         Guarded::new(M::POST, "/keys/{key}/revoke", needs(Admin, Unscoped), keys::revoke),
         Guarded::new(M::GET, "/audit", needs(Admin, Unscoped), audit::list),
         Guarded::new(M::GET, "/webhooks", needs(Admin, Unscoped), webhooks::list),
+        Guarded::new(M::POST, "/webhooks", needs(Admin, Unscoped), webhooks::create),
+        Guarded::new(
+            M::POST,
+            "/webhooks/{webhook}/delete",
+            needs(Admin, Unscoped),
+            webhooks::delete,
+        ),
         Guarded::new(M::GET, "/pools", needs(Reader, Listed), pools::list),
         Guarded::new(M::POST, "/pools", needs(Operator, NewPool), pool_form::create),
         Guarded::new(M::GET, "/pools/new", needs(Operator, Caller), pool_form::new_pool),

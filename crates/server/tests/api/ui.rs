@@ -666,3 +666,44 @@ async fn a_stack_page_lists_its_schedules_with_their_next_firing() {
     let next = created["next_fire_at"].as_str().unwrap();
     assert!(row.contains(&next[..16]), "the next firing {next} in {row}");
 }
+
+#[tokio::test]
+async fn an_admin_registers_and_deletes_a_webhook_with_the_sessions_token() {
+    let api = Api::start().await;
+    let mut browser = Browser::new(&api);
+    browser.sign_in(&api.server.admin_key).await;
+    let (_, page) = browser.get("/ui/webhooks").await;
+    let origin = browser.base.clone();
+    let repository = "https://github.com/acme/infra.git";
+    let token = csrf(&page);
+    let forged = "0".repeat(64);
+    let refused = [("csrf", forged.as_str()), ("provider", "github"), ("repository", repository)];
+    let response = browser.post("/ui/webhooks", &refused, Some(&origin)).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN, "the session's token is needed");
+
+    let wrong = [("csrf", token.as_str()), ("provider", "svn"), ("repository", repository)];
+    let response = browser.post("/ui/webhooks", &wrong, Some(&origin)).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let page = response.text().await.unwrap();
+    assert!(page.contains(r#"role="alert""#) && page.contains("svn"), "{page}");
+    assert_eq!(api.get("/webhooks").await.1["webhooks"], json!([]), "nothing registered");
+
+    let right = [("csrf", token.as_str()), ("provider", "github"), ("repository", repository)];
+    let response = browser.post("/ui/webhooks", &right, Some(&origin)).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let page = response.text().await.unwrap();
+    let (_, listed) = api.get("/webhooks").await;
+    let id = listed["webhooks"][0]["id"].as_str().unwrap().to_owned();
+    let (_, secret) = api.get(&format!("/webhooks/{id}/secret")).await;
+    assert!(page.contains(secret["secret"].as_str().unwrap()), "the secret is shown: {page}");
+    assert!(page.contains("/api/v1/webhooks/github"), "and the payload URL: {page}");
+
+    let (_, page) = browser.get("/ui/webhooks").await;
+    assert!(page.contains(repository), "{page}");
+    let token = csrf(&page);
+    let path = format!("/ui/webhooks/{id}/delete");
+    let response = browser.post(&path, &[("csrf", token.as_str())], Some(&origin)).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), "/ui/webhooks");
+    assert_eq!(api.get("/webhooks").await.1["webhooks"], json!([]));
+}
