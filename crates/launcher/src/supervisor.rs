@@ -36,7 +36,9 @@ pub(crate) async fn supervise(
     }
     tracing::info!(run = %run_id, job = ?assignment.job, stack = %assignment.stack.name, "run started");
     let _in_progress = context.metrics.run_started();
-    let journal = Arc::new(RunJournal::begin(&journal::directory(&context.runs_dir), &assignment));
+    // Written while the run is prepared (its checkout takes far longer than the write).
+    let (journal, journal_written) =
+        RunJournal::begin(&journal::directory(&context.runs_dir), &assignment);
     let (logs, upload_task) = start_log(&context, &assignment, assignment.log_next_seq);
     let workspace = context.workspace(run_id);
     // The run timeout counts from the acknowledgement: a checkout that hangs on an
@@ -44,9 +46,12 @@ pub(crate) async fn supervise(
     let deadline = Instant::now() + context.config.limits.run_timeout;
     let prepared =
         prepare::prepare_run(&context, &assignment, &workspace, &logs, &stop, deadline).await;
+    // On disk before the worker can start: a launcher started again finds the run.
+    let _ = journal_written.await;
     if let Some(prepared) = prepared {
         if let Some(managed) = &prepared.managed_state {
-            journal.prepared(managed.files.project(), managed.before.as_ref());
+            // Written while the worker starts: the worker's own entry follows it.
+            drop(journal.prepared(managed.files.project(), managed.before.as_ref()));
         }
         let gone = execute::execute(
             &context,

@@ -62,7 +62,8 @@ pub(crate) async fn execute(
         match executor.start(&launch, output_sender).await {
             Ok(mut worker) => {
                 if let Some(handle) = worker.handle() {
-                    journal.worker_started(handle);
+                    // Written while the worker goes on: its start is not held up.
+                    drop(journal.worker_started(handle));
                 }
                 let (exit, interruption) =
                     watch(context, worker.as_mut(), logs, &mut output, stop, deadline).await;

@@ -1,8 +1,11 @@
 //! A run's journal in the launcher's work directory: what a launcher started again with
 //! the same work directory needs to finish a run its dead instance left (`recovery`).
 //! Written whole or not at all (a temporary file renamed, then the directory synced) as
-//! the run goes on: when it is taken on, once prepared (the state it started from), once
-//! its worker started (where that worker is), and before its final report goes out.
+//! the run goes on: when it is taken on (durable before its worker can start), once
+//! prepared (the state it started from), once its worker started (where that worker is),
+//! and before its final report goes out (durable before it is sent). Each write costs two
+//! disk flushes, a millisecond or more: those that need not hold the run up are made on a
+//! blocking thread while it goes on, in order, each with the entry as it is then.
 //!
 //! It holds no secret that is not already on the machine in clear: the stack's secret
 //! variables are left out (they stay sealed in the assignment), and so are the values of
@@ -11,10 +14,11 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use gantry_proto::agent::{Assignment, RunReport};
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
 
 use super::state::{StateBefore, StateJournal};
 use crate::executor::WorkerHandle;
@@ -47,13 +51,18 @@ pub(crate) struct JournalEntry {
 pub(crate) struct RunJournal {
     path: PathBuf,
     entry: Mutex<JournalEntry>,
+    /// Held while the file is written or removed; `true` once the run left, after which
+    /// nothing is written again.
+    file: Mutex<bool>,
 }
 
 impl RunJournal {
-    /// Starts the journal of a run just taken on, in `dir`. A journal that cannot be
-    /// written is said in the launcher's log, not fatal: the run goes on, unrecoverable.
-    pub(crate) fn begin(dir: &Path, assignment: &Assignment) -> Self {
-        let journal = Self {
+    /// The journal of a run just taken on, in `dir`, written on a blocking thread: the
+    /// returned task ends once it is on disk (await it before the worker can start). A
+    /// journal that cannot be written is said in the launcher's log, not fatal: the run
+    /// goes on, unrecoverable.
+    pub(crate) fn begin(dir: &Path, assignment: &Assignment) -> (Arc<Self>, JoinHandle<()>) {
+        let journal = Arc::new(Self {
             path: dir.join(format!("{}.{EXTENSION}", assignment.run_id)),
             entry: Mutex::new(JournalEntry {
                 version: JOURNAL_VERSION,
@@ -62,39 +71,61 @@ impl RunJournal {
                 worker: None,
                 final_report: None,
             }),
-        };
-        journal.save();
-        journal
+            file: Mutex::new(false),
+        });
+        let written = journal.save_in_background();
+        (journal, written)
     }
 
-    fn update(&self, change: impl FnOnce(&mut JournalEntry)) {
+    fn change(&self, change: impl FnOnce(&mut JournalEntry)) {
         change(&mut self.entry.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// The run's managed state starts from `before`, in `project` of its workspace:
+    /// written while the run goes on (the task ends once it is on disk).
+    pub(crate) fn prepared(
+        self: &Arc<Self>,
+        project: &Path,
+        before: Option<&StateBefore>,
+    ) -> JoinHandle<()> {
+        let state = StateJournal::of(project, before);
+        self.change(|entry| entry.state = Some(state));
+        self.save_in_background()
+    }
+
+    /// The run's worker started: written while the worker goes on, not holding it up
+    /// (the task ends once it is on disk).
+    pub(crate) fn worker_started(self: &Arc<Self>, handle: WorkerHandle) -> JoinHandle<()> {
+        self.change(|entry| entry.worker = Some(handle));
+        self.save_in_background()
+    }
+
+    /// The run's final report is about to be sent: on disk when this returns.
+    pub(crate) fn final_report(&self, report: &RunReport) {
+        let report = report.clone();
+        self.change(|entry| entry.final_report = Some(report));
         self.save();
     }
 
-    /// The run's managed state starts from `before`, in `project` of its workspace.
-    pub(crate) fn prepared(&self, project: &Path, before: Option<&StateBefore>) {
-        let state = StateJournal::of(project, before);
-        self.update(|entry| entry.state = Some(state));
-    }
-
-    /// The run's worker started.
-    pub(crate) fn worker_started(&self, handle: WorkerHandle) {
-        self.update(|entry| entry.worker = Some(handle));
-    }
-
-    /// The run's final report is about to be sent.
-    pub(crate) fn final_report(&self, report: &RunReport) {
-        let report = report.clone();
-        self.update(|entry| entry.final_report = Some(report));
-    }
-
-    /// The run left this launcher: nothing is left to recover.
+    /// The run left this launcher: nothing is left to recover, and nothing is written
+    /// again by a write still under way.
     pub(crate) fn end_now(&self) {
+        let mut ended = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        *ended = true;
         remove(&self.path);
     }
 
+    fn save_in_background(self: &Arc<Self>) -> JoinHandle<()> {
+        let journal = Arc::clone(self);
+        tokio::task::spawn_blocking(move || journal.save())
+    }
+
     fn save(&self) {
+        let ended = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        if *ended {
+            return;
+        }
+        // Read under the file's lock: whichever write comes last writes the newest entry.
         let entry = self.entry.lock().unwrap_or_else(PoisonError::into_inner).clone();
         if let Err(error) = write(&self.path, &entry) {
             tracing::warn!(run = %entry.assignment.run_id, path = %self.path.display(), %error, "cannot write the run's journal: a launcher started again could not recover this run");
@@ -239,12 +270,14 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn a_journal_keeps_what_recovery_needs_and_no_secret_value() {
+    #[tokio::test]
+    async fn a_journal_keeps_what_recovery_needs_and_no_secret_value() {
         let dir = tempfile::tempdir().unwrap();
         let assignment = assignment();
-        let journal = RunJournal::begin(dir.path(), &assignment);
-        journal.worker_started(WorkerHandle::Container { id: "abc".to_owned() });
+        let (journal, written) = RunJournal::begin(dir.path(), &assignment);
+        written.await.unwrap();
+        assert_eq!(read_all(dir.path()).len(), 1, "on disk once the task ended");
+        journal.worker_started(WorkerHandle::Container { id: "abc".to_owned() }).await.unwrap();
         journal.final_report(&RunReport::Applied);
         let path = dir.path().join(format!("{}.json", assignment.run_id));
         let text = std::fs::read_to_string(&path).unwrap();
@@ -264,6 +297,38 @@ mod tests {
 
         journal.end_now();
         assert!(read_all(dir.path()).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_made_in_the_background_leave_the_newest_entry_and_none_after_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, written) = RunJournal::begin(dir.path(), &assignment());
+        // Many writes at once, each on a blocking thread, ending in no particular order.
+        let started = |prefix: &str| -> Vec<JoinHandle<()>> {
+            (0..20)
+                .map(|id| {
+                    journal.worker_started(WorkerHandle::Container { id: format!("{prefix}-{id}") })
+                })
+                .collect()
+        };
+        let writes = started("worker");
+        journal.final_report(&RunReport::Stopped);
+        written.await.unwrap();
+        for write in writes {
+            write.await.unwrap();
+        }
+        let [(_, entry)] = read_all(dir.path()).try_into().unwrap();
+        assert_eq!(entry.worker, Some(WorkerHandle::Container { id: "worker-19".to_owned() }));
+        assert!(matches!(entry.final_report, Some(RunReport::Stopped)), "no older entry won");
+
+        // Writes still under way when the run leaves write nothing after the removal.
+        let late = started("late");
+        journal.end_now();
+        for write in late {
+            write.await.unwrap();
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert!(left.is_empty(), "no journal comes back: {left:?}");
     }
 
     #[test]
