@@ -232,7 +232,7 @@ pub(crate) async fn receive(
     }
     // Guessing a signature is guessing a key: an address that failed too often is refused
     // before anything is verified (or audited) again; its API keys still work.
-    state.http_guards.admit_webhook(source)?;
+    state.http_guards.admit(source, Failure::WebhookSignature)?;
     let signed = webhooks.iter().any(|webhook| {
         let secret = state.webhook_key.secret_of(&webhook.id);
         gantry_webhooks::verify(provider, &headers, &body, secret.as_bytes()).is_ok()

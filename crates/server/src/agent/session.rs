@@ -137,7 +137,7 @@ async fn pool_to_prove(
     source: Source,
     pool_id: gantry_domain::PoolId,
 ) -> ApiResult<PoolRecord> {
-    state.http_guards.admit(source, Some(pool_id))?;
+    state.http_guards.admit(source, crate::http_limits::Failure::SessionProof(pool_id))?;
     launcher_pool(state, pool_id).await
 }
 

@@ -63,21 +63,26 @@ impl HttpGuards {
         }
     }
 
-    /// Refuses an authentication attempt from `source` — with an API key, or for `pool`
-    /// when a launcher proves a pool's key — while it has failed too often, or the pool
-    /// has. Checked before the credentials are, so that a refused client learns nothing
-    /// from them.
-    pub(crate) fn admit(&self, source: Source, pool: Option<PoolId>) -> Result<(), ApiError> {
+    /// Refuses an authentication attempt of `kind` from `source` while attempts of that
+    /// kind from there have failed too often — or, for a launcher's session proof, while
+    /// its pool's have. Checked before the credentials are, so that a refused client
+    /// learns nothing from them.
+    pub(crate) fn admit(&self, source: Source, kind: Failure) -> Result<(), ApiError> {
         let now = Instant::now();
         // Whole seconds, rounded up: what `Retry-After` can say.
         let whole = |wait: Duration| Duration::from_secs(wait.as_secs_f64().ceil().max(1.0) as u64);
         if let Some(ip) = source.0
-            && let Err(wait) = self.addresses(pool.is_some()).admit(Address::from(ip), now)
+            && let Err(wait) = self.addresses_of(kind).admit(Address::from(ip), now)
         {
-            let message = format!("too many failed authentications from {ip}");
+            let message = match kind {
+                Failure::WebhookSignature => {
+                    format!("too many webhook deliveries from {ip} failed to verify")
+                }
+                _ => format!("too many failed authentications from {ip}"),
+            };
             return Err(ApiError::RateLimited { message, retry_after: whole(wait) });
         }
-        if let Some(pool) = pool
+        if let Some(pool) = kind.pool()
             && let Err(wait) = self.pools.admit(pool, now)
         {
             let message = format!("too many failed session proofs for pool {pool}");
@@ -86,24 +91,11 @@ impl HttpGuards {
         Ok(())
     }
 
-    /// Refuses a webhook delivery from `source` while its deliveries failed to verify too
-    /// often.
-    pub(crate) fn admit_webhook(&self, source: Source) -> Result<(), ApiError> {
-        let Some(ip) = source.0 else { return Ok(()) };
-        self.webhook_signatures.admit(Address::from(ip), Instant::now()).map_err(|wait| {
-            ApiError::RateLimited {
-                message: format!("too many webhook deliveries from {ip} failed to verify"),
-                retry_after: Duration::from_secs(wait.as_secs_f64().ceil().max(1.0) as u64),
-            }
-        })
-    }
-
-    fn addresses(&self, pool_key: bool) -> &Limiter<Address> {
-        if pool_key { &self.pool_keys } else { &self.api_keys }
-    }
-
-    fn addresses_of(&self, failure: Failure) -> &Limiter<Address> {
-        match failure {
+    /// Where the failures of each kind are counted per address: API keys (the REST API
+    /// and the UI's sign-in share theirs), pool keys and webhook signatures apart, so that
+    /// failing at one locks nobody out of another.
+    fn addresses_of(&self, kind: Failure) -> &Limiter<Address> {
+        match kind {
             Failure::WebhookSignature => &self.webhook_signatures,
             Failure::SessionProof(_) => &self.pool_keys,
             Failure::ApiKey | Failure::UiSignIn => &self.api_keys,
@@ -111,7 +103,7 @@ impl HttpGuards {
     }
 }
 
-/// What failed to authenticate.
+/// What failed (or tries) to authenticate.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Failure {
     /// An unknown API key on the REST API.
@@ -240,7 +232,7 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
 
     if path.starts_with("/api/")
         && request.headers().contains_key(axum::http::header::AUTHORIZATION)
-        && let Err(refused) = guards.admit(source, None)
+        && let Err(refused) = guards.admit(source, Failure::ApiKey)
     {
         let (_, body) = request.into_parts();
         let drained =

@@ -245,7 +245,7 @@ pub(super) async fn sign_in(
         let why = "The sign-in form expired or was not sent from this server: try again.";
         return sign_in_form(&headers, StatusCode::FORBIDDEN, Some(why));
     }
-    if let Err(refused) = state.http_guards.admit(source, None) {
+    if let Err(refused) = state.http_guards.admit(source, crate::http_limits::Failure::UiSignIn) {
         let why = refused.to_string();
         let mut page = sign_in_form(&headers, StatusCode::TOO_MANY_REQUESTS, Some(&why));
         crate::http_limits::mark_response(&refused, &mut page);
