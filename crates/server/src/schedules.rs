@@ -54,12 +54,17 @@ pub(crate) async fn run_schedules(state: AppState) {
     }
 }
 
-/// Takes the firings due at `now`; how many this process took.
+/// Takes the firings due at `now`; how many this process took. A firing that fails stays
+/// due, for the next look, without holding up the others.
 pub(crate) async fn fire_due(state: &AppState, now: Timestamp) -> Result<usize, ApiError> {
     let mut taken = 0;
     for schedule in state.store.due_schedules(now, BATCH).await? {
-        if fire(state, &schedule, now).await? {
-            taken += 1;
+        match fire(state, &schedule, now).await {
+            Ok(true) => taken += 1,
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(schedule = %schedule.id, stack = %schedule.stack_id, %error, "a schedule's firing failed; it stays due");
+            }
         }
     }
     Ok(taken)
