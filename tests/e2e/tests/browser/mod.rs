@@ -141,6 +141,25 @@ fn hyper_connector() -> HttpConnector {
     HttpConnector::new()
 }
 
+/// Whether Chromium abandoned the page's load because a network interface changed: the
+/// Docker tests running beside this one add and remove interfaces, which no user of the
+/// UI meets. Such a load is tried again; any other error page is left for the test to see.
+async fn network_changed(client: &Client) -> bool {
+    client.source().await.is_ok_and(|source| source.contains("ERR_NETWORK_CHANGED"))
+}
+
+/// Opens `url`, again while Chromium abandons the load for a network change.
+async fn goto(client: &Client, url: &str) {
+    for _ in 0..5 {
+        client.goto(url).await.unwrap();
+        if !network_changed(client).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("Chromium abandoned every load of {url} for a network change");
+}
+
 /// Waits until the element at `selector` reads `text`; returns how long it took.
 async fn wait_for_text(client: &Client, selector: &str, text: &str) -> Duration {
     let start = Instant::now();
@@ -151,6 +170,9 @@ async fn wait_for_text(client: &Client, selector: &str, text: &str) -> Duration 
         };
         if found.trim() == text {
             return start.elapsed();
+        }
+        if found.is_empty() && network_changed(client).await {
+            client.refresh().await.unwrap();
         }
         if start.elapsed() > PAGE_TIMEOUT {
             let source = client.source().await.unwrap_or_default();
@@ -250,7 +272,7 @@ fn a_pool_and_a_run_from_sign_in_to_drain_in_chromium() {
         let client = open_browser(&driver, &chromium, profile.path(), Scheme::Light).await;
         let ui = format!("{}/ui", cluster.server.url);
 
-        client.goto(&ui).await.unwrap();
+        goto(&client, &ui).await;
         client.wait().for_element(Locator::Css("#api-key")).await.unwrap();
         screenshot(&client, "ui-sign-in.png").await;
         type_into(&client, "#api-key", &admin_key).await;
@@ -287,7 +309,7 @@ fn a_pool_and_a_run_from_sign_in_to_drain_in_chromium() {
 
         // The launcher the page told us to start.
         launcher = Some(Launcher::start(&cluster, token.trim(), &base64_of(&key.key_pem), &[]));
-        client.goto(&format!("{ui}/pools")).await.unwrap();
+        goto(&client, &format!("{ui}/pools")).await;
         client.wait().for_element(Locator::LinkText("builders")).await.unwrap();
         screenshot(&client, "ui-pools.png").await;
         client.find(Locator::LinkText("builders")).await.unwrap().click().await.unwrap();
@@ -318,7 +340,7 @@ fn a_pool_and_a_run_from_sign_in_to_drain_in_chromium() {
             "--description",
             "The network the build machines share",
         ]);
-        client.goto(&format!("{ui}/stacks")).await.unwrap();
+        goto(&client, &format!("{ui}/stacks")).await;
         client.find(Locator::LinkText("network")).await.unwrap().click().await.unwrap();
         client.wait().for_element(Locator::Css("#trigger-tracked")).await.unwrap();
         click(&client, "#trigger-tracked").await;
@@ -334,7 +356,7 @@ fn a_pool_and_a_run_from_sign_in_to_drain_in_chromium() {
         let run_window = client.window().await.unwrap();
         let pool_window = client.new_window(false).await.unwrap().handle;
         client.switch_to_window(pool_window.clone()).await.unwrap();
-        client.goto(pool_page.as_str()).await.unwrap();
+        goto(&client, pool_page.as_str()).await;
         wait_for_text(&client, "#workers tbody td.status .badge", "IDLE").await;
         mark_page(&client).await;
         client.switch_to_window(run_window.clone()).await.unwrap();
@@ -373,7 +395,7 @@ fn a_pool_and_a_run_from_sign_in_to_drain_in_chromium() {
 
         click(&client, "form.sign-out button").await;
         client.wait().for_element(Locator::Css("#api-key")).await.unwrap();
-        client.goto(&format!("{ui}/pools")).await.unwrap();
+        goto(&client, &format!("{ui}/pools")).await;
         client.wait().for_element(Locator::Css("#api-key")).await.unwrap();
         client.close().await.unwrap();
     });
@@ -384,7 +406,7 @@ fn a_pool_and_a_run_from_sign_in_to_drain_in_chromium() {
 async fn dark_theme(driver: &ChromeDriver, chromium: &Path, ui: &str, key: &str, run_page: &str) {
     let profile = tempfile::tempdir().unwrap();
     let client = open_browser(driver, chromium, profile.path(), Scheme::Dark).await;
-    client.goto(ui).await.unwrap();
+    goto(&client, ui).await;
     client.wait().for_element(Locator::Css("#api-key")).await.unwrap();
     type_into(&client, "#api-key", key).await;
     click(&client, "form.sign-in button").await;
@@ -395,7 +417,7 @@ async fn dark_theme(driver: &ChromeDriver, chromium: &Path, ui: &str, key: &str,
         .unwrap();
     assert_eq!(background, json!("rgb(13, 17, 23)"), "the dark palette applies");
     screenshot(&client, "ui-pools-dark.png").await;
-    client.goto(run_page).await.unwrap();
+    goto(&client, run_page).await;
     wait_for_text(&client, "#run-panel .state .badge", "FINISHED").await;
     screenshot(&client, "ui-run-dark.png").await;
     client.close().await.unwrap();
